@@ -1,0 +1,48 @@
+"""One error shape for the whole API: ``{"detail": "<what to fix>", "code": ..., "errors": {...}}``."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def _flatten(errors, path: str = "") -> list[str]:
+    if isinstance(errors, dict):
+        out = []
+        for field, value in errors.items():
+            name = field if field != "non_field_errors" else ""
+            out += _flatten(value, f"{path}.{name}" if path and name else (name or path))
+        return out
+    if isinstance(errors, list):
+        return [m for item in errors for m in _flatten(item, path)]
+    return [f"{path}: {errors}" if path else str(errors)]
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        )
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        messages = _flatten(exc.detail)
+        response.data = {
+            "detail": "Invalid request: " + "; ".join(messages),
+            "code": "invalid",
+            "errors": exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail},
+        }
+    elif isinstance(response.data, dict) and "detail" in response.data:
+        detail = response.data["detail"]
+        response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
+    return response
+
+
+def error_response(message: str, *, status_code: int = status.HTTP_400_BAD_REQUEST, code: str = "invalid"):
+    return Response({"detail": message, "code": code}, status=status_code)

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from django.db.models import Q
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import services
+from accounts.api import serializers as s
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope
+from accounts.tenancy import TenantScopedMixin, request_actor
+
+
+class CreatedCursorPagination(CursorPagination):
+    ordering = "-created_at"
+
+
+class OrganisationView(APIView):
+    """The organisation the caller acts for, and the scopes it holds there."""
+
+    @extend_schema(responses=s.OrganisationSerializer)
+    def get(self, request):
+        access = request.auth
+        data = {
+            "tenant": access.tenant,
+            "scopes": sorted(access.scopes),
+            "via": "api_key" if access.key is not None else "session",
+        }
+        return Response(s.OrganisationSerializer(data).data)
+
+
+class MembershipViewSet(
+    TenantScopedMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Membership.objects.select_related("user", "tenant")
+    serializer_class = s.MembershipSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    pagination_class = CreatedCursorPagination
+    required_scope = Scope.ADMIN
+
+    @extend_schema(request=s.MembershipUpdateSerializer, responses=s.MembershipSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        """Change a member's role."""
+        membership = self.get_object()
+        data = s.MembershipUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.membership_change_role(
+            membership=membership, role=data.validated_data["role"], actor=request_actor(request)
+        )
+        return Response(s.MembershipSerializer(membership).data)
+
+    def perform_destroy(self, instance):
+        services.membership_remove(membership=instance, actor=request_actor(self.request))
+
+
+class InvitationViewSet(
+    TenantScopedMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Invitation.objects.select_related("tenant")
+    serializer_class = s.InvitationSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    pagination_class = CreatedCursorPagination
+    required_scope = Scope.ADMIN
+
+    @extend_schema(request=s.InvitationCreateSerializer, responses={201: s.InvitationSerializer})
+    def create(self, request):
+        """Invite someone by email; they get a link to accept."""
+        data = s.InvitationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        invitation, _token = services.invitation_create(
+            tenant=request.auth.tenant, actor=request_actor(request), **data.validated_data
+        )
+        return Response(s.InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.InvitationSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, id=None):
+        invitation = services.invitation_revoke(invitation=self.get_object(), actor=request_actor(request))
+        return Response(s.InvitationSerializer(invitation).data)
+
+
+class ApiKeyViewSet(
+    TenantScopedMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = ApiKey.objects.select_related("tenant", "created_by", "rotated_from")
+    serializer_class = s.ApiKeySerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    pagination_class = CreatedCursorPagination
+    required_scope = Scope.ADMIN
+
+    def get_base_queryset(self):
+        queryset = super().get_base_queryset()
+        state = self.request.query_params.get("status")
+        if state == "active":
+            queryset = queryset.filter(revoked_at__isnull=True)
+        elif state == "revoked":
+            queryset = queryset.filter(~Q(revoked_at=None))
+        return queryset
+
+    @extend_schema(request=s.ApiKeyCreateSerializer, responses={201: s.ApiKeyCreatedSerializer})
+    def create(self, request):
+        """Create a key. The response holds the secret `key`, shown this once only."""
+        data = s.ApiKeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, secret = services.api_key_create(
+            tenant=request.auth.tenant, actor=request_actor(request), **data.validated_data
+        )
+        body = s.ApiKeyCreatedSerializer(key, context={"secret": secret}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.ApiKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, id=None):
+        key = services.api_key_revoke(key=self.get_object(), actor=request_actor(request))
+        return Response(s.ApiKeySerializer(key).data)
+
+    @extend_schema(request=None, responses={201: s.ApiKeyCreatedSerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, id=None):
+        """Issue a replacement key; the old one keeps working for the grace period."""
+        new_key, secret = services.api_key_rotate(key=self.get_object(), actor=request_actor(request))
+        body = s.ApiKeyCreatedSerializer(new_key, context={"secret": secret}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class AuditEventViewSet(TenantScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    queryset = AuditEvent.objects.all()
+    serializer_class = s.AuditEventSerializer
+    pagination_class = CreatedCursorPagination
+    required_scope = Scope.ADMIN
+
+    def get_base_queryset(self):
+        queryset = super().get_base_queryset()
+        if action_name := self.request.query_params.get("action"):
+            queryset = queryset.filter(action=action_name)
+        return queryset

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import AuthenticationForm
+from django.utils.text import slugify
+
+from accounts.models import ALL_SCOPES, Role, Scope, User
+
+
+class SignupForm(forms.Form):
+    name = forms.CharField(max_length=150, required=False)
+    email = forms.EmailField(max_length=254)
+    password = forms.CharField(widget=forms.PasswordInput, strip=False)
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email exists; sign in instead.")
+        return email
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("email") and cleaned.get("password"):
+            password_validation.validate_password(
+                cleaned["password"], User(email=cleaned["email"], name=cleaned.get("name", ""))
+            )
+        return cleaned
+
+
+class EmailAuthenticationForm(AuthenticationForm):
+    username = forms.EmailField(label="Email", max_length=254,
+                                widget=forms.EmailInput(attrs={"autofocus": True}))
+
+
+class TenantCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Organisation name")
+    slug = forms.SlugField(
+        max_length=50, required=False,
+        help_text="Used in model addresses (slug/model). Leave empty to derive it from the name.",
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("slug") and cleaned.get("name"):
+            cleaned["slug"] = slugify(cleaned["name"])[:50]
+            if not cleaned["slug"]:
+                self.add_error("slug", "Choose a slug of letters, digits and hyphens.")
+        return cleaned
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(max_length=254)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    scopes = forms.MultipleChoiceField(
+        choices=[(s.value, f"{s.value} — {s.label}") for s in Scope],
+        widget=forms.CheckboxSelectMultiple, initial=[Scope.MODELS_READ, Scope.INFERENCE],
+    )
+    expires_at = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Optional. UTC.",
+    )
+    allowed_ips = forms.CharField(
+        required=False, help_text="Optional. Comma-separated IPs or CIDR networks.",
+    )
+
+    def clean_scopes(self) -> list[str]:
+        return sorted(set(self.cleaned_data["scopes"]) & ALL_SCOPES)
+
+    def clean_allowed_ips(self) -> list[str]:
+        return [ip.strip() for ip in self.cleaned_data["allowed_ips"].split(",") if ip.strip()]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from rest_framework import exceptions
+from rest_framework.permissions import BasePermission
+
+from accounts.tenancy import Access
+
+
+def required_scope(view, method: str) -> str | None:
+    """A view declares ``required_scope`` as one scope, or a dict by HTTP method."""
+    scope = getattr(view, "required_scope", None)
+    if isinstance(scope, dict):
+        return scope.get(method, scope.get("*"))
+    return scope
+
+
+class TenantMember(BasePermission):
+    """Fails closed: the request must act for an active tenant and hold the view's scope."""
+
+    def has_permission(self, request, view) -> bool:
+        access = request.auth
+        if not isinstance(access, Access):
+            if request.user is not None and request.user.is_authenticated:
+                raise exceptions.PermissionDenied(
+                    "You are not a member of any organisation; create or join one first."
+                )
+            return False  # DRF answers 401 with WWW-Authenticate
+        if not access.tenant.is_active:
+            reason = f": {access.tenant.suspended_reason}" if access.tenant.suspended_reason else ""
+            raise exceptions.PermissionDenied(
+                f"The organisation '{access.tenant.slug}' is suspended{reason}. "
+                "Contact support to reactivate it."
+            )
+        scope = required_scope(view, request.method)
+        if scope is not None and not access.has_scope(scope):
+            who = "API key" if access.key is not None else "role"
+            raise exceptions.PermissionDenied(f"This request needs the '{scope}' scope, which your {who} lacks.")
+        return True

@@ -1,0 +1,365 @@
+"""Writes and flows of the accounts app. Every change to members, keys and tenants writes an
+audit row in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import secrets
+from accounts.models import (
+    MANAGER_ROLES,
+    ROLE_SCOPES,
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Role,
+    Tenant,
+    User,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: a person, an API key, or the system (both None, e.g. a command)."""
+
+    user: User | None = None
+    key: ApiKey | None = None
+    ip: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.key is not None:
+            return f"key {self.key.masked} ({self.key.name})"
+        if self.user is not None:
+            return self.user.email
+        return "system"
+
+
+SYSTEM = Actor()
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: Actor,
+    tenant: Tenant | None,
+    target: object | None = None,
+    data: dict | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        tenant=tenant,
+        actor_user=actor.user,
+        actor_key=actor.key,
+        actor_label=actor.label,
+        action=action,
+        target_type=type(target).__name__.lower() if target is not None else "",
+        target_id=str(getattr(target, "public_id", None) or getattr(target, "pk", "") or ""),
+        data=data or {},
+        ip=actor.ip,
+    )
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str, name: str = "") -> User:
+    user = User.objects.create_user(email=email, password=password, name=name)
+    audit_record(action="user.signup", actor=Actor(user=user), tenant=None, target=user)
+    return user
+
+
+@transaction.atomic
+def user_logged_in(*, user: User, ip: str | None) -> None:
+    """Record a sign-in in the log of every organisation the user belongs to, so each
+    organisation's admins see who signed in."""
+    actor = Actor(user=user, ip=ip)
+    tenants = [m.tenant for m in user.memberships.select_related("tenant")] or [None]
+    for tenant in tenants:
+        audit_record(action="user.login", actor=actor, tenant=tenant, target=user)
+
+
+# --- tenants --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def tenant_create(*, slug: str, name: str, owner: User, actor: Actor | None = None) -> Tenant:
+    if Tenant.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": f"The organisation slug '{slug}' is taken."})
+    group = Group.objects.create(name=f"tenant:{slug}")
+    try:
+        with transaction.atomic():
+            tenant = Tenant.objects.create(slug=slug, name=name, group=group)
+    except IntegrityError:
+        raise ValidationError({"slug": f"The organisation slug '{slug}' is taken."}) from None
+    membership = Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
+    owner.groups.add(group)
+    audit_record(
+        action="tenant.create", actor=actor or Actor(user=owner), tenant=tenant, target=tenant,
+        data={"owner": owner.email, "membership": membership.public_id},
+    )
+    return tenant
+
+
+@transaction.atomic
+def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
+    tenant.status = Tenant.Status.SUSPENDED
+    tenant.suspended_reason = reason
+    tenant.save(update_fields=["status", "suspended_reason"])
+    audit_record(action="tenant.suspend", actor=actor, tenant=tenant, target=tenant,
+                 data={"reason": reason})
+    return tenant
+
+
+@transaction.atomic
+def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
+    tenant.status = Tenant.Status.ACTIVE
+    tenant.suspended_reason = ""
+    tenant.save(update_fields=["status", "suspended_reason"])
+    audit_record(action="tenant.reactivate", actor=actor, tenant=tenant, target=tenant)
+    return tenant
+
+
+# --- members and invitations ----------------------------------------------------------------
+
+
+def _require_manager(tenant: Tenant, actor: Actor, *, touches_owner: bool) -> None:
+    """Admins manage members; only owners grant, change or remove the owner role."""
+    if actor.user is None and actor.key is None:
+        return  # operators and commands
+    if actor.key is not None:
+        if "admin" not in actor.key.scopes:
+            raise PermissionDenied("This action needs the 'admin' scope.")
+        if touches_owner:
+            raise PermissionDenied("Only an owner, signed in, can grant or remove the owner role.")
+        return
+    role = (
+        Membership.objects.filter(tenant=tenant, user=actor.user)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if role not in MANAGER_ROLES:
+        raise PermissionDenied("Only owners and admins can manage members.")
+    if touches_owner and role != Role.OWNER:
+        raise PermissionDenied("Only an owner can grant or remove the owner role.")
+
+
+@transaction.atomic
+def invitation_create(
+    *, tenant: Tenant, email: str, role: str, actor: Actor
+) -> tuple[Invitation, str]:
+    """Invite ``email`` with ``role``; returns the invitation and its one-time token."""
+    email = email.strip().lower()
+    _require_manager(tenant, actor, touches_owner=role == Role.OWNER)
+    if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
+        raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})
+    token = secrets.new_token()
+    invitation = Invitation.objects.create(
+        tenant=tenant, email=email, role=role, token_digest=secrets.token_digest(token),
+        invited_by=actor.user, expires_at=timezone.now() + settings.INVITATION_TTL,
+    )
+    audit_record(action="invitation.create", actor=actor, tenant=tenant, target=invitation,
+                 data={"email": email, "role": role})
+    link = f"{settings.SITE_URL}/invitations/{token}/"
+    transaction.on_commit(
+        lambda: send_mail(
+            subject=f"You are invited to {tenant.name} on Modelmarket",
+            message=(
+                f"{actor.label} invited you to join {tenant.name} as {role}.\n\n"
+                f"Accept the invitation: {link}\n\n"
+                f"The link expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC."
+            ),
+            from_email=None,
+            recipient_list=[email],
+        )
+    )
+    return invitation, token
+
+
+def invitation_by_token(token: str) -> Invitation | None:
+    return (
+        Invitation.objects.select_related("tenant")
+        .filter(token_digest=secrets.token_digest(token))
+        .first()
+    )
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membership:
+    invitation = invitation_by_token(token)
+    if invitation is None or not invitation.is_pending:
+        raise ValidationError("This invitation is invalid, expired or already used.")
+    if invitation.email != user.email.lower():
+        raise ValidationError(
+            f"This invitation was sent to {invitation.email}; sign in with that address to accept it."
+        )
+    claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).update(
+        accepted_at=timezone.now(), accepted_by=user
+    )
+    if claimed != 1:
+        raise ValidationError("This invitation was already used.")
+    membership, created = Membership.objects.get_or_create(
+        tenant=invitation.tenant, user=user, defaults={"role": invitation.role}
+    )
+    if created:
+        user.groups.add(invitation.tenant.group)
+    audit_record(action="member.join", actor=Actor(user=user, ip=ip), tenant=invitation.tenant,
+                 target=membership, data={"role": membership.role, "invitation": invitation.public_id})
+    return membership
+
+
+@transaction.atomic
+def membership_add(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Membership:
+    """Add an existing user directly (operators, seeding); people join through invitations."""
+    _require_manager(tenant, actor, touches_owner=role == Role.OWNER)
+    membership = Membership.objects.create(tenant=tenant, user=user, role=role)
+    user.groups.add(tenant.group)
+    audit_record(action="member.add", actor=actor, tenant=tenant, target=membership,
+                 data={"email": user.email, "role": role})
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
+    _require_manager(invitation.tenant, actor, touches_owner=invitation.role == Role.OWNER)
+    Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    invitation.refresh_from_db(fields=["revoked_at"])
+    audit_record(action="invitation.revoke", actor=actor, tenant=invitation.tenant,
+                 target=invitation, data={"email": invitation.email})
+    return invitation
+
+
+def _owners_left(tenant: Tenant, excluding: Membership) -> int:
+    return (
+        Membership.objects.select_for_update()
+        .filter(tenant=tenant, role=Role.OWNER)
+        .exclude(pk=excluding.pk)
+        .count()
+    )
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: str, actor: Actor) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role '{role}'. Valid roles: {', '.join(Role.values)}."})
+    old = membership.role
+    if old == role:
+        return membership
+    _require_manager(membership.tenant, actor, touches_owner=Role.OWNER in (old, role))
+    if old == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
+        raise ValidationError("An organisation needs at least one owner; make someone else owner first.")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(action="member.role_change", actor=actor, tenant=membership.tenant,
+                 target=membership, data={"email": membership.user.email, "from": old, "to": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Actor) -> None:
+    """Remove a member; a member may also remove themself (leave)."""
+    leaving = actor.key is None and actor.user is not None and actor.user.pk == membership.user_id
+    if not leaving:
+        _require_manager(membership.tenant, actor, touches_owner=membership.role == Role.OWNER)
+    if membership.role == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
+        raise ValidationError("The last owner cannot leave; make someone else owner first.")
+    membership.user.groups.remove(membership.tenant.group)
+    audit_record(action="member.leave" if leaving else "member.remove", actor=actor,
+                 tenant=membership.tenant, target=membership,
+                 data={"email": membership.user.email, "role": membership.role})
+    membership.delete()
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+
+def _granted_scopes(tenant: Tenant, actor: Actor) -> frozenset[str]:
+    if actor.key is not None:
+        return frozenset(actor.key.scopes)
+    if actor.user is None:
+        return ROLE_SCOPES[Role.OWNER]
+    role = Membership.objects.filter(tenant=tenant, user=actor.user).values_list("role", flat=True).first()
+    return ROLE_SCOPES.get(role, frozenset())
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    scopes: list[str],
+    actor: Actor,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    allowed_ips: list[str] | None = None,
+    rotated_from: ApiKey | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is shown once and never stored."""
+    _require_manager(tenant, actor, touches_owner=False)
+    excess = sorted(set(scopes) - _granted_scopes(tenant, actor))
+    if excess:
+        raise PermissionDenied(f"You cannot grant scope(s) you do not hold: {', '.join(excess)}.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    secret, prefix = secrets.new_api_key()
+    key = ApiKey(
+        tenant=tenant, name=name, prefix=prefix,
+        digest=secrets.digest(secret, settings.API_KEY_HMAC_KEY),
+        scopes=sorted(set(scopes)), expires_at=expires_at,
+        allowed_models=sorted(set(allowed_models or [])),
+        allowed_ips=list(dict.fromkeys(allowed_ips or [])),
+        created_by=actor.user, rotated_from=rotated_from,
+    )
+    key.full_clean()
+    key.save()
+    audit_record(action="api_key.create", actor=actor, tenant=tenant, target=key,
+                 data={"name": name, "scopes": key.scopes, "prefix": prefix,
+                       "expires_at": expires_at.isoformat() if expires_at else None})
+    return key, secret
+
+
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
+    _require_manager(key.tenant, actor, touches_owner=False)
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    key.refresh_from_db(fields=["revoked_at"])
+    audit_record(action="api_key.revoke", actor=actor, tenant=key.tenant, target=key,
+                 data={"name": key.name, "prefix": key.prefix})
+    return key
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, actor: Actor) -> tuple[ApiKey, str]:
+    """Issue a replacement with the same settings; the old key keeps working for the grace
+    period (``MM_API_KEY_ROTATION_GRACE_HOURS``) so deployments can switch without downtime."""
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if key.status != "active":
+        raise ValidationError(f"Only an active key can be rotated; this one is {key.status}.")
+    if hasattr(key, "rotated_to"):
+        raise ValidationError("This key was already rotated; rotate its replacement instead.")
+    new_key, secret = api_key_create(
+        tenant=key.tenant, name=key.name, scopes=key.scopes, actor=actor,
+        expires_at=key.expires_at, allowed_models=key.allowed_models,
+        allowed_ips=key.allowed_ips, rotated_from=key,
+    )
+    grace_end = timezone.now() + settings.API_KEY_ROTATION_GRACE
+    if key.expires_at is None or key.expires_at > grace_end:
+        key.expires_at = grace_end
+        key.save(update_fields=["expires_at"])
+    audit_record(action="api_key.rotate", actor=actor, tenant=key.tenant, target=key,
+                 data={"replacement": new_key.public_id, "old_key_expires_at": key.expires_at.isoformat()})
+    return new_key, secret

@@ -1,0 +1,291 @@
+"""The dashboard shell: sign-up, organisations, members, invitations, API keys, audit log."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from accounts import services
+from accounts.forms import (
+    ApiKeyForm,
+    EmailAuthenticationForm,
+    InvitationForm,
+    RoleForm,
+    SignupForm,
+    TenantCreateForm,
+)
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership
+from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
+
+
+def _error_text(exc: ValidationError | PermissionDenied) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc) or "You do not have permission to do that."
+
+
+def tenant_required(*, manage: bool = False):
+    """A signed-in member of the current organisation; ``manage`` needs owner or admin.
+    Pages of another organisation are never reachable: objects are looked up within
+    ``request.tenant`` only."""
+
+    def decorator(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if request.membership is None:
+                return redirect("dashboard:org_create")
+            if manage and not request.membership.can_manage:
+                raise PermissionDenied("Only owners and admins can open this page.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def landing(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("dashboard:home")
+    return render(request, "landing.html")
+
+
+def _safe_next(request: HttpRequest) -> str | None:
+    target = request.POST.get("next") or request.GET.get("next")
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return None
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = services.user_create(
+            email=form.cleaned_data["email"], password=form.cleaned_data["password"],
+            name=form.cleaned_data["name"],
+        )
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        services.user_logged_in(user=user, ip=client_ip(request))
+        return redirect(_safe_next(request) or "dashboard:org_create")
+    return render(request, "registration/signup.html", {"form": form, "next": _safe_next(request)})
+
+
+class LoginView(auth_views.LoginView):
+    authentication_form = EmailAuthenticationForm
+    redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        services.user_logged_in(user=form.get_user(), ip=client_ip(self.request))
+        return response
+
+
+@login_required
+def org_create(request: HttpRequest) -> HttpResponse:
+    form = TenantCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            tenant = services.tenant_create(
+                slug=form.cleaned_data["slug"], name=form.cleaned_data["name"],
+                owner=request.user, actor=request_actor(request),
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            request.session[SESSION_TENANT_KEY] = tenant.slug
+            messages.success(request, f"Organisation {tenant.name} created.")
+            return redirect("dashboard:home")
+    return render(request, "dashboard/org_create.html", {"form": form})
+
+
+@login_required
+@require_POST
+def switch_tenant(request: HttpRequest) -> HttpResponse:
+    slug = request.POST.get("tenant", "")
+    if not Membership.objects.filter(user=request.user, tenant__slug=slug).exists():
+        raise Http404("No such organisation.")
+    request.session[SESSION_TENANT_KEY] = slug
+    return redirect(_safe_next(request) or "dashboard:home")
+
+
+@tenant_required()
+def home(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant
+    context = {
+        "member_count": tenant.memberships.count(),
+        "active_key_count": tenant.api_keys.filter(revoked_at__isnull=True).count(),
+        "recent_events": tenant.audit_events.order_by("-created_at")[:5]
+        if request.membership.can_manage else [],
+    }
+    return render(request, "dashboard/home.html", context)
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+@tenant_required()
+def members(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant
+    form = InvitationForm(request.POST or None)
+    if request.method == "POST":
+        if not request.membership.can_manage:
+            raise PermissionDenied("Only owners and admins can invite members.")
+        if form.is_valid():
+            try:
+                invitation, _ = services.invitation_create(
+                    tenant=tenant, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
+                    actor=request_actor(request),
+                )
+            except (ValidationError, PermissionDenied) as exc:
+                form.add_error(None, _error_text(exc))
+            else:
+                messages.success(request, f"Invitation sent to {invitation.email}.")
+                return redirect("dashboard:members")
+    context = {
+        "memberships": tenant.memberships.select_related("user").order_by("created_at"),
+        "invitations": [i for i in tenant.invitations.order_by("-created_at") if i.is_pending],
+        "form": form,
+        "role_form": RoleForm(),
+    }
+    return render(request, "dashboard/members.html", context)
+
+
+@tenant_required()
+@require_POST
+def member_role(request: HttpRequest, member_id: str) -> HttpResponse:
+    membership = get_object_or_404(Membership, tenant=request.tenant, public_id=member_id)
+    form = RoleForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ValidationError("Choose a valid role.")
+        services.membership_change_role(
+            membership=membership, role=form.cleaned_data["role"], actor=request_actor(request)
+        )
+        messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, _error_text(exc))
+    return redirect("dashboard:members")
+
+
+@tenant_required()
+@require_POST
+def member_remove(request: HttpRequest, member_id: str) -> HttpResponse:
+    membership = get_object_or_404(Membership, tenant=request.tenant, public_id=member_id)
+    leaving = membership.user_id == request.user.pk
+    try:
+        services.membership_remove(membership=membership, actor=request_actor(request))
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, _error_text(exc))
+        return redirect("dashboard:members")
+    if leaving:
+        request.session.pop(SESSION_TENANT_KEY, None)
+        messages.success(request, f"You left {request.tenant.name}.")
+        return redirect("dashboard:home")
+    messages.success(request, f"{membership.user.email} was removed.")
+    return redirect("dashboard:members")
+
+
+@tenant_required(manage=True)
+@require_POST
+def invitation_revoke(request: HttpRequest, invitation_id: str) -> HttpResponse:
+    invitation = get_object_or_404(Invitation, tenant=request.tenant, public_id=invitation_id)
+    services.invitation_revoke(invitation=invitation, actor=request_actor(request))
+    messages.success(request, f"Invitation to {invitation.email} revoked.")
+    return redirect("dashboard:members")
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = services.invitation_by_token(token)
+    if invitation is None or not invitation.is_pending:
+        return render(request, "dashboard/invitation.html", {"invalid": True}, status=404)
+    if not request.user.is_authenticated:
+        return render(request, "dashboard/invitation.html", {"invitation": invitation})
+    if request.method == "POST":
+        try:
+            membership = services.invitation_accept(token=token, user=request.user, ip=client_ip(request))
+        except ValidationError as exc:
+            messages.error(request, _error_text(exc))
+        else:
+            request.session[SESSION_TENANT_KEY] = membership.tenant.slug
+            messages.success(request, f"Welcome to {membership.tenant.name}.")
+            return redirect("dashboard:home")
+    return render(request, "dashboard/invitation.html", {"invitation": invitation})
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+@tenant_required(manage=True)
+def keys(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant
+    form = ApiKeyForm(request.POST or None)
+    created = secret = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            created, secret = services.api_key_create(
+                tenant=tenant, name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"],
+                expires_at=form.cleaned_data["expires_at"],
+                allowed_ips=form.cleaned_data["allowed_ips"], actor=request_actor(request),
+            )
+        except (ValidationError, PermissionDenied) as exc:
+            form.add_error(None, _error_text(exc))
+        else:
+            form = ApiKeyForm()
+    context = {
+        "form": form,
+        "created": created,
+        # Rendered into this one response only; never stored in the session or the database.
+        "secret": secret,
+        "keys": tenant.api_keys.select_related("created_by").order_by("-created_at"),
+    }
+    return render(request, "dashboard/keys.html", context)
+
+
+@tenant_required(manage=True)
+@require_POST
+def key_revoke(request: HttpRequest, key_id: str) -> HttpResponse:
+    key = get_object_or_404(ApiKey, tenant=request.tenant, public_id=key_id)
+    services.api_key_revoke(key=key, actor=request_actor(request))
+    if request.htmx:
+        return render(request, "dashboard/_key_row.html", {"key": key})
+    messages.success(request, f"Key {key.name} revoked.")
+    return redirect("dashboard:keys")
+
+
+@tenant_required(manage=True)
+@require_POST
+def key_rotate(request: HttpRequest, key_id: str) -> HttpResponse:
+    key = get_object_or_404(ApiKey, tenant=request.tenant, public_id=key_id)
+    try:
+        created, secret = services.api_key_rotate(key=key, actor=request_actor(request))
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+        return redirect("dashboard:keys")
+    context = {
+        "form": ApiKeyForm(), "created": created, "secret": secret, "rotated": key,
+        "keys": request.tenant.api_keys.select_related("created_by").order_by("-created_at"),
+    }
+    return render(request, "dashboard/keys.html", context)
+
+
+# --- audit log --------------------------------------------------------------------------------
+
+
+@tenant_required(manage=True)
+def audit(request: HttpRequest) -> HttpResponse:
+    events = AuditEvent.objects.filter(tenant=request.tenant).order_by("-created_at")
+    if action := request.GET.get("action"):
+        events = events.filter(action=action)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    return render(request, "dashboard/audit.html", {"page": page, "action": action or ""})

@@ -1,0 +1,406 @@
+"""Streaming authenticated encryption for model artifacts.
+
+The format is the STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár 2015) as used by
+Tink's AES-GCM-HKDF streaming AEAD and by age: a short header, then the plaintext split into
+fixed-size chunks, each sealed with AES-256-GCM under a per-artifact key.  The byte layout and
+the reasoning behind every field are documented in ``docs/artifact-format.md``; keep the two
+in sync.
+
+Memory use is bounded by the chunk size in both directions, whatever the artifact size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"MMVAULT"
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+# The decryptor allocates one chunk per read, and the chunk size comes from the (not yet
+# authenticated) header, so cap it to keep a forged header from forcing a huge allocation.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MAX_KEY_ID_BYTES = 1024
+# The chunk counter is a u32 in the nonce; a 2**32nd chunk would reuse nonce values.
+MAX_CHUNKS = 2**32
+
+DATA_KEY_SIZE = 32
+SALT_SIZE = 32
+NONCE_PREFIX_SIZE = 7
+TAG_SIZE = 16
+HKDF_INFO_PREFIX = b"modelmarket artifact v1"
+
+# magic | version u8 | key id length u16 ; key id ; salt | nonce prefix | chunk size u32
+_FIXED_PREFIX = struct.Struct(f">{len(MAGIC)}sBH")
+_FIXED_SUFFIX = struct.Struct(f">{SALT_SIZE}s{NONCE_PREFIX_SIZE}sI")
+
+KeyResolver = Callable[[str], bytes]
+"""Maps the key id stored in a header to the 32-byte data key."""
+
+
+@runtime_checkable
+class ByteReader(Protocol):
+    """Anything with ``read(n)``: files, ``io.BytesIO``, Django ``File``, boto3 bodies."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class VaultError(Exception):
+    """Base class for every error raised by ``marketplace.vault``."""
+
+
+class VaultIntegrityError(VaultError):
+    """Ciphertext (or a wrapped key) is malformed, tampered with, truncated or mismatched.
+
+    Raised for bad magic, an unsupported version, any modified, reordered, duplicated, missing
+    or extra byte, a wrong key, or a ciphertext presented under another artifact id.  The
+    message says what was detected; callers should treat all cases alike and never use any
+    plaintext already received from the same stream.
+    """
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """A parsed artifact header. ``raw`` is the exact serialized bytes, bound into every chunk."""
+
+    version: int
+    key_id: str
+    salt: bytes
+    nonce_prefix: bytes
+    chunk_size: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    """Facts about an encrypted artifact, computed while streaming."""
+
+    plaintext_size: int
+    plaintext_sha256: str
+    """Hex SHA-256 of the plaintext, for content addressing and user-facing checksums."""
+    ciphertext_size: int
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}, got {chunk_size}")
+
+
+def _check_data_key(data_key: bytes) -> None:
+    if len(data_key) != DATA_KEY_SIZE:
+        raise ValueError(f"data key must be {DATA_KEY_SIZE} bytes, got {len(data_key)}")
+
+
+def _artifact_id_bytes(artifact_id: str) -> bytes:
+    if not artifact_id:
+        raise ValueError("artifact_id must not be empty")
+    return artifact_id.encode("utf-8")
+
+
+def _serialize_header(key_id: str, salt: bytes, nonce_prefix: bytes, chunk_size: int) -> bytes:
+    key_id_bytes = key_id.encode("utf-8")
+    if not 1 <= len(key_id_bytes) <= MAX_KEY_ID_BYTES:
+        raise ValueError(f"key_id must be 1 to {MAX_KEY_ID_BYTES} bytes of UTF-8")
+    return (
+        _FIXED_PREFIX.pack(MAGIC, FORMAT_VERSION, len(key_id_bytes))
+        + key_id_bytes
+        + _FIXED_SUFFIX.pack(salt, nonce_prefix, chunk_size)
+    )
+
+
+def _artifact_aead(data_key: bytes, salt: bytes, artifact_id: bytes) -> AESGCM:
+    # A fresh key per artifact keeps every key far below AES-GCM's usage limits and makes a
+    # ciphertext undecryptable under any other artifact id, even with the same data key.
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=salt,
+        info=HKDF_INFO_PREFIX + artifact_id,
+    )
+    return AESGCM(hkdf.derive(data_key))
+
+
+def _associated_data(header: bytes, artifact_id: bytes) -> bytes:
+    # The digest has a fixed length, so the artifact id after it is unambiguous.
+    return hashlib.sha256(header).digest() + artifact_id
+
+
+def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
+    return prefix + struct.pack(">IB", counter, 1 if final else 0)
+
+
+class Encryptor:
+    """Incremental encryptor for plaintext arriving in pieces of any size.
+
+    The ciphertext file is exactly ``header() + update(p1) + update(p2) + ... + finalize()``;
+    the caller must write ``header()`` first.  A chunk is only sealed once more plaintext
+    proves it is not the last one, so up to one chunk of plaintext stays buffered.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_key: bytes,
+        artifact_id: str,
+        key_id: str,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        _check_data_key(data_key)
+        _check_chunk_size(chunk_size)
+        artifact = _artifact_id_bytes(artifact_id)
+        salt = os.urandom(SALT_SIZE)
+        self._nonce_prefix = os.urandom(NONCE_PREFIX_SIZE)
+        self._header = _serialize_header(key_id, salt, self._nonce_prefix, chunk_size)
+        self._aead = _artifact_aead(data_key, salt, artifact)
+        self._ad = _associated_data(self._header, artifact)
+        self._chunk_size = chunk_size
+        self._buffer = bytearray()
+        self._counter = 0
+        self._finalized = False
+        self._sha256 = hashlib.sha256()
+        self._plaintext_size = 0
+
+    def header(self) -> bytes:
+        """The serialized header; write it before any ciphertext."""
+        return self._header
+
+    @property
+    def plaintext_size(self) -> int:
+        return self._plaintext_size
+
+    @property
+    def plaintext_sha256(self) -> str:
+        """Hex SHA-256 of all plaintext passed to ``update`` so far."""
+        return self._sha256.hexdigest()
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Consume plaintext and return the ciphertext of every chunk now known to be non-final."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        self._sha256.update(view)
+        self._plaintext_size += len(view)
+        out: list[bytes] = []
+        # Strictly greater: a chunk that exactly fills the buffer may still be the final one.
+        while len(self._buffer) + len(view) > self._chunk_size:
+            if self._buffer:
+                take = self._chunk_size - len(self._buffer)
+                self._buffer += view[:take]
+                out.append(self._seal(self._buffer, final=False))
+                self._buffer.clear()
+            else:
+                # Seal straight from the caller's data to avoid copying large pieces.
+                take = self._chunk_size
+                out.append(self._seal(view[:take], final=False))
+            view = view[take:]
+        self._buffer += view
+        return b"".join(out)
+
+    def finalize(self) -> bytes:
+        """Seal the buffered plaintext (possibly empty) as the final chunk."""
+        self._check_open()
+        self._finalized = True
+        out = self._seal(self._buffer, final=True)
+        self._buffer.clear()
+        return out
+
+    def _check_open(self) -> None:
+        if self._finalized:
+            raise RuntimeError("Encryptor is already finalized")
+
+    def _seal(self, plaintext: bytes | bytearray | memoryview, *, final: bool) -> bytes:
+        if self._counter >= MAX_CHUNKS:
+            raise ValueError(
+                f"artifact exceeds {MAX_CHUNKS} chunks of {self._chunk_size} bytes; "
+                "use a larger chunk size"
+            )
+        nonce = _nonce(self._nonce_prefix, self._counter, final)
+        self._counter += 1
+        return self._aead.encrypt(nonce, plaintext, self._ad)
+
+
+def encrypt_stream(
+    src: ByteReader | Iterable[bytes],
+    dst: ByteWriter,
+    *,
+    data_key: bytes,
+    artifact_id: str,
+    key_id: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> EncryptResult:
+    """Encrypt ``src`` (a readable binary file or an iterable of byte strings) into ``dst``.
+
+    ``key_id`` is stored in the clear in the header so that the reader can find the data key;
+    ``artifact_id`` is not stored and must be supplied again to decrypt.
+    """
+    enc = Encryptor(
+        data_key=data_key, artifact_id=artifact_id, key_id=key_id, chunk_size=chunk_size
+    )
+    pieces: Iterable[bytes]
+    if isinstance(src, ByteReader):
+        read = src.read
+        pieces = iter(lambda: read(chunk_size), b"")
+    else:
+        pieces = src
+    # Count what we hand over rather than trusting write()'s return value, which some
+    # file-like sinks (hash wrappers, storage adapters) return as None.
+    written = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal written
+        dst.write(data)
+        written += len(data)
+
+    emit(enc.header())
+    for piece in pieces:
+        emit(enc.update(piece))
+    emit(enc.finalize())
+    return EncryptResult(
+        plaintext_size=enc.plaintext_size,
+        plaintext_sha256=enc.plaintext_sha256,
+        ciphertext_size=written,
+    )
+
+
+def _read_exact(src: ByteReader, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at end of stream (``read`` may return short counts)."""
+    data = src.read(size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    remaining = size - len(data)
+    while remaining:
+        more = src.read(remaining)
+        if not more:
+            break
+        parts.append(more)
+        remaining -= len(more)
+    return b"".join(parts)
+
+
+def read_header(src: ByteReader) -> StreamHeader:
+    """Read and parse the header, leaving ``src`` positioned at the first chunk.
+
+    The header is only authenticated once the first chunk decrypts, so treat the returned
+    values (notably ``key_id``) as untrusted until then.
+    """
+    prefix = _read_exact(src, _FIXED_PREFIX.size)
+    if len(prefix) < _FIXED_PREFIX.size:
+        raise VaultIntegrityError("stream truncated inside the header")
+    magic, version, key_id_len = _FIXED_PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise VaultIntegrityError("not a Modelmarket vault artifact (bad magic bytes)")
+    if version != FORMAT_VERSION:
+        raise VaultIntegrityError(f"unsupported artifact format version {version}")
+    if not 1 <= key_id_len <= MAX_KEY_ID_BYTES:
+        raise VaultIntegrityError(f"invalid key id length {key_id_len} in header")
+    rest = _read_exact(src, key_id_len + _FIXED_SUFFIX.size)
+    if len(rest) < key_id_len + _FIXED_SUFFIX.size:
+        raise VaultIntegrityError("stream truncated inside the header")
+    try:
+        key_id = rest[:key_id_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise VaultIntegrityError("key id in header is not valid UTF-8") from None
+    salt, nonce_prefix, chunk_size = _FIXED_SUFFIX.unpack(rest[key_id_len:])
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise VaultIntegrityError(f"invalid chunk size {chunk_size} in header")
+    return StreamHeader(
+        version=version,
+        key_id=key_id,
+        salt=salt,
+        nonce_prefix=nonce_prefix,
+        chunk_size=chunk_size,
+        raw=prefix + rest,
+    )
+
+
+def decrypt_stream(
+    src: ByteReader,
+    *,
+    data_key: bytes | KeyResolver,
+    artifact_id: str,
+    header: StreamHeader | None = None,
+) -> Iterator[bytes]:
+    """Decrypt an artifact, yielding each plaintext chunk as soon as it is authenticated.
+
+    ``data_key`` is either the 32-byte key or a callable mapping the header's key id to it
+    (exceptions from the callable propagate unchanged).  Pass ``header`` if ``read_header``
+    already consumed it from ``src``.  The header is parsed and the key resolved before this
+    function returns, so those errors surface before any iteration.
+
+    Each yielded chunk is authentic, but the stream as a whole is only known to be complete
+    when the iterator is exhausted without error: truncation, reordering or trailing bytes
+    raise ``VaultIntegrityError`` *after* earlier chunks were yielded.  Callers that must not
+    act on partial plaintext (loading a model, writing a final file) must use
+    ``decrypt_to_bytes`` or write to a sink they discard on error.
+    """
+    if header is None:
+        header = read_header(src)
+    key = data_key(header.key_id) if callable(data_key) else data_key
+    _check_data_key(key)
+    artifact = _artifact_id_bytes(artifact_id)
+    aead = _artifact_aead(key, header.salt, artifact)
+    ad = _associated_data(header.raw, artifact)
+    return _decrypt_chunks(src, aead, ad, header)
+
+
+def _decrypt_chunks(
+    src: ByteReader, aead: AESGCM, ad: bytes, header: StreamHeader
+) -> Iterator[bytes]:
+    sealed_size = header.chunk_size + TAG_SIZE
+    # Read one byte past a full chunk: whether more data follows decides which final flag the
+    # chunk must carry.  Truncating at a chunk boundary or appending bytes therefore changes
+    # the flag we try, and authentication fails.
+    pending = _read_exact(src, sealed_size + 1)
+    counter = 0
+    while True:
+        final = len(pending) <= sealed_size
+        sealed, carry = pending[:sealed_size], pending[sealed_size:]
+        if len(sealed) < TAG_SIZE:
+            raise VaultIntegrityError(
+                f"stream truncated: chunk {counter} is incomplete or missing "
+                "(no final chunk was found)"
+            )
+        if counter >= MAX_CHUNKS:
+            raise VaultIntegrityError(f"stream has more than {MAX_CHUNKS} chunks")
+        try:
+            plaintext = aead.decrypt(_nonce(header.nonce_prefix, counter, final), sealed, ad)
+        except InvalidTag:
+            raise VaultIntegrityError(
+                f"chunk {counter} failed authentication: the artifact was modified, truncated, "
+                "reordered or extended, or the key or artifact id is wrong"
+            ) from None
+        yield plaintext
+        if final:
+            return
+        counter += 1
+        pending = carry + _read_exact(src, sealed_size)
+
+
+def decrypt_to_bytes(
+    src: ByteReader,
+    *,
+    data_key: bytes | KeyResolver,
+    artifact_id: str,
+    header: StreamHeader | None = None,
+) -> bytes:
+    """Decrypt a whole artifact into memory, returning nothing unless all of it is authentic.
+
+    Use this where plaintext is handed to something that cannot be un-done (e.g. a model
+    loader): the final chunk is verified before any byte is returned.  Arguments are as for
+    ``decrypt_stream``.
+    """
+    chunks = list(decrypt_stream(src, data_key=data_key, artifact_id=artifact_id, header=header))
+    return b"".join(chunks)

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import secrets, services
+from accounts.models import ApiKey, AuditEvent, Scope
+from tests.conftest import key_client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_created_key_is_shown_once_and_authenticates(api):
+    created = api.post("/api/v1/keys", {"name": "ci", "scopes": ["inference"]}, format="json")
+    assert created.status_code == 201
+    secret = created.json()["key"]
+    assert secret.startswith("mm_live_")
+
+    listed = api.get("/api/v1/keys").json()["results"]
+    fetched = api.get(f"/api/v1/keys/{created.json()['id']}").json()
+    assert all("key" not in item for item in listed)
+    assert "key" not in fetched and secret not in str(listed)
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    me = client.get("/api/v1/organisation")
+    assert me.status_code == 200
+    assert me.json()["scopes"] == ["inference"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_secret_is_never_stored_in_the_clear(tenant):
+    _key, secret = services.api_key_create(
+        tenant=tenant, name="scan", scopes=["inference"], actor=services.SYSTEM
+    )
+    secret_part = secret.split("_")[-1]
+    # Read every text column of every table straight from the database file.
+    raw = sqlite3.connect(connection.settings_dict["NAME"])
+    dump = "\n".join(raw.iterdump())
+    raw.close()
+    assert "mm_live_" not in dump
+    assert secret_part[:20] not in dump
+
+
+def test_missing_key_is_401_with_www_authenticate(client):
+    response = client.get("/api/v1/organisation")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("Bearer mm_live_nothing", "Malformed API key"),
+        ("Basic dXNlcjpwYXNz", "Unsupported authorization scheme"),
+        ("Bearer ", "no API key"),
+    ],
+)
+def test_malformed_credentials_are_401_saying_why(client, header, message):
+    response = client.get("/api/v1/organisation", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+    assert message in response.json()["detail"]
+    assert "WWW-Authenticate" in response
+
+
+def test_key_with_a_valid_checksum_but_unknown_secret_is_rejected(api, tenant):
+    fake, _prefix = secrets.new_api_key()
+    response = APIClient().get("/api/v1/organisation", HTTP_AUTHORIZATION=f"Bearer {fake}")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Invalid API key."
+
+
+def test_key_with_right_prefix_but_wrong_secret_is_rejected(api):
+    real = api.secret
+    prefix = real.split("_")[2]
+    body = f"mm_live_{prefix}_{'A' * 43}"
+    forged = body + secrets._checksum(body)
+    response = APIClient().get("/api/v1/organisation", HTTP_AUTHORIZATION=f"Bearer {forged}")
+    assert response.status_code == 401
+
+
+def test_revoked_key_is_rejected(api, tenant):
+    victim = key_client(tenant, scopes=[Scope.INFERENCE])
+    key_id = ApiKey.objects.get(prefix=victim.secret.split("_")[2]).public_id
+    assert victim.get("/api/v1/organisation").status_code == 200
+
+    revoked = api.post(f"/api/v1/keys/{key_id}/revoke")
+
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    response = victim.get("/api/v1/organisation")
+    assert response.status_code == 401
+    assert "revoked" in response.json()["detail"]
+    assert AuditEvent.objects.filter(action="api_key.revoke", target_id=key_id).exists()
+
+
+def test_expired_key_is_rejected(tenant):
+    client = key_client(tenant, expires_at=timezone.now() + timedelta(seconds=30))
+    assert client.get("/api/v1/organisation").status_code == 200
+    ApiKey.objects.filter(tenant=tenant).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = client.get("/api/v1/organisation")
+
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+def test_missing_scope_is_403_naming_the_scope(tenant):
+    client = key_client(tenant, scopes=[Scope.INFERENCE])
+    response = client.get("/api/v1/keys")
+    assert response.status_code == 403
+    assert "'admin' scope" in response.json()["detail"]
+
+
+def test_suspended_tenant_is_403_saying_so(api, tenant):
+    services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
+    response = api.get("/api/v1/organisation")
+    assert response.status_code == 403
+    assert "suspended" in response.json()["detail"] and "Unpaid invoices" in response.json()["detail"]
+
+
+def test_ip_allowlist_admits_listed_networks_only(tenant):
+    client = key_client(tenant, allowed_ips=["10.0.0.0/8"])
+    assert client.get("/api/v1/organisation", REMOTE_ADDR="10.1.2.3").status_code == 200
+    refused = client.get("/api/v1/organisation", REMOTE_ADDR="203.0.113.9")
+    assert refused.status_code == 403
+    assert "203.0.113.9" in refused.json()["detail"]
+
+
+def test_a_key_cannot_grant_scopes_it_does_not_hold(tenant):
+    limited = key_client(tenant, scopes=[Scope.ADMIN, Scope.MODELS_READ])
+    response = limited.post("/api/v1/keys", {"name": "x", "scopes": ["inference"]}, format="json")
+    assert response.status_code == 403
+    assert "inference" in response.json()["detail"]
+
+
+def test_rotated_key_keeps_working_through_the_grace_period(api, tenant, settings):
+    old = key_client(tenant, scopes=[Scope.INFERENCE])
+    old_id = ApiKey.objects.get(prefix=old.secret.split("_")[2]).public_id
+
+    rotated = api.post(f"/api/v1/keys/{old_id}/rotate")
+
+    assert rotated.status_code == 201
+    body = rotated.json()
+    assert body["rotated_from"] == old_id and body["scopes"] == ["inference"]
+    new = APIClient()
+    new.credentials(HTTP_AUTHORIZATION=f"Bearer {body['key']}")
+    assert new.get("/api/v1/organisation").status_code == 200
+    assert old.get("/api/v1/organisation").status_code == 200  # grace period
+    old_key = ApiKey.objects.get(public_id=old_id)
+    assert timedelta(hours=23) < old_key.expires_at - timezone.now() <= settings.API_KEY_ROTATION_GRACE
+    # Once the grace period is over the old key stops working.
+    ApiKey.objects.filter(public_id=old_id).update(expires_at=timezone.now())
+    assert old.get("/api/v1/organisation").status_code == 401
+    assert api.post(f"/api/v1/keys/{old_id}/rotate").status_code == 400
+
+
+def test_last_used_time_is_recorded(api, tenant):
+    key = ApiKey.objects.get(prefix=api.secret.split("_")[2])
+    assert key.last_used_at is None
+    api.get("/api/v1/organisation")
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_key_creation_writes_audit_row_with_actor(api, tenant):
+    api.post("/api/v1/keys", {"name": "audited", "scopes": ["models:read"]}, format="json")
+    event = AuditEvent.objects.get(tenant=tenant, action="api_key.create", data__name="audited")
+    assert event.actor_label.startswith("key mm_live_")
+
+
+def test_key_in_query_string_is_not_accepted(api):
+    response = APIClient().get(f"/api/v1/organisation?api_key={api.secret}")
+    assert response.status_code == 401

@@ -1,0 +1,69 @@
+"""Shared fixtures. The cast, as in healthchecks' tests: ``alice`` owns the ``acme`` tenant,
+``bob`` is a developer there, and ``charlie`` owns ``globex``, the outsider."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts import services
+from accounts.models import ALL_SCOPES, Role, Tenant, User
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def make_user(email: str) -> User:
+    return services.user_create(email=email, password=PASSWORD, name=email.split("@")[0].title())
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return make_user("alice@acme.example")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob@acme.example")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    return make_user("charlie@globex.example")
+
+
+@pytest.fixture
+def tenant(alice, bob) -> Tenant:
+    acme = services.tenant_create(slug="acme", name="Acme", owner=alice)
+    services.membership_add(tenant=acme, user=bob, role=Role.DEVELOPER, actor=services.SYSTEM)
+    return acme
+
+
+@pytest.fixture
+def outsider(charlie) -> Tenant:
+    return services.tenant_create(slug="globex", name="Globex", owner=charlie)
+
+
+def key_client(tenant: Tenant, scopes=ALL_SCOPES, **kwargs) -> APIClient:
+    _key, secret = services.api_key_create(
+        tenant=tenant, name="test", scopes=sorted(scopes), actor=services.SYSTEM, **kwargs
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.secret = secret
+    return client
+
+
+@pytest.fixture
+def api(tenant) -> APIClient:
+    """An API client holding an all-scopes key of ``acme``."""
+    return key_client(tenant)
+
+
+@pytest.fixture
+def outsider_api(outsider) -> APIClient:
+    return key_client(outsider)

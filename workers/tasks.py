@@ -1,0 +1,20 @@
+"""Celery entry points of the worker process. Tasks take ids and JSON values, load their
+record and call one service."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import shared_task
+
+
+@shared_task(name="workers.ping", queue="default", soft_time_limit=10, time_limit=15)
+def ping(echo: str = "") -> dict:
+    """Answers with where it ran: used by readiness checks and the end-to-end tests."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # proves the worker reaches the database too
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {"echo": echo, "hostname": socket.gethostname(), "pid": os.getpid()}
