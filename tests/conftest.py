@@ -67,3 +67,36 @@ def api(tenant) -> APIClient:
 @pytest.fixture
 def outsider_api(outsider) -> APIClient:
     return key_client(outsider)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """A real Celery worker in its own process, on the test Redis and the test database."""
+    import os
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    from config.celery import app
+
+    with django_db_blocker.unblock():
+        db_name = connection.settings_dict["NAME"]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,cpu",
+         "--pool", "prefork", "--concurrency", "1", "--loglevel", "WARNING",
+         "-n", f"test-{os.getpid()}@%h", "--without-heartbeat", "--without-mingle",
+         "--without-gossip"],
+        env=env,
+    )
+    try:
+        # The first task doubles as the readiness probe.
+        app.send_task("workers.ping", args=["ready"]).get(timeout=60)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -30,7 +30,7 @@ class Command(BaseCommand):
             except ValueError:
                 raise CommandError(f"--expires: '{expires}' is not an ISO 8601 date.") from None
             if timezone.is_naive(expires_at):
-                expires_at = timezone.make_aware(expires_at, timezone.UTC)
+                expires_at = timezone.make_aware(expires_at, UTC)
         try:
             key, secret = services.api_key_create(
                 tenant=tenant_obj, name=name, scopes=scopes, expires_at=expires_at,

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+def _post_raw(api, body: str, content_type: str = "application/json"):
+    return api.generic("POST", "/api/v1/keys", body, content_type=content_type)
+
+
+def test_malformed_json_is_400_and_creates_nothing(api):
+    before = ApiKey.objects.count()
+    response = _post_raw(api, '{"name": "x", "scopes": [')
+    assert response.status_code == 400
+    assert "JSON parse error" in response.json()["detail"]
+    assert ApiKey.objects.count() == before
+
+
+def test_unknown_field_is_400_naming_it(api):
+    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"], "scope": "admin"},
+                        format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"scope": ["Unknown field."]}
+
+
+def test_over_long_name_is_400_with_the_limit(api):
+    response = api.post("/api/v1/keys", {"name": "n" * 101, "scopes": ["inference"]}, format="json")
+    assert response.status_code == 400
+    assert "100 characters" in response.json()["detail"]
+
+
+def test_unknown_scope_is_400(api):
+    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["root"]}, format="json")
+    assert response.status_code == 400
+    assert "scopes" in response.json()["errors"]
+
+
+def test_bad_ip_network_is_400_with_an_example(api):
+    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
+                                         "allowed_ips": ["not-an-ip"]}, format="json")
+    assert response.status_code == 400
+    assert "CIDR" in response.json()["detail"]
+
+
+def test_expiry_in_the_past_is_400(api):
+    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
+                                         "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+    assert response.status_code == 400
+    assert "future" in response.json()["detail"]
+
+
+def test_bad_model_reference_is_400(api):
+    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
+                                         "allowed_models": ["Not A Model"]}, format="json")
+    assert response.status_code == 400
+    assert "owner/name" in response.json()["detail"]
+
+
+def test_wrong_content_type_is_415(api):
+    response = _post_raw(api, "name=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+
+
+def test_body_that_is_not_an_object_is_400(api):
+    response = _post_raw(api, '["name"]')
+    assert response.status_code == 400
+
+
+def test_bad_invitation_email_is_400(api):
+    response = api.post("/api/v1/invitations", {"email": "nobody"}, format="json")
+    assert response.status_code == 400
+    assert "email" in response.json()["errors"]

@@ -1,0 +1,504 @@
+"""The dashboard as its users see it: sign-up, organisations, members, invitations, API keys,
+the audit log and the tenant switcher, driven through Django's test client."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from accounts import services
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
+from tests.conftest import PASSWORD, make_user
+
+pytestmark = pytest.mark.django_db
+
+SECRET_RE = re.compile(r'id="new-key-value">(mm_live_\w+)<')
+INVITE_LINK_RE = re.compile(r"https?://\S+?(/invitations/[\w-]+/)")
+
+
+@pytest.fixture
+def alice_client(client, alice, tenant) -> Client:
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(bob, tenant) -> Client:
+    client = Client()
+    client.force_login(bob)
+    return client
+
+
+@pytest.fixture
+def charlie_client(charlie, outsider) -> Client:
+    client = Client()
+    client.force_login(charlie)
+    return client
+
+
+def api_status(secret: str) -> int:
+    """What a program holding ``secret`` gets from the API."""
+    return Client().get("/api/v1/organisation", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code
+
+
+def shown_secret(response) -> str:
+    match = SECRET_RE.search(response.content.decode())
+    assert match, "the page shows no new key"
+    return match[1]
+
+
+def create_key(client: Client, name: str = "ci") -> tuple[str, ApiKey]:
+    response = client.post("/dashboard/keys/", {"name": name, "scopes": ["inference"]})
+    secret = shown_secret(response)
+    return secret, ApiKey.objects.get(prefix=secret.split("_")[2])
+
+
+def page(client: Client, url: str) -> str:
+    response = client.get(url)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def invite(client: Client, email: str, role: str, capture) -> str:
+    """Invite through the members page; returns the path of the link in the email sent."""
+    with capture(execute=True):
+        response = client.post("/dashboard/members/", {"email": email, "role": role})
+    assert response.status_code == 302
+    return INVITE_LINK_RE.search(_last_mail_body())[1]
+
+
+def _last_mail_body() -> str:
+    from django.core import mail
+
+    return mail.outbox[-1].body
+
+
+# --- sign-up and organisations ----------------------------------------------------------------
+
+
+def test_new_user_signs_up_creates_an_organisation_and_lands_on_its_dashboard(client):
+    signed_up = client.post(
+        "/signup/", {"name": "Dana", "email": "Dana@Initech.example", "password": PASSWORD}
+    )
+    assert signed_up.status_code == 302 and signed_up["Location"] == "/dashboard/orgs/new/"
+
+    created = client.post("/dashboard/orgs/new/", {"name": "Initech"}, follow=True)
+
+    body = created.content.decode()
+    assert created.redirect_chain[-1][0] == "/dashboard/"
+    assert "Organisation Initech created." in body
+    assert "<h1>Initech" in body and "You are owner here." in body
+    dana = User.objects.get(email="dana@initech.example")
+    assert Membership.objects.get(user=dana, tenant__slug="initech").role == Role.OWNER
+
+
+def test_signed_in_user_without_an_organisation_is_sent_to_create_one(client, charlie):
+    client.force_login(charlie)
+    response = client.get("/dashboard/")
+    assert response.status_code == 302 and response["Location"] == "/dashboard/orgs/new/"
+
+
+@pytest.mark.parametrize(
+    "email, password, error",
+    [
+        ("ALICE@acme.example", PASSWORD, "An account with this email exists; sign in instead."),
+        ("dana@initech.example", "password", "This password is too common."),
+        ("dana@initech.example", "1234", "This password is too short."),
+    ],
+)
+def test_sign_up_with_a_taken_email_or_weak_password_shows_why_and_creates_nothing(
+    client, alice, email, password, error
+):
+    users_before = User.objects.count()
+
+    response = client.post("/signup/", {"email": email, "password": password})
+
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert User.objects.count() == users_before
+    assert "_auth_user_id" not in client.session
+
+
+def test_taken_organisation_slug_is_an_error_on_the_form(charlie_client):
+    response = charlie_client.post("/dashboard/orgs/new/", {"name": "Globex"})
+    assert response.status_code == 200
+    assert "The organisation slug &#x27;globex&#x27; is taken." in response.content.decode()
+    assert Tenant.objects.filter(slug="globex").count() == 1
+
+
+# --- sign-in and the audit log ----------------------------------------------------------------
+
+
+def test_sign_in_is_recorded_in_the_organisation_audit_log(client, alice, tenant):
+    signed_in = client.post("/login/", {"username": "alice@acme.example", "password": PASSWORD})
+    assert signed_in.status_code == 302
+
+    event = AuditEvent.objects.get(tenant=tenant, action="user.login")
+    assert event.actor_user == alice and event.ip == "127.0.0.1"
+    log = page(client, "/dashboard/audit/?action=user.login")
+    assert "<code>user.login</code>" in log and "alice@acme.example" in log
+
+
+def test_wrong_password_does_not_sign_in_or_record_a_login(client, alice, tenant):
+    response = client.post("/login/", {"username": "alice@acme.example", "password": "nope"})
+    assert response.status_code == 200
+    assert "enter a correct email and password" in response.content.decode()
+    assert not AuditEvent.objects.filter(action="user.login").exists()
+
+
+@pytest.mark.parametrize("url", ["/dashboard/audit/", "/dashboard/keys/"])
+def test_developer_cannot_open_manager_pages(bob_client, url):
+    assert bob_client.get(url).status_code == 403
+
+
+def test_developer_navigation_hides_manager_pages(bob_client):
+    home = page(bob_client, "/dashboard/")
+    assert "You are developer here." in home
+    assert "/dashboard/keys/" not in home and "/dashboard/audit/" not in home
+
+
+def test_signed_out_visitor_is_sent_to_sign_in(client):
+    response = client.get("/dashboard/keys/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/?next=")
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def test_new_key_secret_is_shown_once_and_authenticates(alice_client, tenant):
+    response = alice_client.post("/dashboard/keys/", {"name": "ci", "scopes": ["inference"]})
+
+    secret = shown_secret(response)
+    assert "It is shown <strong>only once</strong>" in response.content.decode()
+    later = page(alice_client, "/dashboard/keys/")
+    assert secret not in later and secret.split("_")[-1] not in later
+    assert "ci" in later and "mm_live_" + secret.split("_")[2] in later  # the masked form
+    assert api_status(secret) == 200
+    assert AuditEvent.objects.filter(tenant=tenant, action="api_key.create").exists()
+
+
+def test_key_form_errors_are_shown_and_create_nothing(alice_client):
+    response = alice_client.post(
+        "/dashboard/keys/", {"name": "", "scopes": ["inference"], "allowed_ips": "not-an-ip"}
+    )
+    body = response.content.decode()
+    assert response.status_code == 200 and 'id="new-key-value"' not in body
+    assert "This field is required." in body
+    assert not ApiKey.objects.exists()
+
+
+def test_revoking_through_htmx_returns_the_revoked_row_and_the_key_stops_working(alice_client):
+    secret, key = create_key(alice_client)
+    assert api_status(secret) == 200
+
+    response = alice_client.post(
+        f"/dashboard/keys/{key.public_id}/revoke/", headers={"HX-Request": "true"}
+    )
+
+    row = response.content.decode()
+    assert response.status_code == 200
+    assert row.lstrip().startswith(f'<tr id="key-{key.public_id}" class="key-revoked">')
+    assert '<span class="status revoked">revoked</span>' in row and "<html" not in row
+    assert "Revoke</button>" not in row
+    assert api_status(secret) == 401
+
+
+def test_revoking_without_javascript_redirects_with_a_message(alice_client):
+    _secret, key = create_key(alice_client)
+    response = alice_client.post(f"/dashboard/keys/{key.public_id}/revoke/", follow=True)
+    assert f"Key {key.name} revoked." in response.content.decode()
+
+
+def test_rotating_shows_the_replacement_once_and_both_keys_work(alice_client):
+    old_secret, key = create_key(alice_client, name="deploy")
+
+    response = alice_client.post(f"/dashboard/keys/{key.public_id}/rotate/")
+
+    body = response.content.decode()
+    new_secret = shown_secret(response)
+    assert new_secret != old_secret and "Replacement for deploy" in body
+    assert "The old key keeps working until" in body
+    assert new_secret not in page(alice_client, "/dashboard/keys/")
+    assert api_status(new_secret) == 200 and api_status(old_secret) == 200
+    key.refresh_from_db()
+    assert key.rotated_to.prefix == new_secret.split("_")[2]
+
+
+def test_rotating_a_revoked_key_says_why(alice_client):
+    _secret, key = create_key(alice_client)
+    alice_client.post(f"/dashboard/keys/{key.public_id}/revoke/")
+
+    response = alice_client.post(f"/dashboard/keys/{key.public_id}/rotate/", follow=True)
+
+    assert "Only an active key can be rotated; this one is revoked." in response.content.decode()
+    assert ApiKey.objects.count() == 1
+
+
+# --- members and invitations ------------------------------------------------------------------
+
+
+def test_invited_person_signs_up_accepts_and_joins_with_the_role(
+    alice_client, tenant, mailoutbox, django_capture_on_commit_callbacks
+):
+    link = invite(alice_client, "dana@initech.example", Role.VIEWER,
+                  django_capture_on_commit_callbacks)
+    assert mailoutbox[0].to == ["dana@initech.example"]
+    assert mailoutbox[0].subject == "You are invited to Acme on Modelmarket"
+    assert "dana@initech.example" in page(alice_client, "/dashboard/members/")  # pending
+
+    dana = Client()
+    landing = page(dana, link)
+    assert "Join Acme" in landing and "as <strong>viewer</strong>" in landing
+    signed_up = dana.post(
+        "/signup/", {"email": "dana@initech.example", "password": PASSWORD, "next": link}
+    )
+    assert signed_up["Location"] == link
+    accepted = dana.post(link, follow=True)
+
+    body = accepted.content.decode()
+    assert "Welcome to Acme." in body and "You are viewer here." in body
+    assert Membership.objects.get(tenant=tenant, user__email="dana@initech.example").role == "viewer"
+    assert "dana@initech.example" in page(alice_client, "/dashboard/members/")
+    assert page(dana, link).count("Invitation not found") == 1  # the link is spent
+
+
+def test_invitation_cannot_be_accepted_by_another_email(
+    charlie_client, tenant, alice, django_capture_on_commit_callbacks
+):
+    alice_client = Client()
+    alice_client.force_login(alice)
+    link = invite(alice_client, "dana@initech.example", Role.DEVELOPER,
+                  django_capture_on_commit_callbacks)
+
+    response = charlie_client.post(link)
+
+    assert response.status_code == 200
+    assert ("This invitation was sent to dana@initech.example; sign in with that address"
+            in response.content.decode())
+    assert not Membership.objects.filter(tenant=tenant, user__email="charlie@globex.example").exists()
+    assert Invitation.objects.get().accepted_at is None
+
+
+def test_inviting_an_existing_member_is_an_error(alice_client, mailoutbox):
+    response = alice_client.post("/dashboard/members/", {"email": "bob@acme.example", "role": "viewer"})
+    assert "bob@acme.example is already a member of Acme." in response.content.decode()
+    assert not Invitation.objects.exists() and mailoutbox == []
+
+
+def test_developer_cannot_invite(bob_client):
+    response = bob_client.post("/dashboard/members/", {"email": "eve@evil.example", "role": "owner"})
+    assert response.status_code == 403
+    assert not Invitation.objects.exists()
+
+
+def _expire(invitation: Invitation, _client: Client) -> None:
+    Invitation.objects.filter(pk=invitation.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def _revoke_from_dashboard(invitation: Invitation, client: Client) -> None:
+    response = client.post(f"/dashboard/invitations/{invitation.public_id}/revoke/", follow=True)
+    assert f"Invitation to {invitation.email} revoked." in response.content.decode()
+
+
+@pytest.mark.parametrize("spoil", [_expire, _revoke_from_dashboard], ids=["expired", "revoked"])
+def test_expired_or_revoked_invitation_is_not_found(alice_client, tenant, alice, spoil):
+    invitation, token = services.invitation_create(
+        tenant=tenant, email="dana@initech.example", role=Role.VIEWER,
+        actor=services.Actor(user=alice),
+    )
+    spoil(invitation, alice_client)
+    dana = make_user("dana@initech.example")
+    client = Client()
+    client.force_login(dana)
+
+    shown = client.get(f"/invitations/{token}/")
+    accepted = client.post(f"/invitations/{token}/")
+
+    assert shown.status_code == 404 and "Invitation not found" in shown.content.decode()
+    assert accepted.status_code == 404
+    assert not Membership.objects.filter(user=dana).exists()
+    assert "dana@initech.example" not in page(alice_client, "/dashboard/members/")
+
+
+def test_owner_changes_a_role_and_removes_a_member(alice_client, bob, tenant):
+    bob_membership = Membership.objects.get(tenant=tenant, user=bob)
+
+    promoted = alice_client.post(
+        f"/dashboard/members/{bob_membership.public_id}/role/", {"role": "admin"}, follow=True
+    )
+    assert "bob@acme.example is now Admin." in promoted.content.decode()
+    bob_membership.refresh_from_db()
+    assert bob_membership.role == Role.ADMIN
+
+    removed = alice_client.post(f"/dashboard/members/{bob_membership.public_id}/remove/", follow=True)
+
+    assert "bob@acme.example was removed." in removed.content.decode()
+    assert not Membership.objects.filter(tenant=tenant, user=bob).exists()
+    assert not bob.groups.filter(pk=tenant.group_id).exists()
+    assert list(AuditEvent.objects.filter(
+        tenant=tenant, action__startswith="member.").values_list("action", flat=True)
+        .order_by("created_at")) == ["member.add", "member.role_change", "member.remove"]
+
+
+def test_last_owner_cannot_leave(alice_client, alice, tenant):
+    own = Membership.objects.get(tenant=tenant, user=alice)
+
+    response = alice_client.post(f"/dashboard/members/{own.public_id}/remove/", follow=True)
+
+    assert "The last owner cannot leave; make someone else owner first." in response.content.decode()
+    assert Membership.objects.filter(pk=own.pk, role=Role.OWNER).exists()
+
+
+def test_member_can_leave_and_loses_the_organisation(bob_client, bob, tenant):
+    own = Membership.objects.get(tenant=tenant, user=bob)
+
+    response = bob_client.post(f"/dashboard/members/{own.public_id}/remove/", follow=True)
+
+    assert response.redirect_chain[-1][0] == "/dashboard/orgs/new/"
+    assert "You left Acme." in response.content.decode()
+    assert not Membership.objects.filter(pk=own.pk).exists()
+
+
+def test_developer_cannot_change_roles(bob_client, bob, tenant):
+    own = Membership.objects.get(tenant=tenant, user=bob)
+    response = bob_client.post(f"/dashboard/members/{own.public_id}/role/", {"role": "admin"},
+                               follow=True)
+    assert "Only owners and admins can manage members." in response.content.decode()
+    own.refresh_from_db()
+    assert own.role == Role.DEVELOPER
+
+
+def test_admin_cannot_make_anyone_owner(bob_client, bob, tenant):
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob), role=Role.ADMIN,
+        actor=services.SYSTEM,
+    )
+    dana = make_user("dana@initech.example")
+    dana_membership = services.membership_add(
+        tenant=tenant, user=dana, role=Role.VIEWER, actor=services.SYSTEM
+    )
+    own = Membership.objects.get(tenant=tenant, user=bob)
+
+    for target in (dana_membership, own):
+        response = bob_client.post(f"/dashboard/members/{target.public_id}/role/",
+                                   {"role": "owner"}, follow=True)
+        assert "Only an owner can grant or remove the owner role." in response.content.decode()
+
+    assert set(Membership.objects.filter(tenant=tenant, role=Role.OWNER)
+               .values_list("user__email", flat=True)) == {"alice@acme.example"}
+
+
+def test_admin_cannot_remove_an_owner(bob_client, alice, bob, tenant):
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob), role=Role.ADMIN,
+        actor=services.SYSTEM,
+    )
+    alice_membership = Membership.objects.get(tenant=tenant, user=alice)
+
+    response = bob_client.post(f"/dashboard/members/{alice_membership.public_id}/remove/",
+                               follow=True)
+
+    assert "Only an owner can grant or remove the owner role." in response.content.decode()
+    assert Membership.objects.filter(pk=alice_membership.pk).exists()
+
+
+# --- tenant switcher --------------------------------------------------------------------------
+
+
+def test_member_of_two_organisations_switches_between_them(alice_client, alice, outsider):
+    services.membership_add(tenant=outsider, user=alice, role=Role.VIEWER, actor=services.SYSTEM)
+    home = page(alice_client, "/dashboard/")
+    assert "<h1>Acme" in home and '<option value="globex"' in home
+
+    switched = alice_client.post("/dashboard/switch/", {"tenant": "globex"}, follow=True)
+
+    body = switched.content.decode()
+    assert "<h1>Globex" in body and "You are viewer here." in body
+    assert '<option value="globex" selected>' in body
+    members = page(alice_client, "/dashboard/members/")
+    assert "charlie@globex.example" in members and "bob@acme.example" not in members
+    assert alice_client.get("/dashboard/keys/").status_code == 403  # a viewer in Globex
+
+
+def test_switching_to_an_organisation_you_do_not_belong_to_is_404(bob_client, outsider):
+    response = bob_client.post("/dashboard/switch/", {"tenant": "globex"})
+    assert response.status_code == 404
+    assert "<h1>Acme" in page(bob_client, "/dashboard/")
+
+
+# --- outsiders --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def acme_objects(tenant, alice, bob):
+    """One of each thing in Acme that the dashboard acts on by public id."""
+    invitation, _token = services.invitation_create(
+        tenant=tenant, email="dana@initech.example", role=Role.VIEWER,
+        actor=services.Actor(user=alice),
+    )
+    key, _secret = services.api_key_create(
+        tenant=tenant, name="prod", scopes=["inference"], actor=services.Actor(user=alice)
+    )
+    return {
+        "owner": Membership.objects.get(tenant=tenant, user=alice).public_id,
+        "member": Membership.objects.get(tenant=tenant, user=bob).public_id,
+        "invitation": invitation.public_id,
+        "key": key.public_id,
+    }
+
+
+@pytest.mark.parametrize(
+    "url, data",
+    [
+        ("/dashboard/members/{member}/role/", {"role": "owner"}),
+        ("/dashboard/members/{owner}/role/", {"role": "viewer"}),
+        ("/dashboard/members/{member}/remove/", {}),
+        ("/dashboard/members/{owner}/remove/", {}),
+        ("/dashboard/invitations/{invitation}/revoke/", {}),
+        ("/dashboard/keys/{key}/revoke/", {}),
+        ("/dashboard/keys/{key}/rotate/", {}),
+    ],
+)
+def test_outsider_acting_on_another_organisations_ids_gets_404(
+    charlie_client, tenant, acme_objects, url, data
+):
+    acme_log = AuditEvent.objects.filter(tenant=tenant).count()
+
+    response = charlie_client.post(url.format(**acme_objects), data)
+
+    assert response.status_code == 404
+    assert AuditEvent.objects.filter(tenant=tenant).count() == acme_log
+    assert sorted(Membership.objects.filter(tenant=tenant).values_list("user__email", "role")) == [
+        ("alice@acme.example", "owner"), ("bob@acme.example", "developer"),
+    ]
+    assert Invitation.objects.get(public_id=acme_objects["invitation"]).revoked_at is None
+    assert [k.status for k in ApiKey.objects.filter(tenant=tenant)] == ["active"]
+
+
+def test_outsider_cannot_accept_through_the_htmx_revoke_either(charlie_client, acme_objects):
+    response = charlie_client.post(
+        f"/dashboard/keys/{acme_objects['key']}/revoke/", headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 404
+    assert ApiKey.objects.get(public_id=acme_objects["key"]).status == "active"
+
+
+# --- suspension -------------------------------------------------------------------------------
+
+
+def test_suspended_organisation_shows_the_banner(alice_client, tenant):
+    services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
+
+    home = page(alice_client, "/dashboard/")
+
+    assert 'class="banner danger" role="alert">This organisation is suspended: Unpaid invoices.' in home
+
+
+def test_active_organisation_shows_no_banner(alice_client):
+    assert "This organisation is suspended" not in page(alice_client, "/dashboard/")

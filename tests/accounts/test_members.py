@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core import mail
+
+from accounts import services
+from accounts.models import AuditEvent, Membership, Role, Scope
+from tests.conftest import key_client, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def _member_id(tenant, user) -> str:
+    return Membership.objects.get(tenant=tenant, user=user).public_id
+
+
+def test_invited_person_joins_with_the_invited_role(
+    api, tenant, client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/v1/invitations",
+                            {"email": "Dana@Acme.example", "role": "billing"}, format="json")
+    assert response.status_code == 201
+    assert response.json()["status"] == "pending"
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["dana@acme.example"]
+    link = re.search(r"/invitations/[\w-]+/", mail.outbox[0].body).group(0)
+
+    dana = make_user("dana@acme.example")
+    client.force_login(dana)
+    accepted = client.post(link)
+
+    assert accepted.status_code == 302
+    membership = Membership.objects.get(tenant=tenant, user=dana)
+    assert membership.role == Role.BILLING
+    assert dana.groups.filter(pk=tenant.group_id).exists()
+    assert client.post(link).status_code == 404  # single use
+    assert AuditEvent.objects.filter(tenant=tenant, action="member.join").exists()
+
+
+def test_inviting_an_existing_member_is_400(api, bob):
+    response = api.post("/api/v1/invitations", {"email": bob.email}, format="json")
+    assert response.status_code == 400
+    assert "already a member" in response.json()["detail"]
+
+
+def test_members_are_listed_with_roles(api, alice, bob):
+    members = api.get("/api/v1/members").json()["results"]
+    assert {(m["email"], m["role"]) for m in members} == {
+        (alice.email, "owner"), (bob.email, "developer"),
+    }
+
+
+def test_role_change_is_audited(api, tenant, bob):
+    member_id = _member_id(tenant, bob)
+    response = api.patch(f"/api/v1/members/{member_id}", {"role": "admin"}, format="json")
+    assert response.status_code == 200 and response.json()["role"] == "admin"
+    event = AuditEvent.objects.get(tenant=tenant, action="member.role_change")
+    assert event.data == {"email": bob.email, "from": "developer", "to": "admin"}
+
+
+def test_unknown_role_is_400_listing_valid_roles(api, tenant, bob):
+    response = api.patch(f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "god"},
+                         format="json")
+    assert response.status_code == 400
+    assert "role" in response.json()["errors"]
+
+
+def test_a_key_cannot_touch_the_owner_role(api, tenant, alice, bob):
+    promote = api.patch(f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "owner"},
+                        format="json")
+    demote = api.patch(f"/api/v1/members/{_member_id(tenant, alice)}", {"role": "viewer"},
+                       format="json")
+    assert promote.status_code == 403 and demote.status_code == 403
+    assert Membership.objects.get(tenant=tenant, user=alice).role == Role.OWNER
+
+
+def test_admin_cannot_grant_owner_but_owner_can(tenant, alice, bob):
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob), role=Role.ADMIN,
+        actor=services.Actor(user=alice),
+    )
+    carol = make_user("carol@acme.example")
+    services.membership_add(tenant=tenant, user=carol, role=Role.VIEWER, actor=services.SYSTEM)
+    carol_membership = Membership.objects.get(tenant=tenant, user=carol)
+
+    with pytest.raises(services.PermissionDenied):
+        services.membership_change_role(membership=carol_membership, role=Role.OWNER,
+                                        actor=services.Actor(user=bob))
+    services.membership_change_role(membership=carol_membership, role=Role.OWNER,
+                                    actor=services.Actor(user=alice))
+    assert Membership.objects.get(tenant=tenant, user=carol).role == Role.OWNER
+
+
+def test_developer_cannot_manage_members(tenant, bob, alice):
+    with pytest.raises(services.PermissionDenied):
+        services.membership_remove(membership=Membership.objects.get(tenant=tenant, user=alice),
+                                   actor=services.Actor(user=bob))
+
+
+def test_last_owner_cannot_leave_or_be_demoted(tenant, alice):
+    owner = Membership.objects.get(tenant=tenant, user=alice)
+    with pytest.raises(services.ValidationError, match="last owner"):
+        services.membership_remove(membership=owner, actor=services.Actor(user=alice))
+    with pytest.raises(services.ValidationError, match="at least one owner"):
+        services.membership_change_role(membership=owner, role=Role.ADMIN,
+                                        actor=services.Actor(user=alice))
+    assert Membership.objects.filter(tenant=tenant, user=alice, role=Role.OWNER).exists()
+
+
+def test_owner_can_leave_once_another_owner_exists(tenant, alice, bob):
+    services.membership_change_role(membership=Membership.objects.get(tenant=tenant, user=bob),
+                                    role=Role.OWNER, actor=services.Actor(user=alice))
+    services.membership_remove(membership=Membership.objects.get(tenant=tenant, user=alice),
+                               actor=services.Actor(user=alice))
+    assert not Membership.objects.filter(tenant=tenant, user=alice).exists()
+    assert not alice.groups.filter(pk=tenant.group_id).exists()
+    assert AuditEvent.objects.filter(tenant=tenant, action="member.leave").exists()
+
+
+def test_removed_member_is_gone_from_the_list(api, tenant, bob):
+    response = api.delete(f"/api/v1/members/{_member_id(tenant, bob)}")
+    assert response.status_code == 204
+    emails = [m["email"] for m in api.get("/api/v1/members").json()["results"]]
+    assert bob.email not in emails
+
+
+def test_revoked_invitation_cannot_be_accepted(
+    api, tenant, client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        created = api.post("/api/v1/invitations", {"email": "eve@acme.example"},
+                           format="json").json()
+    link = re.search(r"/invitations/[\w-]+/", mail.outbox[0].body).group(0)
+    assert api.post(f"/api/v1/invitations/{created['id']}/revoke").json()["status"] == "revoked"
+
+    client.force_login(make_user("eve@acme.example"))
+    assert client.post(link).status_code == 404
+    assert not Membership.objects.filter(tenant=tenant, user__email="eve@acme.example").exists()
+
+
+def test_member_management_needs_admin_scope(tenant):
+    reader = key_client(tenant, scopes=[Scope.MODELS_READ])
+    assert reader.get("/api/v1/members").status_code == 403
+    assert reader.post("/api/v1/invitations", {"email": "x@y.example"}, format="json").status_code == 403
