@@ -59,11 +59,16 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "reactivate"]
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting an organisation must crypto-shred its artifacts: `manage.py delete_tenant`.
+        return False
+
     @admin.action(description="Suspend selected organisations")
     def suspend(self, request, queryset):
         for tenant in queryset:
-            services.tenant_suspend(tenant=tenant, reason="Suspended by an operator.",
-                                    actor=_operator(request))
+            services.tenant_suspend(
+                tenant=tenant, reason="Suspended by an operator.", actor=_operator(request)
+            )
         messages.success(request, f"Suspended {queryset.count()} organisation(s).")
 
     @admin.action(description="Reactivate selected organisations")
@@ -84,11 +89,29 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(Invitation)
 class InvitationAdmin(admin.ModelAdmin):
-    list_display = ["email", "tenant", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    list_display = [
+        "email",
+        "tenant",
+        "role",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "revoked_at",
+    ]
     search_fields = ["email", "tenant__slug"]
     exclude = ["token_digest"]
-    readonly_fields = ["public_id", "tenant", "email", "role", "invited_by", "created_at",
-                       "expires_at", "accepted_at", "accepted_by", "revoked_at"]
+    readonly_fields = [
+        "public_id",
+        "tenant",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -96,13 +119,33 @@ class InvitationAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "tenant", "prefix", "status", "last_used_at", "expires_at", "revoked_at"]
+    list_display = [
+        "name",
+        "tenant",
+        "prefix",
+        "status",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     search_fields = ["name", "prefix", "tenant__slug"]
     list_filter = ["tenant"]
     exclude = ["digest"]  # never shown, not even hashed
-    readonly_fields = ["public_id", "tenant", "name", "prefix", "scopes", "allowed_models",
-                       "allowed_ips", "expires_at", "last_used_at", "revoked_at", "created_by",
-                       "created_at", "rotated_from"]
+    readonly_fields = [
+        "public_id",
+        "tenant",
+        "name",
+        "prefix",
+        "scopes",
+        "allowed_models",
+        "allowed_ips",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "created_by",
+        "created_at",
+        "rotated_from",
+    ]
     actions = ["revoke"]
 
     def has_add_permission(self, request) -> bool:
@@ -121,7 +164,15 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "tenant", "action", "actor_label", "target_type", "target_id", "ip"]
+    list_display = [
+        "created_at",
+        "tenant",
+        "action",
+        "actor_label",
+        "target_type",
+        "target_id",
+        "ip",
+    ]
     list_filter = ["action"]
     search_fields = ["actor_label", "target_id", "tenant__slug"]
     date_hierarchy = "created_at"

@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 
-from accounts import secrets
+from accounts import keycache, secrets
 from accounts.models import ApiKey
 from accounts.tenancy import Access, client_ip
 
@@ -41,9 +41,16 @@ def verify_api_key(secret: str, *, ip: str | None) -> ApiKey:
         raise exceptions.AuthenticationFailed(
             "Malformed API key: expected a key of the form mm_live_… as issued by Modelmarket."
         )
-    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    key = keycache.get(prefix)
+    if key is None:
+        key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+        if key is not None:
+            keycache.put(key)
     expected = key.digest if key is not None else _DUMMY_DIGEST
-    if not hmac.compare_digest(expected, secrets.digest(secret, settings.API_KEY_HMAC_KEY)) or key is None:
+    if (
+        not hmac.compare_digest(expected, secrets.digest(secret, settings.API_KEY_HMAC_KEY))
+        or key is None
+    ):
         raise exceptions.AuthenticationFailed("Invalid API key.")
     now = timezone.now()
     if key.revoked_at is not None:
@@ -58,6 +65,7 @@ def verify_api_key(secret: str, *, ip: str | None) -> ApiKey:
         # At most one write a minute per key; a conditional update so concurrent requests race
         # harmlessly.
         ApiKey.objects.filter(pk=key.pk, last_used_at=key.last_used_at).update(last_used_at=now)
+        key.last_used_at = now
     return key
 
 

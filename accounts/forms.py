@@ -29,14 +29,16 @@ class SignupForm(forms.Form):
 
 
 class EmailAuthenticationForm(AuthenticationForm):
-    username = forms.EmailField(label="Email", max_length=254,
-                                widget=forms.EmailInput(attrs={"autofocus": True}))
+    username = forms.EmailField(
+        label="Email", max_length=254, widget=forms.EmailInput(attrs={"autofocus": True})
+    )
 
 
 class TenantCreateForm(forms.Form):
     name = forms.CharField(max_length=100, label="Organisation name")
     slug = forms.SlugField(
-        max_length=50, required=False,
+        max_length=50,
+        required=False,
         help_text="Used in model addresses (slug/model). Leave empty to derive it from the name.",
     )
 
@@ -62,14 +64,17 @@ class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100)
     scopes = forms.MultipleChoiceField(
         choices=[(s.value, f"{s.value} — {s.label}") for s in Scope],
-        widget=forms.CheckboxSelectMultiple, initial=[Scope.MODELS_READ, Scope.INFERENCE],
+        widget=forms.CheckboxSelectMultiple,
+        initial=[Scope.MODELS_READ, Scope.INFERENCE],
     )
     expires_at = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Optional. UTC.",
     )
     allowed_ips = forms.CharField(
-        required=False, help_text="Optional. Comma-separated IPs or CIDR networks.",
+        required=False, label="Allowed IPs",
+        help_text="Optional. Comma-separated IPs or CIDR networks.",
     )
 
     def clean_scopes(self) -> list[str]:

@@ -122,9 +122,7 @@ class Membership(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique")]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
@@ -151,7 +149,10 @@ class Invitation(models.Model):
     expires_at = models.DateTimeField()
     accepted_at = models.DateTimeField(null=True, blank=True)
     accepted_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -172,7 +173,8 @@ def validate_scopes(value: list[str]) -> None:
     unknown = sorted(set(value) - ALL_SCOPES)
     if unknown:
         raise ValidationError(
-            f"Unknown scope(s): {', '.join(unknown)}. Valid scopes: {', '.join(sorted(ALL_SCOPES))}."
+            f"Unknown scope(s): {', '.join(unknown)}. "
+            f"Valid scopes: {', '.join(sorted(ALL_SCOPES))}."
         )
 
 
@@ -199,7 +201,10 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     created_at = models.DateTimeField(default=timezone.now)
@@ -244,7 +249,10 @@ class AuditEvent(models.Model):
         Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events"
     )
     actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     actor_key = models.ForeignKey(

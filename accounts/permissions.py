@@ -34,5 +34,7 @@ class TenantMember(BasePermission):
         scope = required_scope(view, request.method)
         if scope is not None and not access.has_scope(scope):
             who = "API key" if access.key is not None else "role"
-            raise exceptions.PermissionDenied(f"This request needs the '{scope}' scope, which your {who} lacks.")
+            raise exceptions.PermissionDenied(
+                f"This request needs the '{scope}' scope, which your {who} lacks."
+            )
         return True

@@ -64,7 +64,7 @@ def parse_api_key(key: str) -> str | None:
 
 
 def digest(secret: str, hmac_key: str) -> str:
-    return hmac.new(hmac_key.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(hmac_key.encode(), secret.encode(), "sha256").hex()
 
 
 def new_token() -> str:

@@ -14,7 +14,7 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts import secrets
+from accounts import keycache, secrets
 from accounts.models import (
     MANAGER_ROLES,
     ROLE_SCOPES,
@@ -107,7 +107,10 @@ def tenant_create(*, slug: str, name: str, owner: User, actor: Actor | None = No
     membership = Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
     owner.groups.add(group)
     audit_record(
-        action="tenant.create", actor=actor or Actor(user=owner), tenant=tenant, target=tenant,
+        action="tenant.create",
+        actor=actor or Actor(user=owner),
+        tenant=tenant,
+        target=tenant,
         data={"owner": owner.email, "membership": membership.public_id},
     )
     return tenant
@@ -118,8 +121,10 @@ def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
     tenant.status = Tenant.Status.SUSPENDED
     tenant.suspended_reason = reason
     tenant.save(update_fields=["status", "suspended_reason"])
-    audit_record(action="tenant.suspend", actor=actor, tenant=tenant, target=tenant,
-                 data={"reason": reason})
+    keycache.forget_tenant(tenant.pk)
+    audit_record(
+        action="tenant.suspend", actor=actor, tenant=tenant, target=tenant, data={"reason": reason}
+    )
     return tenant
 
 
@@ -128,6 +133,7 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
     tenant.status = Tenant.Status.ACTIVE
     tenant.suspended_reason = ""
     tenant.save(update_fields=["status", "suspended_reason"])
+    keycache.forget_tenant(tenant.pk)
     audit_record(action="tenant.reactivate", actor=actor, tenant=tenant, target=tenant)
     return tenant
 
@@ -167,11 +173,20 @@ def invitation_create(
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})
     token = secrets.new_token()
     invitation = Invitation.objects.create(
-        tenant=tenant, email=email, role=role, token_digest=secrets.token_digest(token),
-        invited_by=actor.user, expires_at=timezone.now() + settings.INVITATION_TTL,
+        tenant=tenant,
+        email=email,
+        role=role,
+        token_digest=secrets.token_digest(token),
+        invited_by=actor.user,
+        expires_at=timezone.now() + settings.INVITATION_TTL,
     )
-    audit_record(action="invitation.create", actor=actor, tenant=tenant, target=invitation,
-                 data={"email": email, "role": role})
+    audit_record(
+        action="invitation.create",
+        actor=actor,
+        tenant=tenant,
+        target=invitation,
+        data={"email": email, "role": role},
+    )
     link = f"{settings.SITE_URL}/invitations/{token}/"
     transaction.on_commit(
         lambda: send_mail(
@@ -203,7 +218,8 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
         raise ValidationError("This invitation is invalid, expired or already used.")
     if invitation.email != user.email.lower():
         raise ValidationError(
-            f"This invitation was sent to {invitation.email}; sign in with that address to accept it."
+            f"This invitation was sent to {invitation.email}; "
+            "sign in with that address to accept it."
         )
     claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).update(
         accepted_at=timezone.now(), accepted_by=user
@@ -215,8 +231,13 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
     )
     if created:
         user.groups.add(invitation.tenant.group)
-    audit_record(action="member.join", actor=Actor(user=user, ip=ip), tenant=invitation.tenant,
-                 target=membership, data={"role": membership.role, "invitation": invitation.public_id})
+    audit_record(
+        action="member.join",
+        actor=Actor(user=user, ip=ip),
+        tenant=invitation.tenant,
+        target=membership,
+        data={"role": membership.role, "invitation": invitation.public_id},
+    )
     return membership
 
 
@@ -226,8 +247,13 @@ def membership_add(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Me
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER)
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
     user.groups.add(tenant.group)
-    audit_record(action="member.add", actor=actor, tenant=tenant, target=membership,
-                 data={"email": user.email, "role": role})
+    audit_record(
+        action="member.add",
+        actor=actor,
+        tenant=tenant,
+        target=membership,
+        data={"email": user.email, "role": role},
+    )
     return membership
 
 
@@ -238,8 +264,13 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
         revoked_at=timezone.now()
     )
     invitation.refresh_from_db(fields=["revoked_at"])
-    audit_record(action="invitation.revoke", actor=actor, tenant=invitation.tenant,
-                 target=invitation, data={"email": invitation.email})
+    audit_record(
+        action="invitation.revoke",
+        actor=actor,
+        tenant=invitation.tenant,
+        target=invitation,
+        data={"email": invitation.email},
+    )
     return invitation
 
 
@@ -255,17 +286,26 @@ def _owners_left(tenant: Tenant, excluding: Membership) -> int:
 @transaction.atomic
 def membership_change_role(*, membership: Membership, role: str, actor: Actor) -> Membership:
     if role not in Role.values:
-        raise ValidationError({"role": f"Unknown role '{role}'. Valid roles: {', '.join(Role.values)}."})
+        raise ValidationError(
+            {"role": f"Unknown role '{role}'. Valid roles: {', '.join(Role.values)}."}
+        )
     old = membership.role
     if old == role:
         return membership
     _require_manager(membership.tenant, actor, touches_owner=Role.OWNER in (old, role))
     if old == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
-        raise ValidationError("An organisation needs at least one owner; make someone else owner first.")
+        raise ValidationError(
+            "An organisation needs at least one owner; make someone else owner first."
+        )
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(action="member.role_change", actor=actor, tenant=membership.tenant,
-                 target=membership, data={"email": membership.user.email, "from": old, "to": role})
+    audit_record(
+        action="member.role_change",
+        actor=actor,
+        tenant=membership.tenant,
+        target=membership,
+        data={"email": membership.user.email, "from": old, "to": role},
+    )
     return membership
 
 
@@ -278,9 +318,13 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
     if membership.role == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
         raise ValidationError("The last owner cannot leave; make someone else owner first.")
     membership.user.groups.remove(membership.tenant.group)
-    audit_record(action="member.leave" if leaving else "member.remove", actor=actor,
-                 tenant=membership.tenant, target=membership,
-                 data={"email": membership.user.email, "role": membership.role})
+    audit_record(
+        action="member.leave" if leaving else "member.remove",
+        actor=actor,
+        tenant=membership.tenant,
+        target=membership,
+        data={"email": membership.user.email, "role": membership.role},
+    )
     membership.delete()
 
 
@@ -292,7 +336,11 @@ def _granted_scopes(tenant: Tenant, actor: Actor) -> frozenset[str]:
         return frozenset(actor.key.scopes)
     if actor.user is None:
         return ROLE_SCOPES[Role.OWNER]
-    role = Membership.objects.filter(tenant=tenant, user=actor.user).values_list("role", flat=True).first()
+    role = (
+        Membership.objects.filter(tenant=tenant, user=actor.user)
+        .values_list("role", flat=True)
+        .first()
+    )
     return ROLE_SCOPES.get(role, frozenset())
 
 
@@ -317,18 +365,31 @@ def api_key_create(
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     secret, prefix = secrets.new_api_key()
     key = ApiKey(
-        tenant=tenant, name=name, prefix=prefix,
+        tenant=tenant,
+        name=name,
+        prefix=prefix,
         digest=secrets.digest(secret, settings.API_KEY_HMAC_KEY),
-        scopes=sorted(set(scopes)), expires_at=expires_at,
+        scopes=sorted(set(scopes)),
+        expires_at=expires_at,
         allowed_models=sorted(set(allowed_models or [])),
         allowed_ips=list(dict.fromkeys(allowed_ips or [])),
-        created_by=actor.user, rotated_from=rotated_from,
+        created_by=actor.user,
+        rotated_from=rotated_from,
     )
     key.full_clean()
     key.save()
-    audit_record(action="api_key.create", actor=actor, tenant=tenant, target=key,
-                 data={"name": name, "scopes": key.scopes, "prefix": prefix,
-                       "expires_at": expires_at.isoformat() if expires_at else None})
+    audit_record(
+        action="api_key.create",
+        actor=actor,
+        tenant=tenant,
+        target=key,
+        data={
+            "name": name,
+            "scopes": key.scopes,
+            "prefix": prefix,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return key, secret
 
 
@@ -336,9 +397,15 @@ def api_key_create(
 def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
     _require_manager(key.tenant, actor, touches_owner=False)
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    keycache.forget(key.prefix)
     key.refresh_from_db(fields=["revoked_at"])
-    audit_record(action="api_key.revoke", actor=actor, tenant=key.tenant, target=key,
-                 data={"name": key.name, "prefix": key.prefix})
+    audit_record(
+        action="api_key.revoke",
+        actor=actor,
+        tenant=key.tenant,
+        target=key,
+        data={"name": key.name, "prefix": key.prefix},
+    )
     return key
 
 
@@ -352,14 +419,25 @@ def api_key_rotate(*, key: ApiKey, actor: Actor) -> tuple[ApiKey, str]:
     if hasattr(key, "rotated_to"):
         raise ValidationError("This key was already rotated; rotate its replacement instead.")
     new_key, secret = api_key_create(
-        tenant=key.tenant, name=key.name, scopes=key.scopes, actor=actor,
-        expires_at=key.expires_at, allowed_models=key.allowed_models,
-        allowed_ips=key.allowed_ips, rotated_from=key,
+        tenant=key.tenant,
+        name=key.name,
+        scopes=key.scopes,
+        actor=actor,
+        expires_at=key.expires_at,
+        allowed_models=key.allowed_models,
+        allowed_ips=key.allowed_ips,
+        rotated_from=key,
     )
     grace_end = timezone.now() + settings.API_KEY_ROTATION_GRACE
     if key.expires_at is None or key.expires_at > grace_end:
         key.expires_at = grace_end
         key.save(update_fields=["expires_at"])
-    audit_record(action="api_key.rotate", actor=actor, tenant=key.tenant, target=key,
-                 data={"replacement": new_key.public_id, "old_key_expires_at": key.expires_at.isoformat()})
+        keycache.forget(key.prefix)
+    audit_record(
+        action="api_key.rotate",
+        actor=actor,
+        tenant=key.tenant,
+        target=key,
+        data={"replacement": new_key.public_id, "old_key_expires_at": key.expires_at.isoformat()},
+    )
     return new_key, secret

@@ -97,5 +97,7 @@ def request_actor(request):
     ip = client_ip(request)
     if isinstance(access, Access):
         return Actor(user=access.user, key=access.key, ip=ip)
-    user = request.user if getattr(request, "user", None) and request.user.is_authenticated else None
+    user = (
+        request.user if getattr(request, "user", None) and request.user.is_authenticated else None
+    )
     return Actor(user=user, ip=ip)

@@ -62,7 +62,9 @@ def landing(request: HttpRequest) -> HttpResponse:
 
 def _safe_next(request: HttpRequest) -> str | None:
     target = request.POST.get("next") or request.GET.get("next")
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, {request.get_host()}, request.is_secure()
+    ):
         return target
     return None
 
@@ -71,7 +73,8 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = services.user_create(
-            email=form.cleaned_data["email"], password=form.cleaned_data["password"],
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password"],
             name=form.cleaned_data["name"],
         )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -96,8 +99,10 @@ def org_create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             tenant = services.tenant_create(
-                slug=form.cleaned_data["slug"], name=form.cleaned_data["name"],
-                owner=request.user, actor=request_actor(request),
+                slug=form.cleaned_data["slug"],
+                name=form.cleaned_data["name"],
+                owner=request.user,
+                actor=request_actor(request),
             )
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
@@ -126,7 +131,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "member_count": tenant.memberships.count(),
         "active_key_count": tenant.api_keys.filter(revoked_at__isnull=True).count(),
         "recent_events": tenant.audit_events.order_by("-created_at")[:5]
-        if request.membership.can_manage else [],
+        if request.membership.can_manage
+        else [],
     }
     return render(request, "dashboard/home.html", context)
 
@@ -144,7 +150,9 @@ def members(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 invitation, _ = services.invitation_create(
-                    tenant=tenant, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
+                    tenant=tenant,
+                    email=form.cleaned_data["email"],
+                    role=form.cleaned_data["role"],
                     actor=request_actor(request),
                 )
             except (ValidationError, PermissionDenied) as exc:
@@ -172,7 +180,9 @@ def member_role(request: HttpRequest, member_id: str) -> HttpResponse:
         services.membership_change_role(
             membership=membership, role=form.cleaned_data["role"], actor=request_actor(request)
         )
-        messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+        messages.success(
+            request, f"{membership.user.email} is now {membership.get_role_display()}."
+        )
     except (ValidationError, PermissionDenied) as exc:
         messages.error(request, _error_text(exc))
     return redirect("dashboard:members")
@@ -213,7 +223,9 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, "dashboard/invitation.html", {"invitation": invitation})
     if request.method == "POST":
         try:
-            membership = services.invitation_accept(token=token, user=request.user, ip=client_ip(request))
+            membership = services.invitation_accept(
+                token=token, user=request.user, ip=client_ip(request)
+            )
         except ValidationError as exc:
             messages.error(request, _error_text(exc))
         else:
@@ -234,9 +246,12 @@ def keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             created, secret = services.api_key_create(
-                tenant=tenant, name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"],
+                tenant=tenant,
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
                 expires_at=form.cleaned_data["expires_at"],
-                allowed_ips=form.cleaned_data["allowed_ips"], actor=request_actor(request),
+                allowed_ips=form.cleaned_data["allowed_ips"],
+                actor=request_actor(request),
             )
         except (ValidationError, PermissionDenied) as exc:
             form.add_error(None, _error_text(exc))
@@ -273,7 +288,10 @@ def key_rotate(request: HttpRequest, key_id: str) -> HttpResponse:
         messages.error(request, _error_text(exc))
         return redirect("dashboard:keys")
     context = {
-        "form": ApiKeyForm(), "created": created, "secret": secret, "rotated": key,
+        "form": ApiKeyForm(),
+        "created": created,
+        "secret": secret,
+        "rotated": key,
         "keys": request.tenant.api_keys.select_related("created_by").order_by("-created_at"),
     }
     return render(request, "dashboard/keys.html", context)

@@ -29,15 +29,40 @@ def main() -> int:
     env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
     commands = {
         "web": [python, "manage.py", "runserver", address],
-        "worker": [python, "-m", "celery", "-A", "config", "worker", "-Q", "default,cpu",
-                   "--concurrency", os.environ.get("MM_WORKER_CONCURRENCY", "2"),
-                   "--loglevel", "INFO", "-n", "cpu@%h"],
-        "beat": [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+        "worker": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,cpu",
+            "--concurrency",
+            os.environ.get("MM_WORKER_CONCURRENCY", "2"),
+            "--loglevel",
+            "INFO",
+            "-n",
+            "cpu@%h",
+        ],
+        "beat": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(settings.VAR_DIR / "celerybeat-schedule"),
+        ],
     }
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env) for name, cmd in commands.items()}  # noqa: S603
-    print(f"Modelmarket is running at http://{address}/ (Ctrl-C stops web, worker and beat).",
-          flush=True)
+    print(
+        f"Modelmarket is running at http://{address}/ (Ctrl-C stops web, worker and beat).",
+        flush=True,
+    )
 
     stopping = False
 
@@ -51,7 +76,9 @@ def main() -> int:
     while not stopping:
         for name, proc in procs.items():
             if proc.poll() is not None:
-                print(f"{name} exited with status {proc.returncode}; stopping the rest.", flush=True)
+                print(
+                    f"{name} exited with status {proc.returncode}; stopping the rest.", flush=True
+                )
                 exit_code = proc.returncode or 1
                 stopping = True
                 break

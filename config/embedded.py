@@ -6,8 +6,11 @@ configuring anything. Production always sets ``REDIS_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -43,15 +46,24 @@ def start_redis(directory: Path, *, daemonize: bool) -> tuple[Path, subprocess.P
     sock = directory / "redis.sock"
     args = [
         redis_server_executable(),
-        "--port", "0",
-        "--unixsocket", str(sock),
-        "--unixsocketperm", "700",
-        "--dir", str(directory),
-        "--save", "",
-        "--appendonly", "yes" if daemonize else "no",
-        "--logfile", str(directory / "redis.log"),
-        "--daemonize", "yes" if daemonize else "no",
-        "--pidfile", str(directory / "redis.pid"),
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if daemonize else "no",
+        "--logfile",
+        str(directory / "redis.log"),
+        "--daemonize",
+        "yes" if daemonize else "no",
+        "--pidfile",
+        str(directory / "redis.pid"),
     ]
     proc = None
     if daemonize:
@@ -76,7 +88,9 @@ def ensure_redis(directory: Path) -> str:
             if not _answers(sock):
                 sock.unlink(missing_ok=True)
                 start_redis(directory, daemonize=True)
-                logger.warning("Started the embedded Redis at %s (set REDIS_URL to use yours).", sock)
+                logger.warning(
+                    "Started the embedded Redis at %s (set REDIS_URL to use yours).", sock
+                )
     return f"unix://{sock}"
 
 
@@ -86,13 +100,8 @@ def stop_redis(directory: Path) -> None:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return
-    import os
-    import signal
-
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 def celery_url(redis_url: str) -> str:

@@ -158,6 +158,39 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- Vault: key-encryption keys and the artifact store ------------------------------------
+# One of: MM_KMS_KEY_ID (AWS KMS), MM_KEK_RING ("kek-id:BASE64KEY,..." with the primary first),
+# or a key file (MM_KEK_FILE). Development creates var/keyring.json on first start and says so.
+KMS_KEY_ID = env("MM_KMS_KEY_ID")
+KMS_ENDPOINT_URL = env("MM_KMS_ENDPOINT_URL") or None
+KEK_RING = env("MM_KEK_RING")
+KEK_FILE = Path(env("MM_KEK_FILE", str(VAR_DIR / "keyring.json")))
+KEK_FILE_CREATE = env_bool("MM_KEK_FILE_CREATE", DEBUG)
+ARTIFACT_BUCKET = env("MM_ARTIFACT_BUCKET")
+if ARTIFACT_BUCKET:
+    ARTIFACT_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": ARTIFACT_BUCKET,
+            "endpoint_url": env("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": env("AWS_S3_REGION_NAME") or None,
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+            "location": env("MM_ARTIFACT_PREFIX", "artifacts"),
+        },
+    }
+else:
+    ARTIFACT_STORAGE = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": str(VAR_DIR / "artifacts"),
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
+    }
+ARTIFACT_CHUNK_SIZE = int(env("MM_ARTIFACT_CHUNK_SIZE", str(1024 * 1024)))
+
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
@@ -165,6 +198,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = Path(env("DJANGO_MEDIA_ROOT", str(VAR_DIR / "media")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "artifacts": ARTIFACT_STORAGE,
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG
@@ -214,7 +248,9 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 if DEBUG:
-    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
+        "rest_framework.renderers.BrowsableAPIRenderer"
+    )
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Modelmarket API",
@@ -235,14 +271,17 @@ SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = int(env("DJANGO_HSTS_SECONDS", "0" if DEBUG else "31536000"))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool(
-    "DJANGO_BEHIND_TLS_PROXY", False
-) else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY", False) else None
+)
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", str(10 * 1024 * 1024)))
 
 # --- Product settings ---------------------------------------------------------------------
+# How long a process may reuse a verified API key row (see accounts/keycache.py); a revoked key
+# or suspended tenant is refused by other processes within this many seconds.
+API_KEY_CACHE_SECONDS = float(env("MM_API_KEY_CACHE_SECONDS", "10"))
 API_KEY_ROTATION_GRACE = timedelta(hours=int(env("MM_API_KEY_ROTATION_GRACE_HOURS", "24")))
 INVITATION_TTL = timedelta(days=int(env("MM_INVITATION_TTL_DAYS", "7")))
 

@@ -17,6 +17,16 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_key_cache():
+    """Each test starts as a freshly started process would: nothing cached."""
+    from accounts import keycache
+
+    keycache.clear()
+    yield
+    keycache.clear()
+
+
 def make_user(email: str) -> User:
     return services.user_create(email=email, password=PASSWORD, name=email.split("@")[0].title())
 
@@ -84,10 +94,27 @@ def celery_worker_process(django_db_setup, django_db_blocker):
         db_name = connection.settings_dict["NAME"]
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,cpu",
-         "--pool", "prefork", "--concurrency", "1", "--loglevel", "WARNING",
-         "-n", f"test-{os.getpid()}@%h", "--without-heartbeat", "--without-mingle",
-         "--without-gossip"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,cpu",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"test-{os.getpid()}@%h",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         env=env,
     )
     try:

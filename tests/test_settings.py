@@ -18,11 +18,16 @@ def test_deploy_check_passes_with_production_variables(tmp_path):
         "DJANGO_ALLOWED_HOSTS": "models.example.com",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.sqlite3'}",
         "REDIS_URL": os.environ["REDIS_URL"],
+        "MM_KEK_RING": "kek-prod-1:" + "A" * 43 + "=",
         "MM_VAR_DIR": str(tmp_path),
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -30,11 +35,17 @@ def test_deploy_check_passes_with_production_variables(tmp_path):
 def test_embedded_redis_is_used_when_redis_url_is_unset(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["MM_VAR_DIR"] = str(tmp_path)
-    code = ("import django, redis; django.setup(); from django.conf import settings; "
-            "print(settings.EMBEDDED_REDIS, redis.Redis.from_url(settings.REDIS_URL).ping())")
+    code = (
+        "import django, redis; django.setup(); from django.conf import settings; "
+        "print(settings.EMBEDDED_REDIS, redis.Redis.from_url(settings.REDIS_URL).ping())"
+    )
     try:
         result = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         )
         assert result.stdout.strip() == "True True", result.stderr

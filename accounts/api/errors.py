@@ -1,4 +1,5 @@
-"""One error shape for the whole API: ``{"detail": "<what to fix>", "code": ..., "errors": {...}}``."""
+"""One error shape for the whole API:
+``{"detail": "<what to fix>", "code": "...", "errors": {...}}``."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def exception_handler(exc, context):
         response.data = {
             "detail": "Invalid request: " + "; ".join(messages),
             "code": "invalid",
-            "errors": exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail},
+            "errors": exc.detail
+            if isinstance(exc.detail, dict)
+            else {"non_field_errors": exc.detail},
         }
     elif isinstance(response.data, dict) and "detail" in response.data:
         detail = response.data["detail"]
@@ -44,5 +47,7 @@ def exception_handler(exc, context):
     return response
 
 
-def error_response(message: str, *, status_code: int = status.HTTP_400_BAD_REQUEST, code: str = "invalid"):
+def error_response(
+    message: str, *, status_code: int = status.HTTP_400_BAD_REQUEST, code: str = "invalid"
+):
     return Response({"detail": message, "code": code}, status=status_code)

@@ -12,9 +12,7 @@ class StrictSerializer(serializers.Serializer):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
-                raise serializers.ValidationError(
-                    {name: ["Unknown field."] for name in unknown}
-                )
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
 
 
@@ -72,13 +70,26 @@ class ApiKeySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     status = serializers.CharField(read_only=True)
     created_by = serializers.EmailField(source="created_by.email", read_only=True, default=None)
-    rotated_from = serializers.CharField(source="rotated_from.public_id", read_only=True, default=None)
+    rotated_from = serializers.CharField(
+        source="rotated_from.public_id", read_only=True, default=None
+    )
 
     class Meta:
         model = ApiKey
         fields = [
-            "id", "name", "prefix", "scopes", "allowed_models", "allowed_ips", "status",
-            "expires_at", "last_used_at", "revoked_at", "created_by", "created_at", "rotated_from",
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "allowed_models",
+            "allowed_ips",
+            "status",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "created_by",
+            "created_at",
+            "rotated_from",
         ]
         read_only_fields = fields
 
@@ -107,7 +118,8 @@ class ApiKeyCreateSerializer(StrictSerializer):
         child=serializers.RegexField(
             MODEL_REF_RE, error_messages={"invalid": "Use owner/name, e.g. acme/resnet."}
         ),
-        required=False, max_length=100,
+        required=False,
+        max_length=100,
     )
     allowed_ips = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, max_length=100

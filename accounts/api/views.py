@@ -87,7 +87,9 @@ class InvitationViewSet(
     @extend_schema(request=None, responses=s.InvitationSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request, id=None):
-        invitation = services.invitation_revoke(invitation=self.get_object(), actor=request_actor(request))
+        invitation = services.invitation_revoke(
+            invitation=self.get_object(), actor=request_actor(request)
+        )
         return Response(s.InvitationSerializer(invitation).data)
 
 
@@ -134,7 +136,9 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def rotate(self, request, id=None):
         """Issue a replacement key; the old one keeps working for the grace period."""
-        new_key, secret = services.api_key_rotate(key=self.get_object(), actor=request_actor(request))
+        new_key, secret = services.api_key_rotate(
+            key=self.get_object(), actor=request_actor(request)
+        )
         body = s.ApiKeyCreatedSerializer(new_key, context={"secret": secret}).data
         return Response(body, status=status.HTTP_201_CREATED)
 

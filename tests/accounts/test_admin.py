@@ -15,15 +15,21 @@ def operator(client) -> User:
 
 
 def test_operator_suspends_a_tenant_and_its_keys_stop_working(client, operator, api, tenant):
-    response = client.post("/admin/accounts/tenant/", {
-        "action": "suspend", "_selected_action": [tenant.pk],
-    })
+    response = client.post(
+        "/admin/accounts/tenant/",
+        {
+            "action": "suspend",
+            "_selected_action": [tenant.pk],
+        },
+    )
     assert response.status_code == 302
     assert Tenant.objects.get(pk=tenant.pk).status == "suspended"
     assert AuditEvent.objects.get(action="tenant.suspend").actor_label == operator.email
     assert api.get("/api/v1/organisation").status_code == 403
 
-    client.post("/admin/accounts/tenant/", {"action": "reactivate", "_selected_action": [tenant.pk]})
+    client.post(
+        "/admin/accounts/tenant/", {"action": "reactivate", "_selected_action": [tenant.pk]}
+    )
     assert api.get("/api/v1/organisation").status_code == 200
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 
 import pytest
@@ -8,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import secrets, services
+from accounts import keycache, secrets, services
 from accounts.models import ApiKey, AuditEvent, Scope
 from tests.conftest import key_client
 
@@ -77,6 +78,7 @@ def test_key_with_a_valid_checksum_but_unknown_secret_is_rejected(api, tenant):
 
 def test_key_with_right_prefix_but_wrong_secret_is_rejected(api):
     real = api.secret
+    assert api.get("/api/v1/organisation").status_code == 200  # the real key is now cached
     prefix = real.split("_")[2]
     body = f"mm_live_{prefix}_{'A' * 43}"
     forged = body + secrets._checksum(body)
@@ -102,6 +104,7 @@ def test_expired_key_is_rejected(tenant):
     client = key_client(tenant, expires_at=timezone.now() + timedelta(seconds=30))
     assert client.get("/api/v1/organisation").status_code == 200
     ApiKey.objects.filter(tenant=tenant).update(expires_at=timezone.now() - timedelta(seconds=1))
+    keycache.clear()  # what every process sees once the cache TTL has passed
 
     response = client.get("/api/v1/organisation")
 
@@ -120,7 +123,9 @@ def test_suspended_tenant_is_403_saying_so(api, tenant):
     services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
     response = api.get("/api/v1/organisation")
     assert response.status_code == 403
-    assert "suspended" in response.json()["detail"] and "Unpaid invoices" in response.json()["detail"]
+    assert (
+        "suspended" in response.json()["detail"] and "Unpaid invoices" in response.json()["detail"]
+    )
 
 
 def test_ip_allowlist_admits_listed_networks_only(tenant):
@@ -152,9 +157,12 @@ def test_rotated_key_keeps_working_through_the_grace_period(api, tenant, setting
     assert new.get("/api/v1/organisation").status_code == 200
     assert old.get("/api/v1/organisation").status_code == 200  # grace period
     old_key = ApiKey.objects.get(public_id=old_id)
-    assert timedelta(hours=23) < old_key.expires_at - timezone.now() <= settings.API_KEY_ROTATION_GRACE
+    assert (
+        timedelta(hours=23) < old_key.expires_at - timezone.now() <= settings.API_KEY_ROTATION_GRACE
+    )
     # Once the grace period is over the old key stops working.
     ApiKey.objects.filter(public_id=old_id).update(expires_at=timezone.now())
+    keycache.clear()
     assert old.get("/api/v1/organisation").status_code == 401
     assert api.post(f"/api/v1/keys/{old_id}/rotate").status_code == 400
 
@@ -176,3 +184,25 @@ def test_key_creation_writes_audit_row_with_actor(api, tenant):
 def test_key_in_query_string_is_not_accepted(api):
     response = APIClient().get(f"/api/v1/organisation?api_key={api.secret}")
     assert response.status_code == 401
+
+
+def test_key_revoked_by_another_process_is_refused_once_the_cache_expires(api, settings):
+    settings.API_KEY_CACHE_SECONDS = 0.2
+    assert api.get("/api/v1/organisation").status_code == 200
+    # Another web process revokes the key: this one learns of it when its cache entry expires.
+    ApiKey.objects.filter(prefix=api.secret.split("_")[2]).update(revoked_at=timezone.now())
+    time.sleep(0.25)
+    assert api.get("/api/v1/organisation").status_code == 401
+
+
+def test_key_revoked_in_this_process_is_refused_at_once(api, tenant):
+    assert api.get("/api/v1/organisation").status_code == 200
+    services.api_key_revoke(key=ApiKey.objects.get(prefix=api.secret.split("_")[2]),
+                            actor=services.SYSTEM)
+    assert api.get("/api/v1/organisation").status_code == 401
+
+
+def test_suspension_applies_at_once_to_cached_keys(api, tenant):
+    assert api.get("/api/v1/organisation").status_code == 200
+    services.tenant_suspend(tenant=tenant, reason="Abuse", actor=services.SYSTEM)
+    assert api.get("/api/v1/organisation").status_code == 403

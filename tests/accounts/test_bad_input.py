@@ -20,8 +20,9 @@ def test_malformed_json_is_400_and_creates_nothing(api):
 
 
 def test_unknown_field_is_400_naming_it(api):
-    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"], "scope": "admin"},
-                        format="json")
+    response = api.post(
+        "/api/v1/keys", {"name": "x", "scopes": ["inference"], "scope": "admin"}, format="json"
+    )
     assert response.status_code == 400
     assert response.json()["errors"] == {"scope": ["Unknown field."]}
 
@@ -39,22 +40,31 @@ def test_unknown_scope_is_400(api):
 
 
 def test_bad_ip_network_is_400_with_an_example(api):
-    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
-                                         "allowed_ips": ["not-an-ip"]}, format="json")
+    response = api.post(
+        "/api/v1/keys",
+        {"name": "x", "scopes": ["inference"], "allowed_ips": ["not-an-ip"]},
+        format="json",
+    )
     assert response.status_code == 400
     assert "CIDR" in response.json()["detail"]
 
 
 def test_expiry_in_the_past_is_400(api):
-    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
-                                         "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+    response = api.post(
+        "/api/v1/keys",
+        {"name": "x", "scopes": ["inference"], "expires_at": "2001-01-01T00:00:00Z"},
+        format="json",
+    )
     assert response.status_code == 400
     assert "future" in response.json()["detail"]
 
 
 def test_bad_model_reference_is_400(api):
-    response = api.post("/api/v1/keys", {"name": "x", "scopes": ["inference"],
-                                         "allowed_models": ["Not A Model"]}, format="json")
+    response = api.post(
+        "/api/v1/keys",
+        {"name": "x", "scopes": ["inference"], "allowed_models": ["Not A Model"]},
+        format="json",
+    )
     assert response.status_code == 400
     assert "owner/name" in response.json()["detail"]
 

@@ -23,8 +23,16 @@ def test_create_tenant_and_key_print_json_and_the_key_works():
     assert tenant["tenant"] == "initech" and tenant["owner_created"] is True
     assert Membership.objects.get(tenant__slug="initech").role == "owner"
 
-    key = _run("create_api_key", "initech", "--scopes", "inference", "models:read",
-               "--expires", "2999-01-01", "--json")
+    key = _run(
+        "create_api_key",
+        "initech",
+        "--scopes",
+        "inference",
+        "models:read",
+        "--expires",
+        "2999-01-01",
+        "--json",
+    )
 
     assert key["scopes"] == ["inference", "models:read"]
     assert key["expires_at"].startswith("2999-01-01")

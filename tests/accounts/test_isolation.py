@@ -13,10 +13,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def acme_ids(tenant, bob):
-    key, _ = services.api_key_create(tenant=tenant, name="victim", scopes=["inference"],
-                                     actor=services.SYSTEM)
-    invitation, _ = services.invitation_create(tenant=tenant, email="new@acme.example",
-                                               role="viewer", actor=services.SYSTEM)
+    key, _ = services.api_key_create(
+        tenant=tenant, name="victim", scopes=["inference"], actor=services.SYSTEM
+    )
+    invitation, _ = services.invitation_create(
+        tenant=tenant, email="new@acme.example", role="viewer", actor=services.SYSTEM
+    )
     return {
         "member": Membership.objects.get(tenant=tenant, user=bob).public_id,
         "key": key.public_id,
@@ -47,8 +49,9 @@ def test_outsider_gets_404_and_changes_nothing(outsider_api, acme_ids, method, u
     assert Membership.objects.get(public_id=acme_ids["member"]).role == "developer"
 
 
-@pytest.mark.parametrize("url", ["/api/v1/members", "/api/v1/keys", "/api/v1/invitations",
-                                 "/api/v1/audit-events"])
+@pytest.mark.parametrize(
+    "url", ["/api/v1/members", "/api/v1/keys", "/api/v1/invitations", "/api/v1/audit-events"]
+)
 def test_lists_show_only_the_callers_tenant(outsider_api, acme_ids, url):
     body = outsider_api.get(url).json()
     text = str(body)

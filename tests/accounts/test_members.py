@@ -20,8 +20,9 @@ def test_invited_person_joins_with_the_invited_role(
     api, tenant, client, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        response = api.post("/api/v1/invitations",
-                            {"email": "Dana@Acme.example", "role": "billing"}, format="json")
+        response = api.post(
+            "/api/v1/invitations", {"email": "Dana@Acme.example", "role": "billing"}, format="json"
+        )
     assert response.status_code == 201
     assert response.json()["status"] == "pending"
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["dana@acme.example"]
@@ -48,7 +49,8 @@ def test_inviting_an_existing_member_is_400(api, bob):
 def test_members_are_listed_with_roles(api, alice, bob):
     members = api.get("/api/v1/members").json()["results"]
     assert {(m["email"], m["role"]) for m in members} == {
-        (alice.email, "owner"), (bob.email, "developer"),
+        (alice.email, "owner"),
+        (bob.email, "developer"),
     }
 
 
@@ -61,24 +63,28 @@ def test_role_change_is_audited(api, tenant, bob):
 
 
 def test_unknown_role_is_400_listing_valid_roles(api, tenant, bob):
-    response = api.patch(f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "god"},
-                         format="json")
+    response = api.patch(
+        f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "god"}, format="json"
+    )
     assert response.status_code == 400
     assert "role" in response.json()["errors"]
 
 
 def test_a_key_cannot_touch_the_owner_role(api, tenant, alice, bob):
-    promote = api.patch(f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "owner"},
-                        format="json")
-    demote = api.patch(f"/api/v1/members/{_member_id(tenant, alice)}", {"role": "viewer"},
-                       format="json")
+    promote = api.patch(
+        f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "owner"}, format="json"
+    )
+    demote = api.patch(
+        f"/api/v1/members/{_member_id(tenant, alice)}", {"role": "viewer"}, format="json"
+    )
     assert promote.status_code == 403 and demote.status_code == 403
     assert Membership.objects.get(tenant=tenant, user=alice).role == Role.OWNER
 
 
 def test_admin_cannot_grant_owner_but_owner_can(tenant, alice, bob):
     services.membership_change_role(
-        membership=Membership.objects.get(tenant=tenant, user=bob), role=Role.ADMIN,
+        membership=Membership.objects.get(tenant=tenant, user=bob),
+        role=Role.ADMIN,
         actor=services.Actor(user=alice),
     )
     carol = make_user("carol@acme.example")
@@ -86,17 +92,21 @@ def test_admin_cannot_grant_owner_but_owner_can(tenant, alice, bob):
     carol_membership = Membership.objects.get(tenant=tenant, user=carol)
 
     with pytest.raises(services.PermissionDenied):
-        services.membership_change_role(membership=carol_membership, role=Role.OWNER,
-                                        actor=services.Actor(user=bob))
-    services.membership_change_role(membership=carol_membership, role=Role.OWNER,
-                                    actor=services.Actor(user=alice))
+        services.membership_change_role(
+            membership=carol_membership, role=Role.OWNER, actor=services.Actor(user=bob)
+        )
+    services.membership_change_role(
+        membership=carol_membership, role=Role.OWNER, actor=services.Actor(user=alice)
+    )
     assert Membership.objects.get(tenant=tenant, user=carol).role == Role.OWNER
 
 
 def test_developer_cannot_manage_members(tenant, bob, alice):
     with pytest.raises(services.PermissionDenied):
-        services.membership_remove(membership=Membership.objects.get(tenant=tenant, user=alice),
-                                   actor=services.Actor(user=bob))
+        services.membership_remove(
+            membership=Membership.objects.get(tenant=tenant, user=alice),
+            actor=services.Actor(user=bob),
+        )
 
 
 def test_last_owner_cannot_leave_or_be_demoted(tenant, alice):
@@ -104,16 +114,22 @@ def test_last_owner_cannot_leave_or_be_demoted(tenant, alice):
     with pytest.raises(services.ValidationError, match="last owner"):
         services.membership_remove(membership=owner, actor=services.Actor(user=alice))
     with pytest.raises(services.ValidationError, match="at least one owner"):
-        services.membership_change_role(membership=owner, role=Role.ADMIN,
-                                        actor=services.Actor(user=alice))
+        services.membership_change_role(
+            membership=owner, role=Role.ADMIN, actor=services.Actor(user=alice)
+        )
     assert Membership.objects.filter(tenant=tenant, user=alice, role=Role.OWNER).exists()
 
 
 def test_owner_can_leave_once_another_owner_exists(tenant, alice, bob):
-    services.membership_change_role(membership=Membership.objects.get(tenant=tenant, user=bob),
-                                    role=Role.OWNER, actor=services.Actor(user=alice))
-    services.membership_remove(membership=Membership.objects.get(tenant=tenant, user=alice),
-                               actor=services.Actor(user=alice))
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob),
+        role=Role.OWNER,
+        actor=services.Actor(user=alice),
+    )
+    services.membership_remove(
+        membership=Membership.objects.get(tenant=tenant, user=alice),
+        actor=services.Actor(user=alice),
+    )
     assert not Membership.objects.filter(tenant=tenant, user=alice).exists()
     assert not alice.groups.filter(pk=tenant.group_id).exists()
     assert AuditEvent.objects.filter(tenant=tenant, action="member.leave").exists()
@@ -130,8 +146,9 @@ def test_revoked_invitation_cannot_be_accepted(
     api, tenant, client, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        created = api.post("/api/v1/invitations", {"email": "eve@acme.example"},
-                           format="json").json()
+        created = api.post(
+            "/api/v1/invitations", {"email": "eve@acme.example"}, format="json"
+        ).json()
     link = re.search(r"/invitations/[\w-]+/", mail.outbox[0].body).group(0)
     assert api.post(f"/api/v1/invitations/{created['id']}/revoke").json()["status"] == "revoked"
 
@@ -143,4 +160,7 @@ def test_revoked_invitation_cannot_be_accepted(
 def test_member_management_needs_admin_scope(tenant):
     reader = key_client(tenant, scopes=[Scope.MODELS_READ])
     assert reader.get("/api/v1/members").status_code == 403
-    assert reader.post("/api/v1/invitations", {"email": "x@y.example"}, format="json").status_code == 403
+    assert (
+        reader.post("/api/v1/invitations", {"email": "x@y.example"}, format="json").status_code
+        == 403
+    )

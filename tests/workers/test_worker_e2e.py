@@ -9,8 +9,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 def test_task_runs_in_a_real_worker_process(celery_worker_process):
     result = ping.delay("hello").get(timeout=30)
-    assert result == {"echo": "hello", "hostname": result["hostname"],
-                      "pid": result["pid"]}
+    assert result == {"echo": "hello", "hostname": result["hostname"], "pid": result["pid"]}
     # Executed by a child of the worker we started, not in this test process.
     import psutil
 

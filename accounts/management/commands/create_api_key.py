@@ -33,10 +33,23 @@ class Command(BaseCommand):
                 expires_at = timezone.make_aware(expires_at, UTC)
         try:
             key, secret = services.api_key_create(
-                tenant=tenant_obj, name=name, scopes=scopes, expires_at=expires_at,
+                tenant=tenant_obj,
+                name=name,
+                scopes=scopes,
+                expires_at=expires_at,
                 actor=services.SYSTEM,
             )
         except (ValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from None
-        emit(self, {"tenant": tenant_obj.slug, "id": key.public_id, "name": key.name,
-                    "scopes": key.scopes, "expires_at": key.expires_at, "key": secret}, as_json=json)
+        emit(
+            self,
+            {
+                "tenant": tenant_obj.slug,
+                "id": key.public_id,
+                "name": key.name,
+                "scopes": key.scopes,
+                "expires_at": key.expires_at,
+                "key": secret,
+            },
+            as_json=json,
+        )

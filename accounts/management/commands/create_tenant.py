@@ -21,9 +21,18 @@ class Command(BaseCommand):
         if created_user:
             user = User.objects.create_user(email=owner, password=None)
         try:
-            tenant = services.tenant_create(slug=slug, name=name or slug, owner=user,
-                                            actor=services.SYSTEM)
+            tenant = services.tenant_create(
+                slug=slug, name=name or slug, owner=user, actor=services.SYSTEM
+            )
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
-        emit(self, {"tenant": tenant.slug, "name": tenant.name, "owner": user.email,
-                    "owner_created": created_user}, as_json=json)
+        emit(
+            self,
+            {
+                "tenant": tenant.slug,
+                "name": tenant.name,
+                "owner": user.email,
+                "owner_created": created_user,
+            },
+            as_json=json,
+        )

@@ -11,10 +11,22 @@ from accounts.models import ALL_SCOPES, Role, Scope, Tenant, User
 DEMO_PASSWORD = "modelmarket-demo"  # noqa: S105 - a documented demo login, local only
 DEMO = [
     # (tenant slug, name, owner email, member email, member role, key scopes)
-    ("acme-ai", "Acme AI (publisher)", "alice@acme.example", "dev@acme.example", Role.DEVELOPER,
-     sorted(ALL_SCOPES)),
-    ("globex", "Globex (consumer)", "bob@globex.example", "billing@globex.example", Role.BILLING,
-     [Scope.MODELS_READ, Scope.INFERENCE, Scope.BILLING_READ]),
+    (
+        "acme-ai",
+        "Acme AI (publisher)",
+        "alice@acme.example",
+        "dev@acme.example",
+        Role.DEVELOPER,
+        sorted(ALL_SCOPES),
+    ),
+    (
+        "globex",
+        "Globex (consumer)",
+        "bob@globex.example",
+        "billing@globex.example",
+        Role.BILLING,
+        [Scope.MODELS_READ, Scope.INFERENCE, Scope.BILLING_READ],
+    ),
 ]
 
 
@@ -32,7 +44,9 @@ class Command(BaseCommand):
                 made["tenants"].append({"tenant": slug, "created": False})
                 continue
             owner = self._user(owner_email)
-            tenant = services.tenant_create(slug=slug, name=name, owner=owner, actor=services.SYSTEM)
+            tenant = services.tenant_create(
+                slug=slug, name=name, owner=owner, actor=services.SYSTEM
+            )
             member = self._user(member_email)
             services.membership_add(
                 tenant=tenant, user=member, role=member_role, actor=services.Actor(user=owner)
@@ -40,8 +54,15 @@ class Command(BaseCommand):
             _, secret = services.api_key_create(
                 tenant=tenant, name="demo", scopes=scopes, actor=services.Actor(user=owner)
             )
-            made["tenants"].append({"tenant": slug, "created": True, "owner": owner_email,
-                                    "member": member_email, "api_key": secret})
+            made["tenants"].append(
+                {
+                    "tenant": slug,
+                    "created": True,
+                    "owner": owner_email,
+                    "member": member_email,
+                    "api_key": secret,
+                }
+            )
         if json:
             emit(self, made, as_json=True)
             return
