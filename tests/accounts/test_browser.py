@@ -1,0 +1,105 @@
+"""A real person in headless Chromium: sign up, create an organisation, create an API key, see it
+once, and use it against the live server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # No skip on failure: a browser test that cannot start a browser has not passed.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+    )
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def browser_storage(page: Page) -> str:
+    return page.evaluate("JSON.stringify(sessionStorage) + JSON.stringify(localStorage)")
+
+
+def test_new_user_creates_a_key_sees_it_once_and_calls_the_api(live_server, page, tmp_path):
+    page.goto(f"{live_server.url}/signup/")
+    page.get_by_label("Name").fill("Dana")
+    page.get_by_label("Email").fill("dana@initech.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+
+    expect(page.get_by_role("heading", name="Create an organisation")).to_be_visible()
+    page.get_by_label("Organisation name").fill("Initech")
+    page.get_by_role("button", name="Create organisation").click()
+    expect(page.get_by_role("heading", name="Initech")).to_be_visible()
+    expect(page.get_by_text("Organisation Initech created.")).to_be_visible()
+
+    page.get_by_role("navigation").get_by_role("link", name="API keys").click()
+    expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+    page.get_by_label("Name").fill("ci")
+    page.get_by_role("button", name="Create key").click()
+
+    secret_box = page.locator("#new-key-value")
+    expect(secret_box).to_be_visible()
+    secret = secret_box.inner_text().strip()
+    assert secret.startswith("mm_live_")
+    expect(page.get_by_text("It is shown only once")).to_be_visible()
+    expect(page.locator("#keys tbody tr")).to_have_count(1)
+    expect(page.locator("#keys .status")).to_have_text("active")
+    page.screenshot(path=tmp_path / "keys-with-new-key.png", full_page=True)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+
+    # A second key through the same (htmx-boosted) form: the first secret is gone from the
+    # page, and htmx did not keep it in its history cache in the browser's storage.
+    page.get_by_label("Name").fill("deploy")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("heading", name="Key deploy created")).to_be_visible()
+    expect(page.locator("#keys tbody tr")).to_have_count(2)
+    assert secret not in page.content()
+    assert secret not in browser_storage(page)
+
+    page.goto(f"{live_server.url}/dashboard/keys/")
+    expect(page.locator("#keys tbody tr")).to_have_count(2)
+    expect(page.locator("#new-key-value")).to_have_count(0)
+    assert secret not in page.content()
+
+    response = requests.get(
+        f"{live_server.url}/api/v1/organisation",
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["organisation"]["slug"] == "initech"
+    assert body["via"] == "api_key" and body["scopes"] == ["inference", "models:read"]
