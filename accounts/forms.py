@@ -73,7 +73,8 @@ class ApiKeyForm(forms.Form):
         help_text="Optional. UTC.",
     )
     allowed_ips = forms.CharField(
-        required=False, label="Allowed IPs",
+        required=False,
+        label="Allowed IPs",
         help_text="Optional. Comma-separated IPs or CIDR networks.",
     )
 

@@ -246,8 +246,10 @@ def report(plan: Plan, views: dict[str, Summary], added_per_round: list[float]) 
     added = Summary(auth.median_us - open_.median_us, auth.p90_us - open_.p90_us)
     ratio = (auth.median_us / open_.median_us, auth.p90_us / open_.p90_us)
     met = added.median_us < TARGET_ADDED_US
-    print(f"\nAPI-key authentication + tenant resolution, per request "
-          f"({plan.rounds} interleaved rounds x {plan.requests_per_round:,} requests per view)")
+    print(
+        f"\nAPI-key authentication + tenant resolution, per request "
+        f"({plan.rounds} interleaved rounds x {plan.requests_per_round:,} requests per view)"
+    )
     print(f"{'':<46}{'median µs':>10}{'p90 µs':>10}")
     for label, summary in [
         ("open (no authentication, AllowAny)", open_),

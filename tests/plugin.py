@@ -30,13 +30,21 @@ def pytest_load_initial_conftests(early_config, parser, args):
     # Playwright's sync API runs an event loop in the test thread; Django's ORM calls made
     # by the test itself are still synchronous and safe.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    return (yield)
+    try:
+        return (yield)
+    except BaseException:
+        _stop()  # e.g. settings failed to import: pytest_unconfigure would not run
+        raise
 
 
 def pytest_unconfigure(config):
-    proc = _state.get("redis")
+    _stop()
+
+
+def _stop() -> None:
+    proc = _state.pop("redis", None)
     if proc is not None and proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=10)
     if "var_dir" in _state:
-        shutil.rmtree(_state["var_dir"], ignore_errors=True)
+        shutil.rmtree(_state.pop("var_dir"), ignore_errors=True)

@@ -1,6 +1,10 @@
 """Encryption at rest for model artifacts: streaming AEAD files and key-encryption keys.
 
-Plain Python on top of ``cryptography``; nothing here imports Django.
+Plain Python on top of ``cryptography`` in ``stream``, ``keyring`` and ``kms``; the Django
+side (tenant keys, the artifact store) is ``keys`` and ``store``, imported explicitly. The AWS
+KMS backend,
+``marketplace.vault.kms.KmsBackend``, is not re-exported here because it needs ``boto3``;
+import it from its module where KMS is configured.
 """
 
 from .keyring import (
@@ -9,6 +13,7 @@ from .keyring import (
     KeyUnavailableError,
     WrappedKey,
     add_primary_kek_to_file,
+    remove_kek_from_file,
 )
 from .stream import (
     DEFAULT_CHUNK_SIZE,
@@ -41,6 +46,7 @@ __all__ = [
     "VaultIntegrityError",
     "WrappedKey",
     "add_primary_kek_to_file",
+    "remove_kek_from_file",
     "decrypt_stream",
     "decrypt_to_bytes",
     "encrypt_stream",

@@ -2,8 +2,14 @@
 
 Envelope encryption: artifacts are encrypted under 32-byte data keys (see ``stream``), and
 only the data keys' wrapped form is stored next to the data.  ``KekBackend`` is the seam
-for a future KMS-backed implementation; ``KeyRing`` keeps the KEKs locally, loaded from an
-environment value in production or from a generated key file in development.
+between the two implementations: ``KeyRing`` keeps the KEKs locally, loaded from an
+environment value or from a generated key file in development; ``kms.KmsBackend`` leaves them
+in AWS KMS.
+
+Every wrapped key is bound to a *context* string naming the row it belongs to (for example
+``"tenant:42:key:tk_1a2b"``), as AWS KMS binds ciphertexts to an encryption context.  The
+same context must be given to unwrap, so a wrapped key copied onto another tenant's row does
+not unwrap there.  Build it only from values that never change for the row.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import re
 import secrets
 import stat
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,10 +48,13 @@ _ENV_FORMAT_HINT = "expected 'kek-id:BASE64KEY[,kek-id:BASE64KEY...]' with the p
 # Domain separation: a KEK only ever wraps data keys, but the label keeps these ciphertexts
 # distinct from any other AES-GCM use of the same key in future.
 _WRAP_AD_PREFIX = b"modelmarket data key v1\x00"
+# Lengths of the KEK id and of the context, so that no two (id, context) pairs share an AD.
+_WRAP_AD_LENGTHS = struct.Struct(">HI")
 
 
 class KeyUnavailableError(VaultError):
-    """The KEK a wrapped key names is not in the key ring (retired or misconfigured)."""
+    """The KEK a wrapped key names cannot be used now: not in the key ring (retired or
+    misconfigured), or a KMS key that does not exist, is disabled or is pending deletion."""
 
 
 @dataclass(frozen=True)
@@ -56,29 +66,51 @@ class WrappedKey:
 
 
 class KekBackend(ABC):
-    """Wraps and unwraps data keys.  Implement ``wrap``/``unwrap``; a KMS backend would also
-    override ``generate_data_key`` and ``rewrap`` with the service's native calls."""
+    """Wraps and unwraps data keys, each bound to a context string.
+
+    Implement ``primary_id``, ``wrap``, ``unwrap`` and ``can_unwrap``; a service-backed
+    implementation also overrides ``generate_data_key`` and ``rewrap`` with native calls.
+    ``context`` must be the same non-empty string for every call about one wrapped key.
+    """
+
+    @property
+    @abstractmethod
+    def primary_id(self) -> str:
+        """The KEK id new wraps are made under; a stored ``kek_id`` that differs from it
+        marks a key still to be rewrapped during rotation."""
 
     @abstractmethod
-    def wrap(self, data_key: bytes) -> WrappedKey:
-        """Encrypt ``data_key`` under the current primary KEK."""
+    def wrap(self, data_key: bytes, *, context: str) -> WrappedKey:
+        """Encrypt ``data_key`` under the primary KEK, bound to ``context``."""
 
     @abstractmethod
-    def unwrap(self, kek_id: str, blob: bytes) -> bytes:
+    def unwrap(self, kek_id: str, blob: bytes, *, context: str) -> bytes:
         """Recover a data key.
 
-        Raises ``KeyUnavailableError`` for an unknown KEK and ``VaultIntegrityError`` for a
-        blob that does not authenticate under it.
+        Raises ``KeyUnavailableError`` if the KEK cannot be used, and ``VaultIntegrityError``
+        if the blob does not authenticate under it with this context (tampered, relabelled,
+        or wrapped for another context).
         """
 
-    def rewrap(self, kek_id: str, blob: bytes) -> WrappedKey:
-        """Re-encrypt a wrapped key under the current primary KEK (for KEK rotation)."""
-        return self.wrap(self.unwrap(kek_id, blob))
+    @abstractmethod
+    def can_unwrap(self, kek_id: str) -> bool:
+        """Whether keys wrapped under ``kek_id`` can be unwrapped now."""
 
-    def generate_data_key(self) -> tuple[bytes, WrappedKey]:
+    def rewrap(self, kek_id: str, blob: bytes, *, context: str) -> WrappedKey:
+        """Re-encrypt a wrapped key under the primary KEK with the same context (rotation)."""
+        return self.wrap(self.unwrap(kek_id, blob, context=context), context=context)
+
+    def generate_data_key(self, *, context: str) -> tuple[bytes, WrappedKey]:
         """Return a fresh random data key and its wrapped form."""
+        check_context(context)
         data_key = os.urandom(DATA_KEY_SIZE)
-        return data_key, self.wrap(data_key)
+        return data_key, self.wrap(data_key, context=context)
+
+
+def check_context(context: str) -> None:
+    """Reject contexts that would bind nothing; shared by every backend."""
+    if not isinstance(context, str) or not context:
+        raise ValueError(f"context must be a non-empty string, got {context!r}")
 
 
 def _check_kek_id(kek_id: str) -> None:
@@ -120,14 +152,20 @@ class KeyRing(KekBackend):
     def kek_ids(self) -> tuple[str, ...]:
         return tuple(self._aeads)
 
-    def wrap(self, data_key: bytes) -> WrappedKey:
+    def can_unwrap(self, kek_id: str) -> bool:
+        return kek_id in self._aeads
+
+    def wrap(self, data_key: bytes, *, context: str) -> WrappedKey:
         if len(data_key) != DATA_KEY_SIZE:
             raise ValueError(f"data key must be {DATA_KEY_SIZE} bytes, got {len(data_key)}")
         nonce = os.urandom(WRAP_NONCE_SIZE)
-        sealed = self._aeads[self._primary_id].encrypt(nonce, data_key, _wrap_ad(self._primary_id))
+        sealed = self._aeads[self._primary_id].encrypt(
+            nonce, data_key, _wrap_ad(self._primary_id, context)
+        )
         return WrappedKey(kek_id=self._primary_id, blob=nonce + sealed)
 
-    def unwrap(self, kek_id: str, blob: bytes) -> bytes:
+    def unwrap(self, kek_id: str, blob: bytes, *, context: str) -> bytes:
+        check_context(context)
         aead = self._aeads.get(kek_id)
         if aead is None:
             raise KeyUnavailableError(
@@ -138,10 +176,14 @@ class KeyRing(KekBackend):
                 f"wrapped key must be {WRAPPED_BLOB_SIZE} bytes, got {len(blob)}"
             )
         try:
-            return aead.decrypt(blob[:WRAP_NONCE_SIZE], blob[WRAP_NONCE_SIZE:], _wrap_ad(kek_id))
+            return aead.decrypt(
+                blob[:WRAP_NONCE_SIZE], blob[WRAP_NONCE_SIZE:], _wrap_ad(kek_id, context)
+            )
         except InvalidTag:
             raise VaultIntegrityError(
-                f"wrapped key failed authentication under KEK {kek_id!r} (tampered or mismatched)"
+                f"wrapped key failed authentication under KEK {kek_id!r} with context "
+                f"{context!r}: it was wrapped for another context (e.g. copied from another "
+                "row) or under another KEK id, or it was tampered with"
             ) from None
 
     @classmethod
@@ -223,9 +265,32 @@ def add_primary_kek_to_file(path: str | os.PathLike[str], kek_id: str | None = N
     return kek_id
 
 
-def _wrap_ad(kek_id: str) -> bytes:
-    # Binding the id stops a blob from being relabelled as belonging to another KEK.
-    return _WRAP_AD_PREFIX + kek_id.encode("utf-8")
+def remove_kek_from_file(path: str | os.PathLike[str], kek_id: str) -> None:
+    """Retire a KEK: remove it from the key file. Keys still wrapped under it become
+    unreadable, so callers check that none is (``manage.py rotate_kek --retire``)."""
+    path = Path(path)
+    doc = _read_document(path)
+    KeyRing._from_document(doc, path)
+    if kek_id not in doc["keys"]:
+        raise ValueError(f"KEK id {kek_id!r} is not in key file {path}")
+    if doc["primary"] == kek_id:
+        raise ValueError(f"KEK {kek_id!r} is the primary; add a new primary before retiring it")
+    del doc["keys"][kek_id]
+    tmp = _write_private_temp(path, doc)
+    os.replace(tmp, path)
+
+
+def _wrap_ad(kek_id: str, context: str) -> bytes:
+    # Binding the id stops a blob from being relabelled as belonging to another KEK; binding
+    # the context stops it from being moved to another row.
+    check_context(context)
+    kek_id_bytes, context_bytes = kek_id.encode("utf-8"), context.encode("utf-8")
+    return (
+        _WRAP_AD_PREFIX
+        + _WRAP_AD_LENGTHS.pack(len(kek_id_bytes), len(context_bytes))
+        + kek_id_bytes
+        + context_bytes
+    )
 
 
 def _encode_kek(kek: bytes) -> str:

@@ -197,8 +197,9 @@ def test_key_revoked_by_another_process_is_refused_once_the_cache_expires(api, s
 
 def test_key_revoked_in_this_process_is_refused_at_once(api, tenant):
     assert api.get("/api/v1/organisation").status_code == 200
-    services.api_key_revoke(key=ApiKey.objects.get(prefix=api.secret.split("_")[2]),
-                            actor=services.SYSTEM)
+    services.api_key_revoke(
+        key=ApiKey.objects.get(prefix=api.secret.split("_")[2]), actor=services.SYSTEM
+    )
     assert api.get("/api/v1/organisation").status_code == 401
 
 
