@@ -190,6 +190,11 @@ else:
         },
     }
 ARTIFACT_CHUNK_SIZE = int(env("MM_ARTIFACT_CHUNK_SIZE", str(1024 * 1024)))
+MAX_ARTIFACT_BYTES = int(env("MM_MAX_ARTIFACT_BYTES", str(20 * 1024**3)))
+UPLOAD_CHUNK_SIZE = int(env("MM_UPLOAD_CHUNK_SIZE", str(8 * 1024 * 1024)))
+UPLOAD_SESSION_TTL = timedelta(hours=int(env("MM_UPLOAD_SESSION_TTL_HOURS", "24")))
+# The platform's share of every paid call; publishers get the rest.
+PLATFORM_FEE_PERCENT = env("MM_PLATFORM_FEE_PERCENT", "20")
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))

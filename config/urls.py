@@ -7,6 +7,7 @@ from accounts.urls import auth_urlpatterns
 
 api_v1 = [
     path("", include("accounts.api.urls")),
+    path("", include("marketplace.api.urls")),
 ]
 
 urlpatterns = [

@@ -4,6 +4,7 @@ from functools import partial
 
 from django.db import models
 from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.models import Tenant
 from accounts.secrets import public_id
@@ -62,3 +63,312 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return self.public_id
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+MODEL_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+
+
+class Task(models.TextChoices):
+    IMAGE_CLASSIFICATION = "image-classification", "Image classification"
+    TEXT_CLASSIFICATION = "text-classification", "Text classification"
+    TABULAR_CLASSIFICATION = "tabular-classification", "Tabular classification"
+    REGRESSION = "regression", "Regression"
+    EMBEDDING = "embedding", "Embedding"
+    OTHER = "other", "Other"
+
+
+class Format(models.TextChoices):
+    EXPORT = "pt2", "torch.export archive (.pt2)"
+    TORCHSCRIPT = "torchscript", "TorchScript archive (.pt)"
+    SAFETENSORS = "safetensors", "safetensors state dict + built-in architecture"
+
+
+class Model(models.Model):
+    """A model repository, addressed as ``owner/name`` (tenant slug / model name)."""
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "mdl"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=100)
+    description = models.TextField(max_length=5000, blank=True)
+    task = models.CharField(max_length=32, choices=Task.choices, default=Task.OTHER)
+    next_version = models.PositiveIntegerField(default=1, editable=False)
+    created_by = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="model_name_unique")]
+        permissions = [
+            ("run_model", "Run predictions with the model"),
+            ("publish_model", "Publish, price and share the model"),
+            ("download_model", "Download the model's weights"),
+        ]
+
+    def __str__(self) -> str:
+        return self.ref
+
+    @property
+    def ref(self) -> str:
+        return f"{self.tenant.slug}/{self.name}"
+
+
+class ModelVersion(models.Model):
+    """An immutable version: its artifact, number and lineage never change after creation;
+    only its lifecycle (validation result, deprecation, yanking) moves forward."""
+
+    class Status(models.TextChoices):
+        VALIDATING = "validating", "Validating"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        DEPRECATED = "deprecated", "Deprecated"
+        YANKED = "yanked", "Yanked"
+
+    class Operation(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        QUANTIZE = "quantize", "Quantization"
+        PRUNE = "prune", "Pruning"
+        DISTILL = "distill", "Distillation"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "ver"))
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    label = models.CharField(max_length=64, blank=True)
+    artifact = models.OneToOneField(Artifact, on_delete=models.PROTECT, related_name="version")
+    format = models.CharField(max_length=16, choices=Format.choices)
+    architecture = models.CharField(max_length=32, blank=True)
+    architecture_config = models.JSONField(default=dict, blank=True)
+    example_input = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.VALIDATING)
+    failure_reason = models.TextField(blank=True)
+    signature = models.JSONField(null=True, blank=True)
+    parameter_count = models.BigIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.UPLOAD)
+    operation_params = models.JSONField(default=dict, blank=True)
+    sunset_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="version_number_unique")
+        ]
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return f"{self.model_id}:{self.number}"
+
+
+class Alias(models.Model):
+    """A movable name (``production``, ``staging``, …) for a version; moves are recorded."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="aliases")
+    name = models.SlugField(max_length=40)
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="alias_unique")]
+        verbose_name_plural = "aliases"
+
+    def __str__(self) -> str:
+        return f"{self.name} -> {self.version.number}"
+
+
+class AliasMove(models.Model):
+    alias = models.ForeignKey(Alias, on_delete=models.CASCADE, related_name="history")
+    from_version = models.ForeignKey(
+        ModelVersion, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    to_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    actor_label = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.alias} moved to {self.to_version_id}"
+
+
+class UploadSession(models.Model):
+    """A resumable upload: chunks arrive in any order, each encrypted into its own part, and
+    completion assembles them into the version's artifact."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "upl"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="upload_sessions")
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="upload_sessions")
+    filename = models.CharField(max_length=255)
+    format = models.CharField(max_length=16, choices=Format.choices)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    chunk_size = models.PositiveIntegerField()
+    label = models.CharField(max_length=64, blank=True)
+    architecture = models.CharField(max_length=32, blank=True)
+    architecture_config = models.JSONField(default=dict, blank=True)
+    example_input = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    failure_reason = models.TextField(blank=True)
+    version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="upload"
+    )
+    created_by = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, -(-self.size // self.chunk_size))
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """Inclusive byte range of chunk ``index``."""
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.size) - 1
+
+
+class UploadPart(models.Model):
+    session = models.ForeignKey(UploadSession, on_delete=models.CASCADE, related_name="parts")
+    index = models.PositiveIntegerField()
+    artifact = models.OneToOneField(Artifact, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "index"], name="upload_part_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.index}"
+
+
+# --- listings, access and entitlements ------------------------------------------------------
+
+
+class Listing(models.Model):
+    """A model published in the catalogue with its card and price."""
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private: only the publisher and tenants it shares with"
+        UNLISTED = "unlisted", "Unlisted: anyone with the link"
+        PUBLIC = "public", "Public: in the catalogue"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "lst"))
+    model = models.OneToOneField(Model, on_delete=models.CASCADE, related_name="listing")
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    gated = models.BooleanField(
+        default=False, help_text="Consumers request access; the publisher approves."
+    )
+    title = models.CharField(max_length=120)
+    summary = models.CharField(max_length=300, blank=True)
+    card_markdown = models.TextField(max_length=100_000, blank=True)
+    card_html = models.TextField(blank=True, editable=False)  # sanitised render of the card
+    license = models.CharField(max_length=64, default="proprietary")
+    tags = models.JSONField(default=list, blank=True)
+    price_per_call = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    price_per_second = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    currency = models.CharField(max_length=3, default="usd")
+    free_calls_per_month = models.PositiveIntegerField(default=0)
+    platform_fee_percent = models.DecimalField(max_digits=5, decimal_places=2)
+    published_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    taken_down_at = models.DateTimeField(null=True, blank=True)
+    takedown_reason = models.CharField(max_length=500, blank=True)
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_free(self) -> bool:
+        return self.price_per_call == 0 and self.price_per_second == 0
+
+    @property
+    def publisher_share_percent(self):
+        return 100 - self.platform_fee_percent
+
+
+class AccessRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DECLINED = "declined", "Declined"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "req"))
+    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="access_requests")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="access_requests")
+    message = models.TextField(max_length=2000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["listing", "tenant"],
+                condition=models.Q(status="pending"),
+                name="one_pending_request_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} -> {self.listing_id} ({self.status})"
+
+
+class Entitlement(models.Model):
+    """A consumer tenant's right to a model: a subscription to its listing, or a direct share
+    from the publisher. The rights themselves are django-guardian grants to the tenant's
+    group, kept in step by ``marketplace.services``."""
+
+    class Kind(models.TextChoices):
+        SUBSCRIPTION = "subscription", "Subscription"
+        SHARE = "share", "Shared by the publisher"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "ent"))
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="entitlements")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="entitlements")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    can_download = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "tenant"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="one_live_entitlement_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} -> {self.model_id} ({self.kind})"
+
+
+class ModelUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Model, on_delete=models.CASCADE)
+
+
+class ModelGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Model, on_delete=models.CASCADE)

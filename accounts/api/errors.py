@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from accounts.exceptions import ServiceError
 
 
 def _flatten(errors, path: str = "") -> list[str]:
@@ -23,6 +25,9 @@ def _flatten(errors, path: str = "") -> list[str]:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        body = {"detail": exc.message, "code": exc.code, **exc.extra}
+        return Response(body, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
@@ -45,9 +50,3 @@ def exception_handler(exc, context):
         detail = response.data["detail"]
         response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
     return response
-
-
-def error_response(
-    message: str, *, status_code: int = status.HTTP_400_BAD_REQUEST, code: str = "invalid"
-):
-    return Response({"detail": message, "code": code}, status=status_code)

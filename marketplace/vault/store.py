@@ -26,7 +26,7 @@ from .stream import Encryptor, VaultIntegrityError, decrypt_stream, decrypt_to_b
 
 logger = logging.getLogger("marketplace.vault")
 
-PURPOSES = ("validate", "predict", "compress", "download", "rotate")
+PURPOSES = ("validate", "predict", "compress", "download", "rotate", "assemble")
 
 
 def artifact_storage() -> Storage:
@@ -111,6 +111,13 @@ def artifact_create(*, tenant: Tenant, chunks: Iterable[bytes]) -> Artifact:
     return artifact
 
 
+def artifact_delete(artifact: Artifact) -> None:
+    """Delete an artifact's row and blob (e.g. an upload chunk once assembled)."""
+    name = artifact.storage_name
+    artifact.delete()
+    artifact_storage().delete(name)
+
+
 def _resolver(artifact: Artifact):
     def resolve(key_id: str) -> bytes:
         # The header is untrusted until the first chunk authenticates: it may only confirm
@@ -163,13 +170,16 @@ def artifact_read(
     return plaintext
 
 
-def artifact_stream(*, artifact: Artifact, purpose: str, actor: Actor = SYSTEM) -> Iterator[bytes]:
+def artifact_stream(
+    *, artifact: Artifact, purpose: str, actor: Actor = SYSTEM, audit: bool = True
+) -> Iterator[bytes]:
     """Plaintext chunks for a streamed download. A tampered or truncated blob raises after
     earlier chunks were yielded, so only use this where the consumer can discard a partial
     result (an HTTP download the client verifies against ``sha256``)."""
     fh = artifact_storage().open(artifact.storage_name, "rb")
     chunks = decrypt_stream(fh, data_key=_resolver(artifact), artifact_id=artifact.public_id)
-    _audit_decrypt(artifact, purpose, actor)
+    if audit:  # the caller records one event for a batch (e.g. the chunks of an upload)
+        _audit_decrypt(artifact, purpose, actor)
 
     def generate():
         with fh:

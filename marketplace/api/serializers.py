@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from accounts.api.serializers import StrictSerializer
+from marketplace.models import Alias, AliasMove, Model, ModelVersion, Task, UploadSession
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    owner = serializers.CharField(source="tenant.slug", read_only=True)
+    ref = serializers.CharField(read_only=True)
+    aliases = serializers.SerializerMethodField()
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Model
+        fields = [
+            "id",
+            "owner",
+            "name",
+            "ref",
+            "description",
+            "task",
+            "aliases",
+            "latest_version",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_aliases(self, obj: Model) -> dict[str, int]:
+        return {a.name: a.version.number for a in obj.aliases.select_related("version")}
+
+    def get_latest_version(self, obj: Model) -> int | None:
+        return obj.next_version - 1 or None
+
+
+class ModelCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=100)
+    description = serializers.CharField(max_length=5000, required=False, allow_blank=True)
+    task = serializers.ChoiceField(choices=Task.choices, required=False)
+
+
+class ModelUpdateSerializer(StrictSerializer):
+    description = serializers.CharField(max_length=5000, required=False, allow_blank=True)
+    task = serializers.ChoiceField(choices=Task.choices, required=False)
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    sha256 = serializers.CharField(source="artifact.sha256", read_only=True)
+    size = serializers.IntegerField(source="artifact.size", read_only=True)
+    parent = serializers.IntegerField(source="parent.number", read_only=True, default=None)
+    created_by = serializers.EmailField(source="created_by.email", read_only=True, default=None)
+    aliases = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "number",
+            "label",
+            "status",
+            "failure_reason",
+            "status_reason",
+            "format",
+            "architecture",
+            "architecture_config",
+            "sha256",
+            "size",
+            "signature",
+            "parameter_count",
+            "latency_ms",
+            "parent",
+            "operation",
+            "operation_params",
+            "sunset_at",
+            "aliases",
+            "created_by",
+            "created_at",
+            "validated_at",
+        ]
+        read_only_fields = fields
+
+    def get_aliases(self, obj: ModelVersion) -> list[str]:
+        return [a.name for a in obj.aliases.all()]
+
+
+class DeprecateSerializer(StrictSerializer):
+    sunset_at = serializers.DateTimeField()
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class YankSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class AliasSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number")
+
+    class Meta:
+        model = Alias
+        fields = ["name", "version", "updated_at"]
+        read_only_fields = fields
+
+
+class AliasSetSerializer(StrictSerializer):
+    version = serializers.IntegerField(min_value=1)
+
+
+class AliasMoveSerializer(serializers.ModelSerializer):
+    from_version = serializers.IntegerField(source="from_version.number", default=None)
+    to_version = serializers.IntegerField(source="to_version.number")
+    actor = serializers.CharField(source="actor_label")
+
+    class Meta:
+        model = AliasMove
+        fields = ["from_version", "to_version", "actor", "created_at"]
+        read_only_fields = fields
+
+
+class UploadCreateSerializer(StrictSerializer):
+    filename = serializers.CharField(max_length=255)
+    format = serializers.CharField(max_length=32, help_text="pt2, torchscript or safetensors")
+    size = serializers.IntegerField(min_value=1)
+    sha256 = serializers.CharField(max_length=64)
+    label = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    architecture = serializers.CharField(
+        max_length=32, required=False, allow_blank=True, default=""
+    )
+    architecture_config = serializers.DictField(required=False, default=dict)
+    example_input = serializers.JSONField(required=False, allow_null=True, default=None)
+
+
+class UploadSessionSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    model = serializers.CharField(source="model.ref", read_only=True)
+    received_ranges = serializers.SerializerMethodField()
+    missing_ranges = serializers.SerializerMethodField()
+    received_bytes = serializers.SerializerMethodField()
+    version = serializers.IntegerField(source="version.number", default=None, read_only=True)
+    upload_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = UploadSession
+        fields = [
+            "id",
+            "model",
+            "filename",
+            "format",
+            "size",
+            "sha256",
+            "chunk_size",
+            "status",
+            "failure_reason",
+            "received_ranges",
+            "missing_ranges",
+            "received_bytes",
+            "version",
+            "upload_url",
+            "created_at",
+            "expires_at",
+        ]
+        read_only_fields = fields
+
+    def _received(self, obj):
+        from marketplace.services import upload_received_ranges
+
+        return upload_received_ranges(obj)
+
+    def get_received_ranges(self, obj) -> list[str]:
+        return [f"bytes {s}-{e}" for s, e in self._received(obj)]
+
+    def get_missing_ranges(self, obj) -> list[str]:
+        from marketplace.services import upload_missing_ranges
+
+        return [f"bytes {s}-{e}" for s, e in upload_missing_ranges(obj)]
+
+    def get_received_bytes(self, obj) -> int:
+        return sum(e - s + 1 for s, e in self._received(obj))
+
+    def get_upload_url(self, obj) -> str:
+        return f"/api/v1/uploads/{obj.public_id}"

@@ -1,0 +1,117 @@
+"""Scoped reads of the registry: which models a caller may see or run, and which version a
+reference names."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from guardian.core import ObjectPermissionChecker
+
+from accounts.exceptions import Forbidden, Gone, NotFound
+from accounts.models import Scope
+from accounts.tenancy import Access
+from marketplace.models import Alias, Listing, Model, ModelVersion
+
+PUBLICLY_VISIBLE = (Listing.Visibility.PUBLIC, Listing.Visibility.UNLISTED)
+
+
+def tenant_has_perm(access: Access, perm: str, model: Model) -> bool:
+    """A django-guardian object permission granted to the caller's tenant group."""
+    return ObjectPermissionChecker(access.tenant.group).has_perm(perm, model)
+
+
+def _listing_is_open(model: Model) -> bool:
+    listing = getattr(model, "listing", None)
+    return (
+        listing is not None
+        and listing.visibility in PUBLICLY_VISIBLE
+        and listing.taken_down_at is None
+    )
+
+
+def model_get(*, owner: str, name: str) -> Model:
+    model = (
+        Model.objects.select_related("tenant", "listing")
+        .filter(tenant__slug=owner, name=name)
+        .first()
+    )
+    if model is None:
+        raise NotFound(f"No model {owner}/{name}.")
+    return model
+
+
+def model_for_access(access: Access | None, *, owner: str, name: str, perm: str = "view") -> Model:
+    """The model ``owner/name`` if ``access`` may ``view``, ``run``, ``change``, ``publish``
+    or ``download`` it.
+
+    Missing and private-without-a-grant look the same (404). A public model the caller may see
+    but not run answers 403 with the way to get access.
+    """
+    model = model_get(owner=owner, name=name)
+    if access is not None and model.tenant_id == access.tenant.pk:
+        needed = {
+            "view": Scope.MODELS_READ,
+            "run": Scope.INFERENCE,
+            "change": Scope.MODELS_WRITE,
+            "publish": Scope.ADMIN,
+            "download": Scope.MODELS_READ,
+        }[perm]
+        if not access.has_scope(needed):
+            raise Forbidden(f"This needs the '{needed}' scope, which you lack.")
+        return model
+    granted_view = access is not None and tenant_has_perm(access, "view_model", model)
+    if not (granted_view or _listing_is_open(model)):
+        raise NotFound(f"No model {owner}/{name}.")
+    if perm == "view":
+        return model
+    if perm == "run" and access is not None and tenant_has_perm(access, "run_model", model):
+        return model
+    if (
+        perm == "download"
+        and access is not None
+        and tenant_has_perm(access, "download_model", model)
+    ):
+        return model
+    if perm == "run":
+        raise Forbidden(
+            f"Your organisation has no access to {model.ref}. Subscribe to it first.",
+            subscribe_url=f"/api/v1/catalogue/{model.ref}/subscribe",
+        )
+    raise Forbidden(f"Only the publisher of {model.ref} may do that.")
+
+
+def models_visible_to(access: Access) -> QuerySet[Model]:
+    """The caller's own models and those shared with or subscribed to by its tenant."""
+    from marketplace.models import ModelGroupObjectPermission
+
+    granted = ModelGroupObjectPermission.objects.filter(
+        group=access.tenant.group, permission__codename="view_model"
+    ).values("content_object_id")
+    return Model.objects.filter(tenant=access.tenant) | Model.objects.filter(pk__in=granted)
+
+
+def version_resolve(model: Model, ref: str | int) -> ModelVersion:
+    """The version a number or an alias names. A yanked version is 410 with the alias to use
+    instead."""
+    ref = str(ref)
+    if ref.isdigit():
+        version = model.versions.filter(number=int(ref)).first()
+    else:
+        alias = Alias.objects.select_related("version").filter(model=model, name=ref).first()
+        version = alias.version if alias else None
+    if version is None:
+        raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
+    if version.status == ModelVersion.Status.YANKED:
+        alternative = (
+            Alias.objects.filter(model=model)
+            .exclude(version__status=ModelVersion.Status.YANKED)
+            .order_by("name")
+            .values_list("name", flat=True)
+            .first()
+        )
+        hint = f" Use the alias '{alternative}' instead." if alternative else ""
+        raise Gone(
+            f"Version {version.number} of {model.ref} was withdrawn: "
+            f"{version.status_reason or 'no reason given'}.{hint}",
+            use_alias=alternative,
+        )
+    return version

@@ -1,0 +1,553 @@
+"""Writes of the registry: models, uploads, versions and aliases."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.exceptions import Conflict, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from accounts.models import Scope, Tenant
+from accounts.services import Actor, audit_record
+from accounts.tenancy import Access
+from marketplace.models import (
+    MODEL_NAME_RE,
+    Alias,
+    AliasMove,
+    Artifact,
+    Format,
+    Model,
+    ModelVersion,
+    Task,
+    UploadPart,
+    UploadSession,
+)
+from marketplace.vault import store
+
+EXPORT_GUIDANCE = (
+    "Export your model with torch.export and save it: "
+    "`ep = torch.export.export(model, (example,)); torch.export.save(ep, 'model.pt2')` "
+    "(preferred), or save TorchScript with `torch.jit.save(torch.jit.trace(model, example), "
+    "'model.pt')`, or upload a safetensors state dict with one of our built-in architectures."
+)
+PROTECTED_ALIASES = frozenset({"production"})
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def model_create(
+    *, tenant: Tenant, name: str, actor: Actor, description: str = "", task: str = Task.OTHER
+) -> Model:
+    if not re.match(MODEL_NAME_RE, name):
+        raise ValidationError(
+            {
+                "name": "Use 1-100 lowercase letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit."
+            }
+        )
+    try:
+        with transaction.atomic():
+            model = Model.objects.create(
+                tenant=tenant,
+                name=name,
+                description=description,
+                task=task,
+                created_by=actor.user,
+            )
+    except IntegrityError:
+        raise Conflict(f"{tenant.slug}/{name} already exists.") from None
+    audit_record(
+        action="model.create", actor=actor, tenant=tenant, target=model, data={"name": name}
+    )
+    return model
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+
+def upload_session_create(
+    *,
+    model: Model,
+    filename: str,
+    format: str,
+    size: int,
+    sha256: str,
+    actor: Actor,
+    label: str = "",
+    architecture: str = "",
+    architecture_config: dict | None = None,
+    example_input=None,
+) -> UploadSession:
+    if format not in Format.values:
+        raise UnsupportedMediaType(
+            f"'{format}' is not a format we accept (pt2, torchscript, safetensors). "
+            + EXPORT_GUIDANCE
+        )
+    if format == Format.SAFETENSORS and not architecture:
+        raise ValidationError(
+            {"architecture": "A safetensors upload names one of our built-in architectures."}
+        )
+    if size > settings.MAX_ARTIFACT_BYTES:
+        raise PayloadTooLarge(
+            f"The file is {size} bytes; the limit is {settings.MAX_ARTIFACT_BYTES} bytes."
+        )
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValidationError({"sha256": "Give the file's SHA-256 as 64 lowercase hex digits."})
+    session = UploadSession.objects.create(
+        tenant=model.tenant,
+        model=model,
+        filename=filename,
+        format=format,
+        size=size,
+        sha256=sha256,
+        chunk_size=settings.UPLOAD_CHUNK_SIZE,
+        label=label,
+        architecture=architecture,
+        architecture_config=architecture_config or {},
+        example_input=example_input,
+        created_by=actor.user,
+        expires_at=timezone.now() + settings.UPLOAD_SESSION_TTL,
+    )
+    return session
+
+
+def parse_content_range(header: str, session: UploadSession) -> int:
+    """The chunk index a ``Content-Range: bytes start-end/total`` header names; chunks must
+    line up with the session's chunk size."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", header.strip())
+    if match is None:
+        raise ValidationError(
+            "Send 'Content-Range: bytes START-END/TOTAL' with each chunk (END inclusive)."
+        )
+    start, end, total = (int(g) for g in match.groups())
+    if total != session.size:
+        raise ValidationError(
+            f"Content-Range total {total} differs from the upload's size {session.size}."
+        )
+    index, remainder = divmod(start, session.chunk_size)
+    if remainder or index >= session.chunk_count or (start, end) != session.chunk_range(index):
+        expected = session.chunk_range(min(index, session.chunk_count - 1))
+        raise ValidationError(
+            f"Chunks are {session.chunk_size} bytes and start at multiples of it; "
+            f"for example bytes {expected[0]}-{expected[1]}/{session.size}."
+        )
+    return index
+
+
+def _check_open(session: UploadSession) -> None:
+    if session.status != UploadSession.Status.OPEN:
+        raise Conflict(f"This upload is {session.status}; start a new one.")
+    if session.expires_at <= timezone.now():
+        raise Conflict("This upload expired; start a new one.")
+
+
+def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[bytes]) -> UploadPart:
+    """Encrypt one chunk into the store. Re-sending a chunk replaces it, so any chunk can be
+    retried safely, in any order."""
+    _check_open(session)
+    expected = session.chunk_range(index)
+    expected_len = expected[1] - expected[0] + 1
+    received = 0
+
+    def counted():
+        nonlocal received
+        for piece in chunks:
+            received += len(piece)
+            if received > expected_len:
+                raise ValidationError(f"Chunk {index} is longer than {expected_len} bytes.")
+            yield piece
+
+    artifact = store.artifact_create(tenant=session.tenant, chunks=counted())
+    if received != expected_len:
+        store.artifact_delete(artifact)
+        raise ValidationError(f"Chunk {index} should be {expected_len} bytes; received {received}.")
+    with transaction.atomic():
+        part = UploadPart.objects.select_for_update().filter(session=session, index=index).first()
+        if part is None:
+            return UploadPart.objects.create(session=session, index=index, artifact=artifact)
+        replaced = part.artifact
+        part.artifact = artifact
+        part.save(update_fields=["artifact"])
+        transaction.on_commit(lambda: store.artifact_delete(replaced))
+    return part
+
+
+def upload_received_ranges(session: UploadSession) -> list[tuple[int, int]]:
+    """Byte ranges stored so far, merged (inclusive ends)."""
+    ranges: list[tuple[int, int]] = []
+    for index in sorted(session.parts.values_list("index", flat=True)):
+        start, end = session.chunk_range(index)
+        if ranges and ranges[-1][1] + 1 == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
+def upload_missing_ranges(session: UploadSession) -> list[tuple[int, int]]:
+    have = set(session.parts.values_list("index", flat=True))
+    missing: list[tuple[int, int]] = []
+    for index in range(session.chunk_count):
+        if index in have:
+            continue
+        start, end = session.chunk_range(index)
+        if missing and missing[-1][1] + 1 == start:
+            missing[-1] = (missing[-1][0], end)
+        else:
+            missing.append((start, end))
+    return missing
+
+
+def sniff_format(head: bytes, tail: bytes, size: int) -> str | None:
+    """What the file is, from its first and last bytes: ``pt2``, ``torchscript``,
+    ``safetensors``, ``pickle`` (a torch.save file: refused) or None (unknown)."""
+    if head[:1] == b"\x80":
+        return "pickle"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(_SparseFile(head, tail, size)).namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        roots = {name.split("/", 1)[1] if "/" in name else name for name in names}
+        if "archive_format" in roots or any(n.endswith("/archive_format") for n in names):
+            return Format.EXPORT
+        if any(r.startswith("code/") for r in roots) and "constants.pkl" in roots:
+            return Format.TORCHSCRIPT
+        if "data.pkl" in roots:
+            return "pickle"
+        return None
+    if len(head) >= 10:
+        header_len = int.from_bytes(head[:8], "little")
+        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+            return Format.SAFETENSORS
+    return None
+
+
+class _SparseFile(io.RawIOBase):
+    """A read-only view of a file of which only the first and last bytes are known: enough
+    for ``zipfile`` to read the central directory without the whole plaintext."""
+
+    def __init__(self, head: bytes, tail: bytes, size: int):
+        self._head, self._tail, self._size, self._pos = head, tail, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = {0: offset, 1: self._pos + offset, 2: self._size + offset}[whence]
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        start, end = self._pos, self._pos + n
+        tail_start = self._size - len(self._tail)
+        if end <= len(self._head):
+            data = self._head[start:end]
+        elif start >= tail_start:
+            data = self._tail[start - tail_start : end - tail_start]
+        else:
+            raise OSError("outside the inspected part of the file")
+        buffer[:n] = data
+        self._pos = end
+        return n
+
+
+SNIFF_BYTES = 4 * 1024 * 1024
+
+
+def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
+    """Assemble the chunks into the version's artifact, check the SHA-256 and the format, and
+    create the version in ``validating`` (a worker validates it). A failure leaves no version
+    and no artifact behind."""
+    _check_open(session)
+    missing = upload_missing_ranges(session)
+    if missing:
+        raise Conflict(
+            "The upload is incomplete; send the missing ranges, then complete it again.",
+            missing_ranges=[f"bytes {s}-{e}" for s, e in missing],
+        )
+    parts = list(session.parts.select_related("artifact").order_by("index"))
+    head = bytearray()
+    tail = bytearray()
+
+    def plaintext():
+        for part in parts:
+            chunk_plaintext = store.artifact_stream(
+                artifact=part.artifact, purpose="assemble", actor=actor, audit=False
+            )
+            for piece in chunk_plaintext:
+                if len(head) < SNIFF_BYTES:
+                    head.extend(piece[: SNIFF_BYTES - len(head)])
+                tail.extend(piece)
+                if len(tail) > 2 * SNIFF_BYTES:
+                    del tail[: len(tail) - SNIFF_BYTES]
+                yield piece
+
+    artifact = store.artifact_create(tenant=session.tenant, chunks=plaintext())
+    try:
+        if artifact.sha256 != session.sha256 or artifact.size != session.size:
+            raise ValidationError(
+                f"Checksum mismatch: the uploaded bytes hash to {artifact.sha256}, not "
+                f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
+            )
+        detected = sniff_format(bytes(head), bytes(tail[-SNIFF_BYTES:]), artifact.size)
+        if detected == "pickle":
+            raise UnsupportedMediaType(
+                "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
+                "so we do not accept them. " + EXPORT_GUIDANCE
+            )
+        if detected != session.format:
+            what = f"a {Format(detected).label}" if detected else "not a model file we recognise"
+            raise UnsupportedMediaType(
+                f"The upload was declared as {Format(session.format).label} but is {what}. "
+                + EXPORT_GUIDANCE
+            )
+        with transaction.atomic():
+            version = _version_create(
+                model=session.model,
+                artifact=artifact,
+                format=session.format,
+                label=session.label,
+                architecture=session.architecture,
+                architecture_config=session.architecture_config,
+                example_input=session.example_input,
+                actor=actor,
+            )
+            claimed = UploadSession.objects.filter(
+                pk=session.pk, status=UploadSession.Status.OPEN
+            ).update(status=UploadSession.Status.COMPLETED, version=version)
+            if claimed != 1:
+                raise Conflict("This upload was completed by another request.")
+    except BaseException:
+        store.artifact_delete(artifact)
+        raise
+    audit_record(
+        action="artifact.decrypt",
+        actor=actor,
+        tenant=session.tenant,
+        target=session,
+        data={"purpose": "assemble", "chunks": len(parts), "version": version.public_id},
+    )
+    session.refresh_from_db()
+    _delete_parts(session)
+    return version
+
+
+def _delete_parts(session: UploadSession) -> None:
+    for part in list(session.parts.select_related("artifact")):
+        artifact = part.artifact
+        part.delete()
+        store.artifact_delete(artifact)
+
+
+def upload_abort(*, session: UploadSession) -> None:
+    if session.status == UploadSession.Status.OPEN:
+        UploadSession.objects.filter(pk=session.pk).update(
+            status=UploadSession.Status.FAILED, failure_reason="Aborted by the client."
+        )
+    _delete_parts(session)
+
+
+def upload_sessions_expire(*, now: datetime | None = None) -> int:
+    """Expire abandoned uploads and delete their encrypted chunks (a beat task)."""
+    now = now or timezone.now()
+    expired = 0
+    for session in UploadSession.objects.filter(
+        status=UploadSession.Status.OPEN, expires_at__lte=now
+    ):
+        if UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+            status=UploadSession.Status.EXPIRED
+        ):
+            _delete_parts(session)
+            expired += 1
+    return expired
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def _version_create(
+    *,
+    model: Model,
+    artifact: Artifact,
+    format: str,
+    actor: Actor,
+    label: str = "",
+    architecture: str = "",
+    architecture_config: dict | None = None,
+    example_input=None,
+    parent: ModelVersion | None = None,
+    operation: str = ModelVersion.Operation.UPLOAD,
+    operation_params: dict | None = None,
+) -> ModelVersion:
+    Model.objects.filter(pk=model.pk).update(next_version=F("next_version") + 1)
+    number = Model.objects.values_list("next_version", flat=True).get(pk=model.pk) - 1
+    version = ModelVersion.objects.create(
+        model=model,
+        number=number,
+        label=label,
+        artifact=artifact,
+        format=format,
+        architecture=architecture,
+        architecture_config=architecture_config or {},
+        example_input=example_input,
+        parent=parent,
+        operation=operation,
+        operation_params=operation_params or {},
+        created_by=actor.user,
+    )
+    audit_record(
+        action="version.create",
+        actor=actor,
+        tenant=model.tenant,
+        target=version,
+        data={
+            "model": model.ref,
+            "number": number,
+            "operation": operation,
+            "sha256": artifact.sha256,
+            "size": artifact.size,
+        },
+    )
+    transaction.on_commit(lambda: _enqueue_validation(version.pk))
+    return version
+
+
+def _enqueue_validation(version_id: int) -> None:
+    from celery import current_app
+
+    current_app.send_task("workers.validate_version", args=[version_id], queue="cpu")
+
+
+def version_record_validation(
+    *,
+    version: ModelVersion,
+    ok: bool,
+    reason: str = "",
+    signature: dict | None = None,
+    parameter_count: int | None = None,
+    latency_ms: float | None = None,
+) -> ModelVersion:
+    """What the model host found: the version becomes ``ready`` or ``failed``."""
+    fields = {"validated_at": timezone.now()}
+    if ok:
+        fields.update(
+            status=ModelVersion.Status.READY,
+            signature=signature,
+            parameter_count=parameter_count,
+            latency_ms=latency_ms,
+        )
+    else:
+        fields.update(status=ModelVersion.Status.FAILED, failure_reason=reason)
+    ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.VALIDATING).update(
+        **fields
+    )
+    version.refresh_from_db()
+    return version
+
+
+@transaction.atomic
+def version_deprecate(
+    *, version: ModelVersion, sunset_at: datetime, reason: str, actor: Actor
+) -> ModelVersion:
+    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
+        raise Conflict(f"Only a ready version can be deprecated; this one is {version.status}.")
+    if sunset_at <= timezone.now():
+        raise ValidationError({"sunset_at": "The sunset date must be in the future."})
+    version.status = ModelVersion.Status.DEPRECATED
+    version.sunset_at = sunset_at
+    version.status_reason = reason
+    version.save(update_fields=["status", "sunset_at", "status_reason"])
+    audit_record(
+        action="version.deprecate",
+        actor=actor,
+        tenant=version.model.tenant,
+        target=version,
+        data={"sunset_at": sunset_at.isoformat(), "reason": reason},
+    )
+    return version
+
+
+@transaction.atomic
+def version_yank(*, version: ModelVersion, reason: str, actor: Actor) -> ModelVersion:
+    if Alias.objects.filter(version=version).exists():
+        names = ", ".join(Alias.objects.filter(version=version).values_list("name", flat=True))
+        raise Conflict(
+            f"Move the alias(es) {names} off version {version.number} before yanking it."
+        )
+    version.status = ModelVersion.Status.YANKED
+    version.status_reason = reason
+    version.save(update_fields=["status", "status_reason"])
+    audit_record(
+        action="version.yank",
+        actor=actor,
+        tenant=version.model.tenant,
+        target=version,
+        data={"reason": reason},
+    )
+    return version
+
+
+# --- aliases ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def alias_set(
+    *, model: Model, name: str, version: ModelVersion, access: Access, actor: Actor
+) -> Alias:
+    """Point an alias at a ready version; moving ``production`` needs the admin role. Moving an
+    alias back is how a rollback is done."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name):
+        raise ValidationError({"name": "Alias names are 1-40 lowercase letters, digits or '-'."})
+    if name in PROTECTED_ALIASES and not access.has_scope(Scope.ADMIN):
+        raise Forbidden(f"Moving '{name}' needs the admin role (the 'admin' scope).")
+    if version.model_id != model.pk:
+        raise ValidationError(
+            {"version": f"Version {version.number} is not a version of {model.ref}."}
+        )
+    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
+        raise Conflict(
+            f"Version {version.number} is {version.status}; only a ready version can take an alias."
+        )
+    alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+    previous = alias.version if alias else None
+    if alias is None:
+        alias = Alias.objects.create(model=model, name=name, version=version)
+    elif previous != version:
+        alias.version = version
+        alias.updated_at = timezone.now()
+        alias.save(update_fields=["version", "updated_at"])
+    else:
+        return alias
+    AliasMove.objects.create(
+        alias=alias, from_version=previous, to_version=version, actor_label=actor.label
+    )
+    audit_record(
+        action="alias.move",
+        actor=actor,
+        tenant=model.tenant,
+        target=alias,
+        data={
+            "model": model.ref,
+            "alias": name,
+            "to": version.number,
+            "from": previous.number if previous else None,
+        },
+    )
+    return alias

@@ -1,0 +1,384 @@
+"""Publishers create models, upload versions in resumable chunks, and move aliases."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import AuditEvent, Scope
+from marketplace.models import Artifact, ModelVersion, UploadPart, UploadSession
+from marketplace.services import version_record_validation
+from tests.conftest import key_client
+from tests.marketplace.conftest import sha256
+
+pytestmark = pytest.mark.django_db
+
+CHUNK = 1000
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(settings, tmp_path):
+    from marketplace.vault.keys import kek_backend
+
+    settings.UPLOAD_CHUNK_SIZE = CHUNK
+    settings.KEK_FILE = tmp_path / "keyring.json"
+    settings.KEK_FILE_CREATE = True
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "store")},
+        },
+    }
+    kek_backend.cache_clear()
+    yield
+    kek_backend.cache_clear()
+
+
+@pytest.fixture
+def model(api):
+    response = api.post(
+        "/api/v1/models", {"name": "classifier", "task": "tabular-classification"}, format="json"
+    )
+    assert response.status_code == 201
+    return response.json()
+
+
+def start_upload(api, data: bytes, fmt: str = "pt2", **extra):
+    body = {
+        "filename": "model.pt2",
+        "format": fmt,
+        "size": len(data),
+        "sha256": sha256(data),
+        **extra,
+    }
+    return api.post("/api/v1/models/acme/classifier/uploads", body, format="json")
+
+
+def send_chunk(api, upload: dict, data: bytes, index: int):
+    start = index * upload["chunk_size"]
+    end = min(start + upload["chunk_size"], len(data)) - 1
+    return api.generic(
+        "PUT",
+        upload["upload_url"],
+        data[start : end + 1],
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
+    )
+
+
+def upload_all(api, data: bytes, fmt: str = "pt2", order=None) -> dict:
+    upload = start_upload(api, data, fmt).json()
+    count = -(-len(data) // upload["chunk_size"])
+    for index in order or range(count):
+        assert send_chunk(api, upload, data, index).status_code == 200
+    return upload
+
+
+def make_ready(number: int):
+    version = ModelVersion.objects.get(model__name="classifier", number=number)
+    return version_record_validation(
+        version=version, ok=True, signature={"inputs": []}, parameter_count=67, latency_ms=0.1
+    )
+
+
+def test_chunks_in_any_order_become_a_validating_version(api, model, model_files):
+    data = model_files["pt2"]
+    count = -(-len(data) // CHUNK)
+    order = list(range(count))
+    random.Random(7).shuffle(order)
+    upload = upload_all(api, data, order=order)
+
+    completed = api.post(f"{upload['upload_url']}/complete")
+
+    assert completed.status_code == 201, completed.json()
+    version = completed.json()
+    assert version["number"] == 1 and version["status"] == "validating"
+    assert version["sha256"] == sha256(data) and version["size"] == len(data)
+    assert version["format"] == "pt2" and version["operation"] == "upload"
+    stored = ModelVersion.objects.get(public_id=version["id"]).artifact
+    from marketplace.vault.store import artifact_read
+
+    assert artifact_read(artifact=stored, purpose="validate") == data
+    # The chunks were deleted once assembled; only the version's artifact remains.
+    assert list(Artifact.objects.values_list("pk", flat=True)) == [stored.pk]
+    assert UploadPart.objects.count() == 0
+
+
+def test_retrying_a_chunk_is_safe(api, model, model_files):
+    data = model_files["pt2"]
+    upload = upload_all(api, data)
+    assert send_chunk(api, upload, data, 0).status_code == 200  # a retry after a lost reply
+    assert api.post(f"{upload['upload_url']}/complete").status_code == 201
+
+
+def test_status_lists_received_and_missing_ranges(api, model, model_files):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    send_chunk(api, upload, data, 0)
+    send_chunk(api, upload, data, 2)
+
+    state = api.get(upload["upload_url"]).json()
+
+    assert state["received_ranges"] == ["bytes 0-999", "bytes 2000-2999"]
+    assert state["missing_ranges"][0] == "bytes 1000-1999"
+    assert state["received_bytes"] == 2000
+
+
+def test_completing_an_incomplete_upload_is_409_listing_missing_ranges(api, model, model_files):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    send_chunk(api, upload, data, 1)
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 409
+    assert response.json()["missing_ranges"][0] == "bytes 0-999"
+    assert ModelVersion.objects.count() == 0
+
+
+def test_checksum_mismatch_is_400_and_leaves_nothing(api, model, model_files):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    corrupted = bytearray(data)
+    corrupted[5] ^= 0xFF
+    for index in range(-(-len(data) // CHUNK)):
+        send_chunk(api, upload, bytes(corrupted), index)
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 400
+    assert "Checksum mismatch" in response.json()["detail"]
+    assert ModelVersion.objects.count() == 0
+    assert Artifact.objects.count() == UploadPart.objects.count()  # only the chunks remain
+
+
+@pytest.mark.parametrize("kind", ["pickle", "legacy_pickle"])
+def test_pickled_module_is_refused_with_export_guidance(api, model, model_files, kind):
+    data = model_files[kind]
+    upload = upload_all(api, data, fmt="pt2")
+    response = api.post(f"{upload['upload_url']}/complete")
+    assert response.status_code == 415
+    assert "torch.export" in response.json()["detail"]
+    assert "pickle" in response.json()["detail"].lower()
+    assert ModelVersion.objects.count() == 0
+
+
+def test_declared_format_must_match_the_file(api, model, model_files):
+    upload = upload_all(api, model_files["torchscript"], fmt="pt2")
+    response = api.post(f"{upload['upload_url']}/complete")
+    assert response.status_code == 415
+    assert "TorchScript" in response.json()["detail"]
+
+
+def test_torchscript_and_safetensors_are_accepted(api, model, model_files):
+    ts = upload_all(api, model_files["torchscript"], fmt="torchscript")
+    assert api.post(f"{ts['upload_url']}/complete").status_code == 201
+    data = model_files["safetensors"]
+    body = {
+        "filename": "w.safetensors",
+        "format": "safetensors",
+        "size": len(data),
+        "sha256": sha256(data),
+        "architecture": "mlp",
+        "architecture_config": {"in_features": 4, "hidden": [8], "classes": 3},
+    }
+    upload = api.post("/api/v1/models/acme/classifier/uploads", body, format="json").json()
+    for index in range(-(-len(data) // CHUNK)):
+        send_chunk(api, upload, data, index)
+    version = api.post(f"{upload['upload_url']}/complete").json()
+    assert version["format"] == "safetensors" and version["number"] == 2
+
+
+def test_unknown_format_is_415_with_guidance(api, model):
+    response = start_upload(api, b"x" * 10, fmt="onnx")
+    assert response.status_code == 415
+    assert "torch.export" in response.json()["detail"]
+
+
+def test_over_the_size_limit_is_413(api, model, settings):
+    settings.MAX_ARTIFACT_BYTES = 5000
+    response = start_upload(api, b"x" * 5001)
+    assert response.status_code == 413
+
+
+def test_misaligned_or_wrong_total_range_is_400(api, model, model_files):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    bad = api.generic(
+        "PUT",
+        upload["upload_url"],
+        data[10:1010],
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes 10-1009/{len(data)}",
+    )
+    assert bad.status_code == 400 and "multiples" in bad.json()["detail"]
+    missing = api.generic(
+        "PUT", upload["upload_url"], data[:1000], content_type="application/octet-stream"
+    )
+    assert missing.status_code == 400 and "Content-Range" in missing.json()["detail"]
+    short = api.generic(
+        "PUT",
+        upload["upload_url"],
+        data[:10],
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes 0-999/{len(data)}",
+    )
+    assert short.status_code == 400 and "received 10" in short.json()["detail"]
+    assert UploadPart.objects.count() == 0 and Artifact.objects.count() == 0
+
+
+def test_expired_uploads_are_cleaned_up(api, model, model_files):
+    from marketplace.services import upload_sessions_expire
+
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    send_chunk(api, upload, data, 0)
+    UploadSession.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert upload_sessions_expire() == 1
+    assert Artifact.objects.count() == 0
+    assert send_chunk(api, upload, data, 1).status_code == 409
+
+
+def test_aborted_upload_leaves_nothing(api, model, model_files):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    send_chunk(api, upload, data, 0)
+    assert api.delete(upload["upload_url"]).status_code == 204
+    assert Artifact.objects.count() == 0 and ModelVersion.objects.count() == 0
+
+
+def test_alias_moves_are_recorded_and_rollback_moves_back(api, model, model_files):
+    for _ in range(2):
+        upload = upload_all(api, model_files["pt2"])
+        api.post(f"{upload['upload_url']}/complete")
+    make_ready(1)
+    make_ready(2)
+
+    assert (
+        api.put(
+            "/api/v1/models/acme/classifier/aliases/production", {"version": 1}, format="json"
+        ).status_code
+        == 200
+    )
+    api.put("/api/v1/models/acme/classifier/aliases/production", {"version": 2}, format="json")
+    rollback = api.put(
+        "/api/v1/models/acme/classifier/aliases/production", {"version": 1}, format="json"
+    )
+
+    assert rollback.json()["version"] == 1
+    history = api.get("/api/v1/models/acme/classifier/aliases/production").json()
+    assert [(h["from_version"], h["to_version"]) for h in history] == [(2, 1), (1, 2), (None, 1)]
+    assert api.get("/api/v1/models/acme/classifier/versions/production").json()["number"] == 1
+    assert AuditEvent.objects.filter(action="alias.move").count() == 3
+
+
+def test_production_alias_needs_the_admin_role(tenant, model, api, model_files):
+    upload = upload_all(api, model_files["pt2"])
+    api.post(f"{upload['upload_url']}/complete")
+    make_ready(1)
+    developer = key_client(tenant, scopes=[Scope.MODELS_READ, Scope.MODELS_WRITE])
+
+    refused = developer.put(
+        "/api/v1/models/acme/classifier/aliases/production", {"version": 1}, format="json"
+    )
+    staging = developer.put(
+        "/api/v1/models/acme/classifier/aliases/staging", {"version": 1}, format="json"
+    )
+
+    assert refused.status_code == 403 and "admin" in refused.json()["detail"]
+    assert staging.status_code == 200
+
+
+def test_alias_cannot_point_at_an_unvalidated_version(api, model, model_files):
+    upload = upload_all(api, model_files["pt2"])
+    api.post(f"{upload['upload_url']}/complete")
+    response = api.put(
+        "/api/v1/models/acme/classifier/aliases/staging", {"version": 1}, format="json"
+    )
+    assert response.status_code == 409 and "validating" in response.json()["detail"]
+
+
+def test_deprecated_version_carries_deprecation_and_sunset_headers(api, model, model_files):
+    upload = upload_all(api, model_files["pt2"])
+    api.post(f"{upload['upload_url']}/complete")
+    make_ready(1)
+    sunset = (timezone.now() + timedelta(days=30)).replace(microsecond=0)
+
+    api.post(
+        "/api/v1/models/acme/classifier/versions/1/deprecate",
+        {"sunset_at": sunset.isoformat(), "reason": "v2 is better"},
+        format="json",
+    )
+    response = api.get("/api/v1/models/acme/classifier/versions/1")
+
+    assert response.json()["status"] == "deprecated"
+    assert response["Deprecation"] == "true"
+    assert response["Sunset"] == sunset.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def test_yanked_version_is_410_naming_the_alias_to_use(api, model, model_files):
+    for _ in range(2):
+        upload = upload_all(api, model_files["pt2"])
+        api.post(f"{upload['upload_url']}/complete")
+    make_ready(1)
+    make_ready(2)
+    api.put("/api/v1/models/acme/classifier/aliases/production", {"version": 2}, format="json")
+
+    yanked = api.post(
+        "/api/v1/models/acme/classifier/versions/1/yank",
+        {"reason": "leaks training data"},
+        format="json",
+    )
+    response = api.get("/api/v1/models/acme/classifier/versions/1")
+
+    assert yanked.status_code == 200
+    assert response.status_code == 410
+    assert response.json()["use_alias"] == "production"
+    assert "leaks training data" in response.json()["detail"]
+
+
+def test_version_numbers_only_grow(api, model, model_files):
+    numbers = []
+    for _ in range(3):
+        upload = upload_all(api, model_files["pt2"])
+        numbers.append(api.post(f"{upload['upload_url']}/complete").json()["number"])
+    assert numbers == [1, 2, 3]
+
+
+def test_duplicate_model_name_is_409(api, model):
+    response = api.post("/api/v1/models", {"name": "classifier"}, format="json")
+    assert response.status_code == 409
+
+
+def test_bad_model_name_is_400(api):
+    response = api.post("/api/v1/models", {"name": "Not Valid!"}, format="json")
+    assert response.status_code == 400 and "lowercase" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/api/v1/models/acme/classifier"),
+        ("get", "/api/v1/models/acme/classifier/versions"),
+        ("get", "/api/v1/models/acme/classifier/aliases"),
+        ("put", "/api/v1/models/acme/classifier/aliases/production"),
+        ("post", "/api/v1/models/acme/classifier/uploads"),
+        ("post", "/api/v1/models/acme/classifier/versions/1/yank"),
+        ("get", "{upload}"),
+        ("put", "{upload}"),
+        ("delete", "{upload}"),
+        ("post", "{upload}/complete"),
+    ],
+)
+def test_outsider_sees_404_everywhere(api, outsider_api, model, model_files, method, path):
+    upload = start_upload(api, model_files["pt2"]).json()
+    response = getattr(outsider_api, method)(
+        path.format(upload=upload["upload_url"]), {}, format="json"
+    )
+    assert response.status_code == 404
+    assert UploadSession.objects.get().status == "open"
