@@ -236,6 +236,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE = {
+    "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
+}
 
 # --- REST API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

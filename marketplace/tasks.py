@@ -21,3 +21,13 @@ def rotate_tenant_key(tenant_id: int) -> int:
     if tenant is None:
         return 0
     return tenant_key_rotate_run(tenant=tenant)
+
+
+@shared_task(
+    name="marketplace.expire_uploads", queue="default", soft_time_limit=600, time_limit=660
+)
+def expire_uploads() -> int:
+    """Expire abandoned upload sessions and delete their encrypted chunks."""
+    from marketplace.services import upload_sessions_expire
+
+    return upload_sessions_expire()
