@@ -240,6 +240,19 @@ CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
 }
 
+# --- Model hosts (workers) ------------------------------------------------------------------
+# Production refuses to run tenants' models without the bubblewrap sandbox.
+REQUIRE_SANDBOX = env_bool("MM_REQUIRE_SANDBOX", not DEBUG)
+MODEL_HOST_ADDRESS_SPACE = int(env("MM_HOST_ADDRESS_SPACE", str(16 * 1024**3)))
+MODEL_HOST_MEMORY_LIMIT = int(env("MM_HOST_MEMORY_LIMIT", str(4 * 1024**3)))
+MODEL_HOST_CPU_SECONDS = int(env("MM_HOST_CPU_SECONDS", "3600"))
+MODEL_HOST_THREADS = int(env("MM_HOST_THREADS", "1"))
+MODEL_HOST_PRESTART = int(env("MM_HOST_PRESTART", "1"))
+MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
+MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
+MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
+VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
+
 # --- REST API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -432,7 +432,9 @@ def _version_create(
 def _enqueue_validation(version_id: int) -> None:
     from celery import current_app
 
-    current_app.send_task("workers.validate_version", args=[version_id], queue="cpu")
+    current_app.send_task(
+        "workers.validate_version", args=[version_id], queue=settings.VALIDATION_QUEUE
+    )
 
 
 def version_record_validation(

@@ -18,3 +18,18 @@ def ping(echo: str = "") -> dict:
         cursor.execute("SELECT 1")
         cursor.fetchone()
     return {"echo": echo, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+@shared_task(
+    name="workers.validate_version",
+    queue="cpu",
+    acks_late=True,
+    soft_time_limit=600,
+    time_limit=660,
+)
+def validate_version(version_id: int) -> str | None:
+    """Validate an uploaded version in a sandboxed model host (idempotent)."""
+    from workers.services import version_validate
+
+    version = version_validate(version_id=version_id)
+    return version.status if version else None

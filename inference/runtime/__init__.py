@@ -1,0 +1,1 @@
+"""Running models: plain torch, no Django. Loaded inside the sandboxed model host."""

@@ -1,0 +1,101 @@
+"""Format adapters: bytes of a model file in, a module ready to run out."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from inference.runtime import architectures
+from inference.runtime.signature import tensors_from_json
+
+
+class LoadError(ValueError):
+    """The file cannot be loaded as the format it claims; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    module: Any  # callable on tensors
+    input_names: list[str]
+    example: dict[str, torch.Tensor] | None  # from the file itself, when it carries one
+    parameter_count: int
+    # Shapes the file fixes (-1 where a dimension is dynamic); None: batch assumed dynamic.
+    input_shapes: dict[str, list[int]] | None = None
+
+
+def _count(module) -> int:
+    try:
+        return sum(p.numel() for p in module.parameters())
+    except (AttributeError, RuntimeError):
+        return 0
+
+
+def load(
+    data: bytes,
+    *,
+    format: str,
+    device: str,
+    architecture: str = "",
+    config: dict[str, Any] | None = None,
+) -> LoadedModel:
+    try:
+        if format == "pt2":
+            return _load_export(data, device)
+        if format == "torchscript":
+            return _load_torchscript(data, device)
+        if format == "safetensors":
+            return _load_safetensors(data, device, architecture, config or {})
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is the file's fault
+        raise LoadError(f"Could not load the {format} file: {type(exc).__name__}: {exc}") from None
+    raise LoadError(f"Unknown format '{format}'.")
+
+
+def _load_export(data: bytes, device: str) -> LoadedModel:
+    program = torch.export.load(io.BytesIO(data))
+    names = [
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    example = None
+    if program.example_inputs is not None:
+        args, _kwargs = program.example_inputs
+        if len(args) == len(names) and all(isinstance(a, torch.Tensor) for a in args):
+            example = dict(zip(names, args, strict=True))
+    shapes = {}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names and "val" in node.meta:
+            shapes[node.name] = [d if isinstance(d, int) else -1 for d in node.meta["val"].shape]
+    module = program.module()
+    if device != "cpu":
+        module = module.to(device)
+    return LoadedModel(module, names, example, _count(module), shapes or None)
+
+
+def _load_torchscript(data: bytes, device: str) -> LoadedModel:
+    module = torch.jit.load(io.BytesIO(data), map_location=device)
+    module.eval()
+    names = [a.name for a in module.forward.schema.arguments[1:]]
+    return LoadedModel(module, names, None, _count(module))
+
+
+def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> LoadedModel:
+    from safetensors.torch import load as load_tensors
+
+    module = architectures.build(name, config)
+    state = load_tensors(data)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LoadError(
+            f"The state dict does not fit {name} with this config: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
+    module.eval().to(device)
+    shape = architectures.ARCHITECTURES[name].example_shape(config)
+    example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
+    return LoadedModel(module, ["input"], example, _count(module))

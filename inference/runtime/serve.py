@@ -1,0 +1,170 @@
+"""The model host's main loop: one model, requests over stdin, replies over stdout.
+
+Runs inside the sandbox (see ``workers.sandbox``) with an empty environment, no network and
+no way to start processes. It receives the decrypted bytes of exactly one model and never
+sees a key, a database or another tenant's weights. Nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def outputs_to_dict(result: Any) -> dict:
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return {"output": result}
+    if isinstance(result, dict):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, list | tuple):
+        return {f"output_{i}": v for i, v in enumerate(result)}
+    raise TypeError(f"the model returned {type(result).__name__}, not tensors")
+
+
+class Host:
+    def __init__(self) -> None:
+        self.loaded = None
+        self.signature = None
+        self.device = "cpu"
+
+    def handle(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
+        op = header.get("op")
+        if op == "ping":
+            return {"ok": True, "rss": _rss_bytes(), "loaded": self.loaded is not None}, b""
+        if op == "load":
+            return self.load(header, payload), b""
+        if op == "validate":
+            return self.validate(header), b""
+        if op == "predict":
+            return self.predict(header, payload)
+        return {"ok": False, "kind": "protocol", "error": f"unknown op {op!r}"}, b""
+
+    def load(self, header: dict, payload: bytes) -> dict:
+        from inference.runtime import formats
+        from inference.runtime.signature import Signature
+
+        if self.loaded is not None:
+            return {"ok": False, "kind": "protocol", "error": "a host runs exactly one model"}
+        self.device = header.get("device", "cpu")
+        self.loaded = formats.load(
+            payload,
+            format=header["format"],
+            device=self.device,
+            architecture=header.get("architecture", ""),
+            config=header.get("config") or {},
+        )
+        if header.get("signature"):
+            self.signature = Signature.from_json(header["signature"])
+        return {
+            "ok": True,
+            "parameter_count": self.loaded.parameter_count,
+            "input_names": self.loaded.input_names,
+            "rss": _rss_bytes(),
+        }
+
+    def _forward(self, tensors: list) -> tuple[dict, float]:
+        import torch
+
+        with torch.inference_mode():
+            started = time.perf_counter()
+            result = self.loaded.module(*[t.to(self.device) for t in tensors])
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+        return outputs_to_dict(result), elapsed * 1000
+
+    def validate(self, header: dict) -> dict:
+        from inference.runtime.signature import (
+            InputError,
+            Signature,
+            spec_of,
+            tensors_from_json,
+        )
+
+        if self.loaded is None:
+            return {"ok": False, "kind": "protocol", "error": "no model loaded"}
+        names = self.loaded.input_names
+        if header.get("example") is not None:
+            example = tensors_from_json(header["example"], names)
+        elif self.loaded.example is not None:
+            example = self.loaded.example
+        else:
+            raise InputError(
+                "This model file carries no example input; give one with the upload "
+                '(example_input, e.g. {"x": {"shape": [1, 4], "datatype": "FP32"}}).'
+            )
+        missing = [n for n in names if n not in example]
+        if missing:
+            raise InputError(f"The example input lacks {missing}; the model takes {names}.")
+        ordered = [example[n] for n in names]
+        outputs, _ = self._forward(ordered)  # warm-up, and the outputs' specs
+        timings = [self._forward(ordered)[1] for _ in range(5)]
+        fixed = self.loaded.input_shapes or {}
+        batch_dynamic = all(shape[:1] == [-1] for shape in fixed.values()) if fixed else True
+        self.signature = Signature(
+            inputs=[spec_of(n, example[n], fixed.get(n)) for n in names],
+            outputs=[
+                spec_of(n, t, None if batch_dynamic else list(t.shape)) for n, t in outputs.items()
+            ],
+        )
+        return {
+            "ok": True,
+            "signature": self.signature.to_json(),
+            "latency_ms": statistics.median(timings),
+            "parameter_count": self.loaded.parameter_count,
+        }
+
+    def predict(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
+        from inference.runtime import codec
+        from inference.runtime.signature import validate_inputs
+
+        if self.loaded is None or self.signature is None:
+            return {"ok": False, "kind": "protocol", "error": "no validated model"}, b""
+        ordered = validate_inputs(self.signature, codec.decode(payload))
+        outputs, compute_ms = self._forward(ordered)
+        return {"ok": True, "compute_ms": compute_ms}, codec.encode(outputs)
+
+
+def main() -> None:
+    from inference.runtime.formats import LoadError
+    from inference.runtime.protocol import read_frame, write_frame
+    from inference.runtime.signature import InputError
+
+    # The protocol owns the original stdout; anything the model prints goes to stderr.
+    reply = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    requests = os.fdopen(0, "rb", buffering=0)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("MM_HOST_THREADS", "1")))
+    host = Host()
+    write_frame(reply, {"ok": True, "ready": True, "pid": os.getpid()})
+    while True:
+        try:
+            header, payload = read_frame(requests)
+        except EOFError:
+            return
+        try:
+            out, body = host.handle(header, payload)
+        except InputError as exc:
+            out, body = {"ok": False, "kind": "input", "error": str(exc)}, b""
+        except LoadError as exc:
+            out, body = {"ok": False, "kind": "load", "error": str(exc)}, b""
+        except Exception as exc:  # noqa: BLE001 - the model's own error, reported to the caller
+            out, body = {"ok": False, "kind": "model", "error": f"{type(exc).__name__}: {exc}"}, b""
+        del payload
+        write_frame(reply, out, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

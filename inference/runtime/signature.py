@@ -1,0 +1,138 @@
+"""Input and output signatures, and the checks that run before a model sees any input."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+# Names as in the Open Inference Protocol (KServe v2) datatypes.
+DTYPES: dict[str, torch.dtype] = {
+    "FP32": torch.float32,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP64": torch.float64,
+    "INT64": torch.int64,
+    "INT32": torch.int32,
+    "INT16": torch.int16,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class InputError(ValueError):
+    """The caller's input does not fit the signature; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 marks a dynamic dimension (always the batch dimension, first)
+
+    def describe(self) -> str:
+        return f"{self.datatype}{self.shape}"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [asdict(s) for s in self.inputs],
+            "outputs": [asdict(s) for s in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            [TensorSpec(**s) for s in data["inputs"]], [TensorSpec(**s) for s in data["outputs"]]
+        )
+
+
+def spec_of(name: str, tensor: torch.Tensor, fixed: list[int] | None = None) -> TensorSpec:
+    """The spec of a tensor the model took or gave. The first dimension is the dynamic batch
+    unless the file fixes the shape (``fixed``, as a ``torch.export`` archive does)."""
+    if tensor.dtype not in DTYPE_NAMES:
+        raise InputError(f"'{name}' has dtype {tensor.dtype}, which the API cannot carry.")
+    shape = list(tensor.shape)
+    if fixed is not None:
+        return TensorSpec(name, DTYPE_NAMES[tensor.dtype], list(fixed))
+    return TensorSpec(name, DTYPE_NAMES[tensor.dtype], [-1, *shape[1:]] if shape else [])
+
+
+def validate_inputs(signature: Signature, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors in the model's argument order, or an ``InputError`` naming the input and
+    the expected and received shape and dtype."""
+    expected = {s.name for s in signature.inputs}
+    unknown = sorted(set(tensors) - expected)
+    if unknown:
+        raise InputError(
+            f"Unknown input(s) {', '.join(unknown)}; the model takes "
+            + ", ".join(f"'{s.name}' {s.describe()}" for s in signature.inputs)
+            + "."
+        )
+    ordered = []
+    batch = None
+    for spec in signature.inputs:
+        tensor = tensors.get(spec.name)
+        if tensor is None:
+            raise InputError(f"Missing input '{spec.name}' ({spec.describe()}).")
+        received = f"{DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype))}{list(tensor.shape)}"
+        if DTYPE_NAMES.get(tensor.dtype) != spec.datatype:
+            raise InputError(
+                f"Input '{spec.name}' should be {spec.describe()}; received {received}."
+            )
+        fits = len(tensor.shape) == len(spec.shape) and all(
+            want in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
+        )
+        if not fits:
+            raise InputError(
+                f"Input '{spec.name}' should have shape {spec.shape} (-1: any batch size); "
+                f"received {received}."
+            )
+        if spec.shape and batch not in (None, tensor.shape[0]):
+            raise InputError(
+                f"All inputs need the same batch size; '{spec.name}' has "
+                f"{tensor.shape[0]}, others {batch}."
+            )
+        batch = tensor.shape[0] if spec.shape else batch
+        ordered.append(tensor)
+    return ordered
+
+
+def tensors_from_json(example: Any, input_names: list[str]) -> dict[str, torch.Tensor]:
+    """An example input as JSON: ``{"name": [[...]]}`` (values, float32), ``{"name": {"data":
+    [...], "datatype": "INT64"}}`` or ``{"name": {"shape": [1, 4], "datatype": "FP32"}}``
+    (random values). A bare list is the model's only input."""
+    if isinstance(example, list):
+        if len(input_names) != 1:
+            raise InputError(f"Give the example as an object keyed by {input_names}.")
+        example = {input_names[0]: example}
+    if not isinstance(example, dict):
+        raise InputError("The example input is a JSON object of input name to values.")
+    out = {}
+    for name, value in example.items():
+        if isinstance(value, dict):
+            dtype = DTYPES.get(value.get("datatype", "FP32"))
+            if dtype is None:
+                raise InputError(f"Unknown datatype for '{name}'; use one of {sorted(DTYPES)}.")
+            if "data" in value:
+                out[name] = torch.tensor(value["data"], dtype=dtype)
+            elif "shape" in value:
+                shape = value["shape"]
+                out[name] = (
+                    torch.randn(shape).to(dtype)
+                    if dtype.is_floating_point
+                    else torch.zeros(shape, dtype=dtype)
+                )
+            else:
+                raise InputError(f"Example '{name}' needs 'data' or 'shape'.")
+        else:
+            out[name] = torch.tensor(value, dtype=torch.float32)
+    return out

@@ -1,0 +1,177 @@
+"""Code inside the model host's sandbox reaches nothing outside it. These run hostile Python
+in exactly the confinement a model host gets (same argv builder, limits and seccomp)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import textwrap
+
+import pytest
+
+from workers import sandbox
+
+CANARY = "modelmarket-canary-secret"
+
+
+def run_confined(
+    code: str, *, bwrap: bool = True, memory: int | None = 2 * 1024**3, timeout: float = 60
+) -> dict:
+    """Run ``code`` in the sandbox; it prints one JSON object as its last line."""
+    limits = sandbox.Limits(memory_bytes=memory, cpu_seconds=30)
+    fd = sandbox.seccomp_memfd() if bwrap else None
+    try:
+        argv, env = sandbox.host_command(
+            limits=limits, device="cpu", seccomp_fd=fd, code=textwrap.dedent(code)
+        )
+        result = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            pass_fds=(fd,) if fd else (),
+            preexec_fn=None if bwrap else sandbox.fallback_preexec,
+        )
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert result.stdout.strip(), result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def canary(tmp_path) -> str:
+    path = tmp_path / "canary.txt"
+    path.write_text(CANARY)
+    return str(path)
+
+
+@pytest.fixture(params=["bwrap", "fallback"])
+def mode(request, monkeypatch):
+    if request.param == "bwrap":
+        assert sandbox.bubblewrap(), "bubblewrap must be installed (Debian package bubblewrap)"
+        return True
+    monkeypatch.setattr(sandbox, "bubblewrap", lambda: None)
+    return False
+
+
+def test_sandbox_cannot_read_files_outside(canary):
+    out = run_confined(f"""
+        import json, os
+        found = {{}}
+        for path in [{canary!r}, "/work/main/var/keyring.json", "/etc/passwd", "/root"]:
+            try:
+                found[path] = open(path).read(64) if os.path.isfile(path) else os.listdir(path)
+            except OSError as exc:
+                found[path] = type(exc).__name__
+        print(json.dumps(found))
+    """)
+    assert CANARY not in json.dumps(out)
+    assert out[canary] == "FileNotFoundError"
+    assert out["/work/main/var/keyring.json"] == "FileNotFoundError"
+
+
+def test_sandbox_has_no_network():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        out = run_confined(f"""
+            import json, socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=3)
+                result = "connected"
+            except OSError as exc:
+                result = type(exc).__name__
+            print(json.dumps({{"result": result}}))
+        """)
+    finally:
+        listener.close()
+    assert out["result"] != "connected"
+
+
+def test_sandbox_environment_is_empty(mode, monkeypatch):
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "super-secret")
+    out = run_confined(
+        """
+        import json, os
+        print(json.dumps(dict(os.environ)))
+    """,
+        bwrap=mode,
+    )
+    assert "super-secret" not in json.dumps(out)
+    assert set(out) <= {
+        "MM_HOST_THREADS",
+        "OMP_NUM_THREADS",
+        "PYTHONDONTWRITEBYTECODE",
+        "HOME",
+        "PATH",
+        "LC_CTYPE",
+        "PWD",
+    }
+
+
+def test_sandbox_cannot_start_processes(mode):
+    out = run_confined(
+        """
+        import json, os, subprocess, threading
+        result = {}
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            result["fork"] = "forked"
+        except OSError as exc:
+            result["fork"] = type(exc).__name__
+        try:
+            subprocess.run(["/bin/true"])
+            result["subprocess"] = "ran"
+        except OSError as exc:
+            result["subprocess"] = type(exc).__name__
+        t = threading.Thread(target=lambda: None)
+        t.start(); t.join()
+        result["threads"] = "ok"
+        print(json.dumps(result))
+    """,
+        bwrap=mode,
+    )
+    assert out == {"fork": "PermissionError", "subprocess": "PermissionError", "threads": "ok"}
+
+
+def test_sandbox_memory_is_limited(mode):
+    out = run_confined(
+        """
+        import json
+        try:
+            block = bytearray(8 * 1024**3)
+            result = "allocated"
+        except MemoryError:
+            result = "MemoryError"
+        print(json.dumps({"result": result}))
+    """,
+        bwrap=mode,
+    )
+    assert out["result"] == "MemoryError"
+
+
+def test_sandbox_filesystem_is_read_only_but_tmp():
+    out = run_confined("""
+        import json, os, sys
+        result = {}
+        for path in ["/app/inference/evil.py", sys.prefix + "/evil", "/usr/evil", "/tmp/ok"]:
+            try:
+                open(path, "w").write("x")
+                result[path] = "written"
+            except OSError as exc:
+                result[path] = type(exc).__name__
+        result["uid"] = os.getuid()
+        print(json.dumps(result))
+    """)
+    assert out.pop("/tmp/ok") == "written"
+    assert out.pop("uid") == sandbox.NOBODY
+    assert set(out.values()) <= {"OSError", "PermissionError", "FileNotFoundError"}
+    assert "written" not in out.values()

@@ -1,0 +1,251 @@
+"""Validation of uploaded versions in sandboxed model hosts, including the hostile-model
+corpus: the worker survives, the version fails with a reason a person can act on, and other
+models keep serving."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from accounts import services as accounts
+from inference.runtime import codec
+from marketplace import services
+from marketplace.models import ModelVersion
+from marketplace.vault.store import artifact_create
+from workers.pool import HOSTS
+from workers.services import version_key, version_validate
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_LOAD_TIMEOUT = 20
+    settings.MODEL_HOST_MEMORY_LIMIT = 1024**3
+    settings.MODEL_HOST_ADDRESS_SPACE = 8 * 1024**3
+    settings.MODEL_HOST_PRESTART = 0
+    yield
+    HOSTS.close()
+
+
+def make_version(tenant, data: bytes, fmt: str, **fields) -> ModelVersion:
+    model = tenant.models.first() or services.model_create(
+        tenant=tenant, name="m", actor=accounts.SYSTEM
+    )
+    number = model.versions.count() + 1
+    return ModelVersion.objects.create(
+        model=model,
+        number=number,
+        format=fmt,
+        status=ModelVersion.Status.VALIDATING,
+        artifact=artifact_create(tenant=tenant, chunks=[data]),
+        **fields,
+    )
+
+
+def saved(write) -> bytes:
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
+
+
+def export(module: nn.Module, example: torch.Tensor, dynamic: bool = True) -> bytes:
+    shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
+    program = torch.export.export(module.eval(), (example,), dynamic_shapes=shapes)
+    return saved(lambda b: torch.export.save(program, b))
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Forever(nn.Module):
+    def forward(self, x):
+        i = 0
+        while i >= 0:
+            i += 1
+        return x
+
+
+class Hog(nn.Module):
+    def forward(self, x):
+        big = torch.ones(768 * 1024 * 1024)  # 3 GiB, held while it keeps working
+        total = x.sum()
+        for _ in range(1000):
+            total = total + big.sum()
+        return x + total
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        if bool(x.sum() > -1e30):
+            raise RuntimeError("weights corrupted")
+        return x
+
+
+def scripted(module: nn.Module) -> bytes:
+    return saved(lambda b: torch.jit.save(torch.jit.script(module), b))
+
+
+def test_export_archive_becomes_ready_with_signature_and_latency(tenant):
+    version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
+
+    version = version_validate(version_id=version.pk)
+
+    assert version.status == "ready", version.failure_reason
+    assert version.signature == {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    assert version.parameter_count == 15
+    assert version.latency_ms > 0
+
+
+def test_validated_host_serves_predictions_that_match_the_model(tenant):
+    torch.manual_seed(1)
+    model = Classifier()
+    version = version_validate(
+        version_id=make_version(tenant, export(model, torch.randn(2, 4)), "pt2").pk
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    x = torch.randn(5, 4)
+
+    reply, body = host.request({"op": "predict"}, codec.encode({"x": x}), timeout=10)
+
+    assert torch.allclose(codec.decode(body)["output"], model(x), atol=1e-6)
+    assert reply["compute_ms"] > 0
+
+
+def test_torchscript_needs_and_uses_the_upload_example(tenant):
+    data = saved(
+        lambda b: torch.jit.save(torch.jit.trace(Classifier().eval(), torch.randn(1, 4)), b)
+    )
+    without = version_validate(version_id=make_version(tenant, data, "torchscript").pk)
+    with_example = version_validate(
+        version_id=make_version(
+            tenant, data, "torchscript", example_input={"x": {"shape": [1, 4]}}
+        ).pk
+    )
+
+    assert without.status == "failed" and "example" in without.failure_reason
+    assert with_example.status == "ready"
+    assert with_example.signature["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+
+
+def test_safetensors_with_a_builtin_architecture(tenant):
+    from safetensors.torch import save
+
+    from inference.runtime.architectures import build
+
+    config = {"in_channels": 1, "image_size": 28, "classes": 10}
+    weights = save(build("small_cnn", config).state_dict())
+    ok = make_version(
+        tenant, weights, "safetensors", architecture="small_cnn", architecture_config=config
+    )
+    wrong = make_version(
+        tenant,
+        weights,
+        "safetensors",
+        architecture="small_cnn",
+        architecture_config={**config, "classes": 5},
+    )
+
+    assert version_validate(version_id=ok.pk).signature["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    failed = version_validate(version_id=wrong.pk)
+    assert failed.status == "failed" and "size mismatch for fc2.bias" in failed.failure_reason
+
+
+def test_model_that_loops_forever_fails_on_the_deadline(tenant, settings):
+    settings.MODEL_LOAD_TIMEOUT = 8
+    version = make_version(
+        tenant, scripted(Forever()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    version = version_validate(version_id=version.pk)
+    assert version.status == "failed"
+    assert "did not finish" in version.failure_reason
+
+
+def test_model_that_eats_memory_is_killed(tenant):
+    version = make_version(
+        tenant, scripted(Hog()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    version = version_validate(version_id=version.pk)
+    assert version.status == "failed"
+    assert "memory" in version.failure_reason
+
+
+def test_model_that_raises_fails_with_its_message(tenant):
+    version = make_version(
+        tenant, scripted(Boom()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    version = version_validate(version_id=version.pk)
+    assert version.status == "failed" and "weights corrupted" in version.failure_reason
+
+
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/modelmarket-pwned",))
+
+
+def _with_entry(archive: bytes, suffix: str, payload: bytes) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(archive))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = payload if info.filename.endswith(suffix) else src.read(info.filename)
+            dst.writestr(info, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_pickled_shell_command_in_an_archive_runs_nothing(tenant, fmt, tmp_path):
+    evil = pickle.dumps(_Shell(), protocol=2)
+    if fmt == "torchscript":
+        data = _with_entry(scripted(Classifier()), "data.pkl", evil)
+    else:
+        data = _with_entry(export(Classifier(), torch.randn(2, 4)), "sample_inputs/model.pt", evil)
+    version = version_validate(
+        version_id=make_version(tenant, data, fmt, example_input={"x": {"shape": [1, 4]}}).pk
+    )
+
+    import os
+
+    assert not os.path.exists("/tmp/modelmarket-pwned")
+    # Either the loader refused the pickle, or it ran in a host that cannot start a shell;
+    # in both cases nothing ran outside and the worker keeps going.
+    assert version.status in ("failed", "ready")
+
+
+def test_other_models_keep_serving_after_a_hostile_one(tenant, settings):
+    good = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").pk
+    )
+    settings.MODEL_LOAD_TIMEOUT = 6
+    bad = make_version(
+        tenant, scripted(Forever()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    assert version_validate(version_id=bad.pk).status == "failed"
+
+    host = HOSTS.loaded("cpu").get(version_key(good))
+    reply, _ = host.request({"op": "predict"}, codec.encode({"x": torch.randn(1, 4)}), timeout=10)
+    assert reply["ok"]
+
+
+def test_validation_is_idempotent(tenant):
+    version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
+    first = version_validate(version_id=version.pk)
+    again = version_validate(version_id=version.pk)  # a redelivered task
+    assert first.status == again.status == "ready"
+    assert first.validated_at == again.validated_at

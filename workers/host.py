@@ -1,0 +1,214 @@
+"""The worker side of a model host: spawn it in the sandbox, feed it one model, send it
+requests with a deadline each, and kill and replace it when it crashes, hangs or grows past
+its memory limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from inference.runtime.protocol import PREFIX, ProtocolError, pack
+from workers import sandbox
+
+logger = logging.getLogger(__name__)
+_warned_unsandboxed = False
+
+
+class HostFailure(Exception):
+    """The host process failed (crash, hang, memory) — not the caller's input."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class ModelFailure(Exception):
+    """The host answered with an error: bad input (``kind == "input"``), a file that does not
+    load (``"load"``), or an exception raised by the model (``"model"``)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class ModelHost:
+    device: str = "cpu"
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+    rss_limit: int | None = None  # bytes; checked while waiting on each request
+    require_sandbox: bool = False
+    proc: subprocess.Popen | None = None
+    loaded_bytes: int = 0
+    requests: int = 0
+    _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> ModelHost:
+        global _warned_unsandboxed
+        seccomp_fd = None
+        if sandbox.bubblewrap() is None:
+            if self.require_sandbox:
+                raise HostFailure("sandbox", "bubblewrap (bwrap) is required but not installed.")
+            if not _warned_unsandboxed:
+                logger.warning(
+                    "bubblewrap is not installed: model hosts run as plain child processes "
+                    "(empty environment, resource limits, seccomp) WITHOUT namespaces. "
+                    "Install the 'bubblewrap' package before serving untrusted models."
+                )
+                _warned_unsandboxed = True
+            preexec, new_session = sandbox.fallback_preexec, False
+        else:
+            seccomp_fd = sandbox.seccomp_memfd()
+            preexec, new_session = None, True
+        argv, env = sandbox.host_command(
+            limits=self.limits, device=self.device, seccomp_fd=seccomp_fd
+        )
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+                pass_fds=(seccomp_fd,) if seccomp_fd else (),
+                preexec_fn=preexec,
+                start_new_session=new_session,
+            )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        header, _ = self._read_frame(time.monotonic() + timeout)
+        if not header.get("ready"):
+            self.kill()
+            raise HostFailure("protocol", f"the host did not start: {header}")
+        return self
+
+    def _drain_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    def stderr_tail(self, lines: int = 8) -> str:
+        return "\n".join(list(self._stderr)[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("model host %s did not die", self.proc.pid)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    def rss(self) -> int:
+        """Resident memory of the host and everything it runs."""
+        if not self.alive:
+            return 0
+        try:
+            root = psutil.Process(self.proc.pid)
+            return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            return 0
+
+    # --- requests -----------------------------------------------------------------------
+
+    def request(self, header: dict, payload: bytes = b"", *, timeout: float) -> tuple[dict, bytes]:
+        """Send one request and wait for its reply. Raises ``ModelFailure`` when the host
+        reports an error, ``HostFailure`` (after killing the host) when it dies, hangs past
+        ``timeout`` or outgrows ``rss_limit``."""
+        if not self.alive:
+            raise HostFailure("crash", "the model host is not running")
+        deadline = time.monotonic() + timeout
+        self.requests += 1
+        self._write(pack(header, payload), deadline)
+        reply, body = self._read_frame(deadline)
+        if not reply.get("ok"):
+            raise ModelFailure(reply.get("kind", "model"), reply.get("error", "unknown error"))
+        return reply, body
+
+    def _write(self, parts: list[bytes], deadline: float) -> None:
+        fd = self.proc.stdin.fileno()
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                self._wait(fd, deadline, write=True)
+                try:
+                    written = os.write(fd, view[: 1 << 20])
+                except BrokenPipeError:
+                    self._died()
+                view = view[written:]
+
+    def _read_exact(self, size: int, deadline: float) -> bytes:
+        fd = self.proc.stdout.fileno()
+        chunks, remaining = [], size
+        while remaining:
+            self._wait(fd, deadline, write=False)
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                self._died()
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_frame(self, deadline: float) -> tuple[dict, bytes]:
+        import json
+
+        header_len, payload_len = PREFIX.unpack(self._read_exact(PREFIX.size, deadline))
+        if header_len > 1 << 20:
+            self.kill()
+            raise ProtocolError("the host sent a malformed frame")
+        header = json.loads(self._read_exact(header_len, deadline))
+        return header, self._read_exact(payload_len, deadline) if payload_len else b""
+
+    def _wait(self, fd: int, deadline: float, *, write: bool) -> None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise HostFailure("timeout", "the model did not answer before its deadline")
+            readable, writable, _ = select.select(
+                [] if write else [fd], [fd] if write else [], [], min(remaining, 0.25)
+            )
+            if readable or writable:
+                return
+            if self.rss_limit and self.rss() > self.rss_limit:
+                self.kill()
+                raise HostFailure(
+                    "memory",
+                    f"the model used more than its memory limit of {self.rss_limit // 2**20} MiB",
+                )
+            if not self.alive:
+                self._died()
+
+    def _died(self):
+        self.kill()
+        code = self.proc.returncode
+        detail = self.stderr_tail(3)
+        how = f"was killed by signal {-code}" if code and code < 0 else f"exited with status {code}"
+        if code == -signal.SIGKILL and self.limits.memory_bytes:
+            how += " (possibly for exceeding its memory limit)"
+        raise HostFailure("crash", f"the model host {how}" + (f": {detail}" if detail else ""))

@@ -1,0 +1,162 @@
+"""Model hosts kept by a worker process: a few pre-started idle hosts (hiding the interpreter
+and torch import time) and a cache of hosts with a model loaded, keyed by version, evicting
+the least recently used by bytes per device."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+
+from django.conf import settings
+
+from workers import sandbox
+from workers.host import HostFailure, ModelHost
+
+logger = logging.getLogger(__name__)
+
+
+def new_host(device: str) -> ModelHost:
+    limits = sandbox.Limits(
+        memory_bytes=None if device.startswith("cuda") else settings.MODEL_HOST_ADDRESS_SPACE,
+        cpu_seconds=settings.MODEL_HOST_CPU_SECONDS,
+        threads=settings.MODEL_HOST_THREADS,
+    )
+    return ModelHost(
+        device=device,
+        limits=limits,
+        rss_limit=settings.MODEL_HOST_MEMORY_LIMIT,
+        require_sandbox=settings.REQUIRE_SANDBOX,
+    )
+
+
+class IdleHosts:
+    """Started hosts waiting for a model; refilled in the background after each take."""
+
+    def __init__(self, device: str, size: int):
+        self.device, self.size = device, size
+        self._ready: collections.deque[ModelHost] = collections.deque()
+        self._lock = threading.Lock()
+        self._filling = False
+
+    def take(self) -> ModelHost:
+        with self._lock:
+            while self._ready:
+                host = self._ready.popleft()
+                if host.alive:
+                    break
+            else:
+                host = None
+        self.refill()
+        return host if host is not None else new_host(self.device).start()
+
+    def refill(self) -> None:
+        with self._lock:
+            if self._filling or len(self._ready) >= self.size:
+                return
+            self._filling = True
+        threading.Thread(target=self._fill, daemon=True, name="host-prestart").start()
+
+    def _fill(self) -> None:
+        try:
+            while len(self._ready) < self.size:
+                host = new_host(self.device).start()
+                with self._lock:
+                    self._ready.append(host)
+        except HostFailure:
+            logger.exception("could not pre-start a model host")
+        finally:
+            self._filling = False
+
+    def close(self) -> None:
+        with self._lock:
+            while self._ready:
+                self._ready.popleft().kill()
+
+
+class LoadedHosts:
+    """Hosts with a model loaded, by version key, least recently used evicted first once the
+    models' bytes exceed ``capacity_bytes``."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity = capacity_bytes
+        self._hosts: collections.OrderedDict[str, ModelHost] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> ModelHost | None:
+        with self._lock:
+            host = self._hosts.get(key)
+            if host is None:
+                return None
+            if not host.alive:
+                del self._hosts[key]
+                return None
+            self._hosts.move_to_end(key)
+            return host
+
+    def put(self, key: str, host: ModelHost) -> None:
+        with self._lock:
+            old = self._hosts.pop(key, None)
+            if old is not None and old is not host:
+                old.kill()
+            self._hosts[key] = host
+            while len(self._hosts) > 1 and self.used() > self.capacity:
+                _, evicted = self._hosts.popitem(last=False)
+                evicted.kill()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            host = self._hosts.pop(key, None)
+        if host is not None:
+            host.kill()
+
+    def used(self) -> int:
+        return sum(h.loaded_bytes for h in self._hosts.values())
+
+    def keys(self) -> list[str]:
+        return list(self._hosts)
+
+    def close(self) -> None:
+        with self._lock:
+            for host in self._hosts.values():
+                host.kill()
+            self._hosts.clear()
+
+
+class Hosts:
+    """Everything a worker process keeps, per device."""
+
+    def __init__(self):
+        self._idle: dict[str, IdleHosts] = {}
+        self._loaded: dict[str, LoadedHosts] = {}
+
+    def idle(self, device: str) -> IdleHosts:
+        if device not in self._idle:
+            self._idle[device] = IdleHosts(device, settings.MODEL_HOST_PRESTART)
+        return self._idle[device]
+
+    def loaded(self, device: str) -> LoadedHosts:
+        if device not in self._loaded:
+            self._loaded[device] = LoadedHosts(settings.MODEL_CACHE_BYTES)
+        return self._loaded[device]
+
+    def get_or_load(self, device: str, key: str, load: Callable[[ModelHost], None]) -> ModelHost:
+        host = self.loaded(device).get(key)
+        if host is not None:
+            return host
+        host = self.idle(device).take()
+        try:
+            load(host)
+        except BaseException:
+            host.kill()
+            raise
+        self.loaded(device).put(key, host)
+        return host
+
+    def close(self) -> None:
+        for group in [*self._idle.values(), *self._loaded.values()]:
+            group.close()
+
+
+HOSTS = Hosts()

@@ -1,0 +1,244 @@
+"""How a model host process is confined.
+
+Under bubblewrap: new user, PID, network, IPC, UTS and cgroup namespaces (no network at all),
+an empty environment, a private ``/tmp``, only the Python runtime and ``inference/runtime``
+mounted read-only, the unprivileged user ``nobody``, resource limits (address space, CPU
+time, open files, file size) and a seccomp filter that refuses to create processes, trace
+or re-namespace. On a GPU worker only the NVIDIA device nodes are added.
+
+Where bubblewrap is missing (a developer laptop) the host is a plain child process with the
+same empty environment, limits and seccomp filter, and a loud warning; production settings
+refuse to run that way (``MM_REQUIRE_SANDBOX``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob
+import logging
+import os
+import platform
+import shutil
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int | None = 8 * 1024**3  # address space; None on CUDA hosts
+    cpu_seconds: int = 3600
+    open_files: int = 256
+    file_bytes: int = 64 * 1024**2
+    threads: int = 1
+
+
+# --- seccomp ------------------------------------------------------------------------------
+
+_ARCH = {
+    # audit arch, {syscall: errno}, clone syscall number
+    "x86_64": (
+        0xC000003E,
+        {
+            57: errno.EPERM,
+            58: errno.EPERM,
+            435: errno.ENOSYS,
+            101: errno.EPERM,
+            272: errno.EPERM,
+            308: errno.EPERM,
+            165: errno.EPERM,
+        },
+        56,
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {435: errno.ENOSYS, 117: errno.EPERM, 97: errno.EPERM, 268: errno.EPERM, 40: errno.EPERM},
+        220,
+    ),
+}
+_CLONE_THREAD = 0x00010000
+_RET_ALLOW, _RET_ERRNO, _RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def seccomp_program() -> bytes:
+    """A classic BPF seccomp filter: fork, vfork, ptrace, unshare, setns and mount fail;
+    clone is allowed only for threads (clone3 answers ENOSYS so libc falls back to clone)."""
+    audit_arch, blocked, clone_nr = _ARCH[platform.machine()]
+    ld_abs, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    prog = [_insn(ld_abs, 4), _insn(jeq, audit_arch, 1, 0), _insn(ret, _RET_KILL), _insn(ld_abs, 0)]
+    for nr, code in blocked.items():
+        prog += [_insn(jeq, nr, 0, 1), _insn(ret, _RET_ERRNO | code)]
+    prog += [
+        _insn(jeq, clone_nr, 0, 4),
+        _insn(ld_abs, 16),  # low 32 bits of args[0]: the clone flags
+        _insn(jset, _CLONE_THREAD, 1, 0),
+        _insn(ret, _RET_ERRNO | errno.EPERM),
+        _insn(ret, _RET_ALLOW),
+        _insn(ret, _RET_ALLOW),
+    ]
+    return b"".join(prog)
+
+
+def _install_seccomp_here() -> None:
+    """Install the filter in this process (the fallback path, in the child before exec)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    program = seccomp_program()
+    buffer = ctypes.create_string_buffer(program)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
+    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(SECCOMP)")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def bubblewrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def _python_paths() -> list[str]:
+    """What the interpreter needs: its installation and the virtualenv's site-packages."""
+    paths = {sys.base_prefix, sys.prefix}
+    return sorted(p for p in paths if p and not p.startswith("/usr"))
+
+
+CHILD_CODE = (
+    "import sys; sys.path[:0] = {paths!r}; from inference.runtime.serve import main; main()"
+)
+
+
+def _site_packages() -> list[str]:
+    import site
+
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def host_command(
+    *, limits: Limits, device: str, seccomp_fd: int | None, code: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv of one model host and the environment to start it with: with bubblewrap the
+    host's own environment is set inside the sandbox (``--clearenv``/``--setenv``)."""
+    env = {
+        "MM_HOST_THREADS": str(limits.threads),
+        "OMP_NUM_THREADS": str(limits.threads),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
+        "PATH": "/usr/bin",
+    }
+    prlimit = [
+        "prlimit",
+        f"--cpu={limits.cpu_seconds}",
+        f"--nofile={limits.open_files}",
+        f"--fsize={limits.file_bytes}",
+        "--core=0",
+    ]
+    if limits.memory_bytes:
+        prlimit.append(f"--as={limits.memory_bytes}")
+    bwrap = bubblewrap()
+    if bwrap is None:
+        code = code or CHILD_CODE.format(paths=[str(ROOT), *_site_packages()])
+        return [*prlimit, "--", sys.executable, "-I", "-S", "-c", code], {
+            **env,
+            "PATH": "/usr/bin:/bin",
+        }
+    app = "/app"
+    code = code or CHILD_CODE.format(paths=[app, *_site_packages()])
+    argv = [
+        *prlimit,
+        "--",
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(NOBODY),
+        "--gid",
+        str(NOBODY),
+        "--hostname",
+        "model-host",
+        "--clearenv",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",  # noqa: S108 - a private tmpfs inside the sandbox
+        "--ro-bind",
+        str(ROOT / "inference" / "__init__.py"),
+        f"{app}/inference/__init__.py",
+        "--ro-bind",
+        str(ROOT / "inference" / "runtime"),
+        f"{app}/inference/runtime",
+        "--chdir",
+        "/tmp",  # noqa: S108
+    ]
+    for path in _python_paths():
+        argv += ["--ro-bind", path, path]
+    if os.path.exists("/etc/ld.so.cache"):
+        argv += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    if device.startswith("cuda"):
+        for node in sorted(glob.glob("/dev/nvidia*")):
+            argv += ["--dev-bind", node, node]
+        if os.path.isdir("/proc/driver/nvidia"):
+            argv += ["--ro-bind", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
+    # Everything but /tmp read-only, including the mount points bwrap made in its root.
+    argv += ["--remount-ro", "/"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    argv += [sys.executable, "-I", "-S", "-c", code]
+    return argv, {"PATH": "/usr/bin:/bin"}
+
+
+def seccomp_memfd() -> int:
+    """A file descriptor holding the filter, for ``bwrap --seccomp``."""
+    fd = os.memfd_create("mm-seccomp", 0)
+    os.write(fd, seccomp_program())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def fallback_preexec() -> None:
+    """Runs in the forked child before exec when there is no bubblewrap: its own session,
+    killed when the worker dies, and the seccomp filter."""
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, 9, 0, 0, 0)  # SIGKILL when the worker goes away
+    _install_seccomp_here()
