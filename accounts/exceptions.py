@@ -11,10 +11,11 @@ class ServiceError(Exception):
     status_code = 400
     code = "invalid"
 
-    def __init__(self, message: str, **extra):
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra):
         super().__init__(message)
         self.message = message
         self.extra = extra
+        self.headers = headers or {}
 
 
 class NotFound(ServiceError):

@@ -29,21 +29,12 @@ def main() -> int:
     env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
     commands = {
         "web": [python, "manage.py", "runserver", address],
+        # Threads, not processes: concurrent predictions for one model meet in the same
+        # worker process and are batched; the models themselves run in sandboxed hosts.
         "worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,cpu",
-            "--concurrency",
-            os.environ.get("MM_WORKER_CONCURRENCY", "2"),
-            "--loglevel",
-            "INFO",
-            "-n",
-            "cpu@%h",
+            *(python, "-m", "celery", "-A", "config", "worker", "-Q", "default,cpu"),
+            *("--pool", "threads", "--concurrency", os.environ.get("MM_WORKER_CONCURRENCY", "16")),
+            *("--loglevel", "INFO", "-n", "cpu@%h"),
         ],
         "beat": [
             python,

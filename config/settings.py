@@ -238,6 +238,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
+    "purge-prediction-data": {"task": "inference.purge_prediction_data", "schedule": 5 * 60},
 }
 
 # --- Model hosts (workers) ------------------------------------------------------------------
@@ -252,6 +253,23 @@ MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
 MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
 MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
+
+# --- Inference ------------------------------------------------------------------------------
+INFERENCE_QUEUE = env("MM_INFERENCE_QUEUE", "cpu")
+MAX_QUEUE_DEPTH = int(env("MM_MAX_QUEUE_DEPTH", "1000"))
+RATE_LIMIT_PER_MINUTE = int(env("MM_RATE_LIMIT_PER_MINUTE", "600"))
+MAX_WAIT_SECONDS = 60
+PREDICTION_DATA_TTL = timedelta(seconds=int(env("MM_PREDICTION_DATA_TTL_SECONDS", "3600")))
+IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_INPUT_BYTES = int(env("MM_MAX_INPUT_BYTES", str(8 * 1024 * 1024)))
+BATCH_MAX_SIZE = int(env("MM_BATCH_MAX_SIZE", "32"))
+BATCH_MAX_DELAY_MS = float(env("MM_BATCH_MAX_DELAY_MS", "2"))
+WEBHOOK_TIMEOUT = float(env("MM_WEBHOOK_TIMEOUT", "10"))
+WEBHOOK_RETRY_DELAYS = [
+    float(s) for s in env("MM_WEBHOOK_RETRY_DELAYS", "5,30,120,600,1800").split(",")
+]
+# Development may deliver webhooks to localhost; production refuses private addresses (SSRF).
+WEBHOOK_ALLOW_PRIVATE = env_bool("MM_WEBHOOK_ALLOW_PRIVATE", DEBUG)
 
 # --- REST API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

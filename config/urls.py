@@ -8,12 +8,15 @@ from accounts.urls import auth_urlpatterns
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("marketplace.api.urls")),
+    path("", include("inference.api.urls")),
 ]
 
 urlpatterns = [
     path("", account_views.landing, name="landing"),
     path("", include(auth_urlpatterns)),
+    path("dashboard/models/", include("marketplace.dashboard_urls")),
     path("dashboard/", include("accounts.urls")),
+    path("catalogue/", include("marketplace.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

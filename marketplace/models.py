@@ -291,6 +291,8 @@ class Listing(models.Model):
     price_per_second = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     currency = models.CharField(max_length=3, default="usd")
     free_calls_per_month = models.PositiveIntegerField(default=0)
+    # Shown on the listing so consumers can try the model; any JSON the model's signature takes.
+    example_input = models.JSONField(null=True, blank=True)
     platform_fee_percent = models.DecimalField(max_digits=5, decimal_places=2)
     published_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

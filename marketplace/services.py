@@ -425,11 +425,11 @@ def _version_create(
             "size": artifact.size,
         },
     )
-    transaction.on_commit(lambda: _enqueue_validation(version.pk))
+    transaction.on_commit(lambda: _enqueue_validation(version.public_id))
     return version
 
 
-def _enqueue_validation(version_id: int) -> None:
+def _enqueue_validation(version_id: str) -> None:
     from celery import current_app
 
     current_app.send_task(

@@ -12,12 +12,12 @@ from accounts.models import Tenant
     soft_time_limit=6 * 3600,
     time_limit=6 * 3600 + 60,
 )
-def rotate_tenant_key(tenant_id: int) -> int:
+def rotate_tenant_key(tenant_slug: str) -> int:
     """Re-encrypt a tenant's artifacts under its new key. Safe to run twice or after a crash:
     it resumes where the last run stopped."""
     from marketplace.vault.store import tenant_key_rotate_run
 
-    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    tenant = Tenant.objects.filter(slug=tenant_slug).first()
     if tenant is None:
         return 0
     return tenant_key_rotate_run(tenant=tenant)

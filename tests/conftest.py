@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -92,7 +94,13 @@ def celery_worker_process(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         db_name = connection.settings_dict["NAME"]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db_name}",
+        "PYTHONUNBUFFERED": "1",
+        "MM_WEBHOOK_RETRY_DELAYS": "0.2,0.4,0.8",
+        "MM_HOST_PRESTART": "0",
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -104,9 +112,9 @@ def celery_worker_process(django_db_setup, django_db_blocker):
             "-Q",
             "default,cpu",
             "--pool",
-            "prefork",
+            "threads",
             "--concurrency",
-            "1",
+            "16",
             "--loglevel",
             "WARNING",
             "-n",
@@ -127,3 +135,31 @@ def celery_worker_process(django_db_setup, django_db_blocker):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def model_files() -> dict[str, bytes]:
+    """Real model files in every format we meet: a torch.export archive, TorchScript, a
+    safetensors state dict, and the pickles we refuse."""
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model.eval()
+    example = torch.randn(1, 4)
+
+    def saved(write) -> bytes:
+        buffer = io.BytesIO()
+        write(buffer)
+        return buffer.getvalue()
+
+    return {
+        "pt2": saved(lambda b: torch.export.save(torch.export.export(model, (example,)), b)),
+        "torchscript": saved(lambda b: torch.jit.save(torch.jit.trace(model, example), b)),
+        "safetensors": save_safetensors(model.state_dict()),
+        "pickle": saved(lambda b: torch.save(model, b)),
+        "legacy_pickle": saved(
+            lambda b: torch.save(model, b, _use_new_zipfile_serialization=False)
+        ),
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from django.conf import settings
 
@@ -47,12 +48,12 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
     host.loaded_bytes = len(data)
 
 
-def version_validate(*, version_id: int) -> ModelVersion | None:
+def version_validate(*, version_id: str) -> ModelVersion | None:
     """Load the version in a fresh model host, run its example input and record the
     signature, parameter count and latency: ``ready``, or ``failed`` with a reason."""
     version = (
         ModelVersion.objects.select_related("artifact", "model__tenant")
-        .filter(pk=version_id)
+        .filter(public_id=version_id)
         .first()
     )
     if version is None or version.status != ModelVersion.Status.VALIDATING:
@@ -82,3 +83,69 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
     )
     HOSTS.loaded(device).put(version_key(version), host)  # warm for the first predictions
     return version
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+_batchers: dict[str, object] = {}
+_batchers_lock = threading.Lock()
+
+
+def _batcher(version: ModelVersion, prediction_id: str):
+    from inference.runtime.spec import Signature
+    from workers.batching import VersionBatcher
+
+    device = worker_device()
+    key = version_key(version)
+
+    def host():
+        return HOSTS.get_or_load(
+            device,
+            key,
+            lambda h: load_into(h, version, purpose="predict", prediction_id=prediction_id),
+        )
+
+    with _batchers_lock:
+        batcher = _batchers.get(key)
+        if batcher is None:
+            batcher = _batchers[key] = VersionBatcher(
+                host=host,
+                drop_host=lambda: HOSTS.loaded(device).drop(key),
+                batchable=Signature.from_json(version.signature).batch_dynamic,
+                max_batch=settings.BATCH_MAX_SIZE,
+                max_delay=settings.BATCH_MAX_DELAY_MS / 1000,
+                timeout=settings.MODEL_REQUEST_TIMEOUT,
+            )
+    return batcher
+
+
+def prediction_run(*, prediction_id: str) -> str | None:
+    """Run a queued prediction through its version's batcher and record the outcome."""
+    from inference import services as inference
+    from inference import tensors
+    from inference.models import Prediction
+
+    prediction = (
+        Prediction.objects.select_related("version__artifact", "model__tenant", "tenant", "api_key")
+        .filter(public_id=prediction_id)
+        .first()
+    )
+    if prediction is None or not inference.prediction_claim(prediction):
+        return None  # cancelled, finished, or a redelivery of finished work
+    arrays = tensors.decode(prediction.input_data)
+    batcher = _batcher(prediction.version, prediction.public_id)
+    future = batcher.submit(arrays, prediction.batch_size)
+    try:
+        outputs, compute_ms, shared = future.result(timeout=settings.MODEL_REQUEST_TIMEOUT * 2 + 30)
+    except ModelFailure as exc:
+        kind = "input" if exc.kind == "input" else "model"
+        message = str(exc) if kind == "input" else f"The model raised an error: {exc}"
+        inference.prediction_fail(prediction, error=message, kind=kind)
+        return "failed"
+    except HostFailure as exc:
+        inference.prediction_fail(prediction, error=f"The model host failed: {exc}", kind=exc.kind)
+        return "failed"
+    inference.prediction_succeed(
+        prediction, output=tensors.encode(outputs), compute_ms=compute_ms, batched_with=shared
+    )
+    return "succeeded"

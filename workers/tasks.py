@@ -27,9 +27,19 @@ def ping(echo: str = "") -> dict:
     soft_time_limit=600,
     time_limit=660,
 )
-def validate_version(version_id: int) -> str | None:
+def validate_version(version_id: str) -> str | None:
     """Validate an uploaded version in a sandboxed model host (idempotent)."""
     from workers.services import version_validate
 
     version = version_validate(version_id=version_id)
     return version.status if version else None
+
+
+@shared_task(
+    name="workers.run_prediction", queue="cpu", acks_late=True, soft_time_limit=300, time_limit=330
+)
+def run_prediction(prediction_id: str) -> str | None:
+    """Run one prediction (batched with concurrent ones for the same version)."""
+    from workers.services import prediction_run
+
+    return prediction_run(prediction_id=prediction_id)

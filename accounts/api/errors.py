@@ -27,7 +27,7 @@ def _flatten(errors, path: str = "") -> list[str]:
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
-        return Response(body, status=exc.status_code)
+        return Response(body, status=exc.status_code, headers=exc.headers)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages

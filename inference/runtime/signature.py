@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from inference.runtime.spec import InputError, Signature, TensorSpec, check_inputs
+
+__all__ = [
+    "DTYPES",
+    "InputError",
+    "Signature",
+    "TensorSpec",
+    "spec_of",
+    "tensors_from_json",
+    "validate_inputs",
+]
 
 # Names as in the Open Inference Protocol (KServe v2) datatypes.
 DTYPES: dict[str, torch.dtype] = {
@@ -23,38 +34,6 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class InputError(ValueError):
-    """The caller's input does not fit the signature; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: list[int]  # -1 marks a dynamic dimension (always the batch dimension, first)
-
-    def describe(self) -> str:
-        return f"{self.datatype}{self.shape}"
-
-
-@dataclass(frozen=True)
-class Signature:
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "inputs": [asdict(s) for s in self.inputs],
-            "outputs": [asdict(s) for s in self.outputs],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Signature:
-        return cls(
-            [TensorSpec(**s) for s in data["inputs"]], [TensorSpec(**s) for s in data["outputs"]]
-        )
-
-
 def spec_of(name: str, tensor: torch.Tensor, fixed: list[int] | None = None) -> TensorSpec:
     """The spec of a tensor the model took or gave. The first dimension is the dynamic batch
     unless the file fixes the shape (``fixed``, as a ``torch.export`` archive does)."""
@@ -67,43 +46,12 @@ def spec_of(name: str, tensor: torch.Tensor, fixed: list[int] | None = None) -> 
 
 
 def validate_inputs(signature: Signature, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The tensors in the model's argument order, or an ``InputError`` naming the input and
-    the expected and received shape and dtype."""
-    expected = {s.name for s in signature.inputs}
-    unknown = sorted(set(tensors) - expected)
-    if unknown:
-        raise InputError(
-            f"Unknown input(s) {', '.join(unknown)}; the model takes "
-            + ", ".join(f"'{s.name}' {s.describe()}" for s in signature.inputs)
-            + "."
-        )
-    ordered = []
-    batch = None
-    for spec in signature.inputs:
-        tensor = tensors.get(spec.name)
-        if tensor is None:
-            raise InputError(f"Missing input '{spec.name}' ({spec.describe()}).")
-        received = f"{DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype))}{list(tensor.shape)}"
-        if DTYPE_NAMES.get(tensor.dtype) != spec.datatype:
-            raise InputError(
-                f"Input '{spec.name}' should be {spec.describe()}; received {received}."
-            )
-        fits = len(tensor.shape) == len(spec.shape) and all(
-            want in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
-        )
-        if not fits:
-            raise InputError(
-                f"Input '{spec.name}' should have shape {spec.shape} (-1: any batch size); "
-                f"received {received}."
-            )
-        if spec.shape and batch not in (None, tensor.shape[0]):
-            raise InputError(
-                f"All inputs need the same batch size; '{spec.name}' has "
-                f"{tensor.shape[0]}, others {batch}."
-            )
-        batch = tensor.shape[0] if spec.shape else batch
-        ordered.append(tensor)
-    return ordered
+    """The tensors in the model's argument order, after ``check_inputs``."""
+    check_inputs(
+        signature,
+        {n: (DTYPE_NAMES.get(t.dtype, str(t.dtype)), list(t.shape)) for n, t in tensors.items()},
+    )
+    return [tensors[s.name] for s in signature.inputs]
 
 
 def tensors_from_json(example: Any, input_names: list[str]) -> dict[str, torch.Tensor]:

@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 MAGIC = b"MMVAULT"
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-# The decryptor allocates one chunk per read, and the chunk size comes from the (not yet
-# authenticated) header, so cap it to keep a forged header from forcing a huge allocation.
+# The decryptor allocates a buffer of one chunk before reading, and the chunk size comes from
+# the (not yet authenticated) header, so cap it to keep a forged header from forcing a huge
+# allocation.
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_KEY_ID_BYTES = 1024
 # The chunk counter is a u32 in the nonce; a 2**32nd chunk would reuse nonce values.
@@ -167,7 +168,11 @@ class Encryptor:
         self._aead = _artifact_aead(data_key, salt, artifact)
         self._ad = _associated_data(self._header, artifact)
         self._chunk_size = chunk_size
+        # Plaintext not yet sealed is ``_buffer[:_filled]``. The buffer grows to one chunk and
+        # is then reused: clearing and re-growing it every chunk made glibc return the memory
+        # and fault it in again each time, which cost more than the cipher.
         self._buffer = bytearray()
+        self._filled = 0
         self._counter = 0
         self._finalized = False
         self._sha256 = hashlib.sha256()
@@ -187,33 +192,41 @@ class Encryptor:
         return self._sha256.hexdigest()
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Consume plaintext and return the ciphertext of every chunk now known to be non-final."""
+        """Consume plaintext and return the ciphertext of every chunk now known to be non-final.
+
+        Whatever is kept for later is copied, so the caller may reuse ``data``'s buffer.
+        """
         self._check_open()
         view = memoryview(data).cast("B")
         self._sha256.update(view)
         self._plaintext_size += len(view)
+        chunk_size = self._chunk_size
         out: list[bytes] = []
         # Strictly greater: a chunk that exactly fills the buffer may still be the final one.
-        while len(self._buffer) + len(view) > self._chunk_size:
-            if self._buffer:
-                take = self._chunk_size - len(self._buffer)
-                self._buffer += view[:take]
+        while self._filled + len(view) > chunk_size:
+            if self._filled:
+                take = chunk_size - self._filled
+                # Slice assignment copies in place, growing the buffer only the first time.
+                self._buffer[self._filled : chunk_size] = view[:take]
+                self._filled = 0
                 out.append(self._seal(self._buffer, final=False))
-                self._buffer.clear()
             else:
                 # Seal straight from the caller's data to avoid copying large pieces.
-                take = self._chunk_size
+                take = chunk_size
                 out.append(self._seal(view[:take], final=False))
             view = view[take:]
-        self._buffer += view
+        self._buffer[self._filled : self._filled + len(view)] = view
+        self._filled += len(view)
+        # join() returns a single piece as is, so the usual one-chunk case copies nothing.
         return b"".join(out)
 
     def finalize(self) -> bytes:
         """Seal the buffered plaintext (possibly empty) as the final chunk."""
         self._check_open()
         self._finalized = True
-        out = self._seal(self._buffer, final=True)
-        self._buffer.clear()
+        out = self._seal(memoryview(self._buffer)[: self._filled], final=True)
+        self._buffer = bytearray()  # callers keep the encryptor for its size and digest
+        self._filled = 0
         return out
 
     def _check_open(self) -> None:
@@ -248,12 +261,7 @@ def encrypt_stream(
     enc = Encryptor(
         data_key=data_key, artifact_id=artifact_id, key_id=key_id, chunk_size=chunk_size
     )
-    pieces: Iterable[bytes]
-    if isinstance(src, ByteReader):
-        read = src.read
-        pieces = iter(lambda: read(chunk_size), b"")
-    else:
-        pieces = src
+    pieces = _read_pieces(src, chunk_size) if isinstance(src, ByteReader) else src
     # Count what we hand over rather than trusting write()'s return value, which some
     # file-like sinks (hash wrappers, storage adapters) return as None.
     written = 0
@@ -288,6 +296,25 @@ def _read_exact(src: ByteReader, size: int) -> bytes:
         parts.append(more)
         remaining -= len(more)
     return b"".join(parts)
+
+
+def _read_pieces(src: ByteReader, size: int) -> Iterator[bytes | memoryview]:
+    """Successive pieces of ``src``, each at most ``size`` bytes, until it is exhausted.
+
+    Readers with ``readinto`` fill one reused buffer, so each piece is only valid until the
+    next is requested (``Encryptor.update`` copies what it keeps); a fresh ``bytes`` per read
+    would be allocated and freed every chunk.
+    """
+    readinto = getattr(src, "readinto", None)
+    if readinto is None:
+        read = src.read
+        yield from iter(lambda: read(size), b"")
+        return
+    view = memoryview(bytearray(size))
+    while n := readinto(view):
+        yield view[:n]
+    if n is None:  # a non-blocking source with nothing ready: stopping would truncate
+        raise BlockingIOError("encrypt_stream needs a blocking source")
 
 
 def read_header(src: ByteReader) -> StreamHeader:
@@ -346,47 +373,85 @@ def decrypt_stream(
     act on partial plaintext (loading a model, writing a final file) must use
     ``decrypt_to_bytes`` or write to a sink they discard on error.
     """
+    header, aead, ad = _open(src, data_key, artifact_id, header)
+    return _decrypt_chunks(src, aead, ad, header)
+
+
+def _open(
+    src: ByteReader, data_key: bytes | KeyResolver, artifact_id: str, header: StreamHeader | None
+) -> tuple[StreamHeader, AESGCM, bytes]:
     if header is None:
         header = read_header(src)
     key = data_key(header.key_id) if callable(data_key) else data_key
     _check_data_key(key)
     artifact = _artifact_id_bytes(artifact_id)
     aead = _artifact_aead(key, header.salt, artifact)
-    ad = _associated_data(header.raw, artifact)
-    return _decrypt_chunks(src, aead, ad, header)
+    return header, aead, _associated_data(header.raw, artifact)
 
 
 def _decrypt_chunks(
     src: ByteReader, aead: AESGCM, ad: bytes, header: StreamHeader
 ) -> Iterator[bytes]:
-    sealed_size = header.chunk_size + TAG_SIZE
+    for counter, final, sealed in _sealed_chunks(src, header.chunk_size):
+        try:
+            # A fresh bytes object per chunk: consumers may keep chunks (``list(...)``), so
+            # the plaintext cannot live in a reused buffer the way the ciphertext does.
+            plaintext = aead.decrypt(_nonce(header.nonce_prefix, counter, final), sealed, ad)
+        except InvalidTag:
+            raise _chunk_failed(counter) from None
+        yield plaintext
+
+
+def _sealed_chunks(src: ByteReader, chunk_size: int) -> Iterator[tuple[int, bool, memoryview]]:
+    """Yield ``(counter, final, sealed chunk)`` for every chunk of ``src``.
+
+    All chunks are read into one buffer allocated up front, so each memoryview is only valid
+    until the next item is requested: decrypt it first.  (Allocating a chunk per read, and
+    copying it to carry the look-ahead byte, made glibc trim and re-fault its heap every chunk,
+    which cost several times the cipher.)
+    """
+    sealed_size = chunk_size + TAG_SIZE
     # Read one byte past a full chunk: whether more data follows decides which final flag the
     # chunk must carry.  Truncating at a chunk boundary or appending bytes therefore changes
-    # the flag we try, and authentication fails.
-    pending = _read_exact(src, sealed_size + 1)
+    # the flag we try, and authentication fails.  The look-ahead byte is then moved to the
+    # front of the buffer as the first byte of the next chunk.
+    buffer = bytearray(sealed_size + 1)
+    view = memoryview(buffer)
+    readinto = getattr(src, "readinto", None)
+    filled = 0
     counter = 0
     while True:
-        final = len(pending) <= sealed_size
-        sealed, carry = pending[:sealed_size], pending[sealed_size:]
-        if len(sealed) < TAG_SIZE:
+        while filled < len(buffer):  # ``read``/``readinto`` may return short counts
+            if readinto is not None:
+                got = readinto(view[filled:])
+            else:
+                data = src.read(len(buffer) - filled)
+                got = len(data)
+                view[filled : filled + got] = data
+            if not got:
+                break
+            filled += got
+        final = filled <= sealed_size
+        if filled < TAG_SIZE:
             raise VaultIntegrityError(
                 f"stream truncated: chunk {counter} is incomplete or missing "
                 "(no final chunk was found)"
             )
         if counter >= MAX_CHUNKS:
             raise VaultIntegrityError(f"stream has more than {MAX_CHUNKS} chunks")
-        try:
-            plaintext = aead.decrypt(_nonce(header.nonce_prefix, counter, final), sealed, ad)
-        except InvalidTag:
-            raise VaultIntegrityError(
-                f"chunk {counter} failed authentication: the artifact was modified, truncated, "
-                "reordered or extended, or the key or artifact id is wrong"
-            ) from None
-        yield plaintext
+        yield counter, final, view[: min(filled, sealed_size)]
         if final:
             return
         counter += 1
-        pending = carry + _read_exact(src, sealed_size)
+        buffer[0] = buffer[sealed_size]
+        filled = 1
+
+
+def _chunk_failed(counter: int) -> VaultIntegrityError:
+    return VaultIntegrityError(
+        f"chunk {counter} failed authentication: the artifact was modified, truncated, "
+        "reordered or extended, or the key or artifact id is wrong"
+    )
 
 
 def decrypt_to_bytes(
@@ -395,12 +460,60 @@ def decrypt_to_bytes(
     data_key: bytes | KeyResolver,
     artifact_id: str,
     header: StreamHeader | None = None,
-) -> bytes:
+) -> bytearray:
     """Decrypt a whole artifact into memory, returning nothing unless all of it is authentic.
 
     Use this where plaintext is handed to something that cannot be un-done (e.g. a model
     loader): the final chunk is verified before any byte is returned.  Arguments are as for
     ``decrypt_stream``.
+
+    The result is a ``bytearray`` (it compares equal to ``bytes`` and works wherever a buffer
+    is accepted) so that the plaintext exists once: when ``src`` can tell its size, chunks are
+    decrypted straight into a buffer of the final size; otherwise the buffer grows as they
+    arrive.  ``bytes(...)`` of it would briefly need twice the memory.
     """
-    chunks = list(decrypt_stream(src, data_key=data_key, artifact_id=artifact_id, header=header))
-    return b"".join(chunks)
+    header, aead, ad = _open(src, data_key, artifact_id, header)
+    expected = _plaintext_size_hint(src, header.chunk_size)
+    decrypt_into = getattr(aead, "decrypt_into", None)  # not in older ``cryptography``
+    out = bytearray()
+    filled = 0
+    for counter, final, sealed in _sealed_chunks(src, header.chunk_size):
+        nonce = _nonce(header.nonce_prefix, counter, final)
+        size = len(sealed) - TAG_SIZE
+        try:
+            if filled + size > len(out):  # no size hint, or too small a one: grow
+                del out[filled:]
+                out += aead.decrypt(nonce, sealed, ad)
+            elif decrypt_into is not None:
+                # On failure this leaves unauthenticated plaintext in ``out``, which is then
+                # dropped with the exception, never returned.
+                decrypt_into(nonce, sealed, ad, memoryview(out)[filled : filled + size])
+            else:
+                out[filled : filled + size] = aead.decrypt(nonce, sealed, ad)
+        except InvalidTag:
+            raise _chunk_failed(counter) from None
+        filled += size
+        if counter == 0 and expected is not None and expected > filled:
+            # Reserve the whole plaintext only now, so that a wrong key or a foreign or forged
+            # file fails before that much memory is committed. The hint is not trusted: a
+            # wrong one costs growing or trimming the buffer, never a wrong result.
+            reserved = bytearray(expected)
+            reserved[:filled] = out
+            out = reserved
+    del out[filled:]
+    return out
+
+
+def _plaintext_size_hint(src: ByteReader, chunk_size: int) -> int | None:
+    """The plaintext size implied by the bytes left in a seekable ``src``, else ``None``."""
+    try:
+        if not src.seekable():  # type: ignore[attr-defined]
+            return None
+        position = src.tell()  # type: ignore[attr-defined]
+        end = src.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+    src.seek(position)  # type: ignore[attr-defined]  # must not fail silently: we read on
+    remaining = end - position
+    chunks = max(1, -(-remaining // (chunk_size + TAG_SIZE)))
+    return max(0, remaining - chunks * TAG_SIZE)

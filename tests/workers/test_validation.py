@@ -100,7 +100,7 @@ def scripted(module: nn.Module) -> bytes:
 def test_export_archive_becomes_ready_with_signature_and_latency(tenant):
     version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
 
-    version = version_validate(version_id=version.pk)
+    version = version_validate(version_id=version.public_id)
 
     assert version.status == "ready", version.failure_reason
     assert version.signature == {
@@ -115,7 +115,7 @@ def test_validated_host_serves_predictions_that_match_the_model(tenant):
     torch.manual_seed(1)
     model = Classifier()
     version = version_validate(
-        version_id=make_version(tenant, export(model, torch.randn(2, 4)), "pt2").pk
+        version_id=make_version(tenant, export(model, torch.randn(2, 4)), "pt2").public_id
     )
     host = HOSTS.loaded("cpu").get(version_key(version))
     x = torch.randn(5, 4)
@@ -130,11 +130,11 @@ def test_torchscript_needs_and_uses_the_upload_example(tenant):
     data = saved(
         lambda b: torch.jit.save(torch.jit.trace(Classifier().eval(), torch.randn(1, 4)), b)
     )
-    without = version_validate(version_id=make_version(tenant, data, "torchscript").pk)
+    without = version_validate(version_id=make_version(tenant, data, "torchscript").public_id)
     with_example = version_validate(
         version_id=make_version(
             tenant, data, "torchscript", example_input={"x": {"shape": [1, 4]}}
-        ).pk
+        ).public_id
     )
 
     assert without.status == "failed" and "example" in without.failure_reason
@@ -160,8 +160,13 @@ def test_safetensors_with_a_builtin_architecture(tenant):
         architecture_config={**config, "classes": 5},
     )
 
-    assert version_validate(version_id=ok.pk).signature["inputs"][0]["shape"] == [-1, 1, 28, 28]
-    failed = version_validate(version_id=wrong.pk)
+    assert version_validate(version_id=ok.public_id).signature["inputs"][0]["shape"] == [
+        -1,
+        1,
+        28,
+        28,
+    ]
+    failed = version_validate(version_id=wrong.public_id)
     assert failed.status == "failed" and "size mismatch for fc2.bias" in failed.failure_reason
 
 
@@ -170,7 +175,7 @@ def test_model_that_loops_forever_fails_on_the_deadline(tenant, settings):
     version = make_version(
         tenant, scripted(Forever()), "torchscript", example_input={"x": {"shape": [1, 4]}}
     )
-    version = version_validate(version_id=version.pk)
+    version = version_validate(version_id=version.public_id)
     assert version.status == "failed"
     assert "did not finish" in version.failure_reason
 
@@ -179,7 +184,7 @@ def test_model_that_eats_memory_is_killed(tenant):
     version = make_version(
         tenant, scripted(Hog()), "torchscript", example_input={"x": {"shape": [1, 4]}}
     )
-    version = version_validate(version_id=version.pk)
+    version = version_validate(version_id=version.public_id)
     assert version.status == "failed"
     assert "memory" in version.failure_reason
 
@@ -188,7 +193,7 @@ def test_model_that_raises_fails_with_its_message(tenant):
     version = make_version(
         tenant, scripted(Boom()), "torchscript", example_input={"x": {"shape": [1, 4]}}
     )
-    version = version_validate(version_id=version.pk)
+    version = version_validate(version_id=version.public_id)
     assert version.status == "failed" and "weights corrupted" in version.failure_reason
 
 
@@ -217,7 +222,7 @@ def test_pickled_shell_command_in_an_archive_runs_nothing(tenant, fmt, tmp_path)
     else:
         data = _with_entry(export(Classifier(), torch.randn(2, 4)), "sample_inputs/model.pt", evil)
     version = version_validate(
-        version_id=make_version(tenant, data, fmt, example_input={"x": {"shape": [1, 4]}}).pk
+        version_id=make_version(tenant, data, fmt, example_input={"x": {"shape": [1, 4]}}).public_id
     )
 
     import os
@@ -230,13 +235,13 @@ def test_pickled_shell_command_in_an_archive_runs_nothing(tenant, fmt, tmp_path)
 
 def test_other_models_keep_serving_after_a_hostile_one(tenant, settings):
     good = version_validate(
-        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").pk
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
     )
     settings.MODEL_LOAD_TIMEOUT = 6
     bad = make_version(
         tenant, scripted(Forever()), "torchscript", example_input={"x": {"shape": [1, 4]}}
     )
-    assert version_validate(version_id=bad.pk).status == "failed"
+    assert version_validate(version_id=bad.public_id).status == "failed"
 
     host = HOSTS.loaded("cpu").get(version_key(good))
     reply, _ = host.request({"op": "predict"}, codec.encode({"x": torch.randn(1, 4)}), timeout=10)
@@ -245,7 +250,7 @@ def test_other_models_keep_serving_after_a_hostile_one(tenant, settings):
 
 def test_validation_is_idempotent(tenant):
     version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
-    first = version_validate(version_id=version.pk)
-    again = version_validate(version_id=version.pk)  # a redelivered task
+    first = version_validate(version_id=version.public_id)
+    again = version_validate(version_id=version.public_id)  # a redelivered task
     assert first.status == again.status == "ready"
     assert first.validated_at == again.validated_at

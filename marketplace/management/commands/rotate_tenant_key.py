@@ -31,5 +31,5 @@ class Command(BaseCommand):
             moved = tenant_key_rotate_run(tenant=tenant_obj)
             self.stdout.write(f"Re-encrypted {moved} artifact(s); retired keys destroyed.")
         else:
-            transaction.on_commit(lambda: rotate_tenant_key.delay(tenant_obj.pk))
+            transaction.on_commit(lambda: rotate_tenant_key.delay(tenant_obj.slug))
             self.stdout.write("Re-encryption queued on the 'default' queue.")

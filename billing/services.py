@@ -1,0 +1,80 @@
+"""The usage ledger: what a unit of work costs, recorded exactly once."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, Tenant
+from billing.models import UsageRecord
+from marketplace.models import Listing, Model
+
+MICRO = Decimal("0.000001")
+
+
+def _money(value: Decimal) -> Decimal:
+    return value.quantize(MICRO, rounding=ROUND_HALF_UP)
+
+
+def usage_record_create(
+    *,
+    kind: str,
+    source_id: str,
+    consumer: Tenant,
+    model: Model,
+    compute_seconds: Decimal,
+    api_key: ApiKey | None = None,
+) -> UsageRecord:
+    """Record one unit of work at the listing's current price. Call it in the same
+    transaction as the work's result; a second call for the same source returns the first
+    record instead of billing again.
+
+    A publisher running its own model pays nothing; the listing's free calls per month are
+    free for each consumer.
+    """
+    existing = UsageRecord.objects.filter(source_id=source_id).first()
+    if existing is not None:
+        return existing
+    listing = Listing.objects.filter(model=model).first()
+    now = timezone.now()
+    period = now.date().replace(day=1)
+    own = consumer.pk == model.tenant_id
+    per_call = Decimal(0) if own or listing is None else listing.price_per_call
+    per_second = Decimal(0) if own or listing is None else listing.price_per_second
+    fee_percent = listing.platform_fee_percent if listing else Decimal(0)
+    free = False
+    if listing is not None and not own and listing.free_calls_per_month:
+        used = UsageRecord.objects.filter(
+            consumer=consumer, model=model, period=period, free=True
+        ).count()
+        free = used < listing.free_calls_per_month
+    compute_seconds = compute_seconds.quantize(MICRO)
+    amount = Decimal(0) if free else _money(per_call + per_second * compute_seconds)
+    fee = _money(amount * fee_percent / 100)
+    try:
+        with transaction.atomic():
+            return UsageRecord.objects.create(
+                kind=kind,
+                source_id=source_id,
+                consumer=consumer,
+                publisher=model.tenant,
+                model=model,
+                model_ref=model.ref,
+                listing=listing,
+                api_key=api_key,
+                calls=1,
+                compute_seconds=compute_seconds,
+                price_per_call=per_call,
+                price_per_second=per_second,
+                currency=listing.currency if listing else "usd",
+                free=free,
+                amount=amount,
+                platform_fee=fee,
+                publisher_share=amount - fee,
+                period=period,
+                created_at=now,
+            )
+    except IntegrityError:  # the same source recorded concurrently: exactly once
+        return UsageRecord.objects.get(source_id=source_id)

@@ -1,0 +1,207 @@
+"""The predictions resource: ``/api/v1/predictions``."""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.response import Response
+
+from accounts.api.serializers import StrictSerializer
+from accounts.api.views import CreatedCursorPagination
+from accounts.exceptions import PayloadTooLarge
+from accounts.models import Scope
+from accounts.tenancy import TenantScopedMixin
+from billing.models import UsageRecord
+from inference import services, tensors
+from inference.models import Prediction
+from inference.runtime.spec import InputError, Signature
+from marketplace.api.registry import deprecation_headers
+
+EVENTS = ["start", "completed"]
+
+
+class PredictionCreateSerializer(StrictSerializer):
+    model = serializers.RegexField(
+        r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*$", help_text="owner/name"
+    )
+    version = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=40,
+        help_text="A version number or alias (default: production)",
+    )
+    input = serializers.JSONField(help_text='{"input_name": nested list} or a bare list')
+    webhook = serializers.URLField(required=False, max_length=2000)
+    webhook_events_filter = serializers.ListField(
+        child=serializers.ChoiceField(choices=EVENTS), required=False, default=["completed"]
+    )
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    model = serializers.CharField(source="model.ref")
+    version = serializers.IntegerField(source="version.number")
+    output = serializers.SerializerMethodField()
+    metrics = serializers.SerializerMethodField()
+    cost = serializers.SerializerMethodField()
+    urls = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id",
+            "model",
+            "version",
+            "status",
+            "source",
+            "output",
+            "error",
+            "error_kind",
+            "metrics",
+            "cost",
+            "urls",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "data_purged_at",
+        ]
+        read_only_fields = fields
+
+    def get_output(self, obj: Prediction) -> dict | None:
+        if obj.status != Prediction.Status.SUCCEEDED or obj.output_data is None:
+            return None
+        return tensors.to_json(tensors.decode(obj.output_data))
+
+    def get_metrics(self, obj: Prediction) -> dict:
+        return {
+            "compute_ms": obj.compute_ms,
+            "latency_ms": obj.latency_ms,
+            "batch_size": obj.batch_size,
+            "batched_with": obj.batched_with,
+        }
+
+    def get_cost(self, obj: Prediction) -> dict | None:
+        record = UsageRecord.objects.filter(source_id=obj.public_id).first()
+        if record is None:
+            return None
+        return {"amount": str(record.amount), "currency": record.currency, "free": record.free}
+
+    def get_urls(self, obj: Prediction) -> dict:
+        base = f"/api/v1/predictions/{obj.public_id}"
+        return {"get": base, "cancel": f"{base}/cancel"}
+
+
+def wait_seconds(prefer: str) -> float:
+    """``Prefer: wait`` holds the request up to 60 s; ``Prefer: wait=N`` up to N s."""
+    match = re.search(r"\bwait(?:=(\d+(?:\.\d+)?))?", prefer or "")
+    if match is None:
+        return 0
+    return min(float(match.group(1) or settings.MAX_WAIT_SECONDS), settings.MAX_WAIT_SECONDS)
+
+
+class PredictionsView(TenantScopedMixin, GenericAPIView):
+    queryset = Prediction.objects.select_related("model__tenant", "version")
+    serializer_class = PredictionSerializer
+    pagination_class = CreatedCursorPagination
+    required_scope = {"GET": Scope.INFERENCE, "POST": Scope.INFERENCE}
+
+    def get_base_queryset(self):
+        queryset = super().get_base_queryset()
+        params = self.request.query_params
+        if params.get("status"):
+            queryset = queryset.filter(status=params["status"])
+        if params.get("model"):
+            owner, _, name = params["model"].partition("/")
+            queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
+        return queryset
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="queued, running, succeeded, ..."),
+            OpenApiParameter("model", str, description="owner/name"),
+        ],
+        responses=PredictionSerializer(many=True),
+    )
+    def get(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(PredictionSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=PredictionCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Prefer",
+                str,
+                OpenApiParameter.HEADER,
+                description="`wait` or `wait=N` (seconds, at most 60)",
+            ),
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER),
+        ],
+        responses={201: PredictionSerializer},
+    )
+    def post(self, request):
+        """Run a model. Returns 201 at once with the queued prediction, or with
+        ``Prefer: wait`` holds the request until it finishes (or the wait runs out)."""
+        if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_INPUT_BYTES:
+            raise PayloadTooLarge(
+                f"The request is larger than {settings.MAX_INPUT_BYTES} bytes; send smaller "
+                "batches."
+            )
+        data = PredictionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        body = data.validated_data
+        access = request.auth
+        model, version = services.resolve_runnable(
+            access, model_ref=body["model"], version_ref=body.get("version") or None
+        )
+        try:
+            arrays = tensors.from_json(body["input"], Signature.from_json(version.signature))
+        except InputError as exc:
+            raise serializers.ValidationError({"input": [str(exc)]}) from None
+        headers = services.admit(access)
+        prediction, _created = services.prediction_create(
+            access=access,
+            model=model,
+            version=version,
+            arrays=arrays,
+            webhook_url=body.get("webhook", ""),
+            webhook_events=body["webhook_events_filter"],
+            idempotency_key=request.headers.get("Idempotency-Key", "")[:255],
+            body_hash=services.request_hash(request.data),
+        )
+        wait = wait_seconds(request.headers.get("Prefer", ""))
+        if wait and not prediction.is_terminal:
+            prediction = services.prediction_wait(prediction, wait)
+        response = Response(
+            PredictionSerializer(prediction).data, status=status.HTTP_201_CREATED, headers=headers
+        )
+        return deprecation_headers(response, version)
+
+
+class PredictionDetailView(TenantScopedMixin, GenericAPIView):
+    queryset = Prediction.objects.select_related("model__tenant", "version")
+    serializer_class = PredictionSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    required_scope = Scope.INFERENCE
+
+    def get(self, request, id: str):
+        return Response(PredictionSerializer(self.get_object()).data)
+
+
+class PredictionCancelView(TenantScopedMixin, GenericAPIView):
+    queryset = Prediction.objects.select_related("model__tenant", "version")
+    serializer_class = PredictionSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    required_scope = Scope.INFERENCE
+
+    @extend_schema(request=None, responses=PredictionSerializer)
+    def post(self, request, id: str):
+        """Cancel a queued or running prediction; it is not billed."""
+        prediction = services.prediction_cancel(self.get_object())
+        return Response(PredictionSerializer(prediction).data)

@@ -1,0 +1,57 @@
+"""Admission control before any work is queued: per-key rate limits and queue backpressure,
+both in Redis."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from accounts.exceptions import ServiceError
+from inference import realtime
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceBusy(ServiceError):
+    status_code = 503
+    code = "busy"
+
+
+def rate_limit(bucket: str, limit: int, window: int = 60) -> dict[str, str]:
+    """Fixed-window counter: at most ``limit`` requests per ``window`` seconds per bucket.
+    Returns the RateLimit headers; raises ``TooManyRequests`` (with them) when over."""
+    now = int(time.time())
+    window_start = now - now % window
+    key = f"mm:rl:{bucket}:{window_start}"
+    pipe = realtime.client().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, window + 1)
+    count, _ = pipe.execute()
+    reset = window_start + window - now
+    headers = {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(max(0, limit - count)),
+        "RateLimit-Reset": str(reset),
+        "RateLimit-Policy": f"{limit};w={window}",
+    }
+    if count > limit:
+        raise TooManyRequests(
+            f"Rate limit of {limit} requests per {window} s reached for this API key; "
+            f"retry in {reset} s.",
+            headers={**headers, "Retry-After": str(reset)},
+        )
+    return headers
+
+
+def check_queue(queue: str) -> None:
+    """Refuse new work while the model queue is deeper than ``MM_MAX_QUEUE_DEPTH``."""
+    depth = realtime.client().llen(queue)
+    if depth >= settings.MAX_QUEUE_DEPTH:
+        raise ServiceBusy(
+            f"The inference queue is full ({depth} waiting); retry shortly.",
+            headers={"Retry-After": "1"},
+        )

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from functools import partial
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from accounts.models import ApiKey, Tenant
+from accounts.secrets import public_id
+from marketplace.models import Model, ModelVersion
+
+
+class Prediction(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+
+    class Source(models.TextChoices):
+        API = "api", "Predictions API"
+        OIP = "oip", "Open Inference Protocol"
+        DASHBOARD = "dashboard", "Dashboard playground"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "pred"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="predictions")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="predictions")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="predictions")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Tensors as safetensors bytes; purged after MM_PREDICTION_DATA_TTL_SECONDS.
+    input_data = models.BinaryField(null=True, editable=False)
+    output_data = models.BinaryField(null=True, editable=False)
+    data_purged_at = models.DateTimeField(null=True, blank=True)
+    batch_size = models.PositiveIntegerField(default=1)  # rows in this prediction's input
+    batched_with = models.PositiveIntegerField(default=1)  # predictions in its forward pass
+    error = models.TextField(blank=True)
+    error_kind = models.CharField(max_length=16, blank=True)
+    compute_ms = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True)
+    webhook_url = models.URLField(max_length=2000, blank=True)
+    webhook_events = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="prediction_idempotency_key_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.completed_at is None:
+            return None
+        return (self.completed_at - self.created_at).total_seconds() * 1000
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver a prediction event to the caller's webhook."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    webhook_id = models.CharField(max_length=40)
+    attempt = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    delivered = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id}#{self.attempt}"
+
+
+class WebhookSigningKey(models.Model):
+    """The secret a tenant's webhooks are signed with (Standard Webhooks, ``whsec_…``). It is
+    stored retrievably because we sign with it; the consumer verifies with the same value."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="webhook_key")
+    secret = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"webhook key of {self.tenant_id}"

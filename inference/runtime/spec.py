@@ -1,0 +1,85 @@
+"""Signatures and input checks without torch: used by the web process (numpy) and by the
+model host (torch) alike."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Open Inference Protocol (KServe v2) datatype names.
+DATATYPES = ("FP32", "FP16", "BF16", "FP64", "INT64", "INT32", "INT16", "INT8", "UINT8", "BOOL")
+
+
+class InputError(ValueError):
+    """The caller's input does not fit the signature; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 marks a dynamic dimension (the batch dimension, first)
+
+    def describe(self) -> str:
+        return f"{self.datatype}{self.shape}"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [asdict(s) for s in self.inputs],
+            "outputs": [asdict(s) for s in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            [TensorSpec(**s) for s in data["inputs"]], [TensorSpec(**s) for s in data["outputs"]]
+        )
+
+    @property
+    def batch_dynamic(self) -> bool:
+        return all(s.shape[:1] == [-1] for s in self.inputs)
+
+
+def check_inputs(signature: Signature, received: dict[str, tuple[str, list[int]]]) -> int:
+    """Check ``{name: (datatype, shape)}`` against the signature and return the batch size.
+
+    Raises ``InputError`` naming the input and the expected and received shape and dtype.
+    """
+    expected = {s.name for s in signature.inputs}
+    unknown = sorted(set(received) - expected)
+    if unknown:
+        raise InputError(
+            f"Unknown input(s) {', '.join(unknown)}; the model takes "
+            + ", ".join(f"'{s.name}' {s.describe()}" for s in signature.inputs)
+            + "."
+        )
+    batch = None
+    for spec in signature.inputs:
+        if spec.name not in received:
+            raise InputError(f"Missing input '{spec.name}' ({spec.describe()}).")
+        datatype, shape = received[spec.name]
+        got = f"{datatype}{list(shape)}"
+        if datatype != spec.datatype:
+            raise InputError(f"Input '{spec.name}' should be {spec.describe()}; received {got}.")
+        fits = len(shape) == len(spec.shape) and all(
+            want in (-1, have) for want, have in zip(spec.shape, shape, strict=True)
+        )
+        if not fits:
+            raise InputError(
+                f"Input '{spec.name}' should have shape {spec.shape} (-1: any batch size); "
+                f"received {got}."
+            )
+        if shape:
+            if batch not in (None, shape[0]):
+                raise InputError(
+                    f"All inputs need the same batch size; '{spec.name}' has {shape[0]}, "
+                    f"others {batch}."
+                )
+            batch = shape[0]
+    return batch or 1

@@ -1,0 +1,84 @@
+"""Tensors in the web process and the worker: JSON and the binary wire formats to numpy and
+safetensors bytes, without importing torch (which only runs in model hosts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as _load
+from safetensors.numpy import save as _save
+
+from inference.runtime.spec import InputError, Signature, check_inputs
+
+NUMPY: dict[str, np.dtype] = {
+    "FP32": np.dtype(np.float32),
+    "FP16": np.dtype(np.float16),
+    "FP64": np.dtype(np.float64),
+    "INT64": np.dtype(np.int64),
+    "INT32": np.dtype(np.int32),
+    "INT16": np.dtype(np.int16),
+    "INT8": np.dtype(np.int8),
+    "UINT8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+DATATYPE = {v: k for k, v in NUMPY.items()}
+
+
+def encode(arrays: dict[str, np.ndarray]) -> bytes:
+    return _save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+def decode(data: bytes) -> dict[str, np.ndarray]:
+    return _load(bytes(data)) if data else {}
+
+
+def _dtype(datatype: str, name: str) -> np.dtype:
+    dtype = NUMPY.get(datatype)
+    if dtype is None:
+        raise InputError(
+            f"Input '{name}': datatype {datatype} is not supported over JSON; use one of "
+            f"{', '.join(NUMPY)}."
+        )
+    return dtype
+
+
+def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """Inputs as JSON: ``{"name": nested list}`` (cast to the signature's datatype) or
+    ``{"name": {"data": [...], "shape": [...], "datatype": "FP32"}}``. A bare nested list is
+    the model's only input."""
+    specs = {s.name: s for s in signature.inputs}
+    if isinstance(payload, list) and len(specs) == 1:
+        payload = {next(iter(specs)): payload}
+    if not isinstance(payload, dict) or not payload:
+        names = ", ".join(f"'{s.name}' {s.describe()}" for s in signature.inputs)
+        raise InputError(f"Give the input as an object of input name to values: {names}.")
+    arrays = {}
+    for name, value in payload.items():
+        spec = specs.get(name)
+        datatype = spec.datatype if spec else "FP32"
+        shape = None
+        if isinstance(value, dict):
+            datatype = value.get("datatype", datatype)
+            shape = value.get("shape")
+            value = value.get("data")
+        try:
+            array = np.asarray(value, dtype=_dtype(datatype, name))
+            if shape is not None:
+                array = array.reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"Input '{name}' is not a {datatype} tensor: {exc}.") from None
+        arrays[name] = array
+    check(signature, arrays)
+    return arrays
+
+
+def check(signature: Signature, arrays: dict[str, np.ndarray]) -> int:
+    return check_inputs(
+        signature,
+        {n: (DATATYPE.get(a.dtype, str(a.dtype)), list(a.shape)) for n, a in arrays.items()},
+    )
+
+
+def to_json(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {name: array.tolist() for name, array in arrays.items()}

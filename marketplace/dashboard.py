@@ -1,0 +1,117 @@
+"""The publisher's dashboard: the organisation's models, their versions and aliases, and the
+upload of a new version.
+
+The upload itself runs in the browser (``static/js/upload.js``) against the REST API, with the
+dashboard session as its credentials; these views only render the pages around it. Every
+model is looked up within ``request.tenant``, so another organisation's model is a 404.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import OuterRef, Prefetch, Subquery
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+
+from accounts.exceptions import Conflict
+from accounts.models import Scope
+from accounts.tenancy import request_actor
+from accounts.views import tenant_required
+from marketplace import services
+from marketplace.models import Alias, AliasMove, Format, Model, ModelVersion, Task
+
+
+class ModelCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        help_text="Lowercase letters, digits, '.', '_' or '-'. "
+        "The model's address is your organisation's slug / this name.",
+    )
+    task = forms.ChoiceField(choices=Task.choices, initial=Task.OTHER)
+    description = forms.CharField(
+        max_length=5000, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+def _can_write(request: HttpRequest) -> bool:
+    return Scope.MODELS_WRITE in request.membership.scopes
+
+
+def _tenant_model(request: HttpRequest, name: str) -> Model:
+    return get_object_or_404(
+        Model.objects.select_related("tenant"), tenant=request.tenant, name=name
+    )
+
+
+def _versions_context(model: Model) -> dict:
+    versions = list(
+        model.versions.select_related("artifact", "created_by")
+        .prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name")))
+        .order_by("-number")
+    )
+    validating = any(v.status == ModelVersion.Status.VALIDATING for v in versions)
+    return {"model": model, "versions": versions, "validating": validating}
+
+
+@tenant_required()
+def model_list(request: HttpRequest) -> HttpResponse:
+    form = ModelCreateForm(request.POST or None)
+    if request.method == "POST":
+        if not _can_write(request):
+            raise PermissionDenied("Your role cannot create models.")
+        if form.is_valid():
+            try:
+                model = services.model_create(
+                    tenant=request.tenant, actor=request_actor(request), **form.cleaned_data
+                )
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            except Conflict as exc:
+                form.add_error("name", exc.message)
+            else:
+                messages.success(request, f"Model {model.ref} created. Upload its first version.")
+                return redirect("models:detail", name=model.name)
+    latest = ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-number")
+    models = (
+        Model.objects.filter(tenant=request.tenant)
+        .annotate(
+            latest_number=Subquery(latest.values("number")[:1]),
+            latest_status=Subquery(latest.values("status")[:1]),
+        )
+        .prefetch_related(
+            Prefetch("aliases", queryset=Alias.objects.select_related("version").order_by("name"))
+        )
+        .order_by("name")
+    )
+    context = {"models": models, "form": form, "can_write": _can_write(request)}
+    return render(request, "models/list.html", context)
+
+
+@tenant_required()
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = _tenant_model(request, name)
+    context = {
+        **_versions_context(model),
+        "aliases": model.aliases.select_related("version").order_by("name"),
+        "moves": AliasMove.objects.filter(alias__model=model).select_related(
+            "alias", "from_version", "to_version"
+        )[:50],
+        "can_write": _can_write(request),
+        "formats": Format.choices,
+        "upload_create_url": reverse(
+            "upload-create", kwargs={"owner": model.tenant.slug, "name": model.name}
+        ),
+    }
+    return render(request, "models/detail.html", context)
+
+
+@tenant_required()
+def model_versions(request: HttpRequest, name: str) -> HttpResponse:
+    """The versions table alone: the upload widget swaps it in after an upload, and it polls
+    itself while a version is being validated."""
+    model = _tenant_model(request, name)
+    return render(request, "models/_versions.html", _versions_context(model))

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from marketplace import dashboard
+
+app_name = "models"
+
+urlpatterns = [
+    path("", dashboard.model_list, name="list"),
+    path("<str:name>/", dashboard.model_detail, name="detail"),
+    path("<str:name>/versions/", dashboard.model_versions, name="versions"),
+]

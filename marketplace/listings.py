@@ -1,0 +1,749 @@
+"""Listings, the catalogue, and who may use a model: subscriptions, shares, access requests
+and download grants.
+
+The rights themselves are django-guardian object permissions on the model, granted to the
+consumer tenant's group; an ``Entitlement`` row records why the group holds them. Every read
+of a right goes to the database (``selectors.tenant_has_perm``), so a revocation takes effect
+on the next request.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import markdown
+import nh3
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, remove_perm
+
+from accounts.exceptions import Conflict, Forbidden, NotFound, PaymentRequired
+from accounts.models import Tenant
+from accounts.services import Actor, audit_record
+from accounts.tenancy import Access
+from marketplace.models import AccessRequest, Entitlement, Listing, Model, ModelVersion
+from marketplace.selectors import PUBLICLY_VISIBLE, model_get, tenant_has_perm
+
+# --- validation -------------------------------------------------------------------------------
+
+# Common SPDX identifiers, keyed by lower case: SPDX matching is case-insensitive, and we
+# store the canonical spelling.
+SPDX_LICENSES = {
+    spdx.lower(): spdx
+    for spdx in (
+        "MIT",
+        "Apache-2.0",
+        "BSD-2-Clause",
+        "BSD-3-Clause",
+        "ISC",
+        "Unlicense",
+        "CC0-1.0",
+        "CC-BY-4.0",
+        "CC-BY-SA-4.0",
+        "CC-BY-NC-4.0",
+        "CC-BY-NC-SA-4.0",
+        "CC-BY-ND-4.0",
+        "CC-BY-NC-ND-4.0",
+        "GPL-2.0-only",
+        "GPL-2.0-or-later",
+        "GPL-3.0-only",
+        "GPL-3.0-or-later",
+        "LGPL-2.1-only",
+        "LGPL-3.0-only",
+        "LGPL-3.0-or-later",
+        "AGPL-3.0-only",
+        "AGPL-3.0-or-later",
+        "MPL-2.0",
+        "EPL-2.0",
+        "Zlib",
+        "BigScience-OpenRAIL-M",
+        "CreativeML-OpenRAIL-M",
+        "proprietary",
+    )
+}
+LICENSE_REF_RE = re.compile(r"LicenseRef-[A-Za-z0-9.-]+")
+LICENSE_EXAMPLES = "MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0, GPL-3.0-only, MPL-2.0"
+TAG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 40
+CURRENCY_RE = re.compile(r"[a-z]{3}")
+PRICE_PLACES = 6
+PRICE_LIMIT = Decimal(10) ** 6  # the column holds 12 digits, 6 of them after the point
+
+# What a model card may contain once rendered: text formatting, links, images, code, tables.
+CARD_TAGS = {
+    "a",
+    "abbr",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "dd",
+    "del",
+    "details",
+    "dl",
+    "dt",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "s",
+    "samp",
+    "strong",
+    "sub",
+    "summary",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "ul",
+}
+CARD_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "abbr": {"title"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+    "ol": {"start"},
+}
+_card_cleaner = nh3.Cleaner(
+    tags=CARD_TAGS,
+    clean_content_tags={"script", "style"},
+    attributes=CARD_ATTRIBUTES,
+    url_schemes={"http", "https", "mailto"},
+    link_rel="noopener noreferrer nofollow",
+)
+
+
+def card_render(card_markdown: str) -> str:
+    """The card as safe HTML: Markdown (raw HTML allowed) rendered, then sanitised, so no
+    script, style, event handler or ``javascript:`` URL survives."""
+    html = markdown.markdown(card_markdown, extensions=["extra", "sane_lists"])
+    return card_sanitise(html)
+
+
+def card_sanitise(html: str) -> str:
+    return _card_cleaner.clean(html)
+
+
+def license_clean(value: str) -> str:
+    value = value.strip()
+    canonical = SPDX_LICENSES.get(value.lower())
+    if canonical:
+        return canonical
+    if LICENSE_REF_RE.fullmatch(value):
+        return value
+    raise ValidationError(
+        {
+            "license": f"'{value}' is not a licence we recognise. Use an SPDX identifier "
+            f"such as {LICENSE_EXAMPLES}; 'proprietary'; or 'LicenseRef-<name>' for a "
+            "licence of your own."
+        }
+    )
+
+
+def price_clean(field: str, value: Decimal | str | int) -> Decimal:
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise ValidationError({field: "Give the price as a decimal number."}) from None
+    if not price.is_finite():
+        raise ValidationError({field: "Give the price as a decimal number."})
+    if price < 0:
+        raise ValidationError({field: "A price cannot be negative."})
+    if price >= PRICE_LIMIT:
+        raise ValidationError({field: f"A price must be below {PRICE_LIMIT}."})
+    exponent = price.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > PRICE_PLACES:
+        raise ValidationError(
+            {field: f"Prices have at most {PRICE_PLACES} decimal places (e.g. 0.000125)."}
+        )
+    return price
+
+
+def tags_clean(tags: list[str]) -> list[str]:
+    cleaned: list[str] = []
+    for tag in tags:
+        tag = str(tag).strip().lower()
+        if not (TAG_RE.fullmatch(tag) and len(tag) <= MAX_TAG_LENGTH):
+            raise ValidationError(
+                {
+                    "tags": f"'{tag}' is not a tag: use lowercase letters, digits and single "
+                    f"hyphens, at most {MAX_TAG_LENGTH} characters (e.g. 'image-net')."
+                }
+            )
+        if tag not in cleaned:
+            cleaned.append(tag)
+    if len(cleaned) > MAX_TAGS:
+        raise ValidationError({"tags": f"A listing has at most {MAX_TAGS} tags."})
+    return cleaned
+
+
+def currency_clean(value: str) -> str:
+    if not CURRENCY_RE.fullmatch(value):
+        raise ValidationError(
+            {"currency": "Give the currency as three lowercase letters (ISO 4217, e.g. 'usd')."}
+        )
+    return value
+
+
+def platform_fee_percent() -> Decimal:
+    return Decimal(str(settings.PLATFORM_FEE_PERCENT))
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def listing_publish(
+    *,
+    model: Model,
+    actor: Actor,
+    visibility: str | None = None,
+    gated: bool | None = None,
+    title: str | None = None,
+    summary: str | None = None,
+    card_markdown: str | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
+    price_per_call: Decimal | None = None,
+    price_per_second: Decimal | None = None,
+    currency: str | None = None,
+    free_calls_per_month: int | None = None,
+    example_input: Any = None,
+) -> Listing:
+    """Create or update the model's listing. An argument left as None keeps the listing's
+    current value (the default on first publish). The caller has checked that ``actor`` may
+    publish the model (``model_for_access(..., perm="publish")``).
+
+    The platform fee is recorded when the listing is first published and kept on updates:
+    publishers keep the terms they listed under."""
+    changes: dict[str, Any] = {}
+    if visibility is not None:
+        if visibility not in Listing.Visibility.values:
+            raise ValidationError(
+                {"visibility": f"Choose one of {', '.join(Listing.Visibility.values)}."}
+            )
+        changes["visibility"] = visibility
+    if gated is not None:
+        changes["gated"] = bool(gated)
+    if title is not None:
+        if not title.strip():
+            raise ValidationError({"title": "A listing needs a title."})
+        changes["title"] = title.strip()
+    if summary is not None:
+        changes["summary"] = summary.strip()
+    if card_markdown is not None:
+        changes["card_markdown"] = card_markdown
+        changes["card_html"] = card_render(card_markdown)
+    if license is not None:
+        changes["license"] = license_clean(license)
+    if tags is not None:
+        changes["tags"] = tags_clean(tags)
+    if price_per_call is not None:
+        changes["price_per_call"] = price_clean("price_per_call", price_per_call)
+    if price_per_second is not None:
+        changes["price_per_second"] = price_clean("price_per_second", price_per_second)
+    if currency is not None:
+        changes["currency"] = currency_clean(currency)
+    if free_calls_per_month is not None:
+        if free_calls_per_month < 0:
+            raise ValidationError({"free_calls_per_month": "Cannot be negative."})
+        changes["free_calls_per_month"] = free_calls_per_month
+    if example_input is not None:
+        changes["example_input"] = example_input
+
+    now = timezone.now()
+    listing = Listing.objects.select_for_update().filter(model=model).first()
+    if listing is None:
+        changes.setdefault("title", model.name)
+        listing = Listing.objects.create(
+            model=model,
+            platform_fee_percent=platform_fee_percent(),
+            published_at=now,
+            updated_at=now,
+            **changes,
+        )
+        audit_record(
+            action="listing.publish",
+            actor=actor,
+            tenant=model.tenant,
+            target=listing,
+            data={
+                "model": model.ref,
+                "visibility": listing.visibility,
+                "gated": listing.gated,
+                "license": listing.license,
+                **_price_data(listing),
+                "platform_fee_percent": str(listing.platform_fee_percent),
+            },
+        )
+        return listing
+
+    before = _price_data(listing)
+    changed = [f for f, v in changes.items() if getattr(listing, f) != v]
+    for field in changed:
+        setattr(listing, field, changes[field])
+    if not changed:
+        return listing
+    listing.updated_at = now
+    listing.save(update_fields=[*changed, "updated_at"])
+    audit_record(
+        action="listing.update",
+        actor=actor,
+        tenant=model.tenant,
+        target=listing,
+        data={"model": model.ref, "fields": sorted(f for f in changed if f != "card_html")},
+    )
+    after = _price_data(listing)
+    if after != before:
+        audit_record(
+            action="listing.price_change",
+            actor=actor,
+            tenant=model.tenant,
+            target=listing,
+            data={"model": model.ref, "from": before, "to": after},
+        )
+    return listing
+
+
+def _price_data(listing: Listing) -> dict[str, str | int]:
+    places = Decimal(1).scaleb(-PRICE_PLACES)
+    return {
+        "price_per_call": str(Decimal(listing.price_per_call).quantize(places)),
+        "price_per_second": str(Decimal(listing.price_per_second).quantize(places)),
+        "currency": listing.currency,
+        "free_calls_per_month": listing.free_calls_per_month,
+    }
+
+
+@transaction.atomic
+def listing_unpublish(*, listing: Listing, actor: Actor) -> Listing:
+    """Take the listing out of the catalogue: it becomes private. The card, prices and
+    access-request history stay, and existing entitlements keep working until revoked, so
+    unpublishing never breaks a consumer mid-flight."""
+    if listing.visibility != Listing.Visibility.PRIVATE:
+        listing.visibility = Listing.Visibility.PRIVATE
+        listing.updated_at = timezone.now()
+        listing.save(update_fields=["visibility", "updated_at"])
+        audit_record(
+            action="listing.unpublish",
+            actor=actor,
+            tenant=listing.model.tenant,
+            target=listing,
+            data={"model": listing.model.ref},
+        )
+    return listing
+
+
+# --- entitlements -----------------------------------------------------------------------------
+
+RUN_PERMS = ("view_model", "run_model")
+ALL_PERMS = (*RUN_PERMS, "download_model")
+
+
+def entitlement_live(*, model: Model, tenant: Tenant) -> Entitlement | None:
+    return Entitlement.objects.filter(model=model, tenant=tenant, revoked_at__isnull=True).first()
+
+
+def _entitlement_grant(*, model: Model, tenant: Tenant, kind: str) -> tuple[Entitlement, bool]:
+    """The tenant's live entitlement to ``model``, created with its grants if there is none.
+    Returns it and whether it was created."""
+    existing = entitlement_live(model=model, tenant=tenant)
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            entitlement = Entitlement.objects.create(model=model, tenant=tenant, kind=kind)
+    except IntegrityError:
+        # A concurrent request made it first (one live entitlement per tenant and model).
+        return entitlement_live(model=model, tenant=tenant), False
+    for perm in RUN_PERMS:
+        assign_perm(perm, tenant.group, model)
+    return entitlement, True
+
+
+def _entitlement_end(entitlement: Entitlement) -> bool:
+    """Revoke the entitlement and its grants; False if it was already revoked."""
+    ended = Entitlement.objects.filter(pk=entitlement.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    if not ended:
+        return False
+    entitlement.refresh_from_db(fields=["revoked_at"])
+    for perm in ALL_PERMS:
+        remove_perm(perm, entitlement.tenant.group, entitlement.model)
+    return True
+
+
+@transaction.atomic
+def listing_subscribe(*, listing: Listing, tenant: Tenant, actor: Actor) -> Entitlement:
+    """Subscribe ``tenant`` to a listing: an entitlement and the grants ``view_model`` and
+    ``run_model`` for its group. Subscribing again returns the live entitlement.
+
+    Free listings only until billing lands (paid ones answer 402); a gated listing needs
+    the publisher's approval first (403)."""
+    model = listing.model
+    existing = entitlement_live(model=model, tenant=tenant)
+    if existing is not None:
+        return existing
+    if model.tenant_id == tenant.pk:
+        raise Conflict(f"Your organisation publishes {model.ref}; it needs no subscription.")
+    if listing.visibility not in PUBLICLY_VISIBLE or listing.taken_down_at is not None:
+        raise NotFound(f"No listing {model.ref}.")
+    if listing.gated and not _access_approved(listing=listing, tenant=tenant):
+        raise Forbidden(
+            f"{model.ref} is gated: request access and wait for the publisher to approve it.",
+            request_access_url=f"/api/v1/catalogue/{model.ref}/request-access",
+        )
+    if not listing.is_free:
+        raise PaymentRequired(
+            f"{model.ref} is a paid listing. Paid subscriptions open once billing is set up "
+            "and your organisation has a payment method; free listings can be subscribed to "
+            "now."
+        )
+    entitlement, created = _entitlement_grant(
+        model=model, tenant=tenant, kind=Entitlement.Kind.SUBSCRIPTION
+    )
+    if created:
+        audit_record(
+            action="entitlement.subscribe",
+            actor=actor,
+            tenant=tenant,
+            target=entitlement,
+            data={"model": model.ref},
+        )
+    return entitlement
+
+
+@transaction.atomic
+def subscription_cancel(*, entitlement: Entitlement, actor: Actor) -> None:
+    """The consumer gives up its entitlement (a subscription or a share)."""
+    if _entitlement_end(entitlement):
+        audit_record(
+            action="entitlement.cancel",
+            actor=actor,
+            tenant=entitlement.tenant,
+            target=entitlement,
+            data={"model": entitlement.model.ref},
+        )
+
+
+@transaction.atomic
+def entitlement_revoke(*, entitlement: Entitlement, actor: Actor) -> None:
+    """The publisher takes a consumer's access away. On a gated listing the consumer's
+    approval is withdrawn too (marked declined), so it cannot simply subscribe again."""
+    if not _entitlement_end(entitlement):
+        return
+    model = entitlement.model
+    AccessRequest.objects.filter(
+        listing__model=model, tenant=entitlement.tenant, status=AccessRequest.Status.APPROVED
+    ).update(status=AccessRequest.Status.DECLINED, decided_at=timezone.now())
+    audit_record(
+        action="entitlement.revoke",
+        actor=actor,
+        tenant=model.tenant,
+        target=entitlement,
+        data={"model": model.ref, "consumer": entitlement.tenant.slug, "kind": entitlement.kind},
+    )
+
+
+def _tenant_by_slug(slug: str, *, model: Model) -> Tenant:
+    tenant = Tenant.objects.select_related("group").filter(slug=slug).first()
+    if tenant is None:
+        raise ValidationError({"tenant": f"There is no organisation '{slug}'."})
+    if tenant.pk == model.tenant_id:
+        raise ValidationError({"tenant": f"{model.ref} already belongs to '{slug}'."})
+    return tenant
+
+
+@transaction.atomic
+def model_share(*, model: Model, tenant_slug: str, actor: Actor) -> Entitlement:
+    """Share a model (typically private) with a named tenant: it may view and run it. A tenant
+    that already holds an entitlement keeps it as it is."""
+    tenant = _tenant_by_slug(tenant_slug, model=model)
+    entitlement, created = _entitlement_grant(
+        model=model, tenant=tenant, kind=Entitlement.Kind.SHARE
+    )
+    if created:
+        audit_record(
+            action="model.share",
+            actor=actor,
+            tenant=model.tenant,
+            target=entitlement,
+            data={"model": model.ref, "consumer": tenant.slug},
+        )
+    return entitlement
+
+
+@transaction.atomic
+def model_share_revoke(*, model: Model, tenant_slug: str, actor: Actor) -> None:
+    share = (
+        Entitlement.objects.filter(
+            model=model,
+            tenant__slug=tenant_slug,
+            kind=Entitlement.Kind.SHARE,
+            revoked_at__isnull=True,
+        )
+        .select_related("tenant__group", "model")
+        .first()
+    )
+    if share is None:
+        raise NotFound(f"{model.ref} is not shared with '{tenant_slug}'.")
+    entitlement_revoke(entitlement=share, actor=actor)
+
+
+@transaction.atomic
+def download_grant(*, entitlement: Entitlement, actor: Actor) -> Entitlement:
+    """Let an entitled tenant download the weights (the publisher's decision; off by
+    default)."""
+    if entitlement.revoked_at is not None:
+        raise Conflict("This entitlement was revoked; share the model again first.")
+    if not entitlement.can_download:
+        entitlement.can_download = True
+        entitlement.save(update_fields=["can_download"])
+        assign_perm("download_model", entitlement.tenant.group, entitlement.model)
+        audit_record(
+            action="entitlement.download_grant",
+            actor=actor,
+            tenant=entitlement.model.tenant,
+            target=entitlement,
+            data={"model": entitlement.model.ref, "consumer": entitlement.tenant.slug},
+        )
+    return entitlement
+
+
+@transaction.atomic
+def download_revoke(*, entitlement: Entitlement, actor: Actor) -> Entitlement:
+    if entitlement.can_download:
+        entitlement.can_download = False
+        entitlement.save(update_fields=["can_download"])
+        remove_perm("download_model", entitlement.tenant.group, entitlement.model)
+        audit_record(
+            action="entitlement.download_revoke",
+            actor=actor,
+            tenant=entitlement.model.tenant,
+            target=entitlement,
+            data={"model": entitlement.model.ref, "consumer": entitlement.tenant.slug},
+        )
+    return entitlement
+
+
+# --- access requests --------------------------------------------------------------------------
+
+
+def _access_approved(*, listing: Listing, tenant: Tenant) -> bool:
+    return listing.access_requests.filter(
+        tenant=tenant, status=AccessRequest.Status.APPROVED
+    ).exists()
+
+
+@transaction.atomic
+def access_request_create(
+    *, listing: Listing, tenant: Tenant, actor: Actor, message: str = ""
+) -> AccessRequest:
+    """Ask the publisher of a gated listing for access. A pending or approved request is
+    returned as it is; after a decline the tenant may ask again."""
+    model = listing.model
+    if model.tenant_id == tenant.pk:
+        raise Conflict(f"Your organisation publishes {model.ref}; it needs no access request.")
+    if not listing.gated:
+        raise Conflict(f"{model.ref} is not gated; subscribe to it directly.")
+    current = (
+        listing.access_requests.filter(
+            tenant=tenant,
+            status__in=[AccessRequest.Status.PENDING, AccessRequest.Status.APPROVED],
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    if current is not None:
+        return current
+    try:
+        with transaction.atomic():
+            request = AccessRequest.objects.create(
+                listing=listing, tenant=tenant, message=message.strip()
+            )
+    except IntegrityError:
+        return listing.access_requests.get(tenant=tenant, status=AccessRequest.Status.PENDING)
+    audit_record(
+        action="access_request.create",
+        actor=actor,
+        tenant=tenant,
+        target=request,
+        data={"model": model.ref},
+    )
+    return request
+
+
+def _decide(request: AccessRequest, status: str) -> None:
+    decided = AccessRequest.objects.filter(
+        pk=request.pk, status=AccessRequest.Status.PENDING
+    ).update(status=status, decided_at=timezone.now())
+    if decided != 1:
+        raise Conflict(f"This request was already {request.status}.")
+    request.refresh_from_db(fields=["status", "decided_at"])
+
+
+@transaction.atomic
+def access_request_approve(*, request: AccessRequest, actor: Actor) -> AccessRequest:
+    """Approve a pending request. On a free listing the consumer is subscribed at once; on a
+    paid one it may subscribe once billing lets it pay."""
+    _decide(request, AccessRequest.Status.APPROVED)
+    listing = request.listing
+    data: dict[str, Any] = {"model": listing.model.ref, "consumer": request.tenant.slug}
+    if listing.is_free:
+        entitlement, _ = _entitlement_grant(
+            model=listing.model, tenant=request.tenant, kind=Entitlement.Kind.SUBSCRIPTION
+        )
+        data["entitlement"] = entitlement.public_id
+    audit_record(
+        action="access_request.approve",
+        actor=actor,
+        tenant=listing.model.tenant,
+        target=request,
+        data=data,
+    )
+    return request
+
+
+@transaction.atomic
+def access_request_decline(*, request: AccessRequest, actor: Actor) -> AccessRequest:
+    _decide(request, AccessRequest.Status.DECLINED)
+    audit_record(
+        action="access_request.decline",
+        actor=actor,
+        tenant=request.listing.model.tenant,
+        target=request,
+        data={"model": request.listing.model.ref, "consumer": request.tenant.slug},
+    )
+    return request
+
+
+# --- selectors --------------------------------------------------------------------------------
+
+
+def listing_for_viewer(access: Access | None, *, owner: str, name: str) -> Listing:
+    """The listing of ``owner/name`` as the catalogue shows it: public and unlisted ones to
+    anyone, signed out included; a private one only to its publisher and to tenants holding
+    ``view_model`` (e.g. a share). Anything else is 404, as if it did not exist."""
+    model = model_get(owner=owner, name=name)
+    listing = getattr(model, "listing", None)
+    if listing is not None:
+        if access is not None and model.tenant_id == access.tenant.pk:
+            return listing
+        if listing.taken_down_at is None and (
+            listing.visibility in PUBLICLY_VISIBLE
+            or (access is not None and tenant_has_perm(access, "view_model", model))
+        ):
+            return listing
+    raise NotFound(f"No listing {owner}/{name}.")
+
+
+CATALOGUE_SORTS = ("newest", "most_used", "price")
+
+
+def catalogue_search(
+    *,
+    q: str = "",
+    task: str = "",
+    license: str = "",
+    publisher: str = "",
+    tag: str = "",
+    max_price_per_call: Decimal | None = None,
+    free: bool = False,
+    sort: str = "newest",
+) -> QuerySet[Listing]:
+    """Public listings that are not taken down, filtered and sorted. Every word of ``q``
+    must appear in the model's name or description, or the listing's title, summary or
+    tags."""
+    listings = Listing.objects.select_related("model__tenant").filter(
+        visibility=Listing.Visibility.PUBLIC, taken_down_at__isnull=True
+    )
+    for word in q.split()[:10]:
+        listings = listings.filter(
+            Q(model__name__icontains=word)
+            | Q(model__description__icontains=word)
+            | Q(title__icontains=word)
+            | Q(summary__icontains=word)
+            | Q(tags__icontains=word)
+        )
+    if task:
+        listings = listings.filter(model__task=task)
+    if license:
+        listings = listings.filter(license__iexact=license)
+    if publisher:
+        listings = listings.filter(model__tenant__slug=publisher)
+    if tag:
+        # The JSON text of the list holds each tag quoted; this matches whole tags only and
+        # works on SQLite, which has no JSON containment lookup.
+        listings = listings.filter(tags__icontains=f'"{tag}"')
+    if max_price_per_call is not None:
+        listings = listings.filter(price_per_call__lte=max_price_per_call)
+    if free:
+        listings = listings.filter(price_per_call=0, price_per_second=0)
+    if sort == "most_used":
+        listings = listings.annotate(
+            subscribers=Count(
+                "model__entitlements",
+                filter=Q(model__entitlements__revoked_at__isnull=True),
+                distinct=True,
+            )
+        ).order_by("-subscribers", "-published_at", "-pk")
+    elif sort == "price":
+        listings = listings.order_by("price_per_call", "price_per_second", "-published_at", "-pk")
+    else:
+        listings = listings.order_by("-published_at", "-pk")
+    return listings
+
+
+def catalogue_versions(model: Model) -> list[ModelVersion]:
+    """What a consumer can run: ready versions (and deprecated ones until their sunset), with
+    their aliases."""
+    return list(
+        model.versions.filter(
+            status__in=[ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED]
+        )
+        .prefetch_related("aliases")
+        .order_by("-number")[:20]
+    )
+
+
+def viewer_state(access: Access | None, listing: Listing) -> dict[str, Any]:
+    """Where the caller's organisation stands with a listing, for the page's button and the
+    API's ``access`` block."""
+    state: dict[str, Any] = {
+        "publisher": False,
+        "entitlement": None,
+        "access_request": None,
+    }
+    if access is None:
+        return state
+    if listing.model.tenant_id == access.tenant.pk:
+        state["publisher"] = True
+        return state
+    state["entitlement"] = entitlement_live(model=listing.model, tenant=access.tenant)
+    state["access_request"] = (
+        listing.access_requests.filter(tenant=access.tenant).order_by("-created_at").first()
+    )
+    return state

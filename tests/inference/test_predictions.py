@@ -1,0 +1,230 @@
+"""The predictions API through the real stack: web, Redis, a Celery worker and sandboxed
+model hosts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from accounts.models import Scope
+from billing.models import UsageRecord
+from inference.models import Prediction, WebhookDelivery
+from tests.conftest import key_client
+from tests.inference.conftest import Classifier
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def run(api, model: str, x, *, wait: str | None = "wait", key: str | None = None, **body):
+    headers = {"HTTP_PREFER": wait} if wait else {}
+    if key:
+        headers["HTTP_IDEMPOTENCY_KEY"] = key
+    return api.post(
+        "/api/v1/predictions", {"model": model, "input": {"x": x}, **body}, format="json", **headers
+    )
+
+
+def wait_until(api, prediction_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.get(f"/api/v1/predictions/{prediction_id}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
+def test_sync_prediction_returns_the_models_output_and_is_billed(
+    celery_worker_process, api, classifier
+):
+    x = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
+
+    response = run(api, "acme/clf", x)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "succeeded", body
+    expected = Classifier()(torch.tensor(x)).tolist()
+    assert torch.allclose(torch.tensor(body["output"]["output"]), torch.tensor(expected), atol=1e-5)
+    assert body["metrics"]["compute_ms"] > 0
+    assert body["cost"] == {"amount": "0.000000", "currency": "usd", "free": False}
+    assert UsageRecord.objects.filter(source_id=body["id"]).count() == 1
+    assert "RateLimit-Remaining" in response
+
+
+def test_async_prediction_can_be_fetched_later(celery_worker_process, api, classifier):
+    created = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None)
+    assert created.status_code == 201 and created.json()["status"] in (
+        "queued",
+        "running",
+        "succeeded",
+    )
+    done = wait_until(api, created.json()["id"])
+    assert done["status"] == "succeeded" and len(done["output"]["output"][0]) == 3
+
+
+def test_wait_that_runs_out_returns_the_pending_prediction(celery_worker_process, api, slow):
+    run(api, "acme/slow", [[1, 1, 1, 1]], wait=None)  # occupies the model
+    response = run(api, "acme/slow", [[2, 2, 2, 2]], wait="wait=0.2")
+    assert response.json()["status"] in ("queued", "running")
+    assert wait_until(api, response.json()["id"])["status"] == "succeeded"
+
+
+def test_cancelled_prediction_is_not_run_or_billed(celery_worker_process, api, slow):
+    for _ in range(3):
+        run(api, "acme/slow", [[1, 1, 1, 1]], wait=None)
+    victim = run(api, "acme/slow", [[3, 3, 3, 3]], wait=None).json()
+
+    cancelled = api.post(f"/api/v1/predictions/{victim['id']}/cancel").json()
+
+    assert cancelled["status"] == "canceled"
+    time.sleep(3)
+    final = api.get(f"/api/v1/predictions/{victim['id']}").json()
+    assert final["status"] == "canceled" and final["output"] is None
+    assert not UsageRecord.objects.filter(source_id=victim["id"]).exists()
+
+
+def test_idempotent_retry_returns_the_same_prediction_billed_once(
+    celery_worker_process, api, classifier
+):
+    first = run(api, "acme/clf", [[1, 2, 3, 4]], key="order-42")
+    again = run(api, "acme/clf", [[1, 2, 3, 4]], key="order-42")
+    other = run(api, "acme/clf", [[9, 9, 9, 9]], key="order-42")
+
+    assert first.json()["id"] == again.json()["id"]
+    assert other.status_code == 409
+    assert Prediction.objects.count() == 1
+    assert UsageRecord.objects.count() == 1
+
+
+def test_input_that_does_not_fit_is_400_naming_it(api, classifier):
+    response = run(api, "acme/clf", [[1, 2, 3]])
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "'x'" in detail and "[-1, 4]" in detail and "[1, 3]" in detail
+    assert Prediction.objects.count() == 0
+
+
+def test_model_that_raises_fails_the_prediction_with_its_message(
+    celery_worker_process, api, raising
+):
+    body = run(api, "acme/raises", [[999, 999, 999, 999]]).json()
+    assert body["status"] == "failed"
+    assert "input out of range" in body["error"]
+    assert not UsageRecord.objects.filter(source_id=body["id"]).exists()
+    # The worker keeps serving the same model.
+    assert run(api, "acme/raises", [[1, 1, 1, 1]]).json()["status"] == "succeeded"
+
+
+def test_batched_outputs_equal_single_outputs_and_each_is_billed_once(
+    celery_worker_process, api, classifier
+):
+    torch.manual_seed(3)
+    inputs = [torch.randn(1, 4).tolist() for _ in range(50)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        bodies = list(pool.map(lambda x: run(api, "acme/clf", x).json(), inputs))
+
+    reference = Classifier()
+    for x, body in zip(inputs, bodies, strict=True):
+        assert body["status"] == "succeeded", body
+        expected = reference(torch.tensor(x))
+        assert torch.allclose(torch.tensor(body["output"]["output"]), expected, atol=1e-5)
+    assert UsageRecord.objects.count() == 50
+    assert len({r.source_id for r in UsageRecord.objects.all()}) == 50
+    assert max(b["metrics"]["batched_with"] for b in bodies) > 1  # merged in the worker
+
+
+def test_rate_limit_is_429_with_retry_after(api, classifier, settings):
+    settings.RATE_LIMIT_PER_MINUTE = 2
+    codes = [run(api, "acme/clf", [[1, 2, 3, 4]], wait=None).status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    limited = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None)
+    assert int(limited["Retry-After"]) > 0
+    assert limited["RateLimit-Remaining"] == "0"
+
+
+def test_full_queue_is_503_with_retry_after(api, classifier, settings):
+    settings.MAX_QUEUE_DEPTH = 0
+    response = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None)
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert Prediction.objects.count() == 0
+
+
+def test_too_large_is_413(api, classifier, settings):
+    settings.MAX_INPUT_BYTES = 100
+    response = run(api, "acme/clf", [[1.0] * 4] * 50, wait=None)
+    assert response.status_code == 413
+
+
+def test_key_model_allowlist_applies(tenant, classifier):
+    limited = key_client(tenant, scopes=[Scope.INFERENCE], allowed_models=["acme/other"])
+    response = run(limited, "acme/clf", [[1, 2, 3, 4]], wait=None)
+    assert response.status_code == 403 and "may not run acme/clf" in response.json()["detail"]
+
+
+def test_outsider_cannot_run_or_see_private_models_or_predictions(api, outsider_api, classifier):
+    assert run(outsider_api, "acme/clf", [[1, 2, 3, 4]], wait=None).status_code == 404
+    mine = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None).json()
+    assert outsider_api.get(f"/api/v1/predictions/{mine['id']}").status_code == 404
+    assert outsider_api.post(f"/api/v1/predictions/{mine['id']}/cancel").status_code == 404
+    assert outsider_api.get("/api/v1/predictions").json()["results"] == []
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+    failures_left = 1
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        if type(self).failures_left:
+            type(self).failures_left -= 1
+            self.send_response(500)
+        else:
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_is_signed_and_retried_until_delivered(
+    celery_worker_process, api, tenant, classifier
+):
+    from inference.webhooks import signing_key
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    secret = signing_key(tenant)
+    try:
+        body = run(
+            api, "acme/clf", [[1, 2, 3, 4]], webhook=url, webhook_events_filter=["completed"]
+        ).json()
+        deadline = time.monotonic() + 30
+        while not WebhookDelivery.objects.filter(delivered=True).exists():
+            assert time.monotonic() < deadline, list(WebhookDelivery.objects.values())
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+
+    attempts = list(WebhookDelivery.objects.filter(prediction__public_id=body["id"]))
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 204)]
+    headers, payload = _Receiver.received[-1]
+    # Verify exactly as the Standard Webhooks spec says a receiver must.
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + payload
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"
+    event = json.loads(payload)
+    assert event["type"] == "prediction.completed"
+    assert event["data"]["id"] == body["id"] and event["data"]["status"] == "succeeded"

@@ -1,0 +1,257 @@
+"""Publishers' model pages in the dashboard, through Django's test client: the model list and
+the "New model" form, the model page with its versions, aliases and upload widget, and who may
+see them."""
+
+from __future__ import annotations
+
+import pytest
+from django.template.defaultfilters import filesizeformat
+from django.test import Client
+
+from accounts import services as accounts
+from accounts.models import AuditEvent, Role
+from accounts.services import Actor
+from accounts.tenancy import Access
+from marketplace import services
+from marketplace.models import Model, ModelVersion
+from tests.conftest import make_user
+from tests.marketplace.conftest import sha256
+
+pytestmark = pytest.mark.django_db
+
+CHUNK = 4096
+
+
+@pytest.fixture(autouse=True)
+def _vault(settings, tmp_path):
+    from marketplace.vault.keys import kek_backend
+
+    settings.UPLOAD_CHUNK_SIZE = CHUNK
+    settings.KEK_FILE = tmp_path / "keyring.json"
+    settings.KEK_FILE_CREATE = True
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "store")},
+        },
+    }
+    kek_backend.cache_clear()
+    yield
+    kek_backend.cache_clear()
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice_client(alice, tenant) -> Client:
+    return signed_in(alice)
+
+
+@pytest.fixture
+def classifier(tenant, alice) -> Model:
+    return services.model_create(
+        tenant=tenant, name="classifier", task="tabular-classification", actor=Actor(user=alice)
+    )
+
+
+def upload_version(model: Model, data: bytes, user, **extra) -> ModelVersion:
+    """A version uploaded in chunks through the registry's services, as the API does."""
+    actor = Actor(user=user)
+    session = services.upload_session_create(
+        model=model,
+        filename="model.pt2",
+        format="pt2",
+        size=len(data),
+        sha256=sha256(data),
+        actor=actor,
+        **extra,
+    )
+    for index in range(session.chunk_count):
+        start, end = session.chunk_range(index)
+        services.upload_part_store(session=session, index=index, chunks=[data[start : end + 1]])
+    return services.upload_complete(session=session, actor=actor)
+
+
+def make_ready(version: ModelVersion) -> ModelVersion:
+    return services.version_record_validation(
+        version=version, ok=True, signature={"inputs": []}, parameter_count=67, latency_ms=0.2
+    )
+
+
+def owner_access(tenant, user) -> Access:
+    membership = user.memberships.get(tenant=tenant)
+    return Access(tenant=tenant, scopes=membership.scopes, user=user, membership=membership)
+
+
+def html(response) -> str:
+    assert response.status_code == 200, response.status_code
+    return response.content.decode()
+
+
+def test_models_page_lists_the_organisations_models_only(
+    alice_client, alice, tenant, classifier, outsider, charlie, model_files
+):
+    services.model_create(tenant=tenant, name="embedder", task="embedding", actor=Actor(user=alice))
+    services.model_create(tenant=outsider, name="secret-model", actor=Actor(user=charlie))
+    make_ready(upload_version(classifier, model_files["pt2"], alice))
+    upload_version(classifier, model_files["pt2"], alice)
+    services.alias_set(
+        model=classifier,
+        name="production",
+        version=classifier.versions.get(number=1),
+        access=owner_access(tenant, alice),
+        actor=Actor(user=alice),
+    )
+
+    page = html(alice_client.get("/dashboard/models/"))
+
+    assert 'href="/dashboard/models/classifier/"' in page
+    assert "Tabular classification" in page
+    assert 'v2 <span class="status validating">validating</span>' in page
+    assert "production → v1" in page
+    assert "embedder" in page and "none yet" in page
+    assert "secret-model" not in page
+    assert "New model" in page
+
+
+def test_a_developer_creates_a_model_and_lands_on_its_page(bob, tenant):
+    client = signed_in(bob)
+
+    response = client.post(
+        "/dashboard/models/",
+        {"name": "sentiment", "task": "text-classification", "description": "Tweets"},
+        follow=True,
+    )
+
+    page = html(response)
+    assert response.redirect_chain[-1][0] == "/dashboard/models/sentiment/"
+    assert "Model acme/sentiment created." in page
+    assert "Upload a new version" in page and "No versions yet." in page
+    model = Model.objects.get(tenant=tenant, name="sentiment")
+    assert model.task == "text-classification" and model.created_by == bob
+    assert AuditEvent.objects.filter(action="model.create", tenant=tenant).exists()
+
+
+def test_bad_or_taken_model_names_are_explained_on_the_form(alice_client, classifier):
+    bad = html(alice_client.post("/dashboard/models/", {"name": "Not Valid!", "task": "other"}))
+    taken = html(alice_client.post("/dashboard/models/", {"name": "classifier", "task": "other"}))
+
+    assert "lowercase letters, digits" in bad
+    assert "acme/classifier already exists." in taken
+    assert Model.objects.count() == 1
+
+
+def test_model_page_shows_versions_aliases_and_alias_history(
+    alice_client, alice, tenant, classifier, model_files
+):
+    data = model_files["pt2"]
+    first = make_ready(upload_version(classifier, data, alice, label="1.0.0"))
+    second = make_ready(upload_version(classifier, data, alice, label="1.1.0"))
+    third = upload_version(classifier, data, alice)
+    services.version_record_validation(
+        version=third, ok=False, reason="Loading failed: the archive has no forward method."
+    )
+    access, actor = owner_access(tenant, alice), Actor(user=alice)
+    for version in (first, second, first):  # a release, then a rollback
+        services.alias_set(
+            model=classifier, name="production", version=version, access=access, actor=actor
+        )
+
+    page = html(alice_client.get("/dashboard/models/classifier/"))
+
+    assert "acme/classifier" in page
+    for number in (1, 2, 3):
+        assert f'id="version-{number}"' in page
+    assert "1.0.0" in page and "1.1.0" in page
+    assert '<span class="status ready">ready</span>' in page
+    assert '<span class="status failed">failed</span>' in page
+    assert "Loading failed: the archive has no forward method." in page
+    assert f'data-sha256="{sha256(data)}"' in page
+    assert filesizeformat(len(data)) in page  # "11.2 KB"
+    assert "v2 → v1" in page and "v1 → v2" in page and "created at v1" in page
+    # The upload widget, pointed at this model's upload API.
+    assert 'data-create-url="/api/v1/models/acme/classifier/uploads"' in page
+    assert "js/upload.js" in page
+
+
+def test_versions_table_polls_only_while_a_version_is_validating(
+    alice_client, alice, classifier, model_files
+):
+    version = upload_version(classifier, model_files["pt2"], alice)
+    validating = html(alice_client.get("/dashboard/models/classifier/versions/"))
+    make_ready(version)
+    ready = html(alice_client.get("/dashboard/models/classifier/versions/"))
+
+    assert 'hx-trigger="every 5s"' in validating and "validating" in validating
+    assert 'hx-trigger="every 5s"' not in ready and "ready" in ready
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/dashboard/models/classifier/", "/dashboard/models/classifier/versions/"],
+)
+def test_outsider_sees_404_for_another_organisations_model(charlie, outsider, classifier, url):
+    assert signed_in(charlie).get(url).status_code == 404
+
+
+def test_missing_model_is_404(alice_client):
+    assert alice_client.get("/dashboard/models/nothing-here/").status_code == 404
+
+
+def test_signed_out_visitor_is_sent_to_sign_in(classifier):
+    response = Client().get("/dashboard/models/classifier/")
+    assert response.status_code == 302
+    assert response["Location"] == "/login/?next=/dashboard/models/classifier/"
+
+
+def test_user_without_an_organisation_is_sent_to_create_one(db):
+    response = signed_in(make_user("dana@initech.example")).get("/dashboard/models/")
+    assert response.status_code == 302 and response["Location"] == "/dashboard/orgs/new/"
+
+
+def test_viewer_sees_models_but_cannot_create_or_upload(tenant, classifier):
+    viewer = make_user("vera@acme.example")
+    accounts.membership_add(tenant=tenant, user=viewer, role=Role.VIEWER, actor=accounts.SYSTEM)
+    client = signed_in(viewer)
+
+    listing = html(client.get("/dashboard/models/"))
+    refused = client.post("/dashboard/models/", {"name": "sneaky", "task": "other"})
+    detail = html(client.get("/dashboard/models/classifier/"))
+
+    assert "classifier" in listing and "New model" not in listing
+    assert refused.status_code == 403
+    assert not Model.objects.filter(name="sneaky").exists()
+    assert "cannot upload versions" in detail and "data-upload" not in detail
+
+
+def test_the_upload_api_accepts_the_dashboard_session_with_its_csrf_token(
+    alice, tenant, classifier, model_files
+):
+    """What upload.js relies on: the session authenticates the API, with the CSRF header."""
+    data = model_files["pt2"]
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    html(client.get("/dashboard/models/classifier/"))  # sets the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    body = {"filename": "m.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)}
+    url = "/api/v1/models/acme/classifier/uploads"
+
+    without_token = client.post(url, body, content_type="application/json")
+    upload = client.post(url, body, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    chunk = client.generic(
+        "PUT",
+        upload.json()["upload_url"],
+        data[:CHUNK],
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes 0-{CHUNK - 1}/{len(data)}",
+        HTTP_X_CSRFTOKEN=token,
+    )
+
+    assert without_token.status_code == 403 and "CSRF" in without_token.json()["detail"]
+    assert upload.status_code == 201
+    assert chunk.status_code == 200 and chunk.json()["received_bytes"] == CHUNK

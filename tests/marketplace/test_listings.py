@@ -1,0 +1,694 @@
+"""Listings, the catalogue and entitlements through the API, as publishers and consumers use
+them: acme (alice) publishes, globex (charlie) consumes, and initech is a third organisation
+whose access an outsider must not be able to touch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import services as accounts
+from accounts.exceptions import Forbidden, NotFound
+from accounts.models import ALL_SCOPES, AuditEvent, Scope, Tenant
+from accounts.tenancy import Access
+from marketplace import listings, selectors
+from marketplace import services as registry
+from marketplace.models import (
+    AccessRequest,
+    Entitlement,
+    Listing,
+    Model,
+    ModelVersion,
+    Task,
+)
+from marketplace.vault import store
+from tests.conftest import key_client, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+# --- the cast and the props -------------------------------------------------------------------
+
+
+@pytest.fixture
+def initech(db) -> Tenant:
+    return accounts.tenant_create(
+        slug="initech", name="Initech", owner=make_user("dana@initech.example")
+    )
+
+
+@pytest.fixture
+def initech_api(initech) -> APIClient:
+    return key_client(initech)
+
+
+def make_model(tenant: Tenant, name: str, **fields) -> Model:
+    return registry.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM, **fields)
+
+
+def ready_version(model: Model, number: int = 1, status: str = "ready") -> ModelVersion:
+    artifact = store.artifact_create(tenant=model.tenant, chunks=[b"not really weights"])
+    return ModelVersion.objects.create(
+        model=model, number=number, artifact=artifact, format="pt2", status=status
+    )
+
+
+def publish(api: APIClient, ref: str, **fields):
+    body = {"visibility": "public", "title": ref.split("/")[1].title(), **fields}
+    return api.put(f"/api/v1/models/{ref}/listing", body, format="json")
+
+
+def listed(tenant: Tenant, name: str, **fields) -> Model:
+    """A model of ``tenant`` published with ``fields`` (public and free unless told)."""
+    model = make_model(
+        tenant, name, task=fields.pop("task", Task.OTHER), description=fields.pop("description", "")
+    )
+    fields = {"visibility": "public", "title": name.title(), **fields}
+    listings.listing_publish(model=model, actor=accounts.SYSTEM, **fields)
+    return model
+
+
+def access_of(tenant: Tenant) -> Access:
+    return Access(tenant=tenant, scopes=ALL_SCOPES)
+
+
+def can(tenant: Tenant, perm: str, model: Model) -> bool:
+    """Whether ``tenant`` may ``perm`` the model right now, as the inference API will ask."""
+    try:
+        selectors.model_for_access(
+            access_of(tenant), owner=model.tenant.slug, name=model.name, perm=perm
+        )
+    except (Forbidden, NotFound):
+        return False
+    return True
+
+
+def refs(response) -> list[str]:
+    assert response.status_code == 200, response.json()
+    return [item["ref"] for item in response.json()["results"]]
+
+
+# --- publish, find, subscribe, use ------------------------------------------------------------
+
+
+def test_consumer_finds_a_published_model_subscribes_and_reads_its_versions(
+    api, tenant, outsider, outsider_api
+):
+    model = make_model(
+        tenant,
+        "resnet",
+        task=Task.IMAGE_CLASSIFICATION,
+        description="A residual network trained on ImageNet.",
+    )
+    ready_version(model)
+    published = publish(
+        api,
+        "acme/resnet",
+        title="ResNet-50",
+        summary="Classifies photos.",
+        card_markdown="# ResNet\n\nTop-1 **76%**.",
+        license="apache-2.0",
+        tags=["vision", "ImageNet"],
+        example_input={"image": [[0.0]]},
+    )
+    assert published.status_code == 201
+    listing = published.json()
+    assert listing["license"] == "Apache-2.0"  # SPDX ids are stored canonically
+    assert listing["tags"] == ["vision", "imagenet"]
+    assert "<strong>76%</strong>" in listing["card_html"]
+    assert listing["platform_fee_percent"] == "20.00"
+    assert listing["publisher_share_percent"] == "80.00"
+
+    found = APIClient().get("/api/v1/catalogue", {"q": "imagenet residual"})
+    assert refs(found) == ["acme/resnet"]
+    assert not can(outsider, "run", model)
+    with pytest.raises(Forbidden) as refused:
+        selectors.model_for_access(access_of(outsider), owner="acme", name="resnet", perm="run")
+    assert refused.value.extra["subscribe_url"] == "/api/v1/catalogue/acme/resnet/subscribe"
+
+    subscribed = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe")
+    again = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe")
+
+    assert subscribed.status_code == 201
+    assert again.status_code == 200 and again.json()["id"] == subscribed.json()["id"]
+    assert subscribed.json()["kind"] == "subscription"
+    assert subscribed.json()["can_download"] is False
+    assert can(outsider, "run", model) and not can(outsider, "download", model)
+    versions = outsider_api.get("/api/v1/models/acme/resnet/versions")
+    assert versions.status_code == 200
+    assert [v["number"] for v in versions.json()["results"]] == [1]
+    assert "acme/resnet" in [m["ref"] for m in outsider_api.get("/api/v1/models").json()["results"]]
+    assert [s["model"] for s in outsider_api.get("/api/v1/subscriptions").json()["results"]] == [
+        "acme/resnet"
+    ]
+    detail = outsider_api.get("/api/v1/catalogue/acme/resnet").json()
+    assert detail["access"]["subscribed"] is True
+    assert detail["versions"][0]["number"] == 1
+    assert AuditEvent.objects.filter(tenant=outsider, action="entitlement.subscribe").count() == 1
+
+
+def test_unsubscribing_takes_the_right_away_on_the_next_request(tenant, outsider, outsider_api):
+    model = listed(tenant, "resnet")
+    entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
+
+    assert outsider_api.delete(f"/api/v1/subscriptions/{entitlement}").status_code == 204
+
+    assert not can(outsider, "run", model)
+    assert outsider_api.get("/api/v1/subscriptions").json()["results"] == []
+    assert outsider_api.delete(f"/api/v1/subscriptions/{entitlement}").status_code == 404
+    assert AuditEvent.objects.filter(tenant=outsider, action="entitlement.cancel").exists()
+
+
+def test_paid_listing_answers_402_and_grants_nothing(tenant, outsider, outsider_api):
+    model = listed(tenant, "bert", price_per_call="0.002")
+
+    response = outsider_api.post("/api/v1/catalogue/acme/bert/subscribe")
+
+    assert response.status_code == 402
+    assert response.json()["code"] == "payment_required"
+    assert "billing" in response.json()["detail"]
+    assert not Entitlement.objects.filter(tenant=outsider).exists()
+    assert not can(outsider, "run", model)
+
+
+def test_publisher_needs_no_subscription_to_its_own_model(api, tenant):
+    listed(tenant, "resnet")
+
+    response = api.post("/api/v1/catalogue/acme/resnet/subscribe")
+
+    assert response.status_code == 409
+    assert not Entitlement.objects.exists()
+
+
+def test_a_key_without_the_inference_scope_cannot_subscribe(tenant, outsider):
+    listed(tenant, "resnet")
+    reader = key_client(outsider, scopes=[Scope.MODELS_READ])
+
+    response = reader.post("/api/v1/catalogue/acme/resnet/subscribe")
+
+    assert response.status_code == 403
+    assert "inference" in response.json()["detail"]
+    assert not Entitlement.objects.exists()
+
+
+# --- gated listings ---------------------------------------------------------------------------
+
+
+def test_gated_listing_opens_after_the_publisher_approves(api, tenant, outsider, outsider_api):
+    model = listed(tenant, "medsam", gated=True)
+
+    refused = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+    asked = outsider_api.post(
+        "/api/v1/catalogue/acme/medsam/request-access",
+        {"message": "For our radiology pilot."},
+        format="json",
+    )
+    asked_again = outsider_api.post("/api/v1/catalogue/acme/medsam/request-access")
+    pending = api.get("/api/v1/models/acme/medsam/access-requests", {"status": "pending"})
+    approved = api.post(f"/api/v1/access-requests/{asked.json()['id']}/approve")
+    subscribed = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+
+    assert refused.status_code == 403
+    assert refused.json()["request_access_url"] == "/api/v1/catalogue/acme/medsam/request-access"
+    assert asked.status_code == 201 and asked.json()["status"] == "pending"
+    assert asked_again.status_code == 200 and asked_again.json()["id"] == asked.json()["id"]
+    assert [(r["tenant"], r["message"]) for r in pending.json()["results"]] == [
+        ("globex", "For our radiology pilot.")
+    ]
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    assert subscribed.status_code == 200  # approval already subscribed globex
+    assert can(outsider, "run", model)
+    assert AuditEvent.objects.filter(tenant=tenant, action="access_request.approve").exists()
+
+
+def test_declined_request_keeps_the_gate_closed(api, tenant, outsider, outsider_api):
+    model = listed(tenant, "medsam", gated=True)
+    request_id = outsider_api.post("/api/v1/catalogue/acme/medsam/request-access").json()["id"]
+
+    declined = api.post(f"/api/v1/access-requests/{request_id}/decline")
+    approve_after = api.post(f"/api/v1/access-requests/{request_id}/approve")
+    subscribe = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+
+    assert declined.status_code == 200 and declined.json()["status"] == "declined"
+    assert approve_after.status_code == 409
+    assert subscribe.status_code == 403
+    assert not can(outsider, "run", model)
+    assert outsider_api.get("/api/v1/catalogue/acme/medsam").json()["access"] == {
+        "publisher": False,
+        "subscribed": False,
+        "entitlement": None,
+        "can_download": False,
+        "access_request": "declined",
+    }
+
+
+def test_requesting_access_to_an_open_listing_says_to_subscribe(tenant, outsider_api):
+    listed(tenant, "resnet")
+
+    response = outsider_api.post("/api/v1/catalogue/acme/resnet/request-access")
+
+    assert response.status_code == 409
+    assert "subscribe" in response.json()["detail"]
+    assert not AccessRequest.objects.exists()
+
+
+def test_revoking_a_gated_subscriber_withdraws_its_approval(api, tenant, outsider, outsider_api):
+    model = listed(tenant, "medsam", gated=True)
+    request_id = outsider_api.post("/api/v1/catalogue/acme/medsam/request-access").json()["id"]
+    api.post(f"/api/v1/access-requests/{request_id}/approve")
+    entitlement = Entitlement.objects.get(tenant=outsider)
+
+    revoked = api.delete(f"/api/v1/models/acme/medsam/entitlements/{entitlement.public_id}")
+    resubscribe = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+
+    assert revoked.status_code == 204
+    assert resubscribe.status_code == 403
+    assert not can(outsider, "run", model)
+    assert AuditEvent.objects.filter(tenant=tenant, action="entitlement.revoke").exists()
+
+
+# --- private models and shares ----------------------------------------------------------------
+
+
+def test_private_model_is_404_until_shared_and_again_after_the_share_is_revoked(
+    api, tenant, outsider, outsider_api
+):
+    model = make_model(tenant, "inhouse")
+    ready_version(model)
+    publish(api, "acme/inhouse", visibility="private")
+    before = outsider_api.get("/api/v1/models/acme/inhouse/versions")
+    before_listing = outsider_api.get("/api/v1/catalogue/acme/inhouse")
+    before_subscribe = outsider_api.post("/api/v1/catalogue/acme/inhouse/subscribe")
+
+    assert before.status_code == before_listing.status_code == 404
+    assert before_subscribe.status_code == 404
+
+    shared = api.post("/api/v1/models/acme/inhouse/shares", {"tenant": "globex"}, format="json")
+    assert shared.status_code == 201 and shared.json()["kind"] == "share"
+    assert outsider_api.get("/api/v1/models/acme/inhouse/versions").status_code == 200
+    assert outsider_api.get("/api/v1/catalogue/acme/inhouse").status_code == 200
+    assert can(outsider, "run", model)
+    holders = api.get("/api/v1/models/acme/inhouse/entitlements").json()["results"]
+    assert [(h["tenant"], h["kind"]) for h in holders] == [("globex", "share")]
+
+    unshared = api.delete("/api/v1/models/acme/inhouse/shares", {"tenant": "globex"}, format="json")
+    after = outsider_api.get("/api/v1/models/acme/inhouse/versions")
+    assert unshared.status_code == 204
+    assert after.status_code == 404
+    assert not can(outsider, "view", model)
+    assert outsider_api.get("/api/v1/catalogue/acme/inhouse").status_code == 404
+    actions = set(AuditEvent.objects.filter(tenant=tenant).values_list("action", flat=True))
+    assert {"model.share", "entitlement.revoke"} <= actions
+
+
+@pytest.mark.parametrize(
+    "slug, message", [("nobody", "no organisation"), ("acme", "already belongs")]
+)
+def test_sharing_needs_another_existing_organisation(api, tenant, slug, message):
+    make_model(tenant, "inhouse")
+
+    response = api.post("/api/v1/models/acme/inhouse/shares", {"tenant": slug}, format="json")
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert not Entitlement.objects.exists()
+
+
+# --- download grants --------------------------------------------------------------------------
+
+
+def test_only_the_publisher_can_let_a_consumer_download(api, tenant, outsider, outsider_api):
+    model = listed(tenant, "resnet")
+    entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
+    url = f"/api/v1/models/acme/resnet/entitlements/{entitlement}/download"
+
+    self_granted = outsider_api.post(url)
+    assert self_granted.status_code == 403
+    assert not can(outsider, "download", model)
+
+    granted = api.post(url)
+    assert granted.status_code == 200 and granted.json()["can_download"] is True
+    assert can(outsider, "download", model)
+
+    withdrawn = api.delete(url)
+    assert withdrawn.status_code == 200 and withdrawn.json()["can_download"] is False
+    assert not can(outsider, "download", model)
+    assert can(outsider, "run", model)
+    actions = list(
+        AuditEvent.objects.filter(tenant=tenant, action__startswith="entitlement.")
+        .order_by("pk")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["entitlement.download_grant", "entitlement.download_revoke"]
+
+
+def test_unsubscribing_also_drops_a_download_grant(api, tenant, outsider, outsider_api):
+    model = listed(tenant, "resnet")
+    entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
+    api.post(f"/api/v1/models/acme/resnet/entitlements/{entitlement}/download")
+
+    outsider_api.delete(f"/api/v1/subscriptions/{entitlement}")
+    outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe")
+
+    assert not can(outsider, "download", model)
+
+
+# --- publishing rules -------------------------------------------------------------------------
+
+
+def test_republishing_updates_the_listing_and_audits_price_changes(api, tenant, settings):
+    make_model(tenant, "resnet")
+    publish(api, "acme/resnet", price_per_call="0.001")
+    settings.PLATFORM_FEE_PERCENT = "30"
+
+    updated = api.put(
+        "/api/v1/models/acme/resnet/listing",
+        {"price_per_call": "0.0015", "summary": "Faster now."},
+        format="json",
+    )
+
+    assert updated.status_code == 200
+    body = updated.json()
+    assert body["price_per_call"] == "0.001500"
+    assert body["summary"] == "Faster now." and body["title"] == "Resnet"  # others kept
+    assert body["platform_fee_percent"] == "20.00"  # the terms it was listed under
+    change = AuditEvent.objects.get(tenant=tenant, action="listing.price_change")
+    assert change.data["from"]["price_per_call"] == "0.001000"
+    assert change.data["to"]["price_per_call"] == "0.001500"
+
+
+def test_publishing_needs_the_admin_scope(tenant):
+    make_model(tenant, "resnet")
+    developer = key_client(tenant, scopes=[Scope.MODELS_READ, Scope.MODELS_WRITE])
+
+    response = publish(developer, "acme/resnet")
+
+    assert response.status_code == 403
+    assert not Listing.objects.exists()
+
+
+def test_unpublishing_makes_the_listing_private_and_keeps_subscribers(
+    api, tenant, outsider, outsider_api
+):
+    model = listed(tenant, "resnet")
+    outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe")
+
+    response = api.delete("/api/v1/models/acme/resnet/listing")
+
+    assert response.status_code == 204
+    assert api.get("/api/v1/models/acme/resnet/listing").json()["visibility"] == "private"
+    assert refs(APIClient().get("/api/v1/catalogue")) == []
+    assert APIClient().get("/api/v1/catalogue/acme/resnet").status_code == 404
+    assert can(outsider, "run", model)  # existing consumers keep working until revoked
+
+
+def test_reading_an_unlisted_model_listing_says_how_to_publish(api, tenant):
+    make_model(tenant, "resnet")
+
+    response = api.get("/api/v1/models/acme/resnet/listing")
+
+    assert response.status_code == 404
+    assert "PUT" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("license", "WTFPL-ish", "MIT, Apache-2.0"),
+        ("license", "LicenseRef-", "SPDX"),
+        ("price_per_call", "-1", "cannot be negative"),
+        ("price_per_second", "0.0000001", "at most 6 decimal places"),
+        ("price_per_call", "1000000", "below"),
+        ("price_per_call", "cheap", "valid number"),
+        ("currency", "USD", "three lowercase letters"),
+        ("tags", ["Bad Tag!"], "is not a tag"),
+        ("tags", [f"t{i}" for i in range(21)], "at most 20 tags"),
+        ("visibility", "secret", "not a valid choice"),
+        ("free_calls_per_month", -5, "greater than or equal to 0"),
+        ("colour", "blue", "Unknown field"),
+    ],
+)
+def test_bad_listing_input_is_refused_with_a_reason(api, tenant, field, value, message):
+    make_model(tenant, "resnet")
+
+    response = publish(api, "acme/resnet", **{field: value})
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert field in response.json()["errors"]
+    assert not Listing.objects.exists()
+
+
+def test_licence_refs_and_proprietary_are_accepted(api, tenant):
+    make_model(tenant, "a")
+    make_model(tenant, "b")
+
+    assert publish(api, "acme/a", license="LicenseRef-Acme-1.0").json()["license"] == (
+        "LicenseRef-Acme-1.0"
+    )
+    assert publish(api, "acme/b", license="proprietary").json()["license"] == "proprietary"
+
+
+def test_scripts_handlers_and_javascript_links_are_stripped_from_the_card(api, tenant):
+    make_model(tenant, "resnet")
+    card = (
+        "# Card\n\n<script>alert('pwned-1')</script>\n\n"
+        '<img src="https://example.com/plot.png" alt="plot" onerror="steal()">\n\n'
+        "[docs](javascript:steal()) and [paper](https://arxiv.org/abs/1512.03385)\n\n"
+        "<style>body{display:none}</style><iframe src='https://evil.example'></iframe>"
+    )
+
+    html = publish(api, "acme/resnet", card_markdown=card).json()["card_html"]
+
+    for bad in ("<script", "pwned", "onerror", "steal()", "javascript:", "<style", "<iframe"):
+        assert bad not in html
+    assert '<img src="https://example.com/plot.png" alt="plot">' in html
+    assert (
+        '<a href="https://arxiv.org/abs/1512.03385" rel="noopener noreferrer nofollow">paper</a>'
+        in html
+    )
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shelf(tenant, outsider, initech):
+    """Three public listings published a day apart, and some that must never show."""
+    resnet = listed(
+        tenant,
+        "resnet",
+        title="ResNet",
+        task=Task.IMAGE_CLASSIFICATION,
+        license="MIT",
+        tags=["vision", "imagenet"],
+    )
+    bert = listed(
+        tenant,
+        "bert",
+        title="BERT",
+        task=Task.TEXT_CLASSIFICATION,
+        license="Apache-2.0",
+        tags=["nlp"],
+        price_per_call="0.002",
+        description="Sentiment from text.",
+    )
+    tabnet = listed(
+        outsider,
+        "tabnet",
+        title="TabNet",
+        task=Task.TABULAR_CLASSIFICATION,
+        license="MIT",
+        tags=["tabular"],
+        price_per_call="0.0005",
+    )
+    listed(tenant, "inhouse", visibility="private")
+    listed(tenant, "preview", visibility="unlisted")
+    taken_down = listed(tenant, "banned")
+    Listing.objects.filter(model=taken_down).update(taken_down_at=timezone.now())
+    now = timezone.now()
+    for days, model in enumerate([tabnet, bert, resnet]):
+        Listing.objects.filter(model=model).update(published_at=now - timedelta(days=days))
+    # resnet is the most used (two organisations), then tabnet (one).
+    for consumer in ("globex", "initech"):
+        share_with(resnet, consumer)
+    share_with(tabnet, "initech")
+    return {"resnet": resnet, "bert": bert, "tabnet": tabnet}
+
+
+def share_with(model: Model, slug: str) -> None:
+    listings.model_share(model=model, tenant_slug=slug, actor=accounts.SYSTEM)
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({}, ["globex/tabnet", "acme/bert", "acme/resnet"]),
+        ({"q": "sentiment"}, ["acme/bert"]),
+        ({"q": "VISION"}, ["acme/resnet"]),
+        ({"q": "net"}, ["globex/tabnet", "acme/resnet"]),
+        ({"task": "text-classification"}, ["acme/bert"]),
+        ({"license": "mit"}, ["globex/tabnet", "acme/resnet"]),
+        ({"publisher": "globex"}, ["globex/tabnet"]),
+        ({"tag": "nlp"}, ["acme/bert"]),
+        ({"max_price_per_call": "0.001"}, ["globex/tabnet", "acme/resnet"]),
+        ({"free": "true"}, ["acme/resnet"]),
+        ({"sort": "price"}, ["acme/resnet", "globex/tabnet", "acme/bert"]),
+        ({"sort": "most_used"}, ["acme/resnet", "globex/tabnet", "acme/bert"]),
+        ({"sort": "newest", "license": "MIT", "q": "tab"}, ["globex/tabnet"]),
+    ],
+)
+def test_catalogue_search_filters_and_sorts_public_listings(shelf, params, expected):
+    assert refs(APIClient().get("/api/v1/catalogue", params)) == expected
+
+
+def test_catalogue_pages_through_results(shelf, outsider_api):
+    first = outsider_api.get("/api/v1/catalogue", {"page_size": 2}).json()
+    second = outsider_api.get(first["next"]).json()
+
+    assert first["count"] == 3
+    assert [r["ref"] for r in first["results"]] == ["globex/tabnet", "acme/bert"]
+    assert [r["ref"] for r in second["results"]] == ["acme/resnet"]
+    assert first["results"][1]["price_per_call"] == "0.002000"
+    assert first["results"][1]["url"] == "/catalogue/acme/bert/"
+
+
+@pytest.mark.parametrize(
+    "params", [{"sort": "popular"}, {"max_price_per_call": "-1"}, {"task": "poetry"}]
+)
+def test_bad_catalogue_query_is_a_400(params):
+    response = APIClient().get("/api/v1/catalogue", params)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+
+
+def test_signed_out_callers_see_public_and_unlisted_listings_only(shelf):
+    anonymous = APIClient()
+
+    assert anonymous.get("/api/v1/catalogue/acme/resnet").status_code == 200
+    assert anonymous.get("/api/v1/catalogue/acme/preview").status_code == 200
+    assert anonymous.get("/api/v1/catalogue/acme/inhouse").status_code == 404
+    assert anonymous.get("/api/v1/catalogue/acme/banned").status_code == 404
+    assert anonymous.get("/api/v1/catalogue/acme/nothing").status_code == 404
+    assert anonymous.post("/api/v1/catalogue/acme/resnet/subscribe").status_code == 401
+
+
+def test_a_bad_key_is_refused_even_on_the_public_catalogue():
+    anonymous = APIClient()
+    anonymous.credentials(HTTP_AUTHORIZATION="Bearer mm_live_nope")
+
+    assert anonymous.get("/api/v1/catalogue").status_code == 401
+
+
+def test_new_endpoints_are_in_the_openapi_schema():
+    schema = APIClient().get("/api/schema/", {"format": "json"}).json()
+
+    for path in [
+        "/api/v1/catalogue",
+        "/api/v1/catalogue/{owner}/{name}",
+        "/api/v1/catalogue/{owner}/{name}/subscribe",
+        "/api/v1/catalogue/{owner}/{name}/request-access",
+        "/api/v1/subscriptions",
+        "/api/v1/subscriptions/{id}",
+        "/api/v1/models/{owner}/{name}/listing",
+        "/api/v1/models/{owner}/{name}/access-requests",
+        "/api/v1/access-requests/{id}/approve",
+        "/api/v1/access-requests/{id}/decline",
+        "/api/v1/models/{owner}/{name}/shares",
+        "/api/v1/models/{owner}/{name}/entitlements",
+        "/api/v1/models/{owner}/{name}/entitlements/{id}/download",
+    ]:
+        assert path in schema["paths"], path
+
+
+# --- the outsider matrix ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def acme_ids(tenant, initech):
+    """acme's private model shared with initech, and initech's pending request to acme's
+    gated one: what globex, the outsider, will try to reach."""
+    secret = listed(tenant, "secret", visibility="private")
+    listed(tenant, "gated", gated=True)
+    share = (
+        key_client(tenant)
+        .post("/api/v1/models/acme/secret/shares", {"tenant": "initech"}, format="json")
+        .json()["id"]
+    )
+    request = key_client(initech).post("/api/v1/catalogue/acme/gated/request-access").json()["id"]
+    return {"model": secret, "share": share, "request": request}
+
+
+SECRET = "/api/v1/models/acme/secret"
+
+
+@pytest.mark.parametrize(
+    "method, url, body",
+    [
+        ("get", f"{SECRET}/listing", None),
+        ("put", f"{SECRET}/listing", {"visibility": "public"}),
+        ("delete", f"{SECRET}/listing", None),
+        ("get", "/api/v1/catalogue/acme/secret", None),
+        ("post", "/api/v1/catalogue/acme/secret/subscribe", None),
+        ("post", "/api/v1/catalogue/acme/secret/request-access", {}),
+        ("get", "/api/v1/subscriptions/{share}", None),
+        ("delete", "/api/v1/subscriptions/{share}", None),
+        ("get", f"{SECRET}/access-requests", None),
+        ("post", "/api/v1/access-requests/{request}/approve", None),
+        ("post", "/api/v1/access-requests/{request}/decline", None),
+        ("post", f"{SECRET}/shares", {"tenant": "globex"}),
+        ("delete", f"{SECRET}/shares", {"tenant": "initech"}),
+        ("get", f"{SECRET}/entitlements", None),
+        ("delete", f"{SECRET}/entitlements/{{share}}", None),
+        ("post", f"{SECRET}/entitlements/{{share}}/download", None),
+        ("delete", f"{SECRET}/entitlements/{{share}}/download", None),
+    ],
+)
+def test_outsider_gets_404_and_changes_nothing(
+    outsider, outsider_api, acme_ids, initech, method, url, body
+):
+    before = AuditEvent.objects.count()
+
+    response = getattr(outsider_api, method)(url.format(**acme_ids), body, format="json")
+
+    assert response.status_code == 404, response.json()
+    assert AuditEvent.objects.count() == before
+    share = Entitlement.objects.get(public_id=acme_ids["share"])
+    assert share.revoked_at is None and share.can_download is False
+    assert AccessRequest.objects.get(public_id=acme_ids["request"]).status == "pending"
+    assert not Entitlement.objects.filter(tenant=outsider).exists()
+    assert Listing.objects.get(model=acme_ids["model"]).visibility == "private"
+    assert can(initech, "run", acme_ids["model"]) and not can(outsider, "view", acme_ids["model"])
+
+
+def test_outsider_lists_show_nothing_of_other_organisations(outsider_api, acme_ids):
+    subscriptions = outsider_api.get("/api/v1/subscriptions").json()
+    catalogue = outsider_api.get("/api/v1/catalogue").json()
+
+    assert subscriptions["results"] == []
+    assert [r["ref"] for r in catalogue["results"]] == ["acme/gated"]
+    assert acme_ids["share"] not in str(catalogue)
+
+
+def test_publisher_only_endpoints_on_a_public_model_answer_403_to_others(tenant, outsider_api):
+    listed(tenant, "resnet")
+    before = AuditEvent.objects.count()
+
+    responses = [
+        outsider_api.put(
+            "/api/v1/models/acme/resnet/listing", {"price_per_call": "9"}, format="json"
+        ),
+        outsider_api.delete("/api/v1/models/acme/resnet/listing"),
+        outsider_api.get("/api/v1/models/acme/resnet/access-requests"),
+        outsider_api.get("/api/v1/models/acme/resnet/entitlements"),
+        outsider_api.post("/api/v1/models/acme/resnet/shares", {"tenant": "globex"}, format="json"),
+    ]
+
+    assert [r.status_code for r in responses] == [403] * 5
+    assert AuditEvent.objects.count() == before
+    assert Listing.objects.get(model__name="resnet").price_per_call == Decimal(0)
