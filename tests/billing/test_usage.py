@@ -1,0 +1,67 @@
+"""The usage ledger prices each unit of work exactly once, in exact decimals."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as accounts
+from billing.models import UsageRecord
+from billing.services import usage_record_create
+from marketplace import services as registry
+from marketplace.models import Listing
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def paid_model(tenant):
+    model = registry.model_create(tenant=tenant, name="paid", actor=accounts.SYSTEM)
+    Listing.objects.create(
+        model=model, title="Paid", visibility="public", price_per_call=Decimal("0.002"),
+        price_per_second=Decimal("0.05"), currency="eur", free_calls_per_month=2,
+        platform_fee_percent=Decimal("20"),
+    )
+    return model
+
+
+def record(source: str, consumer, model, seconds: str = "0.1") -> UsageRecord:
+    return usage_record_create(kind="prediction", source_id=source, consumer=consumer,
+                               model=model, compute_seconds=Decimal(seconds))
+
+
+def test_calls_are_priced_per_call_and_per_second_after_the_free_calls(outsider, paid_model):
+    first, second, third = (record(f"pred_{i}", outsider, paid_model) for i in range(3))
+
+    assert (first.free, second.free, third.free) == (True, True, False)
+    assert first.amount == second.amount == Decimal("0")
+    # 0.002 + 0.05 * 0.1 = 0.007, split 20 % / 80 %.
+    assert third.amount == Decimal("0.007000")
+    assert third.platform_fee == Decimal("0.001400")
+    assert third.publisher_share == Decimal("0.005600")
+    assert third.currency == "eur" and third.publisher == paid_model.tenant
+
+
+def test_amounts_are_exact_decimals(outsider, paid_model):
+    for i in range(2):
+        record(f"free_{i}", outsider, paid_model)
+    records = [record(f"pred_{i}", outsider, paid_model, "0.333333") for i in range(3)]
+    # 0.002 + 0.05 * 0.333333 = 0.01866665, rounded half-up to the micro-unit.
+    assert [r.amount for r in records] == [Decimal("0.018667")] * 3
+    assert records[0].platform_fee == Decimal("0.003733")
+    assert records[0].publisher_share == Decimal("0.014934")
+    assert sum(r.amount for r in records) == Decimal("0.056001")
+    assert all(r.amount == r.platform_fee + r.publisher_share for r in records)
+
+
+def test_the_same_work_is_billed_once(outsider, paid_model):
+    first = record("pred_same", outsider, paid_model)
+    again = record("pred_same", outsider, paid_model, "9.9")
+    assert first.pk == again.pk
+    assert UsageRecord.objects.filter(source_id="pred_same").count() == 1
+
+
+def test_a_publisher_running_its_own_model_pays_nothing(tenant, paid_model):
+    for i in range(3):
+        assert record(f"own_{i}", tenant, paid_model).amount == 0
