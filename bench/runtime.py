@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import fcntl
 import gc
 import json
 import os
@@ -150,6 +151,13 @@ class Artifact:
     artifact_id: str
     parameters: int
     example: torch.Tensor
+
+
+STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f} s] {message}", file=sys.stderr)
 
 
 # --- files --------------------------------------------------------------------------------
@@ -329,7 +337,7 @@ def measure_cold(
                         host.kill()  # before the next load, as a worker's memory would be
                 for name, value in figures.items():
                     samples[key].setdefault(name, []).append(value)
-        print(f"cold round {round_no + 1}/{plan.cold_rounds} done", file=sys.stderr)
+        progress(f"cold round {round_no + 1}/{plan.cold_rounds} done")
     for figures in samples.values():
         rounds = range(plan.cold_rounds)
         figures["fresh_host_s"] = [
@@ -450,21 +458,27 @@ class WarmResult:
         return {"worker": self.switches[0] / calls, "host": self.switches[1] / calls}
 
 
-def voluntary_switches(host: ModelHost) -> tuple[int, int]:
+def voluntary_switches(tree: list[psutil.Process]) -> tuple[int, int]:
     """Voluntary context switches so far of this process and of the host's process tree: each
     is a sleep (waiting in ``select`` for a reply, or in ``read`` for a request) and so a
     wake-up that the scheduler has to serve, which costs most on a busy machine."""
     mine = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-    assert host.proc is not None
-    root = psutil.Process(host.proc.pid)
-    tree = [root, *root.children(recursive=True)]
     return mine, sum(p.num_ctx_switches().voluntary for p in tree)
 
 
-def timed_host(call: Callable[[], Any], host: ModelHost, n: int, result: WarmResult) -> list[int]:
-    before = voluntary_switches(host)
+def process_tree(host: ModelHost) -> list[psutil.Process]:
+    """The host's processes (prlimit exec'd into bwrap, and the interpreter bwrap started)."""
+    assert host.proc is not None
+    root = psutil.Process(host.proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def timed_host(
+    call: Callable[[], Any], tree: list[psutil.Process], n: int, result: WarmResult
+) -> list[int]:
+    before = voluntary_switches(tree)
     times = timed(call, n)
-    after = voluntary_switches(host)
+    after = voluntary_switches(tree)
     result.switches[0] += after[0] - before[0]
     result.switches[1] += after[1] - before[1]
     return times
@@ -482,7 +496,7 @@ def measure_warm(
     drift and neighbours on a shared machine hit both alike; plus empty round trips (ping)."""
     results = {case.key: WarmResult() for case in WARM_CASES}
     results[PING] = WarmResult()
-    calls: dict[str, tuple[ModelHost, Callable[[], Any], Callable[[], Any] | None]] = {}
+    calls: dict[str, tuple[list[psutil.Process], Callable[[], Any], Callable[[], Any] | None]] = {}
     for case in WARM_CASES:
         x = warm_inputs(case, artifacts)
         model = loaded[case.model]
@@ -490,30 +504,30 @@ def measure_warm(
         in_process = local_call(model, x)
         if not torch.allclose(through_host(), in_process(), atol=1e-5):
             raise SystemExit(f"{case.key}: the host and the in-process model disagree")
-        calls[case.key] = (model.host, through_host, in_process)
+        calls[case.key] = (process_tree(model.host), through_host, in_process)
     first = loaded[WARM_CASES[0].model].host
-    calls[PING] = (first, ping_call(first), None)
-    for key, (_host, through_host, in_process) in calls.items():
+    calls[PING] = (process_tree(first), ping_call(first), None)
+    for key, (_tree, through_host, in_process) in calls.items():
         timed(through_host, plan.warmup)
         if in_process is not None:
             timed(in_process, plan.warmup)
         results[key].compute_ms.clear()
     for round_no in range(plan.warm_rounds):
-        for key, (host, through_host, in_process) in calls.items():
+        for key, (tree, through_host, in_process) in calls.items():
             n, result = plan.calls[key], results[key]
             if in_process is None:
-                result.host += timed_host(through_host, host, n, result)
+                result.host += timed_host(through_host, tree, n, result)
                 continue
             medians = {}
             for side in ("host", "local") if round_no % 2 == 0 else ("local", "host"):
                 if side == "host":
-                    times = timed_host(through_host, host, n, result)
+                    times = timed_host(through_host, tree, n, result)
                 else:
                     times = timed(in_process, n)
                 getattr(result, side).extend(times)
                 medians[side] = summarize(times).median_us
             result.overhead_per_round_us.append(medians["host"] - medians["local"])
-        print(f"warm round {round_no + 1}/{plan.warm_rounds} done", file=sys.stderr)
+        progress(f"warm round {round_no + 1}/{plan.warm_rounds} done")
     return results
 
 
@@ -591,7 +605,8 @@ def fast_encode(tensors: dict[str, torch.Tensor]) -> bytes:
 
 def profile_warm(loaded: Loaded, artifacts: dict[str, Artifact], n: int) -> dict[str, Any]:
     """cProfile of the worker's side of ``n`` batch-1 predictions through the host (time in
-    ``select`` is time waiting for the host), and a hand-written encoder of the same bytes."""
+    ``select`` is time waiting for the host), then two what-ifs: a hand-written encoder of the
+    same bytes, and request frames sent with one write."""
     case = WARM_CASES[0]
     x = warm_inputs(case, artifacts)
     call = host_call(loaded, x, [])
@@ -620,7 +635,69 @@ def profile_warm(loaded: Loaded, artifacts: dict[str, Artifact], n: int) -> dict
     print(f"\nencoding one {case.key} input, median µs")
     for label, value in encoders.items():
         print(f"{value:>9.1f}  {label}")
-    return {"worker_side": table, "encoders_us": encoders}
+
+    # What-if: the worker writes each request frame with one write() instead of two (prefix
+    # and header, then the payload), so the host wakes once to a whole frame. The host's
+    # replies are still two writes (protocol.write_frame), which this cannot change.
+    host, tree = loaded.host, process_tree(loaded.host)
+    payload = codec.encode(tensors)
+
+    def one_write() -> None:
+        deadline = time.monotonic() + PREDICT_TIMEOUT
+        host._write([b"".join(pack({"op": "predict"}, payload))], deadline)
+        host._read_frame(deadline)
+
+    def two_writes() -> None:
+        host.request({"op": "predict"}, payload, timeout=PREDICT_TIMEOUT)
+
+    writes: dict[str, WarmResult] = {"two writes (now)": WarmResult(), "one write": WarmResult()}
+    variants = list(zip(writes, (two_writes, one_write), strict=True))
+    for round_no in range(6):
+        for label, call in variants if round_no % 2 == 0 else variants[::-1]:
+            writes[label].host += timed_host(call, tree, n, writes[label])
+    print(f"\nrequest frame written in one write or two, {case.key}, without encode/decode")
+    print(f"{'median µs':>10}{'p90 µs':>10}{'worker sleeps':>15}{'host sleeps':>13}  request frame")
+    frames = {}
+    for label, result in writes.items():
+        summary, sleeps = summarize(result.host), result.switches_per_call()
+        print(
+            f"{summary.median_us:>10,.0f}{summary.p90_us:>10,.0f}{sleeps['worker']:>15.2f}"
+            f"{sleeps['host']:>13.2f}  {label}"
+        )
+        frames[label] = {**asdict(summary), "voluntary_switches_per_call": sleeps}
+    return {"worker_side": table, "encoders_us": encoders, "request_frame": frames}
+
+
+def profile_pipe(artifact: Artifact, host: ModelHost, repeats: int) -> dict[str, float]:
+    """What-if: the model's bytes through a pipe of 1 MiB (``F_SETPIPE_SZ``, the unprivileged
+    maximum by default) instead of Linux's 64 KiB: fewer wake-ups per megabyte."""
+    assert host.proc is not None and host.proc.stdin is not None
+    fd = host.proc.stdin.fileno()
+    data = decrypt(artifact)
+
+    def send() -> float:
+        started = time.perf_counter()
+        host.request({"op": "ping"}, data, timeout=LOAD_TIMEOUT)
+        return time.perf_counter() - started
+
+    figures = {f"pipe of {fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) // 1024} KiB": [send()]}
+    try:
+        size = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError as exc:
+        print(f"\ncould not grow the pipe: {exc}")
+        return {}
+    figures[f"pipe of {size // 1024} KiB"] = [send()]
+    labels = list(figures)
+    for _ in range(repeats - 1):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 64 * 1024)
+        figures[labels[0]].append(send())
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        figures[labels[1]].append(send())
+    medians = {label: statistics.median(values) * 1000 for label, values in figures.items()}
+    print(f"\n{artifact.spec.key} bytes ({len(data) / 1e6:,.0f} MB) to a host, median ms")
+    for label, value in medians.items():
+        print(f"{value:>9,.0f}  {label}")
+    return medians
 
 
 # --- report -------------------------------------------------------------------------------
@@ -795,11 +872,12 @@ def main() -> None:
     hosts = Hosts()
     try:
         artifacts = {spec.key: export_model(spec, root) for spec in MODELS}
-        print(f"exported and encrypted {len(artifacts)} models in {root}", file=sys.stderr)
+        progress(f"exported and encrypted {len(artifacts)} models in {root}")
         cold, kept = measure_cold(artifacts, hosts, plan)
         loaded = {key: load_warm(artifact, kept[key]) for key, artifact in artifacts.items()}
         for key, seconds in measure_transfer(artifacts, kept, plan).items():
             cold[key]["pipe_transfer_s"] = seconds
+        progress("validated the models in their hosts and timed the pipe")
         warm = measure_warm(loaded, artifacts, plan)
         breakdowns = {
             case.key: breakdown(
@@ -807,6 +885,7 @@ def main() -> None:
             )
             for case in WARM_CASES
         }
+        progress("timed the parts")
 
         print(f"\nModel hosts: {isolation}; torch {torch.__version__}; {os.cpu_count()} CPUs")
         cold_figures, cold_met = report_cold(artifacts, cold, plan)
@@ -840,6 +919,9 @@ def main() -> None:
         if args.profile:
             figures["profile"] = profile_warm(
                 loaded[WARM_CASES[0].model], artifacts, plan.calls[WARM_CASES[0].key]
+            )
+            figures["profile"]["pipe_ms"] = profile_pipe(
+                artifacts[COLD_TARGET_MODEL], loaded[COLD_TARGET_MODEL].host, 3
             )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")

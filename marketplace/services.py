@@ -211,26 +211,41 @@ def upload_missing_ranges(session: UploadSession) -> list[tuple[int, int]]:
 def sniff_format(head: bytes, tail: bytes, size: int) -> str | None:
     """What the file is, from its first and last bytes: ``pt2``, ``torchscript``,
     ``safetensors``, ``pickle`` (a torch.save file: refused) or None (unknown)."""
-    if head[:1] == b"\x80":
-        return "pickle"
+    if _looks_like_safetensors(head, size):
+        return Format.SAFETENSORS
     if head[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(_SparseFile(head, tail, size)).namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             return None
         roots = {name.split("/", 1)[1] if "/" in name else name for name in names}
-        if "archive_format" in roots or any(n.endswith("/archive_format") for n in names):
+        if "archive_format" in roots:
             return Format.EXPORT
         if any(r.startswith("code/") for r in roots) and "constants.pkl" in roots:
             return Format.TORCHSCRIPT
         if "data.pkl" in roots:
             return "pickle"
         return None
-    if len(head) >= 10:
-        header_len = int.from_bytes(head[:8], "little")
-        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
-            return Format.SAFETENSORS
+    if head[:1] == b"\x80":  # a pickle protocol opcode: a legacy torch.save file
+        return "pickle"
     return None
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length, then that many bytes of a JSON object."""
+    if len(head) < 10:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    if not 2 <= header_len <= min(size - 8, 100 * 1024 * 1024) or head[8:9] != b"{":
+        return False
+    if len(head) >= 8 + header_len:
+        import json
+
+        try:
+            return isinstance(json.loads(head[8 : 8 + header_len]), dict)
+        except ValueError:
+            return False
+    return True
 
 
 class _SparseFile(io.RawIOBase):

@@ -18,7 +18,7 @@ from marketplace import selectors, services
 from marketplace.api import serializers as s
 from marketplace.models import Alias, ModelVersion, UploadSession
 
-READ_BLOCK = 256 * 1024
+READ_BLOCK = 1024 * 1024
 
 
 class ModelsView(GenericAPIView):

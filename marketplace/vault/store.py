@@ -150,7 +150,7 @@ def artifact_read(
     actor: Actor = SYSTEM,
     prediction_id: str | None = None,
     job_id: str | None = None,
-) -> bytes:
+) -> bytearray:
     """The whole plaintext, returned only once every chunk has authenticated (this is what
     a model loader gets). Audited with the purpose and the prediction or job it serves."""
     for attempt in (1, 2):

@@ -19,16 +19,26 @@ pytestmark = pytest.mark.django_db
 def paid_model(tenant):
     model = registry.model_create(tenant=tenant, name="paid", actor=accounts.SYSTEM)
     Listing.objects.create(
-        model=model, title="Paid", visibility="public", price_per_call=Decimal("0.002"),
-        price_per_second=Decimal("0.05"), currency="eur", free_calls_per_month=2,
+        model=model,
+        title="Paid",
+        visibility="public",
+        price_per_call=Decimal("0.002"),
+        price_per_second=Decimal("0.05"),
+        currency="eur",
+        free_calls_per_month=2,
         platform_fee_percent=Decimal("20"),
     )
     return model
 
 
 def record(source: str, consumer, model, seconds: str = "0.1") -> UsageRecord:
-    return usage_record_create(kind="prediction", source_id=source, consumer=consumer,
-                               model=model, compute_seconds=Decimal(seconds))
+    return usage_record_create(
+        kind="prediction",
+        source_id=source,
+        consumer=consumer,
+        model=model,
+        compute_seconds=Decimal(seconds),
+    )
 
 
 def test_calls_are_priced_per_call_and_per_second_after_the_free_calls(outsider, paid_model):

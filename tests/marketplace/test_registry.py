@@ -382,3 +382,15 @@ def test_outsider_sees_404_everywhere(api, outsider_api, model, model_files, met
     )
     assert response.status_code == 404
     assert UploadSession.objects.get().status == "open"
+
+
+def test_safetensors_whose_header_length_ends_in_0x80_is_not_taken_for_a_pickle():
+    import json
+
+    from marketplace.services import sniff_format
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (128 - len(header))  # header length 128: first byte 0x80
+    data = len(header).to_bytes(8, "little") + header + b"\0" * 4
+    assert data[0] == 0x80
+    assert sniff_format(data, data, len(data)) == "safetensors"
