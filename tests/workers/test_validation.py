@@ -254,3 +254,23 @@ def test_validation_is_idempotent(tenant):
     again = version_validate(version_id=version.public_id)  # a redelivered task
     assert first.status == again.status == "ready"
     assert first.validated_at == again.validated_at
+
+
+def test_a_host_that_crashes_mid_request_fails_clearly_and_is_replaced(tenant):
+    import os
+    import signal
+
+    from workers.host import HostFailure
+
+    version = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    for child in __import__("psutil").Process(host.proc.pid).children(recursive=True):
+        os.kill(child.pid, signal.SIGSEGV)  # the interpreter inside the sandbox dies
+
+    with pytest.raises(HostFailure) as failure:
+        host.request({"op": "predict"}, codec.encode({"x": torch.randn(1, 4)}), timeout=10)
+
+    assert failure.value.kind == "crash"
+    assert HOSTS.loaded("cpu").get(version_key(version)) is None  # dropped: next load is fresh
