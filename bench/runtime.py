@@ -22,6 +22,10 @@ Warm prediction
 
     python bench/runtime.py [--quick] [--json PATH] [--profile] [--no-bubblewrap]
 
+Then a table of where the added microseconds go (each part timed alone with the same functions,
+and the voluntary context switches per call on both sides); ``--profile`` adds a cProfile of
+the worker's side and what-ifs (a hand-written encoder, one write per frame, a 1 MiB pipe).
+
 Works with or without bubblewrap (without it the host is a plain child process with the same
 limits and seccomp filter; ``--no-bubblewrap`` forces that here). Hosts are killed and the
 temporary files removed at the end.
@@ -150,7 +154,6 @@ class Artifact:
     data_key: bytes
     artifact_id: str
     parameters: int
-    example: torch.Tensor
 
 
 STARTED = time.monotonic()
@@ -180,7 +183,6 @@ def export_model(spec: ModelSpec, root: Path) -> Artifact:
         data_key=os.urandom(32),
         artifact_id=f"bench-{spec.key}",
         parameters=sum(p.numel() for p in module.parameters()),
-        example=example,
     )
     with plain.open("rb") as src, artifact.encrypted.open("wb") as dst:
         encrypt_stream(
@@ -261,7 +263,8 @@ print(json.dumps({{
 
 def baseline_load(artifact: Artifact) -> dict[str, float]:
     """In-process ``torch.export.load`` in a fresh interpreter: the start (to ``import torch``
-    done, seen from here), the first load, and the same load again in that interpreter."""
+    done, seen from here), the first load, then the same load again in that interpreter, from
+    the path and from bytes in memory (the export code now imported)."""
     paths = [p for p in site.getsitepackages() if os.path.isdir(p)]
     code = BASELINE_CODE.format(paths=paths, threads=THREADS)
     env = {"OMP_NUM_THREADS": str(THREADS), "PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
@@ -562,24 +565,28 @@ def breakdown(
 
     host = summarize(result.host).median_us
     local = summarize(result.local).median_us
+    host_forward = statistics.median(result.compute_ms) * 1000
     rows = {
-        "worker: codec.encode(input)": median_us(lambda: codec.encode({name: x}), n),
-        "worker: codec.decode(output)": median_us(lambda: codec.decode(reply_body), n),
-        "host: decode input + validate_inputs + encode output": median_us(host_side, n),
-        "empty round trip (ping): pipes, select, wake-ups, JSON, host loop": summarize(
-            ping.host
-        ).median_us,
-        "forward in the host (its own clock) minus in-process call": statistics.median(
-            result.compute_ms
-        )
-        * 1000
-        - local,
+        "worker_encode": median_us(lambda: codec.encode({name: x}), n),
+        "worker_decode": median_us(lambda: codec.decode(reply_body), n),
+        "host_codec_and_checks": median_us(host_side, n),
+        "empty_round_trip": summarize(ping.host).median_us,
+        "host_forward_minus_in_process": host_forward - local,
     }
-    rows["rest (payload through the pipes, dispatch, unexplained)"] = (
-        host - local - sum(rows.values())
-    )
-    rows["of the ping: framing, JSON both ways (in-process)"] = median_us(framing, n)
+    rows["rest"] = host - local - sum(rows.values())
+    rows["framing_within_round_trip"] = median_us(framing, n)
     return rows
+
+
+BREAKDOWN_LABELS = {
+    "worker_encode": "worker: codec.encode(input)",
+    "worker_decode": "worker: codec.decode(output)",
+    "host_codec_and_checks": "host: decode input + validate_inputs + encode output",
+    "empty_round_trip": "empty round trip (ping): pipes, select, wake-ups, JSON, host loop",
+    "host_forward_minus_in_process": "forward in the host (its own clock) minus in-process call",
+    "rest": "rest: payload through the pipes, extra wake-ups, unexplained",
+    "framing_within_round_trip": "(within the ping: pack + json.loads both ways, timed alone)",
+}
 
 
 # --- profile ------------------------------------------------------------------------------
@@ -629,12 +636,12 @@ def profile_warm(loaded: Loaded, artifacts: dict[str, Artifact], n: int) -> dict
     if not torch.equal(codec.decode(fast_encode(tensors))[loaded.input_name], x):
         raise SystemExit("the hand-written encoder does not round-trip")
     encoders = {
-        "codec.encode (safetensors.torch.save)": median_us(lambda: codec.encode(tensors), n),
-        "hand-written safetensors encoder, same bytes": median_us(lambda: fast_encode(tensors), n),
+        "safetensors_save": median_us(lambda: codec.encode(tensors), n),
+        "hand_written": median_us(lambda: fast_encode(tensors), n),
     }
     print(f"\nencoding one {case.key} input, median µs")
-    for label, value in encoders.items():
-        print(f"{value:>9.1f}  {label}")
+    print(f"{encoders['safetensors_save']:>9.1f}  codec.encode (safetensors.torch.save)")
+    print(f"{encoders['hand_written']:>9.1f}  hand-written safetensors encoder, same bytes")
 
     # What-if: the worker writes each request frame with one write() instead of two (prefix
     # and header, then the payload), so the host wakes once to a whole frame. The host's
@@ -650,7 +657,7 @@ def profile_warm(loaded: Loaded, artifacts: dict[str, Artifact], n: int) -> dict
     def two_writes() -> None:
         host.request({"op": "predict"}, payload, timeout=PREDICT_TIMEOUT)
 
-    writes: dict[str, WarmResult] = {"two writes (now)": WarmResult(), "one write": WarmResult()}
+    writes: dict[str, WarmResult] = {"two_writes": WarmResult(), "one_write": WarmResult()}
     variants = list(zip(writes, (two_writes, one_write), strict=True))
     for round_no in range(6):
         for label, call in variants if round_no % 2 == 0 else variants[::-1]:
@@ -662,7 +669,7 @@ def profile_warm(loaded: Loaded, artifacts: dict[str, Artifact], n: int) -> dict
         summary, sleeps = summarize(result.host), result.switches_per_call()
         print(
             f"{summary.median_us:>10,.0f}{summary.p90_us:>10,.0f}{sleeps['worker']:>15.2f}"
-            f"{sleeps['host']:>13.2f}  {label}"
+            f"{sleeps['host']:>13.2f}  {label.replace('_', ' ')}"
         )
         frames[label] = {**asdict(summary), "voluntary_switches_per_call": sleeps}
     return {"worker_side": table, "encoders_us": encoders, "request_frame": frames}
@@ -680,23 +687,24 @@ def profile_pipe(artifact: Artifact, host: ModelHost, repeats: int) -> dict[str,
         host.request({"op": "ping"}, data, timeout=LOAD_TIMEOUT)
         return time.perf_counter() - started
 
-    figures = {f"pipe of {fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) // 1024} KiB": [send()]}
+    default = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     try:
-        size = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        grown = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
     except OSError as exc:
         print(f"\ncould not grow the pipe: {exc}")
         return {}
-    figures[f"pipe of {size // 1024} KiB"] = [send()]
-    labels = list(figures)
-    for _ in range(repeats - 1):
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 64 * 1024)
-        figures[labels[0]].append(send())
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-        figures[labels[1]].append(send())
-    medians = {label: statistics.median(values) * 1000 for label, values in figures.items()}
+    samples: dict[int, list[float]] = {default: [], grown: []}
+    for round_no in range(repeats):
+        for size in (default, grown) if round_no % 2 == 0 else (grown, default):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)  # the pipe is empty between requests
+            samples[size].append(send())
+    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, default)
+    medians = {
+        f"pipe_{size // 1024}_kib": statistics.median(v) * 1000 for size, v in samples.items()
+    }
     print(f"\n{artifact.spec.key} bytes ({len(data) / 1e6:,.0f} MB) to a host, median ms")
     for label, value in medians.items():
-        print(f"{value:>9,.0f}  {label}")
+        print(f"{value:>9,.0f}  {label.replace('_', ' ').replace('kib', 'KiB')}")
     return medians
 
 
@@ -757,7 +765,7 @@ def report_cold(
             "parameters": artifact.parameters,
             "pt2_bytes": size,
             "encrypted_bytes": artifact.encrypted.stat().st_size,
-            "ms": {name: asdict(value) for name, value in s.items()},
+            "ms": {name.removesuffix("_s"): asdict(value) for name, value in s.items()},
             "ratio_to_in_process_load": {
                 "fresh_host": ratios["fresh_host_s"],
                 "prestarted_host": ratios["prestarted_s"],
@@ -814,6 +822,14 @@ def report_warm(
             "breakdown_us": breakdowns[case.key],
             "voluntary_switches_per_call": result.switches_per_call(),
         }
+    print(
+        "added per round (median host - median in-process): "
+        + "; ".join(
+            f"{case.key} {min(rounds):,.0f} to {max(rounds):,.0f} µs"
+            for case in WARM_CASES
+            for rounds in [results[case.key].overhead_per_round_us]
+        )
+    )
     ping = summarize(results[PING].host)
     print(f"{'ping (empty request)':<22}{'':>20}{ping.median_us:>10,.0f}{ping.p90_us:>10,.0f}")
     figures[PING] = {
@@ -832,10 +848,9 @@ def report_warm(
     print(
         "\nWhere the added µs go (medians; the parts are timed alone, so they add up only roughly)"
     )
-    labels = list(next(iter(breakdowns.values())))
     print(f"{'':<68}" + "".join(f"{case.key:>15}" for case in WARM_CASES))
-    for label in labels:
-        print(f"{label:<68}" + "".join(f"{breakdowns[c.key][label]:>15,.1f}" for c in WARM_CASES))
+    for key, label in BREAKDOWN_LABELS.items():
+        print(f"{label:<68}" + "".join(f"{breakdowns[c.key][key]:>15,.1f}" for c in WARM_CASES))
     print(
         "\nVoluntary context switches per call (sleeps, each a wake-up to wait for; 1 each is "
         "the least\nfor a request and its reply)"
@@ -867,6 +882,14 @@ def main() -> None:
         force_fallback_sandbox()
     isolation = "bubblewrap" if sandbox.bubblewrap() else "no bubblewrap: limits + seccomp only"
     torch.set_num_threads(THREADS)
+    load_before = os.getloadavg()
+    if load_before[0] > (os.cpu_count() or 1) / 2:
+        print(
+            f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs; other "
+            "processes compete for them, which inflates every wake-up (the warm overhead) "
+            "and makes all figures noisy",
+            file=sys.stderr,
+        )
 
     root = Path(tempfile.mkdtemp(prefix="mm-bench-runtime-"))
     hosts = Hosts()
@@ -887,7 +910,10 @@ def main() -> None:
         }
         progress("timed the parts")
 
-        print(f"\nModel hosts: {isolation}; torch {torch.__version__}; {os.cpu_count()} CPUs")
+        print(
+            f"\nModel hosts: {isolation}; torch {torch.__version__}; {os.cpu_count()} CPUs; "
+            f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
+        )
         cold_figures, cold_met = report_cold(artifacts, cold, plan)
         warm_figures, warm_met = report_warm(warm, breakdowns, plan)
         print(
@@ -913,7 +939,8 @@ def main() -> None:
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),
                 "threads": THREADS,
-                "load_average": os.getloadavg(),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
             },
         }
         if args.profile:
@@ -921,7 +948,9 @@ def main() -> None:
                 loaded[WARM_CASES[0].model], artifacts, plan.calls[WARM_CASES[0].key]
             )
             figures["profile"]["pipe_ms"] = profile_pipe(
-                artifacts[COLD_TARGET_MODEL], loaded[COLD_TARGET_MODEL].host, 3
+                artifacts[COLD_TARGET_MODEL],
+                loaded[COLD_TARGET_MODEL].host,
+                max(3, plan.cold_rounds),
             )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")

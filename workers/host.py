@@ -6,6 +6,8 @@ its memory limit.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -22,6 +24,8 @@ from workers import sandbox
 
 logger = logging.getLogger(__name__)
 _warned_unsandboxed = False
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the module only from Python 3.10 on Linux
+PIPE_SIZE = 1 << 20
 
 
 class HostFailure(Exception):
@@ -89,6 +93,10 @@ class ModelHost:
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            # Room for a whole batch in the pipe: fewer wake-ups, faster model loads.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         header, _ = self._read_frame(time.monotonic() + timeout)
         if not header.get("ready"):

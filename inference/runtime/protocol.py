@@ -18,15 +18,21 @@ class ProtocolError(RuntimeError):
     pass
 
 
+SMALL_FRAME = 1 << 20
+
+
 def pack(header: dict[str, Any], payload: bytes = b"") -> list[bytes]:
+    """The frame's bytes; small frames come as one piece so the peer wakes once per message."""
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    return [PREFIX.pack(len(encoded), len(payload)) + encoded, payload]
+    prefix = PREFIX.pack(len(encoded), len(payload)) + encoded
+    if len(payload) <= SMALL_FRAME:
+        return [prefix + bytes(payload)]
+    return [prefix, payload]
 
 
 def write_frame(out: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
     for part in pack(header, payload):
-        if part:
-            out.write(part)
+        out.write(part)
     out.flush()
 
 

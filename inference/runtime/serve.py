@@ -146,6 +146,11 @@ def main() -> None:
     requests = os.fdopen(0, "rb", buffering=0)
     import torch
 
+    # torch.export's loader imports ~1,300 modules on first use: pay that while the host waits
+    # in the pre-started pool, not when a model's first request is waiting.
+    import torch.export._trace  # noqa: F401
+    import torch.export.pt2_archive._package  # noqa: F401
+
     torch.set_num_threads(int(os.environ.get("MM_HOST_THREADS", "1")))
     host = Host()
     write_frame(reply, {"ok": True, "ready": True, "pid": os.getpid()})

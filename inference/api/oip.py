@@ -1,0 +1,618 @@
+"""The Open Inference Protocol (KServe v2, as Triton's HTTP server speaks it) under ``/v2``.
+
+An infer call is a prediction like any other (source ``oip``): the same keys, scopes, model
+access, rate limits and backpressure; recorded, batched by the worker, billed, and waited for
+by push. What differs is the wire format: JSON tensors as flat row-major lists, Triton's
+binary tensor extension (``Inference-Header-Content-Length``), and errors shaped
+``{"error": "..."}`` as the protocol and its clients expect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api.errors import exception_handler
+from accounts.exceptions import (
+    Conflict,
+    Forbidden,
+    Gone,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from accounts.models import Scope
+from inference import realtime, services, tensors
+from inference.models import Prediction
+from inference.runtime.spec import DATATYPES, InputError, Signature
+from marketplace import selectors
+from marketplace.api.registry import deprecation_headers
+from marketplace.models import Model, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+# --- The protocol's plumbing: raw bodies, JSON only, {"error": ...} -------------------------
+
+
+class RawBody(BaseParser):
+    """Leaves the body unread: the infer view reads it once, bounded, as bytes (JSON and
+    binary tensors share it)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return {}
+
+
+class JsonAlways(BaseContentNegotiation):
+    """Protocol clients send whatever ``Accept`` they like; the answer is always JSON (or the
+    binary extension, which the view builds itself)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def oip_exception_handler(exc, context):
+    """The API's errors, reshaped to ``{"error": "<message>"}`` (status and headers kept)."""
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict):
+        data = dict(response.data)
+        extra = {k: v for k, v in data.items() if k not in ("detail", "code", "errors")}
+        response.data = {"error": str(data.get("detail", "")), **extra}
+    return response
+
+
+class OipView(APIView):
+    parser_classes = [RawBody]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonAlways
+
+    def get_exception_handler(self):
+        return oip_exception_handler
+
+
+class PublicOipView(OipView):
+    """Health and server metadata: no key needed (and a key sent along is ignored)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+@csrf_exempt
+def not_found(request, rest: str = ""):
+    """Anything else under /v2 (repository, config, shared memory, ...): a protocol 404."""
+    return JsonResponse(
+        {"error": f"{request.method} {request.path} is not supported by this server."},
+        status=404,
+    )
+
+
+# --- Schema ---------------------------------------------------------------------------------
+
+
+class OipErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+
+
+class OipServerMetadataSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    extensions = serializers.ListField(child=serializers.CharField())
+
+
+class OipHealthSerializer(serializers.Serializer):
+    live = serializers.BooleanField(required=False)
+    ready = serializers.BooleanField(required=False)
+
+
+class OipTensorMetadataSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    datatype = serializers.ChoiceField(choices=DATATYPES)
+    shape = serializers.ListField(child=serializers.IntegerField(), help_text="-1: dynamic")
+
+
+class OipModelMetadataSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="owner/name")
+    versions = serializers.ListField(child=serializers.CharField())
+    platform = serializers.CharField()
+    inputs = OipTensorMetadataSerializer(many=True)
+    outputs = OipTensorMetadataSerializer(many=True)
+
+
+class OipModelReadySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    ready = serializers.BooleanField()
+
+
+class OipInferInputSerializer(OipTensorMetadataSerializer):
+    data = serializers.ListField(
+        child=serializers.JSONField(), required=False, help_text="Row-major, flattened"
+    )
+    parameters = serializers.DictField(
+        required=False, help_text='{"binary_data_size": n} for binary tensor data'
+    )
+
+
+class OipRequestedOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    parameters = serializers.DictField(required=False, help_text='{"binary_data": true}')
+
+
+class OipInferSerializer(serializers.Serializer):
+    id = serializers.CharField(required=False)
+    inputs = OipInferInputSerializer(many=True)
+    outputs = OipRequestedOutputSerializer(many=True, required=False)
+    parameters = serializers.DictField(required=False, help_text='{"binary_data_output": true}')
+
+
+class OipInferOutputSerializer(OipTensorMetadataSerializer):
+    data = serializers.ListField(child=serializers.JSONField(), required=False)
+    parameters = serializers.DictField(required=False)
+
+
+class OipInferResponseSerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    model_version = serializers.CharField()
+    id = serializers.CharField()
+    parameters = serializers.DictField(help_text='{"prediction_id": "pred_…"}')
+    outputs = OipInferOutputSerializer(many=True)
+
+
+ERRORS = {
+    code: OpenApiResponse(OipErrorSerializer, description=text)
+    for code, text in {
+        400: "Invalid request or input (names the input, its shape and datatype)",
+        401: "No or invalid API key",
+        403: "The key lacks the scope, or the model is not subscribed to",
+        404: "No such model or version (or it is private)",
+        409: "The version is not ready",
+        410: "The version was withdrawn",
+    }.items()
+}
+VERSION_PATH = OpenApiParameter(
+    "version", str, OpenApiParameter.PATH, description="number or alias"
+)
+
+
+# --- Health and server metadata -------------------------------------------------------------
+
+
+class LiveView(PublicOipView):
+    @extend_schema(operation_id="oip_health_live", responses={200: OipHealthSerializer})
+    def get(self, request):
+        return Response({"live": True})
+
+
+class ReadyView(PublicOipView):
+    @extend_schema(
+        operation_id="oip_health_ready",
+        responses={
+            200: OipHealthSerializer,
+            503: OpenApiResponse(OipErrorSerializer, description="The database or Redis is down"),
+        },
+    )
+    def get(self, request):
+        """Ready when the database and Redis (queue, limits, result push) answer."""
+        for what, probe in (("database", _probe_database), ("queue", realtime.client().ping)):
+            try:
+                probe()
+            except Exception:
+                logger.warning("OIP readiness: the %s is unavailable", what, exc_info=True)
+                return Response({"error": f"The {what} is unavailable."}, status=503)
+        return Response({"ready": True})
+
+
+def _probe_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+class ServerMetadataView(PublicOipView):
+    @extend_schema(operation_id="oip_server_metadata", responses={200: OipServerMetadataSerializer})
+    def get(self, request):
+        try:
+            version = package_version("modelmarket")
+        except PackageNotFoundError:
+            version = "unknown"
+        return Response({"name": "modelmarket", "version": version, "extensions": EXTENSIONS})
+
+
+# --- Model metadata and readiness -----------------------------------------------------------
+
+
+def _version_numbers(model: Model) -> list[str]:
+    numbers = model.versions.filter(status__in=services.RUNNABLE).order_by("number")
+    return [str(n) for n in numbers.values_list("number", flat=True)]
+
+
+class ModelMetadataView(OipView):
+    required_scope = Scope.MODELS_READ
+
+    @extend_schema(
+        operation_id="oip_model_metadata", responses={200: OipModelMetadataSerializer, **ERRORS}
+    )
+    def get(self, request, owner: str, name: str, version: str | None = None):
+        """The model's tensors as its version's signature gives them (default: the
+        ``production`` alias, else the newest ready version)."""
+        model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="view")
+        resolved = (
+            selectors.version_resolve(model, version)
+            if version
+            else services.version_for(model, None)
+        )
+        signature = resolved.signature or {"inputs": [], "outputs": []}
+        return Response(
+            {
+                "name": model.ref,
+                "versions": _version_numbers(model),
+                "platform": "pytorch",
+                "inputs": signature["inputs"],
+                "outputs": signature["outputs"],
+            }
+        )
+
+
+class ModelVersionMetadataView(ModelMetadataView):
+    @extend_schema(
+        operation_id="oip_model_version_metadata",
+        parameters=[VERSION_PATH],
+        responses={200: OipModelMetadataSerializer, **ERRORS},
+    )
+    def get(self, request, owner: str, name: str, version: str):
+        return super().get(request, owner, name, version)
+
+
+class ModelReadyView(OipView):
+    # Either scope will do: a serving client holding only an ``inference`` key checks
+    # readiness before it infers, and readiness tells it nothing that infer would not.
+    required_scope = None
+
+    @extend_schema(
+        operation_id="oip_model_ready", responses={200: OipModelReadySerializer, **ERRORS}
+    )
+    def get(self, request, owner: str, name: str, version: str | None = None):
+        """200 when the version can run; 400 when it exists but cannot (validating, failed,
+        withdrawn); 404 when the model or version does not exist."""
+        access = request.auth
+        if access.has_scope(Scope.MODELS_READ):
+            perm = "view"
+        elif access.has_scope(Scope.INFERENCE):
+            perm = "run"
+        else:
+            raise Forbidden("This needs the 'models:read' or 'inference' scope, which you lack.")
+        model = selectors.model_for_access(access, owner=owner, name=name, perm=perm)
+        try:
+            services.version_for(model, version)
+        except (Conflict, Gone) as exc:
+            raise ServiceError(exc.message) from None
+        return Response({"name": model.ref, "ready": True})
+
+
+class ModelVersionReadyView(ModelReadyView):
+    @extend_schema(
+        operation_id="oip_model_version_ready",
+        parameters=[VERSION_PATH],
+        responses={200: OipModelReadySerializer, **ERRORS},
+    )
+    def get(self, request, owner: str, name: str, version: str):
+        return super().get(request, owner, name, version)
+
+
+# --- Infer ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str
+    arrays: dict[str, np.ndarray]
+    # (name, binary) per requested output, in order; None: every output, as binary_default.
+    outputs: list[tuple[str, bool]] | None
+    binary_default: bool
+
+
+def read_body(request) -> bytes:
+    """The raw body, at most ``MAX_INPUT_BYTES`` (also after gzip or deflate, which
+    tritonclient may apply)."""
+    limit = settings.MAX_INPUT_BYTES
+    too_large = PayloadTooLarge(f"The request is larger than {limit} bytes; send smaller batches.")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        raise too_large
+    stream = request.stream
+    raw = stream.read(limit + 1) if stream is not None else b""
+    if len(raw) > limit:
+        raise too_large
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            raw = inflate.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise ServiceError(f"The body is not valid {encoding} data: {exc}.") from None
+        if len(raw) > limit or inflate.unconsumed_tail:
+            raise too_large
+    elif encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; use gzip.")
+    return raw
+
+
+def _object(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ServiceError(f"{what} must be a JSON object.")
+    return value
+
+
+def _tensor(item, binary: memoryview, offset: int, has_binary: bool) -> tuple[np.ndarray, int]:
+    """One input tensor, from its JSON ``data`` or its slice of the binary section; returns it
+    and the offset of the next slice."""
+    name = item["name"]
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ServiceError(
+            f"Input '{name}': shape must be a list of non-negative integers; received {shape!r}."
+        )
+    datatype = item.get("datatype")
+    dtype = tensors.NUMPY.get(datatype)
+    if dtype is None:
+        raise ServiceError(
+            f"Input '{name}': datatype {datatype!r} is not supported; use one of "
+            f"{', '.join(tensors.NUMPY)}."
+        )
+    parameters = _object(item.get("parameters"), f"The parameters of input '{name}'")
+    if "shared_memory_region" in parameters:
+        raise ServiceError(f"Input '{name}': shared memory is not supported; send the data.")
+    count = math.prod(shape)
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        expected = count * dtype.itemsize
+        if not has_binary:
+            raise ServiceError(
+                f"Input '{name}' has binary_data_size but the request has no {HEADER_LENGTH} "
+                "header."
+            )
+        if type(size) is not int or size != expected:
+            raise ServiceError(
+                f"Input '{name}': {datatype}{shape} takes {expected} bytes; binary_data_size "
+                f"is {size!r}."
+            )
+        if offset + size > len(binary):
+            raise ServiceError(f"Input '{name}': the body ends before its {size} bytes of data.")
+        little = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        return little.astype(dtype).reshape(shape), offset + size
+    if "data" not in item:
+        raise ServiceError(f"Input '{name}' has neither data nor binary_data_size.")
+    try:
+        array = np.asarray(item["data"], dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ServiceError(
+            f"Input '{name}' is not {datatype} data: {str(exc).rstrip('.')}."
+        ) from None
+    if array.size != count:
+        raise ServiceError(
+            f"Input '{name}': shape {shape} holds {count} values; received {array.size}."
+        )
+    return array.reshape(shape), offset
+
+
+def parse_infer_request(raw: bytes, header_length: str | None) -> InferRequest:
+    """A v2 infer request: all JSON, or (binary extension) ``header_length`` bytes of JSON
+    followed by the raw little-endian data of the inputs that give ``binary_data_size``, in
+    order."""
+    body = memoryview(raw)
+    binary = memoryview(b"")
+    if header_length is not None:
+        length = int(header_length) if header_length.strip().isdigit() else -1
+        if not 0 <= length <= len(raw):
+            raise ServiceError(
+                f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(raw)} bytes."
+            )
+        body, binary = body[:length], body[length:]
+    try:
+        request = json.loads(bytes(body))
+    except ValueError as exc:
+        raise ServiceError(f"The inference request is not valid JSON: {exc}.") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise ServiceError(
+            'The request needs "inputs": a list of {"name", "shape", "datatype", "data"}.'
+        )
+    request_id = request.get("id", "")
+    if not isinstance(request_id, str):
+        raise ServiceError('"id" must be a string.')
+
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in request["inputs"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ServiceError('Each input needs a "name", "shape", "datatype" and "data".')
+        if item["name"] in arrays:
+            raise ServiceError(f"Input '{item['name']}' is given twice.")
+        arrays[item["name"]], offset = _tensor(item, binary, offset, header_length is not None)
+    if offset != len(binary):
+        raise ServiceError(
+            f"The body has {len(binary) - offset} bytes of binary data that no input claims."
+        )
+
+    parameters = _object(request.get("parameters"), '"parameters"')
+    binary_default = parameters.get("binary_data_output") is True
+    outputs = None
+    if request.get("outputs"):
+        if not isinstance(request["outputs"], list):
+            raise ServiceError('"outputs" must be a list of {"name", "parameters"}.')
+        outputs = []
+        for item in request["outputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ServiceError('Each requested output needs a "name".')
+            options = _object(item.get("parameters"), f"The parameters of output '{item['name']}'")
+            if options.get("classification") or "shared_memory_region" in options:
+                raise ServiceError(
+                    f"Output '{item['name']}': classification and shared memory are not supported."
+                )
+            outputs.append((item["name"], options.get("binary_data", binary_default) is True))
+    return InferRequest(request_id, arrays, outputs, binary_default)
+
+
+def infer_response(
+    *,
+    model: Model,
+    version: ModelVersion,
+    prediction: Prediction,
+    request: InferRequest,
+    signature: Signature,
+) -> HttpResponse:
+    arrays = tensors.decode(prediction.output_data)
+    names = [s.name for s in signature.outputs if s.name in arrays]
+    names += [name for name in arrays if name not in names]
+    selected = request.outputs or [(name, request.binary_default) for name in names]
+    outputs, chunks = [], []
+    for name, binary in selected:
+        array = arrays[name]
+        tensor = {"name": name, "datatype": tensors.DATATYPE[array.dtype], "shape": [*array.shape]}
+        if binary:
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        outputs.append(tensor)
+    header = json.dumps(
+        {
+            "model_name": model.ref,
+            "model_version": str(version.number),
+            "id": request.id or prediction.public_id,
+            "parameters": {"prediction_id": prediction.public_id},
+            "outputs": outputs,
+        }
+    ).encode()
+    if not chunks:
+        return HttpResponse(header, content_type="application/json")
+    response = HttpResponse(b"".join([header, *chunks]), content_type="application/octet-stream")
+    response[HEADER_LENGTH] = str(len(header))
+    return response
+
+
+INFER_SCHEMA = {
+    "request": {
+        "application/json": OipInferSerializer,
+        "application/octet-stream": OpenApiTypes.BINARY,
+    },
+    "responses": {
+        (200, "application/json"): OipInferResponseSerializer,
+        (200, "application/octet-stream"): OpenApiResponse(
+            OpenApiTypes.BINARY,
+            description=f"With binary outputs: JSON (its length in the {HEADER_LENGTH} "
+            "response header), then the outputs' raw little-endian data.",
+        ),
+        **ERRORS,
+        413: OpenApiResponse(OipErrorSerializer, description="Request too large"),
+        429: OpenApiResponse(OipErrorSerializer, description="Rate limited"),
+        503: OpenApiResponse(OipErrorSerializer, description="The queue is full"),
+        504: OpenApiResponse(OipErrorSerializer, description="Not finished in time"),
+    },
+}
+HEADER_LENGTH_PARAMETER = OpenApiParameter(
+    HEADER_LENGTH,
+    int,
+    OpenApiParameter.HEADER,
+    description="Binary tensor extension: the length of the JSON that starts the body; the "
+    "raw little-endian data of inputs with binary_data_size follows it.",
+)
+
+
+class InferView(OipView):
+    required_scope = Scope.INFERENCE
+
+    @extend_schema(operation_id="oip_infer", parameters=[HEADER_LENGTH_PARAMETER], **INFER_SCHEMA)
+    def post(self, request, owner: str, name: str, version: str | None = None):
+        """Run the model and answer with its outputs (synchronous: the call waits for the
+        prediction, which is billed like any other)."""
+        access = request.auth
+        model, resolved = services.resolve_runnable(
+            access, model_ref=f"{owner}/{name}", version_ref=version
+        )
+        infer = parse_infer_request(read_body(request), request.headers.get(HEADER_LENGTH))
+        signature = Signature.from_json(resolved.signature)
+        known = {s.name for s in signature.outputs}
+        for output, _binary in infer.outputs or []:
+            if output not in known:
+                raise ServiceError(
+                    f"Unknown output '{output}'; the model gives "
+                    + ", ".join(f"'{s.name}' {s.describe()}" for s in signature.outputs)
+                    + "."
+                )
+        try:
+            tensors.check(signature, infer.arrays)
+        except InputError as exc:
+            raise ServiceError(str(exc)) from None
+        headers = services.admit(access)
+        prediction, _created = services.prediction_create(
+            access=access,
+            model=model,
+            version=resolved,
+            arrays=infer.arrays,
+            source=Prediction.Source.OIP,
+        )
+        prediction = services.prediction_wait(prediction, settings.OIP_TIMEOUT)
+        timed_out = not prediction.is_terminal
+        if timed_out:
+            # Nobody will read the result of a call that gave up, so it is cancelled and not
+            # billed (unless it finished in the meantime, and then it is answered).
+            prediction = services.prediction_cancel(prediction)
+        if prediction.status == Prediction.Status.SUCCEEDED:
+            response = infer_response(
+                model=model,
+                version=resolved,
+                prediction=prediction,
+                request=infer,
+                signature=signature,
+            )
+            for header, value in headers.items():
+                response[header] = value
+            return deprecation_headers(response, resolved)
+        if timed_out:
+            message = f"The model did not answer within {settings.OIP_TIMEOUT:g} s."
+            return Response({"error": message}, status=504, headers=headers)
+        if prediction.status == Prediction.Status.CANCELED:
+            return Response({"error": "The prediction was cancelled."}, status=400, headers=headers)
+        return Response({"error": prediction.error}, status=400, headers=headers)
+
+
+class VersionInferView(InferView):
+    @extend_schema(
+        operation_id="oip_model_version_infer",
+        parameters=[VERSION_PATH, HEADER_LENGTH_PARAMETER],
+        **INFER_SCHEMA,
+    )
+    def post(self, request, owner: str, name: str, version: str):
+        return super().post(request, owner, name, version)
