@@ -34,9 +34,8 @@ def usage_record_create(
     A publisher running its own model pays nothing; the listing's free calls per month are
     free for each consumer.
     """
-    existing = UsageRecord.objects.filter(source_id=source_id).first()
-    if existing is not None:
-        return existing
+    # No read-before-write: the unique source_id makes a second call fall through to the
+    # IntegrityError branch below and return the first record.
     listing = Listing.objects.filter(model=model).first()
     now = timezone.now()
     period = now.date().replace(day=1)

@@ -136,7 +136,19 @@ def prediction_wait(prediction: Prediction, timeout: float) -> Prediction:
         return status in Prediction.TERMINAL
 
     realtime.wait_done(prediction.public_id, timeout, done)
-    prediction.refresh_from_db()
+    # Only the fields the worker writes: the cached model and version stay loaded.
+    prediction.refresh_from_db(
+        fields=[
+            "status",
+            "output_data",
+            "error",
+            "error_kind",
+            "compute_ms",
+            "batched_with",
+            "started_at",
+            "completed_at",
+        ]
+    )
     return prediction
 
 

@@ -22,6 +22,7 @@ def ping(echo: str = "") -> dict:
 
 @shared_task(
     name="workers.validate_version",
+    ignore_result=True,
     queue="cpu",
     acks_late=True,
     soft_time_limit=600,
@@ -36,7 +37,12 @@ def validate_version(version_id: str) -> str | None:
 
 
 @shared_task(
-    name="workers.run_prediction", queue="cpu", acks_late=True, soft_time_limit=300, time_limit=330
+    name="workers.run_prediction",
+    ignore_result=True,
+    queue="cpu",
+    acks_late=True,
+    soft_time_limit=300,
+    time_limit=330,
 )
 def run_prediction(prediction_id: str) -> str | None:
     """Run one prediction (batched with concurrent ones for the same version)."""
