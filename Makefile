@@ -17,6 +17,7 @@ install: $(STAMP)
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo_model
 	$(PY) -m config.devserver
 
 ## The whole suite; it starts the Redis, Celery worker and browser it needs itself.

@@ -15,10 +15,12 @@ urlpatterns = [
     path("", account_views.landing, name="landing"),
     path("", include(auth_urlpatterns)),
     path("dashboard/models/", include("marketplace.dashboard_urls")),
+    path("dashboard/", include("inference.urls")),
     path("dashboard/", include("accounts.urls")),
     path("catalogue/", include("marketplace.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("v2", include("inference.api.oip_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

@@ -1,0 +1,110 @@
+"""The demo as a newcomer meets it, in headless Chromium against the live server and a real
+Celery worker: bob of globex opens the playground of acme-ai/strokes (seeded as ``make run``
+seeds it), runs the prefilled example, fills the input from a picture, meets an error, and
+finds his predictions in the list."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import call_command
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from accounts.management.commands.seed_demo import DEMO_PASSWORD
+from inference.models import Prediction
+from tests.accounts.test_browser import CHROMIUM_ARGS
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+# A dark vertical bar on a light background, as someone would draw it.
+VERTICAL_BAR_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280">
+<rect width="280" height="280" fill="#fafafa"/><rect x="122" y="40" width="36" height="200"
+fill="#111"/></svg>"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def demo(celery_worker_process):
+    import io
+
+    call_command("seed_demo", stdout=io.StringIO())
+    call_command("seed_demo_model", stdout=io.StringIO())
+
+
+@pytest.fixture
+def page(browser: Browser, live_server, demo) -> Iterator[Page]:
+    """Bob, owner of globex, signed in."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill("bob@globex.example")
+    page.get_by_label("Password").fill(DEMO_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Globex (consumer)")).to_be_visible()
+    yield page
+    context.close()
+
+
+def top_class(page: Page):
+    return page.locator("[data-role=classes] tbody tr").first
+
+
+def test_consumer_runs_the_demo_model_in_the_playground(page, tmp_path):
+    page.get_by_role("navigation").get_by_role("link", name="Playground").click()
+    page.get_by_role("link", name="acme-ai/strokes").click()
+    expect(page.get_by_role("heading", name="strokes acme-ai/strokes", exact=True)).to_be_visible()
+    expect(page.get_by_label("Version")).to_have_value("production")
+    example = page.get_by_label("JSON (nested list, first dimension the batch)")
+    expect(example).to_have_value(re.compile(r"^\[\[\[\[0, 0, 0"))
+
+    page.get_by_role("button", name="Run").click()
+
+    result = page.locator("#result")
+    expect(result.locator("[data-fact=status]")).to_have_text("succeeded")
+    expect(top_class(page)).to_contain_text("class 1")  # horizontal
+    expect(top_class(page)).to_contain_text(re.compile(r"\d+\.\d%"))
+    expect(result.locator("[data-fact=latency]")).to_have_text(re.compile(r"^\d+ ms$"))
+    expect(result.locator("[data-fact=compute]")).to_have_text(re.compile(r"^\d+\.\d\d ms"))
+    expect(result.locator("[data-fact=cost]")).to_have_text("0 USD")
+    expect(result.locator("[data-role=output]")).to_contain_text("output: [[")
+    expect(page.locator("#predictions tr[id^=prediction-]")).to_have_count(1)
+    page.screenshot(path=tmp_path / "playground.png", full_page=True)
+
+    picture = tmp_path / "vertical.svg"
+    picture.write_text(VERTICAL_BAR_SVG)
+    page.get_by_label("Invert (for dark strokes on a light background)").check()
+    page.get_by_label("Image for x").set_input_files(picture)
+    expect(page.get_by_role("status")).to_contain_text("vertical.svg turned into 1×28×28")
+    page.get_by_role("button", name="Run").click()
+    expect(top_class(page)).to_contain_text("class 2")  # vertical
+    expect(page.locator("#predictions tr[id^=prediction-]")).to_have_count(2)
+    page.screenshot(path=tmp_path / "playground-picture.png", full_page=True)
+
+    example.fill("[[1, 2, 3]]")
+    page.get_by_role("button", name="Run").click()
+    error = page.locator("#result [data-role=error]")
+    expect(error).to_contain_text("Input 'x' should have shape [-1, 1, 28, 28]")
+    expect(result.locator("[data-role=facts]")).to_be_hidden()
+
+    page.get_by_role("navigation").get_by_role("link", name="Predictions").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/predictions/$"))
+    expect(page.get_by_role("heading", name="Predictions globex", exact=True)).to_be_visible()
+    rows = page.locator("#predictions tbody tr[id^=prediction-]")
+    expect(rows).to_have_count(2)
+    expect(rows.first.locator(".status")).to_have_text("succeeded")
+    expect(rows.first).to_contain_text("0 USD")
+    expect(rows.first).to_contain_text("bob@globex.example")
+    assert Prediction.objects.filter(tenant__slug="globex", status="succeeded").count() == 2
+    page.screenshot(path=tmp_path / "predictions.png", full_page=True)
