@@ -55,6 +55,20 @@ class ModelHost:
     loaded_bytes: int = 0
     requests: int = 0
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    _busy: threading.Lock = field(default_factory=threading.Lock)
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Health check for a host that is not busy; a host that fails it is killed. A busy
+        host is skipped (its request has its own deadline)."""
+        if not self._busy.acquire(blocking=False):
+            return True
+        self._busy.release()
+        try:
+            self.request({"op": "ping"}, timeout=timeout)
+        except (HostFailure, ModelFailure):
+            self.kill()
+            return False
+        return True
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -148,12 +162,13 @@ class ModelHost:
         """Send one request and wait for its reply. Raises ``ModelFailure`` when the host
         reports an error, ``HostFailure`` (after killing the host) when it dies, hangs past
         ``timeout`` or outgrows ``rss_limit``."""
-        if not self.alive:
-            raise HostFailure("crash", "the model host is not running")
-        deadline = time.monotonic() + timeout
-        self.requests += 1
-        self._write(pack(header, payload), deadline)
-        reply, body = self._read_frame(deadline)
+        with self._busy:  # one request on the pipe at a time (batcher, validation, pings)
+            if not self.alive:
+                raise HostFailure("crash", "the model host is not running")
+            deadline = time.monotonic() + timeout
+            self.requests += 1
+            self._write(pack(header, payload), deadline)
+            reply, body = self._read_frame(deadline)
         if not reply.get("ok"):
             raise ModelFailure(reply.get("kind", "model"), reply.get("error", "unknown error"))
         return reply, body

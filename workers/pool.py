@@ -89,8 +89,11 @@ class LoadedHosts:
             host = self._hosts.get(key)
             if host is None:
                 return None
-            if not host.alive:
+            if not host.alive or host.requests >= settings.MODEL_HOST_MAX_REQUESTS:
+                # Dead, or recycled after many requests so slow leaks in a model's runtime
+                # never accumulate: the next caller loads a fresh host.
                 del self._hosts[key]
+                host.kill()
                 return None
             self._hosts.move_to_end(key)
             return host
@@ -111,6 +114,10 @@ class LoadedHosts:
         if host is not None:
             host.kill()
 
+    def hosts(self) -> list[ModelHost]:
+        with self._lock:
+            return list(self._hosts.values())
+
     def used(self) -> int:
         return sum(h.loaded_bytes for h in self._hosts.values())
 
@@ -125,11 +132,37 @@ class LoadedHosts:
 
 
 class Hosts:
-    """Everything a worker process keeps, per device."""
+    """Everything a worker process keeps, per device, with a background health check that
+    pings every host and kills the ones that do not answer."""
 
     def __init__(self):
         self._idle: dict[str, IdleHosts] = {}
         self._loaded: dict[str, LoadedHosts] = {}
+        self._pinger: threading.Thread | None = None
+
+    def _ensure_pinger(self) -> None:
+        if self._pinger is None and settings.MODEL_HOST_PING_SECONDS > 0:
+            self._pinger = threading.Thread(
+                target=self._ping_forever, daemon=True, name="host-health"
+            )
+            self._pinger.start()
+
+    def _ping_forever(self) -> None:
+        import time
+
+        while True:
+            time.sleep(settings.MODEL_HOST_PING_SECONDS)
+            self.ping_all()
+
+    def ping_all(self) -> int:
+        """Ping every loaded host; returns how many failed (and were killed)."""
+        failed = 0
+        for group in list(self._loaded.values()):
+            for host in group.hosts():
+                if host.alive and not host.ping():
+                    logger.warning("model host %s failed its health check", host.proc.pid)
+                    failed += 1
+        return failed
 
     def idle(self, device: str) -> IdleHosts:
         if device not in self._idle:
@@ -142,6 +175,7 @@ class Hosts:
         return self._loaded[device]
 
     def get_or_load(self, device: str, key: str, load: Callable[[ModelHost], None]) -> ModelHost:
+        self._ensure_pinger()
         host = self.loaded(device).get(key)
         if host is not None:
             return host

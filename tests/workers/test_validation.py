@@ -274,3 +274,34 @@ def test_a_host_that_crashes_mid_request_fails_clearly_and_is_replaced(tenant):
 
     assert failure.value.kind == "crash"
     assert HOSTS.loaded("cpu").get(version_key(version)) is None  # dropped: next load is fresh
+
+
+def test_hosts_are_recycled_after_many_requests(tenant, settings):
+    settings.MODEL_HOST_MAX_REQUESTS = 3
+    version = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))  # load + validate: 2 requests
+    host.request({"op": "predict"}, codec.encode({"x": torch.randn(1, 4)}), timeout=10)
+
+    assert HOSTS.loaded("cpu").get(version_key(version)) is None
+    assert not host.alive
+
+
+def test_health_check_kills_a_host_that_stopped_answering(tenant):
+    import os
+    import signal
+
+    import psutil
+
+    version = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    assert host.ping()
+    for child in psutil.Process(host.proc.pid).children(recursive=True):
+        os.kill(child.pid, signal.SIGSTOP)  # hung, but not dead
+
+    assert HOSTS.ping_all() == 1
+    assert not host.alive
+    assert HOSTS.loaded("cpu").get(version_key(version)) is None
