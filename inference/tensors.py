@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load as _load
 from safetensors.numpy import save as _save
 
+from inference.runtime import wire
 from inference.runtime.spec import InputError, Signature, check_inputs
 
 NUMPY: dict[str, np.dtype] = {
@@ -25,8 +26,26 @@ NUMPY: dict[str, np.dtype] = {
 DATATYPE = {v: k for k, v in NUMPY.items()}
 
 
+_SAFETENSORS = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
-    return _save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if all(a.dtype in _SAFETENSORS and a.dtype.byteorder in "=|<" for a in arrays.values()):
+        return wire.encode(
+            (name, _SAFETENSORS[a.dtype], list(a.shape), wire.raw(a)) for name, a in arrays.items()
+        )
+    return _save(arrays)
 
 
 def decode(data: bytes) -> dict[str, np.ndarray]:
