@@ -1,0 +1,249 @@
+"""Compression methods on real models, trained here where fidelity matters. Timing
+comparisons run single-threaded and compare medians."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from inference.compression import NotApplicable, prune, quantize
+from inference.compression import evaluate as ev
+from inference.compression.distill import distill
+from inference.runtime.architectures import MLP, ResNet, SmallCNN
+
+FEATURES, CLASSES = 256, 10
+FIGURES: dict[str, object] = {}
+
+
+def blobs(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten Gaussian blobs in 256 dimensions; the centres are the same for every seed."""
+    centres = torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(0)) * 0.3
+    rng = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (count,), generator=rng)
+    return centres[labels] + torch.randn(count, FEATURES, generator=rng), labels
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 4) -> nn.Module:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=rng).split(64):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def teacher() -> MLP:
+    torch.manual_seed(0)
+    x, y = blobs(1500, seed=1)
+    return train(MLP(FEATURES, [1024, 1024], CLASSES), x, y, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> torch.Tensor:
+    return blobs(1000, seed=2)[0]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures():
+    yield
+    print("\ncompression figures:", {k: round(v, 3) for k, v in FIGURES.items()})
+
+
+def test_teacher_learned_the_task(teacher, held_out):
+    x, y = blobs(1000, seed=2)
+    assert (ev.run(teacher, x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_dynamic_int8_is_smaller_faster_and_agrees(teacher, held_out, one_thread):
+    quantized = quantize.dynamic_int8(teacher)
+
+    report = ev.compare(teacher, quantized, held_out, repeats=30)
+
+    FIGURES.update(int8_size=report.size_ratio, int8_speedup_b32=report.speedup_b32)
+    FIGURES["int8_agreement"] = report.fidelity.agreement
+    assert quantize.count_quantized(quantized) == 3
+    assert report.size_ratio >= 3.0
+    assert report.speedup_b32 > 1.05
+    assert report.fidelity.agreement >= 0.99
+    assert report.child.parameters == report.parent.parameters
+    assert quantize.count_quantized(teacher) == 0  # the parent is left as it was
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_casts_halve_the_size(teacher, held_out, precision):
+    half = quantize.cast(teacher, precision)
+
+    ratio = ev.serialized_size(teacher) / ev.serialized_size(half)
+    agreement = ev.fidelity(teacher, half, held_out).agreement
+
+    FIGURES[f"{precision}_size"] = ratio
+    FIGURES[f"{precision}_agreement"] = agreement
+    assert 1.9 < ratio <= 2.0
+    assert agreement >= 0.99
+
+
+def test_weight_only_int8_is_four_times_smaller_and_agrees(teacher, held_out):
+    quantized = quantize.weight_only_int8(teacher)
+
+    ratio = ev.serialized_size(teacher) / ev.serialized_size(quantized)
+    result = ev.fidelity(teacher, quantized, held_out)
+
+    FIGURES.update(weight_only_size=ratio, weight_only_agreement=result.agreement)
+    assert quantize.count_quantized(quantized) == 3
+    assert ratio > 3.8
+    assert result.agreement >= 0.99
+    assert result.cosine > 0.99
+
+
+def test_structured_pruning_of_small_cnn_is_smaller_and_faster(one_thread):
+    torch.manual_seed(0)
+    cnn = SmallCNN().eval()
+    images = torch.randn(256, 1, 28, 28)
+
+    pruned = prune.channel_prune(cnn, 0.5, norm=2, config={"image_size": 28})
+    report = ev.compare(cnn, pruned.module.eval(), images, repeats=20)
+
+    FIGURES.update(cnn_params=report.parent.parameters / report.child.parameters)
+    FIGURES.update(cnn_speedup_b32=report.speedup_b32, cnn_agreement=report.fidelity.agreement)
+    assert pruned.config == {
+        "image_size": 28,
+        "in_channels": 1,
+        "classes": 10,
+        "channels": [8, 16],
+        "hidden": 64,
+    }
+    assert report.child.parameters < report.parent.parameters / 3
+    assert report.speedup_b32 > 1.3
+    assert 0.0 <= report.fidelity.agreement <= 1.0
+
+
+def test_structured_pruning_of_mlp_keeps_the_strongest_neurons(teacher, held_out):
+    pruned = prune.channel_prune(teacher, 0.5, norm=1)
+
+    result = ev.fidelity(teacher, pruned.module.eval(), held_out)
+
+    assert pruned.config["hidden"] == [512, 512]
+    assert ev.parameter_count(pruned.module) < ev.parameter_count(teacher) / 3
+    assert 0.0 <= result.agreement <= 1.0
+
+
+def test_global_magnitude_pruning_stores_compactly_and_reloads_exactly(held_out):
+    torch.manual_seed(0)
+    model = MLP(FEATURES, [512, 512], CLASSES).eval()
+
+    pruned = prune.global_magnitude(model, 0.8)
+    compact = prune.save_compact(pruned)
+    rebuilt = MLP(FEATURES, [512, 512], CLASSES).eval()
+    rebuilt.load_state_dict(prune.load_compact(compact))
+
+    FIGURES["pruned80_compact_size"] = ev.serialized_size(pruned) / len(compact)
+    assert prune.sparsity(pruned) == pytest.approx(0.8, abs=0.001)
+    assert prune.sparsity(model) == 0.0
+    assert len(compact) < ev.serialized_size(pruned) / 3
+    assert torch.equal(ev.run(pruned, held_out), ev.run(rebuilt, held_out))
+
+
+def test_distilled_student_four_times_smaller_agrees_with_teacher(teacher, held_out):
+    x, y = blobs(2000, seed=3)
+    torch.manual_seed(0)
+    student = MLP(FEATURES, [128], CLASSES)
+    events = []
+
+    result = distill(
+        teacher,
+        student,
+        inputs=x,
+        labels=y,
+        hard_weight=0.2,
+        epochs=8,
+        lr=2e-3,
+        batch_size=128,
+        patience=3,
+        seed=0,
+        progress=lambda *event: events.append(event),
+    )
+    agreement = ev.fidelity(teacher, result.student, held_out).agreement
+
+    FIGURES.update(distill_agreement=agreement, distill_epochs=result.epochs_run)
+    FIGURES["distill_params"] = ev.parameter_count(teacher) / ev.parameter_count(result.student)
+    assert ev.parameter_count(result.student) * 4 <= ev.parameter_count(teacher)
+    assert agreement >= 0.9
+    assert events[0][:2] == ("teacher", 0.0)
+    assert any(phase == "distill" and loss > 0 for phase, _, loss in events)
+    assert events[-1][:2] == ("done", 100.0)
+
+
+def test_distillation_on_generated_inputs_is_deterministic(teacher):
+    def run_once() -> nn.Module:
+        torch.manual_seed(5)
+        student = MLP(FEATURES, [32], CLASSES)
+        return distill(
+            teacher,
+            student,
+            input_shape=(FEATURES,),
+            generator="uniform",
+            samples=512,
+            epochs=2,
+            seed=7,
+        ).student
+
+    first, second = run_once(), run_once()
+
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_quantizing_a_model_without_linear_layers_is_not_applicable():
+    convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+
+    with pytest.raises(NotApplicable, match="Linear"):
+        quantize.dynamic_int8(convs)
+    with pytest.raises(NotApplicable, match="Linear"):
+        quantize.weight_only_int8(convs)
+
+
+def test_structured_pruning_of_unsupported_module_is_not_applicable():
+    with pytest.raises(NotApplicable, match="ResNet"):
+        prune.channel_prune(ResNet(), 0.5)
+
+
+def test_pruning_without_prunable_layers_is_not_applicable():
+    with pytest.raises(NotApplicable):
+        prune.global_magnitude(nn.Sequential(nn.ReLU()), 0.5)
+
+
+@pytest.mark.parametrize("amount", [1.5, 0.0, -0.1])
+def test_bad_sparsity_is_refused(amount):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        prune.global_magnitude(MLP(), amount)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        prune.channel_prune(MLP(), amount)
+
+
+def test_bad_distillation_parameters_are_refused():
+    teacher, student, x = MLP(), MLP(hidden=[8]), torch.randn(16, 16)
+
+    with pytest.raises(ValueError, match="temperature=0"):
+        distill(teacher, student, inputs=x, temperature=0)
+    with pytest.raises(ValueError, match="hard labels"):
+        distill(teacher, student, inputs=x, hard_weight=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        distill(teacher, student, inputs=x, input_shape=(16,))
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        quantize.cast(MLP(), "int4")
