@@ -7,6 +7,7 @@ import os
 import socket
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 
 @shared_task(name="workers.ping", queue="default", soft_time_limit=10, time_limit=15)
@@ -49,3 +50,13 @@ def run_prediction(prediction_id: str) -> str | None:
     from workers.services import prediction_run
 
     return prediction_run(prediction_id=prediction_id)
+
+
+@worker_ready.connect
+def prestart_model_hosts(**_) -> None:
+    """Start the idle model hosts as soon as the worker is up, so the first prediction after
+    a deploy does not wait for an interpreter and torch to start."""
+    from workers.pool import HOSTS
+    from workers.services import worker_device
+
+    HOSTS.idle(worker_device()).refill()
