@@ -163,3 +163,48 @@ def model_files() -> dict[str, bytes]:
             lambda b: torch.save(model, b, _use_new_zipfile_serialization=False)
         ),
     }
+
+
+@pytest.fixture
+def isolated_store(settings, tmp_path):
+    """A fresh artifact store and development key file for one test (not the shared ones a
+    live worker reads)."""
+    from marketplace.vault.keys import kek_backend
+
+    settings.KEK_FILE = tmp_path / "keyring.json"
+    settings.KEK_FILE_CREATE = True
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "store")},
+        },
+    }
+    kek_backend.cache_clear()
+    yield tmp_path / "store"
+    kek_backend.cache_clear()
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (whose own browser download does not
+    work here). No skip on failure: a browser test that cannot start a browser has not passed."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()

@@ -10,11 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.management import call_command
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from accounts.management.commands.seed_demo import DEMO_PASSWORD
 from inference.models import Prediction
-from tests.accounts.test_browser import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -22,16 +21,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 VERTICAL_BAR_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280">
 <rect width="280" height="280" fill="#fafafa"/><rect x="122" y="40" width="36" height="200"
 fill="#111"/></svg>"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

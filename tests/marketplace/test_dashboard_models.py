@@ -23,22 +23,8 @@ CHUNK = 4096
 
 
 @pytest.fixture(autouse=True)
-def _vault(settings, tmp_path):
-    from marketplace.vault.keys import kek_backend
-
+def _vault(settings, isolated_store):
     settings.UPLOAD_CHUNK_SIZE = CHUNK
-    settings.KEK_FILE = tmp_path / "keyring.json"
-    settings.KEK_FILE_CREATE = True
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "artifacts": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "store")},
-        },
-    }
-    kek_backend.cache_clear()
-    yield
-    kek_backend.cache_clear()
 
 
 def signed_in(user) -> Client:

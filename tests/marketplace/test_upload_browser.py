@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from accounts import services as accounts
 from accounts.services import Actor
 from marketplace import services
 from marketplace.models import ModelVersion, UploadSession
-from tests.accounts.test_browser import CHROMIUM_ARGS
 from tests.conftest import PASSWORD
 from tests.marketplace.conftest import sha256
 
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.browser
 
 CHUNK = 64 * 1024
 UPLOAD_URL = re.compile(r"/api/v1/uploads/[\w-]+$")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="session")
@@ -56,22 +45,8 @@ def exported_model() -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def _vault(settings, tmp_path):
-    from marketplace.vault.keys import kek_backend
-
+def _vault(settings, isolated_store):
     settings.UPLOAD_CHUNK_SIZE = CHUNK
-    settings.KEK_FILE = tmp_path / "keyring.json"
-    settings.KEK_FILE_CREATE = True
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "artifacts": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "store")},
-        },
-    }
-    kek_backend.cache_clear()
-    yield
-    kek_backend.cache_clear()
 
 
 @pytest.fixture

@@ -30,21 +30,9 @@ MARKER = b"PLAINTEXT-WEIGHTS-"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_store(settings, tmp_path):
+def _isolated_store(settings, isolated_store):
     """A fresh store and key file per test, with small chunks so boundaries are cheap."""
     settings.ARTIFACT_CHUNK_SIZE = CHUNK
-    settings.KEK_FILE = tmp_path / "keyring.json"
-    settings.KEK_FILE_CREATE = True
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "artifacts": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "store")},
-        },
-    }
-    kek_backend.cache_clear()
-    yield
-    kek_backend.cache_clear()
 
 
 def _payload(size: int) -> bytes:
