@@ -255,6 +255,7 @@ MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
 MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
 MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
+READYZ_WORKER_TIMEOUT = float(env("MM_READYZ_WORKER_TIMEOUT", "1"))
 
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_QUEUE = env("MM_INFERENCE_QUEUE", "cpu")
