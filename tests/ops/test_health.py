@@ -17,10 +17,8 @@ def test_readyz_is_503_naming_the_missing_worker(client, settings):
     assert response.status_code == 503 and body["ready"] is False
     assert body["checks"]["database"]["ok"] and body["checks"]["redis"]["ok"]
     assert body["checks"]["storage"]["ok"]
-    assert body["checks"]["worker"] == {
-        "ok": False,
-        "error": "RuntimeError: no worker answered a ping",
-    }
+    # Tests run with DEBUG off, as production does: the error names its kind only.
+    assert body["checks"]["worker"] == {"ok": False, "error": "RuntimeError"}
 
 
 def test_readyz_is_503_when_redis_is_down(client, settings, tmp_path):
@@ -28,7 +26,8 @@ def test_readyz_is_503_when_redis_is_down(client, settings, tmp_path):
     settings.READYZ_WORKER_TIMEOUT = 0.3
     body = client.get("/readyz").json()
     assert body["checks"]["redis"]["ok"] is False
-    assert "Error" in body["checks"]["redis"]["error"]
+    assert body["checks"]["redis"]["error"].endswith("Error")
+    assert "nothing.sock" not in str(body)
 
 
 @pytest.mark.e2e
