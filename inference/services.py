@@ -33,11 +33,13 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
     if ref:
         version = selectors.version_resolve(model, ref)
     else:
-        alias = Alias.objects.select_related("version").filter(model=model, name="production")
+        alias = (
+            Alias.objects.select_related("version").filter(model=model, name="production").first()
+        )
         version = (
-            alias.first().version
-            if alias.exists()
-            else (model.versions.filter(status__in=RUNNABLE).order_by("-number").first())
+            alias.version
+            if alias is not None
+            else model.versions.filter(status__in=RUNNABLE).order_by("-number").first()
         )
         if version is None:
             raise Conflict(f"{model.ref} has no ready version yet.")

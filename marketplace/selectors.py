@@ -14,9 +14,16 @@ from marketplace.models import Alias, Listing, Model, ModelVersion
 PUBLICLY_VISIBLE = (Listing.Visibility.PUBLIC, Listing.Visibility.UNLISTED)
 
 
+def tenant_perms(access: Access | None, model: Model) -> set[str]:
+    """The django-guardian object permissions granted to the caller's tenant group on
+    ``model``, read in one query."""
+    if access is None:
+        return set()
+    return set(ObjectPermissionChecker(access.tenant.group).get_perms(model))
+
+
 def tenant_has_perm(access: Access, perm: str, model: Model) -> bool:
-    """A django-guardian object permission granted to the caller's tenant group."""
-    return ObjectPermissionChecker(access.tenant.group).has_perm(perm, model)
+    return perm in tenant_perms(access, model)
 
 
 def _listing_is_open(model: Model) -> bool:
@@ -58,18 +65,10 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
         if not access.has_scope(needed):
             raise Forbidden(f"This needs the '{needed}' scope, which you lack.")
         return model
-    granted_view = access is not None and tenant_has_perm(access, "view_model", model)
-    if not (granted_view or _listing_is_open(model)):
+    granted = tenant_perms(access, model)
+    if not ("view_model" in granted or _listing_is_open(model)):
         raise NotFound(f"No model {owner}/{name}.")
-    if perm == "view":
-        return model
-    if perm == "run" and access is not None and tenant_has_perm(access, "run_model", model):
-        return model
-    if (
-        perm == "download"
-        and access is not None
-        and tenant_has_perm(access, "download_model", model)
-    ):
+    if perm == "view" or (perm in ("run", "download") and f"{perm}_model" in granted):
         return model
     if perm == "run":
         raise Forbidden(
