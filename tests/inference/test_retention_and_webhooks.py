@@ -1,0 +1,89 @@
+"""Failure paths that need no worker: webhook targets we refuse, deliveries that give up, and
+data past its retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from inference import services, tensors, webhooks
+from inference.models import Prediction, WebhookDelivery
+from inference.tasks import deliver_webhook
+
+pytestmark = pytest.mark.django_db
+
+
+def make_prediction(version, **fields) -> Prediction:
+    import numpy as np
+
+    return Prediction.objects.create(
+        tenant=version.model.tenant,
+        model=version.model,
+        version=version,
+        input_data=tensors.encode({"x": np.zeros((1, 4), np.float32)}),
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.8/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "ftp://example.com/x",
+    ],
+)
+def test_webhooks_to_our_own_network_are_refused(settings, url):
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    with pytest.raises(ValueError):
+        webhooks.check_url(url)
+
+
+def test_a_refused_webhook_is_recorded_and_retried_until_it_gives_up(settings, classifier):
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_RETRY_DELAYS = [0, 0]
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url="http://127.0.0.1:9/hook",
+        webhook_events=["completed"],
+    )
+
+    result = deliver_webhook.apply(args=[prediction.public_id, "completed"])
+
+    attempts = list(WebhookDelivery.objects.filter(prediction=prediction))
+    assert result.get() is False
+    assert [a.attempt for a in attempts] == [1, 2, 3]
+    assert not any(a.delivered for a in attempts)
+    assert "private address" in attempts[0].error
+
+
+def test_inputs_and_outputs_are_purged_after_retention_but_the_record_stays(settings, classifier):
+    old = timezone.now() - settings.PREDICTION_DATA_TTL - timedelta(minutes=1)
+    done = make_prediction(classifier, status=Prediction.Status.SUCCEEDED, output_data=b"out")
+    running = make_prediction(classifier, status=Prediction.Status.RUNNING)
+    fresh = make_prediction(classifier, status=Prediction.Status.SUCCEEDED, output_data=b"out")
+    Prediction.objects.filter(pk__in=[done.pk, running.pk]).update(created_at=old)
+
+    assert services.predictions_purge() == 1
+
+    done.refresh_from_db()
+    running.refresh_from_db()
+    fresh.refresh_from_db()
+    assert done.input_data is None and done.output_data is None and done.data_purged_at
+    assert done.status == "succeeded"
+    assert running.input_data is not None  # a worker may still need it
+    assert fresh.output_data is not None
+
+
+def test_idempotency_keys_are_released_after_a_day(settings, classifier):
+    prediction = make_prediction(classifier, idempotency_key="order-1")
+    Prediction.objects.filter(pk=prediction.pk).update(
+        created_at=timezone.now() - settings.IDEMPOTENCY_TTL - timedelta(minutes=1)
+    )
+    services.predictions_purge()
+    prediction.refresh_from_db()
+    assert prediction.idempotency_key == ""
