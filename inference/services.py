@@ -106,6 +106,8 @@ def prediction_create(
             )
             transaction.on_commit(lambda: enqueue(prediction))
     except IntegrityError:
+        if not idempotency_key:
+            raise
         # The same key raced in from a concurrent retry: answer with the winner.
         existing = _by_idempotency_key(access, idempotency_key, body_hash)
         if existing is None:
@@ -116,6 +118,10 @@ def prediction_create(
 
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> Prediction | None:
     since = timezone.now() - settings.IDEMPOTENCY_TTL
+    # A key older than a day is free again, whether or not the purge has run yet.
+    Prediction.objects.filter(
+        tenant=access.tenant, idempotency_key=key, created_at__lt=since
+    ).update(idempotency_key="")
     existing = Prediction.objects.filter(
         tenant=access.tenant, idempotency_key=key, created_at__gte=since
     ).first()
@@ -159,7 +165,7 @@ def prediction_cancel(prediction: Prediction) -> Prediction:
     Prediction.objects.filter(
         pk=prediction.pk, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
     ).update(status=Prediction.Status.CANCELED, completed_at=timezone.now(), input_data=None)
-    prediction.refresh_from_db()
+    prediction.refresh_from_db(fields=["status", "completed_at", "input_data"])
     if prediction.status == Prediction.Status.CANCELED:
         transaction.on_commit(lambda: _announce(prediction))
     return prediction

@@ -174,7 +174,15 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
     with transaction.atomic():
         part = UploadPart.objects.select_for_update().filter(session=session, index=index).first()
         if part is None:
-            return UploadPart.objects.create(session=session, index=index, artifact=artifact)
+            try:
+                with transaction.atomic():
+                    return UploadPart.objects.create(
+                        session=session, index=index, artifact=artifact
+                    )
+            except IntegrityError:
+                # The same chunk's first copy arrived twice at once; the other one won.
+                store.artifact_delete(artifact)
+                raise Conflict(f"Chunk {index} was being sent twice at once; retry it.") from None
         replaced = part.artifact
         part.artifact = artifact
         part.save(update_fields=["artifact"])
@@ -372,10 +380,10 @@ def _delete_parts(session: UploadSession) -> None:
 
 
 def upload_abort(*, session: UploadSession) -> None:
-    if session.status == UploadSession.Status.OPEN:
-        UploadSession.objects.filter(pk=session.pk).update(
-            status=UploadSession.Status.FAILED, failure_reason="Aborted by the client."
-        )
+    """Abandon an open upload and delete its chunks; a completed upload is left as it is."""
+    UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+        status=UploadSession.Status.FAILED, failure_reason="Aborted by the client."
+    )
     _delete_parts(session)
 
 

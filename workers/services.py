@@ -91,7 +91,7 @@ _batchers: dict[str, object] = {}
 _batchers_lock = threading.Lock()
 
 
-def _batcher(version: ModelVersion, prediction_id: str):
+def _batcher(version: ModelVersion):
     from inference.runtime.spec import Signature
     from workers.batching import VersionBatcher
 
@@ -102,7 +102,7 @@ def _batcher(version: ModelVersion, prediction_id: str):
         return HOSTS.get_or_load(
             device,
             key,
-            lambda h: load_into(h, version, purpose="predict", prediction_id=prediction_id),
+            lambda h: load_into(h, version, purpose="predict"),
         )
 
     with _batchers_lock:
@@ -133,7 +133,7 @@ def prediction_run(*, prediction_id: str) -> str | None:
     if prediction is None or not inference.prediction_claim(prediction):
         return None  # cancelled, finished, or a redelivery of finished work
     arrays = tensors.decode(prediction.input_data)
-    batcher = _batcher(prediction.version, prediction.public_id)
+    batcher = _batcher(prediction.version)
     future = batcher.submit(arrays, prediction.batch_size)
     try:
         outputs, compute_ms, shared = future.result(timeout=settings.MODEL_REQUEST_TIMEOUT * 2 + 30)
@@ -144,6 +144,14 @@ def prediction_run(*, prediction_id: str) -> str | None:
         return "failed"
     except HostFailure as exc:
         inference.prediction_fail(prediction, error=f"The model host failed: {exc}", kind=exc.kind)
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - never leave a claimed prediction running
+        logger.exception("prediction %s failed", prediction.public_id)
+        inference.prediction_fail(
+            prediction,
+            error=f"Internal error while running the model ({type(exc).__name__}).",
+            kind="internal",
+        )
         return "failed"
     inference.prediction_succeed(
         prediction, output=tensors.encode(outputs), compute_ms=compute_ms, batched_with=shared

@@ -85,6 +85,8 @@ class PredictionSerializer(serializers.ModelSerializer):
         }
 
     def get_cost(self, obj: Prediction) -> dict | None:
+        if obj.status != Prediction.Status.SUCCEEDED:
+            return None  # only a succeeded prediction is billed
         record = UsageRecord.objects.filter(source_id=obj.public_id).first()
         if record is None:
             return None

@@ -87,3 +87,75 @@ def test_idempotency_keys_are_released_after_a_day(settings, classifier):
     services.predictions_purge()
     prediction.refresh_from_db()
     assert prediction.idempotency_key == ""
+
+
+def test_a_redirecting_webhook_receiver_is_not_followed(classifier):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+            self.end_headers()
+
+        do_GET = do_POST
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url=f"http://127.0.0.1:{server.server_address[1]}/h",
+    )
+    try:
+        delivered = webhooks.deliver(prediction, "completed", attempt=1)
+    finally:
+        server.shutdown()
+
+    assert delivered is False and hits == ["/h"]
+    assert WebhookDelivery.objects.get(prediction=prediction).status_code == 302
+
+
+def test_an_idempotency_key_older_than_a_day_starts_a_new_prediction(api, settings, classifier):
+    body = {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}
+    first = api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+    Prediction.objects.filter(public_id=first.json()["id"]).update(
+        created_at=timezone.now() - settings.IDEMPOTENCY_TTL - timedelta(minutes=1)
+    )
+    # The purge has not run: the old key is released on use, not turned into an error.
+    again = api.post(
+        "/api/v1/predictions",
+        {**body, "input": {"x": [[5, 6, 7, 8]]}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k1",
+    )
+
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
+
+
+@pytest.mark.django_db(transaction=True)  # the batcher thread reads with its own connection
+def test_a_prediction_whose_model_cannot_be_loaded_fails_instead_of_hanging(settings, classifier):
+    from marketplace.models import TenantKey
+    from workers.pool import HOSTS
+    from workers.services import prediction_run
+
+    settings.MODEL_HOST_PRESTART = 0
+    prediction = make_prediction(classifier)
+    TenantKey.objects.filter(tenant=classifier.model.tenant).update(
+        wrapped=None, status="destroyed"
+    )
+    try:
+        assert prediction_run(prediction_id=prediction.public_id) == "failed"
+    finally:
+        HOSTS.close()
+
+    prediction.refresh_from_db()
+    assert prediction.status == "failed" and prediction.error_kind == "internal"
+    assert "KeyUnavailableError" in prediction.error

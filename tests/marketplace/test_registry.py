@@ -380,3 +380,13 @@ def test_safetensors_whose_header_length_ends_in_0x80_is_not_taken_for_a_pickle(
     data = len(header).to_bytes(8, "little") + header + b"\0" * 4
     assert data[0] == 0x80
     assert sniff_format(data, data, len(data)) == "safetensors"
+
+
+def test_aborting_a_completed_upload_leaves_it_completed(api, model, model_files):
+    upload = upload_all(api, model_files["pt2"])
+    assert api.post(f"{upload['upload_url']}/complete").status_code == 201
+
+    assert api.delete(upload["upload_url"]).status_code == 204
+
+    assert UploadSession.objects.get().status == "completed"
+    assert ModelVersion.objects.count() == 1
