@@ -18,6 +18,7 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
+@transaction.atomic
 def usage_record_create(
     *,
     kind: str,
@@ -36,7 +37,8 @@ def usage_record_create(
     """
     # No read-before-write: the unique source_id makes a second call fall through to the
     # IntegrityError branch below and return the first record.
-    listing = Listing.objects.filter(model=model).first()
+    # Locked, so concurrent calls cannot all see a free call left (the caller's transaction).
+    listing = Listing.objects.select_for_update().filter(model=model).first()
     now = timezone.now()
     period = now.date().replace(day=1)
     own = consumer.pk == model.tenant_id

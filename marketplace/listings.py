@@ -3,7 +3,7 @@ and download grants.
 
 The rights themselves are django-guardian object permissions on the model, granted to the
 consumer tenant's group; an ``Entitlement`` row records why the group holds them. Every read
-of a right goes to the database (``selectors.tenant_has_perm``), so a revocation takes effect
+of a right goes to the database (``selectors.tenant_perms``), so a revocation takes effect
 on the next request.
 """
 
@@ -27,7 +27,7 @@ from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from marketplace.models import AccessRequest, Entitlement, Listing, Model, ModelVersion
-from marketplace.selectors import PUBLICLY_VISIBLE, model_get, tenant_has_perm
+from marketplace.selectors import PUBLICLY_VISIBLE, model_get, tenant_perms
 
 # --- validation -------------------------------------------------------------------------------
 
@@ -653,8 +653,7 @@ def listing_for_viewer(access: Access | None, *, owner: str, name: str) -> Listi
         if access is not None and model.tenant_id == access.tenant.pk:
             return listing
         if listing.taken_down_at is None and (
-            listing.visibility in PUBLICLY_VISIBLE
-            or (access is not None and tenant_has_perm(access, "view_model", model))
+            listing.visibility in PUBLICLY_VISIBLE or "view_model" in tenant_perms(access, model)
         ):
             return listing
     raise NotFound(f"No listing {owner}/{name}.")

@@ -22,10 +22,6 @@ def tenant_perms(access: Access | None, model: Model) -> set[str]:
     return set(ObjectPermissionChecker(access.tenant.group).get_perms(model))
 
 
-def tenant_has_perm(access: Access, perm: str, model: Model) -> bool:
-    return perm in tenant_perms(access, model)
-
-
 def _listing_is_open(model: Model) -> bool:
     listing = getattr(model, "listing", None)
     return (

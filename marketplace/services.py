@@ -511,8 +511,8 @@ def version_deprecate(
 
 @transaction.atomic
 def version_yank(*, version: ModelVersion, reason: str, actor: Actor) -> ModelVersion:
-    if Alias.objects.filter(version=version).exists():
-        names = ", ".join(Alias.objects.filter(version=version).values_list("name", flat=True))
+    names = ", ".join(Alias.objects.filter(version=version).values_list("name", flat=True))
+    if names:
         raise Conflict(
             f"Move the alias(es) {names} off version {version.number} before yanking it."
         )

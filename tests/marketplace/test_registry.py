@@ -390,3 +390,17 @@ def test_aborting_a_completed_upload_leaves_it_completed(api, model, model_files
 
     assert UploadSession.objects.get().status == "completed"
     assert ModelVersion.objects.count() == 1
+
+
+def test_a_version_an_alias_points_at_cannot_be_yanked(api, model, model_files):
+    upload = upload_all(api, model_files["pt2"])
+    api.post(f"{upload['upload_url']}/complete")
+    make_ready(1)
+    api.put("/api/v1/models/acme/classifier/aliases/production", {"version": 1}, format="json")
+
+    response = api.post(
+        "/api/v1/models/acme/classifier/versions/1/yank", {"reason": "x"}, format="json"
+    )
+
+    assert response.status_code == 409 and "production" in response.json()["detail"]
+    assert ModelVersion.objects.get(number=1).status == "ready"
