@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -33,8 +34,13 @@ def usage_record_create(
     record instead of billing again.
 
     A publisher running its own model pays nothing; the listing's free calls per month are
-    free for each consumer.
+    free for each consumer. A compression job is billed to the model's owner at the
+    platform's compression price per compute-second, all of it platform fee.
     """
+    if kind == UsageRecord.Kind.COMPRESSION:
+        return _compression_record_create(
+            source_id=source_id, consumer=consumer, model=model, compute_seconds=compute_seconds
+        )
     # No read-before-write: the unique source_id makes a second call fall through to the
     # IntegrityError branch below and return the first record.
     # Locked, so concurrent calls cannot all see a free call left (the caller's transaction).
@@ -78,4 +84,34 @@ def usage_record_create(
                 created_at=now,
             )
     except IntegrityError:  # the same source recorded concurrently: exactly once
+        return UsageRecord.objects.get(source_id=source_id)
+
+
+def _compression_record_create(
+    *, source_id: str, consumer: Tenant, model: Model, compute_seconds: Decimal
+) -> UsageRecord:
+    per_second = Decimal(settings.COMPRESSION_PRICE_PER_SECOND)
+    compute_seconds = compute_seconds.quantize(MICRO)
+    amount = _money(per_second * compute_seconds)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return UsageRecord.objects.create(
+                kind=UsageRecord.Kind.COMPRESSION,
+                source_id=source_id,
+                consumer=consumer,
+                publisher=model.tenant,
+                model=model,
+                model_ref=model.ref,
+                compute_seconds=compute_seconds,
+                price_per_call=Decimal(0),
+                price_per_second=per_second,
+                currency=settings.PLATFORM_CURRENCY,
+                amount=amount,
+                platform_fee=amount,
+                publisher_share=Decimal(0),
+                period=now.date().replace(day=1),
+                created_at=now,
+            )
+    except IntegrityError:
         return UsageRecord.objects.get(source_id=source_id)

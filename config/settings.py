@@ -195,6 +195,9 @@ UPLOAD_CHUNK_SIZE = int(env("MM_UPLOAD_CHUNK_SIZE", str(8 * 1024 * 1024)))
 UPLOAD_SESSION_TTL = timedelta(hours=int(env("MM_UPLOAD_SESSION_TTL_HOURS", "24")))
 # The platform's share of every paid call; publishers get the rest.
 PLATFORM_FEE_PERCENT = env("MM_PLATFORM_FEE_PERCENT", "20")
+PLATFORM_CURRENCY = env("MM_PLATFORM_CURRENCY", "usd")
+# What a compression job costs its owner per compute-second (a Decimal string).
+COMPRESSION_PRICE_PER_SECOND = env("MM_COMPRESSION_PRICE_PER_SECOND", "0.002")
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))

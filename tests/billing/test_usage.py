@@ -75,3 +75,21 @@ def test_the_same_work_is_billed_once(outsider, paid_model):
 def test_a_publisher_running_its_own_model_pays_nothing(tenant, paid_model):
     for i in range(3):
         assert record(f"own_{i}", tenant, paid_model).amount == 0
+
+
+def test_compression_jobs_are_billed_to_the_owner_at_the_platform_price(
+    tenant, paid_model, settings
+):
+    settings.COMPRESSION_PRICE_PER_SECOND = "0.004"
+
+    usage = usage_record_create(
+        kind="compression",
+        source_id="job_1",
+        consumer=tenant,
+        model=paid_model,
+        compute_seconds=Decimal("12.5"),
+    )
+
+    assert usage.amount == Decimal("0.050000")
+    assert usage.platform_fee == usage.amount and usage.publisher_share == 0
+    assert usage.consumer == tenant and usage.currency == "usd"
