@@ -198,6 +198,9 @@ PLATFORM_FEE_PERCENT = env("MM_PLATFORM_FEE_PERCENT", "20")
 PLATFORM_CURRENCY = env("MM_PLATFORM_CURRENCY", "usd")
 # What a compression job costs its owner per compute-second (a Decimal string).
 COMPRESSION_PRICE_PER_SECOND = env("MM_COMPRESSION_PRICE_PER_SECOND", "0.002")
+# Compression jobs run on this queue (the quantized kernels are CPU ones), within this deadline.
+COMPRESSION_QUEUE = env("MM_COMPRESSION_QUEUE", "cpu")
+COMPRESSION_TIMEOUT = float(env("MM_COMPRESSION_TIMEOUT", "1800"))
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))

@@ -111,3 +111,66 @@ class WebhookSigningKey(models.Model):
 
     def __str__(self) -> str:
         return f"webhook key of {self.tenant_id}"
+
+
+class CompressionJob(models.Model):
+    """Quantization, pruning or distillation of one version into a new one, run in a model
+    host. Only the model's owner tenant creates jobs, and it pays for their compute time."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Method(models.TextChoices):
+        QUANTIZE = "quantize", "Quantization"
+        PRUNE = "prune", "Pruning"
+        DISTILL = "distill", "Distillation"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "job"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="compression_jobs")
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="compression_jobs")
+    version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="compression_jobs"
+    )
+    method = models.CharField(max_length=16, choices=Method.choices)
+    params = models.JSONField(default=dict, blank=True)  # as checked and normalised
+    # The publisher's own inputs (and labels), as safetensors: distillation trains on them and
+    # fidelity is measured on a held-out part. Without them, inputs come from the signature.
+    data = models.BinaryField(null=True, editable=False)
+    queue = models.CharField(max_length=16, default="cpu")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    phase = models.CharField(max_length=32, blank=True)
+    percent = models.FloatField(default=0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    result_version = models.OneToOneField(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="compression_job",
+    )
+    report = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    compute_seconds = models.FloatField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.method}, {self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL

@@ -452,6 +452,34 @@ def _version_create(
     return version
 
 
+def version_derive(
+    *,
+    parent: ModelVersion,
+    artifact: Artifact,
+    format: str,
+    operation: str,
+    operation_params: dict,
+    actor: Actor,
+    architecture: str = "",
+    architecture_config: dict | None = None,
+    label: str = "",
+) -> ModelVersion:
+    """A new version of the parent's model made from it (quantized, pruned, distilled), with
+    its lineage; validated like an upload and moved onto no alias."""
+    return _version_create(
+        model=parent.model,
+        artifact=artifact,
+        format=format,
+        actor=actor,
+        label=label,
+        architecture=architecture,
+        architecture_config=architecture_config,
+        parent=parent,
+        operation=operation,
+        operation_params=operation_params,
+    )
+
+
 def _enqueue_validation(version_id: str) -> None:
     from celery import current_app
 

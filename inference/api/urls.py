@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inference.api import predictions
+from inference.api import compression, predictions
 
 urlpatterns = [
     path("predictions", predictions.PredictionsView.as_view(), name="predictions"),
@@ -9,5 +9,17 @@ urlpatterns = [
         "predictions/<str:id>/cancel",
         predictions.PredictionCancelView.as_view(),
         name="prediction-cancel",
+    ),
+    path("compression-jobs", compression.JobsView.as_view(), name="compression-jobs"),
+    path("compression-jobs/<str:id>", compression.JobDetailView.as_view(), name="compression-job"),
+    path(
+        "compression-jobs/<str:id>/cancel",
+        compression.JobCancelView.as_view(),
+        name="compression-job-cancel",
+    ),
+    path(
+        "compression-jobs/<str:id>/promote",
+        compression.JobPromoteView.as_view(),
+        name="compression-job-promote",
     ),
 ]

@@ -87,6 +87,18 @@ def _load_torchscript(data: bytes, device: str) -> LoadedModel:
 def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> LoadedModel:
     from safetensors.torch import load as load_tensors
 
+    if "compression" in config:  # made by a compression job: int8, half or sparse weights
+        from inference.compression import artifacts
+        from inference.compression.evaluate import parameter_count
+
+        try:
+            module = artifacts.decode(data, name, config).to(device)
+        except ValueError as exc:
+            raise LoadError(f"The compressed {name} does not load: {exc}") from None
+        config = artifacts.split_config(config)[0]
+        shape = architectures.ARCHITECTURES[name].example_shape(config)
+        example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
+        return LoadedModel(module, ["input"], example, parameter_count(module))
     module = architectures.build(name, config)
     state = load_tensors(data)
     missing, unexpected = module.load_state_dict(state, strict=False)

@@ -1,0 +1,206 @@
+"""Compression jobs: ``/api/v1/compression-jobs``."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.response import Response
+
+from accounts.api.serializers import StrictSerializer
+from accounts.api.views import CreatedCursorPagination
+from accounts.models import Scope
+from accounts.tenancy import TenantScopedMixin, request_actor
+from billing.models import UsageRecord
+from inference import compression_services as jobs
+from inference.compression.params import METHODS
+from inference.models import CompressionJob
+from marketplace import selectors
+
+
+class JobCreateSerializer(StrictSerializer):
+    model = serializers.RegexField(
+        r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*$", help_text="owner/name"
+    )
+    version = serializers.CharField(max_length=40, help_text="A version number or alias")
+    method = serializers.CharField(max_length=32, help_text=", ".join(METHODS))
+    params = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text='quantize: {"scheme": "dynamic_int8"|"weight_only_int8"|"fp16"|"bf16"}; '
+        'prune: {"kind": "structured"|"unstructured", "amount": 0.5, "norm": 1}; distill: '
+        '{"student": {"architecture": "mlp", "config": {"hidden": [64]}}, "temperature": 4, '
+        '"epochs": 20, "lr": 0.001, "batch_size": 64, "patience": 3, "samples": 4096, ...}',
+    )
+
+    data = serializers.JSONField(
+        required=False,
+        help_text='Your own examples: {"inputs": nested list, "labels": [class indices]}. '
+        "Distillation trains on them; fidelity is measured on a held-out fifth. Without them, "
+        "inputs are generated from the signature.",
+    )
+
+    def validate_params(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("params is a JSON object.")
+        return value
+
+
+class PromoteSerializer(StrictSerializer):
+    alias = serializers.CharField(max_length=40)
+    min_agreement = serializers.FloatField(required=False, min_value=0, max_value=1)
+    min_cosine = serializers.FloatField(required=False, min_value=-1, max_value=1)
+    max_mean_abs_error = serializers.FloatField(required=False, min_value=0)
+
+
+class JobSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    model = serializers.CharField(source="model.ref")
+    version = serializers.IntegerField(source="version.number")
+    progress = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+    cost = serializers.SerializerMethodField()
+    urls = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CompressionJob
+        fields = [
+            "id",
+            "model",
+            "version",
+            "method",
+            "params",
+            "status",
+            "progress",
+            "result",
+            "report",
+            "error",
+            "compute_seconds",
+            "cost",
+            "urls",
+            "created_at",
+            "started_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+    def get_progress(self, obj: CompressionJob) -> dict:
+        return {
+            "phase": obj.phase,
+            "percent": obj.percent,
+            "eta_seconds": obj.eta_seconds,
+            "loss": obj.loss,
+        }
+
+    def get_result(self, obj: CompressionJob) -> dict | None:
+        version = obj.result_version
+        if version is None:
+            return None
+        return {
+            "version": version.number,
+            "status": version.status,
+            "operation": version.operation,
+            "parent": obj.version.number,
+            "url": f"/api/v1/models/{obj.model.ref}/versions/{version.number}",
+        }
+
+    def get_cost(self, obj: CompressionJob) -> dict | None:
+        if obj.status != CompressionJob.Status.SUCCEEDED:
+            return None  # failed and cancelled jobs are not billed
+        record = UsageRecord.objects.filter(source_id=obj.public_id).first()
+        if record is None:
+            return None
+        return {"amount": str(record.amount), "currency": record.currency}
+
+    def get_urls(self, obj: CompressionJob) -> dict:
+        base = f"/api/v1/compression-jobs/{obj.public_id}"
+        return {"get": base, "cancel": f"{base}/cancel", "promote": f"{base}/promote"}
+
+
+class JobScopedMixin(TenantScopedMixin):
+    queryset = CompressionJob.objects.select_related("model__tenant", "version", "result_version")
+    serializer_class = JobSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+
+
+class JobsView(JobScopedMixin, GenericAPIView):
+    pagination_class = CreatedCursorPagination
+    required_scope = {"GET": Scope.MODELS_READ, "POST": Scope.MODELS_WRITE}
+
+    def get_base_queryset(self):
+        queryset = super().get_base_queryset()
+        params = self.request.query_params
+        if params.get("status"):
+            queryset = queryset.filter(status=params["status"])
+        if params.get("model"):
+            owner, _, name = params["model"].partition("/")
+            queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
+        return queryset
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="queued, running, succeeded, ..."),
+            OpenApiParameter("model", str, description="owner/name"),
+        ],
+        responses=JobSerializer(many=True),
+    )
+    def get(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(JobSerializer(page, many=True).data)
+
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    def post(self, request):
+        """Compress a version of a model your organisation owns. A method that cannot apply
+        to the version is refused with 422 and the reason; bad parameters are 400."""
+        data = JobCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        body = data.validated_data
+        owner, _, name = body["model"].partition("/")
+        model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="change")
+        version = selectors.version_resolve(model, body["version"])
+        job = jobs.job_create(
+            access=request.auth,
+            model=model,
+            version=version,
+            method=body["method"],
+            params=body["params"],
+            data=body.get("data"),
+            actor=request_actor(request),
+        )
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailView(JobScopedMixin, GenericAPIView):
+    required_scope = Scope.MODELS_READ
+
+    def get(self, request, id: str):
+        """The job with its progress (phase, percent, ETA, loss) and, once done, its report
+        and the new version."""
+        return Response(JobSerializer(self.get_object()).data)
+
+
+class JobCancelView(JobScopedMixin, GenericAPIView):
+    required_scope = Scope.MODELS_WRITE
+
+    @extend_schema(request=None, responses=JobSerializer)
+    def post(self, request, id: str):
+        """Cancel a queued or running job; it leaves no version and is not billed."""
+        return Response(JobSerializer(jobs.job_cancel(self.get_object())).data)
+
+
+class JobPromoteView(JobScopedMixin, GenericAPIView):
+    required_scope = Scope.MODELS_WRITE
+
+    @extend_schema(request=PromoteSerializer, responses=JobSerializer)
+    def post(self, request, id: str):
+        """Point an alias at the job's version, only if its fidelity meets your thresholds
+        (409 with the measured figures otherwise)."""
+        job = self.get_object()
+        data = PromoteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        jobs.job_promote(
+            job=job, access=request.auth, actor=request_actor(request), **data.validated_data
+        )
+        job.result_version.refresh_from_db()
+        return Response(JobSerializer(job).data)

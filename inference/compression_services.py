@@ -1,0 +1,290 @@
+"""Compression jobs: create (owner only, parameters checked), claim, report progress, finish
+with a new version and its usage record, fail, cancel, and promote the result to an alias."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.exceptions import Conflict, NotFound, ServiceError
+from accounts.services import Actor, audit_record
+from accounts.tenancy import Access
+from billing.services import usage_record_create
+from inference.compression import NotApplicable
+from inference.compression import params as checks
+from inference.models import CompressionJob
+from marketplace import services as registry
+from marketplace.models import Alias, Artifact, Model, ModelVersion
+
+COMPRESSIBLE = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
+ACTIVE = (CompressionJob.Status.QUEUED, CompressionJob.Status.RUNNING)
+
+
+class Unprocessable(ServiceError):
+    """The request is well formed but the method cannot apply to this version."""
+
+    status_code = 422
+    code = "not_applicable"
+
+
+def job_create(
+    *,
+    access: Access,
+    model: Model,
+    version: ModelVersion,
+    method: str,
+    params: dict[str, Any] | None,
+    actor: Actor,
+    data: dict[str, Any] | None = None,
+) -> CompressionJob:
+    """Queue a job on a version of a model the caller's tenant owns. Distilling or
+    compressing someone else's model is a way to copy it, so no grant allows it: the caller
+    resolves ``model`` with the owner-only ``change`` permission, and this checks again.
+
+    ``data`` (``{"inputs": ..., "labels": [...]}``) is the publisher's own examples:
+    distillation trains on them and fidelity is measured on a held-out part."""
+    if model.tenant_id != access.tenant.pk or version.model_id != model.pk:
+        raise NotFound(f"No model {model.ref}.")
+    if version.status not in COMPRESSIBLE:
+        raise Conflict(
+            f"Version {version.number} is {version.status}; only a ready version can be compressed."
+        )
+    encoded = _job_data(data, version) if data is not None else None
+    try:
+        checked = checks.check(
+            method,
+            params,
+            format=version.format,
+            architecture=version.architecture,
+            config=version.architecture_config,
+            signature=version.signature,
+            has_labels=bool(data and "labels" in data),
+        )
+    except checks.BadParams as exc:
+        raise ValidationError({"params": [str(exc)]}) from None
+    except NotApplicable as exc:
+        raise Unprocessable(str(exc)) from None
+    with transaction.atomic():
+        job = CompressionJob.objects.create(
+            tenant=access.tenant,
+            model=model,
+            version=version,
+            method=method,
+            params=checked,
+            data=encoded,
+            queue=settings.COMPRESSION_QUEUE,
+            created_by=access.user,
+        )
+        audit_record(
+            action="compression.create",
+            actor=actor,
+            tenant=access.tenant,
+            target=job,
+            data={"model": model.ref, "version": version.number, "method": method},
+        )
+        transaction.on_commit(lambda: enqueue(job))
+    return job
+
+
+def _job_data(data: Any, version: ModelVersion) -> bytes:
+    """The publisher's inputs (and labels) as safetensors, checked against the signature."""
+    import numpy as np
+
+    from inference import tensors
+    from inference.runtime.spec import InputError, Signature
+
+    if not isinstance(data, dict) or "inputs" not in data or set(data) - {"inputs", "labels"}:
+        raise ValidationError({"data": ['data is {"inputs": [...], "labels": [...]}.']})
+    signature = Signature.from_json(version.signature)
+    if len(signature.inputs) != 1:
+        raise Unprocessable("Data for a compression job needs a model with exactly one input.")
+    try:
+        (inputs,) = tensors.from_json(data["inputs"], signature).values()
+    except InputError as exc:
+        raise ValidationError({"data": [str(exc)]}) from None
+    if inputs.dtype != np.float32 or len(inputs) < 32:
+        raise ValidationError({"data": ["Give at least 32 rows of FP32 inputs."]})
+    arrays = {"inputs": inputs}
+    if "labels" in data:
+        output = signature.outputs[0].shape if signature.outputs else []
+        classes = output[1] if len(output) == 2 else 0
+        try:
+            labels = np.asarray(data["labels"], dtype=np.int64)
+        except (TypeError, ValueError):
+            labels = np.zeros(0, dtype=np.int64)
+        if labels.shape != (len(inputs),) or labels.min() < 0 or labels.max() >= classes:
+            raise ValidationError(
+                {"data": [f"labels are {len(inputs)} class indices from 0 to {classes - 1}."]}
+            )
+        arrays["labels"] = labels
+    return tensors.encode(arrays)
+
+
+def enqueue(job: CompressionJob) -> None:
+    from celery import current_app
+
+    current_app.send_task("workers.run_compression", args=[job.public_id], queue=job.queue)
+
+
+def job_cancel(job: CompressionJob) -> CompressionJob:
+    """Cancel a queued or running job: a running one's model host is killed within about a
+    second. A cancelled job is not billed and leaves no version."""
+    CompressionJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
+        status=CompressionJob.Status.CANCELLED, completed_at=timezone.now(), eta_seconds=None
+    )
+    job.refresh_from_db()
+    if job.status != CompressionJob.Status.CANCELLED:
+        raise Conflict(f"The job already {job.status}.")
+    return job
+
+
+# --- the worker's side ----------------------------------------------------------------------
+
+
+def job_claim(job: CompressionJob) -> bool:
+    """Mark a queued job running; False when it was cancelled or already claimed (a
+    redelivered task then does nothing)."""
+    return bool(
+        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.QUEUED).update(
+            status=CompressionJob.Status.RUNNING, started_at=timezone.now(), phase="starting"
+        )
+    )
+
+
+def job_is_running(job: CompressionJob) -> bool:
+    return CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).exists()
+
+
+def job_progress(
+    job: CompressionJob,
+    *,
+    phase: str,
+    percent: float,
+    loss: float | None = None,
+    eta_seconds: float | None = None,
+) -> bool:
+    """Record progress; False once the job is no longer running (cancelled)."""
+    return bool(
+        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
+            phase=phase[:32], percent=percent, loss=loss, eta_seconds=eta_seconds
+        )
+    )
+
+
+def job_succeed(
+    job: CompressionJob,
+    *,
+    artifact: Artifact,
+    format: str,
+    architecture: str,
+    architecture_config: dict[str, Any],
+    report: dict[str, Any],
+    compute_seconds: float,
+    actor: Actor,
+) -> ModelVersion | None:
+    """Create the new version (lineage: parent, method, parameters; on no alias, queued for
+    validation), complete the job and bill its compute time, all in one transaction. None
+    when the job stopped running meanwhile (cancelled): nothing is created or billed."""
+    with transaction.atomic():
+        locked = (
+            CompressionJob.objects.select_for_update()
+            .filter(pk=job.pk, status=CompressionJob.Status.RUNNING)
+            .first()
+        )
+        if locked is None:
+            return None
+        version = registry.version_derive(
+            parent=job.version,
+            artifact=artifact,
+            format=format,
+            architecture=architecture,
+            architecture_config=architecture_config,
+            operation=job.method,
+            operation_params=job.params,
+            actor=actor,
+            label=f"{job.method} of v{job.version.number}",
+        )
+        CompressionJob.objects.filter(pk=job.pk).update(
+            status=CompressionJob.Status.SUCCEEDED,
+            phase="done",
+            percent=100.0,
+            eta_seconds=0,
+            result_version=version,
+            report=report,
+            compute_seconds=compute_seconds,
+            completed_at=timezone.now(),
+        )
+        usage_record_create(
+            kind="compression",
+            source_id=job.public_id,
+            consumer=job.model.tenant,
+            model=job.model,
+            compute_seconds=Decimal(str(round(compute_seconds, 6))),
+        )
+    job.refresh_from_db()
+    return version
+
+
+def job_fail(job: CompressionJob, *, error: str) -> bool:
+    """A failed job is not billed; the reason says what happened."""
+    failed = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
+        status=CompressionJob.Status.FAILED,
+        error=error[:5000],
+        eta_seconds=None,
+        completed_at=timezone.now(),
+    )
+    job.refresh_from_db()
+    return bool(failed)
+
+
+# --- promotion ------------------------------------------------------------------------------
+
+
+def job_promote(
+    *,
+    job: CompressionJob,
+    alias: str,
+    access: Access,
+    actor: Actor,
+    min_agreement: float | None = None,
+    min_cosine: float | None = None,
+    max_mean_abs_error: float | None = None,
+) -> Alias:
+    """Point ``alias`` at the job's version only when its measured fidelity meets every
+    threshold the publisher sets (at least one); otherwise 409 with the figures."""
+    if job.status != CompressionJob.Status.SUCCEEDED or job.result_version is None:
+        raise Conflict(f"The job is {job.status}; only a succeeded job's version can be promoted.")
+    thresholds = {
+        "agreement": min_agreement,
+        "cosine": min_cosine,
+        "mean_abs_error": max_mean_abs_error,
+    }
+    if all(v is None for v in thresholds.values()):
+        raise ValidationError(
+            "Set a fidelity threshold: min_agreement, min_cosine or max_mean_abs_error."
+        )
+    fidelity = (job.report or {}).get("fidelity", {})
+    missed = []
+    for name, threshold in thresholds.items():
+        if threshold is None:
+            continue
+        value = fidelity.get(name)
+        ok = value is not None and (
+            value <= threshold if name == "mean_abs_error" else value >= threshold
+        )
+        if not ok:
+            bound = "at most" if name == "mean_abs_error" else "at least"
+            missed.append(f"{name} is {value} (needs {bound} {threshold})")
+    if missed:
+        raise Conflict(
+            "The compressed version does not meet the fidelity threshold: " + "; ".join(missed),
+            fidelity=fidelity,
+        )
+    return registry.alias_set(
+        model=job.model, name=alias, version=job.result_version, access=access, actor=actor
+    )

@@ -1,0 +1,198 @@
+"""The compression jobs API without a worker: who may start a job, which methods and
+parameters are refused up front (and why), cancel, metering and promotion rules."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as accounts
+from billing.models import UsageRecord
+from inference import compression_services as jobs
+from inference.models import CompressionJob
+from marketplace import services as registry
+from marketplace.models import Listing, ModelVersion
+from marketplace.vault.store import artifact_create
+from tests.compression.conftest import ready_version, signature
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/compression-jobs"
+
+
+def start(api, method: str, params: dict | None = None, model: str = "acme/mlp", **extra):
+    body = {"model": model, "version": "1", "method": method, "params": params or {}, **extra}
+    return api.post(URL, body, format="json")
+
+
+def test_owner_queues_a_job_with_normalised_parameters(api, mlp_version):
+    response = start(api, "quantize")
+
+    assert response.status_code == 201, response.json()
+    job = response.json()
+    assert job["id"].startswith("job_")
+    assert job["status"] == "queued"
+    assert job["params"] == {"scheme": "dynamic_int8"}
+    assert job["progress"] == {"phase": "", "percent": 0.0, "eta_seconds": None, "loss": None}
+    assert api.get(f"{URL}/{job['id']}").json()["id"] == job["id"]
+    assert [j["id"] for j in api.get(URL).json()["results"]] == [job["id"]]
+
+
+def test_unknown_method_is_refused_with_422(api, mlp_version):
+    response = start(api, "sparsify")
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "not_applicable"
+    assert "quantize, prune, distill" in response.json()["detail"]
+
+
+def test_quantizing_an_export_archive_is_refused_with_the_reason(api, tenant, model_files):
+    ready_version(tenant, "graph", model_files["pt2"], sig=signature([4], 3), format="pt2")
+
+    response = start(api, "quantize", model="acme/graph")
+
+    assert response.status_code == 422
+    assert "needs the model's modules" in response.json()["detail"]
+
+
+def test_structured_pruning_of_a_resnet_is_refused_with_the_reason(api, tenant):
+    from safetensors.torch import save
+
+    from inference.runtime.architectures import ResNet
+
+    ready_version(
+        tenant,
+        "res",
+        save(ResNet(width=8, stages=1, blocks=1).state_dict()),
+        sig=signature([3, 32, 32]),
+        architecture="resnet",
+        config={"width": 8, "stages": 1, "blocks": 1},
+    )
+
+    response = start(api, "prune", {"kind": "structured"}, model="acme/res")
+
+    assert response.status_code == 422
+    assert "use kind 'unstructured'" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("quantize", {"scheme": "int4"}, "scheme must be one of"),
+        ("prune", {"amount": 1.5}, "amount must be between"),
+        ("prune", {"amont": 0.5}, "Unknown parameter(s) amont"),
+        ("distill", {"epochs": 3}, "distill needs a student"),
+        ("distill", {"student": {"architecture": "mlp"}, "hard_weight": 0.5}, "needs data"),
+        ("distill", {"student": {"architecture": "mlp", "config": {"classes": 3}}}, "come from"),
+    ],
+)
+def test_bad_parameters_are_refused_with_400(api, mlp_version, method, params, message):
+    response = start(api, method, params)
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert not CompressionJob.objects.exists()
+
+
+def test_data_that_does_not_fit_the_signature_is_refused(api, mlp_version):
+    response = start(api, "distill", {"student": {"architecture": "mlp"}}, data={"inputs": [[1]]})
+
+    assert response.status_code == 400
+    assert "should have shape [-1, 256]" in response.json()["detail"]
+
+
+def test_outsider_cannot_compress_a_private_model(outsider_api, mlp_version):
+    response = start(outsider_api, "quantize")
+
+    assert response.status_code == 404
+
+
+def test_subscriber_of_a_public_model_cannot_distill_it(outsider_api, mlp_version):
+    from django.conf import settings
+
+    Listing.objects.create(
+        model=mlp_version.model,
+        title="MLP",
+        visibility=Listing.Visibility.PUBLIC,
+        platform_fee_percent=Decimal(settings.PLATFORM_FEE_PERCENT),
+    )
+
+    response = start(outsider_api, "distill", {"student": {"architecture": "mlp"}})
+
+    assert response.status_code == 403
+    assert "Only the publisher" in response.json()["detail"]
+
+
+def test_outsider_sees_no_job(api, outsider_api, mlp_version):
+    job = start(api, "quantize").json()
+
+    assert outsider_api.get(f"{URL}/{job['id']}").status_code == 404
+    assert outsider_api.post(f"{URL}/{job['id']}/cancel").status_code == 404
+    assert outsider_api.get(URL).json()["results"] == []
+
+
+def test_a_version_that_is_not_ready_cannot_be_compressed(api, mlp_version):
+    ModelVersion.objects.filter(pk=mlp_version.pk).update(status="validating")
+
+    assert start(api, "quantize").status_code == 409
+
+
+def test_cancelled_job_is_not_run_or_billed(api, mlp_version):
+    job = start(api, "quantize").json()
+
+    cancelled = api.post(f"{URL}/{job['id']}/cancel").json()
+
+    assert cancelled["status"] == "cancelled"
+    row = CompressionJob.objects.get(public_id=job["id"])
+    assert jobs.job_claim(row) is False  # a worker picking it up does nothing
+    assert not UsageRecord.objects.exists()
+
+
+def _finish(job: CompressionJob, tenant, agreement: float) -> ModelVersion | None:
+    return jobs.job_succeed(
+        job,
+        artifact=artifact_create(tenant=tenant, chunks=[b"weights"]),
+        format="safetensors",
+        architecture="mlp",
+        architecture_config={"compression": "dynamic_int8"},
+        report={"fidelity": {"agreement": agreement, "cosine": 0.999}},
+        compute_seconds=12.5,
+        actor=accounts.SYSTEM,
+    )
+
+
+def test_a_finished_job_makes_a_version_with_lineage_billed_exactly_once(
+    api, tenant, mlp_version, settings
+):
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    assert jobs.job_claim(job)
+
+    version = _finish(job, tenant, 0.995)
+    again = _finish(job, tenant, 0.995)  # a redelivered task finds the job done
+
+    assert again is None
+    assert (version.number, version.parent, version.operation) == (2, mlp_version, "quantize")
+    assert version.operation_params == {"scheme": "dynamic_int8"}
+    assert not version.aliases.exists()
+    (record,) = UsageRecord.objects.filter(source_id=job.public_id)
+    assert record.consumer == tenant and record.kind == "compression"
+    assert record.amount == Decimal("12.5") * Decimal(settings.COMPRESSION_PRICE_PER_SECOND)
+    shown = api.get(f"{URL}/{job.public_id}").json()
+    assert shown["result"]["version"] == 2 and shown["cost"]["amount"] == str(record.amount)
+
+
+def test_promotion_needs_the_fidelity_threshold_to_be_met(api, tenant, mlp_version):
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    jobs.job_claim(job)
+    version = _finish(job, tenant, 0.97)
+    registry.version_record_validation(version=version, ok=True, signature=signature([256]))
+    promote = f"{URL}/{job.public_id}/promote"
+
+    refused = api.post(promote, {"alias": "staging", "min_agreement": 0.99}, format="json")
+    no_threshold = api.post(promote, {"alias": "staging"}, format="json")
+    accepted = api.post(promote, {"alias": "staging", "min_agreement": 0.95}, format="json")
+
+    assert refused.status_code == 409 and "agreement is 0.97" in refused.json()["detail"]
+    assert no_threshold.status_code == 400
+    assert accepted.status_code == 200
+    assert api.get("/api/v1/models/acme/mlp/aliases").json()[0]["name"] == "staging"
