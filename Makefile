@@ -5,10 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]' -e './client[numpy]'
 	touch $(STAMP)
 
 install: $(STAMP)

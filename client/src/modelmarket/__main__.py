@@ -1,0 +1,5 @@
+import sys
+
+from modelmarket.cli import main
+
+sys.exit(main())

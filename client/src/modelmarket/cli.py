@@ -1,0 +1,730 @@
+"""``mm``: the command line over ``modelmarket.Client``.
+
+Every failure prints one line saying what went wrong (the API's own ``detail`` when the API
+refused) and exits non-zero, with a code per kind of failure (``modelmarket.errors``):
+2 usage, 3 authentication or permission, 4 not found, 5 request refused, 6 server busy or
+unreachable, 7 validation or prediction failed, 8 timed out waiting, 130 interrupted.
+``--json`` prints the API's JSON on stdout (errors as ``{"error": {...}}`` on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from modelmarket import __version__, config, tensors
+from modelmarket.client import Client, split_ref
+from modelmarket.errors import (
+    EXIT_USAGE,
+    ApiError,
+    AuthenticationError,
+    ConnectionFailed,
+    ModelmarketError,
+    NotFound,
+    PermissionDenied,
+    PredictionFailed,
+    RateLimited,
+    ServiceUnavailable,
+    UsageError,
+)
+from modelmarket.types import Prediction, PushResult, Version
+
+EXIT_INTERRUPTED = 130
+
+
+class Cli:
+    """State shared by the commands of one invocation: options, consoles, the client."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.json = bool(getattr(args, "json", False))
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(base_url=getattr(self.args, "base_url", None))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def interactive(self) -> bool:
+        return not self.json and not getattr(self.args, "quiet", False) and self.err.is_terminal
+
+    def emit(self, data: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            human()
+
+    def say(self, text: str) -> None:
+        """A progress note for people (stderr, so stdout stays the result)."""
+        if not self.json and not getattr(self.args, "quiet", False):
+            self.err.print(text)
+
+    def status(self, text: str) -> AbstractContextManager:
+        return self.err.status(text) if self.interactive else nullcontext()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_login(cli: Cli) -> int:
+    args = cli.args
+    key = os.environ.get("MM_API_KEY") if args.from_env else None
+    if not key:
+        if sys.stdin.isatty():
+            key = getpass.getpass("API key (mm_live_...): ")
+        else:
+            key = sys.stdin.readline()
+    key = (key or "").strip()
+    if not key:
+        raise UsageError("No key given. Create one in the dashboard under Keys.")
+    base_url = getattr(args, "base_url", None) or config.resolve().base_url
+    with Client(api_key=key, base_url=base_url) as client:
+        org = client.whoami()  # refuse to save a key that does not work
+    data = config.read_config()
+    data.update(api_key=key, base_url=base_url)
+    path = config.write_config(data)
+    result = {"organisation": org.slug, "scopes": org.scopes, "base_url": base_url}
+    cli.emit(
+        {**result, "config": str(path)},
+        lambda: cli.out.print(
+            f"Logged in to [bold]{escape(org.name)}[/] ({org.slug}) at {base_url}; "
+            f"key saved in {path} (mode 600)."
+        ),
+    )
+    return 0
+
+
+def cmd_logout(cli: Cli) -> int:
+    data = config.read_config()
+    removed = data.pop("api_key", None) is not None
+    if removed:
+        config.write_config(data)
+    cli.emit(
+        {"logged_out": removed},
+        lambda: cli.out.print("Key removed." if removed else "No saved key."),
+    )
+    return 0
+
+
+def cmd_whoami(cli: Cli) -> int:
+    org = cli.client.whoami()
+    cli.emit(
+        {**org.raw, "base_url": cli.client.base_url, "key_source": cli.client.key_source},
+        lambda: cli.out.print(
+            f"{escape(org.name)} ({org.slug}) at {cli.client.base_url}\n"
+            f"scopes: {', '.join(org.scopes)}\nkey from: {cli.client.key_source}"
+        ),
+    )
+    return 0
+
+
+def cmd_models(cli: Cli) -> int:
+    models = list(cli.client.list_models())
+
+    def human() -> None:
+        table = Table("model", "latest", "aliases", "task", box=None)
+        for m in models:
+            aliases = ", ".join(f"{k}→{v}" for k, v in sorted(m.aliases.items()))
+            table.add_row(m.ref, str(m.latest_version or "-"), aliases or "-", m.task or "-")
+        cli.out.print(table if models else "No models yet. Push one: mm push owner/name FILE")
+
+    cli.emit([m.raw for m in models], human)
+    return 0
+
+
+def cmd_create(cli: Cli) -> int:
+    model = cli.client.create_model(
+        cli.args.name, description=cli.args.description, task=cli.args.task
+    )
+    cli.emit(model.raw, lambda: cli.out.print(f"Created {model.ref}."))
+    return 0
+
+
+def cmd_model(cli: Cli) -> int:
+    model = cli.client.get_model(cli.args.ref)
+
+    def human() -> None:
+        cli.out.print(f"[bold]{model.ref}[/] {escape(model.description)}")
+        cli.out.print(f"latest version: {model.latest_version or '-'}")
+        for name, number in sorted(model.aliases.items()):
+            cli.out.print(f"  {name} → {number}")
+
+    cli.emit(model.raw, human)
+    return 0
+
+
+def cmd_versions(cli: Cli) -> int:
+    versions = list(cli.client.list_versions(cli.args.ref))
+
+    def human() -> None:
+        table = Table("version", "status", "format", "size", "aliases", "sha256", box=None)
+        for v in versions:
+            table.add_row(
+                str(v.number),
+                _status(v.status),
+                v.format,
+                _size(v.size),
+                ", ".join(v.aliases) or "-",
+                v.sha256[:12],
+            )
+        cli.out.print(table if versions else "No versions yet.")
+
+    cli.emit([v.raw for v in versions], human)
+    return 0
+
+
+def cmd_version(cli: Cli) -> int:
+    version = cli.client.get_version(cli.args.ref)
+    cli.emit(version.raw, lambda: _print_version(cli, cli.args.ref, version))
+    return 0
+
+
+def _print_version(cli: Cli, ref: str, v: Version) -> None:
+    owner, name, _ = split_ref(ref)
+    cli.out.print(f"[bold]{owner}/{name}[/] version {v.number}: {_status(v.status)}")
+    if v.failure_reason:
+        cli.out.print(f"  reason: {escape(v.failure_reason)}")
+    cli.out.print(f"  format {v.format}, {_size(v.size)}, sha256 {v.sha256}")
+    if v.parameter_count is not None:
+        cli.out.print(f"  {v.parameter_count:,} parameters, {v.latency_ms or 0:.1f} ms per call")
+    for spec in (v.signature or {}).get("inputs", []):
+        cli.out.print(f"  input  {spec.get('name')}: {spec.get('datatype')} {spec.get('shape')}")
+    for spec in (v.signature or {}).get("outputs", []):
+        cli.out.print(f"  output {spec.get('name')}: {spec.get('datatype')} {spec.get('shape')}")
+    if v.aliases:
+        cli.out.print(f"  aliases: {', '.join(v.aliases)}")
+
+
+def cmd_push(cli: Cli) -> int:
+    args = cli.args
+    owner, name, version = split_ref(args.ref)
+    if version:
+        raise UsageError("Push to owner/name; the server numbers the new version.")
+    example = tensors.load_input(args.example_input) if args.example_input else None
+    if example is not None:
+        example = tensors.to_payload(example)
+    progress = _transfer_progress(cli)
+    with progress:
+        tasks: dict[str, Any] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                label = "checksum" if phase == "hash" else "upload"
+                tasks[phase] = progress.add_task(label, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        result = cli.client.push(
+            f"{owner}/{name}",
+            args.file,
+            format=args.format,
+            label=args.label,
+            example_input=example,
+            create=not args.no_create,
+            workers=args.workers,
+            progress=report,
+        )
+    if result.resumed_bytes:
+        cli.say(
+            f"Resumed upload {result.upload_id}: {_size(result.resumed_bytes)} were already "
+            "on the server."
+        )
+    cli.say(
+        f"Uploaded {_size(result.size)} in {result.seconds:.1f} s; SHA-256 verified "
+        f"({result.sha256[:12]}…). {result.model} version {result.version.number} is "
+        f"{result.version.status}."
+    )
+    if not args.no_wait and not result.version.is_terminal:
+        result.version = _wait_version(cli, result.model, result.version.number, args.timeout)
+    cli.emit(result.to_json(), lambda: _print_push(cli, result))
+    return 0
+
+
+def _print_push(cli: Cli, result: PushResult) -> None:
+    _print_version(cli, result.model, result.version)
+
+
+def _wait_version(cli: Cli, ref: str, number: int, timeout: float) -> Version:
+    with cli.status(f"Validating {ref} version {number}…"):
+        return cli.client.wait_for_version(ref, number, timeout=timeout)
+
+
+def cmd_wait(cli: Cli) -> int:
+    owner, name, version = split_ref(cli.args.ref)
+    if not version:
+        raise UsageError("Say which version: owner/name:NUMBER.")
+    ready = _wait_version(cli, f"{owner}/{name}", version, cli.args.timeout)
+    cli.emit(ready.raw, lambda: _print_version(cli, cli.args.ref, ready))
+    return 0
+
+
+def cmd_alias_set(cli: Cli) -> int:
+    args = cli.args
+    alias = cli.client.set_alias(args.ref, args.alias, args.version)
+    cli.emit(
+        alias.raw,
+        lambda: cli.out.print(
+            f"{split_ref(args.ref)[0]}/{split_ref(args.ref)[1]}:{alias.name} "
+            f"→ version {alias.version}"
+        ),
+    )
+    return 0
+
+
+def cmd_alias_list(cli: Cli) -> int:
+    aliases = cli.client.list_aliases(cli.args.ref)
+    cli.emit(
+        [a.raw for a in aliases],
+        lambda: cli.out.print(
+            "\n".join(f"{a.name} → {a.version}" for a in aliases) or "No aliases."
+        ),
+    )
+    return 0
+
+
+def cmd_alias_history(cli: Cli) -> int:
+    moves = cli.client.alias_history(cli.args.ref, cli.args.alias)
+
+    def human() -> None:
+        for m in moves:
+            cli.out.print(
+                f"{m['created_at']}  {m['from_version'] or '-'} → {m['to_version']}  "
+                f"{escape(str(m['actor']))}"
+            )
+
+    cli.emit(moves, human)
+    return 0
+
+
+def cmd_publish(cli: Cli) -> int:
+    args = cli.args
+    card = Path(args.card).read_text() if args.card else None
+    listing = cli.client.publish(
+        args.ref,
+        visibility=args.visibility,
+        price_per_call=args.price_per_call,
+        price_per_second=args.price_per_second,
+        currency=args.currency,
+        free_calls_per_month=args.free_calls,
+        title=args.title,
+        summary=args.summary,
+        card_markdown=card,
+        license=args.license,
+        tags=args.tag,
+        gated=args.gated,
+    )
+
+    def human() -> None:
+        price = (
+            "free"
+            if listing.raw.get("is_free")
+            else f"{listing.price_per_call} {listing.currency} per call"
+            + (f" + {listing.price_per_second} per second" if listing.price_per_second else "")
+        )
+        cli.out.print(
+            f"{listing.ref} is listed ({listing.visibility}, {price}): "
+            f"{cli.client.base_url}{listing.raw.get('url', '')}"
+        )
+
+    cli.emit(listing.raw, human)
+    return 0
+
+
+def cmd_unpublish(cli: Cli) -> int:
+    cli.client.unpublish(cli.args.ref)
+    cli.emit({"unpublished": cli.args.ref}, lambda: cli.out.print("Unlisted (kept, private)."))
+    return 0
+
+
+def cmd_catalogue(cli: Cli) -> int:
+    items = list(_take(cli.client.catalogue(cli.args.query, task=cli.args.task), cli.args.limit))
+
+    def human() -> None:
+        table = Table("model", "title", "price/call", "licence", box=None)
+        for i in items:
+            price = "free" if i.get("is_free") else f"{i['price_per_call']} {i['currency']}"
+            table.add_row(i["ref"], escape(i.get("title", "")), price, i.get("license", ""))
+        cli.out.print(table if items else "Nothing matches.")
+
+    cli.emit(items, human)
+    return 0
+
+
+def cmd_subscribe(cli: Cli) -> int:
+    sub = cli.client.subscribe(cli.args.ref)
+    cli.emit(sub, lambda: cli.out.print(f"Subscribed to {sub.get('model', cli.args.ref)}."))
+    return 0
+
+
+def cmd_predict(cli: Cli) -> int:
+    args = cli.args
+    inputs = tensors.load_input(args.input) if args.input else tensors.parse_json(args.data)
+    with cli.status("Running…") if not args.no_wait else nullcontext():
+        prediction = cli.client.predict(
+            args.ref,
+            inputs,
+            version=args.version,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+            idempotency_key=args.idempotency_key,
+            raise_on_failure=False,
+        )
+    if args.output and prediction.status == "succeeded":
+        tensors.save_output(prediction.output or {}, args.output)
+        cli.say(f"Saved the output to {args.output}.")
+    cli.emit(prediction.raw, lambda: _print_prediction(cli, prediction))
+    if prediction.status in ("failed", "canceled"):
+        raise PredictionFailed(
+            f"Prediction {prediction.id} {prediction.status}"
+            + (f" ({prediction.error_kind})" if prediction.error_kind else "")
+            + f": {prediction.error or 'no reason given'}",
+            prediction,
+        )
+    return 0
+
+
+def _print_prediction(cli: Cli, p: Prediction) -> None:
+    metrics = p.metrics
+    line = f"{p.id}  {p.model} v{p.version}  {_status(p.status)}"
+    if metrics.get("compute_ms") is not None:
+        line += f"  {metrics['compute_ms']:.1f} ms"
+    if p.cost:
+        line += f"  cost {p.cost['amount']} {p.cost['currency']}" + (
+            " (free)" if p.cost.get("free") else ""
+        )
+    cli.out.print(line)
+    for name, value in (p.output or {}).items():
+        cli.out.print(f"{name} {_shape(value)}: {_preview(value)}")
+    if p.status in ("queued", "running"):
+        cli.out.print(f"Fetch the result with: mm prediction {p.id} --wait")
+
+
+def cmd_prediction(cli: Cli) -> int:
+    if cli.args.wait:
+        with cli.status("Waiting…"):
+            prediction = cli.client.wait_for_prediction(cli.args.id, timeout=cli.args.timeout)
+    else:
+        prediction = cli.client.get_prediction(cli.args.id)
+    cli.emit(prediction.raw, lambda: _print_prediction(cli, prediction))
+    return 0
+
+
+def cmd_cancel(cli: Cli) -> int:
+    prediction = cli.client.cancel_prediction(cli.args.id)
+    cli.emit(prediction.raw, lambda: _print_prediction(cli, prediction))
+    return 0
+
+
+def cmd_predictions(cli: Cli) -> int:
+    found = list(
+        _take(
+            cli.client.list_predictions(model=cli.args.model, status=cli.args.status),
+            cli.args.limit,
+        )
+    )
+
+    def human() -> None:
+        table = Table("id", "model", "version", "status", "created", box=None)
+        for p in found:
+            table.add_row(p.id, p.model, str(p.version), _status(p.status), p.raw["created_at"])
+        cli.out.print(table if found else "No predictions.")
+
+    cli.emit([p.raw for p in found], human)
+    return 0
+
+
+def cmd_keys(cli: Cli) -> int:
+    keys = cli.client.list_keys()
+
+    def human() -> None:
+        table = Table("name", "prefix", "scopes", "last used", box=None)
+        for k in keys:
+            table.add_row(
+                escape(str(k.get("name", ""))),
+                str(k.get("prefix", "")),
+                ", ".join(k.get("scopes", [])),
+                str(k.get("last_used_at") or "-"),
+            )
+        cli.out.print(table)
+
+    cli.emit(keys, human)
+    return 0
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _take(items: Iterable[Any], limit: int) -> Iterable[Any]:
+    for i, item in enumerate(items):
+        if i >= limit:
+            return
+        yield item
+
+
+def _transfer_progress(cli: Cli) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=cli.err,
+        disable=not cli.interactive,
+        transient=False,
+    )
+
+
+def _status(status: str) -> str:
+    colour = {
+        "ready": "green",
+        "succeeded": "green",
+        "failed": "red",
+        "yanked": "red",
+        "canceled": "yellow",
+        "deprecated": "yellow",
+    }.get(status)
+    return f"[{colour}]{status}[/]" if colour else status
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def _preview(value: Any, limit: int = 12) -> str:
+    flat: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if len(flat) > limit:
+            return
+        if isinstance(v, list):
+            for item in v:
+                walk(item)
+        else:
+            flat.append(v)
+
+    walk(value)
+    shown = ", ".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in flat[:limit])
+    return f"[{shown}{', …' if len(flat) > limit else ''}]"
+
+
+def _hint(cli: Cli, exc: ModelmarketError) -> str:
+    if isinstance(exc, AuthenticationError):
+        if cli._client is not None and cli._client.key_source == "none":
+            return "No API key found: set MM_API_KEY or run `mm login`."
+        return "Check the key (MM_API_KEY or `mm login`): it may be wrong, revoked or expired."
+    if isinstance(exc, PermissionDenied):
+        return "The key or your role lacks the right for this; see `mm whoami` for its scopes."
+    if isinstance(exc, NotFound):
+        return "Check the name; models you have no access to also answer 404."
+    if isinstance(exc, RateLimited | ServiceUnavailable):
+        return "Still refused after retrying; try again later."
+    if isinstance(exc, ConnectionFailed):
+        return ""
+    return ""
+
+
+def _report(cli: Cli, exc: ModelmarketError) -> int:
+    if cli.json:
+        body = exc.to_json()
+        if isinstance(exc, PredictionFailed) and exc.prediction is not None:
+            body["prediction"] = exc.prediction.raw
+        sys.stderr.write(json.dumps({"error": body}, default=str) + "\n")
+        return exc.exit_code
+    if isinstance(exc, ApiError):
+        text = f"[red]Error:[/] {escape(exc.detail)} [dim](HTTP {exc.status})[/]"
+    else:
+        text = f"[red]Error:[/] {escape(exc.message)}"
+    hint = _hint(cli, exc)
+    cli.err.print(text + (f"\n{escape(hint)}" if hint else ""))
+    return exc.exit_code
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (for scripts)"
+    )
+    common.add_argument(
+        "--base-url",
+        default=argparse.SUPPRESS,
+        help="the server (default: MM_BASE_URL, the saved config, http://localhost:8000)",
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress"
+    )
+    parser = argparse.ArgumentParser(
+        prog="mm",
+        parents=[common],
+        description="Push, version, publish and run models on Modelmarket.",
+        epilog="The key comes from MM_API_KEY or `mm login`; the server from MM_BASE_URL.",
+    )
+    parser.add_argument("--version", action="version", version=f"mm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("login", cmd_login, "save an API key (read from the prompt or stdin), mode 600")
+    p.add_argument("--from-env", action="store_true", help="save the key in MM_API_KEY")
+    command("logout", cmd_logout, "forget the saved key")
+    command("whoami", cmd_whoami, "the organisation and scopes of the key")
+    command("models", cmd_models, "list models you own or may use")
+    p = command("create", cmd_create, "create a model in your organisation")
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+    p.add_argument("--task")
+    p = command("model", cmd_model, "show a model")
+    p.add_argument("ref", metavar="owner/name")
+    p = command("versions", cmd_versions, "list a model's versions")
+    p.add_argument("ref", metavar="owner/name")
+    p = command("version", cmd_version, "show a version (default: production)")
+    p.add_argument("ref", metavar="owner/name[:version]")
+
+    p = command("push", cmd_push, "upload a model file as a new version (resumable)")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("file")
+    p.add_argument("--format", choices=["pt2", "torchscript", "safetensors"])
+    p.add_argument("--label", default="")
+    p.add_argument("--example-input", metavar="FILE", help=".npy/.npz/.json for validation")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for validation")
+    p.add_argument("--no-create", action="store_true", help="fail if the model does not exist")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for validation")
+    p.add_argument("--workers", type=int, default=4, help="chunks sent at once")
+
+    p = command("wait", cmd_wait, "wait for a version's validation")
+    p.add_argument("ref", metavar="owner/name:version")
+    p.add_argument("--timeout", type=float, default=600)
+
+    alias = command("alias", lambda cli: EXIT_USAGE, "set, list or trace aliases")
+    alias_sub = alias.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
+    p = alias_sub.add_parser("set", parents=[common], help="point an alias at a version")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("alias")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_alias_set)
+    p = alias_sub.add_parser("list", parents=[common], help="a model's aliases")
+    p.add_argument("ref", metavar="owner/name")
+    p.set_defaults(func=cmd_alias_list)
+    p = alias_sub.add_parser("history", parents=[common], help="an alias's moves")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("alias")
+    p.set_defaults(func=cmd_alias_history)
+
+    p = command("publish", cmd_publish, "list a model in the catalogue, or update its listing")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("--visibility", choices=["public", "unlisted", "private"])
+    p.add_argument("--price-per-call", metavar="DECIMAL")
+    p.add_argument("--price-per-second", metavar="DECIMAL")
+    p.add_argument("--currency")
+    p.add_argument("--free-calls", type=int, metavar="N", help="free calls per month")
+    p.add_argument("--title")
+    p.add_argument("--summary")
+    p.add_argument("--card", metavar="FILE", help="the model card, Markdown")
+    p.add_argument("--license", help="SPDX id, 'proprietary' or 'LicenseRef-...'")
+    p.add_argument("--tag", action="append", help="repeat for several")
+    p.add_argument("--gated", action=argparse.BooleanOptionalAction, default=None)
+    p = command("unpublish", cmd_unpublish, "take a listing out of the catalogue")
+    p.add_argument("ref", metavar="owner/name")
+    p = command("catalogue", cmd_catalogue, "search public listings")
+    p.add_argument("query", nargs="?", default="")
+    p.add_argument("--task")
+    p.add_argument("--limit", type=int, default=50)
+    p = command("subscribe", cmd_subscribe, "subscribe your organisation to a listed model")
+    p.add_argument("ref", metavar="owner/name")
+
+    p = command("predict", cmd_predict, "run a model")
+    p.add_argument("ref", metavar="owner/name[:version]")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", "-i", metavar="FILE", help=".npy, .npz or .json ('-': stdin)")
+    given.add_argument("--data", "-d", metavar="JSON", help="the input as JSON")
+    p.add_argument("--version", dest="version", help="version number or alias")
+    p.add_argument("--no-wait", "--async", action="store_true", help="queue and return")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--output", "-o", metavar="FILE", help="save outputs (.npy, .npz, .json)")
+    p.add_argument("--idempotency-key", help="repeat it to get the same prediction back")
+    p = command("prediction", cmd_prediction, "show a prediction")
+    p.add_argument("id")
+    p.add_argument("--wait", action="store_true", help="until it finishes")
+    p.add_argument("--timeout", type=float, default=300)
+    p = command("cancel", cmd_cancel, "cancel a queued or running prediction")
+    p.add_argument("id")
+    p = command("predictions", cmd_predictions, "recent predictions")
+    p.add_argument("--model", metavar="owner/name")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    command("keys", cmd_keys, "your organisation's API keys (admin)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mm`` with ``argv``; returns the exit code (never raises, but for SystemExit from
+    ``--help``/``--version`` and argument errors, which exit 0 and 2 as argparse does)."""
+    args = _parser().parse_args(argv)
+    cli = Cli(args)
+    try:
+        return args.func(cli)
+    except ModelmarketError as exc:
+        return _report(cli, exc)
+    except KeyboardInterrupt:
+        cli.err.print(
+            "\nInterrupted. A push resumes where it stopped when you run the same command."
+        )
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a local file: unreadable, not writable, ...
+        return _report(cli, UsageError(f"{exc.filename or ''}: {exc.strerror or exc}".strip()))
+    except Exception as exc:  # a bug here: say so in one line, unless asked for the trace
+        if os.environ.get("MM_DEBUG"):
+            raise
+        cli.err.print(
+            f"[red]Unexpected error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+            "Run with MM_DEBUG=1 for the traceback, and report it."
+        )
+        return 1
+    finally:
+        cli.close()

@@ -1,0 +1,235 @@
+"""What the API returns, as typed objects. Each keeps the full JSON it was made from in ``raw``
+(fields added to the API later are there before this package names them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+def _parse_ranges(ranges: list[str]) -> list[tuple[int, int]]:
+    """``["bytes 0-99", ...]`` to inclusive ``(first, last)`` pairs."""
+    out = []
+    for text in ranges:
+        first, _, last = text.removeprefix("bytes ").partition("-")
+        out.append((int(first), int(last)))
+    return out
+
+
+@dataclass
+class Organisation:
+    slug: str
+    name: str
+    scopes: list[str]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Organisation:
+        tenant = data.get("organisation") or {}
+        return cls(
+            slug=tenant.get("slug", ""),
+            name=tenant.get("name", ""),
+            scopes=list(data.get("scopes", [])),
+            raw=data,
+        )
+
+
+@dataclass
+class Model:
+    ref: str
+    owner: str
+    name: str
+    description: str
+    task: str
+    aliases: dict[str, int]
+    latest_version: int | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Model:
+        return cls(
+            ref=data["ref"],
+            owner=data["owner"],
+            name=data["name"],
+            description=data.get("description", ""),
+            task=data.get("task", ""),
+            aliases=dict(data.get("aliases") or {}),
+            latest_version=data.get("latest_version"),
+            raw=data,
+        )
+
+
+@dataclass
+class Version:
+    number: int
+    status: str
+    format: str
+    sha256: str
+    size: int
+    failure_reason: str
+    signature: dict[str, Any] | None
+    parameter_count: int | None
+    latency_ms: float | None
+    aliases: list[str]
+    raw: dict[str, Any] = field(repr=False)
+
+    TERMINAL = frozenset({"ready", "failed", "deprecated", "yanked"})
+
+    @property
+    def is_terminal(self) -> bool:
+        """Validation is over (``ready`` or ``failed``, or later states)."""
+        return self.status in self.TERMINAL
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Version:
+        return cls(
+            number=data["number"],
+            status=data["status"],
+            format=data.get("format", ""),
+            sha256=data.get("sha256", ""),
+            size=data.get("size") or 0,
+            failure_reason=data.get("failure_reason") or "",
+            signature=data.get("signature"),
+            parameter_count=data.get("parameter_count"),
+            latency_ms=data.get("latency_ms"),
+            aliases=list(data.get("aliases") or []),
+            raw=data,
+        )
+
+
+@dataclass
+class Upload:
+    id: str
+    model: str
+    size: int
+    sha256: str
+    chunk_size: int
+    status: str
+    received_bytes: int
+    missing: list[tuple[int, int]]
+    version: int | None
+    upload_url: str
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Upload:
+        return cls(
+            id=data["id"],
+            model=data.get("model", ""),
+            size=data["size"],
+            sha256=data["sha256"],
+            chunk_size=data["chunk_size"],
+            status=data["status"],
+            received_bytes=data.get("received_bytes", 0),
+            missing=_parse_ranges(data.get("missing_ranges", [])),
+            version=data.get("version"),
+            upload_url=data["upload_url"],
+            raw=data,
+        )
+
+
+@dataclass
+class PushResult:
+    """What ``Client.push`` did: the version it made, and how much it had to send."""
+
+    version: Version
+    model: str
+    upload_id: str
+    sha256: str
+    size: int
+    sent_bytes: int
+    resumed_bytes: int  # already on the server from an earlier, interrupted run
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version.raw,
+            "upload": {
+                "id": self.upload_id,
+                "sha256": self.sha256,
+                "size": self.size,
+                "sent_bytes": self.sent_bytes,
+                "resumed_bytes": self.resumed_bytes,
+                "seconds": round(self.seconds, 3),
+            },
+        }
+
+
+@dataclass
+class Alias:
+    name: str
+    version: int
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Alias:
+        return cls(name=data["name"], version=data["version"], raw=data)
+
+
+@dataclass
+class Listing:
+    ref: str
+    title: str
+    visibility: str
+    price_per_call: Decimal
+    price_per_second: Decimal
+    currency: str
+    free_calls_per_month: int
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Listing:
+        return cls(
+            ref=data["ref"],
+            title=data.get("title", ""),
+            visibility=data.get("visibility", ""),
+            price_per_call=Decimal(str(data.get("price_per_call") or "0")),
+            price_per_second=Decimal(str(data.get("price_per_second") or "0")),
+            currency=data.get("currency", ""),
+            free_calls_per_month=data.get("free_calls_per_month") or 0,
+            raw=data,
+        )
+
+
+@dataclass
+class Prediction:
+    id: str
+    model: str
+    version: int
+    status: str
+    output: dict[str, Any] | None
+    error: str
+    error_kind: str
+    metrics: dict[str, Any]
+    cost: dict[str, Any] | None
+    raw: dict[str, Any] = field(repr=False)
+
+    TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    def arrays(self) -> dict[str, Any]:
+        """The outputs as numpy arrays (needs the ``numpy`` extra)."""
+        from modelmarket.tensors import require_numpy
+
+        np = require_numpy()
+        return {name: np.asarray(value) for name, value in (self.output or {}).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Prediction:
+        return cls(
+            id=data["id"],
+            model=data.get("model", ""),
+            version=data.get("version") or 0,
+            status=data["status"],
+            output=data.get("output"),
+            error=data.get("error") or "",
+            error_kind=data.get("error_kind") or "",
+            metrics=dict(data.get("metrics") or {}),
+            cost=data.get("cost"),
+            raw=data,
+        )

@@ -1,0 +1,92 @@
+"""A publisher ships a model from the command line, through the real stack: the live web
+server, Redis and a Celery worker validating and running it in a sandboxed model host."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def test_push_alias_publish_and_predict_from_the_command_line(
+    celery_worker_process, mm, model_file, model_files, tmp_path
+):
+    pushed = mm("push", "acme/clf", model_file, "--json")
+
+    assert pushed.code == 0, pushed.err
+    result = pushed.json()
+    assert result["version"]["status"] == "ready", result["version"]["failure_reason"]
+    assert result["version"]["sha256"] == hashlib.sha256(model_files["pt2"]).hexdigest()
+    assert result["upload"]["resumed_bytes"] == 0
+
+    aliased = mm("alias", "set", "acme/clf", "production", "1")
+    assert aliased.code == 0, aliased.err
+    assert "production → version 1" in aliased.out
+
+    published = mm(
+        "publish",
+        "acme/clf",
+        "--visibility",
+        "public",
+        "--price-per-call",
+        "0.002",
+        "--title",
+        "Tiny classifier",
+        "--license",
+        "MIT",
+        "--json",
+    )
+    assert published.code == 0, published.err
+    assert published.json()["visibility"] == "public"
+    assert published.json()["price_per_call"] == "0.002000"
+
+    x = np.random.default_rng(0).random((1, 4))  # float64: the server casts to the signature
+    np.save(tmp_path / "x.npy", x)
+    predicted = mm(
+        "predict", "acme/clf", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--json"
+    )
+
+    assert predicted.code == 0, predicted.err
+    assert predicted.json()["status"] == "succeeded"
+    module = torch.export.load(io.BytesIO(model_files["pt2"])).module()
+    expected = module(torch.from_numpy(x).float()).detach().numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5)
+
+    shown = mm("predict", "acme/clf:production", "--data", "[[1, 2, 3, 4]]")
+    assert shown.code == 0, shown.err
+    assert "succeeded" in shown.out and "output [1, 3]" in shown.out
+
+    versions = mm("versions", "acme/clf")
+    assert "ready" in versions.out and "production" in versions.out
+
+
+def test_a_retried_prediction_with_the_same_key_is_the_same_prediction(
+    celery_worker_process, mm, classifier
+):
+    first = mm("predict", "acme/clf", "-d", "[[1, 2, 3, 4]]", "--idempotency-key", "k1", "--json")
+    again = mm("predict", "acme/clf", "-d", "[[1, 2, 3, 4]]", "--idempotency-key", "k1", "--json")
+
+    assert first.code == again.code == 0, first.err + again.err
+    assert first.json()["id"] == again.json()["id"]
+
+
+def test_login_saves_the_key_readable_by_its_owner_only(mm, mm_env, monkeypatch, tenant):
+    secret = mm_env["MM_API_KEY"]
+    monkeypatch.delenv("MM_API_KEY")
+    monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
+
+    logged_in = mm("login")
+
+    assert logged_in.code == 0, logged_in.err
+    assert "Logged in to Acme (acme)" in logged_in.out
+    config = os.path.join(mm_env["MM_CONFIG_DIR"], "config.json")
+    assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
+    whoami = mm("whoami", "--json")
+    assert whoami.code == 0 and whoami.json()["key_source"] == config
