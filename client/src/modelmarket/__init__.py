@@ -8,6 +8,7 @@ from modelmarket.client import Client, split_ref  # noqa: E402
 from modelmarket.errors import ApiError, ModelmarketError  # noqa: E402
 from modelmarket.types import (  # noqa: E402
     Alias,
+    CompressionJob,
     Listing,
     Model,
     Organisation,
@@ -21,6 +22,7 @@ __all__ = [
     "Alias",
     "ApiError",
     "Client",
+    "CompressionJob",
     "Listing",
     "Model",
     "ModelmarketError",

@@ -37,6 +37,7 @@ from modelmarket.errors import (
     EXIT_USAGE,
     ApiError,
     AuthenticationError,
+    CompressionFailed,
     ConnectionFailed,
     ModelmarketError,
     NotFound,
@@ -46,7 +47,7 @@ from modelmarket.errors import (
     ServiceUnavailable,
     UsageError,
 )
-from modelmarket.types import Prediction, PushResult, Version
+from modelmarket.types import CompressionJob, Prediction, PushResult, Version
 
 EXIT_INTERRUPTED = 130
 
@@ -436,6 +437,10 @@ def cmd_prediction(cli: Cli) -> int:
 
 
 def cmd_cancel(cli: Cli) -> int:
+    if cli.args.id.startswith("job_"):
+        job = cli.client.cancel_compression_job(cli.args.id)
+        cli.emit(job.raw, lambda: _print_job(cli, job))
+        return 0
     prediction = cli.client.cancel_prediction(cli.args.id)
     cli.emit(prediction.raw, lambda: _print_prediction(cli, prediction))
     return 0
@@ -475,6 +480,178 @@ def cmd_keys(cli: Cli) -> int:
 
     cli.emit(keys, human)
     return 0
+
+
+# --- compression ------------------------------------------------------------------------------
+
+# Shorthands for ``--method``: the quantization schemes by name.
+METHOD_SHORTHANDS = {
+    "int8": ("quantize", {"scheme": "dynamic_int8"}),
+    "dynamic-int8": ("quantize", {"scheme": "dynamic_int8"}),
+    "weight-only-int8": ("quantize", {"scheme": "weight_only_int8"}),
+    "fp16": ("quantize", {"scheme": "fp16"}),
+    "bf16": ("quantize", {"scheme": "bf16"}),
+}
+
+
+def _params(pairs: list[str] | None, text: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if text:
+        loaded = tensors.parse_json(text, "--params")
+        if not isinstance(loaded, dict):
+            raise UsageError("--params is a JSON object.")
+        params.update(loaded)
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--param takes key=value, not '{pair}'.")
+        try:
+            params[key] = json.loads(value)  # numbers, booleans, lists...
+        except ValueError:
+            params[key] = value  # ...or a plain string
+    return params
+
+
+def cmd_compress(cli: Cli) -> int:
+    args = cli.args
+    method, params = METHOD_SHORTHANDS.get(args.method.lower(), (args.method, {}))
+    params = {**params, **_params(args.param, args.params)}
+    data = tensors.load_input(args.data) if args.data else None
+    if data is not None and not isinstance(data, dict):
+        raise UsageError('--data is a JSON object: {"inputs": [...], "labels": [...]}.')
+    job = cli.client.compress(args.ref, method, params, data=data)
+    cli.say(
+        f"Started {job.id}: {job.method} {_fmt_params(job.params)} of {job.model} v{job.version}."
+    )
+    if args.watch:
+        job = _watch_job(cli, job, args.timeout)
+    cli.emit(job.raw, lambda: _print_job(cli, job))
+    return 0
+
+
+def cmd_job(cli: Cli) -> int:
+    job = cli.client.get_compression_job(cli.args.id)
+    if cli.args.watch and not job.is_terminal:
+        job = _watch_job(cli, job, cli.args.timeout)
+    cli.emit(job.raw, lambda: _print_job(cli, job))
+    if job.status in ("failed", "cancelled"):
+        raise CompressionFailed(f"Compression job {job.id} {job.status}: {job.error}", job)
+    return 0
+
+
+def cmd_jobs(cli: Cli) -> int:
+    found = list(
+        _take(
+            cli.client.list_compression_jobs(model=cli.args.model, status=cli.args.status),
+            cli.args.limit,
+        )
+    )
+
+    def human() -> None:
+        table = Table("id", "model", "from", "method", "status", "result", box=None)
+        for j in found:
+            result = f"v{j.result['version']}" if j.result else "-"
+            table.add_row(
+                j.id,
+                j.model,
+                f"v{j.version}",
+                f"{j.method} {_fmt_params(j.params)}",
+                _status(j.status),
+                result,
+            )
+        cli.out.print(table if found else "No compression jobs.")
+
+    cli.emit([j.raw for j in found], human)
+    return 0
+
+
+def cmd_promote(cli: Cli) -> int:
+    args = cli.args
+    job = cli.client.promote_compression_job(
+        args.id,
+        args.alias,
+        min_agreement=args.min_agreement,
+        min_cosine=args.min_cosine,
+        max_mean_abs_error=args.max_mean_abs_error,
+    )
+    cli.emit(
+        job.raw,
+        lambda: cli.out.print(
+            f"{job.model}:{args.alias} → version {(job.result or {}).get('version')}"
+        ),
+    )
+    return 0
+
+
+def _watch_job(cli: Cli, job: CompressionJob, timeout: float) -> CompressionJob:
+    progress = Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[extra]}"),
+        console=cli.err,
+        disable=not cli.interactive,
+    )
+    with progress:
+        task = progress.add_task("queued", total=100, extra="")
+
+        def show(current: CompressionJob) -> None:
+            p = current.progress
+            extra = []
+            if p.get("eta_seconds") is not None and not current.is_terminal:
+                extra.append(f"eta {p['eta_seconds']:.0f} s")
+            if p.get("loss") is not None:
+                extra.append(f"loss {p['loss']:.4g}")
+            progress.update(
+                task,
+                completed=current.percent,
+                description=p.get("phase") or current.status,
+                extra="  ".join(extra),
+            )
+
+        job = cli.client.wait_for_compression_job(job.id, timeout=timeout, on_progress=show)
+    if job.result and job.result.get("status") == "validating":
+        # The new version is validated like an upload before it can run or take an alias.
+        _wait_version(cli, job.model, job.result["version"], timeout)
+        job = cli.client.get_compression_job(job.id)
+    return job
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict | list))
+
+
+def _print_job(cli: Cli, job: CompressionJob) -> None:
+    head = f"{job.id}  {job.model} v{job.version}"
+    if job.result:
+        head += f" → v{job.result['version']} ({job.result.get('status', '')})"
+    head += f"  {job.method} {_fmt_params(job.params)}  {_status(job.status)}"
+    if job.cost:
+        head += f"  cost {job.cost['amount']} {job.cost['currency']}"
+    cli.out.print(head)
+    if job.error:
+        cli.out.print(f"  reason: {escape(job.error)}")
+    report = job.report or {}
+    parent, child = report.get("parent") or {}, report.get("child") or {}
+    if parent and child:
+        cli.out.print(
+            f"  size      {_size(parent['size_bytes'])} → {_size(child['size_bytes'])} "
+            f"({report.get('size_ratio', 0):.2f}x smaller)"
+        )
+        cli.out.print(
+            f"  latency   batch 1: {parent['latency_b1_ms']:.3g} → {child['latency_b1_ms']:.3g} ms"
+            f", batch 32: {parent['latency_b32_ms']:.3g} → {child['latency_b32_ms']:.3g} ms"
+        )
+    fidelity = report.get("fidelity") or {}
+    if fidelity:
+        cli.out.print(
+            f"  fidelity  agreement {fidelity.get('agreement', 0):.2%}, cosine "
+            f"{fidelity.get('cosine', 0):.5f}, mean abs error "
+            f"{fidelity.get('mean_abs_error', 0):.3g} ({fidelity.get('samples')} "
+            f"{fidelity.get('inputs', '')} inputs)"
+        )
+    if not job.is_terminal:
+        cli.out.print(f"Follow it with: mm job {job.id} --watch")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -567,6 +744,8 @@ def _report(cli: Cli, exc: ModelmarketError) -> int:
         body = exc.to_json()
         if isinstance(exc, PredictionFailed) and exc.prediction is not None:
             body["prediction"] = exc.prediction.raw
+        if isinstance(exc, CompressionFailed) and exc.job is not None:
+            body["job"] = exc.job.raw
         sys.stderr.write(json.dumps({"error": body}, default=str) + "\n")
         return exc.exit_code
     if isinstance(exc, ApiError):
@@ -690,12 +869,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--wait", action="store_true", help="until it finishes")
     p.add_argument("--timeout", type=float, default=300)
-    p = command("cancel", cmd_cancel, "cancel a queued or running prediction")
+    p = command("cancel", cmd_cancel, "cancel a queued or running prediction or job")
     p.add_argument("id")
     p = command("predictions", cmd_predictions, "recent predictions")
     p.add_argument("--model", metavar="owner/name")
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=20)
+    p = command("compress", cmd_compress, "quantize, prune or distill a version")
+    p.add_argument("ref", metavar="owner/name[:version]")
+    p.add_argument(
+        "--method",
+        "-m",
+        required=True,
+        help="quantize, prune, distill, or a scheme: int8, weight-only-int8, fp16, bf16",
+    )
+    p.add_argument("--param", "-p", action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--params", metavar="JSON", help="all parameters as a JSON object")
+    p.add_argument("--data", metavar="FILE", help='.json: {"inputs": [...], "labels": [...]}')
+    p.add_argument("--watch", "-w", action="store_true", help="follow it to the end")
+    p.add_argument("--timeout", type=float, default=3600)
+    p = command("job", cmd_job, "show a compression job and its report")
+    p.add_argument("id")
+    p.add_argument("--watch", "-w", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600)
+    p = command("jobs", cmd_jobs, "recent compression jobs")
+    p.add_argument("--model", metavar="owner/name")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    p = command("promote", cmd_promote, "point an alias at a job's version if it is faithful")
+    p.add_argument("id", metavar="JOB_ID")
+    p.add_argument("alias")
+    p.add_argument("--min-agreement", type=float, metavar="0..1")
+    p.add_argument("--min-cosine", type=float)
+    p.add_argument("--max-mean-abs-error", type=float)
     command("keys", cmd_keys, "your organisation's API keys (admin)")
     return parser
 

@@ -25,6 +25,7 @@ import httpx
 from modelmarket import config, tensors
 from modelmarket._http import Transport
 from modelmarket.errors import (
+    CompressionFailed,
     Conflict,
     NotFound,
     PredictionFailed,
@@ -32,7 +33,16 @@ from modelmarket.errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from modelmarket.types import Alias, Listing, Model, Organisation, Prediction, PushResult, Version
+from modelmarket.types import (
+    Alias,
+    CompressionJob,
+    Listing,
+    Model,
+    Organisation,
+    Prediction,
+    PushResult,
+    Version,
+)
 from modelmarket.upload import Progress, detect_format, file_sha256, push_file
 
 FORMATS = ("pt2", "torchscript", "safetensors")
@@ -383,6 +393,108 @@ class Client:
         params = {k: v for k, v in {"model": model, "status": status}.items() if v}
         for item in self.http.paginate("/api/v1/predictions", params=params):
             yield Prediction.from_json(item)
+
+    # --- compression jobs -----------------------------------------------------------------
+
+    def compress(
+        self,
+        ref: str,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        version: int | str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> CompressionJob:
+        """Start compressing a version of a model your organisation owns (``ref`` may be
+        ``owner/name:version``; default ``production``). ``method`` is ``quantize``
+        (``params={"scheme": "dynamic_int8" | "weight_only_int8" | "fp16" | "bf16"}``),
+        ``prune`` or ``distill``; ``data`` is your own ``{"inputs": ..., "labels": ...}``
+        for distillation and fidelity. A method that cannot apply is refused (422) with
+        the reason. Returns the queued job; follow it with ``wait_for_compression_job``."""
+        owner, name, inline = split_ref(ref)
+        which = version if version is not None else inline or "production"
+        body: dict[str, Any] = {
+            "model": f"{owner}/{name}",
+            "version": str(which),
+            "method": method,
+            "params": params or {},
+        }
+        if data is not None:
+            body["data"] = data
+        return CompressionJob.from_json(
+            self.http.json("POST", "/api/v1/compression-jobs", json=body)
+        )
+
+    def get_compression_job(self, job_id: str) -> CompressionJob:
+        path = f"/api/v1/compression-jobs/{quote(job_id, safe='')}"
+        return CompressionJob.from_json(self.http.json("GET", path))
+
+    def wait_for_compression_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 3600.0,
+        on_progress: Callable[[CompressionJob], None] | None = None,
+    ) -> CompressionJob:
+        """Poll until the job is over, calling ``on_progress`` with each state (phase,
+        percent, ETA, loss). Returns the succeeded job; raises ``CompressionFailed`` with
+        the reason if it failed or was cancelled, ``WaitTimeout`` past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.25
+        while True:
+            job = self.get_compression_job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.status == "succeeded":
+                return job
+            if job.is_terminal:
+                raise CompressionFailed(
+                    f"Compression job {job.id} {job.status}: {job.error or 'no reason given'}",
+                    job,
+                )
+            if time.monotonic() + delay > deadline:
+                raise WaitTimeout(
+                    f"Compression job {job.id} is still {job.status} after {timeout:g} s; "
+                    f"follow it with `mm job {job.id} --watch`."
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def cancel_compression_job(self, job_id: str) -> CompressionJob:
+        """Cancel a queued or running job: no version is made and it is not billed."""
+        path = f"/api/v1/compression-jobs/{quote(job_id, safe='')}/cancel"
+        return CompressionJob.from_json(self.http.json("POST", path))
+
+    def promote_compression_job(
+        self,
+        job_id: str,
+        alias: str,
+        *,
+        min_agreement: float | None = None,
+        min_cosine: float | None = None,
+        max_mean_abs_error: float | None = None,
+    ) -> CompressionJob:
+        """Point ``alias`` at the job's version only if its measured fidelity meets every
+        threshold given (at least one); otherwise ``Conflict`` with the figures."""
+        body = {
+            k: v
+            for k, v in {
+                "alias": alias,
+                "min_agreement": min_agreement,
+                "min_cosine": min_cosine,
+                "max_mean_abs_error": max_mean_abs_error,
+            }.items()
+            if v is not None
+        }
+        path = f"/api/v1/compression-jobs/{quote(job_id, safe='')}/promote"
+        return CompressionJob.from_json(self.http.json("POST", path, json=body))
+
+    def list_compression_jobs(
+        self, *, model: str | None = None, status: str | None = None
+    ) -> Iterator[CompressionJob]:
+        params = {k: v for k, v in {"model": model, "status": status}.items() if v}
+        for item in self.http.paginate("/api/v1/compression-jobs", params=params):
+            yield CompressionJob.from_json(item)
 
     # --- API keys -------------------------------------------------------------------------
 

@@ -159,6 +159,16 @@ class PredictionFailed(ModelmarketError):
         self.prediction = prediction
 
 
+class CompressionFailed(ModelmarketError):
+    """The compression job failed (the reason is the server's) or was cancelled."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, job: Any = None):
+        super().__init__(message)
+        self.job = job
+
+
 class WaitTimeout(ModelmarketError):
     """Waiting for a version, prediction or job ran out of time; it may still finish."""
 

@@ -233,3 +233,49 @@ class Prediction:
             cost=data.get("cost"),
             raw=data,
         )
+
+
+@dataclass
+class CompressionJob:
+    """A quantization, pruning or distillation job; ``report`` once it succeeded (sizes,
+    latencies, fidelity against the parent), ``result`` names the new version."""
+
+    id: str
+    model: str
+    version: int
+    method: str
+    params: dict[str, Any]
+    status: str
+    progress: dict[str, Any]
+    result: dict[str, Any] | None
+    report: dict[str, Any] | None
+    error: str
+    cost: dict[str, Any] | None
+    raw: dict[str, Any] = field(repr=False)
+
+    TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def percent(self) -> float:
+        return float(self.progress.get("percent") or 0.0)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompressionJob:
+        return cls(
+            id=data["id"],
+            model=data.get("model", ""),
+            version=data.get("version") or 0,
+            method=data.get("method", ""),
+            params=dict(data.get("params") or {}),
+            status=data["status"],
+            progress=dict(data.get("progress") or {}),
+            result=data.get("result"),
+            report=data.get("report"),
+            error=data.get("error") or "",
+            cost=data.get("cost"),
+            raw=data,
+        )

@@ -1,0 +1,51 @@
+"""Compression from the command line, run by a live worker in a sandboxed model host."""
+
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import save
+
+from inference.runtime.architectures import MLP
+from tests.compression.conftest import ready_version, signature
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+CONFIG = {"in_features": 16, "hidden": [32], "classes": 4}
+
+
+@pytest.fixture
+def small(tenant):
+    return ready_version(
+        tenant,
+        "small",
+        save(MLP(**CONFIG).state_dict()),
+        sig=signature([16], 4),
+        architecture="mlp",
+        config=CONFIG,
+    )
+
+
+def test_compress_watch_report_and_promote(celery_worker_process, mm, small):
+    watched = mm("compress", "acme/small:1", "--method", "int8", "--watch", "--json")
+
+    assert watched.code == 0, watched.err
+    job = watched.json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["params"] == {"scheme": "dynamic_int8"}
+    assert job["result"]["version"] == 2 and job["result"]["parent"] == 1
+    assert job["report"]["fidelity"]["agreement"] > 0.5
+
+    shown = mm("job", job["id"])
+    assert "fidelity  agreement" in shown.out and "x smaller" in shown.out
+
+    promoted = mm("promote", job["id"], "production", "--min-agreement", "0.5")
+    assert promoted.code == 0, promoted.err
+    assert "acme/small:production → version 2" in promoted.out
+
+
+def test_a_method_that_cannot_apply_is_exit_5_with_the_reason(mm, tenant, model_files):
+    ready_version(tenant, "graph", model_files["pt2"], sig=signature([4], 3), format="pt2")
+
+    run = mm("compress", "acme/graph:1", "--method", "int8")
+
+    assert run.code == 5
+    assert "needs the model's modules" in run.err and "(HTTP 422)" in run.err
