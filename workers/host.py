@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -56,6 +57,7 @@ class ModelHost:
     requests: int = 0
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     _busy: threading.Lock = field(default_factory=threading.Lock)
+    _interrupt: Callable[[], bool] | None = None
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy
@@ -158,17 +160,37 @@ class ModelHost:
 
     # --- requests -----------------------------------------------------------------------
 
-    def request(self, header: dict, payload: bytes = b"", *, timeout: float) -> tuple[dict, bytes]:
+    def request(
+        self,
+        header: dict,
+        payload: bytes = b"",
+        *,
+        timeout: float,
+        on_progress: Callable[[dict], None] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> tuple[dict, bytes]:
         """Send one request and wait for its reply. Raises ``ModelFailure`` when the host
         reports an error, ``HostFailure`` (after killing the host) when it dies, hangs past
-        ``timeout`` or outgrows ``rss_limit``."""
+        ``timeout`` or outgrows ``rss_limit``.
+
+        Long requests (compression) send progress frames before the reply; each goes to
+        ``on_progress``. ``interrupt`` is polled while waiting: when it answers True the host
+        is killed and ``HostFailure("cancelled")`` raised."""
         with self._busy:  # one request on the pipe at a time (batcher, validation, pings)
             if not self.alive:
                 raise HostFailure("crash", "the model host is not running")
             deadline = time.monotonic() + timeout
             self.requests += 1
-            self._write(pack(header, payload), deadline)
-            reply, body = self._read_frame(deadline)
+            self._interrupt = interrupt
+            try:
+                self._write(pack(header, payload), deadline)
+                reply, body = self._read_frame(deadline)
+                while reply.get("progress"):
+                    if on_progress is not None:
+                        on_progress(reply)
+                    reply, body = self._read_frame(deadline)
+            finally:
+                self._interrupt = None
         if not reply.get("ok"):
             raise ModelFailure(reply.get("kind", "model"), reply.get("error", "unknown error"))
         return reply, body
@@ -218,6 +240,9 @@ class ModelHost:
             )
             if readable or writable:
                 return
+            if self._interrupt is not None and self._interrupt():
+                self.kill()
+                raise HostFailure("cancelled", "the request was cancelled")
             if self.rss_limit and self.rss() > self.rss_limit:
                 self.kill()
                 raise HostFailure(

@@ -1,10 +1,10 @@
 """How a model host process is confined.
 
 Under bubblewrap: new user, PID, network, IPC, UTS and cgroup namespaces (no network at all),
-an empty environment, a private ``/tmp``, only the Python runtime and ``inference/runtime``
-mounted read-only, the unprivileged user ``nobody``, resource limits (address space, CPU
-time, open files, file size) and a seccomp filter that refuses to create processes, trace
-or re-namespace. On a GPU worker only the NVIDIA device nodes are added.
+an empty environment, a private ``/tmp``, only the Python runtime, ``inference/runtime`` and
+``inference/compression`` mounted read-only, the unprivileged user ``nobody``, resource limits
+(address space, CPU time, open files, file size) and a seccomp filter that refuses to create
+processes, trace or re-namespace. On a GPU worker only the NVIDIA device nodes are added.
 
 Where bubblewrap is missing (a developer laptop) the host is a plain child process with the
 same empty environment, limits and seccomp filter, and a loud warning; production settings
@@ -201,6 +201,9 @@ def host_command(
         "--ro-bind",
         str(ROOT / "inference" / "runtime"),
         f"{app}/inference/runtime",
+        "--ro-bind",
+        str(ROOT / "inference" / "compression"),
+        f"{app}/inference/compression",
         "--chdir",
         "/tmp",  # noqa: S108
     ]

@@ -1,10 +1,12 @@
-"""What the worker does with a record: validate a version in a fresh model host."""
+"""What the worker does with a record: validate a version in a fresh model host, run
+predictions, run compression jobs."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 
 from django.conf import settings
 
@@ -156,4 +158,139 @@ def prediction_run(*, prediction_id: str) -> str | None:
     inference.prediction_succeed(
         prediction, output=tensors.encode(outputs), compute_ms=compute_ms, batched_with=shared
     )
+    return "succeeded"
+
+
+# --- compression jobs -----------------------------------------------------------------------
+
+COMPRESSION_FAILURE_REASONS = {
+    "timeout": "The job did not finish within its time limit of {timeout:.0f} s.",
+    "memory": "The model used more memory than a model host allows ({detail}).",
+    "crash": "The model crashed its host process ({detail}).",
+}
+
+
+class _Throttle:
+    """True at most once per ``interval`` seconds (and on the first call)."""
+
+    def __init__(self, interval: float):
+        self.interval, self.last = interval, float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+
+def compression_run(*, job_id: str) -> str | None:
+    """Run a queued compression job in a fresh model host: hand it the parent's decrypted
+    bytes, relay its progress, store the new version's file encrypted, and complete the job
+    with its report and usage record. A cancelled job's host is killed; a crash, hang or
+    hostile model fails the job with the reason, and this worker keeps serving."""
+    from accounts.services import Actor
+    from inference import compression_services as jobs
+    from inference.models import CompressionJob
+    from marketplace.vault.store import artifact_create, artifact_delete
+
+    job = (
+        CompressionJob.objects.select_related(
+            "version__artifact", "version__model__tenant", "model__tenant", "created_by"
+        )
+        .filter(public_id=job_id)
+        .first()
+    )
+    if job is None or not jobs.job_claim(job):
+        return None  # cancelled, or a redelivery of a claimed job
+    actor = Actor(user=job.created_by)
+    version = job.version
+    progress_due, cancel_due = _Throttle(0.5), _Throttle(1.0)
+
+    def on_progress(frame: dict) -> None:
+        percent = float(frame.get("percent") or 0)
+        elapsed = float(frame.get("elapsed") or 0)
+        eta = elapsed * (100 - percent) / percent if 5 < percent < 100 else None
+        if progress_due() or frame.get("phase") in ("measure", "done"):
+            jobs.job_progress(
+                job,
+                phase=frame.get("phase", ""),
+                percent=percent,
+                loss=frame.get("loss"),
+                eta_seconds=eta,
+            )
+
+    def cancelled() -> bool:
+        return cancel_due() and not jobs.job_is_running(job)
+
+    host = None
+    started = time.monotonic()
+    try:
+        data = artifact_read(
+            artifact=version.artifact, purpose="compress", actor=actor, job_id=job.public_id
+        )
+        host = HOSTS.idle("cpu").take()  # the quantized kernels run on the CPU
+        header = {
+            "op": "compress",
+            "method": job.method,
+            "params": job.params,
+            "format": version.format,
+            "architecture": version.architecture,
+            "config": version.architecture_config,
+            "signature": version.signature,
+            "data_bytes": len(job.data or b""),
+        }
+        if job.data:
+            data = bytes(data) + bytes(job.data)
+        started = time.monotonic()
+        reply, body = host.request(
+            header,
+            data,
+            timeout=settings.COMPRESSION_TIMEOUT,
+            on_progress=on_progress,
+            interrupt=cancelled,
+        )
+        del data
+        compute_seconds = time.monotonic() - started
+    except ModelFailure as exc:
+        reason = str(exc) if exc.kind == "input" else f"The model raised an error: {exc}"
+        jobs.job_fail(job, error=reason)
+        return "failed"
+    except HostFailure as exc:
+        if exc.kind == "cancelled":
+            return "cancelled"
+        reason = COMPRESSION_FAILURE_REASONS.get(exc.kind, "{detail}").format(
+            timeout=settings.COMPRESSION_TIMEOUT, detail=str(exc)
+        )
+        jobs.job_fail(job, error=reason)
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - never leave a claimed job running
+        logger.exception("compression job %s failed", job.public_id)
+        jobs.job_fail(job, error=f"Internal error while compressing ({type(exc).__name__}).")
+        return "failed"
+    finally:
+        if host is not None:
+            host.kill()  # it ran the parent and the child: never reused for another model
+    artifact = None
+    try:
+        artifact = artifact_create(tenant=job.model.tenant, chunks=[bytes(body)])
+        result = jobs.job_succeed(
+            job,
+            artifact=artifact,
+            format=reply["format"],
+            architecture=reply["architecture"],
+            architecture_config=reply["config"],
+            report={**reply["report"], "job_seconds": compute_seconds},
+            compute_seconds=compute_seconds,
+            actor=actor,
+        )
+    except Exception as exc:  # noqa: BLE001 - never leave a claimed job running
+        logger.exception("storing the result of compression job %s failed", job.public_id)
+        if artifact is not None:
+            artifact_delete(artifact)
+        jobs.job_fail(job, error=f"Internal error while storing the result ({type(exc).__name__}).")
+        return "failed"
+    if result is None:
+        artifact_delete(artifact)  # cancelled while its file was being stored
+        return "cancelled"
     return "succeeded"

@@ -60,3 +60,19 @@ def prestart_model_hosts(**_) -> None:
     from workers.services import worker_device
 
     HOSTS.idle(worker_device()).refill()
+
+
+@shared_task(
+    name="workers.run_compression",
+    ignore_result=True,
+    queue="cpu",
+    acks_late=True,
+    soft_time_limit=3600,
+    time_limit=3660,
+)
+def run_compression(job_id: str) -> str | None:
+    """Run one compression job in a fresh model host (idempotent: a redelivery finds it
+    claimed). The host's own deadline, ``MM_COMPRESSION_TIMEOUT``, is the tighter limit."""
+    from workers.services import compression_run
+
+    return compression_run(job_id=job_id)

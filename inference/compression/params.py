@@ -153,7 +153,7 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
         raise BadParams(f"student.architecture must be one of {', '.join(STUDENT_KEYS)}.")
     config = student.get("config") or {}
     settable, derived = STUDENT_KEYS[name]
-    if not isinstance(config, dict) or set(config) - settable:
+    if not isinstance(config, dict) or set(config) - settable - derived:
         raise BadParams(
             f"student.config for {name} takes {', '.join(sorted(settable))} "
             f"({', '.join(sorted(derived))} come from the teacher)."
@@ -172,6 +172,14 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
         "resnet": lambda: {"in_channels": dims[0]},
         "transformer": lambda: {"seq_len": dims[0], "features": dims[1]},
     }[name]()
+    filled["classes"] = classes
+    clashing = sorted(k for k in derived & set(config) if config[k] != filled[k])
+    if clashing:
+        raise BadParams(
+            f"student.config.{', '.join(clashing)} must match the teacher "
+            f"({', '.join(f'{k}={filled[k]}' for k in clashing)}): these come from the teacher."
+        )
+    config = {k: v for k, v in config.items() if k not in derived}
     for key, value in config.items():
         ints = value if isinstance(value, list) else [value]
         if key == "dropout":
@@ -180,7 +188,7 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
             isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in ints
         ):
             raise BadParams(f"student.config.{key} must be integers between 1 and 8192.")
-    return {"architecture": name, "config": {**config, **filled, "classes": classes}}
+    return {"architecture": name, "config": {**config, **filled}}
 
 
 def _distill(params: dict, signature: dict[str, Any] | None, has_labels: bool) -> dict:

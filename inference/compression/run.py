@@ -59,14 +59,14 @@ def compress(
     """Compress ``parent`` (a loaded module on the CPU, in eval mode) with checked ``params``
     (see ``inference.compression.params``) and report on the stored result.
 
-    With the publisher's ``data`` (and optional ``labels``), a seeded fifth of it (at most
-    1,024 rows) is held out for fidelity and distillation trains on the rest; without it both
-    use inputs generated from the signature."""
+    With the publisher's ``data`` (and optional ``labels``), fidelity is measured on it (at
+    most 1,024 rows); distillation holds out a seeded fifth for that and trains on the rest.
+    Without data, both use inputs generated from the signature."""
     notify = progress or (lambda phase, percent, loss: None)
     train_x, train_y, inputs = None, None, holdout_inputs(input_dims)
     if data is not None:
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
-        cut = min(1024, max(1, len(data) // 5))
+        cut = min(1024, len(data) // 5 if method == "distill" else len(data))
         inputs, rest = data[order[:cut]].float(), order[cut:]
         train_x = data[rest].float()
         train_y = labels[rest].long() if labels is not None else None

@@ -36,6 +36,7 @@ class Host:
         self.loaded = None
         self.signature = None
         self.device = "cpu"
+        self.emit = lambda header: None  # interim frames (progress) before a reply
 
     def handle(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
         op = header.get("op")
@@ -47,6 +48,8 @@ class Host:
             return self.validate(header), b""
         if op == "predict":
             return self.predict(header, payload)
+        if op == "compress":
+            return self.compress(header, payload)
         return {"ok": False, "kind": "protocol", "error": f"unknown op {op!r}"}, b""
 
     def load(self, header: dict, payload: bytes) -> dict:
@@ -134,8 +137,91 @@ class Host:
         outputs, compute_ms = self._forward(ordered)
         return {"ok": True, "compute_ms": compute_ms}, codec.encode(outputs)
 
+    def compress(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
+        """Compress the model in ``payload`` (a version file, the parent, followed by
+        ``data_bytes`` of the publisher's data as safetensors) and answer with the new
+        version's file and its report; progress frames come first. The parent is loaded on the
+        CPU, where the quantized kernels run."""
+        from inference.compression import params as checks
+        from inference.compression.run import compress
+        from inference.runtime import formats
+
+        if self.loaded is not None:
+            return {"ok": False, "kind": "protocol", "error": "a host runs exactly one model"}, b""
+        method = header["method"]
+        signature = header.get("signature") or {}
+        data_bytes = int(header.get("data_bytes") or 0)
+        data = labels = None
+        if data_bytes:
+            from inference.runtime import codec
+
+            tensors = codec.decode(payload[len(payload) - data_bytes :])
+            data, labels = tensors["inputs"], tensors.get("labels")
+            payload = payload[: len(payload) - data_bytes]
+        params = checks.check(
+            method,
+            header.get("params"),
+            format=header["format"],
+            architecture=header.get("architecture", ""),
+            config=header.get("config") or {},
+            signature=signature,
+            has_labels=labels is not None,
+        )
+        started = time.monotonic()
+
+        def progress(phase: str, percent: float, loss: float | None) -> None:
+            self.emit(
+                {
+                    "phase": phase,
+                    "percent": round(percent, 2),
+                    "loss": loss,
+                    "elapsed": time.monotonic() - started,
+                }
+            )
+
+        progress("load", 1.0, None)
+        size = len(payload)
+        self.loaded = formats.load(
+            payload,
+            format=header["format"],
+            device="cpu",
+            architecture=header.get("architecture", ""),
+            config=header.get("config") or {},
+        )
+        del payload
+        dims = list(signature["inputs"][0]["shape"][1:]) if signature else []
+        if not dims or any(d < 1 for d in dims) or len(signature["inputs"]) != 1:
+            from inference.compression import NotApplicable
+
+            raise NotApplicable(
+                "Compression measures the model on inputs generated from its signature: it "
+                "needs one input with fixed dimensions after the batch."
+            )
+        result = compress(
+            self.loaded.module,
+            parent_size=size,
+            method=method,
+            params=params,
+            architecture=header.get("architecture", ""),
+            config=header.get("config") or {},
+            input_dims=dims,
+            data=data,
+            labels=labels,
+            progress=progress,
+            repeats=int(header.get("repeats", 20)),
+        )
+        reply = {
+            "ok": True,
+            "format": result.format,
+            "architecture": result.architecture,
+            "config": result.config,
+            "report": result.report,
+        }
+        return reply, result.data
+
 
 def main() -> None:
+    from inference.compression import NotApplicable
     from inference.runtime.formats import LoadError
     from inference.runtime.protocol import read_frame, write_frame
     from inference.runtime.signature import InputError
@@ -153,6 +239,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("MM_HOST_THREADS", "1")))
     host = Host()
+    host.emit = lambda header: write_frame(reply, {"ok": True, "progress": True, **header})
     write_frame(reply, {"ok": True, "ready": True, "pid": os.getpid()})
     while True:
         try:
@@ -161,7 +248,7 @@ def main() -> None:
             return
         try:
             out, body = host.handle(header, payload)
-        except InputError as exc:
+        except (InputError, NotApplicable) as exc:
             out, body = {"ok": False, "kind": "input", "error": str(exc)}, b""
         except LoadError as exc:
             out, body = {"ok": False, "kind": "load", "error": str(exc)}, b""

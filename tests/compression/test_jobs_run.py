@@ -1,0 +1,89 @@
+"""Compression jobs run by the worker's service in real sandboxed model hosts (no Celery):
+a hostile model fails its job with a reason and the next job on the same worker succeeds."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from accounts import services as accounts
+from accounts.tenancy import Access
+from inference import compression_services as jobs
+from inference.models import CompressionJob
+from tests.compression.conftest import ready_version, signature
+from workers.pool import HOSTS
+from workers.services import compression_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_HOST_MEMORY_LIMIT = 1024**3
+    settings.MODEL_HOST_ADDRESS_SPACE = 8 * 1024**3
+    settings.MODEL_HOST_PRESTART = 0
+    settings.COMPRESSION_TIMEOUT = 60
+    yield
+    HOSTS.close()
+
+
+class Hog(nn.Module):
+    """Grabs 3 GiB as soon as it sees an input."""
+
+    def forward(self, x):
+        big = torch.ones(768 * 1024 * 1024)
+        total = x.sum()
+        for _ in range(1000):
+            total = total + big.sum()
+        return x + total
+
+
+def scripted(module: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buffer)
+    return buffer.getvalue()
+
+
+def queued(tenant, version, method: str, params: dict) -> CompressionJob:
+    access = Access(tenant=tenant, scopes=frozenset({"models:write"}))
+    return jobs.job_create(
+        access=access,
+        model=version.model,
+        version=version,
+        method=method,
+        params=params,
+        actor=accounts.SYSTEM,
+    )
+
+
+def test_hostile_model_fails_its_job_and_the_worker_keeps_serving(tenant):
+    from safetensors.torch import save
+
+    from inference.runtime.architectures import MLP
+
+    hog = ready_version(tenant, "hog", scripted(Hog()), sig=signature([4], 4), format="torchscript")
+    small = ready_version(
+        tenant,
+        "small",
+        save(MLP(16, [32], 4).state_dict()),
+        sig=signature([16], 4),
+        architecture="mlp",
+        config={"in_features": 16, "hidden": [32], "classes": 4},
+    )
+    hostile = queued(tenant, hog, "distill", {"student": {"architecture": "mlp"}, "epochs": 1})
+    after = queued(tenant, small, "quantize", {"scheme": "weight_only_int8"})
+
+    assert compression_run(job_id=hostile.public_id) == "failed"
+    assert compression_run(job_id=after.public_id) == "succeeded"
+
+    hostile.refresh_from_db()
+    after.refresh_from_db()
+    assert hostile.status == "failed" and "memory" in hostile.error
+    assert hostile.result_version is None and not hostile.model.versions.filter(number=2)
+    assert after.status == "succeeded"
+    assert after.result_version.architecture_config["compression"] == "weight_only_int8"
+    assert after.report["child"]["size_bytes"] < after.report["parent"]["size_bytes"]
+    assert compression_run(job_id=after.public_id) is None  # a redelivery does nothing
