@@ -246,6 +246,8 @@ def cmd_push(cli: Cli) -> int:
             args.file,
             format=args.format,
             label=args.label,
+            architecture=args.architecture or "",
+            architecture_config=_json_object(args.architecture_config, "--architecture-config"),
             example_input=example,
             create=not args.no_create,
             workers=args.workers,
@@ -617,6 +619,15 @@ def _watch_job(cli: Cli, job: CompressionJob, timeout: float) -> CompressionJob:
     return job
 
 
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    value = tensors.parse_json(text, option)
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} is a JSON object.")
+    return value
+
+
 def _fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict | list))
 
@@ -808,6 +819,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--format", choices=["pt2", "torchscript", "safetensors"])
     p.add_argument("--label", default="")
+    p.add_argument("--architecture", help="built-in architecture of a safetensors state dict")
+    p.add_argument("--architecture-config", metavar="JSON", help='e.g. {"hidden": [64]}')
     p.add_argument("--example-input", metavar="FILE", help=".npy/.npz/.json for validation")
     p.add_argument("--no-wait", action="store_true", help="do not wait for validation")
     p.add_argument("--no-create", action="store_true", help="fail if the model does not exist")

@@ -192,6 +192,8 @@ class Client:
         *,
         format: str | None = None,
         label: str = "",
+        architecture: str = "",
+        architecture_config: dict[str, Any] | None = None,
         example_input: Any = None,
         create: bool = True,
         workers: int = 4,
@@ -202,7 +204,9 @@ class Client:
         The upload is chunked and resumable: if the connection drops or the process dies,
         calling ``push`` again with the same file sends only the chunks the server lacks.
         The file's SHA-256 is checked by the server and compared again with the version it
-        creates. ``format`` is detected from the contents when not given. With ``create``,
+        creates. ``format`` is detected from the contents when not given. A safetensors
+        state dict names its built-in ``architecture`` and ``architecture_config``. With
+        ``create``,
         a model of your organisation that does not exist yet is created. The version comes
         back ``validating``; follow it with ``wait_for_version``.
         """
@@ -229,6 +233,8 @@ class Client:
             format=fmt,
             state_dir=self.state_dir,
             label=label,
+            architecture=architecture,
+            architecture_config=architecture_config,
             example_input=example_input,
             sha256=sha256,
             workers=workers,

@@ -172,6 +172,8 @@ def push_file(
     format: str,
     state_dir: Path,
     label: str = "",
+    architecture: str = "",
+    architecture_config: dict[str, Any] | None = None,
     example_input: Any = None,
     sha256: str | None = None,
     workers: int = 4,
@@ -208,6 +210,9 @@ def push_file(
             "sha256": sha256,
             "label": label,
         }
+        if architecture:
+            body["architecture"] = architecture
+            body["architecture_config"] = architecture_config or {}
         if example_input is not None:
             body["example_input"] = example_input
         upload = Upload.from_json(
