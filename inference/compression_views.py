@@ -1,0 +1,114 @@
+"""The dashboard's compression pages: the organisation's jobs, one job with a progress bar
+that polls itself (htmx) while the job runs, and the start and cancel forms.
+
+Jobs are looked up within ``request.tenant`` only, so another organisation's job is a 404;
+starting one goes through the same service as the API (owner only, parameters checked).
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.exceptions import ServiceError
+from accounts.models import Scope
+from accounts.tenancy import Access, request_actor
+from accounts.views import tenant_required
+from inference import compression_services as jobs
+from inference.models import CompressionJob
+from marketplace.models import Model
+
+
+def _access(request: HttpRequest) -> Access:
+    membership = request.membership
+    return Access(
+        tenant=membership.tenant, scopes=membership.scopes, user=request.user, membership=membership
+    )
+
+
+def _job(request: HttpRequest, job_id: str) -> CompressionJob:
+    return get_object_or_404(
+        CompressionJob.objects.select_related("model__tenant", "version", "result_version"),
+        tenant=request.tenant,
+        public_id=job_id,
+    )
+
+
+def _require_write(request: HttpRequest) -> None:
+    if Scope.MODELS_WRITE not in request.membership.scopes:
+        raise PermissionDenied("Your role cannot start or cancel compression jobs.")
+
+
+@tenant_required()
+def job_list(request: HttpRequest) -> HttpResponse:
+    page = (
+        CompressionJob.objects.filter(tenant=request.tenant)
+        .select_related("model__tenant", "version", "result_version")
+        .order_by("-created_at")[:50]
+    )
+    return render(request, "inference/compression/list.html", {"jobs": page})
+
+
+@tenant_required()
+def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
+    return render(request, "inference/compression/detail.html", {"job": _job(request, job_id)})
+
+
+@tenant_required()
+def job_progress(request: HttpRequest, job_id: str) -> HttpResponse:
+    """The progress and report block alone: it replaces itself every second while the job
+    is queued or running."""
+    return render(request, "inference/compression/_progress.html", {"job": _job(request, job_id)})
+
+
+@require_POST
+@tenant_required()
+def job_start(request: HttpRequest, name: str) -> HttpResponse:
+    _require_write(request)
+    model = get_object_or_404(
+        Model.objects.select_related("tenant"), tenant=request.tenant, name=name
+    )
+    back = redirect("models:detail", name=model.name)
+    version = model.versions.filter(number=request.POST.get("version") or 0).first()
+    method = request.POST.get("method", "")
+    try:
+        params = json.loads(request.POST.get("params") or "{}")
+    except ValueError:
+        messages.error(request, 'Parameters are a JSON object, e.g. {"scheme": "dynamic_int8"}.')
+        return back
+    if version is None:
+        messages.error(request, "Choose a version to compress.")
+        return back
+    try:
+        job = jobs.job_create(
+            access=_access(request),
+            model=model,
+            version=version,
+            method=method,
+            params=params if isinstance(params, dict) else None,
+            actor=request_actor(request),
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
+        return back
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return back
+    return redirect("inference:compression_job", job_id=job.public_id)
+
+
+@require_POST
+@tenant_required()
+def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
+    _require_write(request)
+    job = _job(request, job_id)
+    try:
+        jobs.job_cancel(job)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("inference:compression_job", job_id=job.public_id)

@@ -1,0 +1,134 @@
+"""Compression jobs in the dashboard: the start form on a model's page, the job page with its
+progress bar (which polls itself while the job runs), cancel, and who may see what."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from accounts import services as accounts
+from accounts.models import Role
+from accounts.tenancy import Access
+from inference import compression_services as jobs
+from inference.models import CompressionJob
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_publisher_starts_a_job_from_the_model_page_and_follows_it(alice, mlp_version):
+    client = signed_in(alice)
+    page = client.get("/dashboard/models/mlp/")
+    assert 'action="/dashboard/compression/start/mlp/"' in page.text
+
+    response = client.post(
+        "/dashboard/compression/start/mlp/",
+        {"version": "1", "method": "quantize", "params": '{"scheme": "weight_only_int8"}'},
+    )
+
+    job = CompressionJob.objects.get()
+    assert (
+        response.status_code == 302 and response.url == f"/dashboard/compression/{job.public_id}/"
+    )
+    detail = client.get(response.url).text
+    assert "<progress" in detail and 'hx-trigger="every 1s"' in detail
+    assert job.public_id in client.get("/dashboard/compression/").text
+
+    client.post(f"/dashboard/compression/{job.public_id}/cancel/")
+
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert "hx-trigger" not in client.get(f"/dashboard/compression/{job.public_id}/progress/").text
+
+
+def test_a_method_that_cannot_apply_is_explained_on_the_model_page(alice, mlp_version):
+    client = signed_in(alice)
+
+    response = client.post(
+        "/dashboard/compression/start/mlp/",
+        {"version": "1", "method": "prune", "params": '{"kind": "sideways"}'},
+        follow=True,
+    )
+
+    assert "kind must be one of structured, unstructured" in response.text
+    assert not CompressionJob.objects.exists()
+
+
+def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
+    from marketplace.vault.store import artifact_create
+
+    job = jobs.job_create(
+        access=Access(tenant=tenant, scopes=frozenset()),
+        model=mlp_version.model,
+        version=mlp_version,
+        method="quantize",
+        params={},
+        actor=accounts.SYSTEM,
+    )
+    jobs.job_claim(job)
+    figures = {"size_bytes": 4000, "parameters": 10, "latency_b1_ms": 1.0, "latency_b32_ms": 2.0}
+    report = {
+        "parent": figures,
+        "child": {**figures, "size_bytes": 1000},
+        "size_ratio": 4.0,
+        "parameter_ratio": 1.0,
+        "speedup_b1": 1.0,
+        "speedup_b32": 1.0,
+        "fidelity": {
+            "agreement": 0.995,
+            "cosine": 0.9999,
+            "mean_abs_error": 0.01,
+            "max_abs_error": 0.1,
+            "samples": 512,
+            "inputs": "generated",
+        },
+    }
+    jobs.job_succeed(
+        job,
+        artifact=artifact_create(tenant=tenant, chunks=[b"w"]),
+        format="safetensors",
+        architecture="mlp",
+        architecture_config={},
+        report=report,
+        compute_seconds=3.0,
+        actor=accounts.SYSTEM,
+    )
+
+    page = signed_in(alice).get(f"/dashboard/compression/{job.public_id}/").text
+
+    assert "4.00× smaller" in page and "top-1 agreement <strong>0.9950</strong>" in page
+    assert "v2" in page and "hx-trigger" not in page
+
+
+def test_another_organisation_sees_no_job(charlie, outsider, tenant, mlp_version):
+    job = jobs.job_create(
+        access=Access(tenant=tenant, scopes=frozenset()),
+        model=mlp_version.model,
+        version=mlp_version,
+        method="quantize",
+        params={},
+        actor=accounts.SYSTEM,
+    )
+    client = signed_in(charlie)
+
+    assert client.get(f"/dashboard/compression/{job.public_id}/").status_code == 404
+    assert client.post(f"/dashboard/compression/{job.public_id}/cancel/").status_code == 404
+    assert client.post("/dashboard/compression/start/mlp/", {"version": "1"}).status_code == 404
+
+
+def test_a_viewer_cannot_start_a_job(tenant, mlp_version):
+    viewer = make_user("vera@acme.example")
+    accounts.membership_add(tenant=tenant, user=viewer, role=Role.VIEWER, actor=accounts.SYSTEM)
+
+    response = signed_in(viewer).post(
+        "/dashboard/compression/start/mlp/", {"version": "1", "method": "quantize"}
+    )
+
+    assert response.status_code == 403
+    assert not CompressionJob.objects.exists()
