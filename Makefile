@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# localstripe, the fake Stripe server the billing tests run, in its own venv: its pins clash
+# with ours.
+LOCALSTRIPE := .venv-localstripe/.installed
+$(LOCALSTRIPE):
+	python3 -m venv .venv-localstripe
+	.venv-localstripe/bin/pip install --quiet localstripe==1.15.10
+	touch $(LOCALSTRIPE)
+
 ## Install, migrate, seed the demo and start web + worker + beat (Ctrl-C stops all).
 run: install
 	$(PY) manage.py migrate --noinput
@@ -21,10 +29,10 @@ run: install
 	$(PY) -m config.devserver
 
 ## The whole suite; it starts the Redis, Celery worker and browser it needs itself.
-test: install
+test: install $(LOCALSTRIPE)
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install $(LOCALSTRIPE)
 	$(PY) -m pytest -m "not e2e and not browser"
 
 lint: install

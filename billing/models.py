@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import partial
 
 from django.db import models
@@ -18,12 +19,16 @@ class UsageRecord(models.Model):
     class Kind(models.TextChoices):
         PREDICTION = "prediction", "Prediction"
         COMPRESSION = "compression", "Compression job"
+        CREDIT = "credit", "Credit"
 
     public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "use"))
     kind = models.CharField(max_length=16, choices=Kind.choices)
     source_id = models.CharField(max_length=32, unique=True)  # the prediction's or job's id
     consumer = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
-    publisher = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="earnings")
+    # None for a credit: the platform pays for it, not a publisher.
+    publisher = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="earnings"
+    )
     model = models.ForeignKey(Model, null=True, on_delete=models.SET_NULL, related_name="usage")
     model_ref = models.CharField(max_length=160)
     listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.SET_NULL)
@@ -48,3 +53,156 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_id}: {self.amount} {self.currency}"
+
+
+class BillingAccount(models.Model):
+    """A tenant's side of the money: its Stripe customer and payment method as a consumer,
+    its spend cap, its payment state, and its Connect account as a publisher."""
+
+    class State(models.TextChoices):
+        OK = "ok", "In good standing"
+        PAST_DUE = "past_due", "Payment failed (grace period)"
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing")
+    stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
+    payment_method_id = models.CharField(max_length=64, blank=True)
+    payment_method_label = models.CharField(max_length=64, blank=True)  # "visa •••• 4242"
+    spend_cap = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="Per month; empty: none."
+    )
+    cap_alerted_period = models.DateField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OK)
+    grace_until = models.DateTimeField(null=True, blank=True)
+    connect_account_id = models.CharField(max_length=64, blank=True)
+    payouts_enabled = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"billing for {self.tenant}"
+
+    @property
+    def has_payment_method(self) -> bool:
+        return bool(self.payment_method_id)
+
+
+class KeyBudget(models.Model):
+    """A monthly spend limit for one API key."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="budget")
+    monthly_limit = models.DecimalField(max_digits=12, decimal_places=2)
+    alerted_period = models.DateField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.api_key}: {self.monthly_limit}/month"
+
+
+class Invoice(models.Model):
+    """One consumer's bill for one month and currency, frozen from the ledger at close and
+    mirrored in Stripe. Each step to Stripe is saved as it happens, so a retry resumes."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Not yet in Stripe"
+        DRAFT = "draft", "Draft"
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+        REFUNDED = "refunded", "Refunded"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "bill"))
+    consumer = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
+    period = models.DateField(help_text="First day of the billed month.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    amount_cents = models.BigIntegerField()
+    stripe_invoice_id = models.CharField(max_length=64, blank=True, db_index=True)
+    stripe_charge_id = models.CharField(max_length=64, blank=True)
+    number = models.CharField(max_length=64, blank=True)
+    hosted_url = models.URLField(max_length=500, blank=True)
+    payment_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "period", "currency"], name="one_invoice_per_period"
+            )
+        ]
+        ordering = ["-period", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.consumer} {self.period:%Y-%m}"
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.amount_cents) / 100
+
+
+class InvoiceLine(models.Model):
+    """One listing's usage (or the period's credits) on an invoice, in cents, with the
+    publisher's share fixed when the invoice was made."""
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "line"))
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    model = models.ForeignKey(Model, null=True, blank=True, on_delete=models.SET_NULL)
+    description = models.CharField(max_length=200)
+    publisher = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    calls = models.PositiveIntegerField(default=0)
+    compute_seconds = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+    amount = models.DecimalField(max_digits=16, decimal_places=6)  # the ledger's exact sum
+    amount_cents = models.BigIntegerField()
+    publisher_cents = models.BigIntegerField()
+    stripe_item_id = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.description}: {self.amount_cents}"
+
+    @property
+    def platform_cents(self) -> int:
+        return self.amount_cents - self.publisher_cents
+
+
+class Transfer(models.Model):
+    """A publisher's share of one paid invoice, sent to its Connect account."""
+
+    class Status(models.TextChoices):
+        AWAITING_ACCOUNT = "awaiting_account", "Waiting for a connected account"
+        PENDING = "pending", "Pending"
+        PAID = "paid", "Sent"
+        REVERSED = "reversed", "Reversed"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "trf"))
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="transfers")
+    publisher = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="transfers")
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    reversed_cents = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "publisher"], name="one_transfer_each")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.amount_cents} to {self.publisher}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event, stored once by its Stripe id and processed in a task."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"

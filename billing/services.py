@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 
+import redis
 from django.conf import settings
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Q, Sum
 from django.utils import timezone
+from redis.exceptions import LockError
 
-from accounts.models import ApiKey, Tenant
-from billing.models import UsageRecord
+from accounts.exceptions import Conflict, NotFound, PaymentRequired, ServiceError
+from accounts.models import ApiKey, Role, Tenant
+from accounts.secrets import public_id
+from accounts.services import SYSTEM, Actor, audit_record
+from billing import selectors
+from billing import stripe_gateway as gateway
+from billing.models import (
+    BillingAccount,
+    Invoice,
+    InvoiceLine,
+    KeyBudget,
+    StripeEvent,
+    Transfer,
+    UsageRecord,
+)
+from billing.stripe_gateway import GatewayError, GatewayUnavailable
 from marketplace.models import Listing, Model
 
 MICRO = Decimal("0.000001")
+CENT = Decimal("0.01")
+ALERT_AT = Decimal("0.8")
+# Work younger than this is still in someone's hands; older is resumed.
+RESUME_AFTER = timedelta(minutes=2)
 
 
 def _money(value: Decimal) -> Decimal:
@@ -115,3 +140,691 @@ def _compression_record_create(
             )
     except IntegrityError:
         return UsageRecord.objects.get(source_id=source_id)
+
+
+def cents(amount: Decimal) -> int:
+    """A ledger amount in whole cents, rounded half-up (the invoice's unit)."""
+    return int(amount.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
+
+
+@transaction.atomic
+def credit_create(
+    *, consumer: Tenant, amount: Decimal, reason: str, actor: Actor, currency: str = ""
+) -> UsageRecord:
+    """An operator's credit: a new negative ledger entry, paid for by the platform."""
+    if amount <= 0:
+        raise ServiceError("A credit is a positive amount; it is recorded as a negative entry.")
+    now = timezone.now()
+    credit = UsageRecord.objects.create(
+        kind=UsageRecord.Kind.CREDIT,
+        source_id=public_id("cred"),
+        consumer=consumer,
+        publisher=None,
+        model=None,
+        model_ref=f"credit: {reason}"[:160],
+        calls=0,
+        compute_seconds=Decimal(0),
+        price_per_call=Decimal(0),
+        price_per_second=Decimal(0),
+        currency=currency or settings.PLATFORM_CURRENCY,
+        amount=-_money(amount),
+        platform_fee=-_money(amount),
+        publisher_share=Decimal(0),
+        period=now.date().replace(day=1),
+        created_at=now,
+    )
+    audit_record(
+        action="billing.credit",
+        actor=actor,
+        tenant=consumer,
+        target=credit,
+        data={"amount": str(amount), "reason": reason},
+    )
+    return credit
+
+
+# --- accounts, payment methods and spend control ------------------------------------------
+
+
+def account_for(tenant: Tenant) -> BillingAccount:
+    account, _ = BillingAccount.objects.get_or_create(tenant=tenant)
+    return account
+
+
+def customer_ensure(account: BillingAccount) -> str:
+    """The tenant's Stripe customer, created the first time it is needed."""
+    if account.stripe_customer_id:
+        return account.stripe_customer_id
+    tenant = account.tenant
+    owner = tenant.memberships.filter(role=Role.OWNER).select_related("user").first()
+    customer = gateway.customer_create(
+        name=tenant.name,
+        email=owner.user.email if owner else "",
+        metadata={"mm_tenant": tenant.slug},
+        idempotency_key=f"customer-{tenant.pk}-{tenant.slug}",
+    )
+    BillingAccount.objects.filter(pk=account.pk, stripe_customer_id="").update(
+        stripe_customer_id=customer
+    )
+    account.refresh_from_db(fields=["stripe_customer_id"])
+    return account.stripe_customer_id
+
+
+def payment_setup_start(*, tenant: Tenant) -> dict:
+    """A SetupIntent for the dashboard's card form (Stripe.js confirms it in the browser)."""
+    account = account_for(tenant)
+    return gateway.setup_intent_create(customer=customer_ensure(account))
+
+
+@transaction.atomic
+def payment_method_confirm(*, tenant: Tenant, setup_intent: str, actor: Actor) -> BillingAccount:
+    """Make the card a confirmed SetupIntent saved the tenant's default payment method."""
+    account = BillingAccount.objects.select_for_update().get(tenant=tenant)
+    intent = gateway.setup_intent_retrieve(setup_intent)
+    if intent["customer"] != account.stripe_customer_id:
+        raise NotFound("No such setup intent for this organisation.")
+    if intent["status"] != "succeeded" or not intent["payment_method"]:
+        raise Conflict(
+            f"The card was not confirmed (setup intent is {intent['status']}); try again."
+        )
+    gateway.customer_default_payment_method_set(
+        customer=account.stripe_customer_id, payment_method=intent["payment_method"]
+    )
+    account.payment_method_id = intent["payment_method"]
+    account.payment_method_label = gateway.payment_method_label(intent["payment_method"])
+    account.save(update_fields=["payment_method_id", "payment_method_label", "updated_at"])
+    audit_record(
+        action="billing.payment_method",
+        actor=actor,
+        tenant=tenant,
+        data={"label": account.payment_method_label},
+    )
+    return account
+
+
+@transaction.atomic
+def spend_cap_set(*, tenant: Tenant, cap: Decimal | None, actor: Actor) -> BillingAccount:
+    if cap is not None and cap < 0:
+        raise ServiceError("A spend cap is zero or more; leave it empty for no cap.")
+    account = account_for(tenant)
+    account.spend_cap = cap
+    account.cap_alerted_period = None
+    account.save(update_fields=["spend_cap", "cap_alerted_period", "updated_at"])
+    audit_record(action="billing.spend_cap", actor=actor, tenant=tenant, data={"cap": str(cap)})
+    return account
+
+
+@transaction.atomic
+def key_budget_set(*, key: ApiKey, limit: Decimal | None, actor: Actor) -> KeyBudget | None:
+    if limit is None:
+        KeyBudget.objects.filter(api_key=key).delete()
+        budget = None
+    else:
+        if limit < 0:
+            raise ServiceError("A key's budget is zero or more; leave it empty for none.")
+        budget, _ = KeyBudget.objects.update_or_create(
+            api_key=key, defaults={"monthly_limit": limit, "alerted_period": None}
+        )
+    audit_record(
+        action="billing.key_budget",
+        actor=actor,
+        tenant=key.tenant,
+        target=key,
+        data={"limit": str(limit)},
+    )
+    return budget
+
+
+def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -> None:
+    """Refuse paid work before it runs (402) when the consumer has no payment method, is past
+    its grace period, or has reached its monthly spend cap or the key's budget. Free work is
+    never refused. Crossing 80 % of a cap or budget sends one alert per month."""
+    if consumer.pk == model.tenant_id:
+        return
+    listing = Listing.objects.filter(model=model).only("price_per_call", "price_per_second").first()
+    if listing is None or listing.is_free:
+        return
+    account = BillingAccount.objects.filter(tenant=consumer).first()
+    if settings.PAYMENT_METHOD_REQUIRED and (account is None or not account.has_payment_method):
+        raise PaymentRequired(
+            f"{model.ref} is a paid listing: add a payment method in the dashboard's billing "
+            "page before calling it."
+        )
+    if account is None:
+        return
+    now = timezone.now()
+    if (
+        account.state == BillingAccount.State.PAST_DUE
+        and account.grace_until
+        and (now >= account.grace_until)
+    ):
+        raise PaymentRequired(
+            "Your last invoice is unpaid and its grace period has ended: update the payment "
+            "method in the dashboard's billing page, and paid calls resume once it is paid."
+        )
+    period = now.date().replace(day=1)
+    if account.spend_cap is not None:
+        spent = selectors.month_spend(consumer=consumer, period=period)
+        if spent >= account.spend_cap:
+            raise PaymentRequired(
+                f"This month's spend ({spent:.2f}) has reached your spend cap "
+                f"({account.spend_cap:.2f}); raise the cap in the dashboard's billing page."
+            )
+        if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
+            _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)
+    budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
+    if budget is not None:
+        spent = selectors.month_spend(consumer=consumer, period=period, api_key=api_key)
+        if spent >= budget.monthly_limit:
+            raise PaymentRequired(
+                f"API key {api_key.prefix} has used its monthly budget "
+                f"({budget.monthly_limit:.2f}); raise it or use another key."
+            )
+        if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
+            _alert_once(
+                account=account, period=period, spent=spent, limit=budget.monthly_limit, key=budget
+            )
+
+
+def _alert_once(
+    *,
+    account: BillingAccount,
+    period,
+    spent: Decimal,
+    limit: Decimal,
+    key: KeyBudget | None = None,
+) -> None:
+    # A conditional update: of concurrent requests crossing 80 %, one sends the email.
+    if key is not None:
+        won = (
+            KeyBudget.objects.filter(pk=key.pk)
+            .exclude(alerted_period=period)
+            .update(alerted_period=period)
+        )
+        what = f"API key {key.api_key.prefix}'s monthly budget"
+    else:
+        won = (
+            BillingAccount.objects.filter(pk=account.pk)
+            .exclude(cap_alerted_period=period)
+            .update(cap_alerted_period=period)
+        )
+        what = "your monthly spend cap"
+    if not won:
+        return
+    tenant = account.tenant
+    recipients = list(
+        tenant.memberships.filter(role__in=[Role.OWNER, Role.ADMIN, Role.BILLING]).values_list(
+            "user__email", flat=True
+        )
+    )
+    if recipients:
+        send_mail(
+            subject=f"[Modelmarket] {tenant.name} has used 80% of {what}",
+            message=(
+                f"{tenant.name} has spent {spent:.2f} this month, {spent / limit:.0%} of "
+                f"{what} ({limit:.2f}). Paid calls stop with 402 at 100%.\n\n"
+                f"{settings.SITE_URL}/dashboard/billing/"
+            ),
+            from_email=None,
+            recipient_list=recipients,
+            fail_silently=True,
+        )
+
+
+# --- period close: the ledger into invoices ----------------------------------------------
+
+
+def period_close(*, period: date, collect: bool = True) -> list[Invoice]:
+    """Freeze every consumer's usage for the month into one invoice per currency (once: a
+    second close finds them), and (``collect``) queue each unfinished one for collection."""
+    if period >= timezone.now().date().replace(day=1):
+        raise Conflict(f"{period:%Y-%m} is not over yet; only past months can be closed.")
+    groups = (
+        UsageRecord.objects.filter(period=period)
+        .values_list("consumer_id", "currency")
+        .distinct()
+        .order_by("consumer_id", "currency")
+    )
+    invoices = []
+    for consumer_id, currency in groups:
+        invoice = invoice_build(
+            consumer=Tenant.objects.get(pk=consumer_id), period=period, currency=currency
+        )
+        if invoice is not None:
+            invoices.append(invoice)
+    for invoice in invoices:
+        if collect and invoice.status in (Invoice.Status.PENDING, Invoice.Status.DRAFT):
+            transaction.on_commit(partial(_enqueue, "billing.collect_invoice", invoice.public_id))
+    return invoices
+
+
+@transaction.atomic
+def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice | None:
+    """The invoice for one consumer, month and currency, with a line per listing (and one
+    for credits). None when there is nothing to charge."""
+    existing = Invoice.objects.filter(consumer=consumer, period=period, currency=currency).first()
+    if existing is not None:
+        return existing
+    rows = selectors.rollup(consumer=consumer, period=period, currency=currency)
+    lines = []
+    for row in rows:
+        amount_cents = cents(row["amount"])
+        if amount_cents == 0:
+            continue
+        lines.append(
+            InvoiceLine(
+                model_id=row["model"],
+                publisher_id=row["publisher"],
+                description=_line_description(row, period),
+                calls=row["calls"],
+                compute_seconds=row["compute_seconds"],
+                amount=row["amount"],
+                amount_cents=amount_cents,
+                publisher_cents=cents(row["publisher_share"]),
+            )
+        )
+    total = sum(line.amount_cents for line in lines)
+    if total <= 0:
+        return None
+    invoice = Invoice.objects.create(
+        consumer=consumer, period=period, currency=currency, amount_cents=total
+    )
+    for line in lines:
+        line.invoice = invoice
+    InvoiceLine.objects.bulk_create(lines)
+    return invoice
+
+
+def _line_description(row: dict, period: date) -> str:
+    if row["model"] is None:
+        return f"Credits, {period:%B %Y}"
+    return (
+        f"{row['model_ref']}: {row['calls']} calls, "
+        f"{row['compute_seconds'].normalize():f} compute-seconds, {period:%B %Y}"
+    )[:200]
+
+
+class CollectionBusy(GatewayUnavailable):
+    """Another process is collecting this invoice; try again later."""
+
+
+def invoice_collect(invoice: Invoice) -> Invoice:
+    """Take an invoice through Stripe: its items, the invoice, finalise, pay. Each step is
+    saved as it lands and carries an idempotency key made of our ids; a retry after any
+    crash picks up the objects a lost response made (matched by metadata) instead of
+    creating them again. One collector at a time per invoice (a Redis lock): a second one
+    waits for the first, then finds its work done."""
+    lock = _redis().lock(
+        f"mm:billing:collect:{invoice.public_id}", timeout=600, blocking_timeout=30
+    )
+    if not lock.acquire():
+        raise CollectionBusy(f"{invoice.public_id} is being collected by another process.")
+    try:
+        invoice.refresh_from_db()
+        if invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID, Invoice.Status.REFUNDED):
+            return invoice
+        return _invoice_collect(invoice)
+    finally:
+        with suppress(LockError):  # held past its timeout: the work is idempotent anyway
+            lock.release()
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10)
+
+
+def _invoice_collect(invoice: Invoice) -> Invoice:
+    account = account_for(invoice.consumer)
+    customer = customer_ensure(account)
+    if not invoice.stripe_invoice_id:
+        _invoice_create_in_stripe(invoice, customer)
+    remote = gateway.invoice_retrieve(invoice.stripe_invoice_id)
+    if remote["status"] == "draft":
+        if remote["total"] != invoice.amount_cents:
+            raise GatewayError(
+                f"Stripe's draft {remote['id']} totals {remote['total']} but "
+                f"{invoice.public_id} is {invoice.amount_cents}; not finalising."
+            )
+        remote = gateway.invoice_finalize(
+            invoice.stripe_invoice_id, idempotency_key=f"finalize-{invoice.public_id}"
+        )
+        invoice_apply(invoice, remote)
+    if remote["status"] == "open":
+        try:
+            remote = gateway.invoice_pay(
+                invoice.stripe_invoice_id, idempotency_key=f"pay-{invoice.public_id}"
+            )
+        except GatewayUnavailable:
+            raise
+        except GatewayError as e:  # declined, no payment method, ...
+            payment_failed(invoice, reason=str(e))
+            return invoice
+        if remote["status"] == "open":  # attempted, not paid: declined
+            payment_failed(invoice, reason="The payment was declined.")
+            return invoice
+    return invoice_apply(invoice, remote)
+
+
+def _invoice_create_in_stripe(invoice: Invoice, customer: str) -> None:
+    adopted = [
+        found
+        for found in gateway.invoices_of(customer)
+        if found["metadata"].get("mm_invoice") == invoice.public_id
+    ]
+    if adopted:  # made before a crash, the response lost
+        found = adopted[0]
+    else:
+        pending = {
+            (item.get("metadata") or {}).get("mm_line"): item["id"]
+            for item in gateway.pending_invoice_items(customer)
+        }
+        for line in invoice.lines.order_by("pk"):
+            if line.stripe_item_id:
+                continue
+            item = pending.get(line.public_id) or gateway.invoice_item_create(
+                customer=customer,
+                amount_cents=line.amount_cents,
+                currency=invoice.currency,
+                description=line.description,
+                metadata={"mm_line": line.public_id, "mm_invoice": invoice.public_id},
+                idempotency_key=f"item-{line.public_id}",
+            )
+            InvoiceLine.objects.filter(pk=line.pk).update(stripe_item_id=item)
+        found = gateway.invoice_create(
+            customer=customer,
+            description=f"Modelmarket usage, {invoice.period:%B %Y}",
+            metadata={"mm_invoice": invoice.public_id, "mm_tenant": invoice.consumer.slug},
+            idempotency_key=f"invoice-{invoice.public_id}",
+        )
+    Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id="").update(
+        stripe_invoice_id=found["id"], status=Invoice.Status.DRAFT
+    )
+    invoice.refresh_from_db()
+
+
+STRIPE_STATUS = {
+    "draft": Invoice.Status.DRAFT,
+    "open": Invoice.Status.OPEN,
+    "paid": Invoice.Status.PAID,
+    "void": Invoice.Status.VOID,
+    "uncollectible": Invoice.Status.UNCOLLECTIBLE,
+}
+
+
+def invoice_apply(invoice: Invoice, remote: dict) -> Invoice:
+    """Bring our invoice to Stripe's state. Idempotent and safe in any order: a paid or
+    refunded invoice never goes back, and the side effects of paying run once."""
+    status = STRIPE_STATUS.get(remote["status"])
+    if status is None:
+        return invoice
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status in (Invoice.Status.PAID, Invoice.Status.REFUNDED):
+            return invoice
+        invoice.number = remote["number"] or invoice.number
+        invoice.hosted_url = remote["hosted_invoice_url"] or invoice.hosted_url
+        invoice.status = status
+        fields = ["status", "number", "hosted_url"]
+        if status == Invoice.Status.PAID:
+            invoice.paid_at = timezone.now()
+            invoice.payment_error = ""
+            fields += ["paid_at", "payment_error"]
+        invoice.save(update_fields=fields)
+        if status == Invoice.Status.PAID:
+            transaction.on_commit(partial(_enqueue, "billing.invoice_paid", invoice.public_id))
+            _standing_refresh(invoice.consumer)
+    return invoice
+
+
+def invoice_sync(invoice: Invoice) -> Invoice:
+    """Apply Stripe's current state of the invoice (webhooks re-read it, so duplicates and
+    any order of events end in the same place)."""
+    remote = gateway.invoice_retrieve(invoice.stripe_invoice_id)
+    if remote["status"] == "open" and remote["attempted"]:
+        payment_failed(invoice, reason="Stripe could not collect the payment.")
+    return invoice_apply(invoice, remote)
+
+
+@transaction.atomic
+def payment_failed(invoice: Invoice, *, reason: str) -> None:
+    """Start the grace period; after it, the consumer's paid calls answer 402."""
+    Invoice.objects.filter(pk=invoice.pk).exclude(
+        status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED]
+    ).update(status=Invoice.Status.OPEN, payment_error=reason[:500])
+    account = BillingAccount.objects.select_for_update().get(tenant=invoice.consumer)
+    if account.state != BillingAccount.State.PAST_DUE:
+        account.state = BillingAccount.State.PAST_DUE
+        account.grace_until = timezone.now() + settings.BILLING_GRACE_PERIOD
+        account.save(update_fields=["state", "grace_until", "updated_at"])
+
+
+def _standing_refresh(tenant: Tenant) -> None:
+    unpaid = Invoice.objects.filter(consumer=tenant, status=Invoice.Status.OPEN).exclude(
+        payment_error=""
+    )
+    if not unpaid.exists():
+        BillingAccount.objects.filter(tenant=tenant).update(
+            state=BillingAccount.State.OK, grace_until=None
+        )
+
+
+# --- publishers' shares ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def transfers_create(invoice: Invoice) -> list[Transfer]:
+    """One transfer per publisher on a paid invoice, made once; sent when the publisher has a
+    connected account that can receive payouts, else kept until it has."""
+    if not invoice.stripe_charge_id:
+        charge = gateway.invoice_charge(invoice.stripe_invoice_id)
+        Invoice.objects.filter(pk=invoice.pk).update(stripe_charge_id=charge)
+        invoice.stripe_charge_id = charge
+    shares = (
+        invoice.lines.filter(publisher__isnull=False, publisher_cents__gt=0)
+        .values("publisher")
+        .annotate(total=Sum("publisher_cents"))
+        .order_by("publisher")
+    )
+    transfers = []
+    for share in shares:
+        transfer, _ = Transfer.objects.get_or_create(
+            invoice=invoice,
+            publisher_id=share["publisher"],
+            defaults={"amount_cents": share["total"], "currency": invoice.currency},
+        )
+        transfers.append(transfer)
+    for transfer in transfers:
+        if transfer.status == Transfer.Status.PENDING and not transfer.stripe_transfer_id:
+            transaction.on_commit(partial(_enqueue, "billing.send_transfer", transfer.public_id))
+    return transfers
+
+
+def transfer_send(transfer: Transfer) -> Transfer:
+    if transfer.stripe_transfer_id or transfer.status != Transfer.Status.PENDING:
+        return transfer
+    account = account_for(transfer.publisher)
+    if not (account.connect_account_id and account.payouts_enabled):
+        Transfer.objects.filter(pk=transfer.pk, status=Transfer.Status.PENDING).update(
+            status=Transfer.Status.AWAITING_ACCOUNT
+        )
+        transfer.refresh_from_db()
+        return transfer
+    invoice = transfer.invoice
+    stripe_id = gateway.transfer_create(
+        amount_cents=transfer.amount_cents,
+        currency=transfer.currency,
+        destination=account.connect_account_id,
+        source_transaction=invoice.stripe_charge_id,
+        transfer_group=invoice.public_id,
+        metadata={"mm_transfer": transfer.public_id, "mm_invoice": invoice.public_id},
+        idempotency_key=f"transfer-{transfer.public_id}",
+    )
+    Transfer.objects.filter(pk=transfer.pk, stripe_transfer_id="").update(
+        stripe_transfer_id=stripe_id, status=Transfer.Status.PAID
+    )
+    transfer.refresh_from_db()
+    return transfer
+
+
+def connect_onboarding_start(*, tenant: Tenant, actor: Actor) -> str:
+    """The Stripe-hosted onboarding page for the publisher's Express account."""
+    account = account_for(tenant)
+    if not account.connect_account_id:
+        owner = tenant.memberships.filter(role=Role.OWNER).select_related("user").first()
+        created = gateway.connect_account_create(
+            email=owner.user.email if owner else "",
+            metadata={"mm_tenant": tenant.slug},
+            idempotency_key=f"connect-{tenant.pk}-{tenant.slug}",
+        )
+        BillingAccount.objects.filter(pk=account.pk, connect_account_id="").update(
+            connect_account_id=created
+        )
+        account.refresh_from_db(fields=["connect_account_id"])
+        audit_record(action="billing.connect", actor=actor, tenant=tenant)
+    page = f"{settings.SITE_URL}/dashboard/billing/"
+    return gateway.connect_onboarding_link(
+        account=account.connect_account_id, refresh_url=page, return_url=page
+    )
+
+
+def connect_account_sync(connect_account_id: str) -> BillingAccount | None:
+    """Read whether a connected account can receive payouts; send what waited for it."""
+    account = BillingAccount.objects.filter(connect_account_id=connect_account_id).first()
+    if account is None:
+        return None
+    enabled = gateway.connect_account_payouts_enabled(connect_account_id)
+    BillingAccount.objects.filter(pk=account.pk).update(payouts_enabled=enabled)
+    if enabled:
+        waiting = Transfer.objects.filter(
+            publisher=account.tenant, status=Transfer.Status.AWAITING_ACCOUNT
+        )
+        for transfer in waiting:
+            Transfer.objects.filter(pk=transfer.pk).update(status=Transfer.Status.PENDING)
+            _enqueue("billing.send_transfer", transfer.public_id)
+    account.refresh_from_db()
+    return account
+
+
+def invoice_refund(*, invoice: Invoice, actor: Actor) -> Invoice:
+    """Refund a paid invoice in full and reverse the publishers' transfers."""
+    if invoice.status != Invoice.Status.PAID:
+        raise Conflict(
+            f"Only a paid invoice can be refunded; {invoice.public_id} is {invoice.status}."
+        )
+    gateway.refund_create(
+        charge=invoice.stripe_charge_id or gateway.invoice_charge(invoice.stripe_invoice_id),
+        amount_cents=invoice.amount_cents,
+        metadata={"mm_invoice": invoice.public_id},
+        idempotency_key=f"refund-{invoice.public_id}",
+    )
+    for transfer in invoice.transfers.order_by("pk"):
+        if transfer.stripe_transfer_id:
+            gateway.transfer_reverse(
+                transfer=transfer.stripe_transfer_id,
+                amount_cents=transfer.amount_cents,
+                idempotency_key=f"reverse-{transfer.public_id}",
+            )
+        Transfer.objects.filter(pk=transfer.pk).update(
+            status=Transfer.Status.REVERSED, reversed_cents=transfer.amount_cents
+        )
+    with transaction.atomic():
+        Invoice.objects.filter(pk=invoice.pk).update(status=Invoice.Status.REFUNDED)
+        audit_record(
+            action="billing.refund",
+            actor=actor,
+            tenant=invoice.consumer,
+            target=invoice,
+            data={"amount_cents": invoice.amount_cents},
+        )
+    invoice.refresh_from_db()
+    return invoice
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+def stripe_event_record(event: dict) -> StripeEvent | None:
+    """Store a verified event once; None for a duplicate delivery."""
+    obj = (event.get("data") or {}).get("object") or {}
+    try:
+        with transaction.atomic():
+            stored = StripeEvent.objects.create(
+                event_id=event["id"],
+                type=event.get("type", ""),
+                object_id=str(obj.get("id") or ""),
+                payload=event,
+            )
+            transaction.on_commit(
+                partial(_enqueue, "billing.process_stripe_event", stored.event_id)
+            )
+            return stored
+    except IntegrityError:
+        return None
+
+
+def stripe_event_process(event: StripeEvent) -> None:
+    """Act on an event by re-reading the object it names, so a stale or repeated event
+    cannot move anything backwards."""
+    if event.processed_at is not None:
+        return
+    kind, object_id = event.type, event.object_id
+    if kind.startswith("invoice.") and object_id:
+        invoice = Invoice.objects.filter(stripe_invoice_id=object_id).first()
+        if invoice is not None:
+            invoice_sync(invoice)
+    elif kind == "setup_intent.succeeded" and object_id:
+        customer = (event.payload.get("data") or {}).get("object", {}).get("customer")
+        account = BillingAccount.objects.filter(stripe_customer_id=customer or "-").first()
+        if account is not None and not account.payment_method_id:
+            payment_method_confirm(tenant=account.tenant, setup_intent=object_id, actor=SYSTEM)
+    elif kind == "account.updated" and object_id:
+        connect_account_sync(object_id)
+    StripeEvent.objects.filter(pk=event.pk).update(processed_at=timezone.now(), error="")
+
+
+def _enqueue(task: str, *args) -> None:
+    from celery import current_app
+
+    current_app.send_task(task, args=list(args), queue="default")
+
+
+def billing_resume(*, inline: bool = False) -> dict:
+    """Finish what a crash or an outage left half-way. With ``inline`` the work runs here
+    (the management commands), else it is queued for the workers."""
+    from django.db.models import Exists, OuterRef
+
+    run = _run_inline if inline else _enqueue
+    stale = timezone.now() - RESUME_AFTER
+    counts = {"invoices": 0, "paid": 0, "transfers": 0, "events": 0}
+    unfinished = Invoice.objects.filter(
+        Q(status__in=[Invoice.Status.PENDING, Invoice.Status.DRAFT])
+        | Q(status=Invoice.Status.OPEN, payment_error=""),
+        created_at__lt=stale,
+    )
+    for invoice_id in unfinished.values_list("public_id", flat=True):
+        run("billing.collect_invoice", invoice_id)
+        counts["invoices"] += 1
+    shared = InvoiceLine.objects.filter(invoice=OuterRef("pk"), publisher_cents__gt=0)
+    without_transfers = Invoice.objects.filter(
+        Exists(shared), status=Invoice.Status.PAID, transfers__isnull=True
+    )
+    for invoice_id in without_transfers.values_list("public_id", flat=True):
+        run("billing.invoice_paid", invoice_id)
+        counts["paid"] += 1
+    unsent = Transfer.objects.filter(
+        status=Transfer.Status.PENDING, stripe_transfer_id="", created_at__lt=stale
+    )
+    for transfer_id in unsent.values_list("public_id", flat=True):
+        run("billing.send_transfer", transfer_id)
+        counts["transfers"] += 1
+    waiting = StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=stale)
+    for event_id in waiting.values_list("event_id", flat=True):
+        run("billing.process_stripe_event", event_id)
+        counts["events"] += 1
+    return counts
+
+
+def _run_inline(task: str, *args) -> None:
+    from billing import tasks
+
+    getattr(tasks, task.removeprefix("billing.")).apply(args=list(args), throw=True)

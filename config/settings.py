@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from config import embedded
 
@@ -245,6 +246,13 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
     "purge-prediction-data": {"task": "inference.purge_prediction_data", "schedule": 5 * 60},
+    # Invoices for last month, early on the 1st; then a sweep that resumes any invoice or
+    # transfer a crash or an outage left half-way.
+    "close-billing-period": {
+        "task": "billing.close_period",
+        "schedule": crontab(day_of_month="1", hour="0", minute="30"),
+    },
+    "resume-billing": {"task": "billing.resume", "schedule": 30 * 60},
 }
 
 # --- Model hosts (workers) ------------------------------------------------------------------
@@ -342,3 +350,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- billing (Stripe) -------------------------------------------------------------------------
+# Without STRIPE_SECRET_KEY the ledger still records every call; invoices wait in "pending"
+# until Stripe is configured and the period is closed again.
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+STRIPE_API_BASE = env("STRIPE_API_BASE") or None  # a local fake (localstripe) in tests
+STRIPE_API_VERSION = env("STRIPE_API_VERSION") or None  # None: the SDK's own version
+STRIPE_JS_URL = env("STRIPE_JS_URL", "https://js.stripe.com/v3/")
+STRIPE_MAX_NETWORK_RETRIES = int(env("STRIPE_MAX_NETWORK_RETRIES", "2"))
+# Paid listings need a payment method on file (default: whenever Stripe is configured).
+PAYMENT_METHOD_REQUIRED = env_bool("MM_PAYMENT_METHOD_REQUIRED", bool(STRIPE_SECRET_KEY))
+BILLING_GRACE_PERIOD = timedelta(days=int(env("MM_BILLING_GRACE_DAYS", "7")))

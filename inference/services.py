@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.exceptions import Conflict, Forbidden
 from accounts.tenancy import Access
-from billing.services import usage_record_create
+from billing.services import spend_authorize, usage_record_create
 from inference import limits, realtime, tensors
 from inference.models import Prediction
 from inference.runtime.spec import Signature
@@ -82,12 +82,14 @@ def prediction_create(
 ) -> tuple[Prediction, bool]:
     """Record a queued prediction and send it to the workers after commit. With an
     idempotency key, a retry within 24 h returns the first prediction (``created`` False)
-    and a different body under the same key is 409."""
+    and a different body under the same key is 409. Paid work the consumer cannot pay for is
+    refused with 402 before anything is recorded."""
     if idempotency_key:
         existing = _by_idempotency_key(access, idempotency_key, body_hash)
         if existing is not None:
             return existing, False
     batch = tensors.check(Signature.from_json(version.signature), arrays)
+    spend_authorize(consumer=access.tenant, model=model, api_key=access.key)
     try:
         with transaction.atomic():
             prediction = Prediction.objects.create(

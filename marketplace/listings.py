@@ -22,7 +22,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from accounts.exceptions import Conflict, Forbidden, NotFound, PaymentRequired
+from accounts.exceptions import Conflict, Forbidden, NotFound
 from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
@@ -401,8 +401,9 @@ def listing_subscribe(*, listing: Listing, tenant: Tenant, actor: Actor) -> Enti
     """Subscribe ``tenant`` to a listing: an entitlement and the grants ``view_model`` and
     ``run_model`` for its group. Subscribing again returns the live entitlement.
 
-    Free listings only until billing lands (paid ones answer 402); a gated listing needs
-    the publisher's approval first (403)."""
+    A gated listing needs the publisher's approval first (403). Subscribing costs nothing:
+    a paid listing's calls are billed by usage, and billing refuses them (402) until the
+    organisation has a payment method."""
     model = listing.model
     existing = entitlement_live(model=model, tenant=tenant)
     if existing is not None:
@@ -415,12 +416,6 @@ def listing_subscribe(*, listing: Listing, tenant: Tenant, actor: Actor) -> Enti
         raise Forbidden(
             f"{model.ref} is gated: request access and wait for the publisher to approve it.",
             request_access_url=f"/api/v1/catalogue/{model.ref}/request-access",
-        )
-    if not listing.is_free:
-        raise PaymentRequired(
-            f"{model.ref} is a paid listing. Paid subscriptions open once billing is set up "
-            "and your organisation has a payment method; free listings can be subscribed to "
-            "now."
         )
     entitlement, created = _entitlement_grant(
         model=model, tenant=tenant, kind=Entitlement.Kind.SUBSCRIPTION

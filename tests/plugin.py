@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -30,11 +31,29 @@ def pytest_load_initial_conftests(early_config, parser, args):
     # Playwright's sync API runs an event loop in the test thread; Django's ORM calls made
     # by the test itself are still synchronous and safe.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    # Stripe is localstripe on a port of our own, started by the billing tests that need it
+    # (tests/billing/conftest.py); workers inherit these settings from the environment.
+    port = _free_port()
+    os.environ.update(
+        STRIPE_API_BASE=f"http://127.0.0.1:{port}",
+        STRIPE_SECRET_KEY="sk_test_modelmarket",
+        STRIPE_PUBLISHABLE_KEY="pk_test_modelmarket",
+        STRIPE_WEBHOOK_SECRET="whsec_test_modelmarket",
+        STRIPE_JS_URL=f"http://127.0.0.1:{port}/js.stripe.com/v3/",
+        STRIPE_MAX_NETWORK_RETRIES="0",
+        MM_LOCALSTRIPE_PORT=str(port),
+    )
     try:
         return (yield)
     except BaseException:
         _stop()  # e.g. settings failed to import: pytest_unconfigure would not run
         raise
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def pytest_unconfigure(config):

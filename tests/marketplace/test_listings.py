@@ -163,16 +163,14 @@ def test_unsubscribing_takes_the_right_away_on_the_next_request(tenant, outsider
     assert AuditEvent.objects.filter(tenant=outsider, action="entitlement.cancel").exists()
 
 
-def test_paid_listing_answers_402_and_grants_nothing(tenant, outsider, outsider_api):
+def test_paid_listing_can_be_subscribed_its_calls_are_billed(tenant, outsider, outsider_api):
+    # Calls without a payment method answer 402: tests/billing/test_stripe_billing.py.
     model = listed(tenant, "bert", price_per_call="0.002")
 
     response = outsider_api.post("/api/v1/catalogue/acme/bert/subscribe")
 
-    assert response.status_code == 402
-    assert response.json()["code"] == "payment_required"
-    assert "billing" in response.json()["detail"]
-    assert not Entitlement.objects.filter(tenant=outsider).exists()
-    assert not can(outsider, "run", model)
+    assert response.status_code == 201
+    assert can(outsider, "run", model)
 
 
 def test_publisher_needs_no_subscription_to_its_own_model(api, tenant):

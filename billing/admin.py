@@ -1,0 +1,130 @@
+"""The operators' console for money: tenants' billing state, the ledger, invoices, credits
+and refunds. Ledger rows and invoices are read-only here; changes go through services."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib import admin, messages
+
+from accounts.exceptions import ServiceError
+from accounts.services import Actor
+from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
+from billing.services import credit_create, invoice_refund
+
+
+class ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnly):
+    list_display = ["public_id", "kind", "consumer", "model_ref", "amount", "currency", "period"]
+    list_filter = ["kind", "period", "currency", "free"]
+    search_fields = ["public_id", "source_id", "consumer__slug", "model_ref"]
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin):
+    list_display = ["tenant", "state", "grace_until", "payment_method_label", "spend_cap"]
+    list_filter = ["state"]
+    search_fields = ["tenant__slug", "stripe_customer_id", "connect_account_id"]
+    fields = [
+        "tenant",
+        "state",
+        "grace_until",
+        "spend_cap",
+        "stripe_customer_id",
+        "payment_method_label",
+        "connect_account_id",
+        "payouts_enabled",
+    ]
+    readonly_fields = [
+        "tenant",
+        "stripe_customer_id",
+        "payment_method_label",
+        "connect_account_id",
+        "payouts_enabled",
+    ]
+    actions = ["credit_ten"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Credit 10.00 to the selected tenants (an audited ledger entry)")
+    def credit_ten(self, request, queryset):
+        for account in queryset:
+            credit_create(
+                consumer=account.tenant,
+                amount=Decimal("10.00"),
+                reason=f"operator credit by {request.user.email}",
+                actor=Actor(user=request.user),
+            )
+        messages.success(request, f"Credited {queryset.count()} tenant(s).")
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = [
+        "description",
+        "calls",
+        "amount",
+        "amount_cents",
+        "publisher",
+        "publisher_cents",
+        "stripe_item_id",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnly):
+    list_display = [
+        "public_id",
+        "consumer",
+        "period",
+        "amount",
+        "currency",
+        "status",
+        "stripe_invoice_id",
+    ]
+    list_filter = ["status", "period"]
+    search_fields = ["public_id", "consumer__slug", "stripe_invoice_id", "number"]
+    inlines = [InvoiceLineInline]
+    actions = ["refund"]
+
+    @admin.action(description="Refund the selected paid invoices and reverse their transfers")
+    def refund(self, request, queryset):
+        for invoice in queryset:
+            try:
+                invoice_refund(invoice=invoice, actor=Actor(user=request.user))
+            except ServiceError as e:
+                messages.error(request, e.message)
+            else:
+                messages.success(request, f"Refunded {invoice.public_id}.")
+
+
+@admin.register(Transfer)
+class TransferAdmin(ReadOnly):
+    list_display = ["public_id", "publisher", "invoice", "amount_cents", "currency", "status"]
+    list_filter = ["status"]
+    search_fields = ["public_id", "publisher__slug", "stripe_transfer_id"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnly):
+    list_display = ["event_id", "type", "object_id", "received_at", "processed_at"]
+    list_filter = ["type"]
+    search_fields = ["event_id", "object_id"]

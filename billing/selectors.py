@@ -1,0 +1,90 @@
+"""Reads over the ledger: spend, rollups per period, and the series the dashboard charts."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Max, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from accounts.models import ApiKey, Tenant
+from billing.models import UsageRecord
+
+ZERO = Decimal(0)
+
+
+def month_spend(*, consumer: Tenant, period: date, api_key: ApiKey | None = None) -> Decimal:
+    records = UsageRecord.objects.filter(consumer=consumer, period=period)
+    if api_key is not None:
+        records = records.filter(api_key=api_key)
+    return records.aggregate(total=Sum("amount"))["total"] or ZERO
+
+
+def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:
+    """The period's ledger for one consumer, per listing (credits have no model): calls,
+    compute seconds, amount, platform fee and publisher share, exact to the micro-unit."""
+    return list(
+        UsageRecord.objects.filter(consumer=consumer, period=period, currency=currency)
+        .values("model", "publisher")
+        .annotate(
+            calls=Sum("calls"),
+            compute_seconds=Sum("compute_seconds"),
+            amount=Sum("amount"),
+            platform_fee=Sum("platform_fee"),
+            publisher_share=Sum("publisher_share"),
+            model_ref=Max("model_ref"),
+        )
+        .order_by("model", "publisher")
+    )
+
+
+def consumer_summary(*, consumer: Tenant, period: date) -> dict:
+    row = UsageRecord.objects.filter(consumer=consumer, period=period).aggregate(
+        calls=Sum("calls"),
+        compute_seconds=Sum("compute_seconds"),
+        amount=Sum("amount"),
+        free_calls=Count("pk", filter=Q(free=True)),
+    )
+    return {key: value or 0 for key, value in row.items()}
+
+
+def daily_usage(*, consumer: Tenant, days: int = 30) -> list[dict]:
+    """Calls, compute seconds and spend per day, oldest first, for the usage charts."""
+    since = timezone.now() - timedelta(days=days)
+    return list(
+        UsageRecord.objects.filter(consumer=consumer, created_at__gte=since)
+        .exclude(kind=UsageRecord.Kind.CREDIT)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(calls=Sum("calls"), seconds=Sum("compute_seconds"), amount=Sum("amount"))
+        .order_by("day")
+    )
+
+
+def usage_by(*, consumer: Tenant, period: date, field: str) -> list[dict]:
+    """This period's usage grouped by ``model_ref`` or by ``api_key__name``."""
+    return list(
+        UsageRecord.objects.filter(consumer=consumer, period=period)
+        .exclude(kind=UsageRecord.Kind.CREDIT)
+        .values(field)
+        .annotate(calls=Sum("calls"), seconds=Sum("compute_seconds"), amount=Sum("amount"))
+        .order_by("-amount", field)
+    )
+
+
+def earnings(*, publisher: Tenant) -> list[dict]:
+    """What each listing earned per period: consumers' spend, the platform fee, the share."""
+    return list(
+        UsageRecord.objects.filter(publisher=publisher)
+        .exclude(consumer=publisher)
+        .values("period", "model_ref", "currency")
+        .annotate(
+            calls=Sum("calls"),
+            amount=Sum("amount"),
+            platform_fee=Sum("platform_fee"),
+            publisher_share=Sum("publisher_share"),
+        )
+        .order_by("-period", "model_ref")
+    )

@@ -1,0 +1,145 @@
+"""Stripe's webhook endpoint, and the dashboard's billing pages."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from accounts.exceptions import ServiceError
+from accounts.models import Role
+from accounts.tenancy import request_actor
+from accounts.views import tenant_required
+from billing import selectors
+from billing import stripe_gateway as gateway
+from billing.models import Invoice, Transfer
+from billing.services import (
+    account_for,
+    connect_onboarding_start,
+    payment_method_confirm,
+    payment_setup_start,
+    spend_cap_set,
+    stripe_event_record,
+)
+
+log = logging.getLogger(__name__)
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    """Verify the signature on the raw body, store the event once, answer at once; a task
+    does the work. Duplicates and events we do not act on get 200 too."""
+    try:
+        event = gateway.event_from_webhook(request.body, request.headers.get("Stripe-Signature"))
+    except gateway.InvalidSignature:
+        log.warning("Stripe webhook with a bad signature refused")
+        return HttpResponse("Bad signature.", status=400, content_type="text/plain")
+    if not event.get("id"):
+        return HttpResponse("Not an event.", status=400, content_type="text/plain")
+    stored = stripe_event_record(event)
+    return HttpResponse("ok" if stored else "duplicate", content_type="text/plain")
+
+
+class SpendCapForm(forms.Form):
+    spend_cap = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        decimal_places=2,
+        max_digits=12,
+        help_text="Paid calls answer 402 once this month's spend reaches it; empty for none.",
+    )
+
+
+def _can_manage_billing(request: HttpRequest) -> bool:
+    return request.membership.role in (Role.OWNER, Role.ADMIN, Role.BILLING)
+
+
+@tenant_required()
+def billing_home(request: HttpRequest) -> HttpResponse:
+    """Usage charts, this period's running total, invoices, payment method, spend cap, and
+    for publishers their earnings and transfers."""
+    tenant = request.tenant
+    account = account_for(tenant)
+    period = timezone.now().date().replace(day=1)
+    form = SpendCapForm(initial={"spend_cap": account.spend_cap})
+    if request.method == "POST":
+        if not _can_manage_billing(request):
+            raise PermissionDenied("Only owners, admins and billing members can change billing.")
+        form = SpendCapForm(request.POST)
+        if form.is_valid():
+            spend_cap_set(
+                tenant=tenant, cap=form.cleaned_data["spend_cap"], actor=request_actor(request)
+            )
+            messages.success(request, "Spend cap saved.")
+            return redirect("billing_dashboard:home")
+    summary = selectors.consumer_summary(consumer=tenant, period=period)
+    days = selectors.daily_usage(consumer=tenant)
+    peak = max((day["amount"] for day in days), default=0) or 1
+    context = {
+        "account": account,
+        "form": form,
+        "period": period,
+        "summary": summary,
+        "cap_percent": (
+            int(summary["amount"] * 100 / account.spend_cap) if account.spend_cap else None
+        ),
+        "days": [{**day, "height": int(day["amount"] * 100 / peak)} for day in days],
+        "by_model": selectors.usage_by(consumer=tenant, period=period, field="model_ref"),
+        "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key__name"),
+        "invoices": Invoice.objects.filter(consumer=tenant)[:24],
+        "earnings": selectors.earnings(publisher=tenant)[:48],
+        "transfers": Transfer.objects.filter(publisher=tenant).select_related("invoice")[:48],
+        "can_manage": _can_manage_billing(request),
+        "stripe_configured": bool(settings.STRIPE_SECRET_KEY),
+    }
+    return render(request, "billing/home.html", context)
+
+
+@tenant_required()
+def payment_method(request: HttpRequest) -> HttpResponse:
+    """GET: the card form (Stripe.js confirms a SetupIntent in the browser). POST (from the
+    form's script): save the confirmed card as the default payment method."""
+    if not _can_manage_billing(request):
+        raise PermissionDenied("Only owners, admins and billing members can change billing.")
+    if not settings.STRIPE_SECRET_KEY:
+        messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
+        return redirect("billing_dashboard:home")
+    if request.method == "POST":
+        try:
+            payment_method_confirm(
+                tenant=request.tenant,
+                setup_intent=request.POST.get("setup_intent", ""),
+                actor=request_actor(request),
+            )
+        except ServiceError as e:
+            messages.error(request, e.message)
+        else:
+            messages.success(request, "Payment method saved.")
+        return redirect("billing_dashboard:home")
+    intent = payment_setup_start(tenant=request.tenant)
+    context = {
+        "client_secret": intent["client_secret"],
+        "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+        "stripe_js": settings.STRIPE_JS_URL,
+    }
+    return render(request, "billing/payment_method.html", context)
+
+
+@tenant_required(manage=True)
+@require_POST
+def connect_start(request: HttpRequest) -> HttpResponse:
+    """Send a publisher to Stripe's Express onboarding for payouts."""
+    if not settings.STRIPE_SECRET_KEY:
+        messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
+        return redirect("billing_dashboard:home")
+    return redirect(connect_onboarding_start(tenant=request.tenant, actor=request_actor(request)))

@@ -1,0 +1,260 @@
+"""Billing through the real stack and a stateful fake Stripe (localstripe): paid calls are
+recorded in the ledger, a closed month becomes one invoice per consumer in Stripe, paid
+with the saved card, and Stripe's signed webhooks drive the invoice's state."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from datetime import date, timedelta
+
+import pytest
+import stripe
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db.models import F
+from django.utils import timezone
+
+from accounts import services as accounts
+from billing import stripe_gateway
+from billing.models import BillingAccount, Invoice, StripeEvent, UsageRecord
+from billing.reconcile import reconcile
+from billing.services import invoice_collect, period_close
+from marketplace.listings import listing_publish, listing_subscribe
+from tests.billing.conftest import CARD_DECLINED, save_card
+from tests.conftest import key_client
+from tests.inference.conftest import Classifier, export, ready_version, signature
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def last_month() -> date:
+    return (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+
+
+def into_last_month() -> None:
+    """Arrange: the usage recorded so far happened last month."""
+    UsageRecord.objects.update(period=last_month(), created_at=F("created_at") - timedelta(days=32))
+
+
+def wait_for(condition, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return result
+
+
+@pytest.fixture
+def paid_clf(tenant, outsider):
+    """acme's classifier, listed at 0.25 per call (20 % platform fee); globex subscribed."""
+    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    listing = listing_publish(
+        model=version.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call="0.25",
+        price_per_second="0",
+    )
+    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    return version.model
+
+
+def predict(client, model: str = "acme/clf"):
+    return client.post(
+        "/api/v1/predictions",
+        {"model": model, "input": {"x": [[0.5, -1.0, 2.0, 0.25]]}},
+        format="json",
+        HTTP_PREFER="wait",
+    )
+
+
+def test_paid_calls_need_a_payment_method(stripe_api, outsider, paid_clf):
+    response = predict(key_client(outsider))
+
+    assert response.status_code == 402
+    assert "add a payment method" in response.json()["detail"]
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_closed_month_is_invoiced_once_paid_by_card_and_reconciles(
+    celery_worker_process, stripe_api, stripe_webhooks, outsider, paid_clf
+):
+    save_card(stripe_api, outsider)
+    globex = key_client(outsider)
+    for _ in range(3):
+        assert predict(globex).json()["status"] == "succeeded"
+    into_last_month()
+
+    call_command("close_period", "--period", f"{last_month():%Y-%m}")
+    call_command("close_period", "--period", f"{last_month():%Y-%m}")  # a second run: no-op
+
+    invoice = Invoice.objects.get(consumer=outsider)
+    assert invoice.status == Invoice.Status.PAID
+    assert invoice.amount_cents == 75  # 3 calls at 0.25
+    [line] = invoice.lines.all()
+    assert (line.calls, line.amount_cents, line.publisher_cents) == (3, 75, 60)
+    remote = stripe_api.v1.invoices.list(
+        params={"customer": invoice.consumer.billing.stripe_customer_id}
+    )
+    assert [(i.id, i.status, i.total) for i in remote.data] == [
+        (invoice.stripe_invoice_id, "paid", 75)
+    ]
+    # Stripe's signed events reach the webhook and are each stored once, then processed.
+    wait_for(
+        lambda: StripeEvent.objects.filter(
+            type="invoice.payment_succeeded", processed_at__isnull=False
+        ).exists(),
+        what="invoice.payment_succeeded processed",
+    )
+    assert reconcile(period=last_month()) == []
+    call_command("reconcile", "--period", f"{last_month():%Y-%m}")
+
+
+def test_a_declined_card_starts_a_grace_period_then_paid_calls_get_402(
+    celery_worker_process, stripe_api, outsider, paid_clf
+):
+    save_card(stripe_api, outsider, CARD_DECLINED)
+    globex = key_client(outsider)
+    assert predict(globex).json()["status"] == "succeeded"
+    into_last_month()
+
+    [invoice] = period_close(period=last_month(), collect=False)
+    invoice_collect(invoice)
+
+    invoice.refresh_from_db()
+    account = BillingAccount.objects.get(tenant=outsider)
+    assert invoice.status == Invoice.Status.OPEN and invoice.payment_error
+    assert account.state == BillingAccount.State.PAST_DUE
+    assert predict(globex).status_code == 201  # still inside the grace period
+    BillingAccount.objects.filter(pk=account.pk).update(
+        grace_until=F("grace_until") - timedelta(days=30)
+    )
+    refused = predict(globex)
+    assert refused.status_code == 402
+    assert "grace period has ended" in refused.json()["detail"]
+    # Paying the invoice (here: a new card, and Stripe retried) restores paid calls.
+    save_card(stripe_api, outsider)
+    invoice_collect(invoice)
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+    assert BillingAccount.objects.get(tenant=outsider).state == BillingAccount.State.OK
+    assert predict(globex).status_code == 201
+
+
+def test_webhooks_need_a_valid_signature_and_duplicates_are_stored_once(stripe_api, client):
+    body = json.dumps(
+        {"id": "evt_test_1", "type": "customer.created", "data": {"object": {"id": "cus_1"}}}
+    )
+    stamp = int(time.time())
+    good = hmac.new(
+        os.environ["STRIPE_WEBHOOK_SECRET"].encode(), f"{stamp}.{body}".encode(), hashlib.sha256
+    ).hexdigest()
+
+    forged = client.post(
+        "/billing/stripe/webhook",
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={'0' * 64}",
+    )
+    first = client.post(
+        "/billing/stripe/webhook",
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={good}",
+    )
+    again = client.post(
+        "/billing/stripe/webhook",
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={good}",
+    )
+
+    assert forged.status_code == 400
+    assert (first.status_code, first.content) == (200, b"ok")
+    assert (again.status_code, again.content) == (200, b"duplicate")
+    assert StripeEvent.objects.filter(event_id="evt_test_1").count() == 1
+
+
+class LoseResponses(stripe.HTTPClient):
+    """Sends each request to Stripe, then loses the answer to the ones ``lose`` picks: the
+    case where only idempotency and adoption prevent a second invoice."""
+
+    name = "lose-responses"
+
+    def __init__(self, lose):
+        super().__init__()
+        self.inner = stripe.RequestsClient()
+        self.lose = lose
+        self.lost: list[str] = []
+
+    def request(self, method, url, headers, post_data=None):
+        response = self.inner.request(method, url, headers, post_data)
+        if self.lose(method, url):
+            self.lost.append(f"{method} {url}")
+            raise stripe.APIConnectionError("connection reset after the request was sent")
+        return response
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_lost_response_never_makes_a_second_invoice_or_line(
+    celery_worker_process, stripe_api, outsider, paid_clf
+):
+    save_card(stripe_api, outsider)
+    globex = key_client(outsider)
+    for _ in range(2):
+        assert predict(globex).json()["status"] == "succeeded"
+    into_last_month()
+    [invoice] = period_close(period=last_month(), collect=False)
+    lost = set()
+
+    def lose_first_item_and_invoice(method, url):
+        kind = url.rsplit("/", 1)[-1]
+        if method == "post" and kind in ("invoiceitems", "invoices") and kind not in lost:
+            lost.add(kind)
+            return True
+        return False
+
+    stripe_gateway.configure(http_client=LoseResponses(lose_first_item_and_invoice))
+    for _ in range(3):  # the first two attempts lose Stripe's answers; the third finishes
+        try:
+            invoice_collect(invoice)
+        except stripe_gateway.GatewayUnavailable:
+            continue
+        break
+
+    invoice.refresh_from_db()
+    assert lost == {"invoiceitems", "invoices"}
+    assert invoice.status == Invoice.Status.PAID
+    customer = invoice.consumer.billing.stripe_customer_id
+    assert len(stripe_api.v1.invoices.list(params={"customer": customer}).data) == 1
+    wait_for(invoice.transfers.exists, what="the publisher's transfer")
+    assert reconcile(period=last_month()) == []
+
+
+def test_reconcile_reports_usage_recorded_after_the_invoice(
+    celery_worker_process, stripe_api, outsider, paid_clf
+):
+    save_card(stripe_api, outsider)
+    globex = key_client(outsider)
+    assert predict(globex).json()["status"] == "succeeded"
+    into_last_month()
+    call_command("close_period", "--period", f"{last_month():%Y-%m}")
+    assert predict(globex).json()["status"] == "succeeded"
+    into_last_month()  # a late record for the closed month
+
+    with pytest.raises(CommandError) as failed:
+        call_command("reconcile", "--period", f"{last_month():%Y-%m}")
+
+    assert failed.value.returncode == 1
+    assert [str(d) for d in reconcile(period=last_month())] == [
+        f"globex {last_month():%Y-%m} usd: acme/clf: ledger 50 cents, invoice 25",
+        f"globex {last_month():%Y-%m} usd: acme/clf: publisher share 40 in the ledger, "
+        "20 on the invoice",
+    ]
