@@ -100,3 +100,30 @@ def test_push_resumes_after_the_process_is_killed(mm, mm_env, small_chunks, big_
     assert upload["resumed_bytes"] >= stored
     assert upload["sent_bytes"] == big_file.stat().st_size - upload["resumed_bytes"]
     assert resumed.json()["version"]["sha256"] == hashlib.sha256(big_file.read_bytes()).hexdigest()
+
+
+class LosesTheAnswerToComplete(httpx.HTTPTransport):
+    """The server completes the upload, but its answer never arrives."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/complete") and not self.lost:
+            self.lost = True
+            response.read()
+            raise httpx.ReadError("Connection reset by peer", request=request)
+        return response
+
+
+def test_a_lost_answer_to_complete_is_recovered_not_repeated(mm_env, model_file):
+    transport = LosesTheAnswerToComplete()
+
+    with Client(transport=transport) as client:
+        result = client.push("acme/clf", model_file)
+
+    assert transport.lost
+    assert result.version.number == 1 and result.version.status == "validating"
+    assert ModelVersion.objects.filter(model__name="clf").count() == 1
