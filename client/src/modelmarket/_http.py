@@ -166,8 +166,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _same_origin(url: str, base_url: str) -> str:
-    """A ``next`` link relative to the base URL: the server may know itself by another host
-    name than the one we reach it by (a proxy), and the key must go to that one only."""
+    """A ``next`` link as a path under the base URL: the server may know itself by another
+    host name than the one we reach it by (behind a proxy), and the key must go to the
+    server we were given, never to a host a response names."""
+    if url.startswith(base_url + "/"):
+        return url[len(base_url) :]
     parsed = httpx.URL(url)
     if not parsed.is_absolute_url:
         return url

@@ -95,29 +95,21 @@ class Settings:
 
 def resolve(api_key: str | None = None, base_url: str | None = None) -> Settings:
     """The key and server address to use, and where the key came from."""
-    file = None
-
-    def from_file() -> dict[str, Any]:
-        nonlocal file
-        if file is None:
-            file = read_config()
-            if file.get("api_key"):
-                _warn_if_readable(config_path())
-        return file
-
+    file = read_config()
     if api_key:
         source = "argument"
     elif os.environ.get("MM_API_KEY"):
         api_key, source = os.environ["MM_API_KEY"], "MM_API_KEY"
-    elif from_file().get("api_key"):
-        api_key, source = from_file()["api_key"], str(config_path())
+    elif file.get("api_key"):
+        _refuse_if_readable(config_path())  # only when the key in it is about to be used
+        api_key, source = file["api_key"], str(config_path())
     else:
         source = "none"
-    url = base_url or os.environ.get("MM_BASE_URL") or from_file().get("base_url")
+    url = base_url or os.environ.get("MM_BASE_URL") or file.get("base_url")
     return Settings(api_key=api_key or None, base_url=url or DEFAULT_BASE_URL, key_source=source)
 
 
-def _warn_if_readable(path: Path) -> None:
+def _refuse_if_readable(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:
