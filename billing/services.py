@@ -284,14 +284,14 @@ def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -
     listing = Listing.objects.filter(model=model).only("price_per_call", "price_per_second").first()
     if listing is None or listing.is_free:
         return
-    account = BillingAccount.objects.filter(tenant=consumer).first()
-    if settings.PAYMENT_METHOD_REQUIRED and (account is None or not account.has_payment_method):
+    account = BillingAccount.objects.filter(tenant=consumer).first() or BillingAccount(
+        tenant=consumer
+    )
+    if settings.PAYMENT_METHOD_REQUIRED and not account.has_payment_method:
         raise PaymentRequired(
             f"{model.ref} is a paid listing: add a payment method in the dashboard's billing "
             "page before calling it."
         )
-    if account is None:
-        return
     now = timezone.now()
     if (
         account.state == BillingAccount.State.PAST_DUE

@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("marketplace.api.urls")),
     path("", include("inference.api.urls")),
+    path("", include("billing.api.urls")),
 ]
 
 urlpatterns = [

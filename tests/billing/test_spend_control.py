@@ -1,0 +1,176 @@
+"""Spend caps, key budgets and the usage views: paid work a consumer cannot pay for is
+refused with 402 before anything is recorded, and people are warned at 80 %."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+from django.test import Client
+
+from accounts import services as accounts
+from billing.models import UsageRecord
+from billing.services import usage_record_create
+from inference.models import Prediction
+from marketplace.listings import listing_publish, listing_subscribe
+from tests.conftest import key_client
+from tests.inference.conftest import Classifier, export, ready_version, signature
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_card_needed(settings):
+    settings.PAYMENT_METHOD_REQUIRED = False
+
+
+@pytest.fixture
+def paid_clf(tenant, outsider):
+    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    listing = listing_publish(
+        model=version.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call="0.25",
+        price_per_second="0",
+    )
+    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    return version.model
+
+
+def spend(consumer, model, calls: int, key=None) -> None:
+    """Arrange: calls already made (and billed) this month."""
+    for _ in range(calls):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{UsageRecord.objects.count()}",
+            consumer=consumer,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+            api_key=key,
+        )
+
+
+def predict(client):
+    return client.post(
+        "/api/v1/predictions",
+        {"model": "acme/clf", "input": {"x": [[0.5, -1.0, 2.0, 0.25]]}},
+        format="json",
+    )
+
+
+def test_spend_cap_refuses_paid_calls_once_reached_and_records_nothing(outsider, paid_clf):
+    globex = key_client(outsider)
+    cap = globex.put("/api/v1/billing/settings", {"spend_cap": "1.00"}, format="json")
+    spend(outsider, paid_clf, 4)  # 4 x 0.25
+
+    refused = predict(globex)
+
+    assert cap.json() == {"spend_cap": "1.00"}
+    assert refused.status_code == 402
+    assert "reached your spend cap (1.00)" in refused.json()["detail"]
+    assert not Prediction.objects.exists()
+
+
+def test_crossing_80_percent_of_the_cap_emails_the_billing_people_once(outsider, paid_clf, charlie):
+    globex = key_client(outsider)
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.20"}, format="json")
+    spend(outsider, paid_clf, 3)  # 0.75: under 80 %
+    below = predict(globex)
+    spend(outsider, paid_clf, 1)  # 1.00: over 80 % (0.96), under the cap
+
+    first, second = predict(globex), predict(globex)
+
+    assert below.status_code == first.status_code == second.status_code == 201
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == [charlie.email]
+    assert "80% of your monthly spend cap" in mail.outbox[0].subject
+
+
+def test_a_key_over_its_budget_is_refused_while_other_keys_still_work(outsider, paid_clf):
+    capped, other = key_client(outsider), key_client(outsider)
+    capped_key = outsider.api_keys.get(prefix=capped.secret.split("_")[2])
+    admin = key_client(outsider)
+    budget = admin.put(
+        f"/api/v1/keys/{capped_key.public_id}/budget", {"monthly_limit": "0.50"}, format="json"
+    )
+    spend(outsider, paid_clf, 2, key=capped_key)
+
+    refused, allowed = predict(capped), predict(other)
+
+    assert budget.status_code == 200
+    assert refused.status_code == 402
+    assert f"API key {capped_key.prefix} has used its monthly budget" in refused.json()["detail"]
+    assert allowed.status_code == 201
+
+
+def test_free_work_is_never_refused(tenant, outsider, paid_clf):
+    acme = key_client(tenant)
+    acme.put("/api/v1/billing/settings", {"spend_cap": "0"}, format="json")
+
+    assert predict(acme).status_code == 201  # a publisher runs its own model for free
+
+
+def test_a_paid_listing_needs_a_payment_method_when_required(settings, outsider, paid_clf):
+    settings.PAYMENT_METHOD_REQUIRED = True
+
+    refused = predict(key_client(outsider))
+
+    assert refused.status_code == 402
+    assert "add a payment method" in refused.json()["detail"]
+
+
+def test_bad_limits_are_400s_and_limits_need_the_admin_scope(outsider):
+    admin, reader = key_client(outsider), key_client(outsider, scopes=["billing:read"])
+
+    bad = admin.put("/api/v1/billing/settings", {"spend_cap": "-1"}, format="json")
+    forbidden = reader.put("/api/v1/billing/settings", {"spend_cap": "5"}, format="json")
+    unknown = admin.put("/api/v1/keys/key_nope/budget", {"monthly_limit": "1"}, format="json")
+
+    assert bad.status_code == 400 and "spend_cap" in bad.json()["detail"]
+    assert forbidden.status_code == 403
+    assert unknown.status_code == 404
+    assert reader.get("/api/v1/billing/settings").json() == {"spend_cap": None}
+
+
+def test_usage_api_totals_this_period_per_model_and_key(outsider, paid_clf):
+    globex = key_client(outsider, scopes=["billing:read"])
+    spend(outsider, paid_clf, 3)
+
+    usage = globex.get("/api/v1/usage").json()
+    bad = globex.get("/api/v1/usage?period=2026-13")
+
+    assert (usage["calls"], usage["amount"]) == (3, "0.750000")
+    assert usage["by_model"] == [{"model": "acme/clf", "calls": 3, "amount": "0.750000"}]
+    assert bad.status_code == 400 and "YYYY-MM" in bad.json()["detail"]
+
+
+def test_another_tenants_invoices_are_404(tenant, outsider, paid_clf):
+    from billing.models import Invoice
+
+    theirs = Invoice.objects.create(
+        consumer=outsider, period="2026-01-01", currency="usd", amount_cents=5
+    )
+
+    assert key_client(outsider).get(f"/api/v1/invoices/{theirs.public_id}").status_code == 200
+    assert key_client(tenant).get(f"/api/v1/invoices/{theirs.public_id}").status_code == 404
+    assert key_client(tenant).get("/api/v1/invoices").json()["results"] == []
+
+
+def test_billing_page_shows_the_running_total_charts_and_earnings(
+    alice, charlie, outsider, paid_clf
+):
+    spend(outsider, paid_clf, 4)
+    consumer, publisher = Client(), Client()
+    consumer.force_login(charlie)
+    publisher.force_login(alice)
+
+    consumer_page = consumer.get("/dashboard/billing/").content.decode()
+    publisher_page = publisher.get("/dashboard/billing/").content.decode()
+
+    assert '<span id="running-total">1.00</span>' in consumer_page
+    assert 'id="usage-chart"' in consumer_page and "acme/clf" in consumer_page
+    assert 'id="earnings"' in publisher_page
+    assert "0.8000 USD" in publisher_page  # 80 % of 1.00
