@@ -196,3 +196,10 @@ def test_promotion_needs_the_fidelity_threshold_to_be_met(api, tenant, mlp_versi
     assert no_threshold.status_code == 400
     assert accepted.status_code == 200
     assert api.get("/api/v1/models/acme/mlp/aliases").json()[0]["name"] == "staging"
+
+
+def test_compression_endpoints_are_in_the_openapi_schema(api):
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+
+    for path in ["", "/{id}", "/{id}/cancel", "/{id}/promote"]:
+        assert f"/api/v1/compression-jobs{path}" in schema["paths"], path
