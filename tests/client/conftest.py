@@ -11,7 +11,14 @@ import pytest
 
 from accounts import services as accounts
 from accounts.models import ALL_SCOPES
-from tests.inference.conftest import Classifier, export, ready_version, signature
+from tests.inference.conftest import (
+    Classifier,
+    Raises,
+    export,
+    ready_version,
+    scripted,
+    signature,
+)
 
 
 @dataclass
@@ -82,6 +89,12 @@ def small_chunks(settings) -> int:
 def classifier(tenant):
     """``acme/clf``, ready: takes x of shape [-1, 4], answers [-1, 3]."""
     return ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+
+
+@pytest.fixture
+def raising(tenant):
+    """``acme/raises``: raises "input out of range" when the input sums over 1000."""
+    return ready_version(tenant, "raises", scripted(Raises()), "torchscript", signature(4, 4))
 
 
 @pytest.fixture

@@ -82,6 +82,15 @@ def test_an_input_that_does_not_fit_is_exit_5_naming_the_shape(mm, classifier):
     assert_clean(run)
 
 
+def test_a_model_that_raises_is_exit_7_with_its_message(celery_worker_process, mm, raising):
+    run = mm("predict", "acme/raises", "--data", "[[999, 999, 999, 999]]")
+
+    assert run.code == errors.EXIT_FAILED == 7
+    # The model's own error, as the server reports it (TorchScript's trace included).
+    assert run.err.startswith("Error: Prediction pred_") and "failed (model)" in run.err
+    assert "input out of range" in run.err
+
+
 def test_a_model_that_exists_already_is_exit_5(mm, classifier):
     run = mm("create", "clf")
 

@@ -77,6 +77,16 @@ def test_a_retried_prediction_with_the_same_key_is_the_same_prediction(
     assert first.json()["id"] == again.json()["id"]
 
 
+def test_an_async_prediction_is_fetched_when_done(celery_worker_process, mm, classifier):
+    queued = mm("predict", "acme/clf", "-d", "[[4, 3, 2, 1]]", "--async", "--json")
+    assert queued.code == 0, queued.err
+
+    done = mm("prediction", queued.json()["id"], "--wait", "--json")
+
+    assert done.code == 0, done.err
+    assert done.json()["status"] == "succeeded" and len(done.json()["output"]["output"][0]) == 3
+
+
 def test_login_saves_the_key_readable_by_its_owner_only(mm, mm_env, monkeypatch, tenant):
     secret = mm_env["MM_API_KEY"]
     monkeypatch.delenv("MM_API_KEY")
