@@ -1,0 +1,202 @@
+"""Publishers' payouts through Stripe Connect, tested at the wire (localstripe has no
+Connect): onboarding an Express account, transfers of each publisher's share tied to the
+invoice's charge, refunds that reverse them, and reconcile after all of it."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+import stripe
+
+from accounts import services as accounts
+from billing import stripe_gateway
+from billing.models import BillingAccount, Invoice, Transfer
+from billing.reconcile import reconcile
+from billing.services import (
+    connect_account_sync,
+    connect_onboarding_start,
+    invoice_apply,
+    invoice_build,
+    invoice_refund,
+    transfer_send,
+    transfers_create,
+    usage_record_create,
+)
+from marketplace import services as registry
+from marketplace.models import Listing
+from tests.billing import stripe_wire as wire
+
+pytestmark = pytest.mark.django_db
+PERIOD = date(2026, 10, 1)
+
+
+@pytest.fixture
+def paid_invoice(tenant, outsider):
+    """globex's October invoice for 3 calls of acme's model at 0.25: 75 cents, of which 60
+    are acme's (20 % platform fee), paid in Stripe as in_paid."""
+    model = registry.model_create(tenant=tenant, name="clf", actor=accounts.SYSTEM)
+    Listing.objects.create(
+        model=model,
+        title="Clf",
+        visibility="public",
+        price_per_call=Decimal("0.25"),
+        platform_fee_percent=Decimal("20"),
+    )
+    for i in range(3):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{i}",
+            consumer=outsider,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+    outsider.usage.update(period=PERIOD)
+    invoice = invoice_build(consumer=outsider, period=PERIOD, currency="usd")
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="in_paid")
+    BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
+    invoice.refresh_from_db()
+    return invoice_apply(invoice, wire.invoice("in_paid", 75, {}, "paid"))
+
+
+@pytest.fixture
+def stripe_wire():
+    recorder = wire.StripeWire()
+    stripe_gateway.configure(http_client=recorder)
+    yield recorder
+    stripe_gateway.configure()
+
+
+def test_publisher_onboards_an_express_account_and_gets_its_share_of_the_charge(
+    tenant, paid_invoice, stripe_wire
+):
+    stripe_wire.routes.update(
+        {
+            ("POST", "/v1/accounts"): wire.account("acct_publisher", payouts_enabled=False),
+            ("POST", "/v1/account_links"): {
+                "object": "account_link",
+                "url": "https://connect.stripe.com/setup/e/acct_publisher/xyz",
+                "expires_at": 1_900_000_000,
+            },
+            ("GET", "/v1/accounts/acct_publisher"): wire.account(
+                "acct_publisher", payouts_enabled=True
+            ),
+            ("POST", "/v1/transfers"): wire.transfer("tr_share", 60),
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+
+    link = connect_onboarding_start(tenant=tenant, actor=accounts.SYSTEM)
+    connect_account_sync("acct_publisher")  # what account.updated does once onboarding ends
+    [transfer] = transfers_create(paid_invoice)
+    transfer = transfer_send(transfer)
+
+    assert link == "https://connect.stripe.com/setup/e/acct_publisher/xyz"
+    [created] = stripe_wire.posts("/v1/accounts")
+    assert created.params["type"] == "express"
+    assert created.params["capabilities[transfers][requested]"] == "true"
+    assert created.headers["Idempotency-Key"].startswith("connect-")
+    assert created.headers["Stripe-Version"] == stripe.api_version
+    [linked] = stripe_wire.posts("/v1/account_links")
+    assert linked.params["account"] == "acct_publisher"
+    assert linked.params["type"] == "account_onboarding"
+    [sent] = stripe_wire.posts("/v1/transfers")
+    assert sent.params == {
+        "amount": "60",
+        "currency": "usd",
+        "destination": "acct_publisher",
+        "source_transaction": "ch_paid",
+        "transfer_group": paid_invoice.public_id,
+        "metadata[mm_transfer]": transfer.public_id,
+        "metadata[mm_invoice]": paid_invoice.public_id,
+    }
+    assert sent.headers["Idempotency-Key"] == f"transfer-{transfer.public_id}"
+    assert (transfer.status, transfer.stripe_transfer_id) == (Transfer.Status.PAID, "tr_share")
+    transfer_send(transfer)  # a redelivered task
+    assert len(stripe_wire.posts("/v1/transfers")) == 1
+
+
+def test_a_share_waits_for_the_publishers_account_then_is_sent(tenant, paid_invoice, stripe_wire):
+    stripe_wire.routes.update(
+        {
+            ("GET", "/v1/accounts/acct_late"): wire.account("acct_late", payouts_enabled=True),
+            ("POST", "/v1/transfers"): wire.transfer("tr_late", 60),
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+    [transfer] = transfers_create(paid_invoice)
+
+    waiting = transfer_send(transfer)
+    posted_while_waiting = len(stripe_wire.posts("/v1/transfers"))
+    BillingAccount.objects.filter(tenant=tenant).update(connect_account_id="acct_late")
+    connect_account_sync("acct_late")
+    sent = transfer_send(Transfer.objects.get(pk=transfer.pk))
+
+    assert waiting.status == Transfer.Status.AWAITING_ACCOUNT and posted_while_waiting == 0
+    assert (sent.status, sent.stripe_transfer_id) == (Transfer.Status.PAID, "tr_late")
+    assert len(stripe_wire.posts("/v1/transfers")) == 1
+
+
+def test_a_refund_reverses_the_transfers_and_reconciles(tenant, paid_invoice, stripe_wire):
+    line = paid_invoice.lines.get()
+    stripe_wire.routes.update(
+        {
+            ("GET", "/v1/accounts/acct_publisher"): wire.account(
+                "acct_publisher", payouts_enabled=True
+            ),
+            ("POST", "/v1/transfers"): wire.transfer("tr_share", 60),
+            ("POST", "/v1/refunds"): {
+                "id": "re_1",
+                "object": "refund",
+                "amount": 75,
+                "charge": "ch_paid",
+                "status": "succeeded",
+            },
+            ("POST", "/v1/transfers/tr_share/reversals"): {
+                "id": "trr_1",
+                "object": "transfer_reversal",
+                "amount": 60,
+                "transfer": "tr_share",
+            },
+            ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60, reversed_amount=60),
+            ("GET", "/v1/invoices/in_paid"): wire.invoice("in_paid", 75, {line.public_id: 75}),
+            ("GET", "/v1/invoices/in_paid/lines"): wire.invoice(
+                "in_paid", 75, {line.public_id: 75}
+            )["lines"],
+            ("GET", "/v1/invoices"): {
+                "object": "list",
+                "data": [wire.invoice("in_paid", 75, {line.public_id: 75})],
+                "has_more": False,
+                "url": "/v1/invoices",
+            },
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+    BillingAccount.objects.create(
+        tenant=tenant, connect_account_id="acct_publisher", payouts_enabled=True
+    )
+    [transfer] = transfers_create(paid_invoice)
+    transfer_send(transfer)
+
+    refunded = invoice_refund(invoice=paid_invoice, actor=accounts.SYSTEM)
+
+    [refund] = stripe_wire.posts("/v1/refunds")
+    assert refund.params["charge"] == "ch_paid" and refund.params["amount"] == "75"
+    assert refund.headers["Idempotency-Key"] == f"refund-{paid_invoice.public_id}"
+    [reversal] = stripe_wire.posts("/v1/transfers/tr_share/reversals")
+    assert reversal.params["amount"] == "60"
+    assert refunded.status == Invoice.Status.REFUNDED
+    assert Transfer.objects.get().reversed_cents == 60
+    stripe_wire.routes[("GET", "/v1/invoices/in_paid")]["status"] = "paid"
+    assert reconcile(period=paid_invoice.period) == []
+
+
+def test_only_a_paid_invoice_can_be_refunded(outsider, stripe_wire):
+    open_invoice = Invoice.objects.create(
+        consumer=outsider, period=PERIOD, currency="usd", amount_cents=10, status="open"
+    )
+
+    with pytest.raises(Exception, match="Only a paid invoice can be refunded"):
+        invoice_refund(invoice=open_invoice, actor=accounts.SYSTEM)
+    assert stripe_wire.calls == []
