@@ -9,12 +9,14 @@ from modelmarket.errors import ApiError, ModelmarketError  # noqa: E402
 from modelmarket.types import (  # noqa: E402
     Alias,
     CompressionJob,
+    Invoice,
     Listing,
     Model,
     Organisation,
     Prediction,
     PushResult,
     Upload,
+    Usage,
     Version,
 )
 
@@ -23,6 +25,7 @@ __all__ = [
     "ApiError",
     "Client",
     "CompressionJob",
+    "Invoice",
     "Listing",
     "Model",
     "ModelmarketError",
@@ -30,6 +33,7 @@ __all__ = [
     "Prediction",
     "PushResult",
     "Upload",
+    "Usage",
     "Version",
     "__version__",
     "split_ref",

@@ -665,6 +665,71 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
         cli.out.print(f"Follow it with: mm job {job.id} --watch")
 
 
+# --- usage and invoices -----------------------------------------------------------------------
+
+
+def cmd_usage(cli: Cli) -> int:
+    usage = cli.client.usage(cli.args.period)
+
+    def human() -> None:
+        cap = f", spend cap {usage.spend_cap}" if usage.spend_cap is not None else ""
+        cli.out.print(
+            f"[bold]{usage.period}[/]: {usage.calls:,} calls ({usage.free_calls:,} free), "
+            f"{usage.compute_seconds} s of compute, {usage.amount} so far{cap}"
+            + (f" [yellow]({usage.state})[/]" if usage.state not in ("", "active") else "")
+        )
+        if usage.by_model:
+            table = Table("model", "calls", "amount", box=None)
+            for row in usage.by_model:
+                table.add_row(str(row.get("model")), f"{row.get('calls', 0):,}", row["amount"])
+            cli.out.print(table)
+        if usage.by_key:
+            table = Table("key", "calls", "amount", box=None)
+            for row in usage.by_key:
+                table.add_row(
+                    escape(str(row.get("key") or "(dashboard)")),
+                    f"{row.get('calls', 0):,}",
+                    row["amount"],
+                )
+            cli.out.print(table)
+
+    cli.emit(usage.raw, human)
+    return 0
+
+
+def cmd_invoices(cli: Cli) -> int:
+    invoices = list(_take(cli.client.list_invoices(), cli.args.limit))
+
+    def human() -> None:
+        table = Table("id", "period", "amount", "status", "number", box=None)
+        for i in invoices:
+            table.add_row(
+                i.id, i.period, f"{i.amount} {i.currency}", _status(i.status), i.number or "-"
+            )
+        cli.out.print(table if invoices else "No invoices yet.")
+
+    cli.emit([i.raw for i in invoices], human)
+    return 0
+
+
+def cmd_invoice(cli: Cli) -> int:
+    invoice = cli.client.get_invoice(cli.args.id)
+
+    def human() -> None:
+        cli.out.print(
+            f"[bold]{invoice.id}[/] {invoice.period}: {invoice.amount} {invoice.currency}, "
+            f"{_status(invoice.status)}" + (f"  {invoice.hosted_url}" if invoice.hosted_url else "")
+        )
+        for line in invoice.lines:
+            cli.out.print(
+                f"  {escape(str(line.get('description', '')))}: {line.get('calls', 0)} calls, "
+                f"{line.get('amount', '')}"
+            )
+
+    cli.emit(invoice.raw, human)
+    return 0
+
+
 # --- helpers --------------------------------------------------------------------------------
 
 
@@ -915,6 +980,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, metavar="0..1")
     p.add_argument("--min-cosine", type=float)
     p.add_argument("--max-mean-abs-error", type=float)
+    p = command("usage", cmd_usage, "this month's usage and spend (billing:read)")
+    p.add_argument("--period", metavar="YYYY-MM")
+    p = command("invoices", cmd_invoices, "your organisation's invoices")
+    p.add_argument("--limit", type=int, default=24)
+    p = command("invoice", cmd_invoice, "an invoice and its lines")
+    p.add_argument("id")
     command("keys", cmd_keys, "your organisation's API keys (admin)")
     return parser
 

@@ -36,11 +36,13 @@ from modelmarket.errors import (
 from modelmarket.types import (
     Alias,
     CompressionJob,
+    Invoice,
     Listing,
     Model,
     Organisation,
     Prediction,
     PushResult,
+    Usage,
     Version,
 )
 from modelmarket.upload import Progress, detect_format, file_sha256, push_file
@@ -501,6 +503,27 @@ class Client:
         params = {k: v for k, v in {"model": model, "status": status}.items() if v}
         for item in self.http.paginate("/api/v1/compression-jobs", params=params):
             yield CompressionJob.from_json(item)
+
+    # --- usage and invoices ---------------------------------------------------------------
+
+    def usage(self, period: str | None = None) -> Usage:
+        """Your organisation's usage in a billing period (``YYYY-MM``; default this month):
+        calls, compute, the amount so far, per model and per key, and the spend cap."""
+        params = {"period": period} if period else None
+        return Usage.from_json(self.http.json("GET", "/api/v1/usage", params=params))
+
+    def list_invoices(self) -> Iterator[Invoice]:
+        """Your organisation's invoices, newest first."""
+        for item in self.http.paginate("/api/v1/invoices"):
+            yield Invoice.from_json(item)
+
+    def get_invoice(self, invoice_id: str) -> Invoice:
+        path = f"/api/v1/invoices/{quote(invoice_id, safe='')}"
+        return Invoice.from_json(self.http.json("GET", path))
+
+    def list_transfers(self) -> Iterator[dict[str, Any]]:
+        """A publisher's transfers: its share of each paid invoice."""
+        yield from self.http.paginate("/api/v1/transfers")
 
     # --- API keys -------------------------------------------------------------------------
 

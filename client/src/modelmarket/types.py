@@ -279,3 +279,70 @@ class CompressionJob:
             cost=data.get("cost"),
             raw=data,
         )
+
+
+def _decimal(value: Any) -> Decimal:
+    return Decimal(str(value)) if value not in (None, "") else Decimal("0")
+
+
+@dataclass
+class Usage:
+    """A billing period's usage, as the consumer pays for it (amounts are ``Decimal``)."""
+
+    period: str
+    calls: int
+    free_calls: int
+    compute_seconds: Decimal
+    amount: Decimal
+    spend_cap: Decimal | None
+    state: str
+    by_model: list[dict[str, Any]]
+    by_key: list[dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        cap = data.get("spend_cap")
+        return cls(
+            period=data.get("period", ""),
+            calls=data.get("calls") or 0,
+            free_calls=data.get("free_calls") or 0,
+            compute_seconds=_decimal(data.get("compute_seconds")),
+            amount=_decimal(data.get("amount")),
+            spend_cap=None if cap is None else _decimal(cap),
+            state=data.get("state", ""),
+            by_model=list(data.get("by_model") or []),
+            by_key=list(data.get("by_key") or []),
+            raw=data,
+        )
+
+
+@dataclass
+class Invoice:
+    id: str
+    period: str
+    currency: str
+    amount_cents: int
+    status: str
+    number: str
+    hosted_url: str
+    lines: list[dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.amount_cents) / 100
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Invoice:
+        return cls(
+            id=data["id"],
+            period=data.get("period", ""),
+            currency=data.get("currency", ""),
+            amount_cents=data.get("amount_cents") or 0,
+            status=data.get("status", ""),
+            number=data.get("number") or "",
+            hosted_url=data.get("hosted_url") or "",
+            lines=list(data.get("lines") or []),
+            raw=data,
+        )
