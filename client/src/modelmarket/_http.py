@@ -71,14 +71,19 @@ class Transport:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        repeatable: bool = False,
         timeout: float | None = None,
     ) -> httpx.Response:
         """Send a request and return the 2xx response, or raise the matching ``ApiError``.
 
         Every POST carries an ``Idempotency-Key`` (a fresh one unless given), kept the same
-        across retries, so a retried POST is recognised by the server instead of repeated.
+        across retries. A POST is sent again after it may have reached the server (its answer
+        lost, or a 502/504) only when ``repeatable``: the endpoint honours the key, or a
+        repeat is harmless. Refusals before any work (429, 503, no connection) are always
+        retried.
         """
         method = method.upper()
+        may_repeat = method in IDEMPOTENT_METHODS or repeatable
         headers = dict(headers or {})
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
@@ -97,15 +102,21 @@ class Transport:
                 )
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt >= self.max_retries or (sent and not _may_repeat(method, headers)):
-                    raise ConnectionFailed(_describe_transport_error(self.base_url, exc)) from None
+                if attempt >= self.max_retries or (sent and not may_repeat):
+                    message = _describe_transport_error(self.base_url, exc)
+                    if sent and not may_repeat:
+                        message += (
+                            " The request may have reached the server: check before "
+                            "sending it again."
+                        )
+                    raise ConnectionFailed(message) from None
                 self._pause(attempt, None)
                 attempt += 1
                 continue
             if response.is_success:
                 return response
             retryable = response.status_code in RETRY_ALWAYS or (
-                response.status_code in RETRY_IF_REPEATABLE and _may_repeat(method, headers)
+                response.status_code in RETRY_IF_REPEATABLE and may_repeat
             )
             if retryable and attempt < self.max_retries:
                 retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -144,10 +155,6 @@ class Transport:
             delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not security
         self.retries_done += 1
         self._sleep(max(0.0, delay))
-
-
-def _may_repeat(method: str, headers: dict[str, str]) -> bool:
-    return method in IDEMPOTENT_METHODS or "Idempotency-Key" in headers
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -127,7 +127,8 @@ class Client:
         body: dict[str, Any] = {"name": name, "description": description}
         if task:
             body["task"] = task
-        return Model.from_json(self.http.json("POST", "/api/v1/models", json=body))
+        # A repeat after a lost answer is a 409, which ensure_model reads as success.
+        return Model.from_json(self.http.json("POST", "/api/v1/models", json=body, repeatable=True))
 
     def ensure_model(self, ref: str) -> Model:
         """The model, created first if it does not exist and ``ref`` is in your organisation."""
@@ -249,7 +250,7 @@ class Client:
         """Mark a ready version deprecated until ``sunset_at`` (ISO 8601)."""
         body = {"sunset_at": sunset_at, "reason": reason}
         path = f"{_model_path(ref)}/versions/{int(version)}/deprecate"
-        return Version.from_json(self.http.json("POST", path, json=body))
+        return Version.from_json(self.http.json("POST", path, json=body, repeatable=True))
 
     # --- aliases --------------------------------------------------------------------------
 
@@ -318,7 +319,9 @@ class Client:
     def subscribe(self, ref: str) -> dict[str, Any]:
         """Subscribe your organisation to a listed model (free listings)."""
         owner, name, _ = split_ref(ref)
-        return self.http.json("POST", f"/api/v1/catalogue/{owner}/{name}/subscribe")
+        return self.http.json(
+            "POST", f"/api/v1/catalogue/{owner}/{name}/subscribe", repeatable=True
+        )
 
     # --- predictions ----------------------------------------------------------------------
 
@@ -358,6 +361,7 @@ class Client:
             json=body,
             headers={"Prefer": f"wait={hold}"} if wait else {},
             idempotency_key=idempotency_key,
+            repeatable=True,  # the server honours the key: a repeat returns the first one
             timeout=hold + 15.0 if wait else None,
         )
         prediction = Prediction.from_json(data)
@@ -393,7 +397,7 @@ class Client:
 
     def cancel_prediction(self, prediction_id: str) -> Prediction:
         path = f"/api/v1/predictions/{quote(prediction_id, safe='')}/cancel"
-        return Prediction.from_json(self.http.json("POST", path))
+        return Prediction.from_json(self.http.json("POST", path, repeatable=True))
 
     def list_predictions(
         self, *, model: str | None = None, status: str | None = None
@@ -429,6 +433,8 @@ class Client:
         }
         if data is not None:
             body["data"] = data
+        # Not repeated once it may have reached the server: the API does not honour
+        # idempotency keys for jobs yet, and a second job would be billed.
         return CompressionJob.from_json(
             self.http.json("POST", "/api/v1/compression-jobs", json=body)
         )
@@ -471,7 +477,7 @@ class Client:
     def cancel_compression_job(self, job_id: str) -> CompressionJob:
         """Cancel a queued or running job: no version is made and it is not billed."""
         path = f"/api/v1/compression-jobs/{quote(job_id, safe='')}/cancel"
-        return CompressionJob.from_json(self.http.json("POST", path))
+        return CompressionJob.from_json(self.http.json("POST", path, repeatable=True))
 
     def promote_compression_job(
         self,
@@ -495,7 +501,7 @@ class Client:
             if v is not None
         }
         path = f"/api/v1/compression-jobs/{quote(job_id, safe='')}/promote"
-        return CompressionJob.from_json(self.http.json("POST", path, json=body))
+        return CompressionJob.from_json(self.http.json("POST", path, json=body, repeatable=True))
 
     def list_compression_jobs(
         self, *, model: str | None = None, status: str | None = None

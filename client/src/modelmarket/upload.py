@@ -216,7 +216,12 @@ def push_file(
         if example_input is not None:
             body["example_input"] = example_input
         upload = Upload.from_json(
-            transport.json("POST", f"/api/v1/models/{owner}/{name}/uploads", json=body)
+            transport.json(
+                "POST",
+                f"/api/v1/models/{owner}/{name}/uploads",
+                json=body,
+                repeatable=True,  # a second session is harmless: it expires
+            )
         )
         state.put(
             key,
@@ -238,7 +243,8 @@ def push_file(
         for _round in range(3):
             sent += _send(transport, upload, reader, workers, progress)
             try:
-                data = transport.json("POST", f"{upload.upload_url}/complete")
+                # Repeatable: a repeat of a complete that worked is a 409, resolved below.
+                data = transport.json("POST", f"{upload.upload_url}/complete", repeatable=True)
                 break
             except Conflict as exc:
                 missing = exc.body.get("missing_ranges")
