@@ -16,6 +16,8 @@ The version's architecture config names the storage under ``"compression"``:
 
 from __future__ import annotations
 
+import inspect
+import io
 import math
 from typing import Any
 
@@ -43,6 +45,45 @@ class Float32Boundary(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cast = x.to(self.dtype) if x.is_floating_point() else x
         return self.module(cast).float()
+
+
+def export_cast(module: nn.Module, precision: str, input_name: str, example: torch.Tensor) -> bytes:
+    """A ``torch.export`` archive of ``module`` (a loaded graph) cast to ``precision`` behind a
+    float32 boundary, with its one input still called ``input_name`` and a dynamic batch.
+    Raises :class:`~inference.compression.NotApplicable` when the graph does not allow it."""
+    from inference.compression import NotApplicable
+
+    dtype = quantize.CASTS[precision]
+    boundary = Float32Boundary(quantize.cast(module, precision), dtype)
+
+    def forward(self, *args):
+        return Float32Boundary.forward(self, args[0])
+
+    # torch.export names the archive's input after forward's parameter: keep the parent's.
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", positional), inspect.Parameter(input_name, positional)]
+    )
+    boundary.__class__ = type("Float32Boundary", (Float32Boundary,), {"forward": forward})
+    try:
+        program = torch.export.export(
+            boundary.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
+        program.module()(example)  # a graph that exports but does not run in half is refused
+    except Exception as exc:  # noqa: BLE001 - whatever the graph's operators refuse
+        raise NotApplicable(
+            f"This graph does not allow a {precision} cast: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def load_export(data: bytes) -> nn.Module:
+    """The module of a ``torch.export`` archive that ``export_cast`` made (it takes float32)."""
+    module = torch.export.load(io.BytesIO(data)).module()
+    module.input_dtype = torch.float32
+    return module
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -43,8 +43,12 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def input_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype inputs should have: that of the module's first floating parameter, or float32
-    (quantized modules take float32)."""
+    """The dtype inputs should have: the module's own ``input_dtype`` if it declares one (a
+    half-precision graph behind a float32 boundary), else that of its first floating
+    parameter, or float32 (quantized modules take float32)."""
+    declared = getattr(module, "input_dtype", None)
+    if isinstance(declared, torch.dtype):
+        return declared
     for tensor in module.parameters():
         if tensor.is_floating_point():
             return tensor.dtype

@@ -34,8 +34,9 @@ STUDENT_KEYS: dict[str, tuple[set[str], set[str]]] = {
 NEEDS_MODULES = (
     "{method} needs the model's modules, which a {format} archive compiles away. It applies to "
     "versions uploaded as a safetensors state dict with a built-in architecture; distillation "
-    "works with any format."
+    "works with any format, and a torch.export (pt2) graph takes the fp16 and bf16 casts."
 )
+GRAPH_CASTS = ("fp16", "bf16")
 
 
 class BadParams(ValueError):
@@ -58,7 +59,7 @@ def check(
         raise NotApplicable(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}.")
     params = dict(params or {})
     if method == "quantize":
-        return _quantize(params, format, architecture, config or {})
+        return _quantize(params, format, architecture, config or {}, signature)
     if method == "prune":
         return _prune(params, format, architecture, config or {})
     return _distill(params, signature, has_labels)
@@ -102,9 +103,15 @@ def _built_in(method: str, format: str, architecture: str, config: dict) -> None
         )
 
 
-def _quantize(params: dict, format: str, architecture: str, config: dict) -> dict:
+def _quantize(
+    params: dict, format: str, architecture: str, config: dict, signature: dict | None
+) -> dict:
     _only(params, {"scheme"})
     scheme = _choice(params, "scheme", "dynamic_int8", SCHEMES)
+    if format == "pt2" and scheme in GRAPH_CASTS:
+        # The graph is cast as a whole and exported again, where its operators allow.
+        batched_input(signature)
+        return {"scheme": scheme}
     _built_in("Quantization", format, architecture, config)
     return {"scheme": scheme}
 
@@ -124,25 +131,32 @@ def _prune(params: dict, format: str, architecture: str, config: dict) -> dict:
     return {"kind": kind, "amount": amount, "norm": norm}
 
 
-def teacher_shape(signature: dict[str, Any] | None) -> tuple[list[int], int]:
-    """The teacher's input shape without the batch dimension, and its number of classes."""
+def batched_input(signature: dict[str, Any] | None, what: str = "This method") -> list[int]:
+    """The model's one FP32 input's shape after its dynamic batch dimension."""
     if not signature:
         raise NotApplicable("This version has no signature yet; wait until it is ready.")
-    inputs, outputs = signature.get("inputs", []), signature.get("outputs", [])
+    inputs = signature.get("inputs", [])
     if len(inputs) != 1 or inputs[0]["datatype"] != "FP32":
-        raise NotApplicable("Distillation needs a model with exactly one FP32 input.")
+        raise NotApplicable(f"{what} needs a model with exactly one FP32 input.")
     shape = inputs[0]["shape"]
     if shape[:1] != [-1] or any(d < 1 for d in shape[1:]):
         raise NotApplicable(
-            "Distillation needs an input with a dynamic batch and fixed other dimensions; "
+            f"{what} needs an input with a dynamic batch and fixed other dimensions; "
             f"this model takes {shape}."
         )
+    return shape[1:]
+
+
+def teacher_shape(signature: dict[str, Any] | None) -> tuple[list[int], int]:
+    """The teacher's input shape without the batch dimension, and its number of classes."""
+    dims = batched_input(signature, "Distillation")
+    outputs = signature.get("outputs", [])
     if len(outputs) != 1 or len(outputs[0]["shape"]) != 2 or outputs[0]["shape"][1] < 2:
         raise NotApplicable(
             "Distillation matches class scores: it needs a model with one output of shape "
             "[batch, classes]."
         )
-    return shape[1:], outputs[0]["shape"][1]
+    return dims, outputs[0]["shape"][1]
 
 
 def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def compress(
     architecture: str,
     config: dict[str, Any],
     input_dims: list[int],
+    format: str = "safetensors",
+    input_name: str = "input",
     data: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     progress: Progress | None = None,
@@ -74,7 +76,12 @@ def compress(
     started = time.perf_counter()
     details: dict[str, Any] = {}
     child_arch, child_config, storage = architecture, dict(config), None
-    if method == "quantize":
+    child_format, blob = "safetensors", None
+    if method == "quantize" and format == "pt2":
+        example = inputs[:2].clone()  # a view would store all of its base in the archive
+        blob = artifacts.export_cast(parent, params["scheme"], input_name, example)
+        child, child_format = None, "pt2"
+    elif method == "quantize":
         scheme = params["scheme"]
         if scheme == "dynamic_int8":
             child = quantize.dynamic_int8(parent)
@@ -128,10 +135,15 @@ def compress(
         raise NotApplicable(f"Unknown method '{method}'.")
     if storage is not None:
         child_config = {**child_config, artifacts.KEY: storage}
-    blob = artifacts.encode(child, storage)
+    if child_format == "safetensors":
+        blob = artifacts.encode(child, storage)
     compress_seconds = time.perf_counter() - started
     notify("measure", 82.0, None)
-    stored = artifacts.decode(blob, child_arch, child_config)  # what predictions will run
+    # What predictions will run: the stored file, loaded back.
+    if child_format == "pt2":
+        stored = artifacts.load_export(blob)
+    else:
+        stored = artifacts.decode(blob, child_arch, child_config)
     parent_figures = _figures(parent, parent_size, inputs, repeats)
     notify("measure", 90.0, None)
     child_figures = _figures(stored, len(blob), inputs, repeats)
@@ -159,7 +171,7 @@ def compress(
         **({"details": details} if details else {}),
     }
     notify("done", 100.0, None)
-    return Result(blob, "safetensors", child_arch, child_config, report)
+    return Result(blob, child_format, child_arch, child_config, report)
 
 
 def _figures(module: nn.Module, size: int, inputs: torch.Tensor, repeats: int) -> dict:

@@ -205,6 +205,8 @@ class Host:
             architecture=header.get("architecture", ""),
             config=header.get("config") or {},
             input_dims=dims,
+            format=header["format"],
+            input_name=signature["inputs"][0]["name"],
             data=data,
             labels=labels,
             progress=progress,

@@ -55,6 +55,16 @@ def test_quantizing_an_export_archive_is_refused_with_the_reason(api, tenant, mo
     assert "needs the model's modules" in response.json()["detail"]
 
 
+def test_an_export_archive_takes_only_the_half_precision_casts(api, tenant, model_files):
+    ready_version(tenant, "graph", model_files["pt2"], sig=signature([4], 3), format="pt2")
+
+    cast = start(api, "quantize", {"scheme": "bf16"}, model="acme/graph")
+    pruned = start(api, "prune", {"kind": "unstructured"}, model="acme/graph")
+
+    assert cast.status_code == 201 and cast.json()["params"] == {"scheme": "bf16"}
+    assert pruned.status_code == 422 and "fp16 and bf16 casts" in pruned.json()["detail"]
+
+
 def test_structured_pruning_of_a_resnet_is_refused_with_the_reason(api, tenant):
     from safetensors.torch import save
 

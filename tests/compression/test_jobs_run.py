@@ -87,3 +87,44 @@ def test_hostile_model_fails_its_job_and_the_worker_keeps_serving(tenant):
     assert after.result_version.architecture_config["compression"] == "weight_only_int8"
     assert after.report["child"]["size_bytes"] < after.report["parent"]["size_bytes"]
     assert compression_run(job_id=after.public_id) is None  # a redelivery does nothing
+
+
+def test_an_export_archive_takes_a_half_precision_cast_and_keeps_its_signature(tenant):
+    from inference.runtime import formats
+    from marketplace.vault.store import artifact_read
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+
+        def forward(self, features):
+            return self.body(features)
+
+    torch.manual_seed(0)
+    program = torch.export.export(
+        Net().eval(),
+        (torch.randn(2, 64),),
+        dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
+    )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    sig = signature([64])
+    sig["inputs"][0]["name"] = "features"
+    graph = ready_version(tenant, "graph", buffer.getvalue(), sig=sig, format="pt2")
+    job = queued(tenant, graph, "quantize", {"scheme": "fp16"})
+
+    outcome = compression_run(job_id=job.public_id)
+
+    job.refresh_from_db()
+    assert outcome == "succeeded", job.error
+    child = job.result_version
+    assert (child.format, child.parent, child.operation) == ("pt2", graph, "quantize")
+    assert job.report["size_ratio"] > 1.5
+    assert job.report["fidelity"]["cosine"] > 0.999
+    loaded = formats.load(
+        bytes(artifact_read(artifact=child.artifact, purpose="validate")),
+        format="pt2",
+        device="cpu",
+    )
+    assert loaded.input_names == ["features"] and loaded.input_shapes == {"features": [-1, 64]}
