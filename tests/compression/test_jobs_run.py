@@ -1,5 +1,6 @@
 """Compression jobs run by the worker's service in real sandboxed model hosts (no Celery):
-a hostile model fails its job with a reason and the next job on the same worker succeeds."""
+a hostile or hanging model fails its job with a reason and the next job on the same worker
+succeeds; a torch.export graph takes a half-precision cast."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _hosts(settings):
     settings.MODEL_HOST_MEMORY_LIMIT = 1024**3
     settings.MODEL_HOST_ADDRESS_SPACE = 8 * 1024**3
     settings.MODEL_HOST_PRESTART = 0
-    settings.COMPRESSION_TIMEOUT = 60
+    settings.COMPRESSION_TIMEOUT = 6
     yield
     HOSTS.close()
 
@@ -39,6 +40,14 @@ class Hog(nn.Module):
         for _ in range(1000):
             total = total + big.sum()
         return x + total
+
+
+class Forever(nn.Module):
+    def forward(self, x):
+        i = 0
+        while i >= 0:
+            i += 1
+        return x
 
 
 def scripted(module: nn.Module) -> bytes:
@@ -59,12 +68,15 @@ def queued(tenant, version, method: str, params: dict) -> CompressionJob:
     )
 
 
-def test_hostile_model_fails_its_job_and_the_worker_keeps_serving(tenant):
+def test_hostile_and_hanging_models_fail_their_jobs_and_the_worker_keeps_serving(tenant):
     from safetensors.torch import save
 
     from inference.runtime.architectures import MLP
 
     hog = ready_version(tenant, "hog", scripted(Hog()), sig=signature([4], 4), format="torchscript")
+    loop = ready_version(
+        tenant, "loop", scripted(Forever()), sig=signature([4], 4), format="torchscript"
+    )
     small = ready_version(
         tenant,
         "small",
@@ -74,14 +86,17 @@ def test_hostile_model_fails_its_job_and_the_worker_keeps_serving(tenant):
         config={"in_features": 16, "hidden": [32], "classes": 4},
     )
     hostile = queued(tenant, hog, "distill", {"student": {"architecture": "mlp"}, "epochs": 1})
+    hanging = queued(tenant, loop, "distill", {"student": {"architecture": "mlp"}, "epochs": 1})
     after = queued(tenant, small, "quantize", {"scheme": "weight_only_int8"})
 
     assert compression_run(job_id=hostile.public_id) == "failed"
+    assert compression_run(job_id=hanging.public_id) == "failed"
     assert compression_run(job_id=after.public_id) == "succeeded"
 
-    hostile.refresh_from_db()
-    after.refresh_from_db()
+    for job in (hostile, hanging, after):
+        job.refresh_from_db()
     assert hostile.status == "failed" and "memory" in hostile.error
+    assert hanging.error == "The job did not finish within its time limit of 6 s."
     assert hostile.result_version is None and not hostile.model.versions.filter(number=2)
     assert after.status == "succeeded"
     assert after.result_version.architecture_config["compression"] == "weight_only_int8"
