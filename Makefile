@@ -39,7 +39,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	for b in auth vault upload runtime inference; do $(PY) bench/$$b.py --quick || exit 1; done
+	for b in auth vault upload runtime inference compression; do $(PY) bench/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf var/test-db.sqlite3* .pytest_cache
