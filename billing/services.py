@@ -454,8 +454,9 @@ def invoice_collect(invoice: Invoice) -> Invoice:
     crash picks up the objects a lost response made (matched by metadata) instead of
     creating them again. One collector at a time per invoice (a Redis lock): a second one
     waits for the first, then finds its work done."""
+    lease = settings.BILLING_COLLECT_LEASE
     lock = _redis().lock(
-        f"mm:billing:collect:{invoice.public_id}", timeout=600, blocking_timeout=30
+        f"mm:billing:collect:{invoice.public_id}", timeout=lease, blocking_timeout=min(lease, 30)
     )
     if not lock.acquire():
         raise CollectionBusy(f"{invoice.public_id} is being collected by another process.")
@@ -476,7 +477,7 @@ def _redis() -> redis.Redis:
 def _invoice_collect(invoice: Invoice) -> Invoice:
     account = account_for(invoice.consumer)
     customer = customer_ensure(account)
-    if not invoice.stripe_invoice_id:
+    if invoice.status in (Invoice.Status.PENDING, Invoice.Status.DRAFT):
         _invoice_create_in_stripe(invoice, customer)
     remote = gateway.invoice_retrieve(invoice.stripe_invoice_id)
     if remote["status"] == "draft":
@@ -506,40 +507,47 @@ def _invoice_collect(invoice: Invoice) -> Invoice:
 
 
 def _invoice_create_in_stripe(invoice: Invoice, customer: str) -> None:
-    adopted = [
-        found
-        for found in gateway.invoices_of(customer)
-        if found["metadata"].get("mm_invoice") == invoice.public_id
-    ]
-    if adopted:  # made before a crash, the response lost
-        found = adopted[0]
-    else:
-        pending = {
-            (item.get("metadata") or {}).get("mm_line"): item["id"]
-            for item in gateway.pending_invoice_items(customer)
-        }
-        for line in invoice.lines.order_by("pk"):
-            if line.stripe_item_id:
-                continue
-            item = pending.get(line.public_id) or gateway.invoice_item_create(
+    """The draft invoice, then its items on it by id. Objects a lost response made are
+    found by our ids in their metadata and adopted, never made twice."""
+    if not invoice.stripe_invoice_id:
+        adopted = [
+            found
+            for found in gateway.invoices_of(customer)
+            if found["metadata"].get("mm_invoice") == invoice.public_id
+        ]
+        found = (
+            adopted[0]
+            if adopted
+            else gateway.invoice_create(
                 customer=customer,
-                amount_cents=line.amount_cents,
                 currency=invoice.currency,
-                description=line.description,
-                metadata={"mm_line": line.public_id, "mm_invoice": invoice.public_id},
-                idempotency_key=f"item-{line.public_id}",
+                description=f"Modelmarket usage, {invoice.period:%B %Y}",
+                metadata={"mm_invoice": invoice.public_id, "mm_tenant": invoice.consumer.slug},
+                idempotency_key=f"invoice-{invoice.public_id}",
             )
-            InvoiceLine.objects.filter(pk=line.pk).update(stripe_item_id=item)
-        found = gateway.invoice_create(
-            customer=customer,
-            description=f"Modelmarket usage, {invoice.period:%B %Y}",
-            metadata={"mm_invoice": invoice.public_id, "mm_tenant": invoice.consumer.slug},
-            idempotency_key=f"invoice-{invoice.public_id}",
         )
-    Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id="").update(
-        stripe_invoice_id=found["id"], status=Invoice.Status.DRAFT
-    )
-    invoice.refresh_from_db()
+        Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id="").update(
+            stripe_invoice_id=found["id"], status=Invoice.Status.DRAFT
+        )
+        invoice.refresh_from_db()
+    missing = list(invoice.lines.filter(stripe_item_id="").order_by("pk"))
+    if not missing:
+        return
+    on_invoice = {
+        line["metadata"].get("mm_line"): line["invoice_item"] or line["id"]
+        for line in gateway.invoice_lines(invoice.stripe_invoice_id)
+    }
+    for line in missing:
+        item = on_invoice.get(line.public_id) or gateway.invoice_item_create(
+            customer=customer,
+            invoice=invoice.stripe_invoice_id,
+            amount_cents=line.amount_cents,
+            currency=invoice.currency,
+            description=line.description,
+            metadata={"mm_line": line.public_id, "mm_invoice": invoice.public_id},
+            idempotency_key=f"item-{line.public_id}",
+        )
+        InvoiceLine.objects.filter(pk=line.pk).update(stripe_item_id=item)
 
 
 STRIPE_STATUS = {
@@ -788,12 +796,11 @@ def _enqueue(task: str, *args) -> None:
     current_app.send_task(task, args=list(args), queue="default")
 
 
-def billing_resume(*, inline: bool = False) -> dict:
-    """Finish what a crash or an outage left half-way. With ``inline`` the work runs here
-    (the management commands), else it is queued for the workers."""
+def billing_resume() -> dict:
+    """Queue what a crash or an outage left half-way for the workers."""
     from django.db.models import Exists, OuterRef
 
-    run = _run_inline if inline else _enqueue
+    run = _enqueue
     stale = timezone.now() - RESUME_AFTER
     counts = {"invoices": 0, "paid": 0, "transfers": 0, "events": 0}
     unfinished = Invoice.objects.filter(
@@ -822,9 +829,3 @@ def billing_resume(*, inline: bool = False) -> dict:
         run("billing.process_stripe_event", event_id)
         counts["events"] += 1
     return counts
-
-
-def _run_inline(task: str, *args) -> None:
-    from billing import tasks
-
-    getattr(tasks, task.removeprefix("billing.")).apply(args=list(args), throw=True)

@@ -141,17 +141,10 @@ def customer_default_payment_method_set(*, customer: str, payment_method: str) -
 # --- invoices ----------------------------------------------------------------------------
 
 
-def pending_invoice_items(customer: str) -> list[dict]:
-    """Items not yet on an invoice, with their metadata (to adopt one made before a crash)."""
-    with _call():
-        page = client().v1.invoice_items.list(params={"customer": customer, "limit": 100})
-        items = [_plain(item) for item in page.auto_paging_iter()]
-    return [item for item in items if not item.get("invoice")]
-
-
 def invoice_item_create(
     *,
     customer: str,
+    invoice: str,
     amount_cents: int,
     currency: str,
     description: str,
@@ -162,6 +155,7 @@ def invoice_item_create(
         item = client().v1.invoice_items.create(
             params={
                 "customer": customer,
+                "invoice": invoice,
                 "amount": amount_cents,
                 "currency": currency,
                 "description": description,
@@ -179,16 +173,17 @@ def invoices_of(customer: str) -> list[dict]:
 
 
 def invoice_create(
-    *, customer: str, description: str, metadata: dict, idempotency_key: str
+    *, customer: str, currency: str, description: str, metadata: dict, idempotency_key: str
 ) -> dict:
-    """A draft invoice that takes in the customer's pending invoice items."""
+    """An empty draft invoice; items are added to it by id (never swept in from pending)."""
     with _call():
         invoice = client().v1.invoices.create(
             params={
                 "customer": customer,
+                "currency": currency,
                 "description": description,
                 "metadata": metadata,
-                "pending_invoice_items_behavior": "include",
+                "pending_invoice_items_behavior": "exclude",
             },
             options=_opts(idempotency_key),
         )
@@ -202,9 +197,24 @@ def invoice_retrieve(invoice: str) -> dict:
 
 
 def invoice_lines(invoice: str) -> list[dict]:
+    """The invoice's lines as ``{"id", "amount", "metadata", "invoice_item"}``."""
     with _call():
         page = client().v1.invoices.line_items.list(invoice, params={"limit": 100})
-    return [_plain(line) for line in page.auto_paging_iter()]
+        lines = [_plain(line) for line in page.auto_paging_iter()]
+    return [
+        {
+            "id": line.get("id"),
+            "amount": line.get("amount", 0),
+            "metadata": line.get("metadata") or {},
+            # Where the line's invoice item is named: current API versions, then older ones.
+            "invoice_item": (
+                ((line.get("parent") or {}).get("invoice_item_details") or {}).get("invoice_item")
+                or line.get("invoice_item")
+                or ""
+            ),
+        }
+        for line in lines
+    ]
 
 
 def invoice_finalize(invoice: str, *, idempotency_key: str) -> dict:

@@ -364,3 +364,6 @@ STRIPE_MAX_NETWORK_RETRIES = int(env("STRIPE_MAX_NETWORK_RETRIES", "2"))
 # Paid listings need a payment method on file (default: whenever Stripe is configured).
 PAYMENT_METHOD_REQUIRED = env_bool("MM_PAYMENT_METHOD_REQUIRED", bool(STRIPE_SECRET_KEY))
 BILLING_GRACE_PERIOD = timedelta(days=int(env("MM_BILLING_GRACE_DAYS", "7")))
+# How long one process may hold an invoice while it takes it through Stripe; a crashed
+# collector's hold lapses after this.
+BILLING_COLLECT_LEASE = float(env("MM_BILLING_COLLECT_LEASE_SECONDS", "300"))

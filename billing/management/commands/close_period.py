@@ -6,8 +6,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.exceptions import ServiceError
 from billing.management.commands.reconcile import last_month, month
-from billing.services import billing_resume, invoice_collect, period_close
+from billing.models import Invoice
+from billing.services import invoice_collect, period_close
 from billing.stripe_gateway import GatewayUnavailable
+
+UNFINISHED = (Invoice.Status.PENDING, Invoice.Status.DRAFT, Invoice.Status.OPEN)
 
 
 class Command(BaseCommand):
@@ -22,22 +25,26 @@ class Command(BaseCommand):
     def handle(self, *args, period=None, **options):
         period = period or last_month()
         try:
-            invoices = period_close(period=period, collect=False)
+            period_close(period=period, collect=False)
         except ServiceError as e:
             raise CommandError(e.message) from e
+        invoices = Invoice.objects.filter(period=period).select_related("consumer")
         failed = 0
-        for invoice in invoices:
-            try:
-                invoice_collect(invoice)
-            except GatewayUnavailable as e:
-                failed += 1
-                self.stderr.write(f"{invoice.public_id}: Stripe unavailable ({e}); run again.")
-            invoice.refresh_from_db()
+        for invoice in invoices.order_by("pk"):
+            # An open invoice whose payment failed waits for a new card and Stripe's retry.
+            if invoice.status in UNFINISHED and not invoice.payment_error:
+                try:
+                    invoice_collect(invoice)
+                except GatewayUnavailable as e:
+                    failed += 1
+                    self.stderr.write(f"{invoice.public_id}: Stripe unavailable ({e}).")
+                invoice.refresh_from_db()
             self.stdout.write(
                 f"{invoice.public_id} {invoice.consumer.slug} {invoice.amount} "
                 f"{invoice.currency} {invoice.status}"
             )
-        resumed = billing_resume(inline=True)
-        self.stdout.write(f"{len(invoices)} invoice(s) for {period:%Y-%m}; resumed {resumed}.")
         if failed:
-            raise CommandError(f"{failed} invoice(s) could not reach Stripe.", returncode=2)
+            raise CommandError(
+                f"{failed} invoice(s) could not reach Stripe; run again.", returncode=2
+            )
+        self.stdout.write(f"{invoices.count()} invoice(s) for {period:%Y-%m}.")
