@@ -66,25 +66,26 @@ def test_push_alias_publish_and_predict_from_the_command_line(
     versions = mm("versions", "acme/clf")
     assert "ready" in versions.out and "production" in versions.out
 
+    usage = mm("usage", "--json")
+    assert usage.code == 0, usage.err
+    assert usage.json()["calls"] == 2
+    assert [row["model"] for row in usage.json()["by_model"]] == ["acme/clf"]
+    assert "2 calls" in mm("usage").out
 
-def test_a_retried_prediction_with_the_same_key_is_the_same_prediction(
+
+def test_an_async_prediction_is_fetched_later_and_a_retry_with_its_key_is_the_same_one(
     celery_worker_process, mm, classifier
 ):
-    first = mm("predict", "acme/clf", "-d", "[[1, 2, 3, 4]]", "--idempotency-key", "k1", "--json")
-    again = mm("predict", "acme/clf", "-d", "[[1, 2, 3, 4]]", "--idempotency-key", "k1", "--json")
+    queued = mm("predict", "acme/clf", "-d", "[[4, 3, 2, 1]]", "--async", "--idempotency-key", "k1")
+    prediction_id = queued.out.split()[0]
+    assert queued.code == 0 and prediction_id.startswith("pred_"), queued.err
 
-    assert first.code == again.code == 0, first.err + again.err
-    assert first.json()["id"] == again.json()["id"]
-
-
-def test_an_async_prediction_is_fetched_when_done(celery_worker_process, mm, classifier):
-    queued = mm("predict", "acme/clf", "-d", "[[4, 3, 2, 1]]", "--async", "--json")
-    assert queued.code == 0, queued.err
-
-    done = mm("prediction", queued.json()["id"], "--wait", "--json")
+    done = mm("prediction", prediction_id, "--wait", "--json")
+    again = mm("predict", "acme/clf", "-d", "[[4, 3, 2, 1]]", "--idempotency-key", "k1", "--json")
 
     assert done.code == 0, done.err
     assert done.json()["status"] == "succeeded" and len(done.json()["output"]["output"][0]) == 3
+    assert again.code == 0 and again.json()["id"] == prediction_id
 
 
 def test_login_saves_the_key_readable_by_its_owner_only(mm, mm_env, monkeypatch, tenant):
