@@ -132,10 +132,12 @@ def test_a_busy_server_is_retried_after_its_retry_after(
     celery_worker_process, mm, classifier, settings
 ):
     settings.MAX_QUEUE_DEPTH = 0  # every prediction: 503 with Retry-After: 1
-    threading.Timer(1.5, setattr, (settings, "MAX_QUEUE_DEPTH", 1000)).start()
+    unblock = threading.Timer(1.5, setattr, (settings, "MAX_QUEUE_DEPTH", 1000))
+    unblock.start()
     started = time.monotonic()
 
     run = mm("predict", "acme/clf", "--data", "[[1, 2, 3, 4]]", "--json")
+    unblock.join()
 
     assert run.code == 0, run.err
     assert run.json()["status"] == "succeeded"
