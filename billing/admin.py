@@ -3,9 +3,11 @@ and refunds. Ledger rows and invoices are read-only here; changes go through ser
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
@@ -31,6 +33,11 @@ class UsageRecordAdmin(ReadOnly):
     search_fields = ["public_id", "source_id", "consumer__slug", "model_ref"]
 
 
+class CreditForm(ActionForm):
+    amount = forms.DecimalField(required=False, min_value=Decimal("0.01"), decimal_places=2)
+    reason = forms.CharField(required=False, max_length=120)
+
+
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin):
     list_display = ["tenant", "state", "grace_until", "payment_method_label", "spend_cap"]
@@ -53,21 +60,34 @@ class BillingAccountAdmin(admin.ModelAdmin):
         "connect_account_id",
         "payouts_enabled",
     ]
-    actions = ["credit_ten"]
+    actions = ["credit"]
+    action_form = CreditForm
 
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Credit 10.00 to the selected tenants (an audited ledger entry)")
-    def credit_ten(self, request, queryset):
-        for account in queryset:
-            credit_create(
-                consumer=account.tenant,
-                amount=Decimal("10.00"),
-                reason=f"operator credit by {request.user.email}",
-                actor=Actor(user=request.user),
-            )
-        messages.success(request, f"Credited {queryset.count()} tenant(s).")
+    @admin.action(description="Credit the amount below to the selected tenants")
+    def credit(self, request, queryset):
+        reason = request.POST.get("reason", "").strip()
+        try:
+            amount = Decimal(request.POST.get("amount", ""))
+        except InvalidOperation:
+            amount = Decimal(0)
+        if amount <= 0 or not reason:
+            messages.error(request, "A credit needs an amount over 0 and a reason.")
+            return
+        for account in queryset.select_related("tenant"):
+            try:
+                credit_create(
+                    consumer=account.tenant,
+                    amount=amount,
+                    reason=reason,
+                    actor=Actor(user=request.user),
+                )
+            except ServiceError as e:
+                messages.error(request, e.message)
+                return
+        messages.success(request, f"Credited {amount} to {queryset.count()} tenant(s).")
 
 
 class InvoiceLineInline(admin.TabularInline):

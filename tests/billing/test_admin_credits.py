@@ -1,0 +1,88 @@
+"""Operators credit a tenant from the admin console: a new, audited, negative ledger entry
+that lowers the next invoice; the ledger itself is never edited there."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as accounts
+from accounts.models import AuditEvent, User
+from billing.models import BillingAccount, UsageRecord
+from billing.services import credit_create, invoice_build, usage_record_create
+from marketplace import services as registry
+from marketplace.models import Listing
+
+pytestmark = pytest.mark.django_db
+NOVEMBER = date(2026, 11, 1)
+
+
+@pytest.fixture
+def operator(client) -> User:
+    staff = User.objects.create_superuser(email="ops@modelmarket.example", password="x")
+    client.force_login(staff)
+    return staff
+
+
+def test_operator_credits_a_tenant_and_the_next_invoice_is_lower(client, operator, outsider):
+    account = BillingAccount.objects.create(tenant=outsider)
+
+    response = client.post(
+        "/admin/billing/billingaccount/",
+        {
+            "action": "credit",
+            "_selected_action": [account.pk],
+            "amount": "0.40",
+            "reason": "outage on 3 Nov",
+        },
+    )
+
+    assert response.status_code == 302
+    credit = UsageRecord.objects.get(kind="credit")
+    assert (credit.amount, credit.consumer, credit.publisher) == (Decimal("-0.40"), outsider, None)
+    assert AuditEvent.objects.get(action="billing.credit").actor_label == operator.email
+
+
+def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):
+    model = registry.model_create(tenant=tenant, name="clf", actor=accounts.SYSTEM)
+    Listing.objects.create(
+        model=model,
+        title="Clf",
+        visibility="public",
+        price_per_call=Decimal("0.25"),
+        platform_fee_percent=Decimal("20"),
+    )
+    for i in range(3):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{i}",
+            consumer=outsider,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+    credit_create(
+        consumer=outsider, amount=Decimal("0.30"), reason="goodwill", actor=accounts.SYSTEM
+    )
+    outsider.usage.update(period=NOVEMBER)
+
+    invoice = invoice_build(consumer=outsider, period=NOVEMBER, currency="usd")
+
+    lines = sorted(
+        (line.amount_cents, line.publisher_cents, line.description) for line in invoice.lines.all()
+    )
+    assert lines[0] == (-30, 0, "Credits, November 2026")
+    assert lines[1][:2] == (75, 60)
+    assert invoice.amount_cents == 45
+
+
+def test_a_credit_needs_an_amount_and_a_reason(client, operator, outsider):
+    account = BillingAccount.objects.create(tenant=outsider)
+
+    client.post(
+        "/admin/billing/billingaccount/",
+        {"action": "credit", "_selected_action": [account.pk], "amount": "", "reason": ""},
+    )
+
+    assert not UsageRecord.objects.exists()
