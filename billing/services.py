@@ -584,11 +584,12 @@ def invoice_apply(invoice: Invoice, remote: dict) -> Invoice:
     return invoice
 
 
-def invoice_sync(invoice: Invoice) -> Invoice:
+def invoice_sync(invoice: Invoice, *, payment_failed_event: bool = False) -> Invoice:
     """Apply Stripe's current state of the invoice (webhooks re-read it, so duplicates and
-    any order of events end in the same place)."""
+    any order of events end in the same place). A payment failure counts only while the
+    invoice is still unpaid when we look."""
     remote = gateway.invoice_retrieve(invoice.stripe_invoice_id)
-    if remote["status"] == "open" and remote["attempted"]:
+    if payment_failed_event and remote["status"] == "open":
         payment_failed(invoice, reason="Stripe could not collect the payment.")
     return invoice_apply(invoice, remote)
 
@@ -779,7 +780,7 @@ def stripe_event_process(event: StripeEvent) -> None:
     if kind.startswith("invoice.") and object_id:
         invoice = Invoice.objects.filter(stripe_invoice_id=object_id).first()
         if invoice is not None:
-            invoice_sync(invoice)
+            invoice_sync(invoice, payment_failed_event=kind == "invoice.payment_failed")
     elif kind == "setup_intent.succeeded" and object_id:
         customer = (event.payload.get("data") or {}).get("object", {}).get("customer")
         account = BillingAccount.objects.filter(stripe_customer_id=customer or "-").first()

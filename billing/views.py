@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
-from accounts.models import Role
+from accounts.models import Role, Scope
 from accounts.tenancy import request_actor
 from accounts.views import tenant_required
 from billing import selectors
@@ -67,7 +67,9 @@ def _can_manage_billing(request: HttpRequest) -> bool:
 @tenant_required()
 def billing_home(request: HttpRequest) -> HttpResponse:
     """Usage charts, this period's running total, invoices, payment method, spend cap, and
-    for publishers their earnings and transfers."""
+    for publishers their earnings and transfers. Members whose role reads billing only."""
+    if Scope.BILLING_READ not in request.membership.scopes:
+        raise PermissionDenied("Your role does not include billing; ask an owner or admin.")
     tenant = request.tenant
     account = account_for(tenant)
     period = timezone.now().date().replace(day=1)

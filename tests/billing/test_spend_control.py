@@ -174,3 +174,11 @@ def test_billing_page_shows_the_running_total_charts_and_earnings(
     assert 'id="usage-chart"' in consumer_page and "acme/clf" in consumer_page
     assert 'id="earnings"' in publisher_page
     assert "0.8000 USD" in publisher_page  # 80 % of 1.00
+
+
+def test_members_without_billing_in_their_role_cannot_open_the_billing_page(bob, tenant):
+    developer = Client()
+    developer.force_login(bob)  # a developer of acme
+
+    assert developer.get("/dashboard/billing/").status_code == 403
+    assert "/dashboard/billing/" not in developer.get("/dashboard/").content.decode()
