@@ -17,6 +17,8 @@ from typing import Any
 import stripe
 from django.conf import settings
 
+from config.metrics import BILLING_FAILURES
+
 
 class GatewayError(Exception):
     """Stripe refused the request; retrying the same request will not help."""
@@ -70,16 +72,22 @@ def client() -> stripe.StripeClient:
 def _call() -> Iterator[None]:
     try:
         yield
-    except stripe.CardError as e:
-        raise PaymentDeclined(e.user_message or str(e)) from e
-    except (stripe.APIConnectionError, stripe.RateLimitError) as e:
-        raise GatewayUnavailable(str(e)) from e
     except stripe.StripeError as e:
-        if e.http_status == 404:
-            raise ObjectMissing(str(e)) from e
-        if e.http_status is None or e.http_status >= 500:
-            raise GatewayUnavailable(str(e)) from e
-        raise GatewayError(str(e)) from e
+        error = _translated(e)
+        BILLING_FAILURES.labels(type(error).__name__).inc()
+        raise error from e
+
+
+def _translated(e: stripe.StripeError) -> GatewayError:
+    if isinstance(e, stripe.CardError):
+        return PaymentDeclined(e.user_message or str(e))
+    if isinstance(e, (stripe.APIConnectionError, stripe.RateLimitError)):
+        return GatewayUnavailable(str(e))
+    if e.http_status == 404:
+        return ObjectMissing(str(e))
+    if e.http_status is None or e.http_status >= 500:
+        return GatewayUnavailable(str(e))
+    return GatewayError(str(e))
 
 
 def _opts(idempotency_key: str | None) -> dict[str, Any]:

@@ -12,3 +12,9 @@ app = Celery("modelmarket")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("default"), Queue("cpu"), Queue("gpu"))
 app.autodiscover_tasks()
+
+# Request ids travel in task headers; each worker counts its tasks and serves its metrics.
+from config import logs, metrics  # noqa: E402
+
+logs.connect_celery_signals()
+metrics.connect_celery_signals()

@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
-from config import embedded
+from config import embedded, logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -82,6 +82,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.RequestIdMiddleware",
+    "config.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -342,14 +344,16 @@ API_KEY_CACHE_SECONDS = float(env("MM_API_KEY_CACHE_SECONDS", "10"))
 API_KEY_ROTATION_GRACE = timedelta(hours=int(env("MM_API_KEY_ROTATION_GRACE_HOURS", "24")))
 INVITATION_TTL = timedelta(days=int(env("MM_INVITATION_TTL_DAYS", "7")))
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- Observability (config/logs.py, config/metrics.py) ----------------------------------------
+# MM_LOG_FORMAT=json: one JSON object per line, each with the request id; default plain text.
+LOGGING = logs.logging_config(
+    fmt=env("MM_LOG_FORMAT", "plain"), level=env("DJANGO_LOG_LEVEL", "INFO")
+)
+# /metrics answers a staff session, or a scraper sending "Authorization: Bearer <this>".
+METRICS_TOKEN = env("MM_METRICS_TOKEN")
+# Each Celery worker serves its own metrics here (unset: none); bind a private address only.
+WORKER_METRICS_PORT = int(env("MM_WORKER_METRICS_PORT", "0"))
+WORKER_METRICS_ADDR = env("MM_WORKER_METRICS_ADDR", "127.0.0.1")
 
 # --- billing (Stripe) -------------------------------------------------------------------------
 # Without STRIPE_SECRET_KEY the ledger still records every call; invoices wait in "pending"

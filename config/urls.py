@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
 from accounts.urls import auth_urlpatterns
+from config.metrics import metrics_view
 from workers import health
 
 api_v1 = [
@@ -25,6 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("v2", include("inference.api.oip_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

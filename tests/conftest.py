@@ -81,60 +81,84 @@ def outsider_api(outsider) -> APIClient:
     return key_client(outsider)
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker):
-    """A real Celery worker in its own process, on the test Redis and the test database."""
-    import os
+def _database_url(settings_dict: dict) -> str:
+    """The URL of the test database (pytest-django's ``test_…`` one on PostgreSQL)."""
+    from urllib.parse import quote
+
+    if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = quote(settings_dict.get("USER") or "", safe="")
+    password = quote(settings_dict.get("PASSWORD") or "", safe="")
+    host = quote(settings_dict.get("HOST") or "", safe="")
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    return f"postgres://{auth}{host}{port}/{quote(settings_dict['NAME'], safe='')}"
+
+
+def _start_worker(queues: str, name: str, env: dict):
     import subprocess
     import sys
+
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        [
+            *(sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues),
+            *("--pool", "threads", "--concurrency", "16", "--loglevel", "WARNING", "-n", name),
+            *("--without-heartbeat", "--without-mingle", "--without-gossip"),
+        ],
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """A real Celery worker in its own process, on the test Redis and the test database
+    (SQLite or PostgreSQL), serving ``default`` and ``cpu``. With
+    ``MM_TEST_SECOND_WORKER_QUEUES`` set (CI's PostgreSQL run: ``gpu``), a second worker
+    serves those queues, so work crosses processes as it does in production."""
+    import os
+    import subprocess
 
     from django.db import connection
 
     from config.celery import app
+    from tests.plugin import _free_port
 
     with django_db_blocker.unblock():
-        db_name = connection.settings_dict["NAME"]
+        database_url = _database_url(connection.settings_dict)
+    metrics_port = _free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{db_name}",
+        "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
         "MM_WEBHOOK_RETRY_DELAYS": "0.2,0.4,0.8",
         "MM_HOST_PRESTART": "0",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
+    procs = [
+        _start_worker(
             "default,cpu",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "16",
-            "--loglevel",
-            "WARNING",
-            "-n",
             f"test-{os.getpid()}@%h",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env=env,
-    )
+            {**env, "MM_WORKER_METRICS_PORT": str(metrics_port)},
+        )
+    ]
+    second = os.environ.get("MM_TEST_SECOND_WORKER_QUEUES", "")
+    if second:
+        procs.append(_start_worker(second, f"test2-{os.getpid()}@%h", env))
     try:
         # The first task doubles as the readiness probe.
         app.send_task("workers.ping", args=["ready"]).get(timeout=60)
+        for queue in filter(None, second.split(",")):
+            app.send_task("workers.ping", args=["ready"], queue=queue).get(timeout=60)
+        proc = procs[0]
+        proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.fixture(scope="session")

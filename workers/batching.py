@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from config.logs import current_request_id
+from config.metrics import BATCH_SIZE
 from inference import tensors
 from workers.host import HostFailure, ModelFailure, ModelHost
 
@@ -24,6 +26,7 @@ class Job:
     arrays: dict[str, np.ndarray]
     rows: int
     future: Future = field(default_factory=Future)
+    request_id: str | None = field(default_factory=current_request_id)
 
 
 class VersionBatcher:
@@ -71,6 +74,7 @@ class VersionBatcher:
                 batch.append(job)
                 rows += job.rows
             self.batches = [*self.batches[-99:], len(batch)]
+            BATCH_SIZE.observe(len(batch))
             try:
                 self._run(batch)
             except Exception as exc:  # noqa: BLE001 - never let the batcher thread die
@@ -79,9 +83,15 @@ class VersionBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
 
-    def _forward(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def _forward(
+        self, arrays: dict[str, np.ndarray], jobs: list[Job]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        # The host is told which requests it serves, so its output is logged under them.
+        request_id = ",".join(dict.fromkeys(job.request_id for job in jobs if job.request_id))
         reply, body = self._host().request(
-            {"op": "predict"}, tensors.encode(arrays), timeout=self.timeout
+            {"op": "predict", "request_id": request_id},
+            tensors.encode(arrays),
+            timeout=self.timeout,
         )
         return tensors.decode(body), reply["compute_ms"]
 
@@ -92,7 +102,7 @@ class VersionBatcher:
             name: np.concatenate([job.arrays[name] for job in batch]) for name in batch[0].arrays
         }
         try:
-            outputs, compute_ms = self._forward(merged)
+            outputs, compute_ms = self._forward(merged, batch)
         except ModelFailure:
             # One bad input can fail the whole batch: run each alone so only it fails.
             for job in batch:
@@ -113,7 +123,7 @@ class VersionBatcher:
 
     def _run_alone(self, job: Job) -> None:
         try:
-            job.future.set_result((*self._forward(job.arrays), 1))
+            job.future.set_result((*self._forward(job.arrays, [job]), 1))
         except HostFailure as exc:
             self._drop_host()
             job.future.set_exception(exc)

@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from config.logs import current_request_id
+from config.metrics import HOST_RESTARTS
 from inference.runtime.protocol import PREFIX, ProtocolError, pack
 from workers import sandbox
 
 logger = logging.getLogger(__name__)
+output_logger = logging.getLogger("workers.host.output")
+HOST_LOG_LINES = 200  # lines of a host's output logged per request
 _warned_unsandboxed = False
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the module only from Python 3.10 on Linux
 PIPE_SIZE = 1 << 20
@@ -58,6 +62,9 @@ class ModelHost:
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     _busy: threading.Lock = field(default_factory=threading.Lock)
     _interrupt: Callable[[], bool] | None = None
+    # The request id(s) of the request in flight, for the host's output in our logs.
+    _log_id: str | None = None
+    _log_lines: int = 0
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy
@@ -67,8 +74,11 @@ class ModelHost:
         self._busy.release()
         try:
             self.request({"op": "ping"}, timeout=timeout)
-        except (HostFailure, ModelFailure):
+        except HostFailure:
+            return False  # killed and counted where it failed
+        except ModelFailure:
             self.kill()
+            HOST_RESTARTS.labels("health_check").inc()
             return False
         return True
 
@@ -122,8 +132,17 @@ class ModelHost:
 
     def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
+        pid = self.proc.pid
         for line in iter(self.proc.stderr.readline, b""):
-            self._stderr.append(line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            self._stderr.append(text)
+            # The model's own output, under the request that made it; capped per request so a
+            # chatty or hostile model cannot flood the logs.
+            self._log_lines += 1
+            if self._log_lines <= HOST_LOG_LINES:
+                output_logger.info(
+                    "%s", text[:500], extra={"request_id": self._log_id or "-", "host_pid": pid}
+                )
 
     def stderr_tail(self, lines: int = 8) -> str:
         return "\n".join(list(self._stderr)[-lines:])
@@ -182,6 +201,8 @@ class ModelHost:
             deadline = time.monotonic() + timeout
             self.requests += 1
             self._interrupt = interrupt
+            self._log_id = header.get("request_id") or current_request_id()
+            self._log_lines = 0
             try:
                 self._write(pack(header, payload), deadline)
                 reply, body = self._read_frame(deadline)
@@ -234,6 +255,7 @@ class ModelHost:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
+                HOST_RESTARTS.labels("timeout").inc()
                 raise HostFailure("timeout", "the model did not answer before its deadline")
             readable, writable, _ = select.select(
                 [] if write else [fd], [fd] if write else [], [], min(remaining, 0.25)
@@ -245,6 +267,7 @@ class ModelHost:
                 raise HostFailure("cancelled", "the request was cancelled")
             if self.rss_limit and self.rss() > self.rss_limit:
                 self.kill()
+                HOST_RESTARTS.labels("memory").inc()
                 raise HostFailure(
                     "memory",
                     f"the model used more than its memory limit of {self.rss_limit // 2**20} MiB",
@@ -254,6 +277,7 @@ class ModelHost:
 
     def _died(self):
         self.kill()
+        HOST_RESTARTS.labels("crash").inc()
         code = self.proc.returncode
         detail = self.stderr_tail(3)
         how = f"was killed by signal {-code}" if code and code < 0 else f"exited with status {code}"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from config.metrics import MODEL_CACHE
 from workers import sandbox
 from workers.host import HostFailure, ModelHost
 
@@ -177,6 +178,7 @@ class Hosts:
     def get_or_load(self, device: str, key: str, load: Callable[[ModelHost], None]) -> ModelHost:
         self._ensure_pinger()
         host = self.loaded(device).get(key)
+        MODEL_CACHE.labels("hit" if host is not None else "miss").inc()
         if host is not None:
             return host
         host = self.idle(device).take()

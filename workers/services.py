@@ -9,7 +9,9 @@ import threading
 import time
 
 from django.conf import settings
+from django.utils import timezone
 
+from config.metrics import PREDICTION_LATENCY, PREDICTIONS
 from marketplace.models import ModelVersion
 from marketplace.services import version_record_validation
 from marketplace.vault.store import artifact_read
@@ -124,7 +126,6 @@ def _batcher(version: ModelVersion):
 def prediction_run(*, prediction_id: str) -> str | None:
     """Run a queued prediction through its version's batcher and record the outcome."""
     from inference import services as inference
-    from inference import tensors
     from inference.models import Prediction
 
     prediction = (
@@ -134,6 +135,22 @@ def prediction_run(*, prediction_id: str) -> str | None:
     )
     if prediction is None or not inference.prediction_claim(prediction):
         return None  # cancelled, finished, or a redelivery of finished work
+    outcome = _prediction_outcome(prediction)
+    _count_prediction(prediction, outcome)
+    return outcome
+
+
+def _count_prediction(prediction, outcome: str) -> None:
+    PREDICTIONS.labels(prediction.model.ref, outcome).inc()
+    if outcome == "succeeded":
+        latency = (timezone.now() - prediction.created_at).total_seconds()
+        PREDICTION_LATENCY.labels(prediction.model.ref).observe(latency)
+
+
+def _prediction_outcome(prediction) -> str:
+    from inference import services as inference
+    from inference import tensors
+
     arrays = tensors.decode(prediction.input_data)
     batcher = _batcher(prediction.version)
     future = batcher.submit(arrays, prediction.batch_size)

@@ -12,13 +12,21 @@ from celery.signals import worker_ready
 
 @shared_task(name="workers.ping", queue="default", soft_time_limit=10, time_limit=15)
 def ping(echo: str = "") -> dict:
-    """Answers with where it ran: used by readiness checks and the end-to-end tests."""
+    """Answers with where it ran and the request id it carried: used by readiness checks and
+    the end-to-end tests."""
     from django.db import connection
+
+    from config.logs import current_request_id
 
     with connection.cursor() as cursor:  # proves the worker reaches the database too
         cursor.execute("SELECT 1")
         cursor.fetchone()
-    return {"echo": echo, "hostname": socket.gethostname(), "pid": os.getpid()}
+    return {
+        "echo": echo,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "request_id": current_request_id(),
+    }
 
 
 @shared_task(

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 def test_task_runs_in_a_real_worker_process(celery_worker_process):
     result = ping.delay("hello").get(timeout=30)
-    assert result == {"echo": "hello", "hostname": result["hostname"], "pid": result["pid"]}
+    assert result["echo"] == "hello" and result["hostname"] and result["request_id"] is None
     # Executed by the worker process we started, not in this test process.
     assert result["pid"] == celery_worker_process.pid
 

@@ -1,0 +1,196 @@
+"""Prometheus metrics: what every process counts, and how they are read.
+
+The web serves ``/metrics`` (a staff session, or ``Authorization: Bearer $MM_METRICS_TOKEN``
+for a scraper). Each Celery worker serves its own registry on ``MM_WORKER_METRICS_PORT``
+(bound to ``MM_WORKER_METRICS_ADDR``, 127.0.0.1 unless set): workers may run on other
+machines, so they are scraped one by one rather than through the web. Several gunicorn
+processes on one machine share their counts through prometheus-client's multiprocess mode
+when ``PROMETHEUS_MULTIPROC_DIR`` is set (see docs/deploy.md).
+
+This module imports nothing of ours, so any app may count here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter(
+    "mm_http_requests",
+    "HTTP requests answered, by route name, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "mm_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route name and method.",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "mm_predictions", "Predictions finished by a worker, by model and outcome.", ["model", "status"]
+)
+PREDICTION_LATENCY = Histogram(
+    "mm_prediction_duration_seconds",
+    "From a prediction's creation to its result, by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "mm_batch_size",
+    "Predictions merged into one forward pass.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+MODEL_CACHE = Counter(
+    "mm_model_cache_lookups",
+    "Lookups of a loaded model host: hit (already loaded) or miss (loaded now).",
+    ["result"],
+)
+HOST_RESTARTS = Counter(
+    "mm_model_host_restarts",
+    "Model hosts killed for failing (crash, timeout, memory, health check) and replaced.",
+    ["reason"],
+)
+BILLING_FAILURES = Counter(
+    "mm_billing_failures",
+    "Calls to the payment provider that failed, by kind.",
+    ["kind"],
+)
+TASKS = Counter(
+    "mm_celery_tasks", "Celery tasks finished in this worker, by name and state.", ["task", "state"]
+)
+
+
+class QueueDepthCollector:
+    """``mm_queue_depth{queue}``: messages waiting in each Celery queue, read from Redis when
+    scraped. A Redis outage leaves the metric out rather than failing the scrape."""
+
+    def collect(self):
+        from django.conf import settings
+
+        from config.celery import app
+
+        family = GaugeMetricFamily(
+            "mm_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"]
+        )
+        try:
+            import redis
+
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
+            with client.pipeline() as pipe:
+                names = [queue.name for queue in app.conf.task_queues]
+                for name in names:
+                    pipe.llen(name)
+                depths = pipe.execute()
+        except Exception:  # noqa: BLE001 - a scrape must not fail on Redis
+            logger.warning("queue depth unavailable", exc_info=True)
+            return
+        for name, depth in zip(names, depths, strict=True):
+            family.add_metric([name], depth)
+        yield family
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition() -> bytes:
+    """The text a scrape of this process (or, in multiprocess mode, of all processes sharing
+    the directory) answers, with the queue depths."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry) + generate_latest(_queues)
+
+
+_queues = CollectorRegistry(auto_describe=False)
+_queues.register(QueueDepthCollector())
+
+
+# --- the web side -----------------------------------------------------------------------------
+
+
+def metrics_view(request):
+    """``/metrics`` for Prometheus: a staff session, or the bearer token of
+    ``MM_METRICS_TOKEN``. Anyone else gets 404, as if there were nothing here."""
+    from django.conf import settings
+    from django.http import Http404, HttpResponse
+
+    token = settings.METRICS_TOKEN
+    given = request.META.get("HTTP_AUTHORIZATION", "")
+    by_token = bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    user = getattr(request, "user", None)
+    if not (by_token or (user is not None and user.is_active and user.is_staff)):
+        raise Http404
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts every request by its route's name (never the raw path: ids in paths would make
+    a new series per object) and status."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = (match.view_name or match.route) if match is not None else "unmatched"
+        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+
+# --- the worker side --------------------------------------------------------------------------
+
+
+def worker_exporter_start() -> int | None:
+    """Serve this worker's metrics on ``MM_WORKER_METRICS_PORT``; returns the port, or None
+    when unset."""
+    from django.conf import settings
+    from prometheus_client import start_http_server
+
+    port = settings.WORKER_METRICS_PORT
+    if not port:
+        return None
+    start_http_server(port, addr=settings.WORKER_METRICS_ADDR, registry=_WorkerRegistry())
+    logger.info("worker metrics on %s:%s", settings.WORKER_METRICS_ADDR, port)
+    return port
+
+
+def connect_celery_signals() -> None:
+    from celery.signals import task_postrun, worker_init
+
+    worker_init.connect(lambda **_: worker_exporter_start(), weak=False)
+    task_postrun.connect(_task_done, weak=False)
+
+
+def _task_done(task=None, state: str | None = None, **_) -> None:
+    TASKS.labels(getattr(task, "name", "unknown"), state or "UNKNOWN").inc()
+
+
+class _WorkerRegistry:
+    """The process's registry plus queue depths, for ``start_http_server``."""
+
+    def collect(self):
+        yield from REGISTRY.collect()
+        yield from _queues.collect()
