@@ -54,3 +54,22 @@ class KeyBudgetSerializer(serializers.Serializer):
     monthly_limit = serializers.DecimalField(
         max_digits=12, decimal_places=2, min_value=0, allow_null=True
     )
+
+
+class UsageRowSerializer(serializers.Serializer):
+    model = serializers.CharField(required=False)
+    key = serializers.CharField(required=False, allow_null=True)
+    calls = serializers.IntegerField()
+    amount = serializers.CharField()
+
+
+class UsageSerializer(serializers.Serializer):
+    period = serializers.CharField(help_text="YYYY-MM")
+    calls = serializers.IntegerField()
+    free_calls = serializers.IntegerField()
+    compute_seconds = serializers.CharField()
+    amount = serializers.CharField(help_text="Exact decimal, in the listing's currency.")
+    spend_cap = serializers.CharField(allow_null=True)
+    state = serializers.CharField()
+    by_model = UsageRowSerializer(many=True)
+    by_key = UsageRowSerializer(many=True)

@@ -40,7 +40,10 @@ class UsageView(APIView):
 
     required_scope = Scope.BILLING_READ
 
-    @extend_schema(parameters=[OpenApiParameter("period", str, description="YYYY-MM")])
+    @extend_schema(
+        parameters=[OpenApiParameter("period", str, description="YYYY-MM")],
+        responses=s.UsageSerializer,
+    )
     def get(self, request):
         tenant = request_tenant(request)
         period = _period(request.query_params.get("period"))
