@@ -642,7 +642,10 @@ def listing_for_viewer(access: Access | None, *, owner: str, name: str) -> Listi
     """The listing of ``owner/name`` as the catalogue shows it: public and unlisted ones to
     anyone, signed out included; a private one only to its publisher and to tenants holding
     ``view_model`` (e.g. a share). Anything else is 404, as if it did not exist."""
-    model = model_get(owner=owner, name=name)
+    try:
+        model = model_get(owner=owner, name=name)
+    except NotFound:
+        model = None  # the same answer as a model that exists unlisted: existence must not leak
     listing = getattr(model, "listing", None)
     if listing is not None:
         if access is not None and model.tenant_id == access.tenant.pk:

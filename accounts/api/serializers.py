@@ -69,9 +69,11 @@ class InvitationCreateSerializer(StrictSerializer):
 class ApiKeySerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     status = serializers.CharField(read_only=True)
-    created_by = serializers.EmailField(source="created_by.email", read_only=True, default=None)
+    created_by = serializers.EmailField(
+        source="created_by.email", read_only=True, default=None, allow_null=True
+    )
     rotated_from = serializers.CharField(
-        source="rotated_from.public_id", read_only=True, default=None
+        source="rotated_from.public_id", read_only=True, default=None, allow_null=True
     )
 
     class Meta:

@@ -50,8 +50,12 @@ class VersionSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id", read_only=True)
     sha256 = serializers.CharField(source="artifact.sha256", read_only=True)
     size = serializers.IntegerField(source="artifact.size", read_only=True)
-    parent = serializers.IntegerField(source="parent.number", read_only=True, default=None)
-    created_by = serializers.EmailField(source="created_by.email", read_only=True, default=None)
+    parent = serializers.IntegerField(
+        source="parent.number", read_only=True, default=None, allow_null=True
+    )
+    created_by = serializers.EmailField(
+        source="created_by.email", read_only=True, default=None, allow_null=True
+    )
     aliases = serializers.SerializerMethodField()
 
     class Meta:

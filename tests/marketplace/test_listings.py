@@ -303,6 +303,19 @@ def test_private_model_is_404_until_shared_and_again_after_the_share_is_revoked(
     assert {"model.share", "entitlement.revoke"} <= actions
 
 
+def test_private_model_answers_the_catalogue_as_a_missing_one_does(tenant, outsider_api):
+    """Found by the reliability suite's isolation sweep: "No listing" for a private model
+    but "No model" for a missing one told an outsider which names exist."""
+    make_model(tenant, "inhouse")
+
+    private = outsider_api.get("/api/v1/catalogue/acme/inhouse")
+    missing = outsider_api.get("/api/v1/catalogue/acme/nothing")
+
+    assert private.status_code == missing.status_code == 404
+    assert private.json()["detail"] == "No listing acme/inhouse."
+    assert missing.json()["detail"] == "No listing acme/nothing."
+
+
 @pytest.mark.parametrize(
     "slug, message", [("nobody", "no organisation"), ("acme", "already belongs")]
 )
