@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast reliability lint bench clean
 
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,7 +33,14 @@ test: install $(LOCALSTRIPE)
 	$(PY) -m pytest
 
 test-fast: install $(LOCALSTRIPE)
-	$(PY) -m pytest -m "not e2e and not browser"
+	$(PY) -m pytest -m "not e2e and not browser and not reliability"
+
+## Faults, load and abuse against the real stack; writes docs/reliability.md.
+## MM_RELIABILITY_SIZE=small (CI, about 10 min) or full (the default here, longer load).
+MM_RELIABILITY_SIZE ?= full
+reliability: install $(LOCALSTRIPE)
+	MM_RELIABILITY_SIZE=$(MM_RELIABILITY_SIZE) MM_RELIABILITY_REPORT=docs/reliability.md \
+		$(PY) -m pytest tests/reliability -m reliability -p no:cacheprovider -v
 
 lint: install
 	$(VENV)/bin/ruff check .
