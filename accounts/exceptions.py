@@ -51,3 +51,10 @@ class PayloadTooLarge(ServiceError):
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_format"
+
+
+class TakenDown(ServiceError):
+    """451: an operator took the listing down; the reason is in the message."""
+
+    status_code = 451
+    code = "taken_down"

@@ -88,3 +88,38 @@ def earnings(*, publisher: Tenant) -> list[dict]:
         )
         .order_by("-period", "model_ref")
     )
+
+
+def platform_money(*, periods: int = 12) -> list[dict]:
+    """The operators' view per period and currency, newest first: what consumers were charged
+    for use (revenue), the platform's fees and the publishers' shares of it, credits given
+    (negative), and what invoices collected and refunded."""
+    from billing.models import Invoice
+
+    rows = list(
+        UsageRecord.objects.values("period", "currency")
+        .annotate(
+            calls=Sum("calls", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
+            revenue=Sum("amount", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
+            platform_fees=Sum("platform_fee", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
+            publisher_shares=Sum("publisher_share", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
+            credits=Sum("amount", filter=Q(kind=UsageRecord.Kind.CREDIT)),
+        )
+        .order_by("-period", "currency")[:periods]
+    )
+    invoices = {
+        (row["period"], row["currency"]): row
+        for row in Invoice.objects.values("period", "currency").annotate(
+            collected_cents=Sum(
+                "amount_cents", filter=Q(status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED])
+            ),
+            refunded_cents=Sum("amount_cents", filter=Q(status=Invoice.Status.REFUNDED)),
+        )
+    }
+    for row in rows:
+        billed = invoices.get((row["period"], row["currency"]), {})
+        for key in ("calls", "revenue", "platform_fees", "publisher_shares", "credits"):
+            row[key] = row[key] or (0 if key == "calls" else ZERO)
+        row["collected"] = Decimal(billed.get("collected_cents") or 0) / 100
+        row["refunded"] = Decimal(billed.get("refunded_cents") or 0) / 100
+    return rows

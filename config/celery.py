@@ -15,6 +15,8 @@ app.autodiscover_tasks()
 
 # Request ids travel in task headers; each worker counts its tasks and serves its metrics.
 from config import logs, metrics  # noqa: E402
+from workers import heartbeat  # noqa: E402
 
 logs.connect_celery_signals()
 metrics.connect_celery_signals()
+heartbeat.connect_celery_signals()

@@ -74,6 +74,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "guardian",
     "django_htmx",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "accounts",
     "marketplace",
     "inference",
@@ -90,6 +92,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -354,6 +357,10 @@ METRICS_TOKEN = env("MM_METRICS_TOKEN")
 # Each Celery worker serves its own metrics here (unset: none); bind a private address only.
 WORKER_METRICS_PORT = int(env("MM_WORKER_METRICS_PORT", "0"))
 WORKER_METRICS_ADDR = env("MM_WORKER_METRICS_ADDR", "127.0.0.1")
+# Workers write a heartbeat (device, queues, loaded models, memory) to Redis this often.
+WORKER_HEARTBEAT_SECONDS = float(env("MM_WORKER_HEARTBEAT_SECONDS", "10"))
+# Staff sign in to the admin with a TOTP code as well as their password (django-otp).
+ADMIN_REQUIRE_2FA = env_bool("MM_ADMIN_REQUIRE_2FA", False)
 
 # --- billing (Stripe) -------------------------------------------------------------------------
 # Without STRIPE_SECRET_KEY the ledger still records every call; invoices wait in "pending"

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import views as account_views
 from accounts.urls import auth_urlpatterns
 from config.metrics import metrics_view
-from workers import health
+from workers import console, health
 
 api_v1 = [
     path("", include("accounts.api.urls")),
@@ -23,6 +23,7 @@ urlpatterns = [
     path("dashboard/billing/", include("billing.dashboard_urls")),
     path("catalogue/", include("marketplace.urls")),
     path("billing/", include("billing.urls")),
+    path("admin/operations/", admin.site.admin_view(console.operations), name="admin-operations"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -1,6 +1,12 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 
-from marketplace.models import Artifact, TenantKey
+from accounts.exceptions import ServiceError
+from accounts.services import Actor
+from accounts.tenancy import client_ip
+from marketplace import listings, services
+from marketplace.models import Artifact, Listing, ModelVersion, TenantKey
 
 
 @admin.register(TenantKey)
@@ -38,3 +44,83 @@ class ArtifactAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReasonForm(ActionForm):
+    reason = forms.CharField(required=False, max_length=500)
+
+
+def _operator(request) -> Actor:
+    return Actor(user=request.user, ip=client_ip(request))
+
+
+@admin.register(Listing)
+class ListingAdmin(admin.ModelAdmin):
+    """Listings are the publishers' to edit; operators take them down (consumers get 451 with
+    the reason) and restore them."""
+
+    list_display = ["title", "model", "visibility", "price_per_call", "taken_down_at"]
+    list_filter = ["visibility", ("taken_down_at", admin.EmptyFieldListFilter)]
+    search_fields = ["title", "model__name", "model__tenant__slug"]
+    list_select_related = ["model__tenant"]
+    actions = ["take_down", "restore"]
+    action_form = ReasonForm
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Take down the selected listings (give the reason below)")
+    def take_down(self, request, queryset):
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            messages.error(request, "A take-down needs a reason; consumers are shown it.")
+            return
+        for listing in queryset.select_related("model__tenant"):
+            listings.listing_take_down(listing=listing, reason=reason, actor=_operator(request))
+        messages.success(request, f"Took down {queryset.count()} listing(s).")
+
+    @admin.action(description="Restore the selected listings")
+    def restore(self, request, queryset):
+        for listing in queryset.select_related("model__tenant"):
+            listings.listing_restore(listing=listing, actor=_operator(request))
+        messages.success(request, f"Restored {queryset.count()} listing(s).")
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["public_id", "model", "number", "format", "status", "created_at"]
+    list_filter = ["status", "format"]
+    search_fields = ["public_id", "model__name", "model__tenant__slug"]
+    list_select_related = ["model__tenant"]
+    exclude = ["example_input"]
+    actions = ["yank"]
+    action_form = ReasonForm
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Yank the selected versions (give the reason below)")
+    def yank(self, request, queryset):
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            messages.error(request, "Yanking needs a reason; callers of the version are shown it.")
+            return
+        for version in queryset.select_related("model__tenant"):
+            try:
+                services.version_yank(version=version, reason=reason, actor=_operator(request))
+            except ServiceError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, f"Yanked {version.model.ref} v{version.number}.")

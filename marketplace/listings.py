@@ -27,7 +27,7 @@ from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from marketplace.models import AccessRequest, Entitlement, Listing, Model, ModelVersion
-from marketplace.selectors import PUBLICLY_VISIBLE, model_get, tenant_perms
+from marketplace.selectors import PUBLICLY_VISIBLE, model_get, refuse_if_taken_down, tenant_perms
 
 # --- validation -------------------------------------------------------------------------------
 
@@ -356,6 +356,46 @@ def listing_unpublish(*, listing: Listing, actor: Actor) -> Listing:
     return listing
 
 
+@transaction.atomic
+def listing_take_down(*, listing: Listing, reason: str, actor: Actor) -> Listing:
+    """An operator withdraws a listing (a legal complaint, a policy breach): it leaves the
+    catalogue, and everyone but its publisher, subscribers included, gets 451 with ``reason``
+    from its page, its API and its predictions. Entitlements stay, so a restore resumes them."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the listing is taken down; consumers see it."})
+    Listing.objects.filter(pk=listing.pk).update(
+        taken_down_at=timezone.now(), takedown_reason=reason[:500]
+    )
+    listing.refresh_from_db(fields=["taken_down_at", "takedown_reason"])
+    audit_record(
+        action="listing.take_down",
+        actor=actor,
+        tenant=listing.model.tenant,
+        target=listing,
+        data={"model": listing.model.ref, "reason": listing.takedown_reason},
+    )
+    return listing
+
+
+@transaction.atomic
+def listing_restore(*, listing: Listing, actor: Actor) -> Listing:
+    """Undo a take-down."""
+    restored = Listing.objects.filter(pk=listing.pk, taken_down_at__isnull=False).update(
+        taken_down_at=None, takedown_reason=""
+    )
+    listing.refresh_from_db(fields=["taken_down_at", "takedown_reason"])
+    if restored:
+        audit_record(
+            action="listing.restore",
+            actor=actor,
+            tenant=listing.model.tenant,
+            target=listing,
+            data={"model": listing.model.ref},
+        )
+    return listing
+
+
 # --- entitlements -----------------------------------------------------------------------------
 
 RUN_PERMS = ("view_model", "run_model")
@@ -410,8 +450,9 @@ def listing_subscribe(*, listing: Listing, tenant: Tenant, actor: Actor) -> Enti
         return existing
     if model.tenant_id == tenant.pk:
         raise Conflict(f"Your organisation publishes {model.ref}; it needs no subscription.")
-    if listing.visibility not in PUBLICLY_VISIBLE or listing.taken_down_at is not None:
+    if listing.visibility not in PUBLICLY_VISIBLE:
         raise NotFound(f"No listing {model.ref}.")
+    refuse_if_taken_down(listing)
     if listing.gated and not _access_approved(listing=listing, tenant=tenant):
         raise Forbidden(
             f"{model.ref} is gated: request access and wait for the publisher to approve it.",
@@ -650,9 +691,8 @@ def listing_for_viewer(access: Access | None, *, owner: str, name: str) -> Listi
     if listing is not None:
         if access is not None and model.tenant_id == access.tenant.pk:
             return listing
-        if listing.taken_down_at is None and (
-            listing.visibility in PUBLICLY_VISIBLE or "view_model" in tenant_perms(access, model)
-        ):
+        if listing.visibility in PUBLICLY_VISIBLE or "view_model" in tenant_perms(access, model):
+            refuse_if_taken_down(listing)  # 451 with the reason to whoever could see it
             return listing
     raise NotFound(f"No listing {owner}/{name}.")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from guardian.core import ObjectPermissionChecker
 
-from accounts.exceptions import Forbidden, Gone, NotFound
+from accounts.exceptions import Forbidden, Gone, NotFound, TakenDown
 from accounts.models import Scope
 from accounts.tenancy import Access
 from marketplace.models import Alias, Listing, Model, ModelVersion
@@ -23,12 +23,20 @@ def tenant_perms(access: Access | None, model: Model) -> set[str]:
 
 
 def _listing_is_open(model: Model) -> bool:
+    """Public or unlisted, taken down or not (a take-down answers 451, not 404)."""
     listing = getattr(model, "listing", None)
-    return (
-        listing is not None
-        and listing.visibility in PUBLICLY_VISIBLE
-        and listing.taken_down_at is None
-    )
+    return listing is not None and listing.visibility in PUBLICLY_VISIBLE
+
+
+def refuse_if_taken_down(listing: Listing | None) -> None:
+    """451 with the operator's reason once a listing is taken down."""
+    if listing is not None and listing.taken_down_at is not None:
+        model = listing.model
+        raise TakenDown(
+            f"{model.ref} was taken down: {listing.takedown_reason or 'no reason given'}.",
+            reason=listing.takedown_reason,
+            taken_down_at=listing.taken_down_at.isoformat(),
+        )
 
 
 def model_get(*, owner: str, name: str) -> Model:
@@ -47,7 +55,8 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
     or ``download`` it.
 
     Missing and private-without-a-grant look the same (404). A public model the caller may see
-    but not run answers 403 with the way to get access.
+    but not run answers 403 with the way to get access. Once an operator takes its listing
+    down, everyone but the publisher gets 451 with the reason, subscribers included.
     """
     model = model_get(owner=owner, name=name)
     if access is not None and model.tenant_id == access.tenant.pk:
@@ -64,6 +73,7 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
     granted = tenant_perms(access, model)
     if not ("view_model" in granted or _listing_is_open(model)):
         raise NotFound(f"No model {owner}/{name}.")
+    refuse_if_taken_down(getattr(model, "listing", None))
     if perm == "view" or (perm in ("run", "download") and f"{perm}_model" in granted):
         return model
     if perm == "run":

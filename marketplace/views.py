@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from accounts.exceptions import NotFound, ServiceError
+from accounts.exceptions import NotFound, ServiceError, TakenDown
 from accounts.models import Scope
 from accounts.tenancy import Access, request_actor
 from marketplace import listings
@@ -82,9 +82,16 @@ def _listing_or_404(access: Access | None, owner: str, name: str) -> Listing:
         raise Http404(exc.message) from None
 
 
+def _taken_down(request: HttpRequest, exc: TakenDown) -> HttpResponse:
+    return render(request, "catalogue/taken_down.html", {"message": exc.message}, status=451)
+
+
 def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
     access = _session_access(request)
-    listing = _with_prices(_listing_or_404(access, owner, name))
+    try:
+        listing = _with_prices(_listing_or_404(access, owner, name))
+    except TakenDown as exc:
+        return _taken_down(request, exc)
     versions = listings.catalogue_versions(listing.model)
     context = {
         "listing": listing,
@@ -109,7 +116,10 @@ def _consumer_action(request: HttpRequest, owner: str, name: str, action) -> Htt
     """Run ``action(listing, access)`` for the signed-in member's organisation, reporting
     the outcome or the reason it was refused as a message on the listing's page."""
     access = _session_access(request)
-    listing = _listing_or_404(access, owner, name)
+    try:
+        listing = _listing_or_404(access, owner, name)
+    except TakenDown as exc:
+        return _taken_down(request, exc)
     if access is None:
         messages.error(
             request, "Create or join an organisation first; subscriptions belong to organisations."

@@ -584,7 +584,7 @@ def test_signed_out_callers_see_public_and_unlisted_listings_only(shelf):
     assert anonymous.get("/api/v1/catalogue/acme/resnet").status_code == 200
     assert anonymous.get("/api/v1/catalogue/acme/preview").status_code == 200
     assert anonymous.get("/api/v1/catalogue/acme/inhouse").status_code == 404
-    assert anonymous.get("/api/v1/catalogue/acme/banned").status_code == 404
+    assert anonymous.get("/api/v1/catalogue/acme/banned").status_code == 451  # taken down
     assert anonymous.get("/api/v1/catalogue/acme/nothing").status_code == 404
     assert anonymous.post("/api/v1/catalogue/acme/resnet/subscribe").status_code == 401
 

@@ -1,0 +1,124 @@
+"""The operators' console for running work: predictions and compression jobs with their
+errors, and retry and cancel actions (audited). Tensors and training data never show."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from accounts.exceptions import ServiceError
+from accounts.services import Actor
+from accounts.tenancy import client_ip
+from inference import operations
+from inference.models import CompressionJob, Prediction
+
+
+def _operator(request) -> Actor:
+    return Actor(user=request.user, ip=client_ip(request))
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def _each(request, queryset, act, done: str) -> None:
+    succeeded = 0
+    for obj in queryset:
+        try:
+            act(obj)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            succeeded += 1
+    if succeeded:
+        messages.success(request, f"{done} {succeeded}.")
+
+
+@admin.register(Prediction)
+class PredictionAdmin(_ReadOnly):
+    list_display = [
+        "public_id",
+        "tenant",
+        "model",
+        "status",
+        "error_kind",
+        "source",
+        "batch_size",
+        "attempts",
+        "created_at",
+        "completed_at",
+    ]
+    list_filter = ["status", "error_kind", "source"]
+    search_fields = ["public_id", "tenant__slug", "model__name", "error"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant", "model__tenant"]
+    exclude = ["input_data", "output_data", "request_hash"]
+    actions = ["retry", "cancel"]
+
+    @admin.action(description="Retry the selected failed predictions")
+    def retry(self, request, queryset):
+        operator = _operator(request)
+        _each(
+            request,
+            queryset.select_related("tenant", "model__tenant"),
+            lambda p: operations.prediction_retry(prediction=p, actor=operator),
+            "Queued again:",
+        )
+
+    @admin.action(description="Cancel the selected queued or running predictions")
+    def cancel(self, request, queryset):
+        operator = _operator(request)
+        _each(
+            request,
+            queryset.select_related("tenant", "model__tenant"),
+            lambda p: operations.prediction_cancel(prediction=p, actor=operator),
+            "Cancelled:",
+        )
+
+
+@admin.register(CompressionJob)
+class CompressionJobAdmin(_ReadOnly):
+    list_display = [
+        "public_id",
+        "tenant",
+        "model",
+        "method",
+        "status",
+        "phase",
+        "percent",
+        "queue",
+        "created_at",
+        "completed_at",
+    ]
+    list_filter = ["status", "method", "queue"]
+    search_fields = ["public_id", "tenant__slug", "model__name", "error"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant", "model__tenant"]
+    exclude = ["data"]
+    actions = ["retry", "cancel"]
+
+    @admin.action(description="Retry the selected failed jobs")
+    def retry(self, request, queryset):
+        operator = _operator(request)
+        _each(
+            request,
+            queryset.select_related("tenant", "model__tenant"),
+            lambda j: operations.job_retry(job=j, actor=operator),
+            "Queued again:",
+        )
+
+    @admin.action(description="Cancel the selected queued or running jobs")
+    def cancel(self, request, queryset):
+        operator = _operator(request)
+        _each(
+            request,
+            queryset.select_related("tenant", "model__tenant"),
+            lambda j: operations.job_cancel(job=j, actor=operator),
+            "Cancelled:",
+        )

@@ -1,0 +1,97 @@
+"""What an operator does to predictions and compression jobs from the admin console: retry a
+failed one, cancel a stuck one. Each action writes an audit row in the same transaction."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.exceptions import Conflict
+from accounts.services import Actor, audit_record
+from inference import compression_services, services
+from inference.models import CompressionJob, Prediction
+
+
+@transaction.atomic
+def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
+    """Queue a failed prediction again (while its input is still kept). It is billed only if
+    it now succeeds, like any other."""
+    retried = Prediction.objects.filter(
+        pk=prediction.pk, status=Prediction.Status.FAILED, input_data__isnull=False
+    ).update(
+        status=Prediction.Status.QUEUED,
+        error="",
+        error_kind="",
+        started_at=None,
+        completed_at=None,
+    )
+    if not retried:
+        raise Conflict(
+            f"{prediction.public_id} is {prediction.status}; only a failed prediction whose "
+            "input is still kept can be retried."
+        )
+    prediction.refresh_from_db()
+    audit_record(
+        action="prediction.retry",
+        actor=actor,
+        tenant=prediction.tenant,
+        target=prediction,
+        data={"model": prediction.model.ref, "by": "operator"},
+    )
+    transaction.on_commit(lambda: services.enqueue(prediction))
+    return prediction
+
+
+@transaction.atomic
+def prediction_cancel(*, prediction: Prediction, actor: Actor) -> Prediction:
+    prediction = services.prediction_cancel(prediction)
+    if prediction.status != Prediction.Status.CANCELED:
+        raise Conflict(f"{prediction.public_id} already {prediction.status}.")
+    audit_record(
+        action="prediction.cancel",
+        actor=actor,
+        tenant=prediction.tenant,
+        target=prediction,
+        data={"model": prediction.model.ref, "by": "operator"},
+    )
+    return prediction
+
+
+@transaction.atomic
+def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
+    """Queue a failed compression job again, from the start."""
+    retried = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.FAILED).update(
+        status=CompressionJob.Status.QUEUED,
+        error="",
+        phase="",
+        percent=0,
+        eta_seconds=None,
+        loss=None,
+        started_at=None,
+        completed_at=None,
+    )
+    if not retried:
+        raise Conflict(f"{job.public_id} is {job.status}; only a failed job can be retried.")
+    job.refresh_from_db()
+    audit_record(
+        action="compression.retry",
+        actor=actor,
+        tenant=job.tenant,
+        target=job,
+        data={"model": job.model.ref, "by": "operator"},
+    )
+    transaction.on_commit(lambda: compression_services.enqueue(job))
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job: CompressionJob, actor: Actor) -> CompressionJob:
+    job = compression_services.job_cancel(job)  # Conflict when it already finished
+    audit_record(
+        action="compression.cancel",
+        actor=actor,
+        tenant=job.tenant,
+        target=job,
+        data={"model": job.model.ref, "by": "operator", "at": timezone.now().isoformat()},
+    )
+    return job

@@ -1,0 +1,301 @@
+"""The operators' console: take-downs answer 451 with the reason, retry and cancel of running
+work, the operations page, worker heartbeats and two-factor sign-in. Every action leaves an
+audit row."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import numpy as np
+import pytest
+from django.test import Client
+from django_otp.oath import totp
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts import services as accounts
+from accounts.models import AuditEvent, User
+from billing.services import usage_record_create
+from inference import tensors
+from inference.models import CompressionJob, Prediction
+from marketplace import listings
+from marketplace.models import Listing, ModelVersion
+from tests.conftest import PASSWORD, make_user
+from tests.inference.conftest import Classifier, export, ready_version, signature
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator(db) -> User:
+    user = make_user("ops@modelmarket.example")
+    User.objects.filter(pk=user.pk).update(is_staff=True, is_superuser=True)
+    user.refresh_from_db()
+    return user
+
+
+@pytest.fixture
+def console(operator) -> Client:
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def clf(tenant) -> ModelVersion:
+    return ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+
+
+def act(console: Client, model: str, action: str, pks: list, **form) -> None:
+    url = f"/admin/{model}/"
+    response = console.post(
+        url, {"action": action, "_selected_action": [str(pk) for pk in pks], **form}
+    )
+    assert response.status_code == 302, response.content[-2000:]
+
+
+def audited(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action))
+
+
+# --- take-downs ------------------------------------------------------------------------------
+
+
+def test_a_taken_down_listing_answers_451_with_the_reason_everywhere_but_to_its_publisher(
+    console, operator, tenant, outsider, api, outsider_api, clf
+):
+    listings.listing_publish(
+        model=clf.model, actor=accounts.SYSTEM, visibility="public", title="Classifier"
+    )
+    assert outsider_api.post("/api/v1/catalogue/acme/clf/subscribe").status_code in (200, 201)
+    listing = Listing.objects.get(model=clf.model)
+
+    act(console, "marketplace/listing", "take_down", [listing.pk], reason="DMCA notice 2026-118")
+
+    (event,) = audited("listing.take_down")
+    assert event.actor_user == operator and event.data["reason"] == "DMCA notice 2026-118"
+    detail = outsider_api.get("/api/v1/catalogue/acme/clf")
+    assert detail.status_code == 451
+    assert (
+        detail.json()["code"] == "taken_down" and "DMCA notice 2026-118" in detail.json()["detail"]
+    )
+    prediction = outsider_api.post(
+        "/api/v1/predictions", {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}, format="json"
+    )
+    assert prediction.status_code == 451 and "DMCA notice 2026-118" in prediction.json()["detail"]
+    assert outsider_api.get("/v2/models/acme/clf").status_code == 451
+    page = Client().get("/catalogue/acme/clf/")
+    assert page.status_code == 451 and b"DMCA notice 2026-118" in page.content
+    assert outsider_api.get("/api/v1/catalogue", {"q": "clf"}).json()["results"] == []
+    # The publisher still reaches its own model.
+    assert api.get("/api/v1/models/acme/clf").status_code == 200
+
+    act(console, "marketplace/listing", "restore", [listing.pk])
+
+    assert outsider_api.get("/api/v1/catalogue/acme/clf").status_code == 200
+    assert len(audited("listing.restore")) == 1
+
+
+def test_a_take_down_needs_a_reason(console, tenant, clf):
+    listings.listing_publish(model=clf.model, actor=accounts.SYSTEM, visibility="public", title="C")
+    listing = Listing.objects.get(model=clf.model)
+
+    act(console, "marketplace/listing", "take_down", [listing.pk], reason="  ")
+
+    listing.refresh_from_db()
+    assert listing.taken_down_at is None and audited("listing.take_down") == []
+
+
+def test_a_private_listing_taken_down_stays_404_to_outsiders(console, tenant, outsider_api, clf):
+    listings.listing_publish(
+        model=clf.model, actor=accounts.SYSTEM, visibility="private", title="C"
+    )
+    act(console, "marketplace/listing", "take_down", [clf.model.listing.pk], reason="policy")
+
+    assert outsider_api.get("/api/v1/catalogue/acme/clf").status_code == 404
+
+
+def test_operator_yanks_a_version_with_a_reason(console, operator, tenant, clf):
+    act(console, "marketplace/modelversion", "yank", [clf.pk], reason="leaks training data")
+
+    clf.refresh_from_db()
+    assert clf.status == ModelVersion.Status.YANKED and clf.status_reason == "leaks training data"
+    assert audited("version.yank")[0].actor_user == operator
+
+
+# --- running work --------------------------------------------------------------------------
+
+
+def failed_prediction(tenant, version) -> Prediction:
+    return Prediction.objects.create(
+        tenant=tenant,
+        model=version.model,
+        version=version,
+        input_data=tensors.encode({"x": np.ones((1, 4), dtype=np.float32)}),
+        status=Prediction.Status.FAILED,
+        error="The model host failed: crash",
+        error_kind="crash",
+    )
+
+
+def test_operator_retries_a_failed_prediction_and_cancels_a_queued_one(
+    console, operator, tenant, clf
+):
+    failed = failed_prediction(tenant, clf)
+    queued = Prediction.objects.create(tenant=tenant, model=clf.model, version=clf)
+
+    act(console, "inference/prediction", "retry", [failed.pk])
+    act(console, "inference/prediction", "cancel", [queued.pk])
+
+    failed.refresh_from_db()
+    queued.refresh_from_db()
+    assert (failed.status, failed.error) == ("queued", "")
+    assert queued.status == "canceled"
+    retried, cancelled = audited("prediction.retry"), audited("prediction.cancel")
+    assert retried[0].target_id == failed.public_id and retried[0].actor_user == operator
+    assert cancelled[0].target_id == queued.public_id
+
+
+def test_a_succeeded_prediction_cannot_be_retried(console, tenant, clf):
+    done = Prediction.objects.create(
+        tenant=tenant, model=clf.model, version=clf, status=Prediction.Status.SUCCEEDED
+    )
+
+    act(console, "inference/prediction", "retry", [done.pk])
+
+    done.refresh_from_db()
+    assert done.status == "succeeded" and audited("prediction.retry") == []
+
+
+def test_operator_retries_a_failed_compression_job_and_cancels_a_running_one(console, tenant, clf):
+    failed = CompressionJob.objects.create(
+        tenant=tenant,
+        model=clf.model,
+        version=clf,
+        method="quantize",
+        status=CompressionJob.Status.FAILED,
+        error="The job did not finish within its time limit of 1800 s.",
+    )
+    running = CompressionJob.objects.create(
+        tenant=tenant, model=clf.model, version=clf, method="prune", status="running"
+    )
+
+    act(console, "inference/compressionjob", "retry", [failed.pk])
+    act(console, "inference/compressionjob", "cancel", [running.pk])
+
+    failed.refresh_from_db()
+    running.refresh_from_db()
+    assert (failed.status, failed.error) == ("queued", "")
+    assert running.status == "cancelled"
+    assert len(audited("compression.retry")) == len(audited("compression.cancel")) == 1
+
+
+def test_predictions_and_jobs_show_their_errors_but_never_their_tensors(console, tenant, clf):
+    failed = failed_prediction(tenant, clf)
+
+    page = console.get(f"/admin/inference/prediction/{failed.pk}/change/")
+
+    assert page.status_code == 200 and b"The model host failed: crash" in page.content
+    assert b"input_data" not in page.content
+
+
+# --- the operations page -------------------------------------------------------------------
+
+
+def test_operations_page_shows_queues_workers_failures_and_money(
+    console, tenant, outsider, clf, settings
+):
+    from workers import heartbeat
+
+    listings.listing_publish(
+        model=clf.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call=Decimal("0.5"),
+    )
+    for i in range(4):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_ops_{i}",
+            consumer=outsider,
+            model=clf.model,
+            compute_seconds=Decimal("0.01"),
+        )
+    failed_prediction(tenant, clf)
+    settings.WORKER_HEARTBEAT_SECONDS = 5
+    heartbeat.beat(name="cpu@box-7", queues=["default", "cpu"])
+
+    page = console.get("/admin/operations/")
+
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "cpu@box-7" in text and "cpu, default" in text
+    assert "The model host failed: crash" in text
+    # 4 calls at 0.50: 2.00 of revenue, the platform's 20 % and the publisher's 80 %.
+    money = text[text.index('id="money"') :]
+    assert "2.00" in money and "0.40" in money and "1.60" in money
+    assert "globex" in text[text.index('id="top-consumers"') :]
+
+
+def test_operations_page_is_for_staff_only(client, alice):
+    client.force_login(alice)
+    response = client.get("/admin/operations/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_live_worker_reports_its_device_queues_and_memory(celery_worker_process):
+    from workers import heartbeat
+
+    deadline = time.monotonic() + 30
+    while True:
+        mine = [w for w in heartbeat.workers_seen() if w["pid"] == celery_worker_process.pid]
+        if mine:
+            break
+        assert time.monotonic() < deadline, heartbeat.workers_seen()
+        time.sleep(0.25)
+    (worker,) = mine
+    assert worker["device"] == "cpu" and {"default", "cpu"} <= set(worker["queues"])
+    assert worker["worker_rss"] > 0 and worker["age"] < 30
+
+
+# --- two-factor sign-in --------------------------------------------------------------------
+
+
+def test_staff_need_a_second_factor_when_the_setting_asks(operator, settings):
+    settings.ADMIN_REQUIRE_2FA = True
+    device = TOTPDevice.objects.create(user=operator, name="phone", confirmed=True)
+    client = Client()
+
+    password_only = client.post(
+        "/admin/login/?next=/admin/", {"username": operator.email, "password": PASSWORD}
+    )
+    assert password_only.status_code == 200  # the form again, asking for the token
+    assert client.get("/admin/").status_code == 302
+
+    token = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits)
+    signed_in = client.post(
+        "/admin/login/?next=/admin/",
+        {
+            "username": operator.email,
+            "password": PASSWORD,
+            "otp_device": device.persistent_id,
+            "otp_token": f"{token:0{device.digits}d}",
+        },
+    )
+    assert signed_in.status_code == 302, signed_in.content[-1500:]
+    assert client.get("/admin/").status_code == 200
+
+
+def test_without_the_setting_a_password_is_enough(operator):
+    client = Client()
+    client.post("/admin/login/?next=/admin/", {"username": operator.email, "password": PASSWORD})
+    assert client.get("/admin/").status_code == 200
+
+
+def test_a_signed_in_staff_member_without_a_device_is_refused_when_2fa_is_on(console, settings):
+    settings.ADMIN_REQUIRE_2FA = True
+    assert console.get("/admin/").status_code == 302
+    assert console.get("/admin/operations/").status_code == 302

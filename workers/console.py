@@ -1,0 +1,85 @@
+"""The operations page of the admin console (``/admin/operations/``): queue depths, live
+workers from their heartbeats, running and failed work, and money per period."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin
+from django.db.models import Count, Sum
+from django.shortcuts import render
+from django.utils import timezone
+
+from billing.models import UsageRecord
+from billing.selectors import platform_money
+from inference.models import CompressionJob, Prediction
+from marketplace.models import ModelVersion
+from workers import heartbeat
+
+
+def queue_depths() -> dict[str, int | None]:
+    """Messages waiting per Celery queue; None where Redis did not answer."""
+    import redis
+    from django.conf import settings
+
+    from config.celery import app
+
+    names = [queue.name for queue in app.conf.task_queues]
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        return dict(zip(names, [client.llen(name) for name in names], strict=True))
+    except redis.RedisError:
+        return dict.fromkeys(names)
+
+
+def _workers() -> list[dict]:
+    try:
+        seen = heartbeat.workers_seen()
+    except Exception:  # noqa: BLE001 - the page still shows everything else
+        return []
+    ids = {key.split(":")[0] for worker in seen for key in worker["loaded_models"]}
+    refs = {
+        version.public_id: f"{version.model.ref} v{version.number}"
+        for version in ModelVersion.objects.select_related("model__tenant").filter(
+            public_id__in=ids
+        )
+    }
+    for worker in seen:
+        worker["models"] = [refs.get(key.split(":")[0], key) for key in worker["loaded_models"]]
+        worker["memory_mib"] = round((worker["worker_rss"] + worker["hosts_rss"]) / 2**20)
+    return seen
+
+
+def _counts(model, since) -> dict[str, int]:
+    rows = model.objects.filter(created_at__gte=since).values("status").annotate(n=Count("pk"))
+    return {row["status"]: row["n"] for row in rows}
+
+
+def operations(request):
+    since = timezone.now() - timedelta(days=1)
+    period = timezone.now().date().replace(day=1)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Operations",
+        "queues": queue_depths(),
+        "workers": _workers(),
+        "predictions": _counts(Prediction, since),
+        "jobs": _counts(CompressionJob, since),
+        "running_jobs": CompressionJob.objects.select_related("model__tenant")
+        .filter(status=CompressionJob.Status.RUNNING)
+        .order_by("started_at")[:20],
+        "failed_predictions": Prediction.objects.select_related("model__tenant", "tenant")
+        .filter(status=Prediction.Status.FAILED, created_at__gte=since)
+        .order_by("-created_at")[:20],
+        "failed_jobs": CompressionJob.objects.select_related("model__tenant")
+        .filter(status=CompressionJob.Status.FAILED, created_at__gte=since)
+        .order_by("-created_at")[:20],
+        "money": platform_money(),
+        "top_consumers": UsageRecord.objects.filter(period=period)
+        .exclude(kind=UsageRecord.Kind.CREDIT)
+        .values("consumer__slug", "currency")
+        .annotate(calls=Sum("calls"), amount=Sum("amount"))
+        .order_by("-amount")[:10],
+        "period": period,
+    }
+    return render(request, "admin/operations.html", context)
