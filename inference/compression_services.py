@@ -3,12 +3,14 @@ with a new version and its usage record, fail, cancel, and promote the result to
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, NotFound, ServiceError
@@ -146,18 +148,48 @@ def job_cancel(job: CompressionJob) -> CompressionJob:
 # --- the worker's side ----------------------------------------------------------------------
 
 
+# A running job's worker touches its heartbeat every few seconds; one silent for this long was
+# lost with its worker (killed, or the machine gone) and its redelivered task may run it again.
+JOB_LOST_AFTER = timedelta(minutes=2)
+JOB_MAX_ATTEMPTS = 3
+
+
 def job_claim(job: CompressionJob) -> bool:
-    """Mark a queued job running; False when it was cancelled or already claimed (a
-    redelivered task then does nothing)."""
+    """Mark a job running; False when it was cancelled, has finished or is running in a live
+    worker (a redelivered task then does nothing). A running job whose heartbeat stopped is
+    claimed again, up to three attempts in all; after that it fails with the reason."""
+    now = timezone.now()
+    running = CompressionJob.Status.RUNNING
+    lost = Q(status=running) & (
+        Q(heartbeat_at__lt=now - JOB_LOST_AFTER)
+        | Q(heartbeat_at__isnull=True, started_at__lt=now - JOB_LOST_AFTER)
+    )
+    jobs = CompressionJob.objects.filter(pk=job.pk)
+    claimed = jobs.filter(
+        Q(status=CompressionJob.Status.QUEUED) | lost, attempts__lt=JOB_MAX_ATTEMPTS
+    ).update(
+        status=running,
+        started_at=now,
+        heartbeat_at=now,
+        phase="starting",
+        attempts=F("attempts") + 1,
+    )
+    if not claimed:
+        jobs.filter(lost, attempts__gte=JOB_MAX_ATTEMPTS).update(
+            status=CompressionJob.Status.FAILED,
+            error=f"The worker running this job was lost {JOB_MAX_ATTEMPTS} times; start it again.",
+            completed_at=now,
+        )
+    return bool(claimed)
+
+
+def job_heartbeat(job: CompressionJob) -> bool:
+    """Touch a running job's heartbeat; False once it is no longer running (cancelled)."""
     return bool(
-        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.QUEUED).update(
-            status=CompressionJob.Status.RUNNING, started_at=timezone.now(), phase="starting"
+        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
+            heartbeat_at=timezone.now()
         )
     )
-
-
-def job_is_running(job: CompressionJob) -> bool:
-    return CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).exists()
 
 
 def job_progress(
@@ -171,7 +203,11 @@ def job_progress(
     """Record progress; False once the job is no longer running (cancelled)."""
     return bool(
         CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
-            phase=phase[:32], percent=percent, loss=loss, eta_seconds=eta_seconds
+            phase=phase[:32],
+            percent=percent,
+            loss=loss,
+            eta_seconds=eta_seconds,
+            heartbeat_at=timezone.now(),
         )
     )
 

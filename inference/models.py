@@ -164,6 +164,10 @@ class CompressionJob(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # The running worker touches this as the job progresses; a running job whose heartbeat
+    # has stopped was lost with its worker and may be claimed again.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "-created_at"])]

@@ -238,7 +238,7 @@ def compression_run(*, job_id: str) -> str | None:
             )
 
     def cancelled() -> bool:
-        return cancel_due() and not jobs.job_is_running(job)
+        return cancel_due() and not jobs.job_heartbeat(job)
 
     host = None
     started = time.monotonic()

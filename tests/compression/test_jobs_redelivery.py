@@ -1,0 +1,56 @@
+"""A compression job's task delivered twice: a job running in a live worker is left alone; a
+job whose worker died (its heartbeat stopped) is claimed again, up to three attempts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from inference import compression_services as jobs
+from inference.models import CompressionJob
+from tests.compression.test_jobs_run import queued
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def job(tenant, mlp_version) -> CompressionJob:
+    return queued(tenant, mlp_version, "quantize", {"scheme": "dynamic_int8"})
+
+
+def silent_for(job: CompressionJob, minutes: float) -> None:
+    CompressionJob.objects.filter(pk=job.pk).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=minutes)
+    )
+
+
+def test_a_job_running_in_a_live_worker_is_not_claimed_again(job):
+    assert jobs.job_claim(job)
+    assert jobs.job_heartbeat(job)
+
+    assert not jobs.job_claim(job)  # the redelivered task does nothing
+    assert CompressionJob.objects.get(pk=job.pk).attempts == 1
+
+
+def test_a_job_whose_worker_died_is_claimed_again_then_failed_after_three_losses(job):
+    assert jobs.job_claim(job)
+    for attempt in (2, 3):
+        silent_for(job, 3)
+        assert jobs.job_claim(job)
+        assert CompressionJob.objects.get(pk=job.pk).attempts == attempt
+
+    silent_for(job, 3)
+    assert not jobs.job_claim(job)
+
+    lost = CompressionJob.objects.get(pk=job.pk)
+    assert lost.status == CompressionJob.Status.FAILED
+    assert "lost 3 times" in lost.error
+
+
+def test_a_cancelled_job_is_never_claimed(job):
+    CompressionJob.objects.filter(pk=job.pk).update(status=CompressionJob.Status.CANCELLED)
+
+    assert not jobs.job_claim(job)
+    assert not jobs.job_heartbeat(job)
