@@ -46,18 +46,28 @@ class RequestIdMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
+        connect_request_signals()
 
     def __call__(self, request):
         given = request.META.get("HTTP_X_REQUEST_ID", "")
         request_id = given if _VALID.match(given) else new_request_id()
         request.request_id = request_id
-        token = bind_request_id(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            unbind_request_id(token)
+        # Kept until the response is closed (``request_finished``), so Django's own request
+        # log ("Not Found: ...", written after the middleware returns) names the id too.
+        bind_request_id(request_id)
+        response = self.get_response(request)
         response[HEADER] = request_id
         return response
+
+
+def _request_finished(**_) -> None:
+    _current.set(None)
+
+
+def connect_request_signals() -> None:
+    from django.core.signals import request_finished
+
+    request_finished.connect(_request_finished, weak=False, dispatch_uid="mm-request-id")
 
 
 class RequestIdFilter(logging.Filter):

@@ -32,6 +32,21 @@ def test_a_missing_or_implausible_request_id_is_replaced_by_a_new_one(client):
     assert len(made) == 32 and len(replaced) == 32 and made != replaced
 
 
+def test_djangos_own_request_log_names_the_request_id(client):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.addFilter(RequestIdFilter())
+    handler.emit = records.append
+    log = logging.getLogger("django.request")
+    log.addHandler(handler)
+    try:
+        client.get("/no-such-page", HTTP_X_REQUEST_ID="req-404")
+    finally:
+        log.removeHandler(handler)
+    (record,) = records
+    assert record.getMessage() == "Not Found: /no-such-page" and record.request_id == "req-404"
+
+
 def test_json_lines_carry_the_request_id_and_extra_fields():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
