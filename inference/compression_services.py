@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -43,15 +43,23 @@ def job_create(
     params: dict[str, Any] | None,
     actor: Actor,
     data: dict[str, Any] | None = None,
-) -> CompressionJob:
-    """Queue a job on a version of a model the caller's tenant owns. Distilling or
-    compressing someone else's model is a way to copy it, so no grant allows it: the caller
-    resolves ``model`` with the owner-only ``change`` permission, and this checks again.
+    idempotency_key: str = "",
+    body_hash: str = "",
+) -> tuple[CompressionJob, bool]:
+    """Queue a job on a version of a model the caller's tenant owns, returning it and
+    whether it was created. Distilling or compressing someone else's model is a way to copy
+    it, so no grant allows it: the caller resolves ``model`` with the owner-only ``change``
+    permission, and this checks again. With an idempotency key, a retry within 24 h returns
+    the first job (never a second, billed one) and a different body under the key is 409.
 
     ``data`` (``{"inputs": ..., "labels": [...]}``) is the publisher's own examples:
     distillation trains on them and fidelity is measured on a held-out part."""
     if model.tenant_id != access.tenant.pk or version.model_id != model.pk:
         raise NotFound(f"No model {model.ref}.")
+    if idempotency_key:
+        existing = _by_idempotency_key(access, idempotency_key, body_hash)
+        if existing is not None:
+            return existing, False
     if version.status not in COMPRESSIBLE:
         raise Conflict(
             f"Version {version.number} is {version.status}; only a ready version can be compressed."
@@ -71,26 +79,51 @@ def job_create(
         raise ValidationError({"params": [str(exc)]}) from None
     except NotApplicable as exc:
         raise Unprocessable(str(exc)) from None
-    with transaction.atomic():
-        job = CompressionJob.objects.create(
-            tenant=access.tenant,
-            model=model,
-            version=version,
-            method=method,
-            params=checked,
-            data=encoded,
-            queue=settings.COMPRESSION_QUEUE,
-            created_by=access.user,
+    try:
+        with transaction.atomic():
+            job = CompressionJob.objects.create(
+                tenant=access.tenant,
+                model=model,
+                version=version,
+                method=method,
+                params=checked,
+                data=encoded,
+                queue=settings.COMPRESSION_QUEUE,
+                created_by=access.user,
+                idempotency_key=idempotency_key,
+                request_hash=body_hash,
+            )
+            audit_record(
+                action="compression.create",
+                actor=actor,
+                tenant=access.tenant,
+                target=job,
+                data={"model": model.ref, "version": version.number, "method": method},
+            )
+            transaction.on_commit(lambda: enqueue(job))
+    except IntegrityError:
+        # The same key raced in from a concurrent retry: answer with the winner.
+        existing = (
+            _by_idempotency_key(access, idempotency_key, body_hash) if idempotency_key else None
         )
-        audit_record(
-            action="compression.create",
-            actor=actor,
-            tenant=access.tenant,
-            target=job,
-            data={"model": model.ref, "version": version.number, "method": method},
-        )
-        transaction.on_commit(lambda: enqueue(job))
-    return job
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _by_idempotency_key(access: Access, key: str, body_hash: str) -> CompressionJob | None:
+    since = timezone.now() - settings.IDEMPOTENCY_TTL
+    # A key older than a day is free again.
+    CompressionJob.objects.filter(
+        tenant=access.tenant, idempotency_key=key, created_at__lt=since
+    ).update(idempotency_key="")
+    existing = CompressionJob.objects.filter(
+        tenant=access.tenant, idempotency_key=key, created_at__gte=since
+    ).first()
+    if existing is not None and existing.request_hash != body_hash:
+        raise Conflict("This Idempotency-Key was used with a different request body.")
+    return existing
 
 
 def _job_data(data: Any, version: ModelVersion) -> bytes:

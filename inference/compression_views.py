@@ -85,7 +85,7 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
         messages.error(request, "Choose a version to compress.")
         return back
     try:
-        job = jobs.job_create(
+        job, _created = jobs.job_create(
             access=_access(request),
             model=model,
             version=version,

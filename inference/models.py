@@ -168,8 +168,18 @@ class CompressionJob(models.Model):
     # has stopped was lost with its worker and may be claimed again.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # A retried POST with the same Idempotency-Key returns this job instead of a second one.
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="compression_idempotency_key_unique",
+            )
+        ]
         indexes = [models.Index(fields=["tenant", "-created_at"])]
 
     def __str__(self) -> str:

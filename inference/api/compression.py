@@ -15,6 +15,7 @@ from billing.models import UsageRecord
 from inference import compression_services as jobs
 from inference.compression.params import METHODS
 from inference.models import CompressionJob
+from inference.services import request_hash
 from marketplace import selectors
 
 
@@ -152,14 +153,15 @@ class JobsView(JobScopedMixin, GenericAPIView):
     @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
     def post(self, request):
         """Compress a version of a model your organisation owns. A method that cannot apply
-        to the version is refused with 422 and the reason; bad parameters are 400."""
+        to the version is refused with 422 and the reason; bad parameters are 400. A retry
+        with the same ``Idempotency-Key`` answers 200 with the first job."""
         data = JobCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         body = data.validated_data
         owner, _, name = body["model"].partition("/")
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="change")
         version = selectors.version_resolve(model, body["version"])
-        job = jobs.job_create(
+        job, created = jobs.job_create(
             access=request.auth,
             model=model,
             version=version,
@@ -167,8 +169,11 @@ class JobsView(JobScopedMixin, GenericAPIView):
             params=body["params"],
             data=body.get("data"),
             actor=request_actor(request),
+            idempotency_key=request.headers.get("Idempotency-Key", "")[:255],
+            body_hash=request_hash(request.data),
         )
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(JobSerializer(job).data, status=code)
 
 
 class JobDetailView(JobScopedMixin, GenericAPIView):

@@ -63,7 +63,7 @@ def test_a_method_that_cannot_apply_is_explained_on_the_model_page(alice, mlp_ve
 def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
     from marketplace.vault.store import artifact_create
 
-    job = jobs.job_create(
+    job, _created = jobs.job_create(
         access=Access(tenant=tenant, scopes=frozenset()),
         model=mlp_version.model,
         version=mlp_version,
@@ -107,7 +107,7 @@ def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
 
 
 def test_another_organisation_sees_no_job(charlie, outsider, tenant, mlp_version):
-    job = jobs.job_create(
+    job, _created = jobs.job_create(
         access=Access(tenant=tenant, scopes=frozenset()),
         model=mlp_version.model,
         version=mlp_version,

@@ -213,3 +213,18 @@ def test_compression_endpoints_are_in_the_openapi_schema(api):
 
     for path in ["", "/{id}", "/{id}/cancel", "/{id}/promote"]:
         assert f"/api/v1/compression-jobs{path}" in schema["paths"], path
+
+
+def test_a_retried_start_with_the_same_idempotency_key_returns_the_first_job(api, mlp_version):
+    body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+
+    first = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="start-once")
+    again = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="start-once")
+    other = api.post(
+        URL, {**body, "method": "prune"}, format="json", HTTP_IDEMPOTENCY_KEY="start-once"
+    )
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 409 and "different request body" in other.json()["detail"]
+    assert CompressionJob.objects.count() == 1

@@ -58,7 +58,7 @@ def scripted(module: nn.Module) -> bytes:
 
 def queued(tenant, version, method: str, params: dict) -> CompressionJob:
     access = Access(tenant=tenant, scopes=frozenset({"models:write"}))
-    return jobs.job_create(
+    job, _created = jobs.job_create(
         access=access,
         model=version.model,
         version=version,
@@ -66,6 +66,7 @@ def queued(tenant, version, method: str, params: dict) -> CompressionJob:
         params=params,
         actor=accounts.SYSTEM,
     )
+    return job
 
 
 def test_hostile_and_hanging_models_fail_their_jobs_and_the_worker_keeps_serving(tenant):

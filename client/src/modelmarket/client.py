@@ -433,10 +433,10 @@ class Client:
         }
         if data is not None:
             body["data"] = data
-        # Not repeated once it may have reached the server: the API does not honour
-        # idempotency keys for jobs yet, and a second job would be billed.
+        # The server honours the idempotency key: a repeat returns the first job, never a
+        # second (billed) one.
         return CompressionJob.from_json(
-            self.http.json("POST", "/api/v1/compression-jobs", json=body)
+            self.http.json("POST", "/api/v1/compression-jobs", json=body, repeatable=True)
         )
 
     def get_compression_job(self, job_id: str) -> CompressionJob:
