@@ -28,7 +28,10 @@ def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
         return Response(body, status=exc.status_code, headers=exc.headers)
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, RecursionError):
+        # json.loads recurses once per level: a body nested thousands deep is bad input.
+        exc = exceptions.ParseError("The JSON body is nested too deeply.")
+    elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )

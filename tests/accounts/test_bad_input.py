@@ -19,6 +19,13 @@ def test_malformed_json_is_400_and_creates_nothing(api):
     assert ApiKey.objects.count() == before
 
 
+def test_json_nested_too_deeply_is_400_not_500(api):
+    """Found by the reliability suite: json.loads' RecursionError was a 500."""
+    response = _post_raw(api, '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "The JSON body is nested too deeply."
+
+
 def test_unknown_field_is_400_naming_it(api):
     response = api.post(
         "/api/v1/keys", {"name": "x", "scopes": ["inference"], "scope": "admin"}, format="json"
