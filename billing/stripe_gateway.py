@@ -267,7 +267,12 @@ def invoice_charge(invoice: str) -> str:
         if not intents:
             return ""
         intent = client().v1.payment_intents.retrieve(intents[0])
-    return intent.latest_charge or ""
+    charge = intent.latest_charge
+    if charge is not None and not isinstance(charge, str):
+        # Expanded into the Charge itself (localstripe always does): its id, not its text,
+        # which PostgreSQL refuses for a 64-character column (SQLite stored it silently).
+        charge = charge.id
+    return charge or ""
 
 
 def _invoice(invoice: Any) -> dict:
