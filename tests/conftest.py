@@ -81,7 +81,7 @@ def outsider_api(outsider) -> APIClient:
     return key_client(outsider)
 
 
-def _database_url(settings_dict: dict) -> str:
+def database_url(settings_dict: dict) -> str:
     """The URL of the test database (pytest-django's ``test_…`` one on PostgreSQL)."""
     from urllib.parse import quote
 
@@ -124,11 +124,11 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     from tests.plugin import _free_port
 
     with django_db_blocker.unblock():
-        database_url = _database_url(connection.settings_dict)
+        url = database_url(connection.settings_dict)
     metrics_port = _free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": url,
         "PYTHONUNBUFFERED": "1",
         "MM_WEBHOOK_RETRY_DELAYS": "0.2,0.4,0.8",
         "MM_HOST_PRESTART": "0",

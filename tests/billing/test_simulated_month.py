@@ -34,7 +34,7 @@ from billing.reconcile import reconcile
 from billing.services import cents, usage_record_create
 from marketplace.listings import listing_publish, listing_subscribe
 from tests.billing.conftest import CARD_DECLINED, CARD_OK, ROOT, save_card
-from tests.conftest import key_client
+from tests.conftest import database_url, key_client
 from tests.inference.conftest import Classifier, export, ready_version, signature
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -161,7 +161,7 @@ def test_a_month_of_usage_with_a_bad_network_and_a_crash_reconciles_to_the_cent(
     # Act 1: the close dies after Stripe acted on its 9th request.
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(connection.settings_dict),
         "MM_BILLING_COLLECT_LEASE_SECONDS": "2",  # the dead process's hold lapses quickly
     }
     killed = subprocess.run(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from marketplace.models import ModelVersion
-from tests.conftest import key_client
+from tests.conftest import database_url, key_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def _start_web(port: int) -> subprocess.Popen:
 
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(connection.settings_dict),
         "MM_UPLOAD_CHUNK_SIZE": "65536",
     }
     proc = subprocess.Popen(  # noqa: S603
