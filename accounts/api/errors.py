@@ -3,13 +3,32 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import OperationalError as DatabaseOperationalError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from accounts.exceptions import ServiceError
+
+logger = logging.getLogger(__name__)
+
+# Failures of what a request depends on rather than of the request: Redis unreachable, the
+# broker refusing a task, the database unreachable or locked past its busy timeout.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    KombuOperationalError,
+    DatabaseOperationalError,
+)
+RETRY_AFTER_SECONDS = "5"
 
 
 def _flatten(errors, path: str = "") -> list[str]:
@@ -28,6 +47,16 @@ def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
         return Response(body, status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, UNAVAILABLE):
+        # Redis (limits, queue) or the database down or locked: the caller may retry, and
+        # nothing was half-written (each write is one transaction).
+        logger.warning("API request refused with 503: %s: %s", type(exc).__name__, exc)
+        set_rollback()
+        return Response(
+            {"detail": "The service is briefly unavailable; retry shortly.", "code": "unavailable"},
+            status=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
     if isinstance(exc, RecursionError):
         # json.loads recurses once per level: a body nested thousands deep is bad input.
         exc = exceptions.ParseError("The JSON body is nested too deeply.")
