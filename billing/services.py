@@ -196,10 +196,9 @@ def customer_ensure(account: BillingAccount) -> str:
     if account.stripe_customer_id:
         return account.stripe_customer_id
     tenant = account.tenant
-    owner = tenant.memberships.filter(role=Role.OWNER).select_related("user").first()
     customer = gateway.customer_create(
         name=tenant.name,
-        email=owner.user.email if owner else "",
+        email=_owner_email(tenant),
         metadata={"mm_tenant": tenant.slug},
         idempotency_key=f"customer-{tenant.pk}-{tenant.slug}",
     )
@@ -208,6 +207,11 @@ def customer_ensure(account: BillingAccount) -> str:
     )
     account.refresh_from_db(fields=["stripe_customer_id"])
     return account.stripe_customer_id
+
+
+def _owner_email(tenant: Tenant) -> str:
+    owner = tenant.memberships.filter(role=Role.OWNER).select_related("user").first()
+    return owner.user.email if owner else ""
 
 
 def payment_setup_start(*, tenant: Tenant) -> dict:
@@ -679,9 +683,8 @@ def connect_onboarding_start(*, tenant: Tenant, actor: Actor) -> str:
     """The Stripe-hosted onboarding page for the publisher's Express account."""
     account = account_for(tenant)
     if not account.connect_account_id:
-        owner = tenant.memberships.filter(role=Role.OWNER).select_related("user").first()
         created = gateway.connect_account_create(
-            email=owner.user.email if owner else "",
+            email=_owner_email(tenant),
             metadata={"mm_tenant": tenant.slug},
             idempotency_key=f"connect-{tenant.pk}-{tenant.slug}",
         )

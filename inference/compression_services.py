@@ -20,6 +20,7 @@ from billing.services import usage_record_create
 from inference.compression import NotApplicable
 from inference.compression import params as checks
 from inference.models import CompressionJob
+from inference.services import by_idempotency_key
 from marketplace import services as registry
 from marketplace.models import Alias, Artifact, Model, ModelVersion
 
@@ -113,17 +114,7 @@ def job_create(
 
 
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> CompressionJob | None:
-    since = timezone.now() - settings.IDEMPOTENCY_TTL
-    # A key older than a day is free again.
-    CompressionJob.objects.filter(
-        tenant=access.tenant, idempotency_key=key, created_at__lt=since
-    ).update(idempotency_key="")
-    existing = CompressionJob.objects.filter(
-        tenant=access.tenant, idempotency_key=key, created_at__gte=since
-    ).first()
-    if existing is not None and existing.request_hash != body_hash:
-        raise Conflict("This Idempotency-Key was used with a different request body.")
-    return existing
+    return by_idempotency_key(CompressionJob, tenant=access.tenant, key=key, body_hash=body_hash)
 
 
 def _job_data(data: Any, version: ModelVersion) -> bytes:

@@ -119,13 +119,19 @@ def prediction_create(
 
 
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> Prediction | None:
+    return by_idempotency_key(Prediction, tenant=access.tenant, key=key, body_hash=body_hash)
+
+
+def by_idempotency_key(model_class, *, tenant, key: str, body_hash: str):
+    """The ``model_class`` row (a prediction or a compression job) a POST with this
+    Idempotency-Key made within 24 h; 409 when the key came with another body."""
     since = timezone.now() - settings.IDEMPOTENCY_TTL
     # A key older than a day is free again, whether or not the purge has run yet.
-    Prediction.objects.filter(
-        tenant=access.tenant, idempotency_key=key, created_at__lt=since
-    ).update(idempotency_key="")
-    existing = Prediction.objects.filter(
-        tenant=access.tenant, idempotency_key=key, created_at__gte=since
+    model_class.objects.filter(tenant=tenant, idempotency_key=key, created_at__lt=since).update(
+        idempotency_key=""
+    )
+    existing = model_class.objects.filter(
+        tenant=tenant, idempotency_key=key, created_at__gte=since
     ).first()
     if existing is not None and existing.request_hash != body_hash:
         raise Conflict("This Idempotency-Key was used with a different request body.")

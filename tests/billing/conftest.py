@@ -17,9 +17,11 @@ import stripe
 
 from accounts import services as accounts
 from billing import stripe_gateway
-from billing.services import account_for, payment_method_confirm, payment_setup_start
+from billing.services import payment_method_confirm, payment_setup_start
 from marketplace import services as registry
+from marketplace.listings import listing_publish, listing_subscribe
 from marketplace.models import Listing
+from tests.inference.conftest import Classifier, export, ready_version, signature
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = Path(os.environ.get("MM_LOCALSTRIPE_PYTHON", ROOT / ".venv-localstripe/bin/python"))
@@ -92,18 +94,32 @@ def save_card(stripe_api: stripe.StripeClient, tenant, number: str = CARD_OK):
     return payment_method_confirm(tenant=tenant, setup_intent=intent["id"], actor=accounts.SYSTEM)
 
 
-@pytest.fixture
-def listed_model(tenant):
-    """acme's paid listing: 0.01 per call + 0.10 per compute-second, 20 % platform fee."""
-    model = registry.model_create(tenant=tenant, name="paid-model", actor=accounts.SYSTEM)
+def listed(tenant, name: str = "clf", price_per_call: str = "0.25"):
+    """A model of ``tenant`` listed at ``price_per_call`` with a 20 % platform fee (no
+    version: for tests of the ledger and invoices alone)."""
+    model = registry.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM)
     Listing.objects.create(
         model=model,
-        title="Paid model",
+        title=name,
         visibility="public",
-        price_per_call=Decimal("0.01"),
-        price_per_second=Decimal("0.10"),
-        currency="usd",
+        price_per_call=Decimal(price_per_call),
         platform_fee_percent=Decimal("20"),
     )
-    account_for(tenant)
     return model
+
+
+@pytest.fixture
+def paid_clf(tenant, outsider):
+    """acme's classifier, ready to run, listed at 0.25 per call (20 % platform fee); globex
+    subscribed."""
+    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    listing = listing_publish(
+        model=version.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call="0.25",
+        price_per_second="0",
+    )
+    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    return version.model

@@ -12,8 +12,7 @@ from accounts import services as accounts
 from accounts.models import AuditEvent, User
 from billing.models import BillingAccount, UsageRecord
 from billing.services import credit_create, invoice_build, usage_record_create
-from marketplace import services as registry
-from marketplace.models import Listing
+from tests.billing.conftest import listed
 
 pytestmark = pytest.mark.django_db
 NOVEMBER = date(2026, 11, 1)
@@ -46,14 +45,7 @@ def test_operator_credits_a_tenant_and_the_next_invoice_is_lower(client, operato
 
 
 def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):
-    model = registry.model_create(tenant=tenant, name="clf", actor=accounts.SYSTEM)
-    Listing.objects.create(
-        model=model,
-        title="Clf",
-        visibility="public",
-        price_per_call=Decimal("0.25"),
-        platform_fee_percent=Decimal("20"),
-    )
+    model = listed(tenant)
     for i in range(3):
         usage_record_create(
             kind="prediction",

@@ -24,9 +24,8 @@ from billing.services import (
     transfers_create,
     usage_record_create,
 )
-from marketplace import services as registry
-from marketplace.models import Listing
 from tests.billing import stripe_wire as wire
+from tests.billing.conftest import listed
 
 pytestmark = pytest.mark.django_db
 PERIOD = date(2026, 10, 1)
@@ -36,14 +35,7 @@ PERIOD = date(2026, 10, 1)
 def paid_invoice(tenant, outsider):
     """globex's October invoice for 3 calls of acme's model at 0.25: 75 cents, of which 60
     are acme's (20 % platform fee), paid in Stripe as in_paid."""
-    model = registry.model_create(tenant=tenant, name="clf", actor=accounts.SYSTEM)
-    Listing.objects.create(
-        model=model,
-        title="Clf",
-        visibility="public",
-        price_per_call=Decimal("0.25"),
-        platform_fee_percent=Decimal("20"),
-    )
+    model = listed(tenant)
     for i in range(3):
         usage_record_create(
             kind="prediction",

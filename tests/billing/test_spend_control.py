@@ -9,13 +9,10 @@ import pytest
 from django.core import mail
 from django.test import Client
 
-from accounts import services as accounts
 from billing.models import UsageRecord
 from billing.services import usage_record_create
 from inference.models import Prediction
-from marketplace.listings import listing_publish, listing_subscribe
 from tests.conftest import key_client
-from tests.inference.conftest import Classifier, export, ready_version, signature
 
 pytestmark = pytest.mark.django_db
 
@@ -23,21 +20,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _no_card_needed(settings):
     settings.PAYMENT_METHOD_REQUIRED = False
-
-
-@pytest.fixture
-def paid_clf(tenant, outsider):
-    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0.25",
-        price_per_second="0",
-    )
-    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
-    return version.model
 
 
 def spend(consumer, model, calls: int, key=None) -> None:

@@ -18,15 +18,12 @@ from django.core.management.base import CommandError
 from django.db.models import F
 from django.utils import timezone
 
-from accounts import services as accounts
 from billing import stripe_gateway
 from billing.models import BillingAccount, Invoice, StripeEvent, UsageRecord
 from billing.reconcile import reconcile
 from billing.services import invoice_collect, period_close
-from marketplace.listings import listing_publish, listing_subscribe
 from tests.billing.conftest import CARD_DECLINED, save_card
 from tests.conftest import key_client
-from tests.inference.conftest import Classifier, export, ready_version, signature
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -46,22 +43,6 @@ def wait_for(condition, timeout: float = 30, what: str = "condition"):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
     return result
-
-
-@pytest.fixture
-def paid_clf(tenant, outsider):
-    """acme's classifier, listed at 0.25 per call (20 % platform fee); globex subscribed."""
-    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0.25",
-        price_per_second="0",
-    )
-    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
-    return version.model
 
 
 def predict(client, model: str = "acme/clf"):
