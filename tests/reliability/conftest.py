@@ -10,6 +10,7 @@ Every test here is marked ``reliability`` and left out of the default run (see p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -39,8 +40,8 @@ KNOBS = {
     "full": {
         "load_seconds": 120,
         "load_clients": 32,
-        "schema_examples": 30,
-        "schema_seconds": 420,
+        "schema_examples": 25,
+        "schema_seconds": 300,
         "brute_force": 3000,
         "upload_cuts": 10,
         "redis_outage_seconds": 8,
@@ -146,3 +147,133 @@ def render(records: list[Record], seconds: float) -> str:
             lines += ["", "| Figure | Value |", "| --- | --- |"]
             lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in r.figures.items()]
     return "\n".join(lines) + "\n"
+
+
+# --- the live stack: workers this suite may kill, and the Redis it may stop -----------------
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Worker:
+    """A real Celery worker process on the test database and Redis, started and killed by
+    the test. Its visibility timeout is short (``CELERY_TASK_TIME_LIMIT`` x 4), so a task
+    whose worker was killed is redelivered within about half a minute, not 20."""
+
+    def __init__(self, concurrency: int = 8, time_limit: int = 5, env: dict | None = None):
+        from django.db import connection
+
+        self.db_name = connection.settings_dict["NAME"]
+        self.concurrency = concurrency
+        self.time_limit = time_limit
+        self.env = env or {}
+        self.procs: list = []
+        self.proc = None
+
+    def start(self):
+        import subprocess
+        import sys
+        import uuid
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{self.db_name}",
+            "PYTHONUNBUFFERED": "1",
+            "MM_HOST_PRESTART": "0",
+            "CELERY_TASK_TIME_LIMIT": str(self.time_limit),
+            "CELERY_TASK_SOFT_TIME_LIMIT": str(max(1, self.time_limit - 1)),
+            **self.env,
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "default,cpu",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.concurrency),
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"reliability-{uuid.uuid4().hex[:8]}@%h",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+        )
+        self.procs.append(self.proc)
+        from config.celery import app
+
+        answer = app.send_task("workers.ping", args=["ready"]).get(timeout=90)
+        assert answer["pid"] == self.proc.pid, "another worker answered: only ours may run"
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and the model hosts it started (no clean shutdown)."""
+        import signal
+
+        import psutil
+
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except Exception:  # noqa: BLE001 - then it is killed
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker(request):
+    """``worker.start()`` starts one; whatever was started is stopped at the end."""
+    worker = Worker(**getattr(request, "param", {}))
+    yield worker
+    worker.stop()
+
+
+def redis_socket() -> Path:
+    return Path(os.environ["REDIS_URL"].removeprefix("unix://"))
+
+
+def redis_stop() -> None:
+    """Stop the suite's Redis as an operator would (SHUTDOWN SAVE: the queue is kept)."""
+    import redis
+
+    from tests import plugin
+
+    with contextlib.suppress(redis.ConnectionError):
+        redis.Redis(unix_socket_path=str(redis_socket())).shutdown(save=True)
+    plugin._state["redis"].wait(timeout=30)
+
+
+def redis_start() -> None:
+    """Start it again on the same socket and directory; it loads what SHUTDOWN SAVE wrote."""
+    from config import embedded
+    from tests import plugin
+
+    _sock, proc = embedded.start_redis(redis_socket().parent, daemonize=False)
+    plugin._state["redis"] = proc
