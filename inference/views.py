@@ -20,7 +20,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from accounts.exceptions import Forbidden, ServiceError
+from accounts.exceptions import Forbidden, ServiceError, TakenDown
 from accounts.models import Scope
 from accounts.tenancy import Access
 from accounts.views import tenant_required
@@ -167,6 +167,8 @@ def _runnable_model(access: Access, owner: str, name: str) -> tuple[Model, str]:
     """The model and, when the caller may see it but not run it, why not. Neither: 404."""
     try:
         model = selectors.model_for_access(access, owner=owner, name=name, perm="view")
+    except TakenDown:
+        raise  # 451 with the operator's reason, not a 404
     except ServiceError:
         raise Http404(f"No model {owner}/{name}.") from None
     if not access.has_scope(Scope.INFERENCE):
@@ -199,7 +201,11 @@ def playground_index(request: HttpRequest) -> HttpResponse:
 @tenant_required()
 def playground(request: HttpRequest, owner: str, name: str) -> HttpResponse:
     access = _access(request)
-    model, blocked = _runnable_model(access, owner, name)
+    try:
+        model, blocked = _runnable_model(access, owner, name)
+    except TakenDown as exc:
+        context = {"message": exc.message}
+        return render(request, "catalogue/taken_down.html", context, status=451)
     listing = Listing.objects.filter(model=model).first()
     context = {
         "model": model,

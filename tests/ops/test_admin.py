@@ -86,6 +86,10 @@ def test_a_taken_down_listing_answers_451_with_the_reason_everywhere_but_to_its_
     assert outsider_api.get("/v2/models/acme/clf").status_code == 451
     page = Client().get("/catalogue/acme/clf/")
     assert page.status_code == 451 and b"DMCA notice 2026-118" in page.content
+    member = Client()
+    member.force_login(outsider.memberships.get().user)
+    playground = member.get("/dashboard/playground/acme/clf/")
+    assert playground.status_code == 451 and b"DMCA notice 2026-118" in playground.content
     assert outsider_api.get("/api/v1/catalogue", {"q": "clf"}).json()["results"] == []
     # The publisher still reaches its own model.
     assert api.get("/api/v1/models/acme/clf").status_code == 200
