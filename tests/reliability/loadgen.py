@@ -23,13 +23,25 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 def timed(results, kind, session, method, url, **kwargs):
     started = time.perf_counter()
+    retried = False
     try:
-        response = session.request(method, url, timeout=60, **kwargs)
+        try:
+            response = session.request(method, url, timeout=60, **kwargs)
+        except requests.ConnectionError:
+            # Refused or reset before any answer (the test server's listen backlog is 10):
+            # nothing reached the application, so a client sends it again, once.
+            retried = True
+            response = session.request(method, url, timeout=60, **kwargs)
     except requests.RequestException as exc:
         results.append({"kind": kind, "status": 0, "ms": 0, "error": type(exc).__name__})
         return None
     results.append(
-        {"kind": kind, "status": response.status_code, "ms": (time.perf_counter() - started) * 1e3}
+        {
+            "kind": kind,
+            "status": response.status_code,
+            "ms": (time.perf_counter() - started) * 1e3,
+            "retried": retried,
+        }
     )
     return response
 

@@ -427,7 +427,7 @@ def test_upload_cut_at_random_points_resumes_byte_identical(scenario, knobs, ten
     assert UploadSession.objects.get(public_id=upload["id"]).status == "completed"
 
 
-def test_locked_database_answers_503_and_writes_nothing(scenario, tenant):
+def test_locked_database_answers_503_and_writes_nothing(scenario, tenant, monkeypatch):
     record = scenario(
         "Database locked (SQLite busy)",
         injected="another connection holds SQLite's write lock (BEGIN EXCLUSIVE) while the "
@@ -440,7 +440,11 @@ def test_locked_database_answers_503_and_writes_nothing(scenario, tenant):
     api.raise_request_exception = False
     api.get("/api/v1/models")  # authenticated once: the key is cached
     connection.close()
-    connection.settings_dict["OPTIONS"] = {**connection.settings_dict["OPTIONS"], "timeout": 1}
+    # The settings dict is shared by every connection made after this (live servers'
+    # threads too): monkeypatch puts the 20 s busy timeout back at the end.
+    monkeypatch.setitem(
+        connection.settings_dict, "OPTIONS", {**connection.settings_dict["OPTIONS"], "timeout": 1}
+    )
     before = (Model.objects.count(), ApiKey.objects.count(), Prediction.objects.count())
     connection.close()
 
@@ -473,3 +477,4 @@ def test_locked_database_answers_503_and_writes_nothing(scenario, tenant):
     assert all(r.headers.get("Retry-After") for r in locked)
     assert after == before
     assert retried.status_code == 201
+    connection.close()  # the next test's connection gets the usual timeout

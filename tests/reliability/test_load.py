@@ -162,6 +162,7 @@ def test_32_clients_get_no_5xx_and_every_prediction_is_billed_once(
         "requests per second": round(len(results) / wall, 1),
         "statuses": ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
         "5xx or connection errors": len(server_errors),
+        "sent again after a refused connection": sum(1 for r in results if r.get("retried")),
         **{f"latency {k}": v for k, v in latency.items()},
         "async: submit to done p50 / p99": (
             f"{percentile(async_done, 50):.0f} / {percentile(async_done, 99):.0f} ms"
