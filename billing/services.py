@@ -223,8 +223,15 @@ def payment_setup_start(*, tenant: Tenant) -> dict:
 @transaction.atomic
 def payment_method_confirm(*, tenant: Tenant, setup_intent: str, actor: Actor) -> BillingAccount:
     """Make the card a confirmed SetupIntent saved the tenant's default payment method."""
-    account = BillingAccount.objects.select_for_update().get(tenant=tenant)
-    intent = gateway.setup_intent_retrieve(setup_intent)
+    if not setup_intent.startswith("seti_"):
+        raise ServiceError("No confirmed card came with the form; enter the card again.")
+    account = BillingAccount.objects.select_for_update().filter(tenant=tenant).first()
+    if account is None or not account.stripe_customer_id:
+        raise NotFound("No such setup intent for this organisation.")
+    try:
+        intent = gateway.setup_intent_retrieve(setup_intent)
+    except gateway.ObjectMissing:
+        raise NotFound("No such setup intent for this organisation.") from None
     if intent["customer"] != account.stripe_customer_id:
         raise NotFound("No such setup intent for this organisation.")
     if intent["status"] != "succeeded" or not intent["payment_method"]:

@@ -125,10 +125,16 @@ def payment_method(request: HttpRequest) -> HttpResponse:
             )
         except ServiceError as e:
             messages.error(request, e.message)
+        except gateway.GatewayError as e:
+            messages.error(request, _stripe_trouble(e))
         else:
             messages.success(request, "Payment method saved.")
         return redirect("billing_dashboard:home")
-    intent = payment_setup_start(tenant=request.tenant)
+    try:
+        intent = payment_setup_start(tenant=request.tenant)
+    except gateway.GatewayError as e:
+        messages.error(request, _stripe_trouble(e))
+        return redirect("billing_dashboard:home")
     context = {
         "client_secret": intent["client_secret"],
         "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
@@ -144,4 +150,15 @@ def connect_start(request: HttpRequest) -> HttpResponse:
     if not settings.STRIPE_SECRET_KEY:
         messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
         return redirect("billing_dashboard:home")
-    return redirect(connect_onboarding_start(tenant=request.tenant, actor=request_actor(request)))
+    try:
+        page = connect_onboarding_start(tenant=request.tenant, actor=request_actor(request))
+    except gateway.GatewayError as e:
+        messages.error(request, _stripe_trouble(e))
+        return redirect("billing_dashboard:home")
+    return redirect(page)
+
+
+def _stripe_trouble(error: gateway.GatewayError) -> str:
+    if isinstance(error, gateway.GatewayUnavailable):
+        return "Stripe cannot be reached right now; nothing was changed. Try again in a minute."
+    return f"Stripe refused the request; nothing was changed. ({error})"

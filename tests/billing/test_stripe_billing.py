@@ -239,3 +239,26 @@ def test_reconcile_reports_usage_recorded_after_the_invoice(
         f"globex {last_month():%Y-%m} usd: acme/clf: publisher share 40 in the ledger, "
         "20 on the invoice",
     ]
+
+
+def test_billing_pages_answer_stripe_trouble_with_a_message_not_a_500(
+    stripe_api, settings, charlie, outsider
+):
+    from django.test import Client
+
+    owner = Client()
+    owner.force_login(charlie)
+
+    forged = owner.post("/dashboard/billing/payment-method/", {"setup_intent": "seti_nope"})
+    empty = owner.post("/dashboard/billing/payment-method/", {}, follow=True)
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
+    stripe_gateway.configure()
+    unreachable = owner.get("/dashboard/billing/payment-method/", follow=True)
+    connect = owner.post("/dashboard/billing/connect/", follow=True)
+    stripe_gateway.configure()
+
+    assert forged.status_code == 302
+    assert "No confirmed card came with the form" in empty.content.decode()
+    assert "Stripe cannot be reached right now" in unreachable.content.decode()
+    assert "Stripe cannot be reached right now" in connect.content.decode()
+    assert not BillingAccount.objects.get(tenant=outsider).payment_method_id
