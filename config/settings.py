@@ -271,6 +271,9 @@ MODEL_HOST_PRESTART = int(env("MM_HOST_PRESTART", "1"))
 MODEL_HOST_MAX_REQUESTS = int(env("MM_HOST_MAX_REQUESTS", "100000"))
 MODEL_HOST_PING_SECONDS = float(env("MM_HOST_PING_SECONDS", "30"))
 MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
+# What one model host process costs besides its model (Python and torch), counted against
+# MODEL_CACHE_BYTES for every loaded host.
+MODEL_HOST_OVERHEAD_BYTES = int(env("MM_HOST_OVERHEAD_BYTES", str(300 * 1024**2)))
 MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
 MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")

@@ -77,8 +77,10 @@ class IdleHosts:
 
 
 class LoadedHosts:
-    """Hosts with a model loaded, by version key, least recently used evicted first once the
-    models' bytes exceed ``capacity_bytes``."""
+    """Hosts with a model loaded, by version key, least recently used evicted first once
+    their memory exceeds ``capacity_bytes``: each model's bytes plus what a host process
+    costs by itself (``MODEL_HOST_OVERHEAD_BYTES``: the interpreter and torch), so many small
+    models cannot grow the hosts' memory without bound."""
 
     def __init__(self, capacity_bytes: int):
         self.capacity = capacity_bytes
@@ -120,7 +122,8 @@ class LoadedHosts:
             return list(self._hosts.values())
 
     def used(self) -> int:
-        return sum(h.loaded_bytes for h in self._hosts.values())
+        overhead = settings.MODEL_HOST_OVERHEAD_BYTES
+        return sum(h.loaded_bytes + overhead for h in self._hosts.values())
 
     def keys(self) -> list[str]:
         return list(self._hosts)
@@ -191,8 +194,11 @@ class Hosts:
         return host
 
     def close(self) -> None:
+        """Kill every host; the next use starts afresh, sized by the settings then."""
         for group in [*self._idle.values(), *self._loaded.values()]:
             group.close()
+        self._idle.clear()
+        self._loaded.clear()
 
 
 HOSTS = Hosts()

@@ -303,3 +303,22 @@ def test_health_check_kills_a_host_that_stopped_answering(tenant):
     assert HOSTS.ping_all() == 1
     assert not host.alive
     assert HOSTS.loaded("cpu").get(version_key(version)) is None
+
+
+def test_loaded_hosts_count_their_own_memory_so_small_models_cannot_pile_up(tenant, settings):
+    HOSTS.close()  # the cache is sized when first used: start from an empty one
+    settings.MODEL_CACHE_BYTES = 1024**3
+    settings.MODEL_HOST_OVERHEAD_BYTES = 400 * 1024**2  # two hosts fit, three do not
+    versions = [
+        version_validate(
+            version_id=make_version(
+                tenant, export(Classifier(), torch.randn(2, 4)), "pt2"
+            ).public_id
+        )
+        for _ in range(3)
+    ]
+
+    loaded = HOSTS.loaded("cpu")
+
+    assert loaded.keys() == [version_key(v) for v in versions[1:]]
+    assert loaded.used() <= settings.MODEL_CACHE_BYTES
