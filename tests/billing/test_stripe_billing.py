@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing import stripe_gateway
-from billing.models import BillingAccount, Invoice, StripeEvent, UsageRecord
+from billing.models import BillingAccount, Invoice, StripeEvent, Transfer, UsageRecord
 from billing.reconcile import reconcile
 from billing.services import invoice_collect, period_close
 from tests.billing.conftest import CARD_DECLINED, save_card
@@ -92,6 +92,9 @@ def test_a_closed_month_is_invoiced_once_paid_by_card_and_reconciles(
         ).exists(),
         what="invoice.payment_succeeded processed",
     )
+    # The publisher's share is owed by a task the payment queued (acme has no Connect
+    # account yet, so the transfer waits for one).
+    wait_for(invoice.transfers.exists, what="the publisher's transfer")
     assert reconcile(period=last_month()) == []
     call_command("reconcile", "--period", f"{last_month():%Y-%m}")
 
@@ -227,6 +230,7 @@ def test_reconcile_reports_usage_recorded_after_the_invoice(
     assert predict(globex).json()["status"] == "succeeded"
     into_last_month()
     call_command("close_period", "--period", f"{last_month():%Y-%m}")
+    wait_for(Transfer.objects.exists, what="the publisher's transfer")
     assert predict(globex).json()["status"] == "succeeded"
     into_last_month()  # a late record for the closed month
 
