@@ -59,7 +59,8 @@ def prediction_cancel(*, prediction: Prediction, actor: Actor) -> Prediction:
 
 @transaction.atomic
 def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
-    """Queue a failed compression job again, from the start."""
+    """Queue a failed compression job again, from the start, with its attempts counted
+    afresh (a job failed for losing its worker three times could not be claimed otherwise)."""
     retried = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.FAILED).update(
         status=CompressionJob.Status.QUEUED,
         error="",
@@ -69,6 +70,8 @@ def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
         loss=None,
         started_at=None,
         completed_at=None,
+        heartbeat_at=None,
+        attempts=0,
     )
     if not retried:
         raise Conflict(f"{job.public_id} is {job.status}; only a failed job can be retried.")

@@ -54,3 +54,19 @@ def test_a_cancelled_job_is_never_claimed(job):
 
     assert not jobs.job_claim(job)
     assert not jobs.job_heartbeat(job)
+
+
+def test_an_operator_retry_of_a_job_lost_three_times_can_be_claimed_again(job):
+    from accounts import services as accounts
+    from inference import operations
+
+    jobs.job_claim(job)
+    for _ in range(3):
+        silent_for(job, 3)
+        jobs.job_claim(job)
+    assert CompressionJob.objects.get(pk=job.pk).status == CompressionJob.Status.FAILED
+
+    operations.job_retry(job=job, actor=accounts.SYSTEM)
+
+    assert jobs.job_claim(job)
+    assert CompressionJob.objects.get(pk=job.pk).attempts == 1
