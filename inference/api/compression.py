@@ -13,6 +13,7 @@ from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from billing.models import UsageRecord
 from inference import compression_services as jobs
+from inference.api.predictions import StatusModelFilterMixin
 from inference.compression.params import METHODS
 from inference.models import CompressionJob
 from inference.services import request_hash
@@ -125,19 +126,9 @@ class JobScopedMixin(TenantScopedMixin):
     lookup_url_kwarg = "id"
 
 
-class JobsView(JobScopedMixin, GenericAPIView):
+class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
     pagination_class = CreatedCursorPagination
     required_scope = {"GET": Scope.MODELS_READ, "POST": Scope.MODELS_WRITE}
-
-    def get_base_queryset(self):
-        queryset = super().get_base_queryset()
-        params = self.request.query_params
-        if params.get("status"):
-            queryset = queryset.filter(status=params["status"])
-        if params.get("model"):
-            owner, _, name = params["model"].partition("/")
-            queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
-        return queryset
 
     @extend_schema(
         parameters=[

@@ -105,11 +105,8 @@ def wait_seconds(prefer: str) -> float:
     return min(float(match.group(1) or settings.MAX_WAIT_SECONDS), settings.MAX_WAIT_SECONDS)
 
 
-class PredictionsView(TenantScopedMixin, GenericAPIView):
-    queryset = Prediction.objects.select_related("model__tenant", "version")
-    serializer_class = PredictionSerializer
-    pagination_class = CreatedCursorPagination
-    required_scope = {"GET": Scope.INFERENCE, "POST": Scope.INFERENCE}
+class StatusModelFilterMixin:
+    """``?status=`` and ``?model=owner/name`` on a list of a tenant's predictions or jobs."""
 
     def get_base_queryset(self):
         queryset = super().get_base_queryset()
@@ -120,6 +117,13 @@ class PredictionsView(TenantScopedMixin, GenericAPIView):
             owner, _, name = params["model"].partition("/")
             queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
         return queryset
+
+
+class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView):
+    queryset = Prediction.objects.select_related("model__tenant", "version")
+    serializer_class = PredictionSerializer
+    pagination_class = CreatedCursorPagination
+    required_scope = {"GET": Scope.INFERENCE, "POST": Scope.INFERENCE}
 
     @extend_schema(
         parameters=[
