@@ -9,7 +9,7 @@ from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from accounts.tenancy import client_ip
 from inference import operations
-from inference.models import CompressionJob, Prediction
+from inference.models import AbuseFlag, CompressionJob, Prediction
 
 
 def _operator(request) -> Actor:
@@ -122,3 +122,26 @@ class CompressionJobAdmin(_ReadOnly):
             lambda j: operations.job_cancel(job=j, actor=operator),
             "Cancelled:",
         )
+
+
+@admin.register(AbuseFlag)
+class AbuseFlagAdmin(_ReadOnly):
+    """Keys flagged for possible model extraction (publishers see their own in the API)."""
+
+    list_display = [
+        "public_id",
+        "tenant",
+        "model",
+        "consumer",
+        "key_prefix",
+        "reason",
+        "rejected",
+        "predictions",
+        "distinct_inputs",
+        "first_seen",
+        "last_seen",
+    ]
+    list_filter = ["reason"]
+    search_fields = ["public_id", "tenant__slug", "consumer__slug", "key_prefix", "model__name"]
+    date_hierarchy = "first_seen"
+    list_select_related = ["tenant", "consumer", "model__tenant"]

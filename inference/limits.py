@@ -1,5 +1,6 @@
 """Admission control before any work is queued: per-key rate limits and queue backpressure,
-both in Redis."""
+both in Redis. A key's rejections are also counted for model-extraction flags
+(``inference.abuse``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from django.conf import settings
 
 from accounts.exceptions import ServiceError
-from inference import realtime
+from inference import abuse, realtime
 
 
 class TooManyRequests(ServiceError):
@@ -39,6 +40,7 @@ def rate_limit(bucket: str, limit: int, window: int = 60) -> dict[str, str]:
         "RateLimit-Policy": f"{limit};w={window}",
     }
     if count > limit:
+        abuse.rejection_note(bucket, now)
         raise TooManyRequests(
             f"Rate limit of {limit} requests per {window} s reached for this API key; "
             f"retry in {reset} s.",

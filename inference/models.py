@@ -188,3 +188,37 @@ class CompressionJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+
+class AbuseFlag(models.Model):
+    """One API key of another organisation that looked like it was copying a model (a flood
+    of distinct inputs that ran into the rate limit), once per key, model and window. Kept
+    for the publisher (``tenant``) to see; it blocks nothing by itself."""
+
+    class Reason(models.TextChoices):
+        EXTRACTION = "extraction", "Possible model extraction"
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "flag"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="abuse_flags")
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="abuse_flags")
+    consumer = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    key_prefix = models.CharField(max_length=16)  # kept after the key is deleted
+    reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.EXTRACTION)
+    window_start = models.DateTimeField()
+    rejected = models.PositiveIntegerField(default=0)  # rate-limit rejections in the window
+    predictions = models.PositiveIntegerField(default=0)  # accepted calls to this model
+    distinct_inputs = models.PositiveIntegerField(default=0)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key_prefix", "model", "window_start"], name="abuse_flag_once_per_window"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "-first_seen"])]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.key_prefix} on {self.model_id})"
