@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.billing.conftest import stripe_api, stripe_server  # noqa: F401 - fixtures
+from tests.compression.conftest import mlp_version, trained_mlp  # noqa: F401 - fixtures
 
 SIZE = os.environ.get("MM_RELIABILITY_SIZE", "small")
 if SIZE not in ("small", "full"):
@@ -36,6 +37,7 @@ KNOBS = {
         "brute_force": 300,
         "upload_cuts": 3,
         "redis_outage_seconds": 3,
+        "extraction_flood": 400,
     },
     "full": {
         "load_seconds": 120,
@@ -45,6 +47,7 @@ KNOBS = {
         "brute_force": 3000,
         "upload_cuts": 10,
         "redis_outage_seconds": 8,
+        "extraction_flood": 2000,
     },
 }[SIZE]
 

@@ -1,6 +1,6 @@
 """Abuse: API keys guessed, revoked, expired and sent where they leak; Stripe webhooks forged,
 replayed and stale; hostile request bodies and model files; the dashboard's CSRF, XSS,
-clickjacking and session fixation defences."""
+clickjacking and session fixation defences; a model-extraction flood."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import statistics
 import time
@@ -26,10 +27,11 @@ from accounts import secrets
 from accounts import services as accounts
 from accounts.models import ApiKey
 from billing.models import StripeEvent
+from inference.models import AbuseFlag
 from marketplace import listings
 from marketplace import services as registry
 from marketplace.models import ModelVersion
-from tests.conftest import PASSWORD, key_client
+from tests.conftest import PASSWORD, key_client, make_user
 from tests.inference.conftest import Classifier, export, ready_version, signature
 from tests.marketplace.conftest import sha256
 
@@ -411,3 +413,103 @@ def test_dashboard_resists_csrf_xss_framing_and_session_fixation(scenario, tenan
         f"all {len(urls)} POSTs refused with 403; markup escaped on "
         f"{len(pages)} pages; X-Frame-Options DENY; session key rotated at sign-in"
     )
+
+
+def test_model_extraction_flood_is_limited_and_flagged_for_the_publisher(
+    scenario, knobs, tenant, outsider, settings
+):
+    flood = knobs["extraction_flood"]
+    limit = 100
+    record = scenario(
+        "Model extraction: a flood of high-entropy queries",
+        injected=f"one globex key sends {flood} predictions of uniformly random inputs to "
+        f"acme's listed classifier as fast as it can (rate limit {limit}/min per key); "
+        "beside it, another globex key making a few dozen ordinary calls, a globex key "
+        "repeating one input in a loop, and acme's own key flooding its own model",
+        expected="the flood is cut to the limit with 429 and Retry-After; exactly one flag, "
+        "for that key and model, visible to acme (its API list and the admin), 404 to "
+        "globex and to a third organisation; the ordinary key, the loop and acme's own key "
+        "(limited exactly alike) are not flagged",
+    )
+    settings.RATE_LIMIT_PER_MINUTE = limit
+    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    listing = listings.listing_publish(
+        model=version.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call="0",
+        price_per_second="0",
+    )
+    listings.listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    rng = random.Random(11)
+
+    def send(client, count: int, *, distinct: bool = True) -> dict[int, int]:
+        statuses: dict[int, int] = {}
+        for _ in range(count):
+            x = [[rng.uniform(-1e3, 1e3) for _ in range(4)]] if distinct else [[1, 2, 3, 4]]
+            response = client.post(
+                "/api/v1/predictions", {"model": "acme/clf", "input": {"x": x}}, format="json"
+            )
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 429:
+                assert int(response["Retry-After"]) >= 0
+        return statuses
+
+    thief = key_client(outsider)
+    started = time.monotonic()
+    flooded = send(thief, flood)
+    seconds = time.monotonic() - started
+    ordinary = send(key_client(outsider), 30)
+    looping = send(key_client(outsider), limit + 60, distinct=False)
+    own = send(key_client(tenant), limit + 60)
+
+    flags = list(AbuseFlag.objects.select_related("model__tenant"))
+    thief_prefix = secrets.parse_api_key(thief.secret)
+    publisher_view = key_client(tenant).get("/dashboard/abuse-flags").json()["results"]
+    third = accounts.tenant_create(
+        slug="initech", name="Initech", owner=make_user("dana@initech.example")
+    )
+    others = [
+        key_client(outsider).get(f"/dashboard/abuse-flags/{flags[0].public_id}").status_code,
+        key_client(third).get(f"/dashboard/abuse-flags/{flags[0].public_id}").status_code,
+    ]
+    others_list = key_client(outsider).get("/dashboard/abuse-flags").json()["results"]
+    admin_user = make_user("ops@modelmarket.example")
+    admin_user.is_staff = admin_user.is_superuser = True
+    admin_user.save()
+    console = Client()
+    console.force_login(admin_user)
+    admin_page = console.get("/admin/inference/abuseflag/")
+
+    flag = flags[0] if flags else None
+    record.figures = {
+        "flood": ", ".join(f"{k}: {v}" for k, v in sorted(flooded.items())),
+        "flood requests per second": round(flood / seconds),
+        "flags": len(flags),
+        "flag: rejected / calls / distinct inputs": flag
+        and f"{flag.rejected} / {flag.predictions} / {flag.distinct_inputs}",
+        "flag: first seen to last seen": flag
+        and f"{(flag.last_seen - flag.first_seen).total_seconds():.1f} s",
+        "ordinary key": ", ".join(f"{k}: {v}" for k, v in sorted(ordinary.items())),
+        "looping key": ", ".join(f"{k}: {v}" for k, v in sorted(looping.items())),
+        "acme's own key": ", ".join(f"{k}: {v}" for k, v in sorted(own.items())),
+        "acme's API list": len(publisher_view),
+        "globex / initech asking for the flag": " / ".join(map(str, others)),
+        "admin list": admin_page.status_code,
+    }
+    record.observed = (
+        f"the flood got {flooded.get(201, 0)} through and {flooded.get(429, 0)} refused with "
+        f"429; {len(flags)} flag, for the flooding key: "
+        f"{bool(flag and flag.key_prefix == thief_prefix)}; shown to acme, "
+        f"{others[0]}/{others[1]} to the others; the ordinary key, the loop and acme's own "
+        "key not flagged"
+    )
+    assert set(flooded) == {201, 429} and flooded[201] >= limit
+    assert len(flags) == 1 and flag.key_prefix == thief_prefix
+    assert (flag.tenant, flag.consumer, flag.model) == (tenant, outsider, version.model)
+    assert flag.rejected >= flooded[429] - flooded[429] % 20
+    assert [f["id"] for f in publisher_view] == [flag.public_id]
+    assert others == [404, 404] and others_list == []
+    assert admin_page.status_code == 200 and flag.public_id in admin_page.content.decode()
+    assert looping.get(429) and own.get(429) and set(ordinary) == {201}

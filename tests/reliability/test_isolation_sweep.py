@@ -18,7 +18,7 @@ from django.utils.regex_helper import normalize
 from accounts import services as accounts
 from accounts.models import AuditEvent, Membership
 from billing.models import Invoice
-from inference.models import CompressionJob, Prediction
+from inference.models import AbuseFlag, CompressionJob, Prediction
 from marketplace import listings
 from marketplace.models import Alias, UploadSession
 from tests.conftest import key_client, make_user
@@ -85,6 +85,13 @@ def victim(tenant, alice, bob):
     invoice = Invoice.objects.create(
         consumer=tenant, period=date(2026, 1, 1), currency="usd", amount_cents=1234
     )
+    flag = AbuseFlag.objects.create(
+        tenant=tenant,
+        model=model,
+        consumer=third,
+        key_prefix="Initech1",
+        window_start=timezone.now(),
+    )
     member = Membership.objects.get(tenant=tenant, user=bob).public_id
     ids = {
         "owner": "acme",
@@ -111,6 +118,7 @@ def victim(tenant, alice, bob):
         "compression-job": job.public_id,
         "compression-job-cancel": job.public_id,
         "compression-job-promote": job.public_id,
+        "abuse-flag": flag.public_id,
         "entitlement": entitlement.public_id,
         "entitlement-download": entitlement.public_id,
         "subscription": entitlement.public_id,
@@ -168,8 +176,8 @@ def test_outsider_cannot_tell_victims_objects_from_made_up_ids(
         "Tenant isolation sweep",
         injected="every URL pattern x GET/POST/PUT/PATCH/DELETE, called by globex (API key "
         "for /api and /v2, dashboard session otherwise) with acme's private model, version, "
-        "alias, upload, prediction, compression job, entitlement, invoice, key, member and "
-        "invitation ids; each repeated with a made-up id of the same shape",
+        "alias, upload, prediction, compression job, abuse flag, entitlement, invoice, key, "
+        "member and invitation ids; each repeated with a made-up id of the same shape",
         expected="never a 2xx on acme's objects, never a 500, and the victim's answer equal "
         "to the made-up id's (status and body, ids masked): existence does not leak",
     )
