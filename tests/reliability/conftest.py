@@ -108,6 +108,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     for record in _records:
         record.outcome = _outcomes.get(record.nodeid, "not run")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text(render(_records, time.monotonic() - _started))
 
 

@@ -1,10 +1,12 @@
-"""Faults against the running stack: a worker SIGKILLed mid-prediction, Redis stopped and
+"""Faults against the running stack: a worker SIGKILLed mid-prediction and mid-compression
+job, Redis stopped and
 restarted under traffic, model hosts that hang, crash or eat memory mid-batch, uploads cut
 off and resumed, and a locked database."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
@@ -19,7 +21,8 @@ from torch import nn
 
 from accounts.models import ApiKey
 from billing.models import UsageRecord
-from inference.models import Prediction
+from inference.compression_services import JOB_LOST_AFTER
+from inference.models import CompressionJob, Prediction
 from marketplace.models import Model, ModelVersion, UploadSession
 from marketplace.vault.store import artifact_read
 from tests.conftest import key_client
@@ -99,6 +102,90 @@ def test_worker_killed_mid_prediction_finishes_once_billed_once(scenario, worker
     assert statuses == {"succeeded": 8}
     assert set(usage) == set(ids) and set(usage.values()) == {1}
     assert retried >= 1
+
+
+# A killed worker's compression task comes back when the broker's visibility timeout
+# (CELERY_TASK_TIME_LIMIT x 4) runs out, and its job is claimed again only once its heartbeat
+# has been silent for JOB_LOST_AFTER (2 min): a redelivery before that finds the job "running
+# in a live worker" and drops it. So the timeout must outlast the silence; production's is
+# 22 min. Here it is just long enough, and kombu looks for expired messages every ~100 s.
+REDELIVERY_TIME_LIMIT = math.ceil((JOB_LOST_AFTER.total_seconds() + 30) / 4)
+
+
+@pytest.mark.parametrize("worker", [{"time_limit": REDELIVERY_TIME_LIMIT}], indirect=True)
+def test_worker_killed_mid_compression_job_finishes_once_billed_once(
+    scenario, worker, tenant, mlp_version
+):
+    visibility = REDELIVERY_TIME_LIMIT * 4
+    record = scenario(
+        "Worker SIGKILLed mid-compression job",
+        injected="a distillation job started through the API; SIGKILL of the worker (and the "
+        "model host training the student) once the job reports training progress; a new "
+        f"worker started at once; broker visibility timeout {visibility} s, a job is lost "
+        f"after {JOB_LOST_AFTER.total_seconds():.0f} s of heartbeat silence",
+        expected="the task redelivered and the job claimed again (attempt 2) once its "
+        "heartbeat has been silent long enough; it succeeds exactly once, with exactly one "
+        "new version and one compression usage record",
+    )
+    api = key_client(tenant)
+    worker.start()
+    response = api.post(
+        "/api/v1/compression-jobs",
+        {
+            "model": "acme/mlp",
+            "version": "1",
+            "method": "distill",
+            "params": {
+                "student": {"architecture": "mlp", "config": {"hidden": [64]}},
+                "samples": 4096,
+                "epochs": 12,
+                "patience": 12,
+            },
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    job_id = response.json()["id"]
+    jobs = CompressionJob.objects.filter(public_id=job_id)
+    wait_for(
+        lambda: jobs.filter(status="running", percent__gt=0).exists(), 180, "training progress"
+    )
+    at_kill = jobs.get()
+    killed_at = time.monotonic()
+    worker.kill()
+    worker.start()
+    wait_for(
+        lambda: jobs.filter(status__in=("succeeded", "failed", "cancelled")).exists(),
+        600,
+        "the job to finish after the restart",
+    )
+    recovered = time.monotonic() - killed_at
+    job = jobs.get()
+    new_versions = list(
+        ModelVersion.objects.filter(model=mlp_version.model).exclude(pk=mlp_version.pk)
+    )
+    usage = UsageRecord.objects.filter(source_id=job_id)
+    silent = (job.started_at - at_kill.heartbeat_at).total_seconds()
+
+    record.figures = {
+        "phase / percent when killed": f"{at_kill.phase} / {at_kill.percent:.0f} %",
+        "attempts": job.attempts,
+        "heartbeat silent before the re-claim": f"{silent:.0f} s",
+        "final status": job.status,
+        "new versions": len(new_versions),
+        "usage records (kind)": ", ".join(usage.values_list("kind", flat=True)) or "none",
+        "billed compute seconds": job.compute_seconds and round(job.compute_seconds, 1),
+        "seconds from kill to finished": round(recovered, 1),
+    }
+    record.observed = (
+        f"{job.status} on attempt {job.attempts}, re-claimed after {silent:.0f} s of heartbeat "
+        f"silence; {len(new_versions)} new version, {usage.count()} usage record; done "
+        f"{recovered:.0f} s after the kill"
+    )
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert [v.pk for v in new_versions] == [job.result_version_id]
+    assert list(usage.values_list("kind", flat=True)) == ["compression"]
 
 
 def test_redis_outage_answers_503_and_recovers_by_itself(
