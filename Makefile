@@ -35,11 +35,13 @@ test: install $(LOCALSTRIPE)
 test-fast: install $(LOCALSTRIPE)
 	$(PY) -m pytest -m "not e2e and not browser and not reliability"
 
-## Faults, load and abuse against the real stack; writes docs/reliability.md.
+## Faults, load and abuse against the real stack; writes docs/reliability.md (CI writes
+## MM_RELIABILITY_REPORT=var/reliability.md instead).
 ## MM_RELIABILITY_SIZE=small (CI, about 10 min) or full (the default here, longer load).
 MM_RELIABILITY_SIZE ?= full
+MM_RELIABILITY_REPORT ?= docs/reliability.md
 reliability: install $(LOCALSTRIPE)
-	MM_RELIABILITY_SIZE=$(MM_RELIABILITY_SIZE) MM_RELIABILITY_REPORT=docs/reliability.md \
+	MM_RELIABILITY_SIZE=$(MM_RELIABILITY_SIZE) MM_RELIABILITY_REPORT=$(MM_RELIABILITY_REPORT) \
 		$(PY) -m pytest tests/reliability -m reliability -p no:cacheprovider -v
 
 lint: install
