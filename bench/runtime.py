@@ -20,7 +20,13 @@ Warm prediction
   in-process under ``torch.inference_mode()`` on the same input, both on one thread
   (``MM_HOST_THREADS=1`` in the host). Target: under 0.3 ms added per call (median).
 
-    python bench/runtime.py [--quick] [--json PATH] [--profile] [--no-bubblewrap]
+    python bench/runtime.py [--quick] [--json PATH] [--profile] [--no-bubblewrap] [--device cuda]
+
+With ``--device cuda`` (a GPU worker's hosts) both sides run the model on the GPU: the hosts
+are started as a GPU worker starts them (CUDA context made while the host waits in the pool),
+and the in-process yardstick loads onto the GPU after making its own CUDA context. The warm
+in-process call then includes the copies a caller holding CPU tensors pays:
+``module(x.to("cuda")).cpu()``.
 
 Then a table of where the added microseconds go (each part timed alone with the same functions,
 and the voluntary context switches per call on both sides); ``--profile`` adds a cProfile of
@@ -51,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script, the project is not on the path
 
 import torch  # noqa: E402
+from torch.export.passes import move_to_device_pass  # noqa: E402
 
 from inference.runtime import architectures, codec  # noqa: E402  (needs the path above)
 from inference.runtime.protocol import pack  # noqa: E402
@@ -75,6 +82,7 @@ TARGET_COLD_RATIO = 2.0
 COLD_TARGET_MODEL = "mlp_200mb"
 KEY_ID = "bench-key"
 THREADS = 1  # settings.MODEL_HOST_THREADS
+DEVICE = "cpu"  # --device
 # As workers.pool.new_host with the default settings (MM_HOST_ADDRESS_SPACE etc.).
 HOST_LIMITS = sandbox.Limits(memory_bytes=16 * 1024**3, cpu_seconds=3600, threads=THREADS)
 HOST_RSS_LIMIT = 4 * 1024**3
@@ -206,8 +214,11 @@ class Hosts:
         self.started: list[ModelHost] = []
 
     def start(self) -> ModelHost:
+        # As workers.pool.new_host: no address-space limit on CUDA hosts (the driver maps
+        # far more than it uses).
+        limits = HOST_LIMITS if DEVICE == "cpu" else replace(HOST_LIMITS, memory_bytes=None)
         host = ModelHost(
-            device="cpu", limits=HOST_LIMITS, rss_limit=HOST_RSS_LIMIT, require_sandbox=False
+            device=DEVICE, limits=limits, rss_limit=HOST_RSS_LIMIT, require_sandbox=False
         )
         self.started.append(host)  # before start(): a failed start leaves a process to kill
         return host.start(timeout=LOAD_TIMEOUT)
@@ -244,16 +255,28 @@ sys.path[:0] = {paths!r}
 import io, json
 import torch
 torch.set_num_threads({threads})
+device = {device!r}
+if device != "cpu":
+    torch.zeros(1, device=device)  # the CUDA context, made before the clock starts
+    from torch.export.passes import move_to_device_pass
+
+def load(source):
+    program = torch.export.load(source)
+    if device != "cpu":
+        program = move_to_device_pass(program, device)
+        torch.cuda.synchronize()
+    return program.module()
+
 print("imported", flush=True)
 started = time.perf_counter()
-torch.export.load(sys.argv[1]).module()
+load(sys.argv[1])
 loaded = time.perf_counter()
-torch.export.load(sys.argv[1]).module()
+load(sys.argv[1])
 again = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     data = f.read()
 from_bytes = time.perf_counter()
-torch.export.load(io.BytesIO(data)).module()
+load(io.BytesIO(data))
 done = time.perf_counter()
 print(json.dumps({{
     "load_s": loaded - started, "reload_s": again - loaded, "reload_bytes_s": done - from_bytes
@@ -266,8 +289,9 @@ def baseline_load(artifact: Artifact) -> dict[str, float]:
     done, seen from here), the first load, then the same load again in that interpreter, from
     the path and from bytes in memory (the export code now imported)."""
     paths = [p for p in site.getsitepackages() if os.path.isdir(p)]
-    code = BASELINE_CODE.format(paths=paths, threads=THREADS)
+    code = BASELINE_CODE.format(paths=paths, threads=THREADS, device=DEVICE)
     env = {"OMP_NUM_THREADS": str(THREADS), "PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
+    env.update(sandbox.cuda_env() if DEVICE != "cpu" else {})
     started = time.perf_counter()
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
         [sys.executable, "-I", "-S", "-c", code, str(artifact.plain)],
@@ -384,8 +408,10 @@ def load_warm(artifact: Artifact, host: ModelHost) -> Loaded:
     # The archive carries its example input, as uploaded .pt2 files do.
     reply, _ = host.request({"op": "validate", "example": None}, timeout=LOAD_TIMEOUT)
     signature = Signature.from_json(reply["signature"])
-    module = torch.export.load(artifact.plain).module()
-    return Loaded(host, module, signature, signature.inputs[0].name)
+    program = torch.export.load(artifact.plain)
+    if DEVICE != "cpu":
+        program = move_to_device_pass(program, DEVICE)
+    return Loaded(host, program.module(), signature, signature.inputs[0].name)
 
 
 def host_call(loaded: Loaded, x: torch.Tensor, compute_ms: list[float]) -> Callable[[], Any]:
@@ -407,7 +433,9 @@ def local_call(loaded: Loaded, x: torch.Tensor) -> Callable[[], Any]:
 
     def call() -> torch.Tensor:
         with torch.inference_mode():
-            return module(x)
+            if DEVICE == "cpu":
+                return module(x)
+            return module(x.to(DEVICE)).cpu()
 
     return call
 
@@ -549,7 +577,7 @@ def breakdown(
     name = loaded.input_name
     payload = codec.encode({name: x})
     with torch.inference_mode():
-        out = outputs_to_dict(loaded.module(x))
+        out = outputs_to_dict(loaded.module(x.to(DEVICE)).cpu())
     reply_body = codec.encode(out)
     reply_header = {"ok": True, "compute_ms": 1.0}
 
@@ -863,6 +891,10 @@ def report_warm(
     return figures, met
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+
+
 def force_fallback_sandbox() -> None:
     """Run hosts as on a machine without bubblewrap: plain children, limits and seccomp."""
     sandbox.bubblewrap = lambda: None  # type: ignore[assignment]  # host_command looks it up too
@@ -876,7 +908,14 @@ def main() -> None:
     parser.add_argument(
         "--no-bubblewrap", action="store_true", help="run hosts without bubblewrap, as on a laptop"
     )
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where both sides run the model"
+    )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     plan = QUICK if args.quick else FULL
     if args.no_bubblewrap:
         force_fallback_sandbox()
@@ -911,7 +950,8 @@ def main() -> None:
         progress("timed the parts")
 
         print(
-            f"\nModel hosts: {isolation}; torch {torch.__version__}; {os.cpu_count()} CPUs; "
+            f"\nModel hosts: {isolation}; device {device_name()}; torch {torch.__version__}; "
+            f"{os.cpu_count()} CPUs; "
             f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
         cold_figures, cold_met = report_cold(artifacts, cold, plan)
@@ -935,6 +975,7 @@ def main() -> None:
             "warm": warm_figures,
             "environment": {
                 "isolation": isolation,
+                "device": device_name(),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),

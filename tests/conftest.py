@@ -95,7 +95,24 @@ def database_url(settings_dict: dict) -> str:
     return f"postgres://{auth}{host}{port}/{quote(settings_dict['NAME'], safe='')}"
 
 
-def _start_worker(queues: str, name: str, env: dict):
+def worker_env(django_db_blocker) -> dict[str, str]:
+    """The environment of a test worker process: the test Redis and the test database."""
+    import os
+
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        url = database_url(connection.settings_dict)
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PYTHONUNBUFFERED": "1",
+        "MM_WEBHOOK_RETRY_DELAYS": "0.2,0.4,0.8",
+        "MM_HOST_PRESTART": "0",
+    }
+
+
+def start_worker(queues: str, name: str, env: dict):
     import subprocess
     import sys
 
@@ -118,23 +135,13 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     import os
     import subprocess
 
-    from django.db import connection
-
     from config.celery import app
     from tests.plugin import _free_port
 
-    with django_db_blocker.unblock():
-        url = database_url(connection.settings_dict)
+    env = worker_env(django_db_blocker)
     metrics_port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "PYTHONUNBUFFERED": "1",
-        "MM_WEBHOOK_RETRY_DELAYS": "0.2,0.4,0.8",
-        "MM_HOST_PRESTART": "0",
-    }
     procs = [
-        _start_worker(
+        start_worker(
             "default,cpu",
             f"test-{os.getpid()}@%h",
             {**env, "MM_WORKER_METRICS_PORT": str(metrics_port)},
@@ -142,7 +149,11 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     ]
     second = os.environ.get("MM_TEST_SECOND_WORKER_QUEUES", "")
     if second:
-        procs.append(_start_worker(second, f"test2-{os.getpid()}@%h", env))
+        # MM_TEST_SECOND_WORKER_DEVICE=cuda on a GPU machine (bench/device_check.sh).
+        device = os.environ.get("MM_TEST_SECOND_WORKER_DEVICE", "cpu")
+        procs.append(
+            start_worker(second, f"test2-{os.getpid()}@%h", {**env, "MM_WORKER_DEVICE": device})
+        )
     try:
         # The first task doubles as the readiness probe.
         app.send_task("workers.ping", args=["ready"]).get(timeout=60)

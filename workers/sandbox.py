@@ -131,6 +131,45 @@ def _site_packages() -> list[str]:
     return [p for p in site.getsitepackages() if os.path.isdir(p)]
 
 
+# What a CUDA host keeps of the worker's environment: the GPU it is pinned to, and where the
+# driver's libraries are when the loader's cache does not list them (NVIDIA's container
+# runtime mounts them under /usr/local/nvidia, for instance). Nothing else crosses over.
+CUDA_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LD_LIBRARY_PATH")
+
+
+def cuda_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in CUDA_ENV if name in os.environ}
+
+
+# Read-only paths the NVIDIA driver reads while CUDA starts in a new user namespace (without
+# them cuInit fails with CUDA_ERROR_OPERATING_SYSTEM): its modules' and the PCI devices'
+# sysfs entries and its procfs. Hardware facts only; MM_HOST_GPU_BINDS (colon-separated)
+# replaces the list where a driver stack needs others.
+GPU_BINDS = (
+    "/proc/driver/nvidia",
+    "/proc/driver/nvidia-uvm",
+    "/sys/module/nvidia",
+    "/sys/module/nvidia_uvm",
+    "/sys/bus/pci",
+    "/sys/devices",
+    "/sys/dev/char",
+)
+
+
+def gpu_binds() -> list[str]:
+    configured = os.environ.get("MM_HOST_GPU_BINDS")
+    paths = configured.split(":") if configured is not None else GPU_BINDS
+    return [p for p in paths if p and os.path.exists(p)]
+
+
+def _library_dirs() -> list[str]:
+    """LD_LIBRARY_PATH entries outside /usr, which the sandbox does not otherwise mount."""
+    entries = os.environ.get("LD_LIBRARY_PATH", "").split(":")
+    return [
+        p for p in entries if p.startswith("/") and not p.startswith("/usr/") and os.path.isdir(p)
+    ]
+
+
 def host_command(
     *, limits: Limits, device: str, seccomp_fd: int | None, code: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
@@ -142,7 +181,10 @@ def host_command(
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
         "PATH": "/usr/bin",
+        "MM_HOST_DEVICE": device,
     }
+    if device.startswith("cuda"):
+        env.update(cuda_env())
     prlimit = [
         "prlimit",
         f"--cpu={limits.cpu_seconds}",
@@ -214,11 +256,10 @@ def host_command(
     if device.startswith("cuda"):
         for node in sorted(glob.glob("/dev/nvidia*")):
             argv += ["--dev-bind", node, node]
-        if os.path.isdir("/proc/driver/nvidia"):
-            argv += ["--ro-bind", "/proc/driver/nvidia", "/proc/driver/nvidia"]
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible
+        for path in gpu_binds():
+            argv += ["--ro-bind-try", path, path]
+        for path in _library_dirs():
+            argv += ["--ro-bind-try", path, path]
     # Everything but /tmp read-only, including the mount points bwrap made in its root.
     argv += ["--remount-ro", "/"]
     if seccomp_fd is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.export.passes import move_to_device_pass
 
 from inference.runtime import architectures
 from inference.runtime.signature import tensors_from_json
@@ -71,9 +72,11 @@ def _load_export(data: bytes, device: str) -> LoadedModel:
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in names and "val" in node.meta:
             shapes[node.name] = [d if isinstance(d, int) else -1 for d in node.meta["val"].shape]
-    module = program.module()
     if device != "cpu":
-        module = module.to(device)
+        # Moves the constants and device arguments baked into the graph too (a tensor created
+        # in ``forward`` is recorded with device="cpu"), which ``module().to(device)`` leaves.
+        program = move_to_device_pass(program, device)
+    module = program.module()
     return LoadedModel(module, names, example, _count(module), shapes or None)
 
 

@@ -19,6 +19,26 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _device_bytes(device: str) -> int:
+    """Bytes the model holds on its accelerator (0 on the CPU)."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.memory_allocated())
+
+
+def _start_cuda() -> None:
+    """Create the CUDA context while the host waits in the pre-started pool (about a second
+    that a model's first load would otherwise pay). A failure is left for the load to report."""
+    import torch
+
+    try:
+        torch.zeros(1, device="cuda")
+    except Exception as exc:  # noqa: BLE001 - reported to the worker's log via stderr
+        print(f"model host: CUDA did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def outputs_to_dict(result: Any) -> dict:
     import torch
 
@@ -73,6 +93,8 @@ class Host:
             "parameter_count": self.loaded.parameter_count,
             "input_names": self.loaded.input_names,
             "rss": _rss_bytes(),
+            "device": self.device,
+            "device_bytes": _device_bytes(self.device),
         }
 
     def _forward(self, tensors: list) -> tuple[dict, float]:
@@ -240,6 +262,8 @@ def main() -> None:
     import torch.export.pt2_archive._package  # noqa: F401
 
     torch.set_num_threads(int(os.environ.get("MM_HOST_THREADS", "1")))
+    if os.environ.get("MM_HOST_DEVICE", "cpu").startswith("cuda"):
+        _start_cuda()
     host = Host()
     host.emit = lambda header: write_frame(reply, {"ok": True, "progress": True, **header})
     write_frame(reply, {"ok": True, "ready": True, "pid": os.getpid()})

@@ -17,14 +17,19 @@ CANARY = "modelmarket-canary-secret"
 
 
 def run_confined(
-    code: str, *, bwrap: bool = True, memory: int | None = 2 * 1024**3, timeout: float = 60
+    code: str,
+    *,
+    bwrap: bool = True,
+    memory: int | None = 2 * 1024**3,
+    timeout: float = 60,
+    device: str = "cpu",
 ) -> dict:
     """Run ``code`` in the sandbox; it prints one JSON object as its last line."""
     limits = sandbox.Limits(memory_bytes=memory, cpu_seconds=30)
     fd = sandbox.seccomp_memfd() if bwrap else None
     try:
         argv, env = sandbox.host_command(
-            limits=limits, device="cpu", seccomp_fd=fd, code=textwrap.dedent(code)
+            limits=limits, device=device, seccomp_fd=fd, code=textwrap.dedent(code)
         )
         result = subprocess.run(
             argv,
@@ -104,15 +109,40 @@ def test_sandbox_environment_is_empty(mode, monkeypatch):
         bwrap=mode,
     )
     assert "super-secret" not in json.dumps(out)
-    assert set(out) <= {
-        "MM_HOST_THREADS",
-        "OMP_NUM_THREADS",
-        "PYTHONDONTWRITEBYTECODE",
-        "HOME",
-        "PATH",
-        "LC_CTYPE",
-        "PWD",
-    }
+    assert set(out) <= HOST_ENVIRONMENT
+    assert out["MM_HOST_DEVICE"] == "cpu"
+
+
+HOST_ENVIRONMENT = {
+    "MM_HOST_THREADS",
+    "MM_HOST_DEVICE",
+    "OMP_NUM_THREADS",
+    "PYTHONDONTWRITEBYTECODE",
+    "HOME",
+    "PATH",
+    "LC_CTYPE",
+    "PWD",
+}
+
+
+def test_a_gpu_host_keeps_only_the_cuda_variables_of_the_worker(mode, monkeypatch):
+    """A GPU worker's host learns which GPU it is pinned to and where the driver's libraries
+    are, and nothing else of the worker's environment."""
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "super-secret")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib")
+    out = run_confined(
+        """
+        import json, os
+        print(json.dumps(dict(os.environ)))
+    """,
+        bwrap=mode,
+        memory=None,
+        device="cuda",
+    )
+    assert "super-secret" not in json.dumps(out)
+    assert out["CUDA_VISIBLE_DEVICES"] == "1" and out["MM_HOST_DEVICE"] == "cuda"
+    assert set(out) <= HOST_ENVIRONMENT | {"CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"}
 
 
 def test_sandbox_cannot_start_processes(mode):
