@@ -127,3 +127,13 @@ def test_operators_see_the_flags_in_the_admin(listed_clf, outsider, admin_client
 
     page = admin_client.get("/admin/inference/abuseflag/")
     assert page.status_code == 200 and flag.key_prefix in page.content.decode()
+
+
+def test_the_publishers_model_page_names_the_flagged_key(listed_clf, outsider, alice):
+    flood(key_client(outsider), rejections=10)
+    flag = AbuseFlag.objects.get()
+    browser = Client()
+    browser.force_login(alice)
+
+    page = browser.get("/dashboard/models/clf/").content.decode()
+    assert "Possible extraction" in page and flag.key_prefix in page and "globex" in page
