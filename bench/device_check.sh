@@ -62,8 +62,20 @@ torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name())'
 cat "$OUT/machine.log"
 
 PYTEST=(python3 -m pytest -p no:cacheprovider)
+# pytest-timeout is on the GPU image (not a project dependency): one stuck test must not eat
+# the run.
+TIMEOUT=()
+python3 -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout=75)
 
-step gpu-tests 200 "${PYTEST[@]}" tests/workers/test_gpu.py -v
+# Which sandbox a CUDA host can start in here, and with which sysfs/procfs (bench/gpu_probe.py
+# tries the default binds, then the whole of /sys, then no bubblewrap, and says which worked).
+step gpu-probe 90 python3 bench/gpu_probe.py
+probe=$(tail -n 1 "$OUT/gpu-probe.log")
+case "$probe" in
+    "binds: "*) export MM_HOST_GPU_BINDS="${probe#binds: }" ;;
+esac
+
+step gpu-tests 170 "${PYTEST[@]}" "${TIMEOUT[@]}" tests/workers/test_gpu.py -v
 
 step runtime-cuda 150 python3 bench/runtime.py --quick --device cuda --json "$OUT/runtime-cuda.json"
 
@@ -71,7 +83,8 @@ if [ "$(left)" -gt 120 ]; then
     MM_INFERENCE_QUEUE=gpu MM_VALIDATION_QUEUE=gpu MM_TEST_SECOND_WORKER_QUEUES=gpu \
         MM_TEST_SECOND_WORKER_DEVICE=cuda \
         step e2e-on-gpu $(($(left) - 100)) "${PYTEST[@]}" tests/workers tests/inference \
-        -m "e2e and not browser" --ignore tests/inference/test_oip.py -q
+        -m "e2e and not browser and not gpu" --ignore-glob "*browser*" \
+        --ignore tests/inference/test_oip.py "${TIMEOUT[@]}" -q
 else
     echo "== e2e-on-gpu: skipped, $(left) s left"
 fi

@@ -182,6 +182,11 @@ def host_command(
         "HOME": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
         "PATH": "/usr/bin",
         "MM_HOST_DEVICE": device,
+        # getpass.getuser() (torch's and Triton's cache paths) reads these before asking
+        # /etc/passwd, which the sandbox does not mount: without them importing torch.export
+        # fails where Triton is installed (CUDA builds).
+        "USER": "nobody",
+        "LOGNAME": "nobody",
     }
     if device.startswith("cuda"):
         env.update(cuda_env())

@@ -116,6 +116,8 @@ def test_sandbox_environment_is_empty(mode, monkeypatch):
 HOST_ENVIRONMENT = {
     "MM_HOST_THREADS",
     "MM_HOST_DEVICE",
+    "USER",
+    "LOGNAME",
     "OMP_NUM_THREADS",
     "PYTHONDONTWRITEBYTECODE",
     "HOME",
