@@ -15,9 +15,10 @@ key file: gunicorn (``gthread``) serving ``config.wsgi`` and a Celery worker (th
 predictions into one request to a sandboxed model host (one torch thread). A consumer
 organisation subscribed to the model's (free, public) listing calls
 ``POST /api/v1/predictions`` with ``Prefer: wait`` and an API key: authentication,
-entitlement, rate limit and queue checks in Redis, the prediction recorded in SQLite, the task
-through Redis to the worker, the batcher, the host, the result and its usage record written in
-one transaction, the waiting request woken by Redis pub/sub. Clients are threads, each with its
+entitlement, rate limit and queue checks in Redis, the prediction recorded in SQLite, its id
+through Redis to the worker (the fast path list, or the Celery task when no worker is on it),
+the batcher, the host, the result and its usage record written in one transaction, the waiting
+request woken by Redis pub/sub with the result. Clients are threads, each with its
 own keep-alive ``http.client`` connection, sending back to back.
 
 In interleaved rounds (the order rotates each round) it measures, per model:
@@ -531,10 +532,10 @@ def _ts(value: str | None) -> float | None:
 
 SEGMENTS = {
     "web_in": "web: HTTP, auth, parse, checks, until the record exists",
-    "to_worker": "commit, enqueue, Celery dispatch, load, claim",
+    "to_worker": "commit, enqueue (fast path list or Celery), pick-up, load, claim",
     "worker_wait": "worker: decode, batcher wait, host round trip, minus forward",
     "forward": "forward of the whole batch in the host",
-    "web_out": "usage record, commit, pub/sub, wake, read back, respond",
+    "web_out": "usage record, commit, result over pub/sub, wake, respond",
 }
 
 
@@ -951,7 +952,9 @@ def profile(
         pubsub.subscribe("mm:bench")
         pubsub.close()
         times.append(time.perf_counter() - start)
-    figures["Redis pub/sub subscribe + close (as each wait does)"] = _p50_ms(times)
+    figures["Redis pub/sub subscribe + close (a wait for another request's prediction)"] = _p50_ms(
+        times
+    )
 
     # SQLite, as settings open it: a new connection per request (CONN_MAX_AGE is forced to 0).
     path = tmp / "scratch.sqlite3"

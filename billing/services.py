@@ -292,7 +292,14 @@ def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -
     never refused. Crossing 80 % of a cap or budget sends one alert per month."""
     if consumer.pk == model.tenant_id:
         return
-    listing = Listing.objects.filter(model=model).only("price_per_call", "price_per_second").first()
+    if Model.listing.is_cached(model):
+        # Loaded with the model (and cached with it for a few seconds by the inference API):
+        # the price charged is read again in the transaction that bills the work.
+        listing = Model.listing.related.get_cached_value(model)  # None: no listing
+    else:
+        listing = (
+            Listing.objects.filter(model=model).only("price_per_call", "price_per_second").first()
+        )
     if listing is None or listing.is_free:
         return
     account = BillingAccount.objects.filter(tenant=consumer).first() or BillingAccount(

@@ -290,6 +290,13 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_INPUT_BYTES = int(env("MM_MAX_INPUT_BYTES", str(8 * 1024 * 1024)))
 BATCH_MAX_SIZE = int(env("MM_BATCH_MAX_SIZE", "32"))
 BATCH_MAX_DELAY_MS = float(env("MM_BATCH_MAX_DELAY_MS", "2"))
+# How long a process reuses a resolved model, version and listing for predictions
+# (inference/catalog.py); changes made in the process clear it at once.
+INFERENCE_CACHE_SECONDS = float(env("MM_INFERENCE_CACHE_SECONDS", "5"))
+# The predictions fast path (inference/dispatch.py): workers on the inference queue take
+# prediction ids from a Redis list with this many threads; off, every prediction is a Celery task.
+INFERENCE_DIRECT = env_bool("MM_INFERENCE_DIRECT", True)
+INFERENCE_DIRECT_THREADS = int(env("MM_INFERENCE_DIRECT_THREADS", "32"))
 WEBHOOK_TIMEOUT = float(env("MM_WEBHOOK_TIMEOUT", "10"))
 WEBHOOK_RETRY_DELAYS = [
     float(s) for s in env("MM_WEBHOOK_RETRY_DELAYS", "5,30,120,600,1800").split(",")

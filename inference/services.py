@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,9 +14,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, Forbidden
+from accounts.models import Scope
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
-from inference import limits, realtime, tensors
+from inference import catalog, dispatch, limits, realtime, tensors
 from inference.models import Prediction
 from inference.runtime.spec import Signature
 from marketplace import selectors
@@ -50,21 +53,40 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
 
 
 def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None):
-    owner, _, name = model_ref.partition("/")
-    model = selectors.model_for_access(access, owner=owner, name=name, perm="run")
+    """The model ``access`` may run and the version ``version_ref`` names, from the
+    per-process cache when it resolved the same way moments ago (inference/catalog.py)."""
+    key = (access.tenant.pk, access.has_scope(Scope.INFERENCE), model_ref, version_ref or "")
+    runnable = catalog.get(key)
+    if runnable is None:
+        loaded_at = time.monotonic()
+        owner, _, name = model_ref.partition("/")
+        model = selectors.model_for_access(access, owner=owner, name=name, perm="run")
+        version = version_for(model, version_ref)
+        runnable = catalog.Runnable(model, version, signature(version))
+        catalog.put(key, runnable, loaded_at)
+    model = runnable.model
     if access.key is not None and not access.key.allows_model(model.ref):
         raise Forbidden(
             f"This API key may not run {model.ref}; its allowed models are "
             f"{', '.join(access.key.allowed_models)}."
         )
-    return model, version_for(model, version_ref)
+    return model, runnable.version
+
+
+def signature(version: ModelVersion) -> Signature:
+    """The version's parsed signature, kept on the (cached) instance."""
+    parsed = getattr(version, "_parsed_signature", None)
+    if parsed is None:
+        parsed = version._parsed_signature = Signature.from_json(version.signature)
+    return parsed
 
 
 def admit(access: Access) -> dict[str, str]:
     """Rate limit and backpressure, before anything is recorded."""
     bucket = access.key.prefix if access.key else f"user:{access.user.pk}"
     headers = limits.rate_limit(bucket, settings.RATE_LIMIT_PER_MINUTE)
-    limits.check_queue(settings.INFERENCE_QUEUE)
+    queue = settings.INFERENCE_QUEUE
+    limits.check_queue(dispatch.queue_key(queue) if dispatch.fast_path_live(queue) else queue)
     return headers
 
 
@@ -79,17 +101,20 @@ def prediction_create(
     webhook_events: list[str] | None = None,
     idempotency_key: str = "",
     body_hash: str = "",
+    wait: bool = False,
 ) -> tuple[Prediction, bool]:
     """Record a queued prediction and send it to the workers after commit. With an
     idempotency key, a retry within 24 h returns the first prediction (``created`` False)
     and a different body under the same key is 409. Paid work the consumer cannot pay for is
-    refused with 402 before anything is recorded."""
+    refused with 402 before anything is recorded. With ``wait``, the request registers for the
+    result before the prediction is queued (see ``prediction_wait``)."""
     if idempotency_key:
         existing = _by_idempotency_key(access, idempotency_key, body_hash)
         if existing is not None:
             return existing, False
-    batch = tensors.check(Signature.from_json(version.signature), arrays)
+    batch = tensors.check(signature(version), arrays)
     spend_authorize(consumer=access.tenant, model=model, api_key=access.key)
+    prediction = None
     try:
         with transaction.atomic():
             prediction = Prediction.objects.create(
@@ -106,8 +131,11 @@ def prediction_create(
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
             )
+            if wait:
+                prediction._waiter = realtime.expect(prediction.public_id)
             transaction.on_commit(lambda: enqueue(prediction))
     except IntegrityError:
+        _forget_waiter(prediction)
         if not idempotency_key:
             raise
         # The same key raced in from a concurrent retry: answer with the winner.
@@ -115,6 +143,9 @@ def prediction_create(
         if existing is None:
             raise
         return existing, False
+    except BaseException:
+        _forget_waiter(prediction)
+        raise
     return prediction, True
 
 
@@ -139,33 +170,83 @@ def by_idempotency_key(model_class, *, tenant, key: str, body_hash: str):
 
 
 def enqueue(prediction: Prediction) -> None:
+    """To a worker: on the fast path when one is there, else as a Celery task."""
     from celery import current_app
 
+    if dispatch.send(settings.INFERENCE_QUEUE, prediction.public_id):
+        return
     current_app.send_task(
         "workers.run_prediction", args=[prediction.public_id], queue=settings.INFERENCE_QUEUE
     )
 
 
+def _forget_waiter(prediction: Prediction | None) -> None:
+    waiter = getattr(prediction, "_waiter", None)
+    if waiter is not None:
+        waiter.listener.forget(waiter)
+        prediction._waiter = None
+
+
+WORKER_FIELDS = [
+    "status",
+    "output_data",
+    "error",
+    "error_kind",
+    "compute_ms",
+    "batched_with",
+    "started_at",
+    "completed_at",
+]
+
+
 def prediction_wait(prediction: Prediction, timeout: float) -> Prediction:
+    """Hold the request until the prediction finishes or ``timeout`` passes, woken by push.
+    A prediction this request queued with ``wait`` usually comes back with its result (no
+    database read); any other is read back once it is done."""
+
     def done() -> bool:
         status = Prediction.objects.values_list("status", flat=True).get(pk=prediction.pk)
         return status in Prediction.TERMINAL
 
-    realtime.wait_done(prediction.public_id, timeout, done)
+    waiter = getattr(prediction, "_waiter", None)
+    if waiter is not None:
+        prediction._waiter = None
+        result = realtime.wait_result(waiter, timeout, done)
+        if isinstance(result, tuple):
+            _apply_result(prediction, *result)
+            return prediction
+    else:
+        realtime.wait_done(prediction.public_id, timeout, done)
     # Only the fields the worker writes: the cached model and version stay loaded.
-    prediction.refresh_from_db(
-        fields=[
-            "status",
-            "output_data",
-            "error",
-            "error_kind",
-            "compute_ms",
-            "batched_with",
-            "started_at",
-            "completed_at",
-        ]
-    )
+    prediction.refresh_from_db(fields=WORKER_FIELDS)
     return prediction
+
+
+def _apply_result(prediction: Prediction, header: dict, output: bytes) -> None:
+    for name in ("status", "error", "error_kind", "compute_ms", "batched_with"):
+        setattr(prediction, name, header[name])
+    for name in ("started_at", "completed_at"):
+        value = header[name]
+        setattr(prediction, name, datetime.fromisoformat(value) if value else None)
+    prediction.output_data = output if header["status"] == Prediction.Status.SUCCEEDED else None
+    if "cost" in header:
+        prediction.known_cost = header["cost"]
+
+
+def _result_header(prediction: Prediction) -> dict:
+    """What the worker wrote, as ``_apply_result`` reads it."""
+    header = {
+        "status": prediction.status,
+        "error": prediction.error,
+        "error_kind": prediction.error_kind,
+        "compute_ms": prediction.compute_ms,
+        "batched_with": prediction.batched_with,
+        "started_at": prediction.started_at.isoformat() if prediction.started_at else None,
+        "completed_at": prediction.completed_at.isoformat() if prediction.completed_at else None,
+    }
+    if getattr(prediction, "known_cost", None) is not None:
+        header["cost"] = prediction.known_cost
+    return header
 
 
 def prediction_cancel(prediction: Prediction) -> Prediction:
@@ -188,11 +269,12 @@ def prediction_claim(prediction: Prediction) -> bool:
     from celery import current_app
     from django.db.models import F
 
+    now = timezone.now()
     claimed = Prediction.objects.filter(
         pk=prediction.pk, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
-    ).update(
-        status=Prediction.Status.RUNNING, started_at=timezone.now(), attempts=F("attempts") + 1
-    )
+    ).update(status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+    if claimed:
+        prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
     if claimed and prediction.webhook_url and "start" in prediction.webhook_events:
         current_app.send_task(
             "inference.deliver_webhook", args=[prediction.public_id, "start"], queue="default"
@@ -204,16 +286,17 @@ def prediction_succeed(
     prediction: Prediction, *, output: bytes, compute_ms: float, batched_with: int = 1
 ) -> bool:
     """Write the result and its usage record in one transaction, exactly once."""
+    now = timezone.now()
     with transaction.atomic():
         done = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.RUNNING).update(
             status=Prediction.Status.SUCCEEDED,
             output_data=output,
             compute_ms=compute_ms,
             batched_with=batched_with,
-            completed_at=timezone.now(),
+            completed_at=now,
         )
         if done:
-            usage_record_create(
+            record = usage_record_create(
                 kind="prediction",
                 source_id=prediction.public_id,
                 consumer=prediction.tenant,
@@ -221,26 +304,39 @@ def prediction_succeed(
                 api_key=prediction.api_key,
                 compute_seconds=Decimal(str(compute_ms)) / 1000,
             )
-            transaction.on_commit(lambda: _announce(prediction))
+            prediction.status = Prediction.Status.SUCCEEDED
+            prediction.compute_ms, prediction.batched_with = compute_ms, batched_with
+            prediction.completed_at = now
+            prediction.known_cost = {
+                "amount": str(record.amount),
+                "currency": record.currency,
+                "free": record.free,
+            }
+            transaction.on_commit(lambda: _announce(prediction, output))
     return bool(done)
 
 
 def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:
     """Failed predictions are not billed."""
+    now = timezone.now()
     with transaction.atomic():
         done = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.RUNNING).update(
-            status=Prediction.Status.FAILED,
-            error=error[:5000],
-            error_kind=kind,
-            completed_at=timezone.now(),
+            status=Prediction.Status.FAILED, error=error[:5000], error_kind=kind, completed_at=now
         )
         if done:
-            transaction.on_commit(lambda: _announce(prediction))
+            prediction.status, prediction.completed_at = Prediction.Status.FAILED, now
+            prediction.error, prediction.error_kind = error[:5000], kind
+            transaction.on_commit(lambda: _announce(prediction, b""))
     return bool(done)
 
 
-def _announce(prediction: Prediction) -> None:
-    realtime.publish_done(prediction.public_id)
+def _announce(prediction: Prediction, output: bytes | None = None) -> None:
+    """Wake whoever waits for ``prediction``; the worker sends its result along (``output``),
+    a cancellation only says it is done."""
+    if output is None:
+        realtime.publish_done(prediction.public_id)
+    else:
+        realtime.publish_result(prediction.public_id, _result_header(prediction), output)
     if prediction.webhook_url:
         from celery import current_app
 

@@ -128,10 +128,14 @@ def prediction_run(*, prediction_id: str) -> str | None:
     from inference import services as inference
     from inference.models import Prediction
 
-    prediction = (
-        Prediction.objects.select_related("version__artifact", "model__tenant", "tenant", "api_key")
-        .filter(public_id=prediction_id)
-        .first()
+    # [:1], not first(): no ORDER BY to build for a lookup by a unique column.
+    prediction = next(
+        iter(
+            Prediction.objects.select_related(
+                "version__artifact", "model__tenant", "tenant", "api_key"
+            ).filter(public_id=prediction_id)[:1]
+        ),
+        None,
     )
     if prediction is None or not inference.prediction_claim(prediction):
         return None  # cancelled, finished, or a redelivery of finished work

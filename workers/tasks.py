@@ -7,7 +7,7 @@ import os
 import socket
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 
 @shared_task(name="workers.ping", queue="default", soft_time_limit=10, time_limit=15)
@@ -68,6 +68,26 @@ def prestart_model_hosts(**_) -> None:
     from workers.services import worker_device
 
     HOSTS.idle(worker_device()).refill()
+
+
+@worker_ready.connect
+def start_direct_predictions(sender=None, **_) -> None:
+    """A worker that consumes the inference queue also takes predictions from its fast path
+    (``inference/dispatch.py``); the Celery task above remains for everything else."""
+    from django.conf import settings
+
+    from workers import direct
+
+    queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+    if settings.INFERENCE_DIRECT and settings.INFERENCE_QUEUE in queues:
+        direct.start(settings.INFERENCE_QUEUE)
+
+
+@worker_shutting_down.connect
+def stop_direct_predictions(**_) -> None:
+    from workers import direct
+
+    direct.stop_all()
 
 
 @shared_task(

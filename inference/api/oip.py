@@ -562,7 +562,7 @@ class InferView(OipView):
             access, model_ref=f"{owner}/{name}", version_ref=version
         )
         infer = parse_infer_request(read_body(request), request.headers.get(HEADER_LENGTH))
-        signature = Signature.from_json(resolved.signature)
+        signature = services.signature(resolved)
         known = {s.name for s in signature.outputs}
         for output, _binary in infer.outputs or []:
             if output not in known:
@@ -582,6 +582,7 @@ class InferView(OipView):
             version=resolved,
             arrays=infer.arrays,
             source=Prediction.Source.OIP,
+            wait=True,
         )
         prediction = services.prediction_wait(prediction, settings.OIP_TIMEOUT)
         timed_out = not prediction.is_terminal

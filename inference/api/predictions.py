@@ -18,7 +18,7 @@ from accounts.tenancy import TenantScopedMixin
 from billing.models import UsageRecord
 from inference import services, tensors
 from inference.models import Prediction
-from inference.runtime.spec import InputError, Signature
+from inference.runtime.spec import InputError
 from marketplace.api.registry import deprecation_headers
 
 EVENTS = ["start", "completed"]
@@ -87,6 +87,9 @@ class PredictionSerializer(serializers.ModelSerializer):
     def get_cost(self, obj: Prediction) -> dict | None:
         if obj.status != Prediction.Status.SUCCEEDED:
             return None  # only a succeeded prediction is billed
+        known = getattr(obj, "known_cost", None)  # sent along with the result
+        if known is not None:
+            return known
         record = UsageRecord.objects.filter(source_id=obj.public_id).first()
         if record is None:
             return None
@@ -165,10 +168,12 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             access, model_ref=body["model"], version_ref=body.get("version") or None
         )
         try:
-            arrays = tensors.from_json(body["input"], Signature.from_json(version.signature))
+            arrays = tensors.from_json(body["input"], services.signature(version))
         except InputError as exc:
             raise serializers.ValidationError({"input": [str(exc)]}) from None
         headers = services.admit(access)
+        wait = wait_seconds(request.headers.get("Prefer", ""))
+        idempotency_key = request.headers.get("Idempotency-Key", "")[:255]
         prediction, _created = services.prediction_create(
             access=access,
             model=model,
@@ -176,10 +181,11 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             arrays=arrays,
             webhook_url=body.get("webhook", ""),
             webhook_events=body["webhook_events_filter"],
-            idempotency_key=request.headers.get("Idempotency-Key", "")[:255],
-            body_hash=services.request_hash(request.data),
+            idempotency_key=idempotency_key,
+            # Only compared when a retry reuses the key: not worth hashing the input otherwise.
+            body_hash=services.request_hash(request.data) if idempotency_key else "",
+            wait=bool(wait),
         )
-        wait = wait_seconds(request.headers.get("Prefer", ""))
         if wait and not prediction.is_terminal:
             prediction = services.prediction_wait(prediction, wait)
         response = Response(

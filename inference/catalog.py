@@ -1,0 +1,107 @@
+"""A short-lived, per-process cache of what a prediction request resolves before it is
+recorded: the model a tenant may run, the version a reference names (with its parsed
+signature) and the model's listing (for the 402 check).
+
+Resolving them costs five queries and guardian's permission check, about 40 % of the web's
+CPU per prediction on a small machine, for answers that change a few times a day. Entries live
+``MM_INFERENCE_CACHE_SECONDS`` (5 s by default; 0 turns the cache off). Only successful
+resolutions are cached: a 404, 403, 409, 410 or 451 is worked out afresh every time.
+
+Any save or delete of a model, version, alias, listing, entitlement, object permission or
+tenant, and any audit event (every change to grants, prices and listings writes one, including
+those made with ``update()``), clears the whole cache in the process that made the change, at
+once and again after its commit. Other processes see the change within the TTL, as with the API
+key cache (docs/decisions/0004-api-key-cache.md). Billing is not affected: the price in force
+is read in the worker's transaction that writes the usage record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+
+from inference.runtime.spec import Signature
+from marketplace.models import Model, ModelVersion
+
+MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class Runnable:
+    model: Model  # with its tenant and listing loaded
+    version: ModelVersion
+    signature: Signature
+
+
+_lock = threading.Lock()
+_entries: dict[tuple, tuple[float, Runnable]] = {}
+
+
+def get(key: tuple) -> Runnable | None:
+    entry = _entries.get(key)
+    if entry is None:
+        return None
+    loaded_at, runnable = entry
+    if time.monotonic() - loaded_at >= settings.INFERENCE_CACHE_SECONDS:
+        return None
+    return runnable
+
+
+def put(key: tuple, runnable: Runnable, loaded_at: float) -> None:
+    """Keep ``runnable``, resolved from what the database held at ``loaded_at``; dropped if
+    the cache was cleared since (a change raced with the lookup)."""
+    if settings.INFERENCE_CACHE_SECONDS <= 0:
+        return
+    with _lock:
+        if loaded_at < _cleared_at[0]:
+            return
+        if len(_entries) >= MAX_ENTRIES:
+            _entries.clear()
+        _entries[key] = (loaded_at, runnable)
+
+
+_cleared_at = [0.0]
+
+
+def clear(**_) -> None:
+    with _lock:
+        _cleared_at[0] = time.monotonic()
+        _entries.clear()
+
+
+def _changed(**_) -> None:
+    clear()
+    # A lookup between now and the commit still reads the old rows: clear again after it.
+    transaction.on_commit(clear)
+
+
+def connect() -> None:
+    """Called once at import: clear on any change that can alter a resolution."""
+    from accounts.models import AuditEvent, Tenant
+    from marketplace.models import (
+        Alias,
+        Entitlement,
+        Listing,
+        ModelGroupObjectPermission,
+    )
+
+    for sender in (
+        Model,
+        ModelVersion,
+        Alias,
+        Listing,
+        Entitlement,
+        ModelGroupObjectPermission,
+        Tenant,
+        AuditEvent,
+    ):
+        post_save.connect(_changed, sender=sender, dispatch_uid=f"inference.catalog.{sender}")
+        post_delete.connect(_changed, sender=sender, dispatch_uid=f"inference.catalog.d.{sender}")
+
+
+connect()

@@ -1,0 +1,70 @@
+"""How a recorded prediction reaches a worker.
+
+The fast path is a Redis list per queue (``mm:direct:<queue>``) that each worker consuming
+that queue pops with ``BLMOVE`` into an in-flight list of its own (``workers/direct.py``):
+one Redis command on each side, instead of a Celery message, its kombu envelope, its
+prefetch and acknowledgement. A worker on the fast path keeps a heartbeat in the sorted set
+``mm:direct:<queue>:consumers`` (score: when it is presumed dead); when one stops beating,
+another moves its in-flight ids back to the queue, so a crash mid-prediction means the
+prediction runs again (at least once; the conditional writes bill it once).
+
+The Celery task ``workers.run_prediction`` stays the durable path: the web uses it whenever
+no live worker is on the fast path for the queue (an older worker, a worker started without
+it), and it is what an operator's retry sends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from inference import realtime
+
+HEARTBEAT_SECONDS = 2.0
+PRESUMED_DEAD_AFTER = 10.0
+_ALIVE_CACHE_SECONDS = 1.0
+
+
+def queue_key(queue: str) -> str:
+    return f"mm:direct:{queue}"
+
+
+def consumers_key(queue: str) -> str:
+    return f"mm:direct:{queue}:consumers"
+
+
+def inflight_key(queue: str, consumer: str) -> str:
+    return f"mm:direct:{queue}:inflight:{consumer}"
+
+
+_alive: dict[str, tuple[float, bool]] = {}
+_alive_lock = threading.Lock()
+
+
+def fast_path_live(queue: str) -> bool:
+    """Whether a worker on the fast path is alive for ``queue`` (asked of Redis at most once
+    a second per process)."""
+    now = time.monotonic()
+    cached = _alive.get(queue)
+    if cached is not None and now - cached[0] < _ALIVE_CACHE_SECONDS:
+        return cached[1]
+    live = bool(
+        realtime.client().zrangebyscore(consumers_key(queue), time.time(), "+inf", start=0, num=1)
+    )
+    with _alive_lock:
+        _alive[queue] = (now, live)
+    return live
+
+
+def forget_liveness() -> None:
+    with _alive_lock:
+        _alive.clear()
+
+
+def send(queue: str, prediction_id: str) -> bool:
+    """Push ``prediction_id`` on the fast path if a worker is there to take it; False when
+    the caller should send the Celery task instead."""
+    if not fast_path_live(queue):
+        return False
+    realtime.client().lpush(queue_key(queue), prediction_id)
+    return True

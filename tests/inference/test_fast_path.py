@@ -1,0 +1,156 @@
+"""The predictions hot path: what the web caches between requests, the fast path to the
+worker (a Redis list, with the Celery task as the durable fallback) and the result pushed with
+its output."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as accounts
+from billing.models import UsageRecord
+from inference import catalog, dispatch, realtime
+from marketplace import listings
+from tests.conftest import key_client
+from workers.direct import DirectConsumer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    catalog.clear()
+    dispatch.forget_liveness()
+    yield
+    catalog.clear()
+    dispatch.forget_liveness()
+
+
+def post(api, model: str, **headers):
+    return api.post(
+        "/api/v1/predictions",
+        {"model": model, "input": {"x": [[1, 2, 3, 4]]}},
+        format="json",
+        **headers,
+    )
+
+
+def test_ending_a_subscription_is_seen_by_the_next_prediction(classifier, outsider):
+    listing = listings.listing_publish(
+        model=classifier.model, actor=accounts.SYSTEM, visibility="public"
+    )
+    entitlement = listings.listing_subscribe(
+        listing=listing, tenant=outsider, actor=accounts.SYSTEM
+    )
+    consumer = key_client(outsider)
+    assert post(consumer, "acme/clf").status_code == 201  # resolved and cached
+
+    listings.subscription_cancel(entitlement=entitlement, actor=accounts.SYSTEM)
+
+    assert post(consumer, "acme/clf").status_code == 403
+
+
+def test_a_take_down_is_seen_by_the_next_prediction(classifier, outsider):
+    listing = listings.listing_publish(
+        model=classifier.model, actor=accounts.SYSTEM, visibility="public"
+    )
+    listings.listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    consumer = key_client(outsider)
+    assert post(consumer, "acme/clf").status_code == 201
+
+    # An update() without a model signal: the audit event it writes clears the cache.
+    listings.listing_take_down(listing=listing, reason="complaint", actor=accounts.SYSTEM)
+
+    assert post(consumer, "acme/clf").status_code == 451
+
+
+def test_a_new_price_is_seen_by_the_next_prediction(classifier, outsider, settings):
+    settings.PAYMENT_METHOD_REQUIRED = True
+    listing = listings.listing_publish(
+        model=classifier.model, actor=accounts.SYSTEM, visibility="public"
+    )
+    listings.listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    consumer = key_client(outsider)
+    assert post(consumer, "acme/clf").status_code == 201
+
+    listing.price_per_call = Decimal("0.01")
+    listing.save(update_fields=["price_per_call"])
+
+    assert post(consumer, "acme/clf").status_code == 402
+
+
+def test_without_a_worker_on_the_fast_path_the_celery_task_is_sent(api, classifier, settings):
+    settings.INFERENCE_QUEUE = "fast-path-test"
+    client = realtime.client()
+    client.delete("fast-path-test", dispatch.queue_key("fast-path-test"))
+    try:
+        assert post(api, "acme/clf").status_code == 201
+
+        assert client.llen("fast-path-test") == 1  # a Celery message
+        assert client.llen(dispatch.queue_key("fast-path-test")) == 0
+    finally:
+        client.delete("fast-path-test", dispatch.queue_key("fast-path-test"))
+
+
+def test_with_a_worker_on_the_fast_path_the_id_goes_to_its_list(api, classifier, settings):
+    settings.INFERENCE_QUEUE = "fast-path-test"
+    client = realtime.client()
+    queue = dispatch.queue_key("fast-path-test")
+    consumers = dispatch.consumers_key("fast-path-test")
+    client.zadd(consumers, {"somebody": time.time() + 10})
+    try:
+        created = post(api, "acme/clf").json()
+
+        assert client.lrange(queue, 0, -1) == [created["id"].encode()]
+        assert client.llen("fast-path-test") == 0
+    finally:
+        client.delete("fast-path-test", queue, consumers)
+
+
+def test_the_work_of_a_worker_that_stopped_beating_goes_back_to_the_queue(settings):
+    client = realtime.client()
+    queue = "fast-path-test"
+    client.delete(dispatch.queue_key(queue), dispatch.consumers_key(queue))
+    client.rpush(dispatch.inflight_key(queue, "dead"), "pred_a", "pred_b")
+    client.zadd(dispatch.consumers_key(queue), {"dead": time.time() - 1})
+    client.lpush(dispatch.queue_key(queue), "pred_new")
+    survivor = DirectConsumer(queue, threads=1)
+    try:
+        survivor.beat_once()
+
+        # Back at the front (the end taken next), before work that came in since.
+        assert client.lrange(dispatch.queue_key(queue), 0, -1) == [
+            b"pred_new",
+            b"pred_a",
+            b"pred_b",
+        ]
+        assert client.zscore(dispatch.consumers_key(queue), "dead") is None
+        assert client.zscore(dispatch.consumers_key(queue), survivor.name) > time.time()
+        assert not client.exists(dispatch.inflight_key(queue, "dead"))
+    finally:
+        survivor.pool.shutdown()
+        client.delete(dispatch.queue_key(queue), dispatch.consumers_key(queue))
+
+
+@pytest.mark.e2e
+def test_sync_result_arrives_with_its_output_and_cost(celery_worker_process, api, classifier):
+    assert dispatch.fast_path_live(_inference_queue())  # the test worker took the fast path
+
+    body = post(api, "acme/clf", HTTP_PREFER="wait").json()
+
+    assert body["status"] == "succeeded" and len(body["output"]["output"][0]) == 3
+    record = UsageRecord.objects.get(source_id=body["id"])
+    assert body["cost"] == {"amount": str(record.amount), "currency": "usd", "free": False}
+    assert body["started_at"] and body["completed_at"] and body["metrics"]["compute_ms"] > 0
+
+
+def _inference_queue() -> str:
+    from django.conf import settings
+
+    deadline = time.monotonic() + 10
+    while not dispatch.fast_path_live(settings.INFERENCE_QUEUE) and time.monotonic() < deadline:
+        dispatch.forget_liveness()
+        time.sleep(0.2)
+    return settings.INFERENCE_QUEUE
