@@ -59,10 +59,19 @@ class Artifact(models.Model):
     size = models.BigIntegerField(help_text="Plaintext bytes.")
     ciphertext_size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64, help_text="SHA-256 of the plaintext.")
+    chunk_blobs = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Blobs read after storage_name, as [name, offset, length]: an upload's "
+        "parts, taken over as they are. Empty when storage_name holds the whole file.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return self.public_id
+
+    def blob_names(self) -> list[str]:
+        return [self.storage_name, *(name for name, _offset, _length in self.chunk_blobs)]
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -203,7 +212,12 @@ class AliasMove(models.Model):
 
 class UploadSession(models.Model):
     """A resumable upload: chunks arrive in any order, each encrypted into its own part, and
-    completion assembles them into the version's artifact."""
+    completion assembles them into the version's artifact.
+
+    ``artifact_id``, ``key`` and ``header`` fix the finished artifact's encryption when the
+    session starts, so each chunk is sealed where it will sit (``marketplace.vault.uploads``).
+    Sessions from before that have an empty header and parts that are vault files of their
+    own."""
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -233,6 +247,11 @@ class UploadSession(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
+    artifact_id = models.CharField(max_length=24, blank=True)
+    key = models.ForeignKey(
+        TenantKey, null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
+    )
+    header = models.BinaryField(default=b"", blank=True)
 
     def __str__(self) -> str:
         return self.public_id
@@ -248,9 +267,19 @@ class UploadSession(models.Model):
 
 
 class UploadPart(models.Model):
+    """One chunk of an upload. The row is written before the chunk is sealed, claiming its
+    position under the session's header; ``artifact`` is set once the chunk is stored."""
+
+    class Layout(models.TextChoices):
+        SEALED_IN_PLACE = "sealed", "Sealed as the session artifact's chunks"
+        FILE = "file", "A vault file of its own"
+
     session = models.ForeignKey(UploadSession, on_delete=models.CASCADE, related_name="parts")
     index = models.PositiveIntegerField()
-    artifact = models.OneToOneField(Artifact, on_delete=models.CASCADE, related_name="+")
+    artifact = models.OneToOneField(
+        Artifact, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    layout = models.CharField(max_length=8, choices=Layout.choices, default=Layout.FILE)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

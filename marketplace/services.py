@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
+import threading
 import zipfile
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
@@ -27,10 +31,12 @@ from marketplace.models import (
     Model,
     ModelVersion,
     Task,
+    TenantKey,
     UploadPart,
     UploadSession,
 )
-from marketplace.vault import store
+from marketplace.vault import store, uploads
+from marketplace.vault.stream import VaultIntegrityError
 
 EXPORT_GUIDANCE = (
     "Export your model with torch.export and save it: "
@@ -103,7 +109,13 @@ def upload_session_create(
         )
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ValidationError({"sha256": "Give the file's SHA-256 as 64 lowercase hex digits."})
+    key, artifact_id, header = uploads.session_header(
+        tenant=model.tenant, piece_size=settings.UPLOAD_CHUNK_SIZE
+    )
     session = UploadSession.objects.create(
+        artifact_id=artifact_id,
+        key=key,
+        header=header,
         tenant=model.tenant,
         model=model,
         filename=filename,
@@ -151,49 +163,155 @@ def _check_open(session: UploadSession) -> None:
         raise Conflict("This upload expired; start a new one.")
 
 
+@dataclass
+class _RunningDigest:
+    """SHA-256 of an upload's chunks received in order by this process: chunks ``0..next-1``,
+    as stored in the parts named by ``parts``. Completion uses it when the parts are still
+    those (any process may have replaced one), and only decrypts the rest to hash it."""
+
+    next: int = 0
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    parts: list[str] = field(default_factory=list)
+
+
+_digests: OrderedDict[str, _RunningDigest] = OrderedDict()
+_digests_lock = threading.Lock()
+_MAX_DIGESTS = 64  # sessions this process is receiving at once; older ones are rehashed
+
+
+def _digest_advance(session: UploadSession, index: int, part_id: str, plaintext) -> None:
+    with _digests_lock:
+        digest = _digests.get(session.public_id)
+        if digest is None and index == 0:
+            digest = _digests[session.public_id] = _RunningDigest()
+            while len(_digests) > _MAX_DIGESTS:
+                _digests.popitem(last=False)
+        if digest is None or digest.next != index:
+            return
+        _digests.move_to_end(session.public_id)
+        digest.sha256.update(plaintext)
+        digest.parts.append(part_id)
+        digest.next += 1
+
+
+def _read_chunk(chunks: Iterable[bytes], index: int, size: int) -> memoryview:
+    """The whole chunk, in a reused buffer: it is hashed and sealed only once complete, so an
+    interrupted request never seals anything."""
+    buffer = uploads.plaintext_buffer(size)
+    received = 0
+    for piece in chunks:
+        if received + len(piece) > size:
+            raise ValidationError(f"Chunk {index} is longer than {size} bytes.")
+        buffer[received : received + len(piece)] = piece
+        received += len(piece)
+    if received != size:
+        raise ValidationError(f"Chunk {index} should be {size} bytes; received {received}.")
+    return buffer
+
+
 def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[bytes]) -> UploadPart:
     """Encrypt one chunk into the store. Re-sending a chunk replaces it, so any chunk can be
-    retried safely, in any order."""
+    retried safely, in any order.
+
+    The first time a position is claimed its chunk is sealed in place (as the finished
+    artifact's chunks); a re-sent chunk with the same bytes changes nothing, and one with
+    other bytes becomes a vault file of its own (sealing other bytes at the same position would
+    reuse GCM nonces)."""
     _check_open(session)
-    expected = session.chunk_range(index)
-    expected_len = expected[1] - expected[0] + 1
-    received = 0
-
-    def counted():
-        nonlocal received
-        for piece in chunks:
-            received += len(piece)
-            if received > expected_len:
-                raise ValidationError(f"Chunk {index} is longer than {expected_len} bytes.")
-            yield piece
-
-    artifact = store.artifact_create(tenant=session.tenant, chunks=counted())
-    if received != expected_len:
-        store.artifact_delete(artifact)
-        raise ValidationError(f"Chunk {index} should be {expected_len} bytes; received {received}.")
-    with transaction.atomic():
-        part = UploadPart.objects.select_for_update().filter(session=session, index=index).first()
-        if part is None:
-            try:
-                with transaction.atomic():
-                    return UploadPart.objects.create(
-                        session=session, index=index, artifact=artifact
-                    )
-            except IntegrityError:
-                # The same chunk's first copy arrived twice at once; the other one won.
-                store.artifact_delete(artifact)
-                raise Conflict(f"Chunk {index} was being sent twice at once; retry it.") from None
-        replaced = part.artifact
-        part.artifact = artifact
-        part.save(update_fields=["artifact"])
-        transaction.on_commit(lambda: store.artifact_delete(replaced))
+    start, end = session.chunk_range(index)
+    plaintext = _read_chunk(chunks, index, end - start + 1)
+    if session.header:
+        try:
+            with transaction.atomic():
+                UploadPart.objects.create(
+                    session=session, index=index, layout=UploadPart.Layout.SEALED_IN_PLACE
+                )
+            claimed = True
+        except IntegrityError:
+            claimed = False
+        if claimed:
+            vault_chunks = session.chunk_size // uploads.vault_chunk_size(session.chunk_size)
+            artifact = uploads.part_seal(
+                tenant=session.tenant,
+                key=session.key,
+                header=session.header,
+                artifact_id=session.artifact_id,
+                first_chunk=index * vault_chunks,
+                final=index == session.chunk_count - 1,
+                plaintext=plaintext,
+            )
+            part = _part_set(session, index, artifact, UploadPart.Layout.SEALED_IN_PLACE)
+            _digest_advance(session, index, artifact.public_id, plaintext)
+            return part
+        existing = (
+            UploadPart.objects.select_related("artifact__key")
+            .filter(session=session, index=index, artifact__isnull=False)
+            .first()
+        )
+        if existing is not None and _part_matches(session, existing, plaintext):
+            _digest_advance(session, index, existing.artifact.public_id, plaintext)
+            return existing
+    artifact = uploads.part_create_standalone(tenant=session.tenant, plaintext=plaintext)
+    part = _part_set(session, index, artifact, UploadPart.Layout.FILE)
+    _digest_advance(session, index, artifact.public_id, plaintext)
     return part
+
+
+def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: str) -> UploadPart:
+    """Point the chunk's row at its newly stored part; the part it replaces is deleted."""
+    try:
+        with transaction.atomic():
+            part = (
+                UploadPart.objects.select_for_update()
+                .select_related("artifact")
+                .filter(session=session, index=index)
+                .first()
+            )
+            if part is None:
+                return UploadPart.objects.create(
+                    session=session, index=index, artifact=artifact, layout=layout
+                )
+            replaced = part.artifact
+            part.artifact, part.layout = artifact, layout
+            part.save(update_fields=["artifact", "layout"])
+            if replaced is not None:
+                transaction.on_commit(lambda: store.artifact_delete(replaced))
+    except IntegrityError:
+        # The same chunk's first copy arrived twice at once; the other one won.
+        store.artifact_delete(artifact)
+        raise Conflict(f"Chunk {index} was being sent twice at once; retry it.") from None
+    return part
+
+
+def _vault_position(session: UploadSession, part: UploadPart) -> tuple[int, bool]:
+    vault_chunks = session.chunk_size // uploads.vault_chunk_size(session.chunk_size)
+    return part.index * vault_chunks, part.index == session.chunk_count - 1
+
+
+def _part_matches(session: UploadSession, part: UploadPart, plaintext: memoryview) -> bool:
+    try:
+        return _part_plaintext(session, part) == plaintext
+    except VaultIntegrityError:
+        return False  # whatever is stored, the new chunk replaces it
+
+
+def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:
+    first, final = _vault_position(session, part)
+    return uploads.part_open(
+        part=part.artifact,
+        sealed_in_place=part.layout == UploadPart.Layout.SEALED_IN_PLACE,
+        header=session.header,
+        artifact_id=session.artifact_id,
+        first_chunk=first,
+        final=final,
+    )
 
 
 def upload_received_ranges(session: UploadSession) -> list[tuple[int, int]]:
     """Byte ranges stored so far, merged (inclusive ends)."""
     ranges: list[tuple[int, int]] = []
-    for index in sorted(session.parts.values_list("index", flat=True)):
+    stored = session.parts.filter(artifact__isnull=False).values_list("index", flat=True)
+    for index in sorted(stored):
         start, end = session.chunk_range(index)
         if ranges and ranges[-1][1] + 1 == start:
             ranges[-1] = (ranges[-1][0], end)
@@ -203,7 +321,7 @@ def upload_received_ranges(session: UploadSession) -> list[tuple[int, int]]:
 
 
 def upload_missing_ranges(session: UploadSession) -> list[tuple[int, int]]:
-    have = set(session.parts.values_list("index", flat=True))
+    have = set(session.parts.filter(artifact__isnull=False).values_list("index", flat=True))
     missing: list[tuple[int, int]] = []
     for index in range(session.chunk_count):
         if index in have:
@@ -297,7 +415,12 @@ SNIFF_BYTES = 4 * 1024 * 1024
 def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     """Assemble the chunks into the version's artifact, check the SHA-256 and the format, and
     create the version in ``validating`` (a worker validates it). A failure leaves no version
-    and no artifact behind."""
+    and no artifact behind.
+
+    Chunks sealed in place are copied into the artifact as they are; only the SHA-256 of
+    chunks this process did not see arrive in order, and the first and last few MiB (for the
+    format), are decrypted. Otherwise (parts stored as files of their own, or a tenant key
+    rotated meanwhile) every chunk is decrypted and re-encrypted under the active key."""
     _check_open(session)
     missing = upload_missing_ranges(session)
     if missing:
@@ -305,43 +428,46 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
             "The upload is incomplete; send the missing ranges, then complete it again.",
             missing_ranges=[f"bytes {s}-{e}" for s, e in missing],
         )
-    parts = list(session.parts.select_related("artifact").order_by("index"))
-    head = bytearray()
-    tail = bytearray()
-
-    def plaintext():
-        for part in parts:
-            chunk_plaintext = store.artifact_stream(
-                artifact=part.artifact, purpose="assemble", actor=actor, audit=False
-            )
-            for piece in chunk_plaintext:
-                if len(head) < SNIFF_BYTES:
-                    head.extend(piece[: SNIFF_BYTES - len(head)])
-                tail.extend(piece)
-                if len(tail) > 2 * SNIFF_BYTES:
-                    del tail[: len(tail) - SNIFF_BYTES]
-                yield piece
-
-    artifact = store.artifact_create(tenant=session.tenant, chunks=plaintext())
+    parts = list(session.parts.select_related("artifact__key").order_by("index"))
+    sha256, head, tail = _plaintext_facts(session, parts)
+    size = sum(part.artifact.size for part in parts)
+    if sha256 != session.sha256 or size != session.size:
+        raise ValidationError(
+            f"Checksum mismatch: the uploaded bytes hash to {sha256}, not "
+            f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
+        )
+    detected = sniff_format(head, tail, size)
+    if detected == "pickle":
+        raise UnsupportedMediaType(
+            "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
+            "so we do not accept them. " + EXPORT_GUIDANCE
+        )
+    if detected != session.format:
+        what = f"a {Format(detected).label}" if detected else "not a model file we recognise"
+        raise UnsupportedMediaType(
+            f"The upload was declared as {Format(session.format).label} but is {what}. "
+            + EXPORT_GUIDANCE
+        )
+    in_place = (
+        bool(session.header)
+        and session.key.status == TenantKey.Status.ACTIVE
+        and all(part.layout == UploadPart.Layout.SEALED_IN_PLACE for part in parts)
+    )
+    if in_place:
+        artifact = uploads.artifact_take_over(
+            tenant=session.tenant,
+            key=session.key,
+            header=session.header,
+            artifact_id=session.artifact_id,
+            parts=[part.artifact for part in parts],
+            sha256=sha256,
+        )
+    else:
+        artifact = _artifact_reencrypted(session, parts, sha256)
     try:
-        if artifact.sha256 != session.sha256 or artifact.size != session.size:
-            raise ValidationError(
-                f"Checksum mismatch: the uploaded bytes hash to {artifact.sha256}, not "
-                f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
-            )
-        detected = sniff_format(bytes(head), bytes(tail[-SNIFF_BYTES:]), artifact.size)
-        if detected == "pickle":
-            raise UnsupportedMediaType(
-                "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
-                "so we do not accept them. " + EXPORT_GUIDANCE
-            )
-        if detected != session.format:
-            what = f"a {Format(detected).label}" if detected else "not a model file we recognise"
-            raise UnsupportedMediaType(
-                f"The upload was declared as {Format(session.format).label} but is {what}. "
-                + EXPORT_GUIDANCE
-            )
         with transaction.atomic():
+            if in_place:
+                artifact.save(force_insert=True)
             version = _version_create(
                 model=session.model,
                 artifact=artifact,
@@ -357,8 +483,14 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
             ).update(status=UploadSession.Status.COMPLETED, version=version)
             if claimed != 1:
                 raise Conflict("This upload was completed by another request.")
-    except BaseException:
-        store.artifact_delete(artifact)
+            if in_place:  # the artifact took the parts' blobs over; drop only their rows
+                UploadPart.objects.filter(session=session).delete()
+                Artifact.objects.filter(pk__in=[part.artifact.pk for part in parts]).delete()
+    except BaseException as error:
+        if not in_place:
+            store.artifact_delete(artifact)
+        if isinstance(error, IntegrityError):  # the artifact's id: another completion won
+            raise Conflict("This upload was completed by another request.") from None
         raise
     audit_record(
         action="artifact.decrypt",
@@ -367,16 +499,64 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
         target=session,
         data={"purpose": "assemble", "chunks": len(parts), "version": version.public_id},
     )
+    with _digests_lock:
+        _digests.pop(session.public_id, None)
     session.refresh_from_db()
     _delete_parts(session)
     return version
+
+
+def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[str, bytes, bytes]:
+    """The SHA-256 of the parts' plaintext and its first and last ``SNIFF_BYTES``. Uses this
+    process's running digest for the leading chunks it still matches and decrypts the rest;
+    of those, only the chunks overlapping the head or the tail are decrypted."""
+    with _digests_lock:
+        digest = _digests.get(session.public_id)
+        ids = [part.artifact.public_id for part in parts]
+        if digest is not None and digest.parts == ids[: digest.next]:
+            sha256, hashed = digest.sha256.copy(), digest.next
+        else:
+            sha256, hashed = hashlib.sha256(), 0
+    size = sum(part.artifact.size for part in parts)
+    head, tail = bytearray(), bytearray()
+    offset = 0
+    for number, part in enumerate(parts):
+        end = offset + part.artifact.size
+        wanted = number >= hashed or offset < SNIFF_BYTES or end > size - SNIFF_BYTES
+        if wanted:
+            plaintext = _part_plaintext(session, part)
+            if number >= hashed:
+                sha256.update(plaintext)
+            if offset < SNIFF_BYTES:
+                head += plaintext[: SNIFF_BYTES - offset]
+            if end > size - SNIFF_BYTES:
+                tail += plaintext[max(0, size - SNIFF_BYTES - offset) :]
+        offset = end
+    return sha256.hexdigest(), bytes(head), bytes(tail)
+
+
+def _artifact_reencrypted(session: UploadSession, parts: list[UploadPart], sha256: str) -> Artifact:
+    """The parts' plaintext encrypted afresh under the tenant's active key."""
+
+    def plaintext() -> Iterator[bytes]:
+        for part in parts:
+            yield _part_plaintext(session, part)
+
+    artifact = store.artifact_create(tenant=session.tenant, chunks=plaintext())
+    if artifact.sha256 != sha256:  # a part changed since it was hashed
+        store.artifact_delete(artifact)
+        raise Conflict("The upload's chunks changed while it was completed; complete it again.")
+    return artifact
 
 
 def _delete_parts(session: UploadSession) -> None:
     for part in list(session.parts.select_related("artifact")):
         artifact = part.artifact
         part.delete()
-        store.artifact_delete(artifact)
+        if artifact is not None:
+            store.artifact_delete(artifact)
+    if session.header and session.status != UploadSession.Status.COMPLETED:
+        uploads.header_blob_discard(artifact_id=session.artifact_id, key=session.key)
 
 
 def upload_abort(*, session: UploadSession) -> None:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db import transaction
 
 from accounts.models import Tenant
 from accounts.services import SYSTEM, Actor, audit_record
-from marketplace.models import Artifact, TenantKey
+from marketplace.models import Artifact, TenantKey, UploadPart, UploadSession
 
 from . import keys
 from .keyring import KeyUnavailableError
@@ -90,6 +91,174 @@ def _write_blob(*, name: str, key: TenantKey, artifact_id: str, chunks: Iterable
     return stored, encryptor, reader.bytes_out
 
 
+BlobPiece = bytes | bytearray | memoryview | tuple[str, int]
+"""Bytes to write, or ``(storage name, offset)``: that blob's bytes from ``offset`` on."""
+
+
+def blob_write(name: str, pieces: Sequence[BlobPiece]) -> tuple[str, int]:
+    """Write a new blob made of ``pieces`` (ciphertext only); returns its name (the storage
+    may pick another) and size. On a local file system the file is created exclusively
+    (``FileExistsError`` if the name is taken) and written without copies in this process;
+    other storages stream through it. A failed write leaves nothing behind."""
+    storage = artifact_storage()
+    if isinstance(storage, FileSystemStorage):
+        return name, _file_write(storage, name, pieces)
+    reader = _ConcatReader(storage, pieces)
+    try:
+        stored = storage.save(name, _StreamFile(reader, name=name))
+    except BaseException:
+        storage.delete(name)
+        raise
+    return stored, reader.bytes_out
+
+
+def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[BlobPiece]) -> int:
+    path = storage.path(name)
+    os.makedirs(
+        os.path.dirname(path), mode=storage.directory_permissions_mode or 0o777, exist_ok=True
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, storage.file_permissions_mode or 0o666)
+    written = 0
+    try:
+        for piece in pieces:
+            if isinstance(piece, tuple):
+                with open(storage.path(piece[0]), "rb") as src:
+                    left = os.fstat(src.fileno()).st_size - piece[1]
+                    offset = piece[1]
+                    while left > 0:
+                        n = os.copy_file_range(src.fileno(), fd, left, offset)
+                        if not n:
+                            raise OSError(f"blob {piece[0]} shrank while being copied")
+                        offset += n
+                        left -= n
+                        written += n
+            else:
+                view = memoryview(piece).cast("B")
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    written += n
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return written
+
+
+class _ConcatReader(io.RawIOBase):
+    """The bytes of ``pieces`` one after the other, read on demand from the storage."""
+
+    def __init__(self, storage: Storage, pieces: Sequence[BlobPiece]):
+        self._storage = storage
+        self._pieces = list(pieces)
+        self._current: io.IOBase | None = None
+        self.bytes_out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pieces or self._current is not None:
+            if self._current is None:
+                piece = self._pieces.pop(0)
+                if isinstance(piece, tuple):
+                    self._current = self._storage.open(piece[0], "rb")
+                    self._current.seek(piece[1])
+                else:
+                    self._current = io.BytesIO(piece)
+            n = self._current.readinto(buffer)
+            if n:
+                self.bytes_out += n
+                return n
+            self._current.close()
+            self._current = None
+        return 0
+
+
+class _ArtifactReader(io.RawIOBase):
+    """An artifact stored as several blobs (``Artifact.chunk_blobs``), read as one seekable
+    file: the blobs' ``[offset, offset + length)`` ranges one after the other. Each blob is
+    opened only when reached."""
+
+    def __init__(self, storage: Storage, ranges: Sequence[tuple[str, int, int]]):
+        self._storage = storage
+        self._ranges = [tuple(r) for r in ranges]
+        self._starts = []
+        total = 0
+        for _name, _offset, length in self._ranges:
+            self._starts.append(total)
+            total += length
+        self._size = total
+        self._pos = 0
+        self._index = -1  # the range the open blob belongs to
+        self._blob = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        self._close_blob()
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        while self._pos < self._size:
+            index = self._index
+            if index < 0 or not (
+                self._starts[index] <= self._pos < self._starts[index] + self._ranges[index][2]
+            ):
+                self._close_blob()
+                index = max(i for i, start in enumerate(self._starts) if start <= self._pos)
+                name, offset, length = self._ranges[index]
+                if self._pos >= self._starts[index] + length:  # an empty range
+                    continue
+                self._blob = self._storage.open(name, "rb")
+                self._blob.seek(offset + self._pos - self._starts[index])
+                self._index = index
+            left = self._starts[index] + self._ranges[index][2] - self._pos
+            view = memoryview(buffer)[: min(len(buffer), left)]
+            n = self._blob.readinto(view)
+            if not n:
+                raise VaultIntegrityError(f"blob {self._ranges[index][0]} is shorter than recorded")
+            self._pos += n
+            return n
+        return 0
+
+    def _close_blob(self) -> None:
+        if self._blob is not None:
+            self._blob.close()
+        self._blob, self._index = None, -1
+
+    def close(self) -> None:
+        self._close_blob()
+        super().close()
+
+
+def _open_artifact(artifact: Artifact):
+    storage = artifact_storage()
+    if not artifact.chunk_blobs:
+        return storage.open(artifact.storage_name, "rb")
+    head = storage.size(artifact.storage_name)
+    return _ArtifactReader(storage, [(artifact.storage_name, 0, head), *artifact.chunk_blobs])
+
+
+def blob_read(name: str, size: int, offset: int = 0) -> bytes:
+    """``size`` bytes of a blob from ``offset`` (fewer at its end)."""
+    with artifact_storage().open(name, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
 def artifact_create(*, tenant: Tenant, chunks: Iterable[bytes]) -> Artifact:
     """Encrypt ``chunks`` (plaintext pieces of any size) into the store under the tenant's
     active key and record the artifact. Memory stays bounded by the chunk size."""
@@ -112,10 +281,11 @@ def artifact_create(*, tenant: Tenant, chunks: Iterable[bytes]) -> Artifact:
 
 
 def artifact_delete(artifact: Artifact) -> None:
-    """Delete an artifact's row and blob (e.g. an upload chunk once assembled)."""
-    name = artifact.storage_name
+    """Delete an artifact's row and blobs (e.g. an upload chunk once assembled)."""
+    names = artifact.blob_names()
     artifact.delete()
-    artifact_storage().delete(name)
+    for name in names:
+        artifact_storage().delete(name)
 
 
 def _resolver(artifact: Artifact):
@@ -155,16 +325,16 @@ def artifact_read(
     a model loader gets). Audited with the purpose and the prediction or job it serves."""
     for attempt in (1, 2):
         try:
-            with artifact_storage().open(artifact.storage_name, "rb") as fh:
+            with _open_artifact(artifact) as fh:
                 plaintext = decrypt_to_bytes(
                     fh, data_key=_resolver(artifact), artifact_id=artifact.public_id
                 )
             break
         except (FileNotFoundError, KeyUnavailableError):
             # A tenant key rotation may have moved the artifact since we loaded its row.
-            before = (artifact.storage_name, artifact.key_id)
+            before = (artifact.blob_names(), artifact.key_id)
             artifact.refresh_from_db()
-            if attempt == 2 or (artifact.storage_name, artifact.key_id) == before:
+            if attempt == 2 or (artifact.blob_names(), artifact.key_id) == before:
                 raise
     _audit_decrypt(artifact, purpose, actor, prediction=prediction_id, job=job_id)
     return plaintext
@@ -176,7 +346,7 @@ def artifact_stream(
     """Plaintext chunks for a streamed download. A tampered or truncated blob raises after
     earlier chunks were yielded, so only use this where the consumer can discard a partial
     result (an HTTP download the client verifies against ``sha256``)."""
-    fh = artifact_storage().open(artifact.storage_name, "rb")
+    fh = _open_artifact(artifact)
     chunks = decrypt_stream(fh, data_key=_resolver(artifact), artifact_id=artifact.public_id)
     if audit:  # the caller records one event for a batch (e.g. the chunks of an upload)
         _audit_decrypt(artifact, purpose, actor)
@@ -220,13 +390,17 @@ def tenant_key_rotate_run(*, tenant: Tenant, stop_after: int | None = None) -> i
     ``stop_after`` processes at most that many artifacts (tests use it to simulate a crash).
     """
     moved = 0
-    pending = Artifact.objects.filter(tenant=tenant, key__status=TenantKey.Status.RETIRING)
+    # Upload parts stay under the key their session started with (a part sealed in place is
+    # no vault file of its own); completing such an upload re-encrypts it under the new key.
+    pending = Artifact.objects.filter(tenant=tenant, key__status=TenantKey.Status.RETIRING).exclude(
+        pk__in=UploadPart.objects.filter(artifact__isnull=False).values("artifact")
+    )
     for artifact in pending.select_related("key", "tenant").order_by("pk"):
         if stop_after is not None and moved >= stop_after:
             return moved
         new_key = keys.active_key(tenant)
         old_name = artifact.storage_name
-        fh = artifact_storage().open(old_name, "rb")
+        fh = _open_artifact(artifact)
         with fh:
             plaintext = decrypt_stream(
                 fh, data_key=_resolver(artifact), artifact_id=artifact.public_id
@@ -243,7 +417,12 @@ def tenant_key_rotate_run(*, tenant: Tenant, stop_after: int | None = None) -> i
         with transaction.atomic():
             switched = Artifact.objects.filter(
                 pk=artifact.pk, key=artifact.key_id, storage_name=old_name
-            ).update(key=new_key, storage_name=new_name, ciphertext_size=ciphertext_size)
+            ).update(
+                key=new_key,
+                storage_name=new_name,
+                ciphertext_size=ciphertext_size,
+                chunk_blobs=[],
+            )
             if switched:
                 _audit_decrypt(artifact, "rotate", SYSTEM)
         if not switched:
@@ -258,12 +437,23 @@ def _destroy_retired_keys(tenant: Tenant) -> None:
     for key in retiring:
         if Artifact.objects.filter(key=key).exists():
             continue
+        if UploadSession.objects.filter(key=key, status=UploadSession.Status.OPEN).exists():
+            continue  # an open upload still seals its chunks under it
         keys.key_destroy(key)
         audit_record(action="tenant_key.destroy", actor=SYSTEM, tenant=tenant, target=key)
+        storage = artifact_storage()
         for artifact_id in Artifact.objects.filter(tenant=tenant).values_list(
             "public_id", flat=True
         ):
-            artifact_storage().delete(_blob_name(artifact_id, key.public_id))
+            storage.delete(_blob_name(artifact_id, key.public_id))
+            # An assembled upload's parts sit beside its header blob, named after the key.
+            try:
+                _dirs, files = storage.listdir(artifact_id)
+            except (FileNotFoundError, NotImplementedError):
+                continue
+            for name in files:
+                if name.startswith(f"{key.public_id}.part-"):
+                    storage.delete(f"{artifact_id}/{name}")
 
 
 # --- crypto-shredding ---------------------------------------------------------------------
@@ -273,7 +463,8 @@ def tenant_destroy(*, tenant: Tenant, actor: Actor) -> int:
     """Delete an organisation for good: destroy its data keys first (after which none of its
     artifacts can be decrypted by anyone, wherever copies of the blobs survive), then its
     rows and blobs. Returns the number of artifacts shredded."""
-    names = list(Artifact.objects.filter(tenant=tenant).values_list("storage_name", flat=True))
+    artifacts = list(Artifact.objects.filter(tenant=tenant))
+    names = [name for artifact in artifacts for name in artifact.blob_names()]
     with transaction.atomic():
         for key in TenantKey.objects.select_for_update().filter(tenant=tenant):
             keys.key_destroy(key)
@@ -281,7 +472,7 @@ def tenant_destroy(*, tenant: Tenant, actor: Actor) -> int:
             action="tenant.destroy",
             actor=actor,
             tenant=None,
-            data={"tenant": tenant.slug, "artifacts": len(names)},
+            data={"tenant": tenant.slug, "artifacts": len(artifacts)},
         )
         group = tenant.group
         tenant.delete()
@@ -292,4 +483,4 @@ def tenant_destroy(*, tenant: Tenant, actor: Actor) -> int:
             storage.delete(name)
         except OSError:  # the keys are gone: a blob left behind is only noise
             logger.warning("Could not delete blob %s of destroyed tenant %s", name, tenant.slug)
-    return len(names)
+    return len(artifacts)

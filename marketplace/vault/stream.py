@@ -517,3 +517,111 @@ def _plaintext_size_hint(src: ByteReader, chunk_size: int) -> int | None:
     remaining = end - position
     chunks = max(1, -(-remaining // (chunk_size + TAG_SIZE)))
     return max(0, remaining - chunks * TAG_SIZE)
+
+
+class SegmentCipher:
+    """Seals and opens runs of chunks of one artifact at any position, in any order.
+
+    This is the same format as ``Encryptor`` writes, taken apart for resumable uploads: the
+    header (and so the key and nonces) is fixed when the upload starts, each uploaded piece is
+    sealed as the chunks it will be in the finished artifact (counter = its position), and the
+    artifact is then ``header`` followed by the sealed runs in order, with no re-encryption.
+
+    The caller must never seal two different plaintexts at the same counter (that would reuse
+    a GCM nonce); sealing the same plaintext again yields the same bytes and is harmless.
+    """
+
+    def __init__(self, *, header: bytes, data_key: bytes, artifact_id: str) -> None:
+        _check_data_key(data_key)
+        source = _BytesSource(header)
+        parsed = read_header(source)
+        if source.remaining:
+            raise VaultIntegrityError("trailing bytes after the header")
+        artifact = _artifact_id_bytes(artifact_id)
+        self.header = parsed
+        self.chunk_size = parsed.chunk_size
+        self._aead = _artifact_aead(data_key, parsed.salt, artifact)
+        self._ad = _associated_data(parsed.raw, artifact)
+        self._encrypt_into = getattr(self._aead, "encrypt_into", None)
+        self._decrypt_into = getattr(self._aead, "decrypt_into", None)
+
+    @staticmethod
+    def new_header(*, key_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
+        """A fresh header (random salt and nonce prefix) for a new artifact."""
+        _check_chunk_size(chunk_size)
+        return _serialize_header(
+            key_id, os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE), chunk_size
+        )
+
+    def sealed_size(self, plaintext_size: int) -> int:
+        """Bytes of a run of chunks holding ``plaintext_size`` bytes (at least one chunk)."""
+        return plaintext_size + TAG_SIZE * max(1, -(-plaintext_size // self.chunk_size))
+
+    def _runs(self, size: int, first: int, final: bool) -> Iterator[tuple[int, int, bytes]]:
+        """``(start, end, nonce)`` of each chunk in a run of ``size`` plaintext bytes."""
+        cs = self.chunk_size
+        count = max(1, -(-size // cs))
+        if not final and size % cs:
+            raise ValueError("only the final run may end with a partial chunk")
+        if first < 0 or first + count > MAX_CHUNKS:
+            raise ValueError(f"chunk counter out of range (at most {MAX_CHUNKS} chunks)")
+        prefix = self.header.nonce_prefix
+        for j in range(count):
+            yield (
+                j * cs,
+                min(size, (j + 1) * cs),
+                _nonce(prefix, first + j, final and j == count - 1),
+            )
+
+    def seal_into(self, plaintext, out, *, first: int, final: bool) -> int:
+        """Seal ``plaintext`` as chunks ``first, first + 1, ...`` into ``out`` (at least
+        ``sealed_size`` bytes); the last is sealed as the artifact's final chunk if ``final``.
+        Returns the bytes written."""
+        src = memoryview(plaintext).cast("B")
+        dst = memoryview(out).cast("B")
+        pos = 0
+        for start, end, nonce in self._runs(len(src), first, final):
+            size = end - start + TAG_SIZE
+            if self._encrypt_into is not None:
+                self._encrypt_into(nonce, src[start:end], self._ad, dst[pos : pos + size])
+            else:
+                dst[pos : pos + size] = self._aead.encrypt(nonce, src[start:end], self._ad)
+            pos += size
+        return pos
+
+    def open_into(self, sealed, out, *, first: int, final: bool) -> int:
+        """Open a run sealed by ``seal_into`` into ``out``; returns the plaintext size.
+        ``VaultIntegrityError`` if any chunk fails (``out`` then holds garbage: discard it)."""
+        src = memoryview(sealed).cast("B")
+        dst = memoryview(out).cast("B")
+        cs = self.chunk_size
+        full, rest = divmod(len(src), cs + TAG_SIZE)
+        if rest and rest < TAG_SIZE or not final and rest or not (full or rest):
+            raise VaultIntegrityError("a run of sealed chunks has an impossible length")
+        size = len(src) - TAG_SIZE * (full + (1 if rest else 0))
+        pos = 0
+        for start, end, nonce in self._runs(size, first, final):
+            sealed_end = pos + end - start + TAG_SIZE
+            try:
+                if self._decrypt_into is not None:
+                    self._decrypt_into(nonce, src[pos:sealed_end], self._ad, dst[start:end])
+                else:
+                    dst[start:end] = self._aead.decrypt(nonce, src[pos:sealed_end], self._ad)
+            except InvalidTag:
+                raise _chunk_failed(int.from_bytes(nonce[7:11], "big")) from None
+            pos = sealed_end
+        return size
+
+
+class _BytesSource:
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = memoryview(data), 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def read(self, size: int, /) -> bytes:
+        piece = bytes(self._data[self._pos : self._pos + size])
+        self._pos += len(piece)
+        return piece

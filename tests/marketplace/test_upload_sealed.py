@@ -1,0 +1,226 @@
+"""Uploaded chunks are sealed where they sit in the finished artifact, so completing an upload
+copies and re-encrypts nothing; every guarantee of the upload flow still holds."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from accounts.services import SYSTEM
+from marketplace import services
+from marketplace.models import Artifact, TenantKey, UploadPart, UploadSession
+from marketplace.vault import VaultIntegrityError
+from marketplace.vault.store import (
+    artifact_read,
+    artifact_storage,
+    artifact_stream,
+    tenant_destroy,
+    tenant_key_rotate_begin,
+    tenant_key_rotate_run,
+)
+from tests.marketplace.conftest import sha256
+
+pytestmark = pytest.mark.django_db
+PIECE = 8192  # an upload chunk of two vault chunks
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(settings, isolated_store):
+    settings.UPLOAD_CHUNK_SIZE = PIECE
+    settings.ARTIFACT_CHUNK_SIZE = 4096
+
+
+@pytest.fixture
+def model(tenant):
+    return services.model_create(tenant=tenant, name="net", actor=SYSTEM)
+
+
+@pytest.fixture
+def data(model_files) -> bytes:
+    return model_files["pt2"] + b"\0" * 1000  # trailing bytes keep it a valid zip
+
+
+def _start(model, data: bytes) -> UploadSession:
+    return services.upload_session_create(
+        model=model,
+        filename="m.pt2",
+        format="pt2",
+        size=len(data),
+        sha256=sha256(data),
+        actor=SYSTEM,
+    )
+
+
+def _send(session: UploadSession, data: bytes, index: int) -> UploadPart:
+    start, end = session.chunk_range(index)
+    piece = data[start : end + 1]
+    return services.upload_part_store(
+        session=session,
+        index=index,
+        chunks=(piece[i : i + 1000] for i in range(0, len(piece), 1000)),
+    )
+
+
+def _files() -> list[Path]:
+    return sorted(p for p in Path(artifact_storage().location).rglob("*") if p.is_file())
+
+
+def _forget_running_digests():
+    """As if every chunk had gone to another web process."""
+    services._digests.clear()
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_completion_takes_the_sealed_chunks_over_without_copying(model, data, in_order):
+    session = _start(model, data)
+    order = list(range(session.chunk_count))
+    if not in_order:
+        random.Random(3).shuffle(order)
+    for index in order:
+        _send(session, data, index)
+    part_blobs = {part.artifact.storage_name for part in session.parts.select_related("artifact")}
+
+    version = services.upload_complete(session=session, actor=SYSTEM)
+
+    artifact = version.artifact
+    assert artifact.public_id == session.artifact_id and artifact.sha256 == sha256(data)
+    assert {name for name, _offset, _length in artifact.chunk_blobs} == part_blobs
+    assert artifact_read(artifact=artifact, purpose="validate") == data
+    assert b"".join(artifact_stream(artifact=artifact, purpose="download")) == data
+    assert list(Artifact.objects.all()) == [artifact] and not UploadPart.objects.exists()
+    stored = b"".join(path.read_bytes() for path in _files())
+    assert data[:64] not in stored and data[-2000:-1000] not in stored
+
+
+def test_checksum_is_checked_when_no_process_saw_the_chunks_in_order(model, data):
+    session = _start(model, data)
+    corrupted = bytearray(data)
+    corrupted[-1500] ^= 0xFF  # in a middle chunk, outside the bytes sniffed for the format
+    for index in range(session.chunk_count):
+        _send(session, bytes(corrupted), index)
+    _forget_running_digests()
+
+    with pytest.raises(ValidationError, match="Checksum mismatch"):
+        services.upload_complete(session=session, actor=SYSTEM)
+
+    _send(session, data, session.chunk_count - 1)  # the changed chunk, re-sent
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_a_chunk_resent_with_other_bytes_is_never_sealed_at_the_same_position(
+    model, data, django_capture_on_commit_callbacks
+):
+    session = _start(model, data)
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    first = session.parts.get(index=1).artifact
+
+    same = _send(session, data, 1)  # a retry of the same bytes changes nothing
+    assert same.artifact == first and same.layout == UploadPart.Layout.SEALED_IN_PLACE
+    changed = bytearray(data)
+    changed[PIECE + 5] ^= 0xFF
+    with django_capture_on_commit_callbacks(execute=True):
+        replaced = _send(session, bytes(changed), 1)
+        _send(session, data, 1)  # and back: still not sealed under the session's nonces again
+
+    part = session.parts.get(index=1)
+    assert part.layout == UploadPart.Layout.FILE and part.artifact not in (first, replaced.artifact)
+    assert not Artifact.objects.filter(pk__in=[first.pk, replaced.artifact.pk]).exists()
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    # Re-encrypted whole under a fresh header instead.
+    assert version.artifact.chunk_blobs == [] and version.artifact.public_id != session.artifact_id
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_a_tampered_part_fails_when_read(model, data):
+    session = _start(model, data)
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    name, offset, _length = version.artifact.chunk_blobs[1]
+    path = Path(artifact_storage().path(name))
+    blob = bytearray(path.read_bytes())
+    blob[offset + 10] ^= 1
+    path.write_bytes(blob)
+
+    with pytest.raises(VaultIntegrityError):
+        artifact_read(artifact=version.artifact, purpose="validate")
+
+
+def test_sessions_from_before_sealing_still_complete(model, data):
+    session = _start(model, data)
+    UploadSession.objects.filter(pk=session.pk).update(header=b"", artifact_id="", key=None)
+    session.refresh_from_db()
+    for index in reversed(range(session.chunk_count)):
+        assert _send(session, data, index).layout == UploadPart.Layout.FILE
+
+    version = services.upload_complete(session=session, actor=SYSTEM)
+
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_abandoned_uploads_leave_no_blob(model, data, django_capture_on_commit_callbacks):
+    session = _start(model, data)
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    with django_capture_on_commit_callbacks(execute=True):
+        _send(session, data[:-1] + b"!", session.chunk_count - 1)
+    with pytest.raises(ValidationError):  # a failed completion is cleaned up too
+        services.upload_complete(session=session, actor=SYSTEM)
+    UploadSession.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert services.upload_sessions_expire() == 1
+    assert _files() == [] and not Artifact.objects.exists()
+
+
+def test_rotation_leaves_open_uploads_be_and_they_complete_under_the_new_key(tenant, model, data):
+    session = _start(model, data)
+    _send(session, data, 0)
+    old_key = session.key
+    new_key = tenant_key_rotate_begin(tenant=tenant, actor=SYSTEM)
+
+    assert tenant_key_rotate_run(tenant=tenant) == 0
+    old_key.refresh_from_db()
+    assert old_key.status == TenantKey.Status.RETIRING  # the upload still seals under it
+    for index in range(1, session.chunk_count):
+        _send(session, data, index)
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    assert version.artifact.key == new_key and version.artifact.chunk_blobs == []
+    tenant_key_rotate_run(tenant=tenant)
+    old_key.refresh_from_db()
+    assert old_key.status == TenantKey.Status.DESTROYED
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_rotating_an_assembled_artifact_moves_it_into_one_blob(tenant, model, data):
+    session = _start(model, data)
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    tenant_key_rotate_begin(tenant=tenant, actor=SYSTEM)
+
+    assert tenant_key_rotate_run(tenant=tenant) == 1
+
+    artifact = Artifact.objects.get(pk=version.artifact.pk)
+    assert artifact.chunk_blobs == []
+    assert _files() == [Path(artifact_storage().path(artifact.storage_name))]
+    assert artifact_read(artifact=artifact, purpose="validate") == data
+
+
+def test_destroying_the_tenant_deletes_every_blob(tenant, model, data):
+    session = _start(model, data)
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    version.delete()  # versions protect their artifacts; the artifact and its blobs stay
+    _send(_start(model, data), data, 0)  # and an open upload's part
+
+    tenant_destroy(tenant=tenant, actor=SYSTEM)
+
+    assert _files() == []
