@@ -4,6 +4,7 @@ organisation's flag is a 404."""
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import CursorPagination
@@ -52,6 +53,7 @@ class AbuseFlagScopedMixin(TenantScopedMixin):
 class AbuseFlagsView(AbuseFlagScopedMixin, GenericAPIView):
     pagination_class = FirstSeenCursorPagination
 
+    @extend_schema(operation_id="abuse_flags_list", responses=AbuseFlagSerializer(many=True))
     def get(self, request):
         """Keys of other organisations flagged for possible extraction of your models,
         newest first: rate-limit rejections, calls and distinct inputs in the window."""
@@ -60,5 +62,7 @@ class AbuseFlagsView(AbuseFlagScopedMixin, GenericAPIView):
 
 
 class AbuseFlagDetailView(AbuseFlagScopedMixin, GenericAPIView):
+    @extend_schema(operation_id="abuse_flag_retrieve", responses=AbuseFlagSerializer)
     def get(self, request, id: str):
+        """One flag on one of your models."""
         return Response(AbuseFlagSerializer(self.get_object()).data)
