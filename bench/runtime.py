@@ -74,6 +74,7 @@ from inference.runtime.protocol import pack  # noqa: E402
 from inference.runtime.serve import outputs_to_dict  # noqa: E402
 from inference.runtime.signature import Signature, validate_inputs  # noqa: E402
 from marketplace.vault.stream import decrypt_to_bytes, encrypt_stream  # noqa: E402
+from workers import host as host_module  # noqa: E402
 from workers import sandbox  # noqa: E402
 from workers.host import ModelHost  # noqa: E402
 
@@ -83,6 +84,7 @@ COLD_TARGET_MODEL = "mlp_200mb"
 KEY_ID = "bench-key"
 THREADS = 1  # settings.MODEL_HOST_THREADS
 DEVICE = "cpu"  # --device
+SPIN_SECONDS = host_module.SPIN_SECONDS  # --spin-us; the worker's default
 # As workers.pool.new_host with the default settings (MM_HOST_ADDRESS_SPACE etc.).
 HOST_LIMITS = sandbox.Limits(memory_bytes=16 * 1024**3, cpu_seconds=3600, threads=THREADS)
 HOST_RSS_LIMIT = 4 * 1024**3
@@ -218,7 +220,11 @@ class Hosts:
         # far more than it uses).
         limits = HOST_LIMITS if DEVICE == "cpu" else replace(HOST_LIMITS, memory_bytes=None)
         host = ModelHost(
-            device=DEVICE, limits=limits, rss_limit=HOST_RSS_LIMIT, require_sandbox=False
+            device=DEVICE,
+            limits=limits,
+            rss_limit=HOST_RSS_LIMIT,
+            require_sandbox=False,
+            spin_seconds=SPIN_SECONDS,
         )
         self.started.append(host)  # before start(): a failed start leaves a process to kill
         return host.start(timeout=LOAD_TIMEOUT)
@@ -911,9 +917,16 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where both sides run the model"
     )
+    parser.add_argument(
+        "--spin-us",
+        type=int,
+        default=round(SPIN_SECONDS * 1e6),
+        help="how long the worker polls for a reply before sleeping (MM_HOST_SPIN_MICROSECONDS)",
+    )
     args = parser.parse_args()
-    global DEVICE
+    global DEVICE, SPIN_SECONDS
     DEVICE = args.device
+    SPIN_SECONDS = args.spin_us / 1e6
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     plan = QUICK if args.quick else FULL
@@ -950,7 +963,8 @@ def main() -> None:
         progress("timed the parts")
 
         print(
-            f"\nModel hosts: {isolation}; device {device_name()}; torch {torch.__version__}; "
+            f"\nModel hosts: {isolation}; device {device_name()}; worker polls "
+            f"{SPIN_SECONDS * 1e6:,.0f} µs for a reply; torch {torch.__version__}; "
             f"{os.cpu_count()} CPUs; "
             f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
@@ -976,6 +990,7 @@ def main() -> None:
             "environment": {
                 "isolation": isolation,
                 "device": device_name(),
+                "spin_us": round(SPIN_SECONDS * 1e6),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),
