@@ -36,7 +36,6 @@ from marketplace.models import (
     UploadSession,
 )
 from marketplace.vault import store, uploads
-from marketplace.vault.stream import VaultIntegrityError
 
 EXPORT_GUIDANCE = (
     "Export your model with torch.export and save it: "
@@ -179,7 +178,19 @@ _digests_lock = threading.Lock()
 _MAX_DIGESTS = 64  # sessions this process is receiving at once; older ones are rehashed
 
 
-def _digest_advance(session: UploadSession, index: int, part_id: str, plaintext) -> None:
+def _digest_begin(session: UploadSession, index: int):
+    """A running SHA-256 to feed chunk ``index`` into, if this process has every chunk
+    before it in order; ``None`` otherwise (completion then hashes that chunk)."""
+    with _digests_lock:
+        digest = _digests.get(session.public_id)
+        if digest is None:
+            return hashlib.sha256() if index == 0 else None
+        return digest.sha256.copy() if digest.next == index else None
+
+
+def _digest_commit(session: UploadSession, index: int, part_id: str, sha256) -> None:
+    if sha256 is None:
+        return
     with _digests_lock:
         digest = _digests.get(session.public_id)
         if digest is None and index == 0:
@@ -189,14 +200,13 @@ def _digest_advance(session: UploadSession, index: int, part_id: str, plaintext)
         if digest is None or digest.next != index:
             return
         _digests.move_to_end(session.public_id)
-        digest.sha256.update(plaintext)
+        digest.sha256 = sha256
         digest.parts.append(part_id)
         digest.next += 1
 
 
 def _read_chunk(chunks: Iterable[bytes], index: int, size: int) -> memoryview:
-    """The whole chunk, in a reused buffer: it is hashed and sealed only once complete, so an
-    interrupted request never seals anything."""
+    """The whole chunk, in a reused buffer (sessions from before chunks were sealed)."""
     buffer = uploads.plaintext_buffer(size)
     received = 0
     for piece in chunks:
@@ -213,47 +223,70 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
     """Encrypt one chunk into the store. Re-sending a chunk replaces it, so any chunk can be
     retried safely, in any order.
 
-    The first time a position is claimed its chunk is sealed in place (as the finished
-    artifact's chunks); a re-sent chunk with the same bytes changes nothing, and one with
-    other bytes becomes a vault file of its own (sealing other bytes at the same position would
-    reuse GCM nonces)."""
+    The chunk is sealed as it arrives, as the finished artifact's chunks at its position,
+    and stored once it has all arrived, if its position was never claimed before. A re-sent
+    chunk with the same bytes changes nothing; one with other bytes (or one whose earlier
+    attempt failed after claiming) becomes a vault file of its own, since storing other
+    bytes sealed at the same position would reuse GCM nonces."""
     _check_open(session)
     start, end = session.chunk_range(index)
-    plaintext = _read_chunk(chunks, index, end - start + 1)
-    if session.header:
-        try:
-            with transaction.atomic():
-                UploadPart.objects.create(
-                    session=session, index=index, layout=UploadPart.Layout.SEALED_IN_PLACE
-                )
-            claimed = True
-        except IntegrityError:
-            claimed = False
-        if claimed:
-            vault_chunks = session.chunk_size // uploads.vault_chunk_size(session.chunk_size)
-            artifact = uploads.part_seal(
-                tenant=session.tenant,
-                key=session.key,
-                header=session.header,
-                artifact_id=session.artifact_id,
-                first_chunk=index * vault_chunks,
-                final=index == session.chunk_count - 1,
-                plaintext=plaintext,
+    size = end - start + 1
+    if not session.header:
+        plaintext = _read_chunk(chunks, index, size)
+        artifact = uploads.part_create_standalone(tenant=session.tenant, plaintext=plaintext)
+        return _part_set(session, index, artifact, UploadPart.Layout.FILE)
+    first, final = _vault_position(session, index)
+    sealer = uploads.PieceSealer(
+        key=session.key,
+        header=session.header,
+        artifact_id=session.artifact_id,
+        first_chunk=first,
+        final=final,
+        size=size,
+    )
+    sha256 = _digest_begin(session, index)
+    received = 0
+    for piece in chunks:
+        received += len(piece)
+        if received > size:
+            raise ValidationError(f"Chunk {index} is longer than {size} bytes.")
+        if sha256 is not None:
+            sha256.update(piece)
+        sealer.update(piece)
+    if received != size:
+        raise ValidationError(f"Chunk {index} should be {size} bytes; received {received}.")
+    try:
+        with transaction.atomic():
+            claim = UploadPart.objects.create(
+                session=session, index=index, layout=UploadPart.Layout.SEALED_IN_PLACE
             )
-            part = _part_set(session, index, artifact, UploadPart.Layout.SEALED_IN_PLACE)
-            _digest_advance(session, index, artifact.public_id, plaintext)
-            return part
-        existing = (
-            UploadPart.objects.select_related("artifact__key")
-            .filter(session=session, index=index, artifact__isnull=False)
-            .first()
+    except IntegrityError:
+        claim = None
+    if claim is not None:
+        artifact = uploads.part_store(
+            tenant=session.tenant, key=session.key, artifact_id=session.artifact_id, sealer=sealer
         )
-        if existing is not None and _part_matches(session, existing, plaintext):
-            _digest_advance(session, index, existing.artifact.public_id, plaintext)
-            return existing
-    artifact = uploads.part_create_standalone(tenant=session.tenant, plaintext=plaintext)
+        if UploadPart.objects.filter(pk=claim.pk, artifact__isnull=True).update(artifact=artifact):
+            claim.artifact = artifact
+            _digest_commit(session, index, artifact.public_id, sha256)
+            return claim
+        store.artifact_delete(artifact)  # a retry racing this one stored its copy first
+        return UploadPart.objects.select_related("artifact").get(pk=claim.pk)
+    existing = (
+        UploadPart.objects.select_related("artifact")
+        .filter(session=session, index=index, artifact__isnull=False)
+        .first()
+    )
+    if (
+        existing is not None
+        and existing.layout == UploadPart.Layout.SEALED_IN_PLACE
+        and uploads.part_holds(existing.artifact, sealer)
+    ):
+        _digest_commit(session, index, existing.artifact.public_id, sha256)
+        return existing
+    artifact = uploads.part_create_standalone(tenant=session.tenant, plaintext=sealer.plaintext())
     part = _part_set(session, index, artifact, UploadPart.Layout.FILE)
-    _digest_advance(session, index, artifact.public_id, plaintext)
+    _digest_commit(session, index, artifact.public_id, sha256)
     return part
 
 
@@ -283,20 +316,14 @@ def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: st
     return part
 
 
-def _vault_position(session: UploadSession, part: UploadPart) -> tuple[int, bool]:
+def _vault_position(session: UploadSession, index: int) -> tuple[int, bool]:
+    """The vault chunk counter chunk ``index`` starts at, and whether it is the last."""
     vault_chunks = session.chunk_size // uploads.vault_chunk_size(session.chunk_size)
-    return part.index * vault_chunks, part.index == session.chunk_count - 1
-
-
-def _part_matches(session: UploadSession, part: UploadPart, plaintext: memoryview) -> bool:
-    try:
-        return _part_plaintext(session, part) == plaintext
-    except VaultIntegrityError:
-        return False  # whatever is stored, the new chunk replaces it
+    return index * vault_chunks, index == session.chunk_count - 1
 
 
 def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:
-    first, final = _vault_position(session, part)
+    first, final = _vault_position(session, part.index)
     return uploads.part_open(
         part=part.artifact,
         sealed_in_place=part.layout == UploadPart.Layout.SEALED_IN_PLACE,

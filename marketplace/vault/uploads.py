@@ -24,7 +24,13 @@ from accounts.models import Tenant
 from marketplace.models import Artifact, TenantKey
 
 from . import keys, store
-from .stream import MAX_CHUNK_SIZE, SegmentCipher, VaultIntegrityError, decrypt_to_bytes
+from .stream import (
+    MAX_CHUNK_SIZE,
+    TAG_SIZE,
+    SegmentCipher,
+    VaultIntegrityError,
+    decrypt_to_bytes,
+)
 
 # Smallest vault chunk we choose to align with upload pieces: below it the per-chunk tag and
 # call overhead grows, so pieces of odd sizes use their own size as the vault chunk size.
@@ -72,28 +78,91 @@ def plaintext_buffer(size: int) -> memoryview:
     return _buffer("plaintext", size)
 
 
-def part_seal(
-    *,
-    tenant: Tenant,
-    key: TenantKey,
-    header: bytes,
-    artifact_id: str,
-    first_chunk: int,
-    final: bool,
-    plaintext: memoryview,
+class PieceSealer:
+    """Seals one upload piece as chunks ``first_chunk, ...`` of the session's artifact while
+    it arrives, into a reused buffer (header + sealed chunks, the part blob's bytes).
+
+    Nothing is stored here: sealing into memory commits to nothing, since a nonce is only
+    burnt once a ciphertext made with it is stored (``part_store``), and a request that
+    breaks off leaves only this buffer, which the next piece overwrites."""
+
+    def __init__(
+        self,
+        *,
+        key: TenantKey,
+        header: bytes,
+        artifact_id: str,
+        first_chunk: int,
+        final: bool,
+        size: int,
+    ) -> None:
+        self._cipher = _cipher(key=key, header=header, artifact_id=artifact_id)
+        self._cs = self._cipher.chunk_size
+        self._final = final
+        self.size = size
+        head = len(header)
+        self._sealed = _buffer("sealed", head + self._cipher.sealed_size(size))
+        self._sealed[:head] = header
+        self._out = head  # where the next sealed chunk goes
+        self._stage = _buffer("stage", min(self._cs, size) or 1)
+        self._staged = 0
+        self._done = 0  # plaintext bytes sealed
+        self._counter = first_chunk
+
+    def update(self, piece) -> None:
+        view = memoryview(piece).cast("B")
+        while view:
+            want = min(self._cs, self.size - self._done)
+            if not want:
+                raise ValueError("more plaintext than the piece holds")
+            if not self._staged and len(view) >= want:  # a whole chunk: seal it in place
+                self._seal(view[:want])
+                view = view[want:]
+                continue
+            take = min(want - self._staged, len(view))
+            self._stage[self._staged : self._staged + take] = view[:take]
+            self._staged += take
+            view = view[take:]
+            if self._staged == want:
+                self._staged = 0
+                self._seal(self._stage[:want])
+
+    def _seal(self, chunk: memoryview) -> None:
+        final = self._final and self._done + len(chunk) == self.size
+        end = self._out + len(chunk) + TAG_SIZE
+        self._cipher.seal_into(
+            chunk, self._sealed[self._out : end], first=self._counter, final=final
+        )
+        self._out, self._done, self._counter = end, self._done + len(chunk), self._counter + 1
+
+    @property
+    def complete(self) -> bool:
+        return self._done == self.size and self._out == len(self._sealed)
+
+    def blob(self) -> memoryview:
+        """The part blob's bytes, once ``complete``."""
+        if not self.complete:
+            raise ValueError("the piece is incomplete")
+        return self._sealed
+
+    def plaintext(self) -> bytearray:
+        """The piece's plaintext again (for storing it as a vault file of its own)."""
+        head = len(self._cipher.header.raw)
+        first = self._counter - max(1, -(-self.size // self._cs))
+        out = bytearray(self.size)
+        self._cipher.open_into(self.blob()[head:], out, first=first, final=self._final)
+        return out
+
+
+def part_store(
+    *, tenant: Tenant, key: TenantKey, artifact_id: str, sealer: PieceSealer
 ) -> Artifact:
-    """Seal one piece as chunks ``first_chunk, ...`` of the session's artifact and store it
-    (header + sealed chunks) as a part. The caller guarantees this position was never sealed
-    with other bytes under this header."""
-    cipher = _cipher(key=key, header=header, artifact_id=artifact_id)
-    head = len(header)
-    sealed = _buffer("sealed", head + cipher.sealed_size(len(plaintext)))
-    sealed[:head] = header
-    cipher.seal_into(plaintext, sealed[head:], first=first_chunk, final=final)
-    part = Artifact(tenant=tenant, key=key, size=len(plaintext), sha256="")
+    """Store a sealed piece as a part blob and its row. The caller has claimed the piece's
+    position: no other bytes were ever stored sealed there."""
+    part = Artifact(tenant=tenant, key=key, size=sealer.size, sha256="")
     # Beside the finished artifact's header blob, which takes this blob over as it is.
     part.storage_name, part.ciphertext_size = store.blob_write(
-        f"{artifact_id}/{key.public_id}.part-{part.public_id}", [sealed]
+        f"{artifact_id}/{key.public_id}.part-{part.public_id}", [sealer.blob()]
     )
     try:
         part.save()
@@ -101,6 +170,16 @@ def part_seal(
         store.artifact_storage().delete(part.storage_name)
         raise
     return part
+
+
+def part_holds(part: Artifact, sealer: PieceSealer) -> bool:
+    """Whether a stored part blob is byte for byte what ``sealer`` sealed (same position, same
+    plaintext: AES-GCM under the same key and nonce gives the same bytes)."""
+    blob = sealer.blob()
+    return (
+        part.ciphertext_size == len(blob)
+        and store.blob_read(part.storage_name, len(blob) + 1) == blob
+    )
 
 
 def part_create_standalone(*, tenant: Tenant, plaintext: memoryview) -> Artifact:

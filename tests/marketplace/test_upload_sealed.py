@@ -56,13 +56,13 @@ def _start(model, data: bytes) -> UploadSession:
     )
 
 
-def _send(session: UploadSession, data: bytes, index: int) -> UploadPart:
+def _send(session: UploadSession, data: bytes, index: int, read: int = 1000) -> UploadPart:
     start, end = session.chunk_range(index)
     piece = data[start : end + 1]
     return services.upload_part_store(
         session=session,
         index=index,
-        chunks=(piece[i : i + 1000] for i in range(0, len(piece), 1000)),
+        chunks=(piece[i : i + read] for i in range(0, len(piece), read)),
     )
 
 
@@ -75,14 +75,14 @@ def _forget_running_digests():
     services._digests.clear()
 
 
-@pytest.mark.parametrize("in_order", [True, False])
-def test_completion_takes_the_sealed_chunks_over_without_copying(model, data, in_order):
+@pytest.mark.parametrize(("in_order", "read"), [(True, 1000), (False, 4096), (True, 8192)])
+def test_completion_takes_the_sealed_chunks_over_without_copying(model, data, in_order, read):
     session = _start(model, data)
     order = list(range(session.chunk_count))
     if not in_order:
         random.Random(3).shuffle(order)
     for index in order:
-        _send(session, data, index)
+        _send(session, data, index, read)
     part_blobs = {part.artifact.storage_name for part in session.parts.select_related("artifact")}
 
     version = services.upload_complete(session=session, actor=SYSTEM)
