@@ -334,11 +334,17 @@ def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:
     )
 
 
-def upload_received_ranges(session: UploadSession) -> list[tuple[int, int]]:
+def upload_stored_indexes(session: UploadSession) -> set[int]:
+    """Indexes of the chunks stored so far."""
+    return set(session.parts.filter(artifact__isnull=False).values_list("index", flat=True))
+
+
+def upload_received_ranges(
+    session: UploadSession, *, stored: set[int] | None = None
+) -> list[tuple[int, int]]:
     """Byte ranges stored so far, merged (inclusive ends)."""
     ranges: list[tuple[int, int]] = []
-    stored = session.parts.filter(artifact__isnull=False).values_list("index", flat=True)
-    for index in sorted(stored):
+    for index in sorted(upload_stored_indexes(session) if stored is None else stored):
         start, end = session.chunk_range(index)
         if ranges and ranges[-1][1] + 1 == start:
             ranges[-1] = (ranges[-1][0], end)
@@ -347,8 +353,10 @@ def upload_received_ranges(session: UploadSession) -> list[tuple[int, int]]:
     return ranges
 
 
-def upload_missing_ranges(session: UploadSession) -> list[tuple[int, int]]:
-    have = set(session.parts.filter(artifact__isnull=False).values_list("index", flat=True))
+def upload_missing_ranges(
+    session: UploadSession, *, stored: set[int] | None = None
+) -> list[tuple[int, int]]:
+    have = upload_stored_indexes(session) if stored is None else stored
     missing: list[tuple[int, int]] = []
     for index in range(session.chunk_count):
         if index in have:

@@ -212,7 +212,7 @@ class RawBodyParser(BaseParser):
 
 
 class UploadView(TenantScopedMixin, GenericAPIView):
-    queryset = UploadSession.objects.select_related("model__tenant", "tenant")
+    queryset = UploadSession.objects.select_related("model__tenant", "tenant", "key")
     serializer_class = s.UploadSessionSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
@@ -245,7 +245,7 @@ class UploadView(TenantScopedMixin, GenericAPIView):
 
 
 class UploadCompleteView(TenantScopedMixin, GenericAPIView):
-    queryset = UploadSession.objects.select_related("model__tenant", "tenant")
+    queryset = UploadSession.objects.select_related("model__tenant", "tenant", "key")
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
     required_scope = Scope.MODELS_WRITE
