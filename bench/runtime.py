@@ -84,7 +84,7 @@ COLD_TARGET_MODEL = "mlp_200mb"
 KEY_ID = "bench-key"
 THREADS = 1  # settings.MODEL_HOST_THREADS
 DEVICE = "cpu"  # --device
-SPIN_SECONDS = host_module.SPIN_SECONDS  # --spin-us; the worker's default
+SPIN_SECONDS: float | None = None  # --spin-us; None: the worker's default for the device
 # As workers.pool.new_host with the default settings (MM_HOST_ADDRESS_SPACE etc.).
 HOST_LIMITS = sandbox.Limits(memory_bytes=16 * 1024**3, cpu_seconds=3600, threads=THREADS)
 HOST_RSS_LIMIT = 4 * 1024**3
@@ -897,6 +897,11 @@ def report_warm(
     return figures, met
 
 
+def spin_seconds() -> float:
+    probe = ModelHost(device=DEVICE, spin_seconds=SPIN_SECONDS)
+    return probe.spin_seconds or 0.0
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
 
@@ -907,6 +912,7 @@ def force_fallback_sandbox() -> None:
 
 
 def main() -> None:
+    global DEVICE, SPIN_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, about a minute")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
@@ -920,13 +926,12 @@ def main() -> None:
     parser.add_argument(
         "--spin-us",
         type=int,
-        default=round(SPIN_SECONDS * 1e6),
-        help="how long the worker polls for a reply before sleeping (MM_HOST_SPIN_MICROSECONDS)",
+        help="how long the worker polls for a reply before sleeping (default: the worker's, "
+        f"{host_module.CUDA_SPIN_SECONDS * 1e6:,.0f} on cuda and 0 on cpu)",
     )
     args = parser.parse_args()
-    global DEVICE, SPIN_SECONDS
     DEVICE = args.device
-    SPIN_SECONDS = args.spin_us / 1e6
+    SPIN_SECONDS = None if args.spin_us is None else args.spin_us / 1e6
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     plan = QUICK if args.quick else FULL
@@ -964,7 +969,7 @@ def main() -> None:
 
         print(
             f"\nModel hosts: {isolation}; device {device_name()}; worker polls "
-            f"{SPIN_SECONDS * 1e6:,.0f} µs for a reply; torch {torch.__version__}; "
+            f"{spin_seconds() * 1e6:,.0f} µs for a reply; torch {torch.__version__}; "
             f"{os.cpu_count()} CPUs; "
             f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
@@ -990,7 +995,7 @@ def main() -> None:
             "environment": {
                 "isolation": isolation,
                 "device": device_name(),
-                "spin_us": round(SPIN_SECONDS * 1e6),
+                "spin_us": round(spin_seconds() * 1e6),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),

@@ -31,13 +31,14 @@ HOST_LOG_LINES = 200  # lines of a host's output logged per request
 _warned_unsandboxed = False
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the module only from Python 3.10 on Linux
 PIPE_SIZE = 1 << 20
-# How long a request waits for its reply by polling before it sleeps in select(). A waiting
-# thread that sleeps longer than the hypervisor's halt-polling window (KVM: 200 µs) lets its
-# vCPU halt, and waking it costs about 250 µs (measured on an H200 machine's 16 vCPUs: the
-# "rest" of bench/runtime.py's breakdown). Polling with select(..., 0) releases the GIL on every
-# call, so the worker's other threads run meanwhile; it spends at most this much CPU per request.
-# MM_HOST_SPIN_MICROSECONDS=0 turns it off.
-SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1e6
+# How long a request to a CUDA host waits for its reply by polling before it sleeps in
+# select(). On the H200 machine (16 vCPUs, a VM) polling for 2 ms took the added time of a warm
+# GPU prediction from 735-808 µs to 469-498 µs (bench/runtime.py --device cuda --spin-us 0 vs
+# 2000, same machine): a thread that sleeps while the GPU works pays a slow wake-up. On CPU
+# hosts it gained nothing measurable (351 vs 418 µs, within noise) and would take a core from
+# the host's own forward pass, so they sleep at once. select(..., 0) releases the GIL on every
+# call: the worker's other threads run meanwhile. MM_HOST_SPIN_MICROSECONDS=0 turns it off.
+CUDA_SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1e6
 
 
 class HostFailure(Exception):
@@ -62,7 +63,7 @@ class ModelHost:
     device: str = "cpu"
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     rss_limit: int | None = None  # bytes; checked while waiting on each request
-    spin_seconds: float = SPIN_SECONDS  # polling for a reply before sleeping (see above)
+    spin_seconds: float | None = None  # polling for a reply before sleeping; None: see above
     require_sandbox: bool = False
     proc: subprocess.Popen | None = None
     loaded_bytes: int = 0
@@ -73,6 +74,10 @@ class ModelHost:
     # The request id(s) of the request in flight, for the host's output in our logs.
     _log_id: str | None = None
     _log_lines: int = 0
+
+    def __post_init__(self) -> None:
+        if self.spin_seconds is None:
+            self.spin_seconds = CUDA_SPIN_SECONDS if self.device.startswith("cuda") else 0.0
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy
