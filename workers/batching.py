@@ -30,9 +30,10 @@ class Job:
 
 
 class VersionBatcher:
-    """One thread per loaded version: takes the first waiting job, gathers more for up to
-    ``max_delay`` seconds or ``max_batch`` rows, runs them as one request, and resolves each
-    job with its own slice of the outputs and its share of the compute time."""
+    """One thread per loaded version: takes the first waiting job with every job already
+    waiting and, when there were any, gathers more for up to ``max_delay`` seconds or
+    ``max_batch`` rows; runs them as one request, and resolves each job with its own slice of
+    the outputs and its share of the compute time."""
 
     def __init__(
         self,
@@ -62,15 +63,19 @@ class VersionBatcher:
             rows = batch[0].rows
             deadline = time.monotonic() + self.max_delay
             while self.batchable and rows < self.max_batch:
-                remaining = deadline - time.monotonic()
                 try:
-                    job = (
-                        self._jobs.get(timeout=max(remaining, 0))
-                        if remaining > 0
-                        else (self._jobs.get_nowait())
-                    )
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
-                    break
+                    # Alone, it runs at once (a quiet model is not held back by max_delay);
+                    # with company, it waits up to max_delay for more. Under load the jobs
+                    # that arrive during a forward pass make the next batch anyway.
+                    remaining = deadline - time.monotonic()
+                    if len(batch) == 1 or remaining <= 0:
+                        break
+                    try:
+                        job = self._jobs.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 batch.append(job)
                 rows += job.rows
             self.batches = [*self.batches[-99:], len(batch)]

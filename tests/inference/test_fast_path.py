@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from accounts import services as accounts
@@ -154,3 +155,41 @@ def _inference_queue() -> str:
         dispatch.forget_liveness()
         time.sleep(0.2)
     return settings.INFERENCE_QUEUE
+
+
+def test_representation_matches_the_declared_fields(classifier, tenant):
+    from django.utils import timezone
+    from rest_framework import serializers
+
+    from inference.api.predictions import PredictionSerializer
+    from inference.models import Prediction
+    from inference.tensors import encode
+
+    now = timezone.now()
+    common = {"tenant": tenant, "model": classifier.model, "version": classifier}
+    cases = [
+        Prediction.objects.create(**common),
+        Prediction.objects.create(
+            **common,
+            status=Prediction.Status.SUCCEEDED,
+            output_data=encode({"output": np.ones((1, 3), "float32")}),
+            compute_ms=1.5,
+            batched_with=2,
+            started_at=now,
+            completed_at=now,
+        ),
+        Prediction.objects.create(
+            **common,
+            status=Prediction.Status.FAILED,
+            error="boom",
+            error_kind="model",
+            started_at=now,
+            completed_at=now,
+            data_purged_at=now,
+        ),
+    ]
+    for prediction in cases:
+        serializer = PredictionSerializer(prediction)
+        generic = serializers.ModelSerializer.to_representation(serializer, prediction)
+
+        assert serializer.data == dict(generic)
