@@ -318,8 +318,10 @@ def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: st
 
 def _vault_position(session: UploadSession, index: int) -> tuple[int, bool]:
     """The vault chunk counter chunk ``index`` starts at, and whether it is the last."""
-    vault_chunks = session.chunk_size // uploads.vault_chunk_size(session.chunk_size)
-    return index * vault_chunks, index == session.chunk_count - 1
+    final = index == session.chunk_count - 1
+    if not session.header:  # a session from before sealing: its parts are files of their own
+        return 0, final
+    return index * (session.chunk_size // uploads.header_chunk_size(session.header)), final
 
 
 def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:

@@ -15,6 +15,7 @@ the whole artifact, as every upload did before.
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 
@@ -30,6 +31,7 @@ from .stream import (
     SegmentCipher,
     VaultIntegrityError,
     decrypt_to_bytes,
+    read_header,
 )
 
 # Smallest vault chunk we choose to align with upload pieces: below it the per-chunk tag and
@@ -49,6 +51,11 @@ def vault_chunk_size(piece_size: int) -> int:
     if common >= _MIN_ALIGNED_CHUNK or piece_size > MAX_CHUNK_SIZE:
         return common
     return piece_size
+
+
+def header_chunk_size(header: bytes) -> int:
+    """The vault chunk size a session's header fixed (the setting may have changed since)."""
+    return read_header(io.BytesIO(bytes(header))).chunk_size
 
 
 def session_header(*, tenant: Tenant, piece_size: int) -> tuple[TenantKey, str, bytes]:

@@ -224,3 +224,15 @@ def test_destroying_the_tenant_deletes_every_blob(tenant, model, data):
     tenant_destroy(tenant=tenant, actor=SYSTEM)
 
     assert _files() == []
+
+
+def test_chunks_keep_the_vault_chunk_size_their_session_started_with(model, data, settings):
+    session = _start(model, data)
+    _send(session, data, 0)
+    settings.ARTIFACT_CHUNK_SIZE = 1024  # changed by a deploy while the upload is open
+    for index in range(1, session.chunk_count):
+        _send(session, data, index)
+
+    version = services.upload_complete(session=session, actor=SYSTEM)
+
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
