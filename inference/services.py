@@ -276,8 +276,10 @@ def prediction_claim(prediction: Prediction) -> bool:
     if claimed:
         prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
     if claimed and prediction.webhook_url and "start" in prediction.webhook_events:
-        current_app.send_task(
-            "inference.deliver_webhook", args=[prediction.public_id, "start"], queue="default"
+        transaction.on_commit(
+            lambda: current_app.send_task(
+                "inference.deliver_webhook", args=[prediction.public_id, "start"], queue="default"
+            )
         )
     return bool(claimed)
 

@@ -15,6 +15,7 @@ from config.metrics import PREDICTION_LATENCY, PREDICTIONS
 from marketplace.models import ModelVersion
 from marketplace.services import version_record_validation
 from marketplace.vault.store import artifact_read
+from workers.groupcommit import WRITES
 from workers.host import HostFailure, ModelFailure, ModelHost
 from workers.pool import HOSTS
 
@@ -137,7 +138,7 @@ def prediction_run(*, prediction_id: str) -> str | None:
         ),
         None,
     )
-    if prediction is None or not inference.prediction_claim(prediction):
+    if prediction is None or not WRITES.run(lambda: inference.prediction_claim(prediction)):
         return None  # cancelled, finished, or a redelivery of finished work
     outcome = _prediction_outcome(prediction)
     _count_prediction(prediction, outcome)
@@ -163,21 +164,22 @@ def _prediction_outcome(prediction) -> str:
     except ModelFailure as exc:
         kind = "input" if exc.kind == "input" else "model"
         message = str(exc) if kind == "input" else f"The model raised an error: {exc}"
-        inference.prediction_fail(prediction, error=message, kind=kind)
+        WRITES.run(lambda: inference.prediction_fail(prediction, error=message, kind=kind))
         return "failed"
     except HostFailure as exc:
-        inference.prediction_fail(prediction, error=f"The model host failed: {exc}", kind=exc.kind)
+        error, kind = f"The model host failed: {exc}", exc.kind
+        WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind=kind))
         return "failed"
     except Exception as exc:  # noqa: BLE001 - never leave a claimed prediction running
         logger.exception("prediction %s failed", prediction.public_id)
-        inference.prediction_fail(
-            prediction,
-            error=f"Internal error while running the model ({type(exc).__name__}).",
-            kind="internal",
-        )
+        error = f"Internal error while running the model ({type(exc).__name__})."
+        WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="internal"))
         return "failed"
-    inference.prediction_succeed(
-        prediction, output=tensors.encode(outputs), compute_ms=compute_ms, batched_with=shared
+    output = tensors.encode(outputs)
+    WRITES.run(
+        lambda: inference.prediction_succeed(
+            prediction, output=output, compute_ms=compute_ms, batched_with=shared
+        )
     )
     return "succeeded"
 

@@ -193,3 +193,51 @@ def test_representation_matches_the_declared_fields(classifier, tenant):
         generic = serializers.ModelSerializer.to_representation(serializer, prediction)
 
         assert serializer.data == dict(generic)
+
+
+def test_concurrent_writes_share_a_transaction_and_a_failing_one_fails_alone(tenant):
+    import threading
+
+    from django.db import connection, transaction
+
+    from accounts.models import Tenant
+    from workers.groupcommit import GroupCommit
+
+    writes = GroupCommit()
+    committed: list[int] = []
+    first_started = threading.Event()
+
+    def write(i: int):
+        if i == 0:
+            first_started.set()
+            time.sleep(0.3)  # the others queue up behind this round
+        Tenant.objects.filter(pk=tenant.pk).update(name=f"name {i}")
+        transaction.on_commit(lambda: committed.append(i))
+        if i == 3:
+            raise ValueError("bad write")
+        return i
+
+    results: dict[int, object] = {}
+
+    def worker(i: int) -> None:
+        if i:
+            first_started.wait()
+        try:
+            results[i] = writes.run(lambda: write(i))
+        except ValueError as exc:
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert isinstance(results.pop(3), ValueError)
+    assert results == {0: 0, 1: 1, 2: 2, 4: 4, 5: 5}
+    assert sorted(committed) == [0, 1, 2, 4, 5]  # the failed write's hook never ran
+    assert writes.rounds[0] == 1 and max(writes.rounds) > 1
+    tenant.refresh_from_db()
+    assert tenant.name != "name 3"
