@@ -138,8 +138,8 @@ def test_worker_killed_mid_compression_job_finishes_once_billed_once(
             "params": {
                 "student": {"architecture": "mlp", "config": {"hidden": [64]}},
                 "samples": 4096,
-                "epochs": 12,
-                "patience": 12,
+                "epochs": 80,
+                "patience": 80,
             },
         },
         format="json",
@@ -148,7 +148,7 @@ def test_worker_killed_mid_compression_job_finishes_once_billed_once(
     job_id = response.json()["id"]
     jobs = CompressionJob.objects.filter(public_id=job_id)
     wait_for(
-        lambda: jobs.filter(status="running", percent__gt=0).exists(), 180, "training progress"
+        lambda: jobs.filter(status="running", phase="distill").exists(), 180, "training progress"
     )
     at_kill = jobs.get()
     killed_at = time.monotonic()
