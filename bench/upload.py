@@ -8,9 +8,11 @@ which goes first) it times:
 - disk write:  read the file in chunk-size pieces and write them to a new file (the baseline)
 - transfer:    ``POST .../uploads``, then ``PUT`` every chunk with ``Content-Range`` over HTTP
                (``http.client``; each chunk is read from the file as it is sent); the server
-               encrypts each chunk into the artifact store as it streams in
-- complete:    ``POST .../complete``: the server decrypts the chunks, re-encrypts them into the
-               version's artifact, checks the SHA-256 and sniffs the format
+               hashes each chunk and seals it, as it streams in, as the chunks it will be in
+               the finished artifact, and stores it as a part
+- complete:    ``POST .../complete``: the server checks the SHA-256 (kept running while the
+               chunks arrived in order), sniffs the format from the first and last 4 MiB, and
+               makes the version's artifact of the stored parts as they are (no copy)
 - end to end:  transfer + complete: from the first byte sent to the version created
 
 Each is reported twice: as written (the bytes are in the page cache, which for the disk write
@@ -24,6 +26,10 @@ declared as ``safetensors`` with architecture ``mlp``, so completion accepts it 
 
 Targets: the upload end to end at least 0.5x the disk write; the web process's peak resident
 memory (the worker's VmHWM, and psutil samples every 5 ms) under 256 MiB.
+
+Also measured in the same run, alone in this process: SHA-256 and AES-256-GCM (sealing 1 MiB
+chunks into a reused buffer, as the server does) over the same number of bytes, so that the
+ratio can be read against what the server's per-byte work costs on this machine.
 
     python bench/upload.py [--quick] [--json PATH] [--profile]
 
@@ -85,12 +91,18 @@ END_TO_END_SYNCED = "end_to_end_on_disk"
 LABELS = {
     DISK: "disk write (file -> file, chunk-size pieces)",
     TRANSFER: "transfer: create + PUT chunks over HTTP",
-    COMPLETE: "complete: assemble, re-encrypt, SHA-256",
+    COMPLETE: "complete: check SHA-256, take parts over",
     END_TO_END: "upload end to end (transfer + complete)",
     DISK_SYNCED: "disk write + os.sync()",
     END_TO_END_SYNCED: "upload end to end + os.sync()",
 }
 ORDER = [DISK, TRANSFER, COMPLETE, END_TO_END, DISK_SYNCED, END_TO_END_SYNCED]
+# CPU seconds (user + system): of the disk write, of the web worker during an upload, and of
+# this process sending it. Unlike wall-clock time they barely move when other processes
+# compete for the cores.
+CPU_DISK = "cpu_disk_write"
+CPU_WEB = "cpu_web_process_upload"
+CPU_CLIENT = "cpu_client_upload"
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,7 @@ class WebServer:
             except OSError:
                 time.sleep(0.1)
         self.stop()
+        print(Path(self.log.name).read_text()[-3000:], file=sys.stderr)
         raise SystemExit("gunicorn did not start; see its log above")
 
     def vm_hwm_mib(self) -> float:
@@ -386,21 +399,26 @@ def measure(server: WebServer, secret: str, tmp: Path, plan: Plan) -> tuple[Samp
 
     print(f"writing a {plan.size // MiB:,} MiB artifact…", file=sys.stderr)
     sha256 = write_artifact(src, plan.size)
-    seconds: Samples = {name: [] for name in ORDER}
+    seconds: Samples = {name: [] for name in [*ORDER, CPU_DISK, CPU_WEB, CPU_CLIENT]}
     for round_no in range(plan.rounds):
         order = [DISK, "upload"] if round_no % 2 == 0 else ["upload", DISK]
         for name in order:
             copy.unlink(missing_ok=True)
             os.sync()
             if name == DISK:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.thread_time()
                 disk_write(src, copy, chunk_size())
                 written = time.perf_counter()
+                seconds[CPU_DISK].append(time.thread_time() - cpu)
                 os.sync()
                 seconds[DISK].append(written - start)
                 seconds[DISK_SYNCED].append(time.perf_counter() - start)
             else:
+                web, cpu = server.worker.cpu_times(), time.thread_time()
                 transfer, complete, version = upload(server.port, secret, src, plan.size, sha256)
+                seconds[CPU_CLIENT].append(time.thread_time() - cpu)
+                after = server.worker.cpu_times()
+                seconds[CPU_WEB].append(after.user - web.user + after.system - web.system)
                 start = time.perf_counter()
                 os.sync()
                 synced = time.perf_counter() - start
@@ -430,7 +448,8 @@ def summarize(size: int, seconds: list[float]) -> Summary:
 # --- profile --------------------------------------------------------------------------------
 
 
-READ_BLOCK = 256 * 1024  # the upload view's read size (marketplace.api.registry.READ_BLOCK)
+READ_BLOCK = 1024 * 1024  # the upload view's read size (marketplace.api.registry.READ_BLOCK)
+ALT_BLOCK = 256 * 1024  # what --profile compares it with
 
 
 def sink_app(environ, start_response):
@@ -485,25 +504,42 @@ def put_chunks(port: int, path: Path) -> float:
 def served(tmp: Path, app: str, read_block: int, secret: str = ""):
     os.environ["MM_BENCH_READ_BLOCK"] = str(read_block)
     try:
-        return WebServer(tmp, secret=secret, app=f"upload:{app}", chdir=REPO / "bench")
+        # From the repository root: served from bench/, bench/inference.py shadows the app.
+        return WebServer(tmp, secret=secret, app=f"bench.upload:{app}")
     finally:
         del os.environ["MM_BENCH_READ_BLOCK"]
 
 
 def in_memory(size: int) -> dict[str, float]:
     """Seconds for SHA-256, AES-GCM encrypt and AES-GCM decrypt of ``size`` bytes in 1 MiB
-    buffers: the cryptography the server does per byte, without files or Python copies."""
+    pieces, into reused buffers as the server does: its cryptography per byte, without files,
+    HTTP or Python copies."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     aead, nonce, ad = AESGCM(os.urandom(32)), bytes(12), bytes(64)
     piece = os.urandom(MiB)
     sealed = aead.encrypt(nonce, piece, ad)
-    pieces = size // MiB
+    out, back = bytearray(len(sealed)), bytearray(MiB)
+    pieces = max(1, size // MiB)
+
+    def sha256() -> None:
+        digest = hashlib.sha256()
+        for _ in range(pieces):
+            digest.update(piece)
+
+    def encrypt() -> None:
+        for _ in range(pieces):
+            aead.encrypt_into(nonce, piece, ad, out)
+
+    def decrypt() -> None:
+        for _ in range(pieces):
+            aead.decrypt_into(nonce, sealed, ad, back)
+
     figures = {}
     for label, work in [
-        ("SHA-256 (hashlib)", lambda: [hashlib.sha256(piece) for _ in range(pieces)]),
-        ("AES-GCM encrypt", lambda: [aead.encrypt(nonce, piece, ad) for _ in range(pieces)]),
-        ("AES-GCM decrypt", lambda: [aead.decrypt(nonce, sealed, ad) for _ in range(pieces)]),
+        ("SHA-256 (hashlib)", sha256),
+        ("AES-GCM encrypt", encrypt),
+        ("AES-GCM decrypt", decrypt),
     ]:
         start = time.perf_counter()
         work()
@@ -577,17 +613,17 @@ def services_in_process(path: Path, size: int, sha256: str) -> dict[str, float]:
 
 
 def read_block_a_b(tmp: Path, secret: str, path: Path, size: int, sha256: str) -> dict:
-    """The read size of the request body, 256 KiB (the view's) against 1 MiB (gunicorn reads
-    ahead up to 1 MiB per recv), on a bare app and on the real upload; three interleaved
-    rounds each, best of three."""
+    """The read size of the request body, 1 MiB (the view's; gunicorn reads ahead up to 1 MiB
+    per recv) against 256 KiB, on a bare app and on the real upload; three interleaved rounds
+    each, best of three."""
     servers = {}
     try:
-        for block in (READ_BLOCK, MiB):
+        for block in (READ_BLOCK, ALT_BLOCK):
             servers["sink", block] = served(tmp, "sink_app", block)
             servers["app", block] = served(tmp, "what_if_app", block, secret)
         best: dict[tuple[str, int], float] = {}
         for round_no in range(3):
-            blocks = (READ_BLOCK, MiB) if round_no % 2 == 0 else (MiB, READ_BLOCK)
+            blocks = (READ_BLOCK, ALT_BLOCK) if round_no % 2 == 0 else (ALT_BLOCK, READ_BLOCK)
             for block in blocks:
                 seconds = put_chunks(servers["sink", block].port, path)
                 best["sink", block] = min(best.get(("sink", block), seconds), seconds)
@@ -601,11 +637,11 @@ def read_block_a_b(tmp: Path, secret: str, path: Path, size: int, sha256: str) -
             server.stop()
     return {
         f"HTTP alone: PUTs to a bare app reading {block // 1024} KiB": best["sink", block]
-        for block in (READ_BLOCK, MiB)
+        for block in (READ_BLOCK, ALT_BLOCK)
     } | {
         f"transfer, the upload view reading {block // 1024} KiB"
         + (" (as now)" if block == READ_BLOCK else " (what if)"): best["app", block]
-        for block in (READ_BLOCK, MiB)
+        for block in (READ_BLOCK, ALT_BLOCK)
     }
 
 
@@ -634,7 +670,13 @@ def profile(
 # --- report ---------------------------------------------------------------------------------
 
 
-def report(plan: Plan, ops: dict[str, Summary], seconds: Samples, memory: dict[str, float]) -> dict:
+def report(
+    plan: Plan,
+    ops: dict[str, Summary],
+    seconds: Samples,
+    memory: dict[str, float],
+    alone: dict[str, float],
+) -> dict:
     median = {name: s.median_mb_s for name, s in ops.items()}
     ratios = {
         "end_to_end_over_disk_write": median[END_TO_END] / median[DISK],
@@ -687,11 +729,23 @@ def report(plan: Plan, ops: dict[str, Summary], seconds: Samples, memory: dict[s
         f"{'peak, VmHWM (kernel high-water mark)':<46}{memory['peak_mib']:>11.1f} MiB  "
         f"< {TARGET_PEAK_MIB:.0f} MiB  {verdict(met['memory'])}"
     )
+    cpu = {name: statistics.median(seconds[name]) for name in (CPU_DISK, CPU_WEB, CPU_CLIENT)}
+    print("\nCPU seconds (user + system), median per round")
+    print(f"{'disk write (this thread)':<46}{cpu[CPU_DISK]:>11.2f} s")
+    print(f"{'upload: web worker (all its threads)':<46}{cpu[CPU_WEB]:>11.2f} s")
+    print(f"{'upload: client sending (this thread)':<46}{cpu[CPU_CLIENT]:>11.2f} s")
+    ratios["cpu_disk_write_over_web_upload"] = cpu[CPU_DISK] / cpu[CPU_WEB]
     print(
-        "\nMB = 10^6 bytes of the artifact per second. The upload writes every byte twice "
-        "(the encrypted\nchunks, then the assembled artifact; the chunks are deleted, so only "
-        "the artifact reaches the\ndisk) and reads the chunks back once; the disk write "
-        "writes the bytes once."
+        f"{'disk write CPU / web worker CPU':<46}"
+        f"{ratios['cpu_disk_write_over_web_upload']:>11.2f}x  (the ratio with a core each)"
+    )
+    print("\nAlone in this process, the same bytes in 1 MiB pieces (best of 3)")
+    for label, secs in alone.items():
+        print(f"{label:<46}{plan.size / secs / 1e6:>12,.0f} MB/s")
+    print(
+        "\nMB = 10^6 bytes of the artifact per second. The upload receives every byte over "
+        "HTTP, hashes it,\nencrypts it and writes it once (the parts become the artifact); "
+        "the disk write reads and\nwrites it once."
     )
     print(
         f"targets: end to end >= {TARGET_RATIO:.2f}x disk write on disk: "
@@ -711,6 +765,7 @@ def report(plan: Plan, ops: dict[str, Summary], seconds: Samples, memory: dict[s
         "seconds_per_round": seconds,
         "ratios": ratios,
         "memory_mib": memory,
+        "alone_mb_s": {label: plan.size / secs / 1e6 for label, secs in alone.items()},
         "environment": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -742,7 +797,9 @@ def main() -> None:
         finally:
             server.stop()
         ops = {name: summarize(plan.size, seconds[name]) for name in ORDER}
-        figures = report(plan, ops, seconds, memory)
+        runs = [in_memory(plan.size) for _ in range(3)]
+        alone = {label: min(run[label] for run in runs) for label in runs[0]}
+        figures = report(plan, ops, seconds, memory, alone)
         if args.profile:
             figures["profile"] = profile(
                 tmp, secret, plan.size, ops[TRANSFER].median_s, ops[COMPLETE].median_s
