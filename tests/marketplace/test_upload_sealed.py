@@ -24,6 +24,7 @@ from marketplace.vault.store import (
     tenant_key_rotate_run,
 )
 from tests.marketplace.conftest import sha256
+from tests.marketplace.test_vault_scale import s3_store  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.django_db
 PIECE = 8192  # an upload chunk of two vault chunks
@@ -236,3 +237,23 @@ def test_chunks_keep_the_vault_chunk_size_their_session_started_with(model, data
     version = services.upload_complete(session=session, actor=SYSTEM)
 
     assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_an_upload_to_s3_is_taken_over_as_stored(model, data, s3_store):  # noqa: F811
+    session = _start(model, data)
+    for index in reversed(range(session.chunk_count)):
+        _send(session, data, index)
+
+    version = services.upload_complete(session=session, actor=SYSTEM)
+
+    assert len(version.artifact.chunk_blobs) == session.chunk_count
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data
+    keys = [o["Key"] for o in s3_store.list_objects_v2(Bucket="artifacts")["Contents"]]
+    assert sorted(keys) == sorted(f"art/{name}" for name in version.artifact.blob_names())
+    stored = b"".join(
+        s3_store.get_object(Bucket="artifacts", Key=key)["Body"].read() for key in keys
+    )
+    assert data[:64] not in stored
+    # Each part keeps its copy of the header in front of the chunks the artifact reads.
+    headers = len(session.header) * session.chunk_count
+    assert len(stored) == version.artifact.ciphertext_size + headers
