@@ -28,6 +28,16 @@ HOST_FAILURE_REASONS = {
 }
 
 
+HOST_START_REASON = (
+    "Validation could not start a model host ({detail}). That is on our side, not a verdict on "
+    "the file: upload it again, and tell support if it happens again."
+)
+
+
+class HostUnavailable(Exception):
+    """No model host could be started: the platform failed, not the version."""
+
+
 def worker_device() -> str:
     """``cuda`` on a GPU worker (started with ``MM_WORKER_DEVICE=cuda`` and
     ``CUDA_VISIBLE_DEVICES``), else ``cpu``. The worker itself never initialises CUDA."""
@@ -53,9 +63,11 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
     host.loaded_bytes = len(data)
 
 
-def version_validate(*, version_id: str) -> ModelVersion | None:
+def version_validate(*, version_id: str, last_attempt: bool = True) -> ModelVersion | None:
     """Load the version in a fresh model host, run its example input and record the
-    signature, parameter count and latency: ``ready``, or ``failed`` with a reason."""
+    signature, parameter count and latency: ``ready``, or ``failed`` with a reason. When no
+    host starts, raises ``HostUnavailable`` for the task to retry, or on its ``last_attempt``
+    fails the version with a reason that says so (it never stays ``validating``)."""
     version = (
         ModelVersion.objects.select_related("artifact", "model__tenant")
         .filter(public_id=version_id)
@@ -64,7 +76,13 @@ def version_validate(*, version_id: str) -> ModelVersion | None:
     if version is None or version.status != ModelVersion.Status.VALIDATING:
         return version  # already validated (a redelivered task): nothing to do
     device = worker_device()
-    host = HOSTS.idle(device).take()
+    try:
+        host = HOSTS.idle(device).take()
+    except HostFailure as exc:
+        if not last_attempt:
+            raise HostUnavailable(str(exc)) from exc
+        reason = HOST_START_REASON.format(detail=str(exc)[:300])
+        return version_record_validation(version=version, ok=False, reason=reason)
     try:
         load_into(host, version, purpose="validate")
         result, _ = host.request(

@@ -30,18 +30,26 @@ def ping(echo: str = "") -> dict:
 
 
 @shared_task(
+    bind=True,
     name="workers.validate_version",
     ignore_result=True,
     queue="cpu",
     acks_late=True,
     soft_time_limit=600,
     time_limit=660,
+    max_retries=3,
 )
-def validate_version(version_id: str) -> str | None:
-    """Validate an uploaded version in a sandboxed model host (idempotent)."""
-    from workers.services import version_validate
+def validate_version(self, version_id: str) -> str | None:
+    """Validate an uploaded version in a sandboxed model host (idempotent). A worker that
+    cannot start a host retries in 10, 30 and 90 s, then fails the version saying why."""
+    from workers.services import HostUnavailable, version_validate
 
-    version = version_validate(version_id=version_id)
+    try:
+        version = version_validate(
+            version_id=version_id, last_attempt=self.request.retries >= self.max_retries
+        )
+    except HostUnavailable as exc:
+        raise self.retry(countdown=10 * 3**self.request.retries, exc=exc) from exc
     return version.status if version else None
 
 

@@ -322,3 +322,31 @@ def test_loaded_hosts_count_their_own_memory_so_small_models_cannot_pile_up(tena
 
     assert loaded.keys() == [version_key(v) for v in versions[1:]]
     assert loaded.used() <= settings.MODEL_CACHE_BYTES
+
+
+def test_a_worker_that_cannot_start_a_host_retries_then_fails_the_version_saying_why(
+    tenant, monkeypatch
+):
+    """A host that dies while starting (on the GPU machine: a uid missing from the sandbox's
+    /etc/passwd) is the platform's failure: the task retries, then the version fails with a
+    reason that says so. It never stays ``validating``."""
+    from workers.host import HostFailure
+    from workers.tasks import validate_version
+
+    starts = []
+
+    class Broken:
+        def take(self):
+            starts.append(1)
+            raise HostFailure("crash", "the model host exited with status 1: KeyError: 65534")
+
+    monkeypatch.setattr(HOSTS, "idle", lambda device: Broken())
+    version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
+
+    validate_version.apply(args=[version.public_id])  # eager: each retry runs at once
+
+    version.refresh_from_db()
+    assert len(starts) == 4  # the first try and three retries
+    assert version.status == ModelVersion.Status.FAILED
+    assert "could not start a model host" in version.failure_reason
+    assert "KeyError: 65534" in version.failure_reason
