@@ -239,7 +239,17 @@ def test_chunks_keep_the_vault_chunk_size_their_session_started_with(model, data
     assert artifact_read(artifact=version.artifact, purpose="validate") == data
 
 
-def test_an_upload_to_s3_is_taken_over_as_stored(model, data, s3_store):  # noqa: F811
+@pytest.fixture
+def s3(s3_store):  # noqa: F811
+    """The moto S3 store, emptied and its bucket removed afterwards: moto keeps its state for
+    the whole process, and the next test to use the store creates the bucket again."""
+    yield s3_store
+    for obj in s3_store.list_objects_v2(Bucket="artifacts").get("Contents", []):
+        s3_store.delete_object(Bucket="artifacts", Key=obj["Key"])
+    s3_store.delete_bucket(Bucket="artifacts")
+
+
+def test_an_upload_to_s3_is_taken_over_as_stored(model, data, s3):
     session = _start(model, data)
     for index in reversed(range(session.chunk_count)):
         _send(session, data, index)
@@ -248,11 +258,9 @@ def test_an_upload_to_s3_is_taken_over_as_stored(model, data, s3_store):  # noqa
 
     assert len(version.artifact.chunk_blobs) == session.chunk_count
     assert artifact_read(artifact=version.artifact, purpose="validate") == data
-    keys = [o["Key"] for o in s3_store.list_objects_v2(Bucket="artifacts")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="artifacts")["Contents"]]
     assert sorted(keys) == sorted(f"art/{name}" for name in version.artifact.blob_names())
-    stored = b"".join(
-        s3_store.get_object(Bucket="artifacts", Key=key)["Body"].read() for key in keys
-    )
+    stored = b"".join(s3.get_object(Bucket="artifacts", Key=key)["Body"].read() for key in keys)
     assert data[:64] not in stored
     # Each part keeps its copy of the header in front of the chunks the artifact reads.
     headers = len(session.header) * session.chunk_count
