@@ -251,6 +251,11 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
     "purge-prediction-data": {"task": "inference.purge_prediction_data", "schedule": 5 * 60},
+    # Compression jobs whose worker died while the broker had not redelivered their task.
+    "requeue-lost-compression-jobs": {
+        "task": "inference.requeue_lost_compression_jobs",
+        "schedule": 2 * 60,
+    },
     # Invoices for last month, early on the 1st; then a sweep that resumes any invoice or
     # transfer a crash or an outage left half-way.
     "close-billing-period": {

@@ -3,6 +3,7 @@ with a new version and its usage record, fail, cancel, and promote the result to
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,8 @@ from inference.models import CompressionJob
 from inference.services import by_idempotency_key
 from marketplace import services as registry
 from marketplace.models import Alias, Artifact, Model, ModelVersion
+
+logger = logging.getLogger(__name__)
 
 COMPRESSIBLE = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
 ACTIVE = (CompressionJob.Status.QUEUED, CompressionJob.Status.RUNNING)
@@ -184,10 +187,7 @@ def job_claim(job: CompressionJob) -> bool:
     claimed again, up to three attempts in all; after that it fails with the reason."""
     now = timezone.now()
     running = CompressionJob.Status.RUNNING
-    lost = Q(status=running) & (
-        Q(heartbeat_at__lt=now - JOB_LOST_AFTER)
-        | Q(heartbeat_at__isnull=True, started_at__lt=now - JOB_LOST_AFTER)
-    )
+    lost = _lost()
     jobs = CompressionJob.objects.filter(pk=job.pk)
     claimed = jobs.filter(
         Q(status=CompressionJob.Status.QUEUED) | lost, attempts__lt=JOB_MAX_ATTEMPTS
@@ -205,6 +205,28 @@ def job_claim(job: CompressionJob) -> bool:
             completed_at=now,
         )
     return bool(claimed)
+
+
+def _lost() -> Q:
+    """Running jobs whose heartbeat stopped: their worker is gone."""
+    silent_since = timezone.now() - JOB_LOST_AFTER
+    return Q(status=CompressionJob.Status.RUNNING) & (
+        Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, started_at__lt=silent_since)
+    )
+
+
+def jobs_requeue_lost() -> int:
+    """Send the task again for every job whose worker is gone. The broker redelivers a dead
+    worker's task only after its visibility timeout, and a redelivery that came while the job
+    still looked alive was dropped by ``job_claim``: without this sweep (a beat task every
+    two minutes) such a job would stay ``running`` for good. The task claims the job as usual,
+    so a job that turns out alive is left alone and a lost one counts an attempt."""
+    lost = list(CompressionJob.objects.filter(_lost()).only("public_id", "queue"))
+    for job in lost:
+        enqueue(job)
+    if lost:
+        logger.warning("re-sent %d compression job(s) whose worker was lost", len(lost))
+    return len(lost)
 
 
 def job_heartbeat(job: CompressionJob) -> bool:

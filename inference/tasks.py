@@ -43,3 +43,16 @@ def deliver_webhook(self, prediction_id: str, event: str = "completed") -> bool:
     if self.request.retries >= len(delays):
         return False
     raise self.retry(countdown=delays[self.request.retries], max_retries=len(delays))
+
+
+@shared_task(
+    name="inference.requeue_lost_compression_jobs",
+    queue="default",
+    soft_time_limit=60,
+    time_limit=90,
+)
+def requeue_lost_compression_jobs() -> int:
+    """Beat, every two minutes: re-send compression jobs whose worker is gone."""
+    from inference.compression_services import jobs_requeue_lost
+
+    return jobs_requeue_lost()

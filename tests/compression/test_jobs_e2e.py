@@ -159,3 +159,45 @@ def test_cancelling_a_running_job_kills_its_host_without_a_version_or_a_bill(
     versions = api.get("/api/v1/models/acme/mlp/versions").json()["results"]
     assert [v["number"] for v in versions] == [1]
     assert not UsageRecord.objects.filter(source_id=job["id"]).exists()
+
+
+def test_a_job_whose_worker_died_unnoticed_is_re_sent_by_the_sweep_and_finishes_once(
+    celery_worker_process, api, tenant, mlp_version
+):
+    """The task of a job that still looked alive was dropped (as a broker redelivery is), then
+    its worker died: nothing would run it again but the beat sweep, which re-sends it."""
+    from datetime import timedelta
+
+    import redis
+    from django.conf import settings
+    from django.db import transaction
+    from django.utils import timezone
+
+    from inference.compression_services import job_claim
+    from inference.models import CompressionJob
+    from inference.tasks import requeue_lost_compression_jobs
+    from marketplace.models import ModelVersion
+    from tests.compression.test_jobs_run import queued
+
+    with transaction.atomic():  # its task is sent on commit, to a job already running
+        job = queued(tenant, mlp_version, "quantize", {"scheme": "dynamic_int8"})
+        assert job_claim(job)
+    broker = redis.Redis.from_url(settings.REDIS_URL)  # the broker's server and database
+    deadline = time.monotonic() + 60
+    while broker.llen(job.queue) or broker.hlen("unacked"):  # the worker drops the task
+        assert time.monotonic() < deadline, "the worker did not take the task"
+        time.sleep(0.2)
+    time.sleep(1)
+    assert CompressionJob.objects.get(pk=job.pk).attempts == 1
+    CompressionJob.objects.filter(pk=job.pk).update(  # then its first worker died
+        heartbeat_at=timezone.now() - timedelta(minutes=3)
+    )
+
+    assert requeue_lost_compression_jobs() == 1
+    done = wait_for(api, job.public_id, finished)
+
+    assert done["status"] == "succeeded", done["error"]
+    assert CompressionJob.objects.get(pk=job.pk).attempts == 2
+    assert ModelVersion.objects.filter(model=mlp_version.model).count() == 2  # one new version
+    assert UsageRecord.objects.filter(kind="compression", source_id=job.public_id).count() == 1
+    assert requeue_lost_compression_jobs() == 0  # nothing is lost any more
