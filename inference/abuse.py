@@ -29,11 +29,11 @@ from inference.models import AbuseFlag, Prediction
 
 
 def window_seconds() -> int:
-    return int(getattr(settings, "EXTRACTION_WINDOW_SECONDS", 3600))
+    return int(settings.EXTRACTION_WINDOW_SECONDS)
 
 
 def rejections_threshold() -> int:
-    return int(getattr(settings, "EXTRACTION_FLAG_REJECTIONS", 20))
+    return int(settings.EXTRACTION_FLAG_REJECTIONS)
 
 
 def rejection_note(bucket: str, now: float) -> None:
@@ -68,9 +68,9 @@ def extraction_check(*, key_prefix: str, window_start: datetime, rejected: int) 
         .exclude(model__tenant=key.tenant)  # a publisher's own keys on its own models
         .values("model", "model__tenant")
         .annotate(n=Count("id"))
-        .filter(n__gte=int(getattr(settings, "EXTRACTION_MIN_CALLS", 10)))
+        .filter(n__gte=int(settings.EXTRACTION_MIN_CALLS))
     )
-    share = float(getattr(settings, "EXTRACTION_DISTINCT_SHARE", 0.9))
+    share = float(settings.EXTRACTION_DISTINCT_SHARE)
     flags = []
     for row in calls:
         distinct = (

@@ -1,4 +1,4 @@
-"""Model-extraction flags for the publisher: ``/dashboard/abuse-flags`` (JSON, with an API
+"""Model-extraction flags for the publisher: ``/api/v1/abuse-flags`` (with an API
 key or the dashboard's session). Only the publisher's own flags are listed; another
 organisation's flag is a 404."""
 

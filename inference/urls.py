@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inference import abuse_views, compression_views, views
+from inference import compression_views, views
 
 app_name = "inference"
 
@@ -20,6 +20,4 @@ urlpatterns = [
     path(
         "compression/<str:job_id>/cancel/", compression_views.job_cancel, name="compression_cancel"
     ),
-    path("abuse-flags", abuse_views.AbuseFlagsView.as_view(), name="abuse-flags"),
-    path("abuse-flags/<str:id>", abuse_views.AbuseFlagDetailView.as_view(), name="abuse-flag"),
 ]

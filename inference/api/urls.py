@@ -1,5 +1,6 @@
 from django.urls import path
 
+from inference import abuse_views
 from inference.api import compression, predictions
 
 urlpatterns = [
@@ -22,4 +23,6 @@ urlpatterns = [
         compression.JobPromoteView.as_view(),
         name="compression-job-promote",
     ),
+    path("abuse-flags", abuse_views.AbuseFlagsView.as_view(), name="abuse-flags"),
+    path("abuse-flags/<str:id>", abuse_views.AbuseFlagDetailView.as_view(), name="abuse-flag"),
 ]

@@ -69,7 +69,7 @@ def test_flood_of_distinct_queries_is_limited_and_flagged_for_the_publisher(
     assert flag.rejected == 30
     assert flag.predictions == flag.distinct_inputs == statuses.count(201)
 
-    listed = key_client(tenant).get("/dashboard/abuse-flags").json()["results"]
+    listed = key_client(tenant).get("/api/v1/abuse-flags").json()["results"]
     assert [(f["id"], f["model"], f["consumer"], f["key"]) for f in listed] == [
         (flag.public_id, "acme/clf", "globex", flag.key_prefix)
     ]
@@ -91,11 +91,11 @@ def test_another_organisation_cannot_see_the_flag(listed_clf, outsider, charlie)
     flag = AbuseFlag.objects.get()
     globex = key_client(outsider)
 
-    assert globex.get("/dashboard/abuse-flags").json()["results"] == []
-    assert globex.get(f"/dashboard/abuse-flags/{flag.public_id}").status_code == 404
+    assert globex.get("/api/v1/abuse-flags").json()["results"] == []
+    assert globex.get(f"/api/v1/abuse-flags/{flag.public_id}").status_code == 404
     browser = Client()
     browser.force_login(charlie)
-    assert browser.get(f"/dashboard/abuse-flags/{flag.public_id}").status_code == 404
+    assert browser.get(f"/api/v1/abuse-flags/{flag.public_id}").status_code == 404
 
 
 def test_the_publishers_members_see_the_flag_in_the_dashboard_session(listed_clf, outsider, alice):
@@ -103,7 +103,7 @@ def test_the_publishers_members_see_the_flag_in_the_dashboard_session(listed_clf
     browser = Client()
     browser.force_login(alice)
 
-    listed = browser.get("/dashboard/abuse-flags").json()["results"]
+    listed = browser.get("/api/v1/abuse-flags").json()["results"]
     assert [f["consumer"] for f in listed] == ["globex"]
 
 

@@ -466,15 +466,15 @@ def test_model_extraction_flood_is_limited_and_flagged_for_the_publisher(
 
     flags = list(AbuseFlag.objects.select_related("model__tenant"))
     thief_prefix = secrets.parse_api_key(thief.secret)
-    publisher_view = key_client(tenant).get("/dashboard/abuse-flags").json()["results"]
+    publisher_view = key_client(tenant).get("/api/v1/abuse-flags").json()["results"]
     third = accounts.tenant_create(
         slug="initech", name="Initech", owner=make_user("dana@initech.example")
     )
     others = [
-        key_client(outsider).get(f"/dashboard/abuse-flags/{flags[0].public_id}").status_code,
-        key_client(third).get(f"/dashboard/abuse-flags/{flags[0].public_id}").status_code,
+        key_client(outsider).get(f"/api/v1/abuse-flags/{flags[0].public_id}").status_code,
+        key_client(third).get(f"/api/v1/abuse-flags/{flags[0].public_id}").status_code,
     ]
-    others_list = key_client(outsider).get("/dashboard/abuse-flags").json()["results"]
+    others_list = key_client(outsider).get("/api/v1/abuse-flags").json()["results"]
     admin_user = make_user("ops@modelmarket.example")
     admin_user.is_staff = admin_user.is_superuser = True
     admin_user.save()
