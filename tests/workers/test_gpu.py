@@ -7,7 +7,6 @@ These need a CUDA device. CI has none and skips the module; they run on a GPU ma
 
 from __future__ import annotations
 
-import io
 import subprocess
 import time
 
@@ -17,6 +16,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from inference.runtime import architectures, codec
+from tests.inference.conftest import export, scripted
 from workers import sandbox
 from workers.host import ModelFailure, ModelHost
 
@@ -51,23 +51,6 @@ class Greedy(nn.Module):
         return x * 2
 
 
-def exported(module: nn.Module) -> bytes:
-    program = torch.export.export(
-        module.eval(),
-        (torch.randn(2, FEATURES),),
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-    )
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return buffer.getvalue()
-
-
-def scripted(module: nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(module.eval()), buffer)
-    return buffer.getvalue()
-
-
 def builtin_mlp() -> tuple[nn.Module, bytes]:
     torch.manual_seed(0)
     module = architectures.build("mlp", MLP).eval()
@@ -78,7 +61,7 @@ def model_file(fmt: str) -> tuple[nn.Module, dict, bytes]:
     """The reference module (on the CPU), the load header's fields and the file's bytes."""
     if fmt == "pt2":
         module = WithConstant().eval()
-        return module, {"format": "pt2"}, exported(module)
+        return module, {"format": "pt2"}, export(module)
     if fmt == "torchscript":
         # TorchScript runs its own interpreter: a tensor made in forward without a device
         # stays on the CPU whatever the map_location, so this one has only parameters.
@@ -194,7 +177,7 @@ def test_a_gpu_worker_validates_and_serves_a_version_through_the_api(gpu_worker,
     settings.VALIDATION_QUEUE = settings.INFERENCE_QUEUE = "gpu"
     from tests.marketplace.conftest import sha256
 
-    data = exported(WithConstant())
+    data = export(WithConstant())
     assert api.post("/api/v1/models", {"name": "gpu-clf"}, format="json").status_code == 201
     upload = api.post(
         "/api/v1/models/acme/gpu-clf/uploads",
