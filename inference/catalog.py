@@ -10,25 +10,31 @@ resolutions are cached: a 404, 403, 409, 410 or 451 is worked out afresh every t
 Any save or delete of a model, version, alias, listing, entitlement, object permission or
 tenant, and any audit event (every change to grants, prices and listings writes one, including
 those made with ``update()``), clears the whole cache in the process that made the change, at
-once and again after its commit. Other processes see the change within the TTL, as with the API
-key cache (docs/decisions/0004-api-key-cache.md). Billing is not affected: the price in force
-is read in the worker's transaction that writes the usage record.
+once and again after its commit, and after the commit bumps a generation counter in Redis.
+Every lookup reads that counter (one GET) and a process that sees it move drops its entries, so
+a revoked share or entitlement, or a take-down, holds from the next request in every process.
+When Redis cannot answer, nothing cached is trusted. Billing is not affected: the price in
+force is read in the worker's transaction that writes the usage record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+from inference import realtime
 from inference.runtime.spec import Signature
 from marketplace.models import Model, ModelVersion
 
 MAX_ENTRIES = 10_000
+GENERATION_KEY = "mm:catalog:generation"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ _entries: dict[tuple, tuple[float, Runnable]] = {}
 
 
 def get(key: tuple) -> Runnable | None:
+    if settings.INFERENCE_CACHE_SECONDS <= 0 or not _in_step():
+        return None
     entry = _entries.get(key)
     if entry is None:
         return None
@@ -66,6 +74,29 @@ def put(key: tuple, runnable: Runnable, loaded_at: float) -> None:
 
 
 _cleared_at = [0.0]
+_generation: list[bytes | None] = [None]  # the counter as this process last saw it
+
+
+def _in_step() -> bool:
+    """Drop this process's entries if any process changed something since it last looked;
+    False when Redis cannot say (then the caller resolves afresh)."""
+    try:
+        generation = realtime.client().get(GENERATION_KEY) or b"0"
+    except redis.RedisError:
+        return False
+    if generation != _generation[0]:
+        with _lock:
+            _cleared_at[0] = time.monotonic()
+            _entries.clear()
+            _generation[0] = generation
+    return True
+
+
+def _bump() -> None:
+    clear()
+    # Redis down: other processes keep their entries for at most the TTL; the change is saved.
+    with contextlib.suppress(redis.RedisError):
+        realtime.client().incr(GENERATION_KEY)
 
 
 def clear(**_) -> None:
@@ -76,8 +107,9 @@ def clear(**_) -> None:
 
 def _changed(**_) -> None:
     clear()
-    # A lookup between now and the commit still reads the old rows: clear again after it.
-    transaction.on_commit(clear)
+    # A lookup between now and the commit still reads the old rows: clear again after it, and
+    # tell the other processes (only then: before the commit they would re-read the old rows).
+    transaction.on_commit(_bump)
 
 
 def connect() -> None:
