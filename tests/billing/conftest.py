@@ -19,9 +19,8 @@ from accounts import services as accounts
 from billing import stripe_gateway
 from billing.services import payment_method_confirm, payment_setup_start
 from marketplace import services as registry
-from marketplace.listings import listing_publish, listing_subscribe
 from marketplace.models import Listing
-from tests.inference.conftest import Classifier, export, ready_version, signature
+from tests.inference.conftest import listed_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = Path(os.environ.get("MM_LOCALSTRIPE_PYTHON", ROOT / ".venv-localstripe/bin/python"))
@@ -112,14 +111,4 @@ def listed(tenant, name: str = "clf", price_per_call: str = "0.25"):
 def paid_clf(tenant, outsider):
     """acme's classifier, ready to run, listed at 0.25 per call (20 % platform fee); globex
     subscribed."""
-    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0.25",
-        price_per_second="0",
-    )
-    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
-    return version.model
+    return listed_classifier(tenant, outsider, price_per_call="0.25").model

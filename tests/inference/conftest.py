@@ -76,6 +76,25 @@ def ready_version(tenant, name: str, data: bytes, fmt: str, sig: dict) -> ModelV
     )
 
 
+def listed_classifier(tenant, *subscribers, price_per_call: str = "0") -> ModelVersion:
+    """``tenant``'s classifier ``clf``, ready to run and listed publicly at ``price_per_call``
+    (nothing per second), with each of ``subscribers`` subscribed."""
+    from marketplace.listings import listing_publish, listing_subscribe
+
+    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    listing = listing_publish(
+        model=version.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call=price_per_call,
+        price_per_second="0",
+    )
+    for subscriber in subscribers:
+        listing_subscribe(listing=listing, tenant=subscriber, actor=accounts.SYSTEM)
+    return version
+
+
 @pytest.fixture
 def classifier(tenant) -> ModelVersion:
     return ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))

@@ -10,11 +10,9 @@ import pytest
 from django.test import Client
 
 from accounts import secrets
-from accounts import services as accounts
 from inference.models import AbuseFlag
-from marketplace.listings import listing_publish, listing_subscribe
 from tests.conftest import key_client
-from tests.inference.conftest import Classifier, export, ready_version, signature
+from tests.inference.conftest import listed_classifier
 
 pytestmark = pytest.mark.django_db
 
@@ -27,17 +25,7 @@ def listed_clf(tenant, outsider, settings):
     settings.RATE_LIMIT_PER_MINUTE = LIMIT
     settings.EXTRACTION_FLAG_REJECTIONS = 10
     settings.EXTRACTION_MIN_CALLS = 10
-    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0",
-        price_per_second="0",
-    )
-    listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
-    return version.model
+    return listed_classifier(tenant, outsider).model
 
 
 def flood(api, rejections: int, *, distinct: bool = True, seed: int = 1) -> list[int]:
