@@ -30,7 +30,6 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from inference import realtime
-from inference.runtime.spec import Signature
 from marketplace.models import Model, ModelVersion
 
 MAX_ENTRIES = 10_000
@@ -41,7 +40,6 @@ GENERATION_KEY = "mm:catalog:generation"
 class Runnable:
     model: Model  # with its tenant and listing loaded
     version: ModelVersion
-    signature: Signature
 
 
 _lock = threading.Lock()

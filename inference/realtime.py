@@ -154,9 +154,10 @@ def listener(timeout: float = 1.0) -> Listener | None:
     return current
 
 
-def expect(prediction_id: str) -> Waiter | None:
-    """Register for the result of ``prediction_id`` before it is queued."""
-    shared = listener()
+def expect(prediction_id: str, shared: Listener | None = None) -> Waiter | None:
+    """Register with ``shared`` (by default this process's listener) for the result of
+    ``prediction_id`` before it is queued."""
+    shared = shared or listener()
     if shared is None:
         return None
     waiter = Waiter(prediction_id, shared)

@@ -62,7 +62,7 @@ def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None)
         owner, _, name = model_ref.partition("/")
         model = selectors.model_for_access(access, owner=owner, name=name, perm="run")
         version = version_for(model, version_ref)
-        runnable = catalog.Runnable(model, version, signature(version))
+        runnable = catalog.Runnable(model, version)
         catalog.put(key, runnable, loaded_at)
     model = runnable.model
     if access.key is not None and not access.key.allows_model(model.ref):
@@ -114,6 +114,8 @@ def prediction_create(
             return existing, False
     batch = tensors.check(signature(version), arrays)
     spend_authorize(consumer=access.tenant, model=model, api_key=access.key)
+    # Started (up to 1 s, once per process) before the write transaction, not inside it.
+    shared = realtime.listener() if wait else None
     prediction = None
     try:
         with transaction.atomic():
@@ -131,8 +133,8 @@ def prediction_create(
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
             )
-            if wait:
-                prediction._waiter = realtime.expect(prediction.public_id)
+            if shared is not None:
+                prediction._waiter = realtime.expect(prediction.public_id, shared)
             transaction.on_commit(lambda: enqueue(prediction))
     except IntegrityError:
         _forget_waiter(prediction)

@@ -6,13 +6,15 @@ sleeps in growing steps; under load most of a prediction's time went to those wa
 thread that wants to write queues its write; if no other thread is committing, it becomes the
 leader, takes every write queued by then and runs them in one transaction, each in its own
 savepoint (a write that raises fails alone and its caller gets the exception); the others wait
-for their results. Alone, a thread runs its own write at once, as before. Each write keeps its
+for their results. Alone, a thread runs its own write at once in a plain transaction, as
+before. Each write keeps its
 own guarantees: a result and its usage record are still in one transaction, and hooks
 registered with ``on_commit`` run once the shared transaction commits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -58,12 +60,17 @@ class GroupCommit:
         self.rounds = [*self.rounds[-99:], len(writes)]
         try:
             with transaction.atomic():
+                # A write alone (the usual case) has the transaction to itself: no savepoint,
+                # and its failure rolls the transaction back instead.
+                alone = len(writes) == 1
                 for write in writes:
                     try:
-                        with transaction.atomic():
+                        with contextlib.nullcontext() if alone else transaction.atomic():
                             write.result = write.fn()
                     except Exception as exc:  # noqa: BLE001 - handed to its caller
                         write.error = exc
+                        if alone:
+                            raise
         except BaseException as exc:
             # Nothing was written: every write fails with the reason.
             for write in writes:

@@ -6,7 +6,6 @@ import re
 from datetime import datetime
 
 from django.conf import settings
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
@@ -124,12 +123,12 @@ class PredictionSerializer(serializers.ModelSerializer):
         return {"get": base, "cancel": f"{base}/cancel"}
 
 
+_DATETIME = serializers.DateTimeField()
+
+
 def _datetime(value: datetime | None) -> str | None:
-    """As DRF's DateTimeField gives it: ISO 8601 in the current time zone, UTC as ``Z``."""
-    if value is None:
-        return None
-    text = value.astimezone(timezone.get_current_timezone()).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    """As DRF's DateTimeField gives it (ISO 8601, UTC as ``Z``, DATETIME_FORMAT honoured)."""
+    return None if value is None else _DATETIME.to_representation(value)
 
 
 def wait_seconds(prefer: str) -> float:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from accounts import services as accounts
-from marketplace.listings import listing_publish, listing_subscribe
+from inference import catalog
+from marketplace.models import Entitlement
 from tests.conftest import worker_env
-from tests.inference.conftest import Classifier, export, ready_version, signature
+from tests.inference.conftest import listed_classifier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REVOKE = """
 from accounts import services as accounts
 from marketplace.listings import entitlement_revoke
+from inference import catalog
 from marketplace.models import Entitlement
 entitlement = Entitlement.objects.get(public_id={entitlement!r})
 entitlement_revoke(entitlement=entitlement, actor=accounts.SYSTEM)
@@ -39,18 +40,11 @@ def test_an_entitlement_revoked_in_another_process_holds_from_the_next_request(
     tenant, outsider, outsider_api, settings, django_db_blocker
 ):
     settings.INFERENCE_CACHE_SECONDS = 300  # far longer than the test: only the sync can help
-    version = ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0",
-        price_per_second="0",
-    )
-    entitlement = listing_subscribe(listing=listing, tenant=outsider, actor=accounts.SYSTEM)
+    listed_classifier(tenant, outsider)
+    entitlement = Entitlement.objects.get(tenant=outsider)
     assert predict(outsider_api).status_code == 201
     assert predict(outsider_api).status_code == 201  # now answered from this process's cache
+    assert catalog._entries, "the resolution was not cached: this test would prove nothing"
 
     revoked = subprocess.run(  # another process, as another web or an admin's would be
         [
@@ -71,3 +65,22 @@ def test_an_entitlement_revoked_in_another_process_holds_from_the_next_request(
     refused = predict(outsider_api)
     assert refused.status_code == 403, refused.json()
     assert "subscribe" in refused.json()["detail"].lower()
+
+
+def test_without_redis_no_cached_resolution_is_trusted(settings, monkeypatch):
+    """When Redis cannot say whether anything changed, lookups resolve afresh."""
+    import time
+
+    import redis
+
+    from inference import realtime
+
+    settings.INFERENCE_CACHE_SECONDS = 300
+    resolved = object()
+    catalog.get(("acme/clf",))  # in step with the counter, as a lookup before this one leaves it
+    catalog.put(("acme/clf",), resolved, time.monotonic())
+    assert catalog.get(("acme/clf",)) is resolved
+
+    monkeypatch.setattr(realtime, "client", lambda: redis.Redis(unix_socket_path="/nonexistent"))
+
+    assert catalog.get(("acme/clf",)) is None
