@@ -898,8 +898,7 @@ def report_warm(
 
 
 def spin_seconds() -> float:
-    probe = ModelHost(device=DEVICE, spin_seconds=SPIN_SECONDS)
-    return probe.spin_seconds or 0.0
+    return host_module.default_spin_seconds(DEVICE) if SPIN_SECONDS is None else SPIN_SECONDS
 
 
 def device_name() -> str:

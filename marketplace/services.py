@@ -266,7 +266,15 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         artifact = uploads.part_store(
             tenant=session.tenant, key=session.key, artifact_id=session.artifact_id, sealer=sealer
         )
-        if UploadPart.objects.filter(pk=claim.pk, artifact__isnull=True).update(artifact=artifact):
+        try:
+            with transaction.atomic():  # a savepoint inside a caller's transaction
+                linked = UploadPart.objects.filter(pk=claim.pk, artifact__isnull=True).update(
+                    artifact=artifact
+                )
+        except BaseException:
+            store.artifact_delete(artifact)  # linked to nothing: leave no blob or row behind
+            raise
+        if linked:
             claim.artifact = artifact
             _digest_commit(session, index, artifact.public_id, sha256)
             return claim

@@ -41,6 +41,10 @@ PIPE_SIZE = 1 << 20
 CUDA_SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1e6
 
 
+def default_spin_seconds(device: str) -> float:
+    return CUDA_SPIN_SECONDS if device.startswith("cuda") else 0.0
+
+
 class HostFailure(Exception):
     """The host process failed (crash, hang, memory) — not the caller's input."""
 
@@ -77,7 +81,7 @@ class ModelHost:
 
     def __post_init__(self) -> None:
         if self.spin_seconds is None:
-            self.spin_seconds = CUDA_SPIN_SECONDS if self.device.startswith("cuda") else 0.0
+            self.spin_seconds = default_spin_seconds(self.device)
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy

@@ -220,8 +220,8 @@ class _ArtifactReader(io.RawIOBase):
                 self._close_blob()
                 index = max(i for i, start in enumerate(self._starts) if start <= self._pos)
                 name, offset, length = self._ranges[index]
-                if self._pos >= self._starts[index] + length:  # an empty range
-                    continue
+                if self._pos >= self._starts[index] + length:
+                    raise VaultIntegrityError(f"blob {name} has an empty range recorded")
                 self._blob = self._storage.open(name, "rb")
                 self._blob.seek(offset + self._pos - self._starts[index])
                 self._index = index
@@ -248,7 +248,8 @@ def _open_artifact(artifact: Artifact):
     storage = artifact_storage()
     if not artifact.chunk_blobs:
         return storage.open(artifact.storage_name, "rb")
-    head = storage.size(artifact.storage_name)
+    # The header blob's length, from what the row records (no size request to the storage).
+    head = artifact.ciphertext_size - sum(length for _name, _offset, length in artifact.chunk_blobs)
     return _ArtifactReader(storage, [(artifact.storage_name, 0, head), *artifact.chunk_blobs])
 
 

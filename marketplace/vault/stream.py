@@ -12,6 +12,7 @@ Memory use is bounded by the chunk size in both directions, whatever the artifac
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -533,9 +534,9 @@ class SegmentCipher:
 
     def __init__(self, *, header: bytes, data_key: bytes, artifact_id: str) -> None:
         _check_data_key(data_key)
-        source = _BytesSource(header)
+        source = io.BytesIO(header)
         parsed = read_header(source)
-        if source.remaining:
+        if source.tell() != len(header):
             raise VaultIntegrityError("trailing bytes after the header")
         artifact = _artifact_id_bytes(artifact_id)
         self.header = parsed
@@ -611,17 +612,3 @@ class SegmentCipher:
                 raise _chunk_failed(int.from_bytes(nonce[7:11], "big")) from None
             pos = sealed_end
         return size
-
-
-class _BytesSource:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = memoryview(data), 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def read(self, size: int, /) -> bytes:
-        piece = bytes(self._data[self._pos : self._pos + size])
-        self._pos += len(piece)
-        return piece

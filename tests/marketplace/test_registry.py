@@ -12,7 +12,7 @@ from accounts.models import AuditEvent, Scope
 from marketplace.models import Artifact, ModelVersion, UploadPart, UploadSession
 from marketplace.services import version_record_validation
 from tests.conftest import key_client
-from tests.marketplace.conftest import sha256
+from tests.marketplace.conftest import put_range, sha256
 
 pytestmark = pytest.mark.django_db
 
@@ -46,14 +46,7 @@ def start_upload(api, data: bytes, fmt: str = "pt2", **extra):
 
 def send_chunk(api, upload: dict, data: bytes, index: int):
     start = index * upload["chunk_size"]
-    end = min(start + upload["chunk_size"], len(data)) - 1
-    return api.generic(
-        "PUT",
-        upload["upload_url"],
-        data[start : end + 1],
-        content_type="application/octet-stream",
-        HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-    )
+    return put_range(api, upload, data, start, min(start + upload["chunk_size"], len(data)) - 1)
 
 
 def upload_all(api, data: bytes, fmt: str = "pt2", order=None) -> dict:

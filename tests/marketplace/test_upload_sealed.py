@@ -265,3 +265,30 @@ def test_an_upload_to_s3_is_taken_over_as_stored(model, data, s3):
     # Each part keeps its copy of the header in front of the chunks the artifact reads.
     headers = len(session.header) * session.chunk_count
     assert len(stored) == version.artifact.ciphertext_size + headers
+
+
+def test_a_chunk_whose_claim_fails_to_link_leaves_nothing_and_can_be_sent_again(model, data):
+    """The database refuses the write that links a sealed chunk to its claim (locked): the
+    chunk's blob and row go, and the chunk re-sent is stored on its own, since its position
+    was claimed; the upload completes byte-identical."""
+    from django.db import OperationalError, connection
+
+    session = _start(model, data)
+    for index in range(session.chunk_count - 1):
+        _send(session, data, index)
+
+    def locked(execute, sql, params, many, context):
+        if sql.startswith('UPDATE "marketplace_uploadpart"'):
+            raise OperationalError("database is locked")
+        return execute(sql, params, many, context)
+
+    files_before = _files()
+    with connection.execute_wrapper(locked), pytest.raises(OperationalError):
+        _send(session, data, session.chunk_count - 1)
+    assert _files() == files_before
+    assert Artifact.objects.count() == UploadPart.objects.filter(artifact__isnull=False).count()
+
+    part = _send(session, data, session.chunk_count - 1)
+    assert part.layout == UploadPart.Layout.FILE
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    assert artifact_read(artifact=version.artifact, purpose="validate") == data

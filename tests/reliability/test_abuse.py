@@ -33,7 +33,7 @@ from marketplace import services as registry
 from marketplace.models import ModelVersion
 from tests.conftest import PASSWORD, key_client, make_user
 from tests.inference.conftest import Classifier, export, ready_version, signature
-from tests.marketplace.conftest import sha256
+from tests.marketplace.conftest import put_all, sha256
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -291,16 +291,7 @@ def test_hostile_bodies_and_files_get_a_clear_4xx(scenario, settings, tenant, mo
             HTTP_CONTENT_RANGE=f"bytes {len(data)}-{len(data) + 9}/{len(data)}",
         )
         answers[f"{label}: chunk past the end"] = past.status_code
-        size = session["chunk_size"]
-        for start in range(0, len(data), size):
-            end = min(start + size, len(data)) - 1
-            api.generic(
-                "PUT",
-                session["upload_url"],
-                data[start : end + 1],
-                content_type="application/octet-stream",
-                HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-            )
+        put_all(api, session, data)
         complete = api.post(f"{session['upload_url']}/complete")
         answers[f"{label}: complete"] = complete.status_code
         if complete.status_code == 201:

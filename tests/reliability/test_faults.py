@@ -34,7 +34,7 @@ from tests.inference.conftest import (
     scripted,
     signature,
 )
-from tests.marketplace.conftest import sha256
+from tests.marketplace.conftest import put_range, sha256
 from tests.reliability.conftest import redis_start, redis_stop, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
@@ -455,25 +455,13 @@ def test_upload_cut_at_random_points_resumes_byte_identical(scenario, knobs, ten
     for _ in range(knobs["upload_cuts"]):
         start, end = rng.choice(ranges)
         cut = rng.randrange(start, end)
-        r = api.generic(
-            "PUT",
-            upload["upload_url"],
-            data[start:cut],
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-        )
+        r = put_range(api, upload, data, start, end, body=data[start:cut])
         cut_answers.append(r.status_code)
         visible_before += ModelVersion.objects.filter(model__name="resumed").count()
     order = list(ranges)
     rng.shuffle(order)
     for start, end in order[: len(order) // 2]:
-        api.generic(
-            "PUT",
-            upload["upload_url"],
-            data[start : end + 1],
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-        )
+        put_range(api, upload, data, start, end)
     state = api.get(upload["upload_url"]).json()
     early_complete = api.post(f"{upload['upload_url']}/complete")
     visible_before += ModelVersion.objects.filter(model__name="resumed").count()
@@ -483,13 +471,7 @@ def test_upload_cut_at_random_points_resumes_byte_identical(scenario, knobs, ten
     ]
     resend = [(s, e) for s, e in ranges if any(s <= me and ms <= e for ms, me in missing)]
     for start, end in resend:
-        api.generic(
-            "PUT",
-            upload["upload_url"],
-            data[start : end + 1],
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-        )
+        put_range(api, upload, data, start, end)
     version = api.post(f"{upload['upload_url']}/complete").json()
     stored = ModelVersion.objects.get(public_id=version["id"])
     plaintext = bytes(artifact_read(artifact=stored.artifact, purpose="download"))

@@ -22,10 +22,9 @@ from billing import stripe_gateway
 from billing.models import Invoice, Transfer, UsageRecord
 from billing.reconcile import reconcile
 from billing.services import usage_record_create
-from marketplace.listings import listing_publish, listing_subscribe
 from tests.billing.conftest import save_card
 from tests.conftest import key_client
-from tests.inference.conftest import Classifier, export, ready_version, signature
+from tests.inference.conftest import listed_classifier
 from tests.reliability.conftest import Worker, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
@@ -147,18 +146,9 @@ def test_stripe_down_for_an_hour_loses_nothing_and_bills_nothing_twice(
 def _scenario(record, link, worker, acme, globex, stripe_api):
     from config.celery import app
 
-    version = ready_version(acme, "clf", export(Classifier()), "pt2", signature(4, 3))
-    listing = listing_publish(
-        model=version.model,
-        actor=accounts.SYSTEM,
-        visibility="public",
-        title="Classifier",
-        price_per_call="0.25",
-        price_per_second="0",
-    )
     consumers = [globex, new_tenant("hooli"), new_tenant("umbrella")]
+    version = listed_classifier(acme, *consumers, price_per_call="0.25")
     for consumer in consumers:
-        listing_subscribe(listing=listing, tenant=consumer, actor=accounts.SYSTEM)
         save_card(stripe_api, consumer)
     # Last month's usage, as the ledger holds it at the close.
     for i in range(60):

@@ -175,26 +175,11 @@ def test_a_gpu_worker_validates_and_serves_a_version_through_the_api(gpu_worker,
     from workers.heartbeat import workers_seen
 
     settings.VALIDATION_QUEUE = settings.INFERENCE_QUEUE = "gpu"
-    from tests.marketplace.conftest import sha256
+    from tests.marketplace.conftest import upload_version
 
     data = export(WithConstant())
     assert api.post("/api/v1/models", {"name": "gpu-clf"}, format="json").status_code == 201
-    upload = api.post(
-        "/api/v1/models/acme/gpu-clf/uploads",
-        {"filename": "clf.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)},
-        format="json",
-    ).json()
-    for start in range(0, len(data), upload["chunk_size"]):
-        end = min(start + upload["chunk_size"], len(data)) - 1
-        sent = api.generic(
-            "PUT",
-            upload["upload_url"],
-            data[start : end + 1],
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{end}/{len(data)}",
-        )
-        assert sent.status_code == 200
-    assert api.post(f"{upload['upload_url']}/complete").status_code == 201
+    assert upload_version(api, "acme/gpu-clf", data, "pt2", "clf.pt2").status_code == 201
 
     def validated():
         body = api.get("/api/v1/models/acme/gpu-clf/versions/1").json()
