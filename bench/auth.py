@@ -107,9 +107,8 @@ def set_up_django() -> str:
     from accounts import services
     from accounts.models import Scope, User
 
-    # SQLite settings force CONN_MAX_AGE=0, a new connection per request; production keeps
-    # connections (DATABASE_CONN_MAX_AGE), and the connect would otherwise be billed to auth,
-    # the first thing in a request to touch the database.
+    # Keep the connection whatever DATABASE_CONN_MAX_AGE says: the connect would otherwise be
+    # billed to auth, the first thing in a request to touch the database.
     connection.settings_dict["CONN_MAX_AGE"] = None
     call_command("migrate", verbosity=0)
 

@@ -956,7 +956,7 @@ def profile(
         times
     )
 
-    # SQLite, as settings open it: a new connection per request (CONN_MAX_AGE is forced to 0).
+    # SQLite, as settings open it (once per thread, kept for DATABASE_CONN_MAX_AGE seconds).
     path = tmp / "scratch.sqlite3"
     times = []
     for _ in range(200):
@@ -965,7 +965,7 @@ def profile(
         conn.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
         conn.close()
         times.append(time.perf_counter() - start)
-    figures["SQLite connect + PRAGMA WAL (per request and task)"] = _p50_ms(times)
+    figures["SQLite connect + PRAGMA WAL (once per thread)"] = _p50_ms(times)
 
     conn = sqlite3.connect(path, timeout=20, isolation_level=None)
     conn.executescript(

@@ -127,7 +127,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Connections are kept as on PostgreSQL (DATABASE_CONN_MAX_AGE): a new one per request
+    # costs its connect and PRAGMAs, and closing the last one checkpoints the WAL (about
+    # 7 ms of a prediction's POST on this VM, bench/inference.py --profile).
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets the web process read while a worker writes; the timeout turns a busy
         # database into a short wait instead of an immediate "database is locked".
