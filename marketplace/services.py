@@ -205,17 +205,26 @@ def _digest_commit(session: UploadSession, index: int, part_id: str, sha256) -> 
         digest.next += 1
 
 
+def _exactly(chunks: Iterable[bytes], index: int, size: int) -> Iterator[bytes]:
+    """Chunk ``index``'s pieces as they arrive; a 400 once they pass ``size`` bytes or end
+    short of it."""
+    received = 0
+    for piece in chunks:
+        received += len(piece)
+        if received > size:
+            raise ValidationError(f"Chunk {index} is longer than {size} bytes.")
+        yield piece
+    if received != size:
+        raise ValidationError(f"Chunk {index} should be {size} bytes; received {received}.")
+
+
 def _read_chunk(chunks: Iterable[bytes], index: int, size: int) -> memoryview:
     """The whole chunk, in a reused buffer (sessions from before chunks were sealed)."""
     buffer = uploads.plaintext_buffer(size)
-    received = 0
-    for piece in chunks:
-        if received + len(piece) > size:
-            raise ValidationError(f"Chunk {index} is longer than {size} bytes.")
-        buffer[received : received + len(piece)] = piece
-        received += len(piece)
-    if received != size:
-        raise ValidationError(f"Chunk {index} should be {size} bytes; received {received}.")
+    filled = 0
+    for piece in _exactly(chunks, index, size):
+        buffer[filled : filled + len(piece)] = piece
+        filled += len(piece)
     return buffer
 
 
@@ -245,16 +254,10 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         size=size,
     )
     sha256 = _digest_begin(session, index)
-    received = 0
-    for piece in chunks:
-        received += len(piece)
-        if received > size:
-            raise ValidationError(f"Chunk {index} is longer than {size} bytes.")
+    for piece in _exactly(chunks, index, size):
         if sha256 is not None:
             sha256.update(piece)
         sealer.update(piece)
-    if received != size:
-        raise ValidationError(f"Chunk {index} should be {size} bytes; received {received}.")
     try:
         with transaction.atomic():
             claim = UploadPart.objects.create(

@@ -91,11 +91,10 @@ def _write_blob(*, name: str, key: TenantKey, artifact_id: str, chunks: Iterable
     return stored, encryptor, reader.bytes_out
 
 
-BlobPiece = bytes | bytearray | memoryview | tuple[str, int]
-"""Bytes to write, or ``(storage name, offset)``: that blob's bytes from ``offset`` on."""
+Buffer = bytes | bytearray | memoryview
 
 
-def blob_write(name: str, pieces: Sequence[BlobPiece]) -> tuple[str, int]:
+def blob_write(name: str, pieces: Sequence[Buffer]) -> tuple[str, int]:
     """Write a new blob made of ``pieces`` (ciphertext only); returns its name (the storage
     may pick another) and size. On a local file system the file is created exclusively
     (``FileExistsError`` if the name is taken) and written without copies in this process;
@@ -103,7 +102,7 @@ def blob_write(name: str, pieces: Sequence[BlobPiece]) -> tuple[str, int]:
     storage = artifact_storage()
     if isinstance(storage, FileSystemStorage):
         return name, _file_write(storage, name, pieces)
-    reader = _ConcatReader(storage, pieces)
+    reader = _ConcatReader(pieces)
     try:
         stored = storage.save(name, _StreamFile(reader, name=name))
     except BaseException:
@@ -112,7 +111,7 @@ def blob_write(name: str, pieces: Sequence[BlobPiece]) -> tuple[str, int]:
     return stored, reader.bytes_out
 
 
-def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[BlobPiece]) -> int:
+def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[Buffer]) -> int:
     path = storage.path(name)
     os.makedirs(
         os.path.dirname(path), mode=storage.directory_permissions_mode or 0o777, exist_ok=True
@@ -121,23 +120,11 @@ def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[BlobPiec
     written = 0
     try:
         for piece in pieces:
-            if isinstance(piece, tuple):
-                with open(storage.path(piece[0]), "rb") as src:
-                    left = os.fstat(src.fileno()).st_size - piece[1]
-                    offset = piece[1]
-                    while left > 0:
-                        n = os.copy_file_range(src.fileno(), fd, left, offset)
-                        if not n:
-                            raise OSError(f"blob {piece[0]} shrank while being copied")
-                        offset += n
-                        left -= n
-                        written += n
-            else:
-                view = memoryview(piece).cast("B")
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                    written += n
+            view = memoryview(piece).cast("B")
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                written += n
     except BaseException:
         os.close(fd)
         os.unlink(path)
@@ -147,10 +134,9 @@ def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[BlobPiec
 
 
 class _ConcatReader(io.RawIOBase):
-    """The bytes of ``pieces`` one after the other, read on demand from the storage."""
+    """The bytes of ``pieces`` one after the other."""
 
-    def __init__(self, storage: Storage, pieces: Sequence[BlobPiece]):
-        self._storage = storage
+    def __init__(self, pieces: Sequence[Buffer]):
         self._pieces = list(pieces)
         self._current: io.IOBase | None = None
         self.bytes_out = 0
@@ -161,12 +147,7 @@ class _ConcatReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         while self._pieces or self._current is not None:
             if self._current is None:
-                piece = self._pieces.pop(0)
-                if isinstance(piece, tuple):
-                    self._current = self._storage.open(piece[0], "rb")
-                    self._current.seek(piece[1])
-                else:
-                    self._current = io.BytesIO(piece)
+                self._current = io.BytesIO(self._pieces.pop(0))
             n = self._current.readinto(buffer)
             if n:
                 self.bytes_out += n

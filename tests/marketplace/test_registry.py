@@ -94,6 +94,32 @@ def test_retrying_a_chunk_is_safe(api, model, model_files):
     assert api.post(f"{upload['upload_url']}/complete").status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (lambda chunk: chunk[:-10], "Chunk 1 should be 1000 bytes; received 990."),
+        (lambda chunk: chunk + b"x", "Chunk 1 is longer than 1000 bytes."),
+    ],
+    ids=["cut-off", "too-long"],
+)
+def test_a_chunk_of_the_wrong_length_is_400_and_stores_nothing(
+    api, model, model_files, body, message
+):
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    chunk = data[1000:2000]
+
+    response = put_range(api, upload, data, 1000, 1999, body=body(chunk))
+
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert api.get(upload["upload_url"]).json()["received_bytes"] == 0
+    assert UploadPart.objects.count() == 0
+    for index in range(-(-len(data) // CHUNK)):  # the chunk sent again in full, and the rest
+        assert send_chunk(api, upload, data, index).status_code == 200
+    assert api.post(f"{upload['upload_url']}/complete").status_code == 201
+
+
 def test_status_lists_received_and_missing_ranges(api, model, model_files):
     data = model_files["pt2"]
     upload = start_upload(api, data).json()
