@@ -22,16 +22,21 @@ class ServiceBusy(ServiceError):
     code = "busy"
 
 
-def rate_limit(bucket: str, limit: int, window: int = 60) -> dict[str, str]:
-    """Fixed-window counter: at most ``limit`` requests per ``window`` seconds per bucket.
-    Returns the RateLimit headers; raises ``TooManyRequests`` (with them) when over."""
+def admit(bucket: str, limit: int, queue: str, window: int = 60) -> dict[str, str]:
+    """The rate limit, then backpressure, in one Redis round trip.
+
+    A fixed-window counter allows at most ``limit`` requests per ``window`` seconds per
+    bucket; over it, ``TooManyRequests``. Then new work is refused (``ServiceBusy``) while
+    ``queue`` is deeper than ``MM_MAX_QUEUE_DEPTH``; such a request still counted against the
+    limit. Returns the RateLimit headers."""
     now = int(time.time())
     window_start = now - now % window
     key = f"mm:rl:{bucket}:{window_start}"
     pipe = realtime.client().pipeline()
     pipe.incr(key)
     pipe.expire(key, window + 1)
-    count, _ = pipe.execute()
+    pipe.llen(queue)
+    count, _, depth = pipe.execute()
     reset = window_start + window - now
     headers = {
         "RateLimit-Limit": str(limit),
@@ -46,14 +51,9 @@ def rate_limit(bucket: str, limit: int, window: int = 60) -> dict[str, str]:
             f"retry in {reset} s.",
             headers={**headers, "Retry-After": str(reset)},
         )
-    return headers
-
-
-def check_queue(queue: str) -> None:
-    """Refuse new work while the model queue is deeper than ``MM_MAX_QUEUE_DEPTH``."""
-    depth = realtime.client().llen(queue)
     if depth >= settings.MAX_QUEUE_DEPTH:
         raise ServiceBusy(
             f"The inference queue is full ({depth} waiting); retry shortly.",
             headers={"Retry-After": "1"},
         )
+    return headers

@@ -84,10 +84,12 @@ def signature(version: ModelVersion) -> Signature:
 def admit(access: Access) -> dict[str, str]:
     """Rate limit and backpressure, before anything is recorded."""
     bucket = access.key.prefix if access.key else f"user:{access.user.pk}"
-    headers = limits.rate_limit(bucket, settings.RATE_LIMIT_PER_MINUTE)
     queue = settings.INFERENCE_QUEUE
-    limits.check_queue(dispatch.queue_key(queue) if dispatch.fast_path_live(queue) else queue)
-    return headers
+    return limits.admit(
+        bucket,
+        settings.RATE_LIMIT_PER_MINUTE,
+        dispatch.queue_key(queue) if dispatch.fast_path_live(queue) else queue,
+    )
 
 
 def prediction_create(

@@ -25,6 +25,17 @@ from marketplace.api.registry import deprecation_headers
 EVENTS = ["start", "completed"]
 
 
+class ParsedJSONField(serializers.JSONField):
+    """DRF's JSONField, without its check that the value encodes back to JSON (a
+    ``json.dumps`` of the whole input, as much CPU as parsing it): the body was parsed from
+    JSON (the API's only parser), so whatever it holds encodes."""
+
+    def to_internal_value(self, data):
+        if getattr(data, "is_json_string", False):  # HTML form input: a string to parse
+            return super().to_internal_value(data)
+        return data
+
+
 class PredictionCreateSerializer(StrictSerializer):
     model = serializers.RegexField(
         r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*$", help_text="owner/name"
@@ -35,7 +46,7 @@ class PredictionCreateSerializer(StrictSerializer):
         max_length=40,
         help_text="A version number or alias (default: production)",
     )
-    input = serializers.JSONField(help_text='{"input_name": nested list} or a bare list')
+    input = ParsedJSONField(help_text='{"input_name": nested list} or a bare list')
     webhook = serializers.URLField(required=False, max_length=2000)
     webhook_events_filter = serializers.ListField(
         child=serializers.ChoiceField(choices=EVENTS), required=False, default=["completed"]
