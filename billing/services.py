@@ -52,7 +52,7 @@ def usage_record_create(
     consumer: Tenant,
     model: Model,
     compute_seconds: Decimal,
-    api_key: ApiKey | None = None,
+    api_key_id: int | None = None,
 ) -> UsageRecord:
     """Record one unit of work at the listing's current price. Call it in the same
     transaction as the work's result; a second call for the same source returns the first
@@ -60,7 +60,8 @@ def usage_record_create(
 
     A publisher running its own model pays nothing; the listing's free calls per month are
     free for each consumer. A compression job is billed to the model's owner at the
-    platform's compression price per compute-second, all of it platform fee.
+    platform's compression price per compute-second, all of it platform fee. ``api_key_id``
+    links the record to the key that made the call, if any.
     """
     if kind == UsageRecord.Kind.COMPRESSION:
         return _compression_record_create(
@@ -69,7 +70,19 @@ def usage_record_create(
     # No read-before-write: the unique source_id makes a second call fall through to the
     # IntegrityError branch below and return the first record.
     # Locked, so concurrent calls cannot all see a free call left (the caller's transaction).
-    listing = Listing.objects.select_for_update().filter(model=model).first()
+    # Only the terms: the card and example input can be large, and are not needed here.
+    listing = (
+        Listing.objects.select_for_update()
+        .filter(model=model)
+        .only(
+            "price_per_call",
+            "price_per_second",
+            "platform_fee_percent",
+            "free_calls_per_month",
+            "currency",
+        )
+        .first()
+    )
     now = timezone.now()
     period = now.date().replace(day=1)
     own = consumer.pk == model.tenant_id
@@ -95,7 +108,7 @@ def usage_record_create(
                 model=model,
                 model_ref=model.ref,
                 listing=listing,
-                api_key=api_key,
+                api_key_id=api_key_id,
                 calls=1,
                 compute_seconds=compute_seconds,
                 price_per_call=per_call,

@@ -307,7 +307,7 @@ def prediction_succeed(
                 source_id=prediction.public_id,
                 consumer=prediction.tenant,
                 model=prediction.model,
-                api_key=prediction.api_key,
+                api_key_id=prediction.api_key_id,
                 compute_seconds=Decimal(str(compute_ms)) / 1000,
             )
             prediction.status = Prediction.Status.SUCCEEDED

@@ -149,18 +149,44 @@ def prediction_run(*, prediction_id: str) -> str | None:
 
     # [:1], not first(): no ORDER BY to build for a lookup by a unique column.
     prediction = next(
-        iter(
-            Prediction.objects.select_related(
-                "version__artifact", "model__tenant", "tenant", "api_key"
-            ).filter(public_id=prediction_id)[:1]
-        ),
+        iter(Prediction.objects.select_related("tenant").filter(public_id=prediction_id)[:1]),
         None,
     )
-    if prediction is None or not WRITES.run(lambda: inference.prediction_claim(prediction)):
+    if prediction is None:
+        return None
+    runnable = _runnable(prediction)
+    prediction.model, prediction.version = runnable.model, runnable.version
+    if not WRITES.run(lambda: inference.prediction_claim(prediction)):
         return None  # cancelled, finished, or a redelivery of finished work
     outcome = _prediction_outcome(prediction)
     _count_prediction(prediction, outcome)
     return outcome
+
+
+def _runnable(prediction):
+    """The prediction's model (with its tenant) and version (with its artifact), from the
+    per-process cache the web's requests use (``inference/catalog.py``): the join of four
+    tables, and the decoding of the version's JSON columns, cost more than half of the
+    worker's reads per prediction. Billing does not depend on it: the price is read in the
+    transaction that writes the usage record."""
+    from inference import catalog
+    from marketplace.models import Model
+
+    key = ("worker", prediction.model_id, prediction.version_id)
+    runnable = catalog.get(key)
+    if runnable is None:
+        loaded_at = time.monotonic()
+        version = ModelVersion.objects.select_related("artifact", "model__tenant").get(
+            pk=prediction.version_id
+        )
+        model = (
+            version.model
+            if version.model_id == prediction.model_id
+            else Model.objects.select_related("tenant").get(pk=prediction.model_id)
+        )
+        runnable = catalog.Runnable(model, version)
+        catalog.put(key, runnable, loaded_at)
+    return runnable
 
 
 def _count_prediction(prediction, outcome: str) -> None:

@@ -31,7 +31,7 @@ def spend(consumer, model, calls: int, key=None) -> None:
             consumer=consumer,
             model=model,
             compute_seconds=Decimal("0.01"),
-            api_key=key,
+            api_key_id=key.pk if key else None,
         )
 
 
