@@ -5,7 +5,9 @@ signature) and the model's listing (for the 402 check).
 Resolving them costs five queries and guardian's permission check, about 40 % of the web's
 CPU per prediction on a small machine, for answers that change a few times a day. Entries live
 ``MM_INFERENCE_CACHE_SECONDS`` (5 s by default; 0 turns the cache off). Only successful
-resolutions are cached: a 404, 403, 409, 410 or 451 is worked out afresh every time.
+resolutions are cached: a 404, 403, 409, 410 or 451 is worked out afresh every time. The
+worker keeps each prediction's model and version here too, under its own keys
+(``workers.services.prediction_run``).
 
 Any save or delete of a model, version, alias, listing, entitlement, object permission or
 tenant, and any audit event (every change to grants, prices and listings writes one, including
