@@ -25,7 +25,12 @@ def seed() -> dict[str, str]:
     return {t["tenant"]: t["api_key"] for t in json.loads(out.getvalue())["tenants"]}
 
 
-def test_seeding_twice_publishes_one_ready_model_the_consumer_can_run(celery_worker_process):
+def test_seeding_twice_publishes_one_ready_model_the_consumer_can_run(
+    celery_worker_process, settings
+):
+    # As in `make run`, no worker takes the validation the upload queues: the seed validates
+    # the version itself. (A worker that did would write its own audit events at any time.)
+    settings.VALIDATION_QUEUE = "seed-test-no-worker"
     keys = seed()
     events = AuditEvent.objects.count()
     again = io.StringIO()
