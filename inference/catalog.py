@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -57,6 +58,17 @@ def get(key: tuple) -> Runnable | None:
     loaded_at, runnable = entry
     if time.monotonic() - loaded_at >= settings.INFERENCE_CACHE_SECONDS:
         return None
+    return runnable
+
+
+def cached(key: tuple, load: Callable[[], Runnable]) -> Runnable:
+    """``key``'s entry, or what ``load()`` resolves, kept for the next lookup (a load that
+    raises keeps nothing)."""
+    runnable = get(key)
+    if runnable is None:
+        loaded_at = time.monotonic()
+        runnable = load()
+        put(key, runnable, loaded_at)
     return runnable
 
 

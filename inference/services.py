@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -56,14 +55,13 @@ def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None)
     """The model ``access`` may run and the version ``version_ref`` names, from the
     per-process cache when it resolved the same way moments ago (inference/catalog.py)."""
     key = (access.tenant.pk, access.has_scope(Scope.INFERENCE), model_ref, version_ref or "")
-    runnable = catalog.get(key)
-    if runnable is None:
-        loaded_at = time.monotonic()
+
+    def load() -> catalog.Runnable:
         owner, _, name = model_ref.partition("/")
         model = selectors.model_for_access(access, owner=owner, name=name, perm="run")
-        version = version_for(model, version_ref)
-        runnable = catalog.Runnable(model, version)
-        catalog.put(key, runnable, loaded_at)
+        return catalog.Runnable(model, version_for(model, version_ref))
+
+    runnable = catalog.cached(key, load)
     model = runnable.model
     if access.key is not None and not access.key.allows_model(model.ref):
         raise Forbidden(

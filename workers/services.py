@@ -170,23 +170,14 @@ def _runnable(prediction):
     worker's reads per prediction. Billing does not depend on it: the price is read in the
     transaction that writes the usage record."""
     from inference import catalog
-    from marketplace.models import Model
 
-    key = ("worker", prediction.model_id, prediction.version_id)
-    runnable = catalog.get(key)
-    if runnable is None:
-        loaded_at = time.monotonic()
+    def load() -> catalog.Runnable:
         version = ModelVersion.objects.select_related("artifact", "model__tenant").get(
             pk=prediction.version_id
         )
-        model = (
-            version.model
-            if version.model_id == prediction.model_id
-            else Model.objects.select_related("tenant").get(pk=prediction.model_id)
-        )
-        runnable = catalog.Runnable(model, version)
-        catalog.put(key, runnable, loaded_at)
-    return runnable
+        return catalog.Runnable(version.model, version)  # a prediction's version is its model's
+
+    return catalog.cached(("worker", prediction.version_id), load)
 
 
 def _count_prediction(prediction, outcome: str) -> None:
