@@ -124,34 +124,37 @@ def test_distilled_student_four_times_smaller_agrees_with_its_teacher(
     assert (version["architecture"], version["operation"]) == ("mlp", "distill")
 
 
-def hosts_started_since(worker_pid: int, since: float) -> list:
-    """Model host processes the worker started after ``since`` that are still alive."""
+def descendants(worker_pid: int) -> set[int]:
+    """Pids of the worker's live descendant processes (model hosts among them)."""
     import psutil
 
-    alive = []
+    pids = set()
     for proc in psutil.Process(worker_pid).children(recursive=True):
         try:
-            if proc.create_time() >= since and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                pids.add(proc.pid)
         except psutil.NoSuchProcess:
             pass
-    return alive
+    return pids
 
 
 def test_cancelling_a_running_job_kills_its_host_without_a_version_or_a_bill(
     celery_worker_process, api, mlp_version
 ):
-    since = time.time() - 1
+    # Told apart by pid, not by start time: psutil derives a process's start time from the
+    # boot time in whole seconds, which a VM's clock adjustments can leave seconds off.
+    before = descendants(celery_worker_process.pid)
     params = {"student": {"architecture": "mlp"}, "samples": 60_000, "epochs": 500}
     job = start(api, "acme/mlp", "distill", params)
     wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"]["phase"])
-    assert hosts_started_since(celery_worker_process.pid, since)
+    started = descendants(celery_worker_process.pid) - before
+    assert started, "the job runs in a model host the worker started for it"
 
     cancelled = api.post(f"{URL}/{job['id']}/cancel").json()
 
     assert cancelled["status"] == "cancelled"
     deadline = time.monotonic() + 15
-    while hosts_started_since(celery_worker_process.pid, since):
+    while started & descendants(celery_worker_process.pid):
         assert time.monotonic() < deadline, "the cancelled job's model host is still running"
         time.sleep(0.25)
     job = api.get(f"{URL}/{job['id']}").json()
