@@ -16,6 +16,7 @@ from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from marketplace import selectors, services
 from marketplace.api import serializers as s
+from marketplace.api.body import body_pieces
 from marketplace.models import Alias, ModelVersion, UploadSession
 
 READ_BLOCK = 1024 * 1024
@@ -233,9 +234,9 @@ class UploadView(TenantScopedMixin, GenericAPIView):
         """Store one chunk. Re-sending a chunk replaces it."""
         session = self.get_object()
         index = services.parse_content_range(request.headers.get("Content-Range", ""), session)
-        raw = request._request  # stream the body: never read it into memory whole
-        body = iter(lambda: raw.read(READ_BLOCK), b"")
-        services.upload_part_store(session=session, index=index, chunks=body)
+        # Streamed: never read into memory whole.
+        chunks = body_pieces(request._request, READ_BLOCK)
+        services.upload_part_store(session=session, index=index, chunks=chunks)
         return Response(s.UploadSessionSerializer(session).data)
 
     def delete(self, request, id: str):

@@ -1,0 +1,295 @@
+"""Uploads through the web server as deployed: gunicorn with threaded workers, as in the
+Procfile. An upload survives the web process dying mid-way; chunks stream from the socket
+(``marketplace.api.body``), also when pipelined on one connection, cut off, or too long."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from marketplace.models import ModelVersion
+from tests.conftest import database_url, key_client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parents[2]
+CHUNK = 65536
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_web(port: int) -> subprocess.Popen:
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "MM_UPLOAD_CHUNK_SIZE": str(CHUNK),
+    }
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        [
+            *(sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}"),
+            *("--workers", "2", "--threads", "4", "--timeout", "60"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, "gunicorn exited"
+            assert time.monotonic() < deadline, "the web server did not start"
+            time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(settings):
+    settings.UPLOAD_CHUNK_SIZE = CHUNK  # here as in the web process
+
+
+@pytest.fixture
+def web():
+    port = _free_port()
+    proc = _start_web(port)
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+def _call(port: int, method: str, path: str, key: str, body: bytes = b"", **headers):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {key}", **headers})
+    response = conn.getresponse()
+    payload = response.read()
+    conn.close()
+    return response.status, json.loads(payload) if payload else None
+
+
+def test_upload_resumes_after_the_web_process_is_killed(tenant, model_files):
+    data = model_files["pt2"] * 40  # ~0.5 MB: several 64 KiB chunks
+    api = key_client(tenant)
+    assert api.post("/api/v1/models", {"name": "big"}, format="json").status_code == 201
+    port = _free_port()
+    web = _start_web(port)
+    try:
+        status, upload = _call(
+            port,
+            "POST",
+            "/api/v1/models/acme/big/uploads",
+            api.secret,
+            json.dumps(
+                {
+                    "filename": "big.pt2",
+                    "format": "pt2",
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            ).encode(),
+            **{"Content-Type": "application/json"},
+        )
+        assert status == 201, upload
+        size = upload["chunk_size"]
+        chunks = [(start, min(start + size, len(data)) - 1) for start in range(0, len(data), size)]
+        for start, end in chunks[: len(chunks) // 2]:
+            status, _ = _call(
+                port,
+                "PUT",
+                upload["upload_url"],
+                api.secret,
+                data[start : end + 1],
+                **{"Content-Range": f"bytes {start}-{end}/{len(data)}"},
+            )
+            assert status == 200
+    finally:
+        os.killpg(web.pid, signal.SIGKILL)  # the master and its workers, mid-upload
+        web.wait()
+
+    port = _free_port()
+    web = _start_web(port)
+    try:
+        status, state = _call(port, "GET", upload["upload_url"], api.secret)
+        assert status == 200 and state["missing_ranges"]
+        sent = 0
+        for rng in state["missing_ranges"]:
+            first, last = (int(v) for v in rng.removeprefix("bytes ").split("-"))
+            for start, end in chunks:
+                if first <= start <= last:
+                    _call(
+                        port,
+                        "PUT",
+                        upload["upload_url"],
+                        api.secret,
+                        data[start : end + 1],
+                        **{"Content-Range": f"bytes {start}-{end}/{len(data)}"},
+                    )
+                    sent += 1
+        status, version = _call(port, "POST", f"{upload['upload_url']}/complete", api.secret)
+    finally:
+        web.terminate()
+        web.wait()
+
+    assert sent == len(chunks) - len(chunks) // 2  # only what was missing
+    assert status == 201, version
+    stored = ModelVersion.objects.get(public_id=version["id"])
+    assert stored.artifact.sha256 == hashlib.sha256(data).hexdigest()
+
+
+# --- chunks straight from the socket ------------------------------------------------------
+
+
+def safetensors_bytes(size: int) -> bytes:
+    """A valid-looking safetensors file of exactly ``size`` bytes (one U8 tensor)."""
+    header = b'{"weight": {"dtype": "U8", "shape": [PAYLOAD], "data_offsets": [0, PAYLOAD]}}'
+    payload = size - 8 - 128
+    header = header.replace(b"PAYLOAD", str(payload).encode()).ljust(128, b" ")
+    return len(header).to_bytes(8, "little") + header + os.urandom(payload)
+
+
+def new_upload(api, name: str, data: bytes) -> dict:
+    assert api.post("/api/v1/models", {"name": name}, format="json").status_code == 201
+    response = api.post(
+        f"/api/v1/models/acme/{name}/uploads",
+        {
+            "filename": f"{name}.safetensors",
+            "format": "safetensors",
+            "architecture": "mlp",
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    upload = response.json()
+    assert upload["chunk_size"] == CHUNK
+    return upload
+
+
+def raw_request(method: str, path: str, key: str, body: bytes = b"", **headers) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {key}"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chunk_put(upload: dict, key: str, data: bytes, index: int, **headers) -> bytes:
+    start = index * CHUNK
+    end = min(start + CHUNK, len(data)) - 1
+    return raw_request(
+        "PUT",
+        urlsplit(upload["upload_url"]).path,
+        key,
+        data[start : end + 1],
+        Content_Type="application/octet-stream",
+        Content_Range=f"bytes {start}-{end}/{len(data)}",
+        **headers,
+    )
+
+
+class _Responses:
+    """Reads the responses that come back on one connection, in order."""
+
+    def __init__(self, sock: socket.socket):
+        self.file = sock.makefile("rb")
+
+    def makefile(self, *_args, **_kwargs):
+        return self  # http.client reads through this and "closes" it after each response
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        pass
+
+    def next(self) -> tuple[int, dict]:
+        response = http.client.HTTPResponse(self)  # type: ignore[arg-type]
+        response.begin()
+        return response.status, json.loads(response.read() or b"null")
+
+
+def test_pipelined_chunks_on_one_connection_each_get_their_own_bytes(tenant, web):
+    api = key_client(tenant)
+    # The last chunk is small, so gunicorn's first read of its request takes its whole
+    # body and the start of the next request with it: that must stay for the next one.
+    data = safetensors_bytes(7 * CHUNK + 1000)
+    upload = new_upload(api, "pipelined", data)
+    order = [7, 3, 0, 6, 1, 5, 2, 4]
+    requests = [chunk_put(upload, api.secret, data, index) for index in order]
+    complete = urlsplit(upload["upload_url"]).path + "/complete"
+    requests.append(raw_request("POST", complete, api.secret))
+
+    with socket.create_connection(("127.0.0.1", web), timeout=60) as sock:
+        sock.sendall(b"".join(requests))  # all at once: HTTP/1.1 pipelining
+        responses = _Responses(sock)
+        answers = [responses.next() for _ in requests]
+
+    assert [status for status, _ in answers] == [200] * len(order) + [201], answers
+    version = answers[-1][1]
+    assert (version["sha256"], version["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_chunk_cut_off_mid_body_stores_nothing_and_can_be_sent_again(tenant, web):
+    api = key_client(tenant)
+    data = safetensors_bytes(3 * CHUNK)
+    upload = new_upload(api, "cut", data)
+    request = chunk_put(upload, api.secret, data, 1)
+
+    with socket.create_connection(("127.0.0.1", web), timeout=60) as sock:
+        sock.sendall(request[: len(request) - CHUNK // 2])  # the client dies half-way
+
+    url = urlsplit(upload["upload_url"]).path
+    for _ in range(5):  # and stays so while the server finishes with the broken request
+        status, state = _call(web, "GET", url, api.secret)
+        assert (status, state["missing_ranges"]) == (200, [f"bytes 0-{len(data) - 1}"])
+        time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", web), timeout=60) as sock:
+        sock.sendall(b"".join(chunk_put(upload, api.secret, data, i) for i in range(3)))
+        responses = _Responses(sock)
+        assert [responses.next()[0] for _ in range(3)] == [200, 200, 200]
+    status, version = _call(web, "POST", f"{url}/complete", api.secret)
+    assert status == 201, version
+    assert version["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_chunk_longer_than_its_range_gets_a_400_and_the_next_request_is_answered(tenant, web):
+    api = key_client(tenant)
+    data = safetensors_bytes(2 * CHUNK)
+    upload = new_upload(api, "long", data)
+    url = urlsplit(upload["upload_url"]).path
+    too_long = raw_request(
+        "PUT",
+        url,
+        api.secret,
+        data[:CHUNK] + b"x" * 4096,
+        Content_Type="application/octet-stream",
+        Content_Range=f"bytes 0-{CHUNK - 1}/{len(data)}",
+    )
+
+    with socket.create_connection(("127.0.0.1", web), timeout=60) as sock:
+        sock.sendall(too_long + raw_request("GET", url, api.secret))  # pipelined
+        responses = _Responses(sock)
+        (status, error), (status_after, state) = responses.next(), responses.next()
+
+    assert status == 400
+    assert f"longer than {CHUNK} bytes" in json.dumps(error), error
+    assert status_after == 200
+    assert state["missing_ranges"] == [f"bytes 0-{len(data) - 1}"]
