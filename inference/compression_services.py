@@ -175,10 +175,14 @@ def job_cancel(job: CompressionJob) -> CompressionJob:
 # --- the worker's side ----------------------------------------------------------------------
 
 
-# A running job's worker touches its heartbeat every few seconds; one silent for this long was
-# lost with its worker (killed, or the machine gone) and its redelivered task may run it again.
-JOB_LOST_AFTER = timedelta(minutes=2)
 JOB_MAX_ATTEMPTS = 3
+
+
+def job_lost_after() -> timedelta:
+    """A running job's worker touches its heartbeat every ``MM_WORKER_HEARTBEAT_SECONDS``;
+    one silent for ``MM_COMPRESSION_JOB_LOST_SECONDS`` (2 min) was lost with its worker
+    (killed, or the machine gone) and its redelivered task may run it again."""
+    return timedelta(seconds=settings.COMPRESSION_JOB_LOST_SECONDS)
 
 
 def job_claim(job: CompressionJob) -> bool:
@@ -209,7 +213,7 @@ def job_claim(job: CompressionJob) -> bool:
 
 def _lost() -> Q:
     """Running jobs whose heartbeat stopped: their worker is gone."""
-    silent_since = timezone.now() - JOB_LOST_AFTER
+    silent_since = timezone.now() - job_lost_after()
     return Q(status=CompressionJob.Status.RUNNING) & (
         Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, started_at__lt=silent_since)
     )

@@ -21,7 +21,6 @@ from torch import nn
 
 from accounts.models import ApiKey
 from billing.models import UsageRecord
-from inference.compression_services import JOB_LOST_AFTER
 from inference.models import CompressionJob, Prediction
 from marketplace.models import Model, ModelVersion, UploadSession
 from marketplace.vault.store import artifact_read
@@ -106,13 +105,24 @@ def test_worker_killed_mid_prediction_finishes_once_billed_once(scenario, worker
 
 # A killed worker's compression task comes back when the broker's visibility timeout
 # (CELERY_TASK_TIME_LIMIT x 4) runs out, and its job is claimed again only once its heartbeat
-# has been silent for JOB_LOST_AFTER (2 min): a redelivery before that finds the job "running
-# in a live worker" and drops it. So the timeout must outlast the silence; production's is
-# 22 min. Here it is just long enough, and kombu looks for expired messages every ~100 s.
-REDELIVERY_TIME_LIMIT = math.ceil((JOB_LOST_AFTER.total_seconds() + 30) / 4)
+# has been silent for MM_COMPRESSION_JOB_LOST_SECONDS: a redelivery before that finds the job
+# "running in a live worker" and drops it. So the timeout must outlast the silence, and kombu
+# looks for expired messages every 10 s. Production waits 2 min for the silence and 22 for the
+# timeout; here 30 s and just long enough.
+JOB_LOST_SECONDS = 30
+REDELIVERY_TIME_LIMIT = math.ceil((JOB_LOST_SECONDS + 40) / 4)
 
 
-@pytest.mark.parametrize("worker", [{"time_limit": REDELIVERY_TIME_LIMIT}], indirect=True)
+@pytest.mark.parametrize(
+    "worker",
+    [
+        {
+            "time_limit": REDELIVERY_TIME_LIMIT,
+            "env": {"MM_COMPRESSION_JOB_LOST_SECONDS": str(JOB_LOST_SECONDS)},
+        }
+    ],
+    indirect=True,
+)
 def test_worker_killed_mid_compression_job_finishes_once_billed_once(
     scenario, worker, tenant, mlp_version
 ):
@@ -122,7 +132,7 @@ def test_worker_killed_mid_compression_job_finishes_once_billed_once(
         injected="a distillation job started through the API; SIGKILL of the worker (and the "
         "model host training the student) once the job reports training progress; a new "
         f"worker started at once; broker visibility timeout {visibility} s, a job is lost "
-        f"after {JOB_LOST_AFTER.total_seconds():.0f} s of heartbeat silence",
+        f"after {JOB_LOST_SECONDS} s of heartbeat silence",
         expected="the task redelivered and the job claimed again (attempt 2) once its "
         "heartbeat has been silent long enough; it succeeds exactly once, with exactly one "
         "new version and one compression usage record",
