@@ -300,11 +300,13 @@ MAX_QUEUE_DEPTH = int(env("MM_MAX_QUEUE_DEPTH", "1000"))
 RATE_LIMIT_PER_MINUTE = int(env("MM_RATE_LIMIT_PER_MINUTE", "600"))
 # Model-extraction flags (inference/abuse.py): a key of another organisation is flagged for
 # the publisher once per model and window when it has been refused this many times by the
-# rate limit, with at least this many calls of which this share had distinct inputs.
+# rate limit, with at least this many calls of which this share had distinct inputs; a key is
+# looked at again (a count of its distinct inputs) at most once per EXTRACTION_RECHECK_SECONDS.
 EXTRACTION_WINDOW_SECONDS = int(env("MM_EXTRACTION_WINDOW_SECONDS", "3600"))
 EXTRACTION_FLAG_REJECTIONS = int(env("MM_EXTRACTION_FLAG_REJECTIONS", "20"))
 EXTRACTION_MIN_CALLS = int(env("MM_EXTRACTION_MIN_CALLS", "10"))
 EXTRACTION_DISTINCT_SHARE = float(env("MM_EXTRACTION_DISTINCT_SHARE", "0.9"))
+EXTRACTION_RECHECK_SECONDS = int(env("MM_EXTRACTION_RECHECK_SECONDS", "60"))
 MAX_WAIT_SECONDS = 60
 OIP_TIMEOUT = float(env("MM_OIP_TIMEOUT", "30"))
 PREDICTION_DATA_TTL = timedelta(seconds=int(env("MM_PREDICTION_DATA_TTL_SECONDS", "3600")))

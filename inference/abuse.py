@@ -1,9 +1,12 @@
 """Model extraction: an API key that floods another organisation's model with distinct inputs
 until the rate limit stops it is flagged for the publisher, once per key, model and window.
 
-The rate limiter (``inference.limits``) counts each key's rejections per window in Redis and
-calls ``extraction_check`` when the count reaches the threshold, and again at each multiple
-of it (so the flag's figures stay current without a database write per rejected request).
+The rate limiter (``inference.limits``) counts each key's rejections per window in Redis. When
+the count reaches the threshold, and again at each multiple of it, the key is looked at with
+``extraction_check`` (a count of distinct inputs per model: the costly part), at most once per
+``EXTRACTION_RECHECK_SECONDS`` (60) per key, so a flood cannot turn its rejections into
+database load; at the multiples in between, a flag already raised only has its rejection
+count and last-seen time brought up to date (one indexed UPDATE).
 A flag only informs the publisher: the key is limited exactly as before, and a publisher's
 own keys calling its own models are never flagged.
 
@@ -11,7 +14,8 @@ Knobs (Django settings, defaults here): ``EXTRACTION_WINDOW_SECONDS`` (3600), th
 flag covers; ``EXTRACTION_FLAG_REJECTIONS`` (20), rejections in a window before a key is
 looked at; ``EXTRACTION_MIN_CALLS`` (10), accepted calls to one model in the window before it
 can be flagged; ``EXTRACTION_DISTINCT_SHARE`` (0.9), the share of those calls whose inputs
-must differ (a client retrying the same input in a loop is not copying the model).
+must differ (a client retrying the same input in a loop is not copying the model);
+``EXTRACTION_RECHECK_SECONDS`` (60), how often one key is looked at again.
 """
 
 from __future__ import annotations
@@ -49,11 +53,16 @@ def rejection_note(bucket: str, now: float) -> None:
     pipe.expire(key, window + 60)
     count, _ = pipe.execute()
     threshold = rejections_threshold()
-    if count >= threshold and count % threshold == 0:
-        extraction_check(
-            key_prefix=bucket,
-            window_start=datetime.fromtimestamp(start, tz=UTC),
-            rejected=count,
+    if count < threshold or count % threshold:
+        return
+    window_start = datetime.fromtimestamp(start, tz=UTC)
+    recheck = int(settings.EXTRACTION_RECHECK_SECONDS)
+    looked_at = f"mm:abuse:look:{bucket}:{start}"
+    if recheck <= 0 or realtime.client().set(looked_at, 1, nx=True, ex=recheck):
+        extraction_check(key_prefix=bucket, window_start=window_start, rejected=count)
+    else:
+        AbuseFlag.objects.filter(key_prefix=bucket, window_start=window_start).update(
+            rejected=count, last_seen=timezone.now()
         )
 
 

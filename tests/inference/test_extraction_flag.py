@@ -7,9 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from accounts import secrets
+from inference import realtime
 from inference.models import AbuseFlag
 from tests.conftest import key_client
 from tests.inference.conftest import listed_classifier
@@ -72,6 +75,28 @@ def test_a_flood_is_flagged_once_per_window(listed_clf, outsider):
     again = AbuseFlag.objects.get()
     assert again.public_id == first.public_id and again.first_seen == first.first_seen
     assert again.rejected == 60 and again.last_seen > first.last_seen
+
+
+def test_a_long_flood_is_looked_at_once_a_minute_while_its_rejections_are_counted(
+    listed_clf, outsider
+):
+    thief = key_client(outsider)
+    with CaptureQueriesContext(connection) as queries:
+        flood(thief, rejections=60)
+    looks = [q for q in queries.captured_queries if "SELECT DISTINCT" in q["sql"]]
+
+    assert len(looks) == 1  # at the 10th rejection; the 20th to the 60th only count
+    flag = AbuseFlag.objects.get()
+    assert flag.rejected == 60
+
+    redis = realtime.client()
+    for looked_at in redis.scan_iter("mm:abuse:look:*"):  # the minute passes (a Redis expiry)
+        redis.delete(looked_at)
+    with CaptureQueriesContext(connection) as queries:
+        flood(thief, rejections=10, seed=2)
+    looks = [q for q in queries.captured_queries if "SELECT DISTINCT" in q["sql"]]
+    assert len(looks) == 1
+    assert AbuseFlag.objects.get().rejected == 70
 
 
 def test_another_organisation_cannot_see_the_flag(listed_clf, outsider, charlie):
