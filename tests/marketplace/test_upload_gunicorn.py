@@ -293,3 +293,25 @@ def test_a_chunk_longer_than_its_range_gets_a_400_and_the_next_request_is_answer
     assert f"longer than {CHUNK} bytes" in json.dumps(error), error
     assert status_after == 200
     assert state["missing_ranges"] == [f"bytes 0-{len(data) - 1}"]
+
+
+def test_a_client_that_waits_for_100_continue_sends_its_chunk_and_completes(tenant, web):
+    api = key_client(tenant)
+    data = safetensors_bytes(CHUNK)
+    upload = new_upload(api, "curl", data)
+    request = chunk_put(upload, api.secret, data, 0, Expect="100-continue")
+    head, body = request.split(b"\r\n\r\n", 1)
+
+    with socket.create_connection(("127.0.0.1", web), timeout=60) as sock:
+        sock.sendall(head + b"\r\n\r\n")  # as curl does: the body only after the go-ahead
+        responses = _Responses(sock)
+        assert responses.file.readline().startswith(b"HTTP/1.1 100")
+        assert responses.file.readline() == b"\r\n"
+        sock.sendall(body)
+        status, state = responses.next()
+
+    assert (status, state["missing_ranges"]) == (200, [])
+    status, version = _call(
+        web, "POST", f"{urlsplit(upload['upload_url']).path}/complete", api.secret
+    )
+    assert status == 201 and version["sha256"] == hashlib.sha256(data).hexdigest(), version
