@@ -48,7 +48,8 @@ def rejection_note(bucket: str, now: float) -> None:
     window = window_seconds()
     start = int(now) - int(now) % window
     key = f"mm:abuse:rej:{bucket}:{start}"
-    pipe = realtime.client().pipeline()
+    redis = realtime.client()
+    pipe = redis.pipeline()
     pipe.incr(key)
     pipe.expire(key, window + 60)
     count, _ = pipe.execute()
@@ -58,7 +59,7 @@ def rejection_note(bucket: str, now: float) -> None:
     window_start = datetime.fromtimestamp(start, tz=UTC)
     recheck = int(settings.EXTRACTION_RECHECK_SECONDS)
     looked_at = f"mm:abuse:look:{bucket}:{start}"
-    if recheck <= 0 or realtime.client().set(looked_at, 1, nx=True, ex=recheck):
+    if recheck <= 0 or redis.set(looked_at, 1, nx=True, ex=recheck):
         extraction_check(key_prefix=bucket, window_start=window_start, rejected=count)
     else:
         AbuseFlag.objects.filter(key_prefix=bucket, window_start=window_start).update(

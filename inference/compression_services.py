@@ -178,13 +178,6 @@ def job_cancel(job: CompressionJob) -> CompressionJob:
 JOB_MAX_ATTEMPTS = 3
 
 
-def job_lost_after() -> timedelta:
-    """A running job's worker touches its heartbeat every ``MM_WORKER_HEARTBEAT_SECONDS``;
-    one silent for ``MM_COMPRESSION_JOB_LOST_SECONDS`` (2 min) was lost with its worker
-    (killed, or the machine gone) and its redelivered task may run it again."""
-    return timedelta(seconds=settings.COMPRESSION_JOB_LOST_SECONDS)
-
-
 def job_claim(job: CompressionJob) -> bool:
     """Mark a job running; False when it was cancelled, has finished or is running in a live
     worker (a redelivered task then does nothing). A running job whose heartbeat stopped is
@@ -212,8 +205,10 @@ def job_claim(job: CompressionJob) -> bool:
 
 
 def _lost() -> Q:
-    """Running jobs whose heartbeat stopped: their worker is gone."""
-    silent_since = timezone.now() - job_lost_after()
+    """Running jobs whose heartbeat stopped: their worker is gone. A running job's worker
+    touches its heartbeat about every second; one silent for ``MM_COMPRESSION_JOB_LOST_SECONDS``
+    (2 min) was lost with its worker (killed, or the machine gone)."""
+    silent_since = timezone.now() - timedelta(seconds=settings.COMPRESSION_JOB_LOST_SECONDS)
     return Q(status=CompressionJob.Status.RUNNING) & (
         Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, started_at__lt=silent_since)
     )

@@ -28,16 +28,13 @@ def body_pieces(request: HttpRequest, block: int) -> Iterator[bytes | memoryview
     body, reader, sock = source
     request._read_started = True  # Django's own read() must not start over
     try:
-        held = body.buf.getvalue()  # already taken from the reader, so already counted
-        body.buf = io.BytesIO()
-        ahead = reader.unreader.take_buffered()
+        ahead = reader.unreader.take_buffered()  # read with the headers
         mine, rest = ahead[: reader.length], ahead[reader.length :]
         if rest:  # the start of a pipelined next request: gunicorn parses it later
             reader.unreader.unread(rest)
         reader.length -= len(mine)
-        for piece in (held, mine):
-            for start in range(0, len(piece), block):
-                yield piece[start : start + block]
+        for start in range(0, len(mine), block):
+            yield mine[start : start + block]
         buffer = bytearray(block)
         view = memoryview(buffer)
         while reader.length:
@@ -67,6 +64,7 @@ def _gunicorn_body(request: HttpRequest):
         or type(reader).__name__ != "LengthReader"
         or getattr(getattr(reader, "unreader", None), "sock", None) is not sock
         or not isinstance(getattr(body, "buf", None), io.BytesIO)
+        or body.buf.tell()  # bytes already taken from the reader: gunicorn's read goes on
         or not isinstance(getattr(reader, "length", None), int)
         or not hasattr(reader.unreader, "take_buffered")
     ):

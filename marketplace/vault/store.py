@@ -134,27 +134,26 @@ def _file_write(storage: FileSystemStorage, name: str, pieces: Sequence[Buffer])
 
 
 class _ConcatReader(io.RawIOBase):
-    """The bytes of ``pieces`` one after the other."""
+    """The bytes of ``pieces`` one after the other (read from them, not copied first)."""
 
     def __init__(self, pieces: Sequence[Buffer]):
-        self._pieces = list(pieces)
-        self._current: io.IOBase | None = None
+        self._views = [memoryview(piece).cast("B") for piece in pieces]
         self.bytes_out = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while self._pieces or self._current is not None:
-            if self._current is None:
-                self._current = io.BytesIO(self._pieces.pop(0))
-            n = self._current.readinto(buffer)
-            if n:
-                self.bytes_out += n
-                return n
-            self._current.close()
-            self._current = None
-        return 0
+        while self._views and not self._views[0]:
+            self._views.pop(0)
+        if not self._views:
+            return 0
+        view = self._views[0]
+        n = min(len(buffer), len(view))
+        memoryview(buffer).cast("B")[:n] = view[:n]
+        self._views[0] = view[n:]
+        self.bytes_out += n
+        return n
 
 
 class _ArtifactReader(io.RawIOBase):

@@ -99,6 +99,18 @@ def test_a_long_flood_is_looked_at_once_a_minute_while_its_rejections_are_counte
     assert AbuseFlag.objects.get().rejected == 70
 
 
+def test_with_the_recheck_off_every_tenth_rejection_looks_at_the_key(
+    listed_clf, outsider, settings
+):
+    settings.EXTRACTION_RECHECK_SECONDS = 0
+    with CaptureQueriesContext(connection) as queries:
+        flood(key_client(outsider), rejections=30)
+    looks = [q for q in queries.captured_queries if "SELECT DISTINCT" in q["sql"]]
+
+    assert len(looks) == 3
+    assert AbuseFlag.objects.get().rejected == 30
+
+
 def test_another_organisation_cannot_see_the_flag(listed_clf, outsider, charlie):
     flood(key_client(outsider), rejections=10)
     flag = AbuseFlag.objects.get()

@@ -20,16 +20,11 @@ import pytest
 
 from marketplace.models import ModelVersion
 from tests.conftest import database_url, key_client
+from tests.plugin import _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 65536
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_web(port: int) -> subprocess.Popen:
