@@ -167,6 +167,9 @@ class ModelVersion(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     validated_at = models.DateTimeField(null=True, blank=True)
+    # While a worker validates the version it holds it until then (a conditional update): a
+    # second delivery of the task finds it taken. Expired, it is free again (a dead worker).
+    validation_claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -10,12 +10,12 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, Forbidden, PayloadTooLarge, UnsupportedMediaType
@@ -716,6 +716,25 @@ def _enqueue_validation(version_id: str) -> None:
     )
 
 
+def version_claim_validation(*, version: ModelVersion, seconds: float) -> bool:
+    """Take the validation of ``version`` for ``seconds``: False when it is no longer
+    validating, or another worker holds it (its claim has not run out)."""
+    now = timezone.now()
+    return bool(
+        ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.VALIDATING)
+        .filter(Q(validation_claimed_until__isnull=True) | Q(validation_claimed_until__lte=now))
+        .update(validation_claimed_until=now + timedelta(seconds=seconds))
+    )
+
+
+def version_release_validation(*, version: ModelVersion) -> None:
+    """Give a claimed validation back unfinished (to be retried at once, not after the claim
+    runs out)."""
+    ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.VALIDATING).update(
+        validation_claimed_until=None
+    )
+
+
 def version_record_validation(
     *,
     version: ModelVersion,
@@ -726,7 +745,7 @@ def version_record_validation(
     latency_ms: float | None = None,
 ) -> ModelVersion:
     """What the model host found: the version becomes ``ready`` or ``failed``."""
-    fields = {"validated_at": timezone.now()}
+    fields = {"validated_at": timezone.now(), "validation_claimed_until": None}
     if ok:
         fields.update(
             status=ModelVersion.Status.READY,

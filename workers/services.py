@@ -13,7 +13,11 @@ from django.utils import timezone
 
 from config.metrics import PREDICTION_LATENCY, PREDICTIONS
 from marketplace.models import ModelVersion
-from marketplace.services import version_record_validation
+from marketplace.services import (
+    version_claim_validation,
+    version_record_validation,
+    version_release_validation,
+)
 from marketplace.vault.store import artifact_read
 from workers.groupcommit import WRITES
 from workers.host import HostFailure, ModelFailure, ModelHost
@@ -63,11 +67,23 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
     host.loaded_bytes = len(data)
 
 
+def validation_claim_seconds() -> float:
+    """How long a worker holds a version it validates: starting a host (up to 120 s), then
+    the load and the example run (``MODEL_LOAD_TIMEOUT`` each), and a minute to spare. Well
+    under the broker's visibility timeout, so a task redelivered from a dead worker finds the
+    claim run out."""
+    return 120 + 2 * settings.MODEL_LOAD_TIMEOUT + 60
+
+
 def version_validate(*, version_id: str, last_attempt: bool = True) -> ModelVersion | None:
     """Load the version in a fresh model host, run its example input and record the
     signature, parameter count and latency: ``ready``, or ``failed`` with a reason. When no
     host starts, raises ``HostUnavailable`` for the task to retry, or on its ``last_attempt``
-    fails the version with a reason that says so (it never stays ``validating``)."""
+    fails the version with a reason that says so (it never stays ``validating``).
+
+    The version is claimed first (a conditional update): a second delivery of the task, or a
+    second caller, returns it still ``validating`` without decrypting anything while another
+    worker holds it."""
     version = (
         ModelVersion.objects.select_related("artifact", "model__tenant")
         .filter(public_id=version_id)
@@ -75,6 +91,17 @@ def version_validate(*, version_id: str, last_attempt: bool = True) -> ModelVers
     )
     if version is None or version.status != ModelVersion.Status.VALIDATING:
         return version  # already validated (a redelivered task): nothing to do
+    if not version_claim_validation(version=version, seconds=validation_claim_seconds()):
+        version.refresh_from_db()
+        return version  # validated meanwhile, or another worker is at it
+    try:
+        return _validate_claimed(version, last_attempt=last_attempt)
+    except BaseException:
+        version_release_validation(version=version)  # a retry may claim it at once
+        raise
+
+
+def _validate_claimed(version: ModelVersion, *, last_attempt: bool) -> ModelVersion:
     device = worker_device()
     try:
         host = HOSTS.idle(device).take()

@@ -25,13 +25,12 @@ def seed() -> dict[str, str]:
     return {t["tenant"]: t["api_key"] for t in json.loads(out.getvalue())["tenants"]}
 
 
-def test_seeding_twice_publishes_one_ready_model_the_consumer_can_run(
-    celery_worker_process, settings
-):
-    # As in `make run`, no worker takes the validation the upload queues: the seed validates
-    # the version itself. (A worker that did would write its own audit events at any time.)
-    settings.VALIDATION_QUEUE = "seed-test-no-worker"
+def test_seeding_twice_publishes_one_ready_model_the_consumer_can_run(celery_worker_process):
+    # The seed validates the version itself while the live worker gets the validation the
+    # upload queued: whichever claims it first validates it, the other leaves it alone.
     keys = seed()
+    decrypts = AuditEvent.objects.filter(action="artifact.decrypt")
+    assert sorted(e.data["purpose"] for e in decrypts) == ["assemble", "validate"]
     events = AuditEvent.objects.count()
     again = io.StringIO()
 

@@ -254,6 +254,35 @@ def test_validation_is_idempotent(tenant):
     assert first.validated_at == again.validated_at
 
 
+def test_a_version_another_worker_is_validating_is_left_to_it_until_its_claim_runs_out(tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import AuditEvent
+    from marketplace.services import version_claim_validation
+
+    version = make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2")
+    assert version_claim_validation(version=version, seconds=300)  # another worker took it
+    decrypts = AuditEvent.objects.filter(action="artifact.decrypt")
+
+    second = version_validate(version_id=version.public_id)  # a second delivery of the task
+
+    assert second.status == "validating"
+    assert not decrypts.exists()  # nothing decrypted, no host loaded
+    assert HOSTS.loaded("cpu").keys() == []
+
+    # That worker died: once its claim has run out, a redelivery validates the version.
+    version.validation_claimed_until = timezone.now() - timedelta(seconds=1)
+    version.save(update_fields=["validation_claimed_until"])
+
+    third = version_validate(version_id=version.public_id)
+
+    assert third.status == "ready"
+    assert third.validation_claimed_until is None
+    assert decrypts.count() == 1
+
+
 def test_a_host_that_crashes_mid_request_fails_clearly_and_is_replaced(tenant):
     import os
     import signal

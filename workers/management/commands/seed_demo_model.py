@@ -259,11 +259,17 @@ class Command(BaseCommand):
 
     def _validate(self, version: ModelVersion) -> ModelVersion:
         from workers.pool import HOSTS
-        from workers.services import version_validate
+        from workers.services import validation_claim_seconds, version_validate
 
         # A one-shot process: no spare model host to pre-start, and none left running after.
         try:
             with override_settings(MODEL_HOST_PRESTART=0):
-                return version_validate(version_id=version.public_id)
+                version = version_validate(version_id=version.public_id)
         finally:
             HOSTS.close()
+        # A worker took the validation the upload queued first: wait for its verdict.
+        deadline = time.monotonic() + validation_claim_seconds()
+        while version.status == ModelVersion.Status.VALIDATING and time.monotonic() < deadline:
+            time.sleep(0.5)
+            version.refresh_from_db()
+        return version
