@@ -38,7 +38,10 @@ def body_pieces(request: HttpRequest, block: int) -> Iterator[bytes | memoryview
         buffer = bytearray(block)
         view = memoryview(buffer)
         while reader.length:
-            received = sock.recv_into(buffer, min(block, reader.length))
+            try:
+                received = sock.recv_into(buffer, min(block, reader.length))
+            except OSError:  # reset or timed out: the client's failure, as a hang-up is
+                received = 0
             if not received:  # the client hung up: the caller sees the body end short
                 body.failed = True
                 return
@@ -46,7 +49,7 @@ def body_pieces(request: HttpRequest, block: int) -> Iterator[bytes | memoryview
             yield view[:received]
     except GeneratorExit:
         raise  # the caller stopped early: gunicorn drains what is left, as it counts it
-    except BaseException:
+    except BaseException:  # anything else while reading (a signal, gunicorn's own reader)
         body.failed = True  # where the next request starts is unknown: close the connection
         raise
 

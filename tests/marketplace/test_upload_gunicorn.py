@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 65536
 
 
-def _start_web(port: int) -> subprocess.Popen:
+def _start_web(port: int, log: Path | None = None) -> subprocess.Popen:
     from django.db import connection
 
     env = {
@@ -43,7 +44,7 @@ def _start_web(port: int) -> subprocess.Popen:
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("ab") if log else subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -263,6 +264,38 @@ def test_a_chunk_cut_off_mid_body_stores_nothing_and_can_be_sent_again(tenant, w
     status, version = _call(web, "POST", f"{url}/complete", api.secret)
     assert status == 201, version
     assert version["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_connection_reset_mid_chunk_stores_nothing_and_is_no_server_error(tenant, tmp_path):
+    api = key_client(tenant)
+    data = safetensors_bytes(3 * CHUNK)
+    upload = new_upload(api, "reset", data)
+    url = urlsplit(upload["upload_url"]).path
+    log = tmp_path / "web.log"
+    port = _free_port()
+    web = _start_web(port, log)
+    try:
+        request = chunk_put(upload, api.secret, data, 1)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(request[: len(request) - CHUNK // 2])
+        time.sleep(0.5)  # the server is reading the body
+        # Closing with a zero linger time sends a reset instead of an orderly end.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        time.sleep(0.5)
+
+        status, state = _call(port, "GET", url, api.secret)
+        assert (status, state["missing_ranges"]) == (200, [f"bytes 0-{len(data) - 1}"])
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(b"".join(chunk_put(upload, api.secret, data, i) for i in range(3)))
+            responses = _Responses(sock)
+            assert [responses.next()[0] for _ in range(3)] == [200, 200, 200]
+    finally:
+        web.terminate()
+        web.wait()
+
+    logged = log.read_text()
+    assert "Internal Server Error" not in logged and "Traceback" not in logged, logged
 
 
 def test_a_chunk_longer_than_its_range_gets_a_400_and_the_next_request_is_answered(tenant, web):
