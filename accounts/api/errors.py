@@ -8,6 +8,7 @@ import logging
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import OperationalError as DatabaseOperationalError
+from django.http import UnreadablePostError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -57,7 +58,13 @@ def exception_handler(exc, context):
             status=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, UnreadablePostError):
+        # The client reset or timed out mid-body: its failure, not ours (and likely unread).
+        logger.info("API request body unreadable: %s", exc)
+        exc = exceptions.ParseError(
+            "The request body broke off before its Content-Length; send the request again."
+        )
+    elif isinstance(exc, RecursionError):
         # json.loads recurses once per level: a body nested thousands deep is bad input.
         exc = exceptions.ParseError("The JSON body is nested too deeply.")
     elif isinstance(exc, DjangoValidationError):

@@ -1,6 +1,7 @@
 """Uploads through the web server as deployed: gunicorn with threaded workers, as in the
 Procfile. An upload survives the web process dying mid-way; chunks stream from the socket
-(``marketplace.api.body``), also when pipelined on one connection, cut off, or too long."""
+(``marketplace.api.body``), also when pipelined on one connection, cut off, reset, or too
+long. A client that resets its connection mid-body is never a server error."""
 
 from __future__ import annotations
 
@@ -294,6 +295,32 @@ def test_a_connection_reset_mid_chunk_stores_nothing_and_is_no_server_error(tena
         web.terminate()
         web.wait()
 
+    logged = log.read_text()
+    assert "Internal Server Error" not in logged and "Traceback" not in logged, logged
+
+
+def test_a_json_request_reset_mid_body_is_no_server_error(tenant, tmp_path):
+    api = key_client(tenant)
+    log = tmp_path / "web.log"
+    port = _free_port()
+    web = _start_web(port, log)
+    try:
+        body = json.dumps({"name": "cut", "description": "x" * 200_000}).encode()
+        request = raw_request(
+            "POST", "/api/v1/models", api.secret, body, Content_Type="application/json"
+        )
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(request[: len(request) // 2])
+        time.sleep(0.5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, mid-body
+        time.sleep(0.5)
+        status, models = _call(port, "GET", "/api/v1/models", api.secret)
+    finally:
+        web.terminate()
+        web.wait()
+
+    assert status == 200 and models["results"] == []  # nothing half-made
     logged = log.read_text()
     assert "Internal Server Error" not in logged and "Traceback" not in logged, logged
 
