@@ -5,13 +5,24 @@ from rest_framework.permissions import BasePermission
 
 from accounts.tenancy import Access
 
+UNDECLARED = "(undeclared)"  # a scope nobody holds
+
 
 def required_scope(view, method: str) -> str | None:
-    """A view declares ``required_scope`` as one scope, or a dict by HTTP method."""
+    """A view declares ``required_scope`` as one scope, or a dict by HTTP method. HEAD needs
+    what GET needs (Django answers it with the view's ``get``); OPTIONS, which describes the
+    view and reads no data, needs none; a method the view handles but its dict leaves out
+    needs a scope nobody holds."""
     scope = getattr(view, "required_scope", None)
-    if isinstance(scope, dict):
+    if not isinstance(scope, dict):
+        return scope
+    if method == "HEAD":
+        method = "GET"
+    if method in scope or "*" in scope:
         return scope.get(method, scope.get("*"))
-    return scope
+    if method == "OPTIONS" or not hasattr(view, method.lower()):
+        return None  # OPTIONS, or a 405 to come
+    return UNDECLARED
 
 
 class TenantMember(BasePermission):
@@ -32,6 +43,8 @@ class TenantMember(BasePermission):
                 "Contact support to reactivate it."
             )
         scope = required_scope(view, request.method)
+        if scope == UNDECLARED:
+            raise exceptions.PermissionDenied(f"{request.method} is not open to this caller.")
         if scope is not None and not access.has_scope(scope):
             who = "API key" if access.key is not None else "role"
             raise exceptions.PermissionDenied(

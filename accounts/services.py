@@ -3,6 +3,7 @@ audit row in the same transaction."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -344,6 +345,51 @@ def _granted_scopes(tenant: Tenant, actor: Actor) -> frozenset[str]:
     return ROLE_SCOPES.get(role, frozenset())
 
 
+def _within_key(
+    key: ApiKey,
+    expires_at: datetime | None,
+    models: list[str] | None,
+    ips: list[str] | None,
+    *,
+    inherit: bool,
+) -> tuple[datetime | None, list[str] | None, list[str] | None]:
+    """What a key made by ``key`` may be: no longer lived, and limited to no more models and
+    networks than ``key``. A new key left unlimited gets ``key``'s limits (``inherit``); a
+    replacement (rotation) must already be within them, as it keeps its own settings."""
+    refused = []
+    if key.expires_at is not None:
+        if expires_at is None and inherit:
+            expires_at = key.expires_at
+        elif expires_at is None or expires_at > key.expires_at:
+            refused.append(f"an expiry after this key's ({key.expires_at.isoformat()})")
+    if key.allowed_models:
+        if not models and inherit:
+            models = list(key.allowed_models)
+        elif not models or set(models) - set(key.allowed_models):
+            refused.append(f"models beyond this key's ({', '.join(key.allowed_models)})")
+    if key.allowed_ips:
+        if not ips and inherit:
+            ips = list(key.allowed_ips)
+        elif not ips or not all(_network_within(ip, key.allowed_ips) for ip in ips):
+            refused.append(f"networks beyond this key's ({', '.join(key.allowed_ips)})")
+    if refused:
+        raise PermissionDenied(
+            "A key cannot make a key it could not act as itself: " + "; ".join(refused) + "."
+        )
+    return expires_at, models, ips
+
+
+def _network_within(network: str, allowed: list[str]) -> bool:
+    try:
+        wanted = ipaddress.ip_network(network, strict=False)
+        return any(
+            wanted.version == outer.version and wanted.subnet_of(outer)
+            for outer in (ipaddress.ip_network(a, strict=False) for a in allowed)
+        )
+    except ValueError:
+        return True  # not a network: the key's validation refuses it, saying what is wrong
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -363,6 +409,10 @@ def api_key_create(
         raise PermissionDenied(f"You cannot grant scope(s) you do not hold: {', '.join(excess)}.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
+    if actor.key is not None:
+        expires_at, allowed_models, allowed_ips = _within_key(
+            actor.key, expires_at, allowed_models, allowed_ips, inherit=rotated_from is None
+        )
     secret, prefix = secrets.new_api_key()
     key = ApiKey(
         tenant=tenant,

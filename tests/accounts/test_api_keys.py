@@ -143,6 +143,63 @@ def test_a_key_cannot_grant_scopes_it_does_not_hold(tenant):
     assert "inference" in response.json()["detail"]
 
 
+def test_a_limited_key_makes_keys_only_within_its_own_limits(tenant):
+    tomorrow = timezone.now() + timedelta(days=1)
+    limited = key_client(
+        tenant,
+        scopes=[Scope.ADMIN, Scope.INFERENCE],
+        allowed_ips=["10.9.0.0/16"],
+        allowed_models=["acme/only"],
+        expires_at=tomorrow,
+    )
+
+    def create(**fields):
+        body = {"name": "made", "scopes": ["inference"], **fields}
+        return limited.post("/api/v1/keys", body, format="json", REMOTE_ADDR="10.9.9.9")
+
+    made = create()  # left unlimited: it gets the maker's limits
+    assert made.status_code == 201, made.json()
+    body = made.json()
+    assert body["allowed_ips"] == ["10.9.0.0/16"] and body["allowed_models"] == ["acme/only"]
+    assert body["expires_at"] == tomorrow.isoformat().replace("+00:00", "Z")
+    escaped = APIClient()
+    escaped.credentials(HTTP_AUTHORIZATION=f"Bearer {body['key']}")
+    assert escaped.get("/api/v1/organisation", REMOTE_ADDR="203.0.113.5").status_code == 403
+
+    narrower = create(allowed_ips=["10.9.9.0/24"], allowed_models=["acme/only"])
+    assert narrower.status_code == 201
+    for wider in (
+        {"allowed_ips": ["0.0.0.0/0"]},
+        {"allowed_models": ["acme/only", "acme/other"]},
+        {"expires_at": (tomorrow + timedelta(days=1)).isoformat()},
+    ):
+        refused = create(**wider)
+        assert refused.status_code == 403, (wider, refused.json())
+        assert "could not act as itself" in refused.json()["detail"]
+
+
+def test_a_limited_key_cannot_rotate_a_wider_key_to_get_its_secret(tenant):
+    wide = key_client(tenant, scopes=[Scope.INFERENCE])
+    wide_id = ApiKey.objects.get(prefix=wide.secret.split("_")[2]).public_id
+    limited = key_client(tenant, scopes=[Scope.ADMIN, Scope.INFERENCE], allowed_ips=["10.0.0.0/8"])
+
+    refused = limited.post(f"/api/v1/keys/{wide_id}/rotate", REMOTE_ADDR="10.1.1.1")
+
+    assert refused.status_code == 403
+    assert "networks beyond this key's (10.0.0.0/8)" in refused.json()["detail"]
+    assert not ApiKey.objects.filter(rotated_from__public_id=wide_id).exists()
+
+
+def test_head_needs_the_scope_get_needs(tenant):
+    billing_only = key_client(tenant, scopes=[Scope.BILLING_READ])
+    inference_only = key_client(tenant, scopes=[Scope.INFERENCE])
+
+    assert billing_only.head("/api/v1/predictions").status_code == 403
+    assert inference_only.head("/api/v1/billing/settings").status_code == 403
+    assert inference_only.head("/api/v1/predictions").status_code == 200
+    assert billing_only.options("/api/v1/predictions").status_code == 200  # describes, reads none
+
+
 def test_rotated_key_keeps_working_through_the_grace_period(api, tenant, settings):
     old = key_client(tenant, scopes=[Scope.INFERENCE])
     old_id = ApiKey.objects.get(prefix=old.secret.split("_")[2]).public_id
