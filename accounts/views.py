@@ -27,6 +27,8 @@ from accounts.forms import (
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
+SAFE = ("GET", "HEAD", "OPTIONS")
+
 
 def _error_text(exc: ValidationError | PermissionDenied) -> str:
     if isinstance(exc, ValidationError):
@@ -34,10 +36,12 @@ def _error_text(exc: ValidationError | PermissionDenied) -> str:
     return str(exc) or "You do not have permission to do that."
 
 
-def tenant_required(*, manage: bool = False):
+def tenant_required(*, manage: bool = False, while_suspended: bool = False):
     """A signed-in member of the current organisation; ``manage`` needs owner or admin.
     Pages of another organisation are never reachable: objects are looked up within
-    ``request.tenant`` only."""
+    ``request.tenant`` only. A suspended organisation can read its pages but change nothing,
+    as its API keys can do nothing, except through views that take access away or settle
+    its bills (``while_suspended``)."""
 
     def decorator(view):
         @login_required
@@ -47,6 +51,13 @@ def tenant_required(*, manage: bool = False):
                 return redirect("dashboard:org_create")
             if manage and not request.membership.can_manage:
                 raise PermissionDenied("Only owners and admins can open this page.")
+            tenant = request.membership.tenant
+            if not tenant.is_active and not while_suspended and request.method not in SAFE:
+                reason = f": {tenant.suspended_reason}" if tenant.suspended_reason else ""
+                raise PermissionDenied(
+                    f"The organisation '{tenant.slug}' is suspended{reason}. Nothing can be "
+                    "changed until support reactivates it."
+                )
             return view(request, *args, **kwargs)
 
         return wrapper
@@ -188,7 +199,7 @@ def member_role(request: HttpRequest, member_id: str) -> HttpResponse:
     return redirect("dashboard:members")
 
 
-@tenant_required()
+@tenant_required(while_suspended=True)
 @require_POST
 def member_remove(request: HttpRequest, member_id: str) -> HttpResponse:
     membership = get_object_or_404(Membership, tenant=request.tenant, public_id=member_id)
@@ -206,7 +217,7 @@ def member_remove(request: HttpRequest, member_id: str) -> HttpResponse:
     return redirect("dashboard:members")
 
 
-@tenant_required(manage=True)
+@tenant_required(manage=True, while_suspended=True)
 @require_POST
 def invitation_revoke(request: HttpRequest, invitation_id: str) -> HttpResponse:
     invitation = get_object_or_404(Invitation, tenant=request.tenant, public_id=invitation_id)
@@ -267,7 +278,7 @@ def keys(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/keys.html", context)
 
 
-@tenant_required(manage=True)
+@tenant_required(manage=True, while_suspended=True)
 @require_POST
 def key_revoke(request: HttpRequest, key_id: str) -> HttpResponse:
     key = get_object_or_404(ApiKey, tenant=request.tenant, public_id=key_id)

@@ -107,7 +107,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
     return render(request, "billing/home.html", context)
 
 
-@tenant_required()
+@tenant_required(while_suspended=True)  # settling the bills is how it gets reactivated
 def payment_method(request: HttpRequest) -> HttpResponse:
     """GET: the card form (Stripe.js confirms a SetupIntent in the browser). POST (from the
     form's script): save the confirmed card as the default payment method."""

@@ -538,3 +538,23 @@ def test_suspended_organisation_shows_the_banner(alice_client, tenant):
 
 def test_active_organisation_shows_no_banner(alice_client):
     assert "This organisation is suspended" not in page(alice_client, "/dashboard/")
+
+
+def test_a_suspended_organisation_can_read_and_take_access_away_but_change_nothing_else(
+    alice_client, tenant, acme_objects
+):
+    from marketplace.models import Model
+
+    services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
+    keys = ApiKey.objects.count()
+
+    new_model = alice_client.post("/dashboard/models/", {"name": "fresh", "task": "other"})
+    new_key = alice_client.post("/dashboard/keys/", {"name": "ci", "scopes": ["inference"]})
+    revoked = alice_client.post(f"/dashboard/keys/{acme_objects['key']}/revoke/")
+
+    assert new_model.status_code == 403 and not Model.objects.filter(name="fresh").exists()
+    assert "suspended: Unpaid invoices" in new_model.content.decode()
+    assert new_key.status_code == 403 and ApiKey.objects.count() == keys
+    assert revoked.status_code in (200, 302)  # a leaked key can still be revoked
+    assert ApiKey.objects.get(public_id=acme_objects["key"]).status == "revoked"
+    assert alice_client.get("/dashboard/keys/").status_code == 200  # and pages still read
