@@ -44,7 +44,9 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
-@transaction.atomic
+# No savepoint of its own inside a caller's transaction: its callers let its errors through,
+# rolling back the work it bills along with it (the unique source below keeps one).
+@transaction.atomic(savepoint=False)
 def usage_record_create(
     *,
     kind: str,

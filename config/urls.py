@@ -8,13 +8,16 @@ from config.metrics import metrics_view
 from workers import console, health
 
 api_v1 = [
+    path("", include("inference.api.urls")),  # first: predictions are the busiest calls
     path("", include("accounts.api.urls")),
     path("", include("marketplace.api.urls")),
-    path("", include("inference.api.urls")),
     path("", include("billing.api.urls")),
 ]
 
 urlpatterns = [
+    # The API first: the resolver tries patterns in order, and API calls are the busiest.
+    path("api/v1/", include(api_v1)),
+    path("v2", include("inference.api.oip_urls")),
     path("", account_views.landing, name="landing"),
     path("", include(auth_urlpatterns)),
     path("dashboard/models/", include("marketplace.dashboard_urls")),
@@ -28,8 +31,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
-    path("api/v1/", include(api_v1)),
-    path("v2", include("inference.api.oip_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

@@ -289,9 +289,10 @@ def prediction_claim(prediction: Prediction) -> bool:
 def prediction_succeed(
     prediction: Prediction, *, output: bytes, compute_ms: float, batched_with: int = 1
 ) -> bool:
-    """Write the result and its usage record in one transaction, exactly once."""
+    """Write the result and its usage record in one transaction, exactly once (no savepoint
+    inside a caller's: an error rolls back the caller's work with it)."""
     now = timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         done = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.RUNNING).update(
             status=Prediction.Status.SUCCEEDED,
             output_data=output,
@@ -323,7 +324,7 @@ def prediction_succeed(
 def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:
     """Failed predictions are not billed."""
     now = timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         done = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.RUNNING).update(
             status=Prediction.Status.FAILED, error=error[:5000], error_kind=kind, completed_at=now
         )
