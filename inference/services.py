@@ -252,11 +252,14 @@ def _result_header(prediction: Prediction) -> dict:
 
 
 def prediction_cancel(prediction: Prediction) -> Prediction:
-    """Cancel a prediction that has not finished; it is never billed."""
-    Prediction.objects.filter(
+    """Cancel a prediction that has not finished; it is never billed. One that finished
+    first comes back as it finished, with its result (a caller that holds an older copy, such
+    as a request whose wait ran out, answers with it)."""
+    cancelled = Prediction.objects.filter(
         pk=prediction.pk, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
     ).update(status=Prediction.Status.CANCELED, completed_at=timezone.now(), input_data=None)
-    prediction.refresh_from_db(fields=["status", "completed_at", "input_data"])
+    moved = ["status", "completed_at"] if cancelled else WORKER_FIELDS
+    prediction.refresh_from_db(fields=[*moved, "input_data"])
     if prediction.status == Prediction.Status.CANCELED:
         transaction.on_commit(lambda: _announce(prediction))
     return prediction

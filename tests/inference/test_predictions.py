@@ -93,6 +93,27 @@ def test_cancelled_prediction_is_not_run_or_billed(celery_worker_process, api, s
     assert not UsageRecord.objects.filter(source_id=victim["id"]).exists()
 
 
+def test_cancelling_a_prediction_that_just_finished_returns_its_result(
+    celery_worker_process, api, classifier
+):
+    """An OIP call whose wait ran out cancels its prediction; when the worker committed the
+    result in between, the call answers with that result (it is billed), never with an
+    empty one."""
+    from inference import services, tensors
+
+    queued = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None).json()
+    stale = Prediction.objects.get(public_id=queued["id"])  # as the waiting request holds it
+    assert wait_until(api, queued["id"])["status"] == "succeeded"
+
+    answered = services.prediction_cancel(stale)
+
+    assert answered.status == "succeeded"
+    outputs = tensors.decode(answered.output_data)
+    expected = Classifier()(torch.tensor([[1.0, 2, 3, 4]])).detach().numpy()
+    assert outputs["output"][0].tolist() == pytest.approx(expected[0].tolist(), rel=1e-5)
+    assert UsageRecord.objects.filter(source_id=queued["id"]).count() == 1
+
+
 def test_idempotent_retry_returns_the_same_prediction_billed_once(
     celery_worker_process, api, classifier
 ):
