@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.views import CreatedCursorPagination
+from accounts.exceptions import NotFound
 from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from marketplace import selectors, services
@@ -67,7 +68,22 @@ class ModelDetailView(APIView):
         return Response(s.ModelSerializer(model).data)
 
 
+# What another organisation sees of a model it may view: its published versions, and no
+# names of the publisher's members (who uploaded a version, who moved an alias).
+PUBLISHED = (
+    ModelVersion.Status.READY,
+    ModelVersion.Status.DEPRECATED,
+    ModelVersion.Status.YANKED,
+)
+
+
+def _publisher(request, model) -> bool:
+    return request.auth is not None and model.tenant_id == request.auth.tenant.pk
+
+
 class VersionsView(ListAPIView):
+    """A model's versions, newest first; another organisation sees only published ones."""
+
     serializer_class = s.VersionSerializer
     required_scope = Scope.MODELS_READ
 
@@ -78,11 +94,16 @@ class VersionsView(ListAPIView):
 
     def get_queryset(self):
         model = selectors.model_for_access(self.request.auth, **self.kwargs)
-        return (
-            ModelVersion.objects.filter(model=model)
-            .select_related("artifact", "parent", "created_by")
-            .prefetch_related(Prefetch("aliases", queryset=Alias.objects.all()))
+        versions = ModelVersion.objects.filter(model=model)
+        self.publisher = _publisher(self.request, model)
+        if not self.publisher:
+            versions = versions.filter(status__in=PUBLISHED)
+        return versions.select_related("artifact", "parent", "created_by").prefetch_related(
+            Prefetch("aliases", queryset=Alias.objects.all())
         )
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "publisher": self.publisher}
 
 
 class VersionDetailView(APIView):
@@ -91,10 +112,14 @@ class VersionDetailView(APIView):
     @extend_schema(responses=s.VersionSerializer)
     def get(self, request, owner: str, name: str, ref: str):
         """A version by number or alias. A deprecated version answers with ``Deprecation``
-        and ``Sunset`` headers; a yanked one is 410 with the alias to use instead."""
+        and ``Sunset`` headers; a yanked one is 410 with the alias to use instead. Another
+        organisation sees only published versions."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
         version = selectors.version_resolve(model, ref)
-        response = Response(s.VersionSerializer(version).data)
+        publisher = _publisher(request, model)
+        if not publisher and version.status not in PUBLISHED:
+            raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
+        response = Response(s.VersionSerializer(version, context={"publisher": publisher}).data)
         return deprecation_headers(response, version)
 
 
@@ -158,7 +183,8 @@ class AliasDetailView(APIView):
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
         alias_obj = get_object_or_404(Alias, model=model, name=alias)
         moves = alias_obj.history.select_related("from_version", "to_version")[:100]
-        return Response(s.AliasMoveSerializer(moves, many=True).data)
+        context = {"publisher": _publisher(request, model), "owner": model.tenant}
+        return Response(s.AliasMoveSerializer(moves, many=True, context=context).data)
 
     @extend_schema(request=s.AliasSetSerializer, responses=s.AliasSerializer)
     def put(self, request, owner: str, name: str, alias: str):

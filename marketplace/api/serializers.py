@@ -89,6 +89,12 @@ class VersionSerializer(serializers.ModelSerializer):
     def get_aliases(self, obj: ModelVersion) -> list[str]:
         return [a.name for a in obj.aliases.all()]
 
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not self.context.get("publisher", True):
+            data["created_by"] = None  # a member of the publisher: theirs to know
+        return data
+
 
 class DeprecateSerializer(StrictSerializer):
     sunset_at = serializers.DateTimeField()
@@ -115,12 +121,21 @@ class AliasSetSerializer(StrictSerializer):
 class AliasMoveSerializer(serializers.ModelSerializer):
     from_version = serializers.IntegerField(source="from_version.number", default=None)
     to_version = serializers.IntegerField(source="to_version.number")
-    actor = serializers.CharField(source="actor_label")
+    actor = serializers.CharField(
+        source="actor_label",
+        help_text="Who moved it; to another organisation, the publisher's slug.",
+    )
 
     class Meta:
         model = AliasMove
         fields = ["from_version", "to_version", "actor", "created_at"]
         read_only_fields = fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not self.context.get("publisher", True):
+            data["actor"] = self.context["owner"].slug  # not the member's email or key
+        return data
 
 
 class UploadCreateSerializer(StrictSerializer):

@@ -423,3 +423,56 @@ def test_a_version_an_alias_points_at_cannot_be_yanked(api, model, model_files):
 
     assert response.status_code == 409 and "production" in response.json()["detail"]
     assert ModelVersion.objects.get(number=1).status == "ready"
+
+
+def test_another_organisation_sees_published_versions_without_the_publishers_members(
+    tenant, alice, outsider_api
+):
+    from accounts import services as accounts
+    from accounts.models import ALL_SCOPES
+    from accounts.tenancy import Access
+    from marketplace import listings
+    from marketplace import services as registry
+    from marketplace.vault.store import artifact_create
+
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+
+    def version(number: int, status: str) -> ModelVersion:
+        return ModelVersion.objects.create(
+            model=model,
+            number=number,
+            format="pt2",
+            status=status,
+            failure_reason="our internal path /srv/x failed" if status == "failed" else "",
+            artifact=artifact_create(tenant=tenant, chunks=[b"w%d" % number]),
+            created_by=alice,
+        )
+
+    ready, _failed = version(1, "ready"), version(2, "failed")
+    listings.listing_publish(model=model, actor=accounts.SYSTEM, visibility="public", title="R")
+    registry.alias_set(
+        model=model,
+        name="staging",
+        version=ready,
+        access=Access(tenant=tenant, scopes=ALL_SCOPES),
+        actor=accounts.Actor(user=alice),
+    )
+    base = "/api/v1/models/acme/resnet"
+
+    versions = outsider_api.get(f"{base}/versions").json()["results"]
+    failed = outsider_api.get(f"{base}/versions/2")
+    history = outsider_api.get(f"{base}/aliases/staging").json()
+
+    assert [(v["number"], v["created_by"]) for v in versions] == [(1, None)]
+    assert outsider_api.get(f"{base}/versions/1").json()["created_by"] is None
+    assert failed.status_code == 404 and "/srv/x" not in failed.content.decode()
+    assert [move["actor"] for move in history] == ["acme"]
+    assert "alice@" not in str(versions) + str(history)
+
+    publisher = key_client(tenant)  # the publisher itself sees everything
+    own = publisher.get(f"{base}/versions").json()["results"]
+    assert [(v["number"], v["created_by"]) for v in own] == [
+        (2, "alice@acme.example"),
+        (1, "alice@acme.example"),
+    ]
+    assert publisher.get(f"{base}/aliases/staging").json()[0]["actor"] == "alice@acme.example"
