@@ -22,6 +22,13 @@ def month_spend(*, consumer: Tenant, period: date, api_key: ApiKey | None = None
     return records.aggregate(total=Sum("amount"))["total"] or ZERO
 
 
+def free_calls_used(*, consumer: Tenant, model, period: date) -> int:
+    """How many of a listing's free calls ``consumer`` has used in ``period``."""
+    return UsageRecord.objects.filter(
+        consumer=consumer, model=model, period=period, free=True
+    ).count()
+
+
 def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:
     """The period's ledger for one consumer, per listing (credits have no model): calls,
     compute seconds, amount, platform fee and publisher share, exact to the micro-unit."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -93,9 +94,7 @@ def usage_record_create(
     fee_percent = listing.platform_fee_percent if listing else Decimal(0)
     free = False
     if listing is not None and not own and listing.free_calls_per_month:
-        used = UsageRecord.objects.filter(
-            consumer=consumer, model=model, period=period, free=True
-        ).count()
+        used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
         free = used < listing.free_calls_per_month
     compute_seconds = compute_seconds.quantize(MICRO)
     amount = Decimal(0) if free else _money(per_call + per_second * compute_seconds)
@@ -301,10 +300,20 @@ def key_budget_set(*, key: ApiKey, limit: Decimal | None, actor: Actor) -> KeyBu
     return budget
 
 
-def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -> None:
+def spend_authorize(
+    *,
+    consumer: Tenant,
+    model: Model,
+    api_key: ApiKey | None,
+    pending: Callable[[ApiKey | None], Decimal] | None = None,
+) -> None:
     """Refuse paid work before it runs (402) when the consumer has no payment method, is past
     its grace period, or has reached its monthly spend cap or the key's budget. Free work is
-    never refused. Crossing 80 % of a cap or budget sends one alert per month."""
+    never refused. Crossing 80 % of a cap or budget sends one alert per month.
+
+    ``pending(key)``, asked only where a cap or budget applies, is what the consumer's work
+    admitted but not yet billed will cost (about; of ``key``'s alone when given): it counts
+    against the cap, so queued work cannot run past it."""
     if consumer.pk == model.tenant_id:
         return
     if Model.listing.is_cached(model):
@@ -338,9 +347,11 @@ def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -
     period = now.date().replace(day=1)
     if account.spend_cap is not None:
         spent = selectors.month_spend(consumer=consumer, period=period)
-        if spent >= account.spend_cap:
+        owed = pending(None) if pending else Decimal(0)
+        if spent + owed >= account.spend_cap:
+            running = f", and {owed:.2f} for calls still running" if owed else ""
             raise PaymentRequired(
-                f"This month's spend ({spent:.2f}) has reached your spend cap "
+                f"This month's spend ({spent:.2f}{running}) has reached your spend cap "
                 f"({account.spend_cap:.2f}); raise the cap in the dashboard's billing page."
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
@@ -348,7 +359,7 @@ def spend_authorize(*, consumer: Tenant, model: Model, api_key: ApiKey | None) -
     budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
     if budget is not None:
         spent = selectors.month_spend(consumer=consumer, period=period, api_key=api_key)
-        if spent >= budget.monthly_limit:
+        if spent + (pending(api_key) if pending else Decimal(0)) >= budget.monthly_limit:
             raise PaymentRequired(
                 f"API key {api_key.prefix} has used its monthly budget "
                 f"({budget.monthly_limit:.2f}); raise it or use another key."

@@ -66,7 +66,15 @@ class Prediction(models.Model):
                 name="prediction_idempotency_key_unique",
             )
         ]
-        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            # The consumer's work not yet billed (it counts against its spend cap): small.
+            models.Index(
+                fields=["tenant"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="prediction_in_flight",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.public_id} ({self.status})"

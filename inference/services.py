@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Avg, Count
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, Forbidden
@@ -90,6 +91,40 @@ def admit(access: Access) -> dict[str, str]:
     )
 
 
+def pending_spend(*, consumer, api_key=None) -> Decimal:
+    """About what the consumer's queued and running predictions will cost once billed (of
+    ``api_key``'s alone when given): per model, the calls beyond the month's free ones left,
+    each at its listing's price per call plus its price per second for the version's
+    measured latency. Its own models cost it nothing."""
+    from billing.selectors import free_calls_used
+
+    rows = Prediction.objects.filter(
+        tenant=consumer, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
+    ).exclude(model__tenant=consumer)
+    if api_key is not None:
+        rows = rows.filter(api_key=api_key)
+    groups = rows.values(
+        "model",
+        "model__listing__price_per_call",
+        "model__listing__price_per_second",
+        "model__listing__free_calls_per_month",
+    ).annotate(calls=Count("pk"), latency_ms=Avg("version__latency_ms"))
+    period = timezone.now().date().replace(day=1)
+    total = Decimal(0)
+    for group in groups:
+        per_call = group["model__listing__price_per_call"] or Decimal(0)
+        per_second = group["model__listing__price_per_second"] or Decimal(0)
+        if not (per_call or per_second):
+            continue
+        calls, free = group["calls"], group["model__listing__free_calls_per_month"] or 0
+        if free:
+            used = free_calls_used(consumer=consumer, model=group["model"], period=period)
+            calls = max(0, calls - max(0, free - used))
+        seconds = Decimal(str(group["latency_ms"] or 0)) / 1000
+        total += calls * (per_call + per_second * seconds)
+    return total
+
+
 def prediction_create(
     *,
     access: Access,
@@ -113,7 +148,12 @@ def prediction_create(
         if existing is not None:
             return existing, False
     batch = tensors.check(signature(version), arrays)
-    spend_authorize(consumer=access.tenant, model=model, api_key=access.key)
+    spend_authorize(
+        consumer=access.tenant,
+        model=model,
+        api_key=access.key,
+        pending=lambda key: pending_spend(consumer=access.tenant, api_key=key),
+    )
     # Started (up to 1 s, once per process) before the write transaction, not inside it.
     shared = realtime.listener() if wait else None
     prediction = None

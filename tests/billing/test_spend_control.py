@@ -35,6 +35,13 @@ def spend(consumer, model, calls: int, key=None) -> None:
         )
 
 
+def finished() -> None:
+    """Arrange: the queued predictions ran (what they cost is arranged with ``spend``)."""
+    Prediction.objects.filter(status=Prediction.Status.QUEUED).update(
+        status=Prediction.Status.SUCCEEDED
+    )
+
+
 def predict(client):
     return client.post(
         "/api/v1/predictions",
@@ -61,14 +68,35 @@ def test_crossing_80_percent_of_the_cap_emails_the_billing_people_once(outsider,
     globex.put("/api/v1/billing/settings", {"spend_cap": "1.20"}, format="json")
     spend(outsider, paid_clf, 3)  # 0.75: under 80 %
     below = predict(globex)
+    finished()
     spend(outsider, paid_clf, 1)  # 1.00: over 80 % (0.96), under the cap
 
-    first, second = predict(globex), predict(globex)
+    first = predict(globex)
+    finished()
+    second = predict(globex)
 
     assert below.status_code == first.status_code == second.status_code == 201
     assert len(mail.outbox) == 1
     assert mail.outbox[0].to == [charlie.email]
     assert "80% of your monthly spend cap" in mail.outbox[0].subject
+
+
+def test_calls_still_queued_count_against_the_cap(outsider, paid_clf):
+    """No worker runs them here: queued calls are what a backlog looks like. Each is counted
+    at its price before it is billed, so a backlog cannot run past the cap."""
+    from marketplace.models import Listing
+
+    Listing.objects.filter(model=paid_clf).update(free_calls_per_month=2)
+    globex = key_client(outsider)
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.00"}, format="json")
+
+    codes = [predict(globex).status_code for _ in range(8)]
+
+    assert codes == [201] * 6 + [402] * 2  # 2 free calls, then 4 at 0.25 reach 1.00
+    refused = predict(globex).json()["detail"]
+    assert "(0.00, and 1.00 for calls still running) has reached your spend cap" in refused
+    Prediction.objects.update(status=Prediction.Status.CANCELED)  # cancelled: never billed
+    assert predict(globex).status_code == 201
 
 
 def test_a_key_over_its_budget_is_refused_while_other_keys_still_work(outsider, paid_clf):
