@@ -238,11 +238,23 @@ def _prediction_outcome(prediction) -> str:
         WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="internal"))
         return "failed"
     output = tensors.encode(outputs)
-    WRITES.run(
-        lambda: inference.prediction_succeed(
-            prediction, output=output, compute_ms=compute_ms, batched_with=shared
+    try:
+        WRITES.run(
+            lambda: inference.prediction_succeed(
+                prediction, output=output, compute_ms=compute_ms, batched_with=shared
+            )
         )
-    )
+    except Exception as exc:  # noqa: BLE001 - never leave a claimed prediction running
+        # The result and its usage record could not be written (the database refused them):
+        # nothing is billed, and the prediction fails instead of staying "running" with
+        # nobody left to finish it. If the result was written after all, it stands.
+        logger.exception("recording the result of prediction %s failed", prediction.public_id)
+        error = (
+            f"Internal error while recording the result ({type(exc).__name__}); it was not "
+            "billed. Send the request again."
+        )
+        if WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="internal")):
+            return "failed"
     return "succeeded"
 
 

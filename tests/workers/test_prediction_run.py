@@ -1,0 +1,57 @@
+"""The worker's run of one prediction, in this process with its own model host: what
+happens when the database refuses the result."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+
+from billing.models import UsageRecord
+from inference import services as inference
+from inference import tensors
+from inference.models import Prediction
+from tests.inference.conftest import classifier  # noqa: F401 - a fixture
+from workers.pool import HOSTS
+from workers.services import prediction_run
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the batcher loads in its own thread
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_HOST_PRESTART = 0
+    yield
+    HOSTS.close()
+
+
+def queued(version) -> Prediction:
+    import numpy as np
+
+    return Prediction.objects.create(
+        tenant=version.model.tenant,
+        model=version.model,
+        version=version,
+        input_data=tensors.encode({"x": np.ones((1, 4), np.float32)}),
+    )
+
+
+def test_a_result_the_database_refuses_fails_the_prediction_unbilled(classifier, monkeypatch):  # noqa: F811
+    def refuse(**_):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(inference, "usage_record_create", refuse)
+    prediction = queued(classifier)
+
+    outcome = prediction_run(prediction_id=prediction.public_id)
+
+    prediction.refresh_from_db()
+    assert outcome == "failed"
+    assert (prediction.status, prediction.error_kind) == ("failed", "internal")
+    assert "recording the result (OperationalError); it was not billed" in prediction.error
+    assert prediction.output_data is None  # the result's write was rolled back with it
+    assert not UsageRecord.objects.exists()
+
+    monkeypatch.undo()  # the database is back: the next prediction is served and billed once
+    again = queued(classifier)
+    assert prediction_run(prediction_id=again.public_id) == "succeeded"
+    assert UsageRecord.objects.get().source_id == again.public_id
