@@ -326,13 +326,50 @@ def spend_authorize(
         )
     if listing is None or listing.is_free:
         return
+    account, period = _account_authorize(
+        consumer, paid=f"{model.ref} is a paid listing", pending=pending
+    )
+    budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
+    if budget is not None:
+        spent = selectors.month_spend(consumer=consumer, period=period, api_key=api_key)
+        if spent + (pending(api_key) if pending else Decimal(0)) >= budget.monthly_limit:
+            raise PaymentRequired(
+                f"API key {api_key.prefix} has used its monthly budget "
+                f"({budget.monthly_limit:.2f}); raise it or use another key."
+            )
+        if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
+            _alert_once(
+                account=account, period=period, spent=spent, limit=budget.monthly_limit, key=budget
+            )
+
+
+def compute_authorize(*, consumer: Tenant) -> None:
+    """Refuse a compression job (402) its owner could not pay for: an invoice unpaid past its
+    grace period, or no room under the spend cap. Unlike a paid listing it needs no payment
+    method up front: a publisher's compression is invoiced at month end with the rest, and an
+    invoice nobody pays stops it after the grace period. Nothing to check while compression
+    is free."""
+    if Decimal(settings.COMPRESSION_PRICE_PER_SECOND) == 0:
+        return
+    _account_authorize(consumer, paid="Compression is billed per compute-second", card=False)
+
+
+def _account_authorize(
+    consumer: Tenant,
+    *,
+    paid: str,
+    pending: Callable[[ApiKey | None], Decimal] | None = None,
+    card: bool = True,
+) -> tuple[BillingAccount, date]:
+    """The consumer's own checks before paid work (``paid`` says why it is paid; ``card``,
+    whether it needs a payment method first): its account and this month's period, or 402
+    saying what to do."""
     account = BillingAccount.objects.filter(tenant=consumer).first() or BillingAccount(
         tenant=consumer
     )
-    if settings.PAYMENT_METHOD_REQUIRED and not account.has_payment_method:
+    if card and settings.PAYMENT_METHOD_REQUIRED and not account.has_payment_method:
         raise PaymentRequired(
-            f"{model.ref} is a paid listing: add a payment method in the dashboard's billing "
-            "page before calling it."
+            f"{paid}: add a payment method in the dashboard's billing page before calling it."
         )
     now = timezone.now()
     if (
@@ -356,18 +393,7 @@ def spend_authorize(
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
             _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)
-    budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
-    if budget is not None:
-        spent = selectors.month_spend(consumer=consumer, period=period, api_key=api_key)
-        if spent + (pending(api_key) if pending else Decimal(0)) >= budget.monthly_limit:
-            raise PaymentRequired(
-                f"API key {api_key.prefix} has used its monthly budget "
-                f"({budget.monthly_limit:.2f}); raise it or use another key."
-            )
-        if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
-            _alert_once(
-                account=account, period=period, spent=spent, limit=budget.monthly_limit, key=budget
-            )
+    return account, period
 
 
 def _alert_once(

@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.exceptions import Conflict, NotFound, ServiceError
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
-from billing.services import usage_record_create
+from billing.services import compute_authorize, usage_record_create
 from inference.compression import NotApplicable
 from inference.compression import params as checks
 from inference.models import CompressionJob
@@ -68,6 +68,7 @@ def job_create(
         raise Conflict(
             f"Version {version.number} is {version.status}; only a ready version can be compressed."
         )
+    compute_authorize(consumer=access.tenant)  # billed per compute-second: 402 if unpayable
     encoded = _job_data(data, version) if data is not None else None
     try:
         checked = checks.check(

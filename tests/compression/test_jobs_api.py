@@ -228,3 +228,15 @@ def test_a_retried_start_with_the_same_idempotency_key_returns_the_first_job(api
     assert again.json()["id"] == first.json()["id"]
     assert other.status_code == 409 and "different request body" in other.json()["detail"]
     assert CompressionJob.objects.count() == 1
+
+
+def test_a_job_its_owner_could_not_pay_for_is_refused_with_402(api, tenant, mlp_version):
+    from billing.services import spend_cap_set
+
+    spend_cap_set(tenant=tenant, cap=Decimal("0"), actor=accounts.SYSTEM)
+
+    refused = start(api, "quantize")
+
+    assert refused.status_code == 402
+    assert "reached your spend cap (0.00)" in refused.json()["detail"]
+    assert not CompressionJob.objects.exists()
