@@ -129,16 +129,17 @@ _queues.register(QueueDepthCollector())
 
 
 def metrics_view(request):
-    """``/metrics`` for Prometheus: a staff session, or the bearer token of
+    """``/metrics`` for Prometheus: a session the admin site would let in (staff, with the
+    second factor when ``MM_ADMIN_REQUIRE_2FA`` asks for one), or the bearer token of
     ``MM_METRICS_TOKEN``. Anyone else gets 404, as if there were nothing here."""
     from django.conf import settings
+    from django.contrib import admin
     from django.http import Http404, HttpResponse
 
     token = settings.METRICS_TOKEN
     given = request.META.get("HTTP_AUTHORIZATION", "")
     by_token = bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-    user = getattr(request, "user", None)
-    if not (by_token or (user is not None and user.is_active and user.is_staff)):
+    if not (by_token or admin.site.has_permission(request)):
         raise Http404
     return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
 

@@ -300,6 +300,8 @@ def test_without_the_setting_a_password_is_enough(operator):
 
 
 def test_a_signed_in_staff_member_without_a_device_is_refused_when_2fa_is_on(console, settings):
+    assert console.get("/metrics").status_code == 200
     settings.ADMIN_REQUIRE_2FA = True
     assert console.get("/admin/").status_code == 302
     assert console.get("/admin/operations/").status_code == 302
+    assert console.get("/metrics").status_code == 404  # no way round the second factor
