@@ -383,7 +383,10 @@ def transfer_retrieve(transfer: str) -> dict:
 
 
 def event_from_webhook(payload: bytes, signature: str | None) -> dict:
-    """Verify a webhook on its raw body and return the event as a dict."""
+    """Verify a webhook on its raw body and return the event as a dict. Without a signing
+    secret nothing is verifiable (anyone can sign with an empty key): every event is refused."""
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        raise InvalidSignature("STRIPE_WEBHOOK_SECRET is not set: webhooks are refused")
     try:
         event = stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
     except (stripe.SignatureVerificationError, ValueError) as e:

@@ -41,8 +41,8 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     does the work. Duplicates and events we do not act on get 200 too."""
     try:
         event = gateway.event_from_webhook(request.body, request.headers.get("Stripe-Signature"))
-    except gateway.InvalidSignature:
-        log.warning("Stripe webhook with a bad signature refused")
+    except gateway.InvalidSignature as exc:
+        log.warning("Stripe webhook refused: %s", exc)
         return HttpResponse("Bad signature.", status=400, content_type="text/plain")
     if not event.get("id"):
         return HttpResponse("Not an event.", status=400, content_type="text/plain")

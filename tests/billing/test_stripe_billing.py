@@ -164,6 +164,23 @@ def test_webhooks_need_a_valid_signature_and_duplicates_are_stored_once(stripe_a
     assert StripeEvent.objects.filter(event_id="evt_test_1").count() == 1
 
 
+def test_without_a_signing_secret_every_webhook_is_refused(stripe_api, client, settings):
+    settings.STRIPE_WEBHOOK_SECRET = ""
+    body = json.dumps({"id": "evt_forged", "type": "invoice.paid", "data": {"object": {}}})
+    stamp = int(time.time())
+    signed_with_nothing = hmac.new(b"", f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
+
+    forged = client.post(
+        "/billing/stripe/webhook",
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={signed_with_nothing}",
+    )
+
+    assert forged.status_code == 400
+    assert not StripeEvent.objects.exists()
+
+
 class LoseResponses(stripe.HTTPClient):
     """Sends each request to Stripe, then loses the answer to the ones ``lose`` picks: the
     case where only idempotency and adoption prevent a second invoice."""
