@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import secrets
 import socket
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -21,16 +20,6 @@ from django.db import IntegrityError
 
 from accounts.models import Tenant
 from inference.models import Prediction, WebhookDelivery, WebhookSigningKey
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect could point anywhere, past ``check_url``: a 3xx counts as a failed attempt."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def signing_key(tenant: Tenant) -> str:
@@ -51,17 +40,44 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
 
 
-def check_url(url: str) -> None:
-    """Refuse webhook targets inside our own network (SSRF), unless allowed for development."""
+def check_url(url: str) -> str | None:
+    """Refuse webhook targets inside our own network (SSRF), unless allowed for development;
+    the address checked, which the delivery connects to (a second lookup could answer with
+    another one: DNS rebinding). ``None`` where private targets are allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("Webhook URLs must be http(s) URLs.")
     if settings.WEBHOOK_ALLOW_PRIVATE:
-        return
-    for info in socket.getaddrinfo(parts.hostname, parts.port or 443):
+        return None
+    found = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    for info in found:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:
             raise ValueError(f"Webhook URL {url} resolves to a private address.")
+    return found[0][4][0]
+
+
+def _post(url: str, body: bytes, headers: dict, address: str | None) -> int:
+    """POST ``body`` to ``url`` (to ``address``, when given, whatever the name resolves to
+    now; TLS still checks the certificate against the name) and return the status. Redirects
+    are not followed: they could point anywhere, past ``check_url``."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    kind = http.client.HTTPSConnection if secure else http.client.HTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout=settings.WEBHOOK_TIMEOUT)
+    if address is not None:
+        connect = connection._create_connection  # socket.create_connection
+
+        def pinned(where, *args, **kwargs):
+            return connect((address, where[1]), *args, **kwargs)
+
+        connection._create_connection = pinned
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", target, body=body, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def deliver(prediction: Prediction, event: str, attempt: int) -> bool:
@@ -73,28 +89,22 @@ def deliver(prediction: Prediction, event: str, attempt: int) -> bool:
         {"type": f"prediction.{event}", "data": PredictionSerializer(prediction).data}, default=str
     ).encode()
     timestamp = int(time.time())
-    request = urllib.request.Request(  # noqa: S310 - scheme checked in check_url
-        prediction.webhook_url,
-        data=body,
-        method="POST",
-        headers={
-            "content-type": "application/json",
-            "user-agent": "Modelmarket-Webhooks/1",
-            "webhook-id": webhook_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(signing_key(prediction.tenant), webhook_id, timestamp, body),
-        },
-    )
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "Modelmarket-Webhooks/1",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(signing_key(prediction.tenant), webhook_id, timestamp, body),
+    }
     status, error = None, ""
     try:
-        check_url(prediction.webhook_url)
-        with _OPENER.open(request, timeout=settings.WEBHOOK_TIMEOUT) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status, error = exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        error = str(getattr(exc, "reason", exc))[:500]
+        address = check_url(prediction.webhook_url)
+        status = _post(prediction.webhook_url, body, headers, address)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        error = str(exc)[:500] or type(exc).__name__
     delivered = status is not None and 200 <= status < 300
+    if status is not None and not delivered:
+        error = f"HTTP {status}"
     WebhookDelivery.objects.create(
         prediction=prediction,
         event=event,

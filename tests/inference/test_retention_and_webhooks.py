@@ -123,6 +123,57 @@ def test_a_redirecting_webhook_receiver_is_not_followed(classifier):
     assert WebhookDelivery.objects.get(prediction=prediction).status_code == 302
 
 
+def test_a_webhook_host_that_resolves_again_to_our_network_is_not_reached(
+    settings, classifier, monkeypatch
+):
+    """DNS rebinding: the name answers with a public address when it is checked and with
+    ours when the delivery looks it up again. The delivery goes to the address checked."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, *args, **kwargs):
+        if host != "rebind.example":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        answer = "198.51.99.7" if len(lookups) == 1 else "127.0.0.1"  # public, then ours
+        return real(answer, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.WEBHOOK_TIMEOUT = 1
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url=f"http://rebind.example:{port}/hook",
+    )
+    try:
+        delivered = webhooks.deliver(prediction, "completed", attempt=1)
+    finally:
+        server.shutdown()
+
+    assert delivered is False and hits == []  # it tried 198.51.99.7 (unreachable here)
+    assert lookups == ["rebind.example"]
+    assert WebhookDelivery.objects.get(prediction=prediction).error
+
+
 def test_an_idempotency_key_older_than_a_day_starts_a_new_prediction(api, settings, classifier):
     body = {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}
     first = api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k1")
