@@ -120,6 +120,9 @@ class Invoice(models.Model):
     number = models.CharField(max_length=64, blank=True)
     hosted_url = models.URLField(max_length=500, blank=True)
     payment_error = models.CharField(max_length=500, blank=True)
+    # Failed attempts to pay so far: the next attempt's idempotency key carries it, so a retry
+    # after a decline is a new payment, not the decline replayed.
+    payment_failures = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
 

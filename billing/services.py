@@ -12,7 +12,7 @@ import redis
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 from redis.exceptions import LockError
 
@@ -264,6 +264,12 @@ def payment_method_confirm(*, tenant: Tenant, setup_intent: str, actor: Actor) -
         tenant=tenant,
         data={"label": account.payment_method_label},
     )
+    # Invoices a card declined are tried again on the new one.
+    declined = Invoice.objects.filter(consumer=tenant, status=Invoice.Status.OPEN).exclude(
+        payment_error=""
+    )
+    for invoice_id in declined.values_list("public_id", flat=True):
+        transaction.on_commit(partial(_enqueue, "billing.collect_invoice", invoice_id))
     return account
 
 
@@ -562,9 +568,10 @@ def _invoice_collect(invoice: Invoice) -> Invoice:
         invoice_apply(invoice, remote)
     if remote["status"] == "open":
         try:
-            remote = gateway.invoice_pay(
-                invoice.stripe_invoice_id, idempotency_key=f"pay-{invoice.public_id}"
-            )
+            # A retry after a lost response keeps the key; one after a decline gets a new one.
+            failures = invoice.payment_failures
+            key = f"pay-{invoice.public_id}" + (f"-{failures}" if failures else "")
+            remote = gateway.invoice_pay(invoice.stripe_invoice_id, idempotency_key=key)
         except GatewayUnavailable:
             raise
         except GatewayError as e:  # declined, no payment method, ...
@@ -669,7 +676,11 @@ def payment_failed(invoice: Invoice, *, reason: str) -> None:
     """Start the grace period; after it, the consumer's paid calls answer 402."""
     Invoice.objects.filter(pk=invoice.pk).exclude(
         status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED]
-    ).update(status=Invoice.Status.OPEN, payment_error=reason[:500])
+    ).update(
+        status=Invoice.Status.OPEN,
+        payment_error=reason[:500],
+        payment_failures=F("payment_failures") + 1,
+    )
     account = BillingAccount.objects.select_for_update().get(tenant=invoice.consumer)
     if account.state != BillingAccount.State.PAST_DUE:
         account.state = BillingAccount.State.PAST_DUE
