@@ -15,10 +15,16 @@ from billing.models import UsageRecord
 ZERO = Decimal(0)
 
 
-def month_spend(*, consumer: Tenant, period: date, api_key: ApiKey | None = None) -> Decimal:
+def month_spend(
+    *, consumer: Tenant, period: date, api_key: ApiKey | None = None, currency: str | None = None
+) -> Decimal:
+    """What ``consumer`` (or one of its keys) spent in ``period``; in one ``currency`` when
+    given (amounts in different currencies do not add up)."""
     records = UsageRecord.objects.filter(consumer=consumer, period=period)
     if api_key is not None:
         records = records.filter(api_key=api_key)
+    if currency is not None:
+        records = records.filter(currency=currency)
     return records.aggregate(total=Sum("amount"))["total"] or ZERO
 
 

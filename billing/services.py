@@ -311,15 +311,17 @@ def spend_authorize(
     consumer: Tenant,
     model: Model,
     api_key: ApiKey | None,
-    pending: Callable[[ApiKey | None], Decimal] | None = None,
+    pending: Callable[[ApiKey | None, str], Decimal] | None = None,
 ) -> None:
     """Refuse paid work before it runs (402) when the consumer has no payment method, is past
     its grace period, or has reached its monthly spend cap or the key's budget. Free work is
-    never refused. Crossing 80 % of a cap or budget sends one alert per month.
+    never refused. Crossing 80 % of a cap or budget sends one alert per month. A cap or budget
+    holds for each currency's spend alone: the listing's currency is the one compared.
 
-    ``pending(key)``, asked only where a cap or budget applies, is what the consumer's work
-    admitted but not yet billed will cost (about; of ``key``'s alone when given): it counts
-    against the cap, so queued work cannot run past it."""
+    ``pending(key, currency)``, asked only where a cap or budget applies, is what the
+    consumer's work admitted but not yet billed will cost in ``currency`` (about; of
+    ``key``'s alone when given): it counts against the cap, so queued work cannot run past
+    it."""
     if consumer.pk == model.tenant_id:
         return
     if Model.listing.is_cached(model):
@@ -328,17 +330,22 @@ def spend_authorize(
         listing = Model.listing.related.get_cached_value(model)  # None: no listing
     else:
         listing = (
-            Listing.objects.filter(model=model).only("price_per_call", "price_per_second").first()
+            Listing.objects.filter(model=model)
+            .only("price_per_call", "price_per_second", "currency")
+            .first()
         )
     if listing is None or listing.is_free:
         return
+    currency = listing.currency
     account, period = _account_authorize(
-        consumer, paid=f"{model.ref} is a paid listing", pending=pending
+        consumer, paid=f"{model.ref} is a paid listing", pending=pending, currency=currency
     )
     budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
     if budget is not None:
-        spent = selectors.month_spend(consumer=consumer, period=period, api_key=api_key)
-        if spent + (pending(api_key) if pending else Decimal(0)) >= budget.monthly_limit:
+        spent = selectors.month_spend(
+            consumer=consumer, period=period, api_key=api_key, currency=currency
+        )
+        if spent + (pending(api_key, currency) if pending else Decimal(0)) >= budget.monthly_limit:
             raise PaymentRequired(
                 f"API key {api_key.prefix} has used its monthly budget "
                 f"({budget.monthly_limit:.2f}); raise it or use another key."
@@ -357,19 +364,25 @@ def compute_authorize(*, consumer: Tenant) -> None:
     is free."""
     if Decimal(settings.COMPRESSION_PRICE_PER_SECOND) == 0:
         return
-    _account_authorize(consumer, paid="Compression is billed per compute-second", card=False)
+    _account_authorize(
+        consumer,
+        paid="Compression is billed per compute-second",
+        card=False,
+        currency=settings.PLATFORM_CURRENCY,
+    )
 
 
 def _account_authorize(
     consumer: Tenant,
     *,
     paid: str,
-    pending: Callable[[ApiKey | None], Decimal] | None = None,
+    currency: str,
+    pending: Callable[[ApiKey | None, str], Decimal] | None = None,
     card: bool = True,
 ) -> tuple[BillingAccount, date]:
-    """The consumer's own checks before paid work (``paid`` says why it is paid; ``card``,
-    whether it needs a payment method first): its account and this month's period, or 402
-    saying what to do."""
+    """The consumer's own checks before paid work in ``currency`` (``paid`` says why it is
+    paid; ``card``, whether it needs a payment method first): its account and this month's
+    period, or 402 saying what to do."""
     account = BillingAccount.objects.filter(tenant=consumer).first() or BillingAccount(
         tenant=consumer
     )
@@ -389,13 +402,14 @@ def _account_authorize(
         )
     period = now.date().replace(day=1)
     if account.spend_cap is not None:
-        spent = selectors.month_spend(consumer=consumer, period=period)
-        owed = pending(None) if pending else Decimal(0)
+        spent = selectors.month_spend(consumer=consumer, period=period, currency=currency)
+        owed = pending(None, currency) if pending else Decimal(0)
         if spent + owed >= account.spend_cap:
             running = f", and {owed:.2f} for calls still running" if owed else ""
             raise PaymentRequired(
-                f"This month's spend ({spent:.2f}{running}) has reached your spend cap "
-                f"({account.spend_cap:.2f}); raise the cap in the dashboard's billing page."
+                f"This month's {currency.upper()} spend ({spent:.2f}{running}) has reached "
+                f"your spend cap ({account.spend_cap:.2f}); raise the cap in the dashboard's "
+                "billing page."
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
             _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)

@@ -91,11 +91,11 @@ def admit(access: Access) -> dict[str, str]:
     )
 
 
-def pending_spend(*, consumer, api_key=None) -> Decimal:
+def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Decimal:
     """About what the consumer's queued and running predictions will cost once billed (of
-    ``api_key``'s alone when given): per model, the calls beyond the month's free ones left,
-    each at its listing's price per call plus its price per second for the version's
-    measured latency. Its own models cost it nothing."""
+    ``api_key``'s alone, in ``currency`` alone, when given): per model, the calls beyond the
+    month's free ones left, each at its listing's price per call plus its price per second
+    for the version's measured latency. Its own models cost it nothing."""
     from billing.selectors import free_calls_used
 
     rows = Prediction.objects.filter(
@@ -103,6 +103,8 @@ def pending_spend(*, consumer, api_key=None) -> Decimal:
     ).exclude(model__tenant=consumer)
     if api_key is not None:
         rows = rows.filter(api_key=api_key)
+    if currency is not None:
+        rows = rows.filter(model__listing__currency=currency)
     groups = rows.values(
         "model",
         "model__listing__price_per_call",
@@ -152,7 +154,9 @@ def prediction_create(
         consumer=access.tenant,
         model=model,
         api_key=access.key,
-        pending=lambda key: pending_spend(consumer=access.tenant, api_key=key),
+        pending=lambda key, currency: pending_spend(
+            consumer=access.tenant, api_key=key, currency=currency
+        ),
     )
     # Started (up to 1 s, once per process) before the write transaction, not inside it.
     shared = realtime.listener() if wait else None

@@ -9,9 +9,12 @@ import pytest
 from django.core import mail
 from django.test import Client
 
+from accounts import services as accounts
+from accounts.exceptions import PaymentRequired
 from billing.models import UsageRecord
-from billing.services import usage_record_create
+from billing.services import spend_authorize, usage_record_create
 from inference.models import Prediction
+from marketplace.models import Listing
 from tests.conftest import key_client
 
 pytestmark = pytest.mark.django_db
@@ -84,8 +87,6 @@ def test_crossing_80_percent_of_the_cap_emails_the_billing_people_once(outsider,
 def test_calls_still_queued_count_against_the_cap(outsider, paid_clf):
     """No worker runs them here: queued calls are what a backlog looks like. Each is counted
     at its price before it is billed, so a backlog cannot run past the cap."""
-    from marketplace.models import Listing
-
     Listing.objects.filter(model=paid_clf).update(free_calls_per_month=2)
     globex = key_client(outsider)
     globex.put("/api/v1/billing/settings", {"spend_cap": "1.00"}, format="json")
@@ -97,6 +98,23 @@ def test_calls_still_queued_count_against_the_cap(outsider, paid_clf):
     assert "(0.00, and 1.00 for calls still running) has reached your spend cap" in refused
     Prediction.objects.update(status=Prediction.Status.CANCELED)  # cancelled: never billed
     assert predict(globex).status_code == 201
+
+
+def test_a_cap_holds_for_each_currency_alone(tenant, outsider, paid_clf):
+    from billing.services import spend_cap_set
+    from tests.billing.conftest import listed
+
+    euro = listed(tenant, "euro", "0.25")
+    Listing.objects.filter(model=euro).update(currency="eur")
+    euro.refresh_from_db()  # and its listing with it
+    spend_cap_set(tenant=outsider, cap=Decimal("1.00"), actor=accounts.SYSTEM)
+    spend(outsider, paid_clf, 3)  # 0.75 USD
+    spend(outsider, euro, 4)  # 1.00 EUR: EUR calls are at the cap, USD ones are not
+    globex = key_client(outsider)
+
+    with pytest.raises(PaymentRequired, match=r"This month's EUR spend \(1.00\)"):
+        spend_authorize(consumer=outsider, model=euro, api_key=None)
+    assert predict(globex).status_code == 201  # 0.75 USD, not 1.75 of nothing
 
 
 def test_a_key_over_its_budget_is_refused_while_other_keys_still_work(outsider, paid_clf):
