@@ -754,11 +754,15 @@ def transfer_send(transfer: Transfer) -> Transfer:
         transfer.refresh_from_db()
         return transfer
     invoice = transfer.invoice
+    # Tied to the invoice's charge, unless a credit made the charge smaller than the shares
+    # (Stripe sends no more from a charge than it took): then the platform's balance pays.
+    shares = invoice.transfers.aggregate(total=Sum("amount_cents"))["total"] or 0
+    source = invoice.stripe_charge_id if shares <= invoice.amount_cents else ""
     stripe_id = gateway.transfer_create(
         amount_cents=transfer.amount_cents,
         currency=transfer.currency,
         destination=account.connect_account_id,
-        source_transaction=invoice.stripe_charge_id,
+        source_transaction=source,
         transfer_group=invoice.public_id,
         metadata={"mm_transfer": transfer.public_id, "mm_invoice": invoice.public_id},
         idempotency_key=f"transfer-{transfer.public_id}",

@@ -109,6 +109,45 @@ def test_publisher_onboards_an_express_account_and_gets_its_share_of_the_charge(
     assert len(stripe_wire.posts("/v1/transfers")) == 1
 
 
+def test_a_share_larger_than_a_credited_charge_is_paid_from_the_platforms_balance(
+    tenant, outsider, stripe_wire
+):
+    """A credit the platform pays for made the charge (25 cents) smaller than the publisher's
+    share (60): the share is still paid in full, from the balance, not from the charge."""
+    from billing.services import credit_create
+
+    model = listed(tenant)
+    for i in range(3):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{i}",
+            consumer=outsider,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+    credit_create(consumer=outsider, amount=Decimal("0.50"), reason="outage", actor=accounts.SYSTEM)
+    outsider.usage.update(period=PERIOD)
+    invoice = invoice_build(consumer=outsider, period=PERIOD, currency="usd")
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="in_paid")
+    BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
+    BillingAccount.objects.create(
+        tenant=tenant, connect_account_id="acct_publisher", payouts_enabled=True
+    )
+    invoice.refresh_from_db()
+    invoice = invoice_apply(invoice, wire.invoice("in_paid", 25, {}, "paid"))
+    stripe_wire.routes.update(
+        {("POST", "/v1/transfers"): wire.transfer("tr_share", 60), **wire.paid_by_charge("in_paid")}
+    )
+
+    [transfer] = transfers_create(invoice)
+    transfer = transfer_send(transfer)
+
+    assert invoice.amount_cents == 25 and transfer.amount_cents == 60
+    [sent] = stripe_wire.posts("/v1/transfers")
+    assert sent.params["amount"] == "60" and "source_transaction" not in sent.params
+    assert transfer.status == Transfer.Status.PAID
+
+
 def test_a_share_waits_for_the_publishers_account_then_is_sent(tenant, paid_invoice, stripe_wire):
     stripe_wire.routes.update(
         {
