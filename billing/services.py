@@ -312,11 +312,14 @@ def spend_authorize(
     model: Model,
     api_key: ApiKey | None,
     pending: Callable[[ApiKey | None, str], Decimal] | None = None,
+    in_flight: Callable[[], int] | None = None,
 ) -> None:
     """Refuse paid work before it runs (402) when the consumer has no payment method, is past
     its grace period, or has reached its monthly spend cap or the key's budget. Free work is
-    never refused. Crossing 80 % of a cap or budget sends one alert per month. A cap or budget
-    holds for each currency's spend alone: the listing's currency is the one compared.
+    never refused, nor a call the listing's free calls this month still cover (counting the
+    ``in_flight()`` calls of this consumer on this model not yet billed). Crossing 80 % of a
+    cap or budget sends one alert per month. A cap or budget holds for each currency's spend
+    alone: the listing's currency is the one compared.
 
     ``pending(key, currency)``, asked only where a cap or budget applies, is what the
     consumer's work admitted but not yet billed will cost in ``currency`` (about; of
@@ -331,11 +334,16 @@ def spend_authorize(
     else:
         listing = (
             Listing.objects.filter(model=model)
-            .only("price_per_call", "price_per_second", "currency")
+            .only("price_per_call", "price_per_second", "currency", "free_calls_per_month")
             .first()
         )
     if listing is None or listing.is_free:
         return
+    if listing.free_calls_per_month:
+        period = timezone.now().date().replace(day=1)
+        used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
+        if used + (in_flight() if in_flight else 0) < listing.free_calls_per_month:
+            return  # one of this month's free calls
     currency = listing.currency
     account, period = _account_authorize(
         consumer, paid=f"{model.ref} is a paid listing", pending=pending, currency=currency

@@ -157,6 +157,11 @@ def prediction_create(
         pending=lambda key, currency: pending_spend(
             consumer=access.tenant, api_key=key, currency=currency
         ),
+        in_flight=lambda: Prediction.objects.filter(
+            tenant=access.tenant,
+            model=model,
+            status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING],
+        ).count(),
     )
     # Started (up to 1 s, once per process) before the write transaction, not inside it.
     shared = realtime.listener() if wait else None

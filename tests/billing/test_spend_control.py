@@ -141,6 +141,19 @@ def test_free_work_is_never_refused(tenant, outsider, paid_clf):
     assert predict(acme).status_code == 201  # a publisher runs its own model for free
 
 
+def test_the_months_free_calls_need_no_card_and_count_the_calls_still_queued(
+    settings, outsider, paid_clf
+):
+    settings.PAYMENT_METHOD_REQUIRED = True  # and globex has no card
+    Listing.objects.filter(model=paid_clf).update(free_calls_per_month=3)
+    globex = key_client(outsider)
+
+    codes = [predict(globex).status_code for _ in range(4)]
+
+    assert codes == [201, 201, 201, 402]  # three free (queued, not billed yet), then paid
+    assert "add a payment method" in predict(globex).json()["detail"]
+
+
 def test_a_paid_listing_needs_a_payment_method_when_required(settings, outsider, paid_clf):
     settings.PAYMENT_METHOD_REQUIRED = True
 
