@@ -15,11 +15,14 @@ registered with ``on_commit`` run once the shared transaction commits.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, transaction
+
+logger = logging.getLogger(__name__)
 
 
 class _Write:
@@ -37,6 +40,19 @@ class GroupCommit:
         self.rounds: list[int] = []  # writes per transaction, recent, for tests and tuning
 
     def run(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in a transaction shared with the writes queued alongside it. A write the
+        database refuses with an operational error (a deadlock with another process's
+        transaction, a lock wait that ran out) runs once more: the writes here are
+        conditional updates, which are safe to run again."""
+        try:
+            return self._run(fn)
+        except OperationalError:
+            logger.warning(
+                "group commit: a write failed on a lock; running it again", exc_info=True
+            )
+            return self._run(fn)
+
+    def _run(self, fn: Callable[[], Any]) -> Any:
         write = _Write(fn)
         with self._cond:
             self._pending.append(write)

@@ -241,3 +241,30 @@ def test_concurrent_writes_share_a_transaction_and_a_failing_one_fails_alone(ten
     assert writes.rounds[0] == 1 and max(writes.rounds) > 1
     tenant.refresh_from_db()
     assert tenant.name != "name 3"
+
+
+def test_a_write_that_loses_a_lock_runs_once_more(tenant):
+    """A deadlock or a lock wait that ran out fails the write's attempt, not the write."""
+    from django.db import OperationalError, transaction
+
+    from accounts.models import Tenant
+    from workers.groupcommit import GroupCommit
+
+    writes = GroupCommit()
+    attempts, committed = [], []
+
+    def deadlocks_once():
+        attempts.append(1)
+        Tenant.objects.filter(pk=tenant.pk).update(name="renamed")
+        transaction.on_commit(lambda: committed.append(len(attempts)))
+        if len(attempts) == 1:
+            raise OperationalError("deadlock detected")
+        return "done"
+
+    def always_locked():
+        raise OperationalError("database is locked")
+
+    assert writes.run(deadlocks_once) == "done"
+    assert len(attempts) == 2 and committed == [2]  # the failed attempt's hook never ran
+    with pytest.raises(OperationalError):
+        writes.run(always_locked)
