@@ -679,6 +679,7 @@ def invoice_apply(invoice: Invoice, remote: dict) -> Invoice:
         invoice.save(update_fields=fields)
         if status == Invoice.Status.PAID:
             transaction.on_commit(partial(_enqueue, "billing.invoice_paid", invoice.public_id))
+        if status in (Invoice.Status.PAID, Invoice.Status.VOID):  # settled, or forgiven
             _standing_refresh(invoice.consumer)
     return invoice
 

@@ -231,3 +231,19 @@ def test_only_a_paid_invoice_can_be_refunded(outsider, stripe_wire):
     with pytest.raises(Exception, match="Only a paid invoice can be refunded"):
         invoice_refund(invoice=open_invoice, actor=accounts.SYSTEM)
     assert stripe_wire.calls == []
+
+
+def test_a_declined_invoice_voided_in_stripe_ends_the_grace_period(outsider, paid_invoice):
+    """An operator forgives a declined invoice by voiding it in Stripe: the organisation is
+    in good standing again (paid calls resume) once the void reaches us."""
+    from billing.services import payment_failed
+
+    Invoice.objects.filter(pk=paid_invoice.pk).update(status=Invoice.Status.OPEN)
+    payment_failed(paid_invoice, reason="The payment was declined.")
+    assert BillingAccount.objects.get(tenant=outsider).state == BillingAccount.State.PAST_DUE
+
+    voided = invoice_apply(paid_invoice, wire.invoice("in_paid", 75, {}, "void"))
+
+    assert voided.status == Invoice.Status.VOID
+    account = BillingAccount.objects.get(tenant=outsider)
+    assert (account.state, account.grace_until) == (BillingAccount.State.OK, None)
