@@ -776,10 +776,22 @@ def transfer_send(transfer: Transfer) -> Transfer:
         metadata={"mm_transfer": transfer.public_id, "mm_invoice": invoice.public_id},
         idempotency_key=f"transfer-{transfer.public_id}",
     )
-    Transfer.objects.filter(pk=transfer.pk, stripe_transfer_id="").update(
-        stripe_transfer_id=stripe_id, status=Transfer.Status.PAID
-    )
+    sent = Transfer.objects.filter(
+        pk=transfer.pk, stripe_transfer_id="", status=Transfer.Status.PENDING
+    ).update(stripe_transfer_id=stripe_id, status=Transfer.Status.PAID)
     transfer.refresh_from_db()
+    if not sent and transfer.status == Transfer.Status.REVERSED and not transfer.stripe_transfer_id:
+        # The invoice was refunded while this was being sent: the refund found nothing to
+        # reverse, so the money just sent comes back here (the same key as a refund's).
+        gateway.transfer_reverse(
+            transfer=stripe_id,
+            amount_cents=transfer.amount_cents,
+            idempotency_key=f"reverse-{transfer.public_id}",
+        )
+        Transfer.objects.filter(pk=transfer.pk, stripe_transfer_id="").update(
+            stripe_transfer_id=stripe_id
+        )
+        transfer.refresh_from_db()
     return transfer
 
 

@@ -247,3 +247,43 @@ def test_a_declined_invoice_voided_in_stripe_ends_the_grace_period(outsider, pai
     assert voided.status == Invoice.Status.VOID
     account = BillingAccount.objects.get(tenant=outsider)
     assert (account.state, account.grace_until) == (BillingAccount.State.OK, None)
+
+
+def test_a_share_sent_while_its_invoice_is_refunded_comes_back(
+    tenant, paid_invoice, stripe_wire, monkeypatch
+):
+    """The refund runs while the share is on its way to Stripe: it finds no transfer to
+    reverse and marks the share reversed; the sender, seeing that, reverses what it sent."""
+    stripe_wire.routes.update(
+        {
+            ("POST", "/v1/transfers"): wire.transfer("tr_race", 60),
+            ("POST", "/v1/transfers/tr_race/reversals"): {
+                "id": "trr_race",
+                "object": "transfer_reversal",
+                "amount": 60,
+                "transfer": "tr_race",
+            },
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+    BillingAccount.objects.create(
+        tenant=tenant, connect_account_id="acct_publisher", payouts_enabled=True
+    )
+    [transfer] = transfers_create(paid_invoice)
+    create = stripe_gateway.transfer_create
+
+    def refunded_meanwhile(**kwargs):
+        sent = create(**kwargs)
+        Transfer.objects.filter(pk=transfer.pk).update(  # what invoice_refund does
+            status=Transfer.Status.REVERSED, reversed_cents=60
+        )
+        return sent
+
+    monkeypatch.setattr(stripe_gateway, "transfer_create", refunded_meanwhile)
+
+    transfer = transfer_send(transfer)
+
+    [reversal] = stripe_wire.posts("/v1/transfers/tr_race/reversals")
+    assert reversal.params["amount"] == "60"
+    assert reversal.headers["Idempotency-Key"] == f"reverse-{transfer.public_id}"
+    assert (transfer.status, transfer.stripe_transfer_id) == (Transfer.Status.REVERSED, "tr_race")
