@@ -31,10 +31,12 @@ pytestmark = pytest.mark.django_db
 PERIOD = date(2026, 10, 1)
 
 
-@pytest.fixture
-def paid_invoice(tenant, outsider):
-    """globex's October invoice for 3 calls of acme's model at 0.25: 75 cents, of which 60
-    are acme's (20 % platform fee), paid in Stripe as in_paid."""
+def october_invoice(tenant, outsider, *, credit: Decimal | None = None) -> Invoice:
+    """globex's October invoice for 3 calls of acme's model at 0.25: 75 cents (less a
+    platform-paid ``credit``), of which 60 are acme's (20 % platform fee), paid in Stripe as
+    in_paid."""
+    from billing.services import credit_create
+
     model = listed(tenant)
     for i in range(3):
         usage_record_create(
@@ -44,12 +46,19 @@ def paid_invoice(tenant, outsider):
             model=model,
             compute_seconds=Decimal("0.01"),
         )
+    if credit:
+        credit_create(consumer=outsider, amount=credit, reason="outage", actor=accounts.SYSTEM)
     outsider.usage.update(period=PERIOD)
     invoice = invoice_build(consumer=outsider, period=PERIOD, currency="usd")
     Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="in_paid")
     BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
     invoice.refresh_from_db()
-    return invoice_apply(invoice, wire.invoice("in_paid", 75, {}, "paid"))
+    return invoice_apply(invoice, wire.invoice("in_paid", invoice.amount_cents, {}, "paid"))
+
+
+@pytest.fixture
+def paid_invoice(tenant, outsider):
+    return october_invoice(tenant, outsider)
 
 
 @pytest.fixture
@@ -114,27 +123,10 @@ def test_a_share_larger_than_a_credited_charge_is_paid_from_the_platforms_balanc
 ):
     """A credit the platform pays for made the charge (25 cents) smaller than the publisher's
     share (60): the share is still paid in full, from the balance, not from the charge."""
-    from billing.services import credit_create
-
-    model = listed(tenant)
-    for i in range(3):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_{i}",
-            consumer=outsider,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
-    credit_create(consumer=outsider, amount=Decimal("0.50"), reason="outage", actor=accounts.SYSTEM)
-    outsider.usage.update(period=PERIOD)
-    invoice = invoice_build(consumer=outsider, period=PERIOD, currency="usd")
-    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="in_paid")
-    BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
+    invoice = october_invoice(tenant, outsider, credit=Decimal("0.50"))
     BillingAccount.objects.create(
         tenant=tenant, connect_account_id="acct_publisher", payouts_enabled=True
     )
-    invoice.refresh_from_db()
-    invoice = invoice_apply(invoice, wire.invoice("in_paid", 25, {}, "paid"))
     stripe_wire.routes.update(
         {("POST", "/v1/transfers"): wire.transfer("tr_share", 60), **wire.paid_by_charge("in_paid")}
     )

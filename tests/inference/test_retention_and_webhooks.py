@@ -3,7 +3,11 @@ data past its retention."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -89,17 +93,18 @@ def test_idempotency_keys_are_released_after_a_day(settings, classifier):
     assert prediction.idempotency_key == ""
 
 
-def test_a_redirecting_webhook_receiver_is_not_followed(classifier):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+@contextmanager
+def receiver(status: int, **headers) -> Iterator[tuple[int, list[str]]]:
+    """A webhook receiver on 127.0.0.1 answering every request with ``status``: its port
+    and the paths it was sent."""
+    hits: list[str] = []
 
-    hits = []
-
-    class Redirect(BaseHTTPRequestHandler):
+    class Answer(BaseHTTPRequestHandler):
         def do_POST(self):
             hits.append(self.path)
-            self.send_response(302)
-            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
 
         do_GET = do_POST
@@ -107,17 +112,22 @@ def test_a_redirecting_webhook_receiver_is_not_followed(classifier):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    prediction = make_prediction(
-        classifier,
-        status=Prediction.Status.SUCCEEDED,
-        webhook_url=f"http://127.0.0.1:{server.server_address[1]}/h",
-    )
     try:
-        delivered = webhooks.deliver(prediction, "completed", attempt=1)
+        yield server.server_address[1], hits
     finally:
         server.shutdown()
+
+
+def test_a_redirecting_webhook_receiver_is_not_followed(classifier):
+    with receiver(302, Location="http://169.254.169.254/latest/meta-data") as (port, hits):
+        prediction = make_prediction(
+            classifier,
+            status=Prediction.Status.SUCCEEDED,
+            webhook_url=f"http://127.0.0.1:{port}/h",
+        )
+        delivered = webhooks.deliver(prediction, "completed", attempt=1)
 
     assert delivered is False and hits == ["/h"]
     assert WebhookDelivery.objects.get(prediction=prediction).status_code == 302
@@ -129,23 +139,7 @@ def test_a_webhook_host_that_resolves_again_to_our_network_is_not_reached(
     """DNS rebinding: the name answers with a public address when it is checked and with
     ours when the delivery looks it up again. The delivery goes to the address checked."""
     import socket
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    hits = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            hits.append(self.path)
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
     real = socket.getaddrinfo
     lookups = []
 
@@ -159,15 +153,13 @@ def test_a_webhook_host_that_resolves_again_to_our_network_is_not_reached(
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     settings.WEBHOOK_ALLOW_PRIVATE = False
     settings.WEBHOOK_TIMEOUT = 1
-    prediction = make_prediction(
-        classifier,
-        status=Prediction.Status.SUCCEEDED,
-        webhook_url=f"http://rebind.example:{port}/hook",
-    )
-    try:
+    with receiver(204) as (port, hits):
+        prediction = make_prediction(
+            classifier,
+            status=Prediction.Status.SUCCEEDED,
+            webhook_url=f"http://rebind.example:{port}/hook",
+        )
         delivered = webhooks.deliver(prediction, "completed", attempt=1)
-    finally:
-        server.shutdown()
 
     assert delivered is False and hits == []  # it tried 198.51.99.7 (unreachable here)
     assert lookups == ["rebind.example"]
