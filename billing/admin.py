@@ -36,6 +36,11 @@ class UsageRecordAdmin(ReadOnly):
 class CreditForm(ActionForm):
     amount = forms.DecimalField(required=False, min_value=Decimal("0.01"), decimal_places=2)
     reason = forms.CharField(required=False, max_length=120)
+    currency = forms.CharField(
+        required=False,
+        max_length=3,
+        help_text="e.g. usd; empty: the currency each tenant was last billed in",
+    )
 
 
 @admin.register(BillingAccount)
@@ -76,13 +81,27 @@ class BillingAccountAdmin(admin.ModelAdmin):
         if amount <= 0 or not reason:
             messages.error(request, "A credit needs an amount over 0 and a reason.")
             return
+        currency = request.POST.get("currency", "").strip().lower()
+        if currency and not (len(currency) == 3 and currency.isalpha()):
+            messages.error(request, "A currency is its three-letter code, such as usd or eur.")
+            return
         for account in queryset.select_related("tenant"):
+            # A credit applies only to invoices in its currency: by default, the one the
+            # tenant's usage was last billed in (a tenant billed only in EUR gets EUR).
+            last_billed = (
+                UsageRecord.objects.filter(consumer=account.tenant)
+                .exclude(kind=UsageRecord.Kind.CREDIT)
+                .order_by("-created_at")
+                .values_list("currency", flat=True)
+                .first()
+            )
             try:
                 credit_create(
                     consumer=account.tenant,
                     amount=amount,
                     reason=reason,
                     actor=Actor(user=request.user),
+                    currency=currency or last_billed or "",
                 )
             except ServiceError as e:
                 messages.error(request, e.message)

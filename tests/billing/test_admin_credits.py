@@ -44,6 +44,39 @@ def test_operator_credits_a_tenant_and_the_next_invoice_is_lower(client, operato
     assert AuditEvent.objects.get(action="billing.credit").actor_label == operator.email
 
 
+def test_a_credit_is_in_the_currency_the_tenant_is_billed_in_unless_chosen(
+    client, operator, tenant, outsider
+):
+    from marketplace.models import Listing
+
+    euro = listed(tenant, "euro")
+    Listing.objects.filter(model=euro).update(currency="eur")
+    euro.refresh_from_db()
+    usage_record_create(
+        kind="prediction",
+        source_id="pred_eur",
+        consumer=outsider,
+        model=euro,
+        compute_seconds=Decimal("0.01"),
+    )
+    account = BillingAccount.objects.create(tenant=outsider)
+
+    def credit(**fields):
+        body = {"action": "credit", "_selected_action": [account.pk], "reason": "outage"}
+        return client.post("/admin/billing/billingaccount/", {**body, **fields}, follow=True)
+
+    credit(amount="0.10")
+    credit(amount="0.20", currency="USD")
+    refused = credit(amount="0.30", currency="e1r")
+
+    credits = UsageRecord.objects.filter(kind="credit").order_by("created_at")
+    assert [(c.amount, c.currency) for c in credits] == [
+        (Decimal("-0.10"), "eur"),  # a tenant billed only in EUR: its invoices are in EUR
+        (Decimal("-0.20"), "usd"),
+    ]
+    assert "three-letter code" in refused.content.decode()
+
+
 def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):
     model = listed(tenant)
     for i in range(3):
