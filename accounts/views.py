@@ -14,6 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
+from rest_framework.permissions import SAFE_METHODS
 
 from accounts import services
 from accounts.forms import (
@@ -26,8 +27,6 @@ from accounts.forms import (
 )
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
-
-SAFE = ("GET", "HEAD", "OPTIONS")
 
 
 def _error_text(exc: ValidationError | PermissionDenied) -> str:
@@ -52,7 +51,7 @@ def tenant_required(*, manage: bool = False, while_suspended: bool = False):
             if manage and not request.membership.can_manage:
                 raise PermissionDenied("Only owners and admins can open this page.")
             tenant = request.membership.tenant
-            if not tenant.is_active and not while_suspended and request.method not in SAFE:
+            if not tenant.is_active and not while_suspended and request.method not in SAFE_METHODS:
                 reason = f": {tenant.suspended_reason}" if tenant.suspended_reason else ""
                 raise PermissionDenied(
                     f"The organisation '{tenant.slug}' is suspended{reason}. Nothing can be "

@@ -25,6 +25,7 @@ class Prediction(models.Model):
         DASHBOARD = "dashboard", "Dashboard playground"
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)  # admitted, not billed yet
 
     public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "pred"))
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="predictions")

@@ -91,6 +91,11 @@ def admit(access: Access) -> dict[str, str]:
     )
 
 
+def _unfinished(consumer):
+    """The consumer's predictions admitted and not finished (a partial index covers them)."""
+    return Prediction.objects.filter(tenant=consumer, status__in=Prediction.UNFINISHED)
+
+
 def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Decimal:
     """About what the consumer's queued and running predictions will cost once billed (of
     ``api_key``'s alone, in ``currency`` alone, when given): per model, the calls beyond the
@@ -98,9 +103,7 @@ def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Dec
     for the version's measured latency. Its own models cost it nothing."""
     from billing.selectors import free_calls_used
 
-    rows = Prediction.objects.filter(
-        tenant=consumer, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
-    ).exclude(model__tenant=consumer)
+    rows = _unfinished(consumer).exclude(model__tenant=consumer)
     if api_key is not None:
         rows = rows.filter(api_key=api_key)
     if currency is not None:
@@ -157,11 +160,7 @@ def prediction_create(
         pending=lambda key, currency: pending_spend(
             consumer=access.tenant, api_key=key, currency=currency
         ),
-        in_flight=lambda: Prediction.objects.filter(
-            tenant=access.tenant,
-            model=model,
-            status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING],
-        ).count(),
+        in_flight=lambda: _unfinished(access.tenant).filter(model=model).count(),
     )
     # Started (up to 1 s, once per process) before the write transaction, not inside it.
     shared = realtime.listener() if wait else None
@@ -305,7 +304,7 @@ def prediction_cancel(prediction: Prediction) -> Prediction:
     first comes back as it finished, with its result (a caller that holds an older copy, such
     as a request whose wait ran out, answers with it)."""
     cancelled = Prediction.objects.filter(
-        pk=prediction.pk, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
+        pk=prediction.pk, status__in=Prediction.UNFINISHED
     ).update(status=Prediction.Status.CANCELED, completed_at=timezone.now(), input_data=None)
     moved = ["status", "completed_at"] if cancelled else WORKER_FIELDS
     prediction.refresh_from_db(fields=[*moved, "input_data"])
@@ -324,9 +323,9 @@ def prediction_claim(prediction: Prediction) -> bool:
     from django.db.models import F
 
     now = timezone.now()
-    claimed = Prediction.objects.filter(
-        pk=prediction.pk, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
-    ).update(status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+    claimed = Prediction.objects.filter(pk=prediction.pk, status__in=Prediction.UNFINISHED).update(
+        status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1
+    )
     if claimed:
         prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
     if claimed and prediction.webhook_url and "start" in prediction.webhook_events:

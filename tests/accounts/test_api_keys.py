@@ -176,6 +176,9 @@ def test_a_limited_key_makes_keys_only_within_its_own_limits(tenant):
         refused = create(**wider)
         assert refused.status_code == 403, (wider, refused.json())
         assert "could not act as itself" in refused.json()["detail"]
+    not_a_network = create(allowed_ips=["10.9.not.an.ip"])
+    assert not_a_network.status_code == 400  # what is wrong with it, not a refusal
+    assert "allowed_ips" in not_a_network.json()["detail"]
 
 
 def test_a_limited_key_cannot_rotate_a_wider_key_to_get_its_secret(tenant):
