@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import ipaddress
-from functools import partial
+import operator
+from functools import partial, reduce
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Group, PermissionsMixin
@@ -240,6 +241,20 @@ class ApiKey(models.Model):
 
     def allows_model(self, model_ref: str) -> bool:
         return not self.allowed_models or model_ref in self.allowed_models
+
+    def models_q(self, path: str = "model") -> models.Q:
+        """Rows whose model (the ``Model`` at ``path``; ``""`` for models themselves) this key
+        may use: all when its allowlist is empty."""
+        if not self.allowed_models:
+            return models.Q()
+        prefix = f"{path}__" if path else ""
+        return reduce(
+            operator.or_,
+            (
+                models.Q(**{f"{prefix}tenant__slug": owner, f"{prefix}name": name})
+                for owner, _, name in (ref.partition("/") for ref in self.allowed_models)
+            ),
+        )
 
 
 class AuditEvent(models.Model):

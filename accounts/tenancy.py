@@ -76,17 +76,26 @@ class TenantScopedMixin:
     the request's tenant, so another tenant's object is simply not found (404).
 
     Subclasses set ``queryset`` (or override ``get_base_queryset``) and ``tenant_field`` when
-    the path to the tenant is not ``tenant``. Do not override ``get_queryset``; a view that
-    truly needs unscoped rows names its method ``dangerously_unscoped_queryset``.
+    the path to the tenant is not ``tenant``. Rows that belong to a model set ``model_field``:
+    an API key limited to some models then finds only theirs. Do not override
+    ``get_queryset``; a view that truly needs unscoped rows names its method
+    ``dangerously_unscoped_queryset``.
     """
 
     tenant_field = "tenant"
+    model_field: str | None = None
 
     def get_base_queryset(self):
         return super().get_queryset()
 
     def get_queryset(self):
-        return self.get_base_queryset().filter(**{self.tenant_field: request_tenant(self.request)})
+        queryset = self.get_base_queryset().filter(
+            **{self.tenant_field: request_tenant(self.request)}
+        )
+        key = getattr(getattr(self.request, "auth", None), "key", None)
+        if key is not None and self.model_field is not None:
+            queryset = queryset.filter(key.models_q(self.model_field))
+        return queryset
 
 
 def request_actor(request):

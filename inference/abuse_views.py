@@ -44,6 +44,7 @@ class FirstSeenCursorPagination(CursorPagination):
 
 class AbuseFlagScopedMixin(TenantScopedMixin):
     queryset = AbuseFlag.objects.select_related("model__tenant", "consumer")
+    model_field = "model"
     serializer_class = AbuseFlagSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"

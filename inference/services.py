@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
-from accounts.exceptions import Conflict, Forbidden
+from accounts.exceptions import Conflict
 from accounts.models import Scope
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
@@ -55,6 +55,8 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
 def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None):
     """The model ``access`` may run and the version ``version_ref`` names, from the
     per-process cache when it resolved the same way moments ago (inference/catalog.py)."""
+    # The allowlist is the key's own, so it is checked before the per-tenant cache.
+    selectors.refuse_unless_key_allows(access, model_ref)
     key = (access.tenant.pk, access.has_scope(Scope.INFERENCE), model_ref, version_ref or "")
 
     def load() -> catalog.Runnable:
@@ -63,13 +65,7 @@ def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None)
         return catalog.Runnable(model, version_for(model, version_ref))
 
     runnable = catalog.cached(key, load)
-    model = runnable.model
-    if access.key is not None and not access.key.allows_model(model.ref):
-        raise Forbidden(
-            f"This API key may not run {model.ref}; its allowed models are "
-            f"{', '.join(access.key.allowed_models)}."
-        )
-    return model, runnable.version
+    return runnable.model, runnable.version
 
 
 def signature(version: ModelVersion) -> Signature:

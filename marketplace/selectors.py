@@ -50,6 +50,18 @@ def model_get(*, owner: str, name: str) -> Model:
     return model
 
 
+def refuse_unless_key_allows(access: Access | None, model_ref: str) -> None:
+    """403 for an API key whose model allowlist leaves ``model_ref`` out, before the model is
+    looked up (so it tells nothing about whether the model exists)."""
+    key = access.key if access is not None else None
+    if key is not None and not key.allows_model(model_ref):
+        raise Forbidden(
+            f"This API key may not use {model_ref}; its allowed models are "
+            f"{', '.join(key.allowed_models)}. Use a key that allows it, or add it to this "
+            "key's allowed models."
+        )
+
+
 def model_for_access(access: Access | None, *, owner: str, name: str, perm: str = "view") -> Model:
     """The model ``owner/name`` if ``access`` may ``view``, ``run``, ``change``, ``publish``
     or ``download`` it.
@@ -58,6 +70,7 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
     but not run answers 403 with the way to get access. Once an operator takes its listing
     down, everyone but the publisher gets 451 with the reason, subscribers included.
     """
+    refuse_unless_key_allows(access, f"{owner}/{name}")
     model = model_get(owner=owner, name=name)
     if access is not None and model.tenant_id == access.tenant.pk:
         needed = {
@@ -85,13 +98,15 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
 
 
 def models_visible_to(access: Access) -> QuerySet[Model]:
-    """The caller's own models and those shared with or subscribed to by its tenant."""
+    """The caller's own models and those shared with or subscribed to by its tenant (of
+    those, only the ones its API key's allowlist names)."""
     from marketplace.models import ModelGroupObjectPermission
 
     granted = ModelGroupObjectPermission.objects.filter(
         group=access.tenant.group, permission__codename="view_model"
     ).values("content_object_id")
-    return Model.objects.filter(tenant=access.tenant) | Model.objects.filter(pk__in=granted)
+    visible = Model.objects.filter(tenant=access.tenant) | Model.objects.filter(pk__in=granted)
+    return visible.filter(access.key.models_q("")) if access.key is not None else visible
 
 
 def version_resolve(model: Model, ref: str | int) -> ModelVersion:

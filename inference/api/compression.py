@@ -121,6 +121,7 @@ class JobSerializer(serializers.ModelSerializer):
 
 class JobScopedMixin(TenantScopedMixin):
     queryset = CompressionJob.objects.select_related("model__tenant", "version", "result_version")
+    model_field = "model"
     serializer_class = JobSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"

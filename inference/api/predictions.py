@@ -166,6 +166,7 @@ class StatusModelFilterMixin:
 
 class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView):
     queryset = Prediction.objects.select_related("model__tenant", "version")
+    model_field = "model"
     serializer_class = PredictionSerializer
     pagination_class = CreatedCursorPagination
     required_scope = {"GET": Scope.INFERENCE, "POST": Scope.INFERENCE}
@@ -238,6 +239,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
 
 class PredictionDetailView(TenantScopedMixin, GenericAPIView):
     queryset = Prediction.objects.select_related("model__tenant", "version")
+    model_field = "model"
     serializer_class = PredictionSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
@@ -249,6 +251,7 @@ class PredictionDetailView(TenantScopedMixin, GenericAPIView):
 
 class PredictionCancelView(TenantScopedMixin, GenericAPIView):
     queryset = Prediction.objects.select_related("model__tenant", "version")
+    model_field = "model"
     serializer_class = PredictionSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"

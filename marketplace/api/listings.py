@@ -445,6 +445,7 @@ class SubscriptionsView(TenantScopedMixin, ListAPIView):
     queryset = Entitlement.objects.filter(revoked_at__isnull=True).select_related(
         "model__tenant", "model__listing"
     )
+    model_field = "model"
     serializer_class = SubscriptionSerializer
     pagination_class = CreatedCursorPagination
     required_scope = Scope.MODELS_READ
@@ -454,6 +455,7 @@ class SubscriptionDetailView(TenantScopedMixin, GenericAPIView):
     queryset = Entitlement.objects.filter(revoked_at__isnull=True).select_related(
         "model__tenant", "model__listing", "tenant__group"
     )
+    model_field = "model"
     serializer_class = SubscriptionSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
@@ -497,6 +499,7 @@ class AccessRequestsView(ListAPIView):
 class AccessRequestDecisionView(TenantScopedMixin, GenericAPIView):
     queryset = AccessRequest.objects.select_related("listing__model__tenant", "tenant__group")
     tenant_field = "listing__model__tenant"
+    model_field = "listing__model"
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
     required_scope = Scope.ADMIN

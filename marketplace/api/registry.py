@@ -240,6 +240,7 @@ class RawBodyParser(BaseParser):
 
 class UploadView(TenantScopedMixin, GenericAPIView):
     queryset = UploadSession.objects.select_related("model__tenant", "tenant", "key")
+    model_field = "model"
     serializer_class = s.UploadSessionSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
@@ -273,6 +274,7 @@ class UploadView(TenantScopedMixin, GenericAPIView):
 
 class UploadCompleteView(TenantScopedMixin, GenericAPIView):
     queryset = UploadSession.objects.select_related("model__tenant", "tenant", "key")
+    model_field = "model"
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
     required_scope = Scope.MODELS_WRITE

@@ -17,7 +17,7 @@ import torch
 
 from accounts.models import Scope
 from billing.models import UsageRecord
-from inference.models import Prediction, WebhookDelivery
+from inference.models import CompressionJob, Prediction, WebhookDelivery
 from tests.conftest import key_client
 from tests.inference.conftest import Classifier
 
@@ -189,7 +189,40 @@ def test_too_large_is_413(api, classifier, settings):
 def test_key_model_allowlist_applies(tenant, classifier):
     limited = key_client(tenant, scopes=[Scope.INFERENCE], allowed_models=["acme/other"])
     response = run(limited, "acme/clf", [[1, 2, 3, 4]], wait=None)
-    assert response.status_code == 403 and "may not run acme/clf" in response.json()["detail"]
+    assert response.status_code == 403 and "may not use acme/clf" in response.json()["detail"]
+
+
+def test_a_key_limited_to_one_model_reaches_nothing_of_the_others(api, tenant, classifier, slow):
+    """Not only running: another model's metadata, predictions and compression jobs are out
+    of a limited key's reach, and a model outside its list reads the same whether it exists
+    or not."""
+    ids = {
+        ref: run(api, ref, [[1, 2, 3, 4]], wait=None).json()["id"]
+        for ref in ("acme/clf", "acme/slow")
+    }
+    bf16 = {"model": "acme/clf", "version": "1", "method": "quantize", "params": {"scheme": "bf16"}}
+    job = api.post("/api/v1/compression-jobs", bf16, format="json").json()
+    limited = key_client(tenant, allowed_models=["acme/slow"])
+
+    assert limited.get("/v2/models/acme/slow").status_code == 200
+    assert [m["name"] for m in limited.get("/api/v1/models").json()["results"]] == ["slow"]
+    listed = limited.get("/api/v1/predictions").json()["results"]
+    assert [p["id"] for p in listed] == [ids["acme/slow"]]
+    assert limited.get(f"/api/v1/predictions/{ids['acme/clf']}").status_code == 404
+    assert limited.post(f"/api/v1/predictions/{ids['acme/clf']}/cancel").status_code == 404
+    assert limited.get("/api/v1/compression-jobs").json()["results"] == []
+    assert limited.get(f"/api/v1/compression-jobs/{job['id']}").status_code == 404
+    for response in (
+        limited.get("/v2/models/acme/clf"),
+        limited.get("/api/v1/models/acme/clf/versions"),
+        limited.post("/api/v1/compression-jobs", bf16, format="json"),
+    ):
+        assert response.status_code == 403
+        assert "may not use acme/clf; its allowed models are acme/slow" in response.text
+    elsewhere = limited.get("/v2/models/globex/private")
+    assert elsewhere.status_code == 403 and "may not use globex/private" in elsewhere.text
+    assert Prediction.objects.get(public_id=ids["acme/clf"]).status == "queued"
+    assert CompressionJob.objects.count() == 1
 
 
 def test_outsider_cannot_run_or_see_private_models_or_predictions(api, outsider_api, classifier):
