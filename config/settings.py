@@ -97,6 +97,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "accounts.tenancy.CurrentTenantMiddleware",
+    "config.logs.ClientHangupMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -90,3 +90,34 @@ def test_bad_invitation_email_is_400(api):
     response = api.post("/api/v1/invitations", {"email": "nobody"}, format="json")
     assert response.status_code == 400
     assert "email" in response.json()["errors"]
+
+
+class _BrokenOff:
+    """A request body whose client reset the connection halfway (what gunicorn's reader
+    raises then)."""
+
+    def read(self, size=-1):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    readline = read
+
+
+@pytest.mark.parametrize(
+    "url, body, content_type",
+    [
+        # Exempt from CSRF (whose check would otherwise swallow the error and answer 403).
+        ("/billing/stripe/webhook", '{"id": "evt_1"}', "application/json"),
+        ("/dashboard/keys/", "name=ci&scopes=inference", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_a_plain_django_view_whose_body_breaks_off_is_a_400_not_a_500(
+    client, alice, tenant, caplog, url, body, content_type
+):
+    client.force_login(alice)
+    before = ApiKey.objects.count()
+
+    response = client.post(url, body, content_type=content_type, **{"wsgi.input": _BrokenOff()})
+
+    assert response.status_code == 400
+    assert ApiKey.objects.count() == before
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
