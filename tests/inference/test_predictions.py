@@ -221,7 +221,7 @@ def test_a_key_limited_to_one_model_reaches_nothing_of_the_others(api, tenant, c
         assert "may not use acme/clf; its allowed models are acme/slow" in response.text
     elsewhere = limited.get("/v2/models/globex/private")
     assert elsewhere.status_code == 403 and "may not use globex/private" in elsewhere.text
-    assert Prediction.objects.get(public_id=ids["acme/clf"]).status == "queued"
+    assert Prediction.objects.get(public_id=ids["acme/clf"]).status != "canceled"
     assert CompressionJob.objects.count() == 1
 
 
