@@ -19,6 +19,7 @@ class Scope(models.TextChoices):
     MODELS_WRITE = "models:write", "Upload, version and publish models"
     INFERENCE = "inference", "Run predictions"
     BILLING_READ = "billing:read", "Read usage and invoices"
+    BILLING_WRITE = "billing:write", "Set spend caps and the payment method"
     ADMIN = "admin", "Manage members, keys and settings"
 
 
@@ -39,7 +40,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_SCOPES,
     Role.ADMIN: ALL_SCOPES,
     Role.DEVELOPER: frozenset({Scope.MODELS_READ, Scope.MODELS_WRITE, Scope.INFERENCE}),
-    Role.BILLING: frozenset({Scope.MODELS_READ, Scope.BILLING_READ}),
+    Role.BILLING: frozenset({Scope.MODELS_READ, Scope.BILLING_READ, Scope.BILLING_WRITE}),
     Role.VIEWER: frozenset({Scope.MODELS_READ}),
 }
 MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})

@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
-from accounts.models import Role, Scope
+from accounts.models import Scope
 from accounts.tenancy import request_actor
 from accounts.views import tenant_required
 from billing import selectors
@@ -61,7 +61,7 @@ class SpendCapForm(forms.Form):
 
 
 def _can_manage_billing(request: HttpRequest) -> bool:
-    return request.membership.role in (Role.OWNER, Role.ADMIN, Role.BILLING)
+    return Scope.BILLING_WRITE in request.membership.scopes
 
 
 @tenant_required()

@@ -1,5 +1,5 @@
-"""Usage, invoices, earnings and spend limits over the API (scope ``billing:read``; changing
-limits needs ``admin``)."""
+"""Usage, invoices, earnings and spend limits over the API (scope ``billing:read``; the
+spend cap needs ``billing:write``, a key's budget ``admin``)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class TransferViewSet(TenantScopedMixin, mixins.ListModelMixin, viewsets.Generic
 
 
 class BillingSettingsView(APIView):
-    required_scope = {"GET": Scope.BILLING_READ, "PUT": Scope.ADMIN}
+    required_scope = {"GET": Scope.BILLING_READ, "PUT": Scope.BILLING_WRITE}
 
     @extend_schema(responses=s.BillingSettingsSerializer)
     def get(self, request):

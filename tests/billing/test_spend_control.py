@@ -11,11 +11,12 @@ from django.test import Client
 
 from accounts import services as accounts
 from accounts.exceptions import PaymentRequired
+from accounts.models import Role
 from billing.models import UsageRecord
 from billing.services import spend_authorize, usage_record_create
 from inference.models import Prediction
 from marketplace.models import Listing
-from tests.conftest import key_client
+from tests.conftest import key_client, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -163,17 +164,38 @@ def test_a_paid_listing_needs_a_payment_method_when_required(settings, outsider,
     assert "add a payment method" in refused.json()["detail"]
 
 
-def test_bad_limits_are_400s_and_limits_need_the_admin_scope(outsider):
+def test_bad_limits_are_400s_and_limits_need_their_scopes(outsider):
     admin, reader = key_client(outsider), key_client(outsider, scopes=["billing:read"])
+    treasurer = key_client(outsider, scopes=["billing:read", "billing:write"])
 
     bad = admin.put("/api/v1/billing/settings", {"spend_cap": "-1"}, format="json")
     forbidden = reader.put("/api/v1/billing/settings", {"spend_cap": "5"}, format="json")
     unknown = admin.put("/api/v1/keys/key_nope/budget", {"monthly_limit": "1"}, format="json")
+    capped = treasurer.put("/api/v1/billing/settings", {"spend_cap": "5"}, format="json")
+    key_id = outsider.api_keys.first().public_id
+    budget = treasurer.put(f"/api/v1/keys/{key_id}/budget", {"monthly_limit": "1"}, format="json")
 
     assert bad.status_code == 400 and "spend_cap" in bad.json()["detail"]
-    assert forbidden.status_code == 403
+    assert forbidden.status_code == 403 and "'billing:write'" in forbidden.json()["detail"]
     assert unknown.status_code == 404
-    assert reader.get("/api/v1/billing/settings").json() == {"spend_cap": None}
+    assert capped.status_code == 200
+    assert reader.get("/api/v1/billing/settings").json() == {"spend_cap": "5.00"}
+    assert budget.status_code == 403 and "'admin'" in budget.json()["detail"]
+
+
+def test_the_billing_role_sets_the_cap_in_the_dashboard_and_a_developer_cannot(alice, bob, tenant):
+    dana = make_user("dana@acme.example")
+    accounts.membership_add(tenant=tenant, user=dana, role=Role.BILLING, actor=accounts.SYSTEM)
+    billing, developer = Client(), Client()
+    billing.force_login(dana)
+    developer.force_login(bob)
+
+    set_by_billing = billing.post("/dashboard/billing/", {"spend_cap": "12.50"})
+    set_by_developer = developer.post("/dashboard/billing/", {"spend_cap": "99"})
+
+    assert set_by_billing.status_code in (200, 302)
+    assert set_by_developer.status_code == 403
+    assert key_client(tenant).get("/api/v1/billing/settings").json() == {"spend_cap": "12.50"}
 
 
 def test_usage_api_totals_this_period_per_model_and_key(outsider, paid_clf):
