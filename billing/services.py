@@ -499,11 +499,16 @@ def period_close(*, period: date, collect: bool = True) -> list[Invoice]:
 @transaction.atomic
 def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice | None:
     """The invoice for one consumer, month and currency, with a line per listing (and one
-    for credits). None when there is nothing to charge."""
+    for credits). None when there is nothing to charge and no publisher to pay.
+
+    Credits larger than the month's usage pay all of it (an invoice of 0, paid at once, so
+    the publishers still get their shares) and the rest carries into the month open now."""
     existing = Invoice.objects.filter(consumer=consumer, period=period, currency=currency).first()
     if existing is not None:
         return existing
     rows = selectors.rollup(consumer=consumer, period=period, currency=currency)
+    if _credit_carry(consumer=consumer, period=period, currency=currency, rows=rows):
+        rows = selectors.rollup(consumer=consumer, period=period, currency=currency)
     lines = []
     for row in rows:
         amount_cents = cents(row["amount"])
@@ -521,9 +526,9 @@ def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice |
                 publisher_cents=cents(row["publisher_share"]),
             )
         )
-    total = sum(line.amount_cents for line in lines)
-    if total <= 0:
+    if not lines:
         return None
+    total = sum(line.amount_cents for line in lines)
     invoice = Invoice.objects.create(
         consumer=consumer, period=period, currency=currency, amount_cents=total
     )
@@ -531,6 +536,54 @@ def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice |
         line.invoice = invoice
     InvoiceLine.objects.bulk_create(lines)
     return invoice
+
+
+def _credit_carry(*, consumer: Tenant, period: date, currency: str, rows: list[dict]) -> bool:
+    """Move the part of ``period``'s credits its usage leaves unused into the month open now
+    (or the next, while ``period`` is itself open): a positive entry takes it out of
+    ``period``, so that its credit line comes to exactly minus its usage lines, and a
+    negative one puts it in that month. Once per consumer, period and currency (the
+    entries' ids say so). False when the credits do not exceed the usage."""
+    credited = [r["model"] is None and r["publisher"] is None for r in rows]
+    credits = sum((r["amount"] for r, c in zip(rows, credited, strict=True) if c), Decimal(0))
+    used = sum(cents(r["amount"]) for r, c in zip(rows, credited, strict=True) if not c)
+    excess = -(credits + Decimal(used) / 100)
+    if excess <= 0:
+        return False
+    now = timezone.now()
+    into = max(now.date().replace(day=1), (period + timedelta(days=32)).replace(day=1))
+    tag = f"carry-{consumer.pk}-{period:%Y%m}-{currency}"
+    entry = partial(
+        UsageRecord,
+        kind=UsageRecord.Kind.CREDIT,
+        consumer=consumer,
+        calls=0,
+        compute_seconds=Decimal(0),
+        price_per_call=Decimal(0),
+        price_per_second=Decimal(0),
+        currency=currency,
+        publisher_share=Decimal(0),
+        created_at=now,
+    )
+    UsageRecord.objects.bulk_create(
+        [
+            entry(
+                source_id=f"{tag}-out",
+                model_ref=f"credit: carried to {into:%B %Y}",
+                amount=excess,
+                platform_fee=excess,
+                period=period,
+            ),
+            entry(
+                source_id=f"{tag}-in",
+                model_ref=f"credit: carried from {period:%B %Y}",
+                amount=-excess,
+                platform_fee=-excess,
+                period=into,
+            ),
+        ]
+    )
+    return True
 
 
 def _line_description(row: dict, period: date) -> str:

@@ -3,14 +3,17 @@ that lowers the next invoice; the ledger itself is never edited there."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db.models import Sum
+from django.utils import timezone
 
 from accounts import services as accounts
 from accounts.models import AuditEvent, User
 from billing.models import BillingAccount, UsageRecord
+from billing.selectors import month_spend
 from billing.services import credit_create, invoice_build, usage_record_create
 from tests.billing.conftest import listed
 
@@ -111,3 +114,57 @@ def test_a_credit_needs_an_amount_and_a_reason(client, operator, outsider):
     )
 
     assert not UsageRecord.objects.exists()
+
+
+THIS_MONTH = timezone.now().date().replace(day=1)
+LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
+
+
+def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(tenant, outsider):
+    model = listed(tenant)
+    for i in range(3):  # 0.75, of which 0.60 is acme's
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{i}",
+            consumer=outsider,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+    credit_create(consumer=outsider, amount=Decimal("2"), reason="outage", actor=accounts.SYSTEM)
+    outsider.usage.update(period=LAST_MONTH)
+
+    invoice = invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd")
+    again = invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd")
+
+    assert again == invoice and invoice.amount_cents == 0
+    lines = sorted((line.amount_cents, line.publisher_cents) for line in invoice.lines.all())
+    assert lines == [(-75, 0), (75, 60)]  # the publisher's share is still owed
+    assert month_spend(consumer=outsider, period=LAST_MONTH) == 0
+    [carried] = UsageRecord.objects.filter(period=THIS_MONTH)
+    assert carried.amount == Decimal("-1.25") and carried.currency == "usd"
+    assert carried.model_ref == f"credit: carried from {LAST_MONTH:%B %Y}"
+    total = UsageRecord.objects.aggregate(total=Sum("amount"))["total"]
+    assert total == Decimal("0.75") - Decimal("2")  # moved, never made or lost
+
+    # This month, the rest pays for 2 calls (0.50) and carries on again.
+    for i in range(2):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_next_{i}",
+            consumer=outsider,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+    this = invoice_build(consumer=outsider, period=THIS_MONTH, currency="usd")
+    assert this.amount_cents == 0
+    next_month = (THIS_MONTH + timedelta(days=32)).replace(day=1)
+    assert month_spend(consumer=outsider, period=next_month) == Decimal("-0.75")
+
+
+def test_a_month_of_credits_alone_has_no_invoice_and_keeps_the_credit(outsider):
+    credit_create(consumer=outsider, amount=Decimal("1.5"), reason="trial", actor=accounts.SYSTEM)
+    outsider.usage.update(period=LAST_MONTH)
+
+    assert invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd") is None
+    assert month_spend(consumer=outsider, period=LAST_MONTH) == 0
+    assert month_spend(consumer=outsider, period=THIS_MONTH) == Decimal("-1.5")

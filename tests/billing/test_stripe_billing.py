@@ -10,6 +10,7 @@ import json
 import os
 import time
 from datetime import date, timedelta
+from decimal import Decimal
 
 import pytest
 import stripe
@@ -18,10 +19,12 @@ from django.core.management.base import CommandError
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.services import SYSTEM
 from billing import stripe_gateway
 from billing.models import BillingAccount, Invoice, StripeEvent, Transfer, UsageRecord
 from billing.reconcile import reconcile
-from billing.services import invoice_collect, period_close
+from billing.selectors import month_spend
+from billing.services import credit_create, invoice_collect, period_close
 from tests.billing.conftest import CARD_DECLINED, save_card
 from tests.conftest import key_client
 
@@ -239,6 +242,37 @@ def test_a_lost_response_never_makes_a_second_invoice_or_line(
     customer = invoice.consumer.billing.stripe_customer_id
     assert len(stripe_api.v1.invoices.list(params={"customer": customer}).data) == 1
     wait_for(invoice.transfers.exists, what="the publisher's transfer")
+    assert reconcile(period=last_month()) == []
+
+
+def test_a_credit_larger_than_the_month_pays_it_all_and_carries_the_rest(
+    celery_worker_process, stripe_api, outsider, paid_clf
+):
+    """The invoice comes to 0 and is paid in Stripe with no charge; the publisher is still
+    owed its share (the platform pays it); what the credit did not use is this month's."""
+    save_card(stripe_api, outsider)
+    globex = key_client(outsider)
+    for _ in range(3):
+        assert predict(globex).json()["status"] == "succeeded"
+    credit_create(consumer=outsider, amount=Decimal("2"), reason="outage", actor=SYSTEM)
+    into_last_month()
+
+    call_command("close_period", "--period", f"{last_month():%Y-%m}")
+
+    invoice = wait_for(
+        lambda: Invoice.objects.filter(consumer=outsider, status=Invoice.Status.PAID).first(),
+        what="the invoice paid",
+    )
+    assert invoice.amount_cents == 0
+    remote = stripe_api.v1.invoices.retrieve(invoice.stripe_invoice_id)
+    assert (remote.status, remote.total) == ("paid", 0)
+    [transfer] = wait_for(lambda: list(invoice.transfers.all()), what="the publisher's share")
+    assert transfer.amount_cents == 60
+    invoice.refresh_from_db()
+    assert invoice.stripe_charge_id == ""  # nothing was charged
+    assert month_spend(consumer=outsider, period=timezone.now().date().replace(day=1)) == (
+        Decimal("-1.25")
+    )
     assert reconcile(period=last_month()) == []
 
 
