@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Max, Q, Sum
@@ -13,6 +13,16 @@ from accounts.models import ApiKey, Tenant
 from billing.models import UsageRecord
 
 ZERO = Decimal(0)
+
+
+def period_of(moment: datetime | None = None) -> date:
+    """The billing month (its first day) that ``moment`` falls in, in UTC; now by default."""
+    return (moment or timezone.now()).date().replace(day=1)
+
+
+def last_period() -> date:
+    """The month before the current one: the one a close normally closes."""
+    return (period_of() - timedelta(days=1)).replace(day=1)
 
 
 def month_spend(

@@ -87,7 +87,7 @@ def usage_record_create(
         .first()
     )
     now = timezone.now()
-    period = now.date().replace(day=1)
+    period = selectors.period_of(now)
     own = consumer.pk == model.tenant_id
     per_call = Decimal(0) if own or listing is None else listing.price_per_call
     per_second = Decimal(0) if own or listing is None else listing.price_per_second
@@ -149,7 +149,7 @@ def _compression_record_create(
                 amount=amount,
                 platform_fee=amount,
                 publisher_share=Decimal(0),
-                period=now.date().replace(day=1),
+                period=selectors.period_of(now),
                 created_at=now,
             )
     except IntegrityError:
@@ -184,7 +184,7 @@ def credit_create(
         amount=-_money(amount),
         platform_fee=-_money(amount),
         publisher_share=Decimal(0),
-        period=now.date().replace(day=1),
+        period=selectors.period_of(now),
         created_at=now,
     )
     audit_record(
@@ -340,7 +340,7 @@ def spend_authorize(
     if listing is None or listing.is_free:
         return
     if listing.free_calls_per_month:
-        period = timezone.now().date().replace(day=1)
+        period = selectors.period_of()
         used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
         if used + (in_flight() if in_flight else 0) < listing.free_calls_per_month:
             return  # one of this month's free calls
@@ -408,7 +408,7 @@ def _account_authorize(
             "Your last invoice is unpaid and its grace period has ended: update the payment "
             "method in the dashboard's billing page, and paid calls resume once it is paid."
         )
-    period = now.date().replace(day=1)
+    period = selectors.period_of(now)
     if account.spend_cap is not None:
         spent = selectors.month_spend(consumer=consumer, period=period, currency=currency)
         owed = pending(None, currency) if pending else Decimal(0)
@@ -475,7 +475,7 @@ def _alert_once(
 def period_close(*, period: date, collect: bool = True) -> list[Invoice]:
     """Freeze every consumer's usage for the month into one invoice per currency (once: a
     second close finds them), and (``collect``) queue each unfinished one for collection."""
-    if period >= timezone.now().date().replace(day=1):
+    if period >= selectors.period_of():
         raise Conflict(f"{period:%Y-%m} is not over yet; only past months can be closed.")
     groups = (
         UsageRecord.objects.filter(period=period)
@@ -551,7 +551,7 @@ def _credit_carry(*, consumer: Tenant, period: date, currency: str, rows: list[d
     if excess <= 0:
         return False
     now = timezone.now()
-    into = max(now.date().replace(day=1), (period + timedelta(days=32)).replace(day=1))
+    into = max(selectors.period_of(now), (period + timedelta(days=32)).replace(day=1))
     tag = f"carry-{consumer.pk}-{period:%Y%m}-{currency}"
     entry = partial(
         UsageRecord,

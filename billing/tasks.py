@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import date
 
 from celery import shared_task
-from django.utils import timezone
 
 from billing.stripe_gateway import GatewayUnavailable
 
@@ -28,13 +27,10 @@ RETRY = {
 @shared_task(name="billing.close_period", queue="default", soft_time_limit=1800, time_limit=1900)
 def close_period(period: str = "") -> list[str]:
     """Invoice a month (by default the one that just ended)."""
+    from billing.selectors import last_period
     from billing.services import period_close
 
-    if period:
-        month = date.fromisoformat(period).replace(day=1)
-    else:
-        this_month = timezone.now().date().replace(day=1)
-        month = (this_month.replace(day=1) - date.resolution).replace(day=1)
+    month = date.fromisoformat(period).replace(day=1) if period else last_period()
     return [invoice.public_id for invoice in period_close(period=month)]
 
 

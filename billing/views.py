@@ -11,7 +11,6 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -72,7 +71,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied("Your role does not include billing; ask an owner or admin.")
     tenant = request.tenant
     account = account_for(tenant)
-    period = timezone.now().date().replace(day=1)
+    period = selectors.period_of()
     form = SpendCapForm(initial={"spend_cap": account.spend_cap})
     if request.method == "POST":
         if not _can_manage_billing(request):

@@ -97,7 +97,7 @@ def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Dec
     ``api_key``'s alone, in ``currency`` alone, when given): per model, the calls beyond the
     month's free ones left, each at its listing's price per call plus its price per second
     for the version's measured latency. Its own models cost it nothing."""
-    from billing.selectors import free_calls_used
+    from billing.selectors import free_calls_used, period_of
 
     rows = _unfinished(consumer).exclude(model__tenant=consumer)
     if api_key is not None:
@@ -110,7 +110,7 @@ def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Dec
         "model__listing__price_per_second",
         "model__listing__free_calls_per_month",
     ).annotate(calls=Count("pk"), latency_ms=Avg("version__latency_ms"))
-    period = timezone.now().date().replace(day=1)
+    period = period_of()
     total = Decimal(0)
     for group in groups:
         per_call = group["model__listing__price_per_call"] or Decimal(0)

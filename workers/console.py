@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from billing.selectors import platform_money
+from billing.selectors import period_of, platform_money
 from inference.models import CompressionJob, Prediction
 from marketplace.models import ModelVersion
 from workers import heartbeat
@@ -57,7 +57,7 @@ def _counts(model, since) -> dict[str, int]:
 
 def operations(request):
     since = timezone.now() - timedelta(days=1)
-    period = timezone.now().date().replace(day=1)
+    period = period_of()
     context = {
         **admin.site.each_context(request),
         "title": "Operations",

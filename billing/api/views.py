@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.response import Response
@@ -28,7 +27,7 @@ def _amount(value) -> str:
 
 def _period(value: str | None) -> date:
     if not value:
-        return timezone.now().date().replace(day=1)
+        return selectors.period_of()
     try:
         return date.fromisoformat(f"{value}-01").replace(day=1)
     except ValueError as e:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.exceptions import ServiceError
-from billing.management.commands.reconcile import last_month, month
+from billing.management.commands.reconcile import month
 from billing.models import Invoice
+from billing.selectors import last_period
 from billing.services import invoice_collect, period_close
 from billing.stripe_gateway import GatewayUnavailable
 
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--period", type=month, help="YYYY-MM (default: last month)")
 
     def handle(self, *args, period=None, **options):
-        period = period or last_month()
+        period = period or last_period()
         try:
             period_close(period=period, collect=False)
         except ServiceError as e:

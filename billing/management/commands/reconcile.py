@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from billing.reconcile import reconcile
+from billing.selectors import last_period
 
 
 def month(value: str) -> date:
@@ -15,11 +15,6 @@ def month(value: str) -> date:
         return date.fromisoformat(f"{value}-01" if len(value) == 7 else value).replace(day=1)
     except ValueError as e:
         raise CommandError(f"--period takes a month as YYYY-MM, not {value!r}.") from e
-
-
-def last_month() -> date:
-    this_month = timezone.now().date().replace(day=1)
-    return (this_month - date.resolution).replace(day=1)
 
 
 class Command(BaseCommand):
@@ -32,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--period", type=month, help="YYYY-MM (default: last month)")
 
     def handle(self, *args, period: date | None = None, **options):
-        period = period or last_month()
+        period = period or last_period()
         differences = reconcile(period=period)
         for difference in differences:
             self.stdout.write(str(difference))
