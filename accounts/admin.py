@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts import services
@@ -12,6 +13,17 @@ from accounts.tenancy import client_ip
 
 def _operator(request) -> services.Actor:
     return services.Actor(user=request.user, ip=client_ip(request))
+
+
+class OperatorActions:
+    """For a ModelAdmin whose actions change state (suspend, credit, refund, take down, yank,
+    retry, cancel): each is declared ``@admin.action(..., permissions=["operate"])`` and
+    needs the model's change permission, also where the rows themselves are read-only here.
+    A staff member who may only view them does not get the actions."""
+
+    def has_operate_permission(self, request) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
 
 
 @admin.register(User)
@@ -29,11 +41,17 @@ class UserAdmin(BaseUserAdmin):
 
 
 class MembershipInline(admin.TabularInline):
+    """Read-only: members and roles change through the organisation's own dashboard or API,
+    which keep an owner and write the audit log."""
+
     model = Membership
     extra = 0
+    can_delete = False
     fields = ["user", "role", "created_at"]
-    readonly_fields = ["created_at"]
-    raw_id_fields = ["user"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -51,7 +69,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ["slug", "name", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
@@ -63,7 +81,7 @@ class TenantAdmin(admin.ModelAdmin):
         # Deleting an organisation must crypto-shred its artifacts: `manage.py delete_tenant`.
         return False
 
-    @admin.action(description="Suspend selected organisations")
+    @admin.action(description="Suspend selected organisations", permissions=["operate"])
     def suspend(self, request, queryset):
         for tenant in queryset:
             services.tenant_suspend(
@@ -71,7 +89,7 @@ class TenantAdmin(admin.ModelAdmin):
             )
         messages.success(request, f"Suspended {queryset.count()} organisation(s).")
 
-    @admin.action(description="Reactivate selected organisations")
+    @admin.action(description="Reactivate selected organisations", permissions=["operate"])
     def reactivate(self, request, queryset):
         for tenant in queryset:
             services.tenant_reactivate(tenant=tenant, actor=_operator(request))
@@ -80,11 +98,20 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    """Read-only, as on the organisation's page (``MembershipInline``)."""
+
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["user__email", "tenant__slug"]
-    raw_id_fields = ["user", "tenant"]
-    readonly_fields = ["public_id", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Invitation)
@@ -118,7 +145,7 @@ class InvitationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OperatorActions, admin.ModelAdmin):
     list_display = [
         "name",
         "tenant",
@@ -155,7 +182,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def status(self, obj: ApiKey) -> str:
         return obj.status
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["operate"])
     def revoke(self, request, queryset):
         for key in queryset.select_related("tenant"):
             services.api_key_revoke(key=key, actor=_operator(request))

@@ -3,16 +3,20 @@ and refunds. Ledger rows and invoices are read-only here; changes go through ser
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
+from django.db import transaction
 
+from accounts.admin import OperatorActions
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
 from billing.services import credit_create, invoice_refund
+from billing.stripe_gateway import GatewayError
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -33,8 +37,13 @@ class UsageRecordAdmin(ReadOnly):
     search_fields = ["public_id", "source_id", "consumer__slug", "model_ref"]
 
 
+# Checked by the action, which says what is wrong: an ActionForm that does not validate
+# only makes the admin answer "No action selected."
+CREDIT_AMOUNT = forms.DecimalField(min_value=Decimal("0.01"), max_digits=10, decimal_places=2)
+
+
 class CreditForm(ActionForm):
-    amount = forms.DecimalField(required=False, min_value=Decimal("0.01"), decimal_places=2)
+    amount = forms.CharField(required=False, max_length=32)
     reason = forms.CharField(required=False, max_length=120)
     currency = forms.CharField(
         required=False,
@@ -44,7 +53,11 @@ class CreditForm(ActionForm):
 
 
 @admin.register(BillingAccount)
-class BillingAccountAdmin(admin.ModelAdmin):
+class BillingAccountAdmin(OperatorActions, admin.ModelAdmin):
+    """Read-only but for its actions: the state follows the invoices (void one in Stripe to
+    forgive it), the spend cap is the organisation's own, and a credit goes through
+    ``credit_create``, audited."""
+
     list_display = ["tenant", "state", "grace_until", "payment_method_label", "spend_cap"]
     list_filter = ["state"]
     search_fields = ["tenant__slug", "stripe_customer_id", "connect_account_id"]
@@ -58,33 +71,46 @@ class BillingAccountAdmin(admin.ModelAdmin):
         "connect_account_id",
         "payouts_enabled",
     ]
-    readonly_fields = [
-        "tenant",
-        "stripe_customer_id",
-        "payment_method_label",
-        "connect_account_id",
-        "payouts_enabled",
-    ]
     actions = ["credit"]
     action_form = CreditForm
 
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Credit the amount below to the selected tenants")
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(
+        description="Credit the amount below to the selected tenants", permissions=["operate"]
+    )
     def credit(self, request, queryset):
-        reason = request.POST.get("reason", "").strip()
         try:
-            amount = Decimal(request.POST.get("amount", ""))
-        except InvalidOperation:
-            amount = Decimal(0)
-        if amount <= 0 or not reason:
-            messages.error(request, "A credit needs an amount over 0 and a reason.")
+            amount = CREDIT_AMOUNT.clean(request.POST.get("amount", ""))
+        except ValidationError:
+            amount = None
+        reason = request.POST.get("reason", "").strip()
+        if not amount or not reason:
+            messages.error(
+                request, "A credit needs an amount from 0.01 to 99,999,999.99 and a reason."
+            )
             return
         currency = request.POST.get("currency", "").strip().lower()
-        if currency and not (len(currency) == 3 and currency.isalpha()):
+        if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
             messages.error(request, "A currency is its three-letter code, such as usd or eur.")
             return
+        try:
+            with transaction.atomic():  # all the selected tenants, or none
+                self._credit_each(request, queryset, amount, reason, currency)
+        except ServiceError as e:
+            messages.error(request, e.message)
+            return
+        messages.success(request, f"Credited {amount} to {queryset.count()} tenant(s).")
+
+    @staticmethod
+    def _credit_each(request, queryset, amount: Decimal, reason: str, currency: str) -> None:
         for account in queryset.select_related("tenant"):
             # A credit applies only to invoices in its currency: by default, the one the
             # tenant's usage was last billed in (a tenant billed only in EUR gets EUR).
@@ -95,18 +121,13 @@ class BillingAccountAdmin(admin.ModelAdmin):
                 .values_list("currency", flat=True)
                 .first()
             )
-            try:
-                credit_create(
-                    consumer=account.tenant,
-                    amount=amount,
-                    reason=reason,
-                    actor=Actor(user=request.user),
-                    currency=currency or last_billed or "",
-                )
-            except ServiceError as e:
-                messages.error(request, e.message)
-                return
-        messages.success(request, f"Credited {amount} to {queryset.count()} tenant(s).")
+            credit_create(
+                consumer=account.tenant,
+                amount=amount,
+                reason=reason,
+                actor=Actor(user=request.user),
+                currency=currency or last_billed or "",
+            )
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -129,7 +150,7 @@ class InvoiceLineInline(admin.TabularInline):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnly):
+class InvoiceAdmin(OperatorActions, ReadOnly):
     list_display = [
         "public_id",
         "consumer",
@@ -144,13 +165,18 @@ class InvoiceAdmin(ReadOnly):
     inlines = [InvoiceLineInline]
     actions = ["refund"]
 
-    @admin.action(description="Refund the selected paid invoices and reverse their transfers")
+    @admin.action(
+        description="Refund the selected paid invoices and reverse their transfers",
+        permissions=["operate"],
+    )
     def refund(self, request, queryset):
         for invoice in queryset:
             try:
                 invoice_refund(invoice=invoice, actor=Actor(user=request.user))
             except ServiceError as e:
                 messages.error(request, e.message)
+            except GatewayError as e:  # Stripe refused or could not be reached: try again
+                messages.error(request, f"{invoice.public_id} was not refunded: {e}")
             else:
                 messages.success(request, f"Refunded {invoice.public_id}.")
 

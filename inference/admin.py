@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from accounts.admin import OperatorActions
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from accounts.tenancy import client_ip
@@ -41,7 +42,7 @@ def _each(request, queryset, act, done: str) -> None:
 
 
 @admin.register(Prediction)
-class PredictionAdmin(_ReadOnly):
+class PredictionAdmin(OperatorActions, _ReadOnly):
     list_display = [
         "public_id",
         "tenant",
@@ -61,7 +62,7 @@ class PredictionAdmin(_ReadOnly):
     exclude = ["input_data", "output_data", "request_hash"]
     actions = ["retry", "cancel"]
 
-    @admin.action(description="Retry the selected failed predictions")
+    @admin.action(description="Retry the selected failed predictions", permissions=["operate"])
     def retry(self, request, queryset):
         operator = _operator(request)
         _each(
@@ -71,7 +72,9 @@ class PredictionAdmin(_ReadOnly):
             "Queued again:",
         )
 
-    @admin.action(description="Cancel the selected queued or running predictions")
+    @admin.action(
+        description="Cancel the selected queued or running predictions", permissions=["operate"]
+    )
     def cancel(self, request, queryset):
         operator = _operator(request)
         _each(
@@ -83,7 +86,7 @@ class PredictionAdmin(_ReadOnly):
 
 
 @admin.register(CompressionJob)
-class CompressionJobAdmin(_ReadOnly):
+class CompressionJobAdmin(OperatorActions, _ReadOnly):
     list_display = [
         "public_id",
         "tenant",
@@ -103,7 +106,7 @@ class CompressionJobAdmin(_ReadOnly):
     exclude = ["data"]
     actions = ["retry", "cancel"]
 
-    @admin.action(description="Retry the selected failed jobs")
+    @admin.action(description="Retry the selected failed jobs", permissions=["operate"])
     def retry(self, request, queryset):
         operator = _operator(request)
         _each(
@@ -113,7 +116,7 @@ class CompressionJobAdmin(_ReadOnly):
             "Queued again:",
         )
 
-    @admin.action(description="Cancel the selected queued or running jobs")
+    @admin.action(description="Cancel the selected queued or running jobs", permissions=["operate"])
     def cancel(self, request, queryset):
         operator = _operator(request)
         _each(

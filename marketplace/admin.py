@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
+from accounts.admin import OperatorActions
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from accounts.tenancy import client_ip
@@ -55,7 +56,7 @@ def _operator(request) -> Actor:
 
 
 @admin.register(Listing)
-class ListingAdmin(admin.ModelAdmin):
+class ListingAdmin(OperatorActions, admin.ModelAdmin):
     """Listings are the publishers' to edit; operators take them down (consumers get 451 with
     the reason) and restore them."""
 
@@ -75,7 +76,10 @@ class ListingAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Take down the selected listings (give the reason below)")
+    @admin.action(
+        description="Take down the selected listings (give the reason below)",
+        permissions=["operate"],
+    )
     def take_down(self, request, queryset):
         reason = request.POST.get("reason", "").strip()
         if not reason:
@@ -85,7 +89,7 @@ class ListingAdmin(admin.ModelAdmin):
             listings.listing_take_down(listing=listing, reason=reason, actor=_operator(request))
         messages.success(request, f"Took down {queryset.count()} listing(s).")
 
-    @admin.action(description="Restore the selected listings")
+    @admin.action(description="Restore the selected listings", permissions=["operate"])
     def restore(self, request, queryset):
         for listing in queryset.select_related("model__tenant"):
             listings.listing_restore(listing=listing, actor=_operator(request))
@@ -93,7 +97,7 @@ class ListingAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ["public_id", "model", "number", "format", "status", "created_at"]
     list_filter = ["status", "format"]
     search_fields = ["public_id", "model__name", "model__tenant__slug"]
@@ -111,7 +115,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Yank the selected versions (give the reason below)")
+    @admin.action(
+        description="Yank the selected versions (give the reason below)", permissions=["operate"]
+    )
     def yank(self, request, queryset):
         reason = request.POST.get("reason", "").strip()
         if not reason:

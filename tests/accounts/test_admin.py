@@ -44,3 +44,59 @@ def test_console_is_staff_only(client, alice):
     client.force_login(alice)
     response = client.get("/admin/accounts/tenant/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def _staff(client, *codenames: str) -> User:
+    """A staff member (not a superuser) holding only the named model permissions."""
+    from django.contrib.auth.models import Permission
+
+    staff = User.objects.create_user(email="support@modelmarket.example", password="x")
+    staff.is_staff = True
+    staff.save()
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(staff)
+    return staff
+
+
+def test_staff_who_may_only_view_get_no_actions(client, tenant, outsider):
+    from billing.models import BillingAccount, UsageRecord
+
+    _staff(client, "view_tenant", "view_billingaccount")
+    account = BillingAccount.objects.create(tenant=outsider)
+
+    page = client.get("/admin/accounts/tenant/").content.decode()
+    client.post("/admin/accounts/tenant/", {"action": "suspend", "_selected_action": [tenant.pk]})
+    client.post(
+        "/admin/billing/billingaccount/",
+        {"action": "credit", "_selected_action": [account.pk], "amount": "500", "reason": "x"},
+    )
+
+    assert page.count("Suspend selected organisations") == 0
+    assert Tenant.objects.get(pk=tenant.pk).status == "active"
+    assert not UsageRecord.objects.exists()
+
+
+def test_staff_with_the_change_permission_may_act(client, tenant):
+    _staff(client, "view_tenant", "change_tenant")
+
+    client.post("/admin/accounts/tenant/", {"action": "suspend", "_selected_action": [tenant.pk]})
+
+    assert Tenant.objects.get(pk=tenant.pk).status == "suspended"
+
+
+def test_memberships_are_read_only_in_the_console_so_an_owner_is_never_lost(
+    client, operator, tenant, alice
+):
+    from accounts.models import Membership
+
+    owner = Membership.objects.get(tenant=tenant, user=alice)
+
+    response = client.post(
+        f"/admin/accounts/membership/{owner.pk}/change/",
+        {"user": alice.pk, "tenant": tenant.pk, "role": "viewer"},
+    )
+
+    assert response.status_code == 403
+    assert Membership.objects.get(pk=owner.pk).role == "owner"
+    page = client.get(f"/admin/accounts/tenant/{tenant.pk}/change/").content.decode()
+    assert 'name="memberships-0-role"' not in page  # the inline shows roles, edits none

@@ -168,3 +168,52 @@ def test_a_month_of_credits_alone_has_no_invoice_and_keeps_the_credit(outsider):
     assert invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd") is None
     assert month_spend(consumer=outsider, period=LAST_MONTH) == 0
     assert month_spend(consumer=outsider, period=THIS_MONTH) == Decimal("-1.5")
+
+
+@pytest.mark.parametrize("amount", ["1e30", "NaN", "Infinity", "0.001", "-5"])
+def test_an_amount_out_of_range_is_refused_with_a_message(client, operator, outsider, amount):
+    account = BillingAccount.objects.create(tenant=outsider)
+
+    response = client.post(
+        "/admin/billing/billingaccount/",
+        {"action": "credit", "_selected_action": [account.pk], "amount": amount, "reason": "x"},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert "A credit needs an amount from 0.01" in response.content.decode()
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_refund_stripe_refuses_is_a_message_not_a_500(
+    request, client, operator, outsider, settings
+):
+    from billing.models import Invoice
+
+    from billing import stripe_gateway
+
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens: Stripe unreachable
+    settings.STRIPE_SECRET_KEY = "sk_test_unreachable"
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    stripe_gateway.configure()
+    request.addfinalizer(stripe_gateway.configure)
+    invoice = Invoice.objects.create(
+        consumer=outsider,
+        period=date(2026, 10, 1),
+        currency="usd",
+        status=Invoice.Status.PAID,
+        amount_cents=100,
+        stripe_invoice_id="in_1",
+        stripe_charge_id="ch_1",
+    )
+
+    response = client.post(
+        "/admin/billing/invoice/",
+        {"action": "refund", "_selected_action": [invoice.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    # (The admin's message list capitalises the first letter of the id.)
+    assert f"{invoice.public_id[1:]} was not refunded" in response.content.decode()
+    assert Invoice.objects.get(pk=invoice.pk).status == Invoice.Status.PAID
