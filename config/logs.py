@@ -166,27 +166,3 @@ def _postrun(task_id: str = "", **_) -> None:
         # ValueError: set in another context (an eager task runs in the caller's).
         with contextlib.suppress(ValueError):
             unbind_request_id(token)
-
-
-class ClientHangupMiddleware:
-    """A request body that breaks off (the client reset or timed out mid-body) is the
-    client's failure: 400, logged at info, not a 500 with a traceback. The API's exception
-    handler does the same for DRF views; this covers the dashboard's forms. Put last, so a
-    view's exception reaches it first."""
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        return self.get_response(request)
-
-    def process_exception(self, request, exception):
-        from django.http import UnreadablePostError
-        from django.views.defaults import bad_request
-
-        if not isinstance(exception, UnreadablePostError):
-            return None
-        logging.getLogger("django.request").info(
-            "Request body unreadable: %s %s: %s", request.method, request.path, exception
-        )
-        return bad_request(request, exception)

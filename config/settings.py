@@ -97,7 +97,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "accounts.tenancy.CurrentTenantMiddleware",
-    "config.logs.ClientHangupMiddleware",
+    "config.badinput.BadInputMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

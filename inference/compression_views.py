@@ -22,6 +22,7 @@ from accounts.views import tenant_required
 from inference import compression_services as jobs
 from inference.models import CompressionJob
 from marketplace.models import Model
+from marketplace.selectors import is_number
 
 
 def _access(request: HttpRequest) -> Access:
@@ -74,11 +75,12 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
         Model.objects.select_related("tenant"), tenant=request.tenant, name=name
     )
     back = redirect("models:detail", name=model.name)
-    version = model.versions.filter(number=request.POST.get("version") or 0).first()
+    number = request.POST.get("version", "")
+    version = model.versions.filter(number=int(number)).first() if is_number(number) else None
     method = request.POST.get("method", "")
     try:
         params = json.loads(request.POST.get("params") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         messages.error(request, 'Parameters are a JSON object, e.g. {"scheme": "dynamic_int8"}.')
         return back
     if version is None:

@@ -217,7 +217,7 @@ def playground(request: HttpRequest, owner: str, name: str) -> HttpResponse:
         return render(request, "inference/playground.html", context)
     choices = version_choices(model)
     ref = request.GET.get("version", "")
-    ref = str(int(ref)) if ref.isdigit() else ref
+    ref = str(int(ref)) if selectors.is_number(ref) else ref
     version_error = ""
     try:
         version = services.version_for(model, ref or None)

@@ -109,11 +109,17 @@ def models_visible_to(access: Access) -> QuerySet[Model]:
     return visible.filter(access.key.models_q("")) if access.key is not None else visible
 
 
+def is_number(ref: str) -> bool:
+    """Whether ``ref`` is a version number: ASCII digits (``"²".isdigit()`` is true, and
+    ``int`` refuses it) that fit the database's integer."""
+    return ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) < 2**31
+
+
 def version_resolve(model: Model, ref: str | int) -> ModelVersion:
     """The version a number or an alias names. A yanked version is 410 with the alias to use
     instead."""
     ref = str(ref)
-    if ref.isdigit():
+    if is_number(ref):
         version = model.versions.filter(number=int(ref)).first()
     else:
         alias = Alias.objects.select_related("version").filter(model=model, name=ref).first()

@@ -433,7 +433,9 @@ def parse_infer_request(raw: bytes, header_length: str | None) -> InferRequest:
     body = memoryview(raw)
     binary = memoryview(b"")
     if header_length is not None:
-        length = int(header_length) if header_length.strip().isdigit() else -1
+        digits = header_length.strip()
+        number = digits.isascii() and digits.isdigit() and len(digits) <= 18
+        length = int(digits) if number else -1
         if not 0 <= length <= len(raw):
             raise ServiceError(
                 f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(raw)} bytes."
