@@ -15,6 +15,7 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 import numpy as np
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -275,7 +276,10 @@ def _predictions(request: HttpRequest, model_ref: str) -> QuerySet[Prediction]:
 
 def _predictions_context(request: HttpRequest, *, model: Model | None = None) -> dict:
     """One page of the tenant's predictions (of ``model``, or ``?model=owner/name``), each
-    with its usage record as ``cost``."""
+    with its usage record as ``cost``; none for a role without the ``inference`` scope, which
+    the API refuses them too."""
+    if Scope.INFERENCE not in request.membership.scopes:
+        return {"page": None}
     model_ref = model.ref if model else request.GET.get("model", "")
     if not MODEL_REF_RE.fullmatch(model_ref):
         model_ref = ""
@@ -298,8 +302,17 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
     }
 
 
+def _require_inference(request: HttpRequest) -> None:
+    if Scope.INFERENCE not in request.membership.scopes:
+        role = request.membership.get_role_display().lower()
+        raise PermissionDenied(
+            f"Your role ({role}) cannot see predictions; an owner, admin or developer can."
+        )
+
+
 @tenant_required()
 def prediction_list(request: HttpRequest) -> HttpResponse:
+    _require_inference(request)
     return render(request, "inference/predictions.html", _predictions_context(request))
 
 
@@ -307,4 +320,5 @@ def prediction_list(request: HttpRequest) -> HttpResponse:
 def prediction_rows(request: HttpRequest) -> HttpResponse:
     """The list alone, for htmx: it reloads itself while a prediction is queued or running,
     and the playground reloads it after each run."""
+    _require_inference(request)
     return render(request, "inference/_predictions.html", _predictions_context(request))

@@ -188,9 +188,8 @@ def test_an_amount_out_of_range_is_refused_with_a_message(client, operator, outs
 def test_a_refund_stripe_refuses_is_a_message_not_a_500(
     request, client, operator, outsider, settings
 ):
-    from billing.models import Invoice
-
     from billing import stripe_gateway
+    from billing.models import Invoice
 
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens: Stripe unreachable
     settings.STRIPE_SECRET_KEY = "sk_test_unreachable"

@@ -330,3 +330,28 @@ def test_the_list_is_paginated_and_filtered_by_model(alice_client, strokes, tabu
 def _row(page: str, public_id: str) -> str:
     """The table row of one prediction (up to the next one's)."""
     return page.split(f'<tr id="prediction-{public_id}">')[1].split('<tr id="prediction-')[0]
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.BILLING])
+def test_roles_without_the_inference_scope_see_no_predictions(tenant, classifier, role):
+    """As in the API, which answers them 403: no list, no rows, none in the playground."""
+
+    Prediction.objects.create(
+        tenant=tenant,
+        model=classifier.model,
+        version=classifier,
+        webhook_url="https://hooks.acme.example/secret-path",
+    )
+    member = make_user(f"{role}@acme.example")
+    accounts.membership_add(tenant=tenant, user=member, role=role, actor=accounts.SYSTEM)
+    client = Client()
+    client.force_login(member)
+
+    listed = client.get("/dashboard/predictions/")
+    rows = client.get("/dashboard/predictions/rows/")
+    playground = client.get("/dashboard/playground/acme/clf/")
+
+    assert listed.status_code == 403 and rows.status_code == 403
+    assert playground.status_code == 200
+    assert "secret-path" not in playground.content.decode()
+    assert 'id="predictions"' not in playground.content.decode()
