@@ -42,10 +42,13 @@ class TenantCreateForm(forms.Form):
         help_text="Used in model addresses (slug/model). Leave empty to derive it from the name.",
     )
 
+    def clean_slug(self) -> str:
+        return self.cleaned_data["slug"].lower()
+
     def clean(self):
         cleaned = super().clean()
         if not cleaned.get("slug") and cleaned.get("name"):
-            cleaned["slug"] = slugify(cleaned["name"])[:50]
+            cleaned["slug"] = slugify(cleaned["name"]).replace("_", "-").strip("-")[:50]
             if not cleaned["slug"]:
                 self.add_error("slug", "Choose a slug of letters, digits and hyphens.")
         return cleaned

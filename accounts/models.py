@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+import re
 from functools import partial, reduce
 
 from django.conf import settings
@@ -86,6 +87,11 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def get_short_name(self) -> str:
         return self.name or self.email
+
+
+# An organisation's slug is the owner in every model address (owner/name).
+TENANT_SLUG = r"[a-z0-9][a-z0-9-]{0,49}"
+TENANT_SLUG_RE = re.compile(TENANT_SLUG)
 
 
 class Tenant(models.Model):

@@ -19,6 +19,7 @@ from accounts import keycache, secrets
 from accounts.models import (
     MANAGER_ROLES,
     ROLE_SCOPES,
+    TENANT_SLUG_RE,
     ApiKey,
     AuditEvent,
     Invitation,
@@ -97,11 +98,18 @@ def user_logged_in(*, user: User, ip: str | None) -> None:
 
 @transaction.atomic
 def tenant_create(*, slug: str, name: str, owner: User, actor: Actor | None = None) -> Tenant:
+    if not TENANT_SLUG_RE.fullmatch(slug):
+        raise ValidationError(
+            {
+                "slug": f"'{slug}' is not a usable slug: lowercase letters, digits and hyphens, "
+                "starting with a letter or digit, at most 50 (it is the owner in owner/model)."
+            }
+        )
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"The organisation slug '{slug}' is taken."})
-    group = Group.objects.create(name=f"tenant:{slug}")
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # a concurrent sign-up may take the slug (or its group)
+            group = Group.objects.create(name=f"tenant:{slug}")
             tenant = Tenant.objects.create(slug=slug, name=name, group=group)
     except IntegrityError:
         raise ValidationError({"slug": f"The organisation slug '{slug}' is taken."}) from None
@@ -221,6 +229,11 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
         raise ValidationError(
             f"This invitation was sent to {invitation.email}; "
             "sign in with that address to accept it."
+        )
+    if not invitation.tenant.is_active:
+        raise ValidationError(
+            f"The organisation '{invitation.tenant.slug}' is suspended, so it takes no new "
+            "members; the invitation stays open until it is reactivated."
         )
     claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).update(
         accepted_at=timezone.now(), accepted_by=user

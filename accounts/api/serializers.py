@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from accounts.models import ALL_SCOPES, ApiKey, AuditEvent, Invitation, Membership, Role, Tenant
+from accounts.models import (
+    ALL_SCOPES,
+    TENANT_SLUG,
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Role,
+    Tenant,
+)
 
 
 class StrictSerializer(serializers.Serializer):
@@ -107,7 +116,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         return self.context["secret"]
 
 
-MODEL_REF_RE = r"^[a-z0-9][a-z0-9-]{0,49}/[a-z0-9][a-z0-9._-]{0,99}$"
+MODEL_REF_RE = rf"^{TENANT_SLUG}/[a-z0-9][a-z0-9._-]{{0,99}}$"
 
 
 class ApiKeyCreateSerializer(StrictSerializer):

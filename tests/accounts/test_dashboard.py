@@ -558,3 +558,47 @@ def test_a_suspended_organisation_can_read_and_take_access_away_but_change_nothi
     assert revoked.status_code in (200, 302)  # a leaked key can still be revoked
     assert ApiKey.objects.get(public_id=acme_objects["key"]).status == "revoked"
     assert alice_client.get("/dashboard/keys/").status_code == 200  # and pages still read
+
+
+def test_a_suspended_organisation_takes_no_new_members_until_reactivated(
+    alice_client, tenant, mailoutbox, django_capture_on_commit_callbacks
+):
+    link = invite(
+        alice_client,
+        "dana@initech.example",
+        Role.ADMIN,
+        django_capture_on_commit_callbacks,
+        mailoutbox,
+    )
+    services.tenant_suspend(tenant=tenant, reason="unpaid", actor=services.SYSTEM)
+    dana = Client()
+    dana.force_login(make_user("dana@initech.example"))
+
+    refused = dana.post(link)
+    services.tenant_reactivate(tenant=tenant, actor=services.SYSTEM)
+    accepted = dana.post(link)
+
+    assert "is suspended, so it takes no new members" in refused.content.decode()
+    assert accepted.status_code == 302
+    assert Membership.objects.get(tenant=tenant, user__email="dana@initech.example").role == "admin"
+
+
+@pytest.mark.parametrize(
+    "name, slug, made",
+    [
+        ("Initech", "Initech", "initech"),
+        ("Init_Tech Ltd", "", "init-tech-ltd"),
+        ("Initech", "-initech", None),
+        ("Initech", "init_tech", None),
+    ],
+)
+def test_an_organisation_slug_is_usable_as_the_owner_in_model_addresses(
+    alice_client, name, slug, made
+):
+    response = alice_client.post("/dashboard/orgs/new/", {"name": name, "slug": slug})
+
+    if made:
+        assert Tenant.objects.filter(slug=made).exists()
+    else:
+        assert not Tenant.objects.filter(name=name).exists()
+        assert "is not a usable slug" in response.content.decode()
