@@ -255,6 +255,9 @@ def _prediction_outcome(prediction) -> str:
         )
         if WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="internal")):
             return "failed"
+        # Already finished: written after all, or cancelled meanwhile. Count what it is.
+        prediction.refresh_from_db(fields=["status"])
+        return prediction.status
     return "succeeded"
 
 

@@ -55,3 +55,27 @@ def test_a_result_the_database_refuses_fails_the_prediction_unbilled(classifier,
     again = queued(classifier)
     assert prediction_run(prediction_id=again.public_id) == "succeeded"
     assert UsageRecord.objects.get().source_id == again.public_id
+
+
+def test_a_prediction_cancelled_while_its_result_was_refused_counts_as_cancelled(
+    classifier,  # noqa: F811
+    monkeypatch,
+):
+    fail = inference.prediction_fail
+
+    def refused(prediction, **_):
+        raise ValueError("the result could not be written")
+
+    def cancelled_first(prediction, **kwargs):  # the caller's cancel landed in between
+        Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.CANCELED)
+        return fail(prediction, **kwargs)
+
+    monkeypatch.setattr(inference, "prediction_succeed", refused)
+    monkeypatch.setattr(inference, "prediction_fail", cancelled_first)
+    prediction = queued(classifier)
+
+    outcome = prediction_run(prediction_id=prediction.public_id)
+
+    assert outcome == "canceled"  # the metrics' label, where it said "succeeded"
+    assert Prediction.objects.get(pk=prediction.pk).status == "canceled"
+    assert not UsageRecord.objects.exists()
