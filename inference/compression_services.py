@@ -145,7 +145,7 @@ def _job_data(data: Any, version: ModelVersion) -> bytes:
         classes = output[1] if len(output) == 2 else 0
         try:
             labels = np.asarray(data["labels"], dtype=np.int64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             labels = np.zeros(0, dtype=np.int64)
         if labels.shape != (len(inputs),) or labels.min() < 0 or labels.max() >= classes:
             raise ValidationError(

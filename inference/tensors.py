@@ -85,7 +85,7 @@ def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
             array = np.asarray(value, dtype=_dtype(datatype, name))
             if shape is not None:
                 array = array.reshape(shape)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # 300 as UINT8, 10**400, ...
             raise InputError(f"Input '{name}' is not a {datatype} tensor: {exc}.") from None
         arrays[name] = array
     check(signature, arrays)
@@ -100,4 +100,15 @@ def check(signature: Signature, arrays: dict[str, np.ndarray]) -> int:
 
 
 def to_json(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {name: array.tolist() for name, array in arrays.items()}
+    """Outputs as nested lists. JSON has no NaN or infinities: they are ``null`` (as
+    JavaScript's ``JSON.stringify`` writes them; a ``null`` in an input is NaN). The binary
+    tensors of the v2 protocol carry them exactly."""
+    return {name: _json_values(array) for name, array in arrays.items()}
+
+
+def _json_values(array: np.ndarray) -> list | Any:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        values = array.astype(object)
+        values[~np.isfinite(array)] = None
+        return values.tolist()
+    return array.tolist()

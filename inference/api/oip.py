@@ -337,16 +337,21 @@ class InferRequest:
     binary_default: bool
 
 
+def declared_length(request) -> int:
+    """The request's Content-Length; 0 when it is missing or not a number (as Django reads
+    the body then)."""
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
 def read_body(request) -> bytes:
     """The raw body, at most ``MAX_INPUT_BYTES`` (also after gzip or deflate, which
     tritonclient may apply)."""
     limit = settings.MAX_INPUT_BYTES
     too_large = PayloadTooLarge(f"The request is larger than {limit} bytes; send smaller batches.")
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
+    if declared_length(request) > limit:
         raise too_large
     stream = request.stream
     raw = stream.read(limit + 1) if stream is not None else b""
@@ -384,7 +389,7 @@ def _tensor(item, binary: memoryview, offset: int, has_binary: bool) -> tuple[np
             f"Input '{name}': shape must be a list of non-negative integers; received {shape!r}."
         )
     datatype = item.get("datatype")
-    dtype = tensors.NUMPY.get(datatype)
+    dtype = tensors.NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ServiceError(
             f"Input '{name}': datatype {datatype!r} is not supported; use one of "

@@ -18,6 +18,7 @@ from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin
 from billing.models import UsageRecord
 from inference import services, tensors
+from inference.api.oip import declared_length
 from inference.models import Prediction
 from inference.runtime.spec import InputError
 from marketplace.api.registry import deprecation_headers
@@ -198,7 +199,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
     def post(self, request):
         """Run a model. Returns 201 at once with the queued prediction, or with
         ``Prefer: wait`` holds the request until it finishes (or the wait runs out)."""
-        if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_INPUT_BYTES:
+        if declared_length(request) > settings.MAX_INPUT_BYTES:
             raise PayloadTooLarge(
                 f"The request is larger than {settings.MAX_INPUT_BYTES} bytes; send smaller "
                 "batches."

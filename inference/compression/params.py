@@ -9,7 +9,6 @@ the normalised parameters returned here.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from inference.compression import NotApplicable
@@ -79,8 +78,10 @@ def _number(
 ) -> float | int:
     value = params.get(name, default)
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kind):
         raise BadParams(f"{name} must be {'an integer' if integer else 'a number'}.")
+    # NaN compares false and infinities fall outside; math.isfinite would overflow on an
+    # integer past a float's range (10**400).
     if not low <= value <= high:
         raise BadParams(f"{name} must be between {low} and {high}, got {value}.")
     return value
@@ -88,7 +89,7 @@ def _number(
 
 def _choice(params: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = params.get(name, default)
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise BadParams(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
     return value
 
@@ -163,7 +164,7 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
     if not isinstance(student, dict) or set(student) - {"architecture", "config"}:
         raise BadParams('student must be {"architecture": ..., "config": {...}}.')
     name = student.get("architecture")
-    if name not in STUDENT_KEYS:
+    if not isinstance(name, str) or name not in STUDENT_KEYS:
         raise BadParams(f"student.architecture must be one of {', '.join(STUDENT_KEYS)}.")
     config = student.get("config") or {}
     settable, derived = STUDENT_KEYS[name]

@@ -82,4 +82,10 @@ def check_inputs(signature: Signature, received: dict[str, tuple[str, list[int]]
                     f"others {batch}."
                 )
             batch = shape[0]
+    if batch == 0:
+        raise InputError(
+            "The inputs have no rows (a batch of 0); send at least one, e.g. "
+            + ", ".join(f"'{s.name}' {s.describe()}" for s in signature.inputs)
+            + "."
+        )
     return batch or 1

@@ -90,6 +90,15 @@ class VersionsView(ListAPIView):
     class Pagination(CreatedCursorPagination):
         ordering = "-number"
 
+        def decode_cursor(self, request):
+            """A cursor's position is a version number; a forged one is "Invalid cursor"
+            (404, as DRF answers any bad cursor), not a ValueError from the query."""
+            cursor = super().decode_cursor(request)
+            position = cursor.position if cursor is not None else None
+            if position is not None and not selectors.is_number(position):
+                raise NotFound(self.invalid_cursor_message)
+            return cursor
+
     pagination_class = Pagination
 
     def get_queryset(self):

@@ -3,8 +3,14 @@ each is a 4xx (or the page with a message), never a 500."""
 
 from __future__ import annotations
 
+import base64
+import json
+
+import numpy as np
 import pytest
 from django.test import Client
+
+from inference.models import CompressionJob, Prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -87,3 +93,136 @@ def test_a_nul_character_in_a_form_field_is_a_400_and_changes_nothing(alice, ten
     response = client.post("/dashboard/switch/", {"tenant": "ac\x00me"})
 
     assert response.status_code == 400
+
+
+# --- odd tensors, parameters and headers (found by an audit; each was a 500) ----------------
+
+X = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+
+
+def _post(api, url: str, body, **headers):
+    return api.generic(
+        "POST", url, json.dumps(body).encode(), content_type="application/json", **headers
+    )
+
+
+@pytest.mark.parametrize("datatype", [["FP32"], {"a": 1}, 32])
+def test_an_oip_datatype_that_is_no_name_is_a_400(api, classifier, datatype):
+    response = _post(api, "/v2/models/acme/clf/infer", {"inputs": [{**X, "datatype": datatype}]})
+
+    assert response.status_code == 400
+    assert "is not supported; use one of" in response.json()["error"]
+
+
+def test_an_oip_header_length_of_odd_digits_is_a_400(api, classifier):
+    response = _post(
+        api,
+        "/v2/models/acme/clf/infer",
+        {"inputs": [X]},
+        HTTP_INFERENCE_HEADER_CONTENT_LENGTH="²",
+    )
+
+    assert response.status_code == 400 and "does not fit a body" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "url, body",
+    [
+        ("/v2/models/acme/clf/versions/²/infer", {"inputs": [X]}),
+        ("/api/v1/predictions", {"model": "acme/clf", "version": "²", "input": [[1, 2, 3, 4]]}),
+    ],
+)
+def test_running_an_odd_version_reference_is_a_404(api, classifier, url, body):
+    assert _post(api, url, body).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"data": [[300, 1, 2, 3]], "datatype": "UINT8"},
+        {"data": [[10**30, 1, 2, 3]], "datatype": "INT64"},
+        [[10**400, 1, 2, 3]],
+    ],
+)
+def test_an_input_value_out_of_its_datatypes_range_is_a_400_naming_it(api, classifier, value):
+    response = _post(api, "/api/v1/predictions", {"model": "acme/clf", "input": {"x": value}})
+
+    assert response.status_code == 400
+    assert "Input 'x' is not a" in response.json()["detail"]
+
+
+def test_an_empty_batch_is_a_400_not_a_billed_call(api, classifier):
+    response = _post(
+        api,
+        "/api/v1/predictions",
+        {"model": "acme/clf", "input": {"x": {"data": [], "shape": [0, 4]}}},
+    )
+
+    assert response.status_code == 400 and "no rows" in response.json()["detail"]
+    assert not Prediction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "method, params, data",
+    [
+        ("prune", {"amount": 10**400}, None),
+        ("distill", {"student": {"architecture": ["mlp"]}}, None),
+        ("distill", {"epochs": 10**400, "student": {"architecture": "mlp"}}, None),
+        (
+            "distill",
+            {"student": {"architecture": "mlp"}},
+            {"inputs": [[0.1, 0.2, 0.3, 0.4]] * 40, "labels": [10**30] * 40},
+        ),
+        ("quantize", {"scheme": ["bf16"]}, None),
+    ],
+)
+def test_compression_parameters_of_the_wrong_kind_are_a_400(api, classifier, method, params, data):
+    body = {"model": "acme/clf", "version": "1", "method": method, "params": params}
+    if data is not None:
+        body["data"] = data
+
+    response = _post(api, "/api/v1/compression-jobs", body)
+
+    assert response.status_code == 400, response.json()
+    assert not CompressionJob.objects.exists()
+
+
+def test_a_forged_cursor_on_the_versions_list_is_invalid_not_a_500(api, classifier):
+    for position in (b"p=x", b"p=1.5", b"p=", b"p=%C2%B2"):
+        cursor = base64.b64encode(position).decode()
+        response = api.get(f"/api/v1/models/acme/clf/versions?cursor={cursor}")
+        assert response.status_code == 404, position
+        assert response.json()["detail"] == "Invalid cursor"
+
+
+def test_a_content_length_that_is_no_number_is_no_500(api, classifier):
+    response = _post(
+        api,
+        "/api/v1/predictions",
+        {"model": "acme/clf", "input": [[1, 2, 3, 4]]},
+        CONTENT_LENGTH="12abc",
+    )
+
+    assert response.status_code == 400
+
+
+def test_a_non_finite_output_is_null_in_json_and_the_prediction_still_reads(api, classifier):
+    """A model may answer NaN or infinities, which JSON cannot hold: DRF refused to render
+    them and the prediction, already billed, answered 500 on every read."""
+    from inference import tensors
+
+    prediction = Prediction.objects.create(
+        tenant=classifier.model.tenant,
+        model=classifier.model,
+        version=classifier,
+        status=Prediction.Status.SUCCEEDED,
+        output_data=tensors.encode(
+            {"output": np.array([[np.nan, np.inf, -np.inf], [1, 2, 3]], np.float32)}
+        ),
+    )
+
+    one = api.get(f"/api/v1/predictions/{prediction.public_id}")
+    listed = api.get("/api/v1/predictions")
+
+    assert one.status_code == 200 and listed.status_code == 200
+    assert one.json()["output"] == {"output": [[None, None, None], [1.0, 2.0, 3.0]]}

@@ -282,3 +282,15 @@ def test_webhook_is_signed_and_retried_until_delivered(
     event = json.loads(payload)
     assert event["type"] == "prediction.completed"
     assert event["data"]["id"] == body["id"] and event["data"]["status"] == "succeeded"
+
+
+def test_a_nan_input_runs_and_its_nan_outputs_read_as_null(celery_worker_process, api, classifier):
+    """null in an input is NaN; the model's NaN outputs come back as null, and the call,
+    which ran, is billed once (it was billed and then answered 500)."""
+    response = run(api, "acme/clf", [[None, 0, 0, 0]])
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "succeeded" and body["output"]["output"] == [[None, None, None]]
+    assert api.get(f"/api/v1/predictions/{body['id']}").json()["output"] == body["output"]
+    assert UsageRecord.objects.filter(source_id=body["id"]).count() == 1
