@@ -3,6 +3,7 @@ a live worker."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -101,13 +102,19 @@ def test_worker_metrics_move_with_predictions(celery_worker_process, api, tenant
             HTTP_PREFER="wait",
         )
         assert response.json()["status"] == "succeeded", response.json()
-    after = scrape()
-
     done = {"model": "acme/clf", "status": "succeeded"}
-    assert (
-        value(after, "mm_predictions_total", **done)
-        == value(before, "mm_predictions_total", **done) + 2
-    )
+    # The waiting request has its result as the worker commits it; the worker's thread
+    # counts it just after, so a scrape at once can miss the last one.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape()
+        counted = value(after, "mm_predictions_total", **done)
+        if counted >= value(before, "mm_predictions_total", **done) + 2:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+
+    assert counted == value(before, "mm_predictions_total", **done) + 2
     assert value(after, "mm_prediction_duration_seconds_count", model="acme/clf") >= 2
     assert value(after, "mm_batch_size_count") >= value(before, "mm_batch_size_count") + 1
     # The first call loaded the model (a miss), the second found it loaded (a hit).
