@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils.text import slugify
 
-from accounts.models import ALL_SCOPES, Role, Scope, User
+from accounts.models import ALL_SCOPES, MODEL_REF, Role, Scope, User
 
 
 class SignupForm(forms.Form):
@@ -80,9 +82,24 @@ class ApiKeyForm(forms.Form):
         label="Allowed IPs",
         help_text="Optional. Comma-separated IPs or CIDR networks.",
     )
+    allowed_models = forms.CharField(
+        required=False,
+        label="Allowed models",
+        help_text="Optional. Comma-separated owner/name (e.g. acme/resnet): the key reaches "
+        "only these.",
+    )
 
     def clean_scopes(self) -> list[str]:
         return sorted(set(self.cleaned_data["scopes"]) & ALL_SCOPES)
+
+    def clean_allowed_models(self) -> list[str]:
+        refs = [r.strip() for r in self.cleaned_data["allowed_models"].split(",") if r.strip()]
+        bad = [r for r in refs if not re.fullmatch(MODEL_REF, r)]
+        if bad:
+            raise forms.ValidationError(
+                f"{', '.join(bad)}: give each model as owner/name, e.g. acme/resnet."
+            )
+        return refs
 
     def clean_allowed_ips(self) -> list[str]:
         return [ip.strip() for ip in self.cleaned_data["allowed_ips"].split(",") if ip.strip()]

@@ -92,6 +92,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 # An organisation's slug is the owner in every model address (owner/name).
 TENANT_SLUG = r"[a-z0-9][a-z0-9-]{0,49}"
 TENANT_SLUG_RE = re.compile(TENANT_SLUG)
+MODEL_REF = rf"{TENANT_SLUG}/[a-z0-9][a-z0-9._-]{{0,99}}"  # owner/name
 
 
 class Tenant(models.Model):

@@ -261,6 +261,7 @@ def keys(request: HttpRequest) -> HttpResponse:
                 scopes=form.cleaned_data["scopes"],
                 expires_at=form.cleaned_data["expires_at"],
                 allowed_ips=form.cleaned_data["allowed_ips"],
+                allowed_models=form.cleaned_data["allowed_models"],
                 actor=request_actor(request),
             )
         except (ValidationError, PermissionDenied) as exc:

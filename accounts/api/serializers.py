@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from accounts.models import (
     ALL_SCOPES,
-    TENANT_SLUG,
+    MODEL_REF,
     ApiKey,
     AuditEvent,
     Invitation,
@@ -116,7 +116,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         return self.context["secret"]
 
 
-MODEL_REF_RE = rf"^{TENANT_SLUG}/[a-z0-9][a-z0-9._-]{{0,99}}$"
+MODEL_REF_RE = rf"^{MODEL_REF}$"
 
 
 class ApiKeyCreateSerializer(StrictSerializer):

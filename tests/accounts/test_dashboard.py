@@ -186,6 +186,27 @@ def test_key_form_errors_are_shown_and_create_nothing(alice_client):
     assert not ApiKey.objects.exists()
 
 
+def test_a_key_limited_to_models_reaches_only_them(alice_client):
+    response = alice_client.post(
+        "/dashboard/keys/",
+        {"name": "ci", "scopes": ["models:read"], "allowed_models": "acme/clf, acme/other"},
+    )
+    secret = shown_secret(response)
+    refused = alice_client.post(
+        "/dashboard/keys/",
+        {"name": "bad", "scopes": ["models:read"], "allowed_models": "clf, acme/ok"},
+    )
+
+    assert ApiKey.objects.get(name="ci").allowed_models == ["acme/clf", "acme/other"]
+    assert "models: acme/clf, acme/other" in page(alice_client, "/dashboard/keys/")
+    elsewhere = Client().get(
+        "/api/v1/models/acme/third/versions", HTTP_AUTHORIZATION=f"Bearer {secret}"
+    )
+    assert elsewhere.status_code == 403 and "may not use acme/third" in elsewhere.json()["detail"]
+    assert "clf: give each model as owner/name" in refused.content.decode()
+    assert not ApiKey.objects.filter(name="bad").exists()
+
+
 def test_revoking_through_htmx_returns_the_revoked_row_and_the_key_stops_working(alice_client):
     secret, key = create_key(alice_client)
     assert api_status(secret) == 200
