@@ -22,7 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from accounts.exceptions import Forbidden, ServiceError, TakenDown
-from accounts.models import Scope
+from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import Access
 from accounts.views import tenant_required
 from billing.models import UsageRecord
@@ -39,7 +39,7 @@ CLASSIFICATION_TASKS = {
     Task.TABULAR_CLASSIFICATION,
 }
 IMAGE_DATATYPES = {"FP32", "FP16", "FP64", "UINT8"}
-MODEL_REF_RE = re.compile(r"[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*")
+MODEL_REF_RE = re.compile(MODEL_REF)
 
 
 def _access(request: HttpRequest) -> Access:

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from accounts.api.serializers import StrictSerializer
 from accounts.api.views import CreatedCursorPagination
-from accounts.models import Scope
+from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from billing.models import UsageRecord
 from inference import compression_services as jobs
@@ -21,9 +21,7 @@ from marketplace import selectors
 
 
 class JobCreateSerializer(StrictSerializer):
-    model = serializers.RegexField(
-        r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*$", help_text="owner/name"
-    )
+    model = serializers.RegexField(rf"^{MODEL_REF}$", help_text="owner/name")
     version = serializers.CharField(max_length=40, help_text="A version number or alias")
     method = serializers.CharField(max_length=32, help_text=", ".join(METHODS))
     params = serializers.JSONField(

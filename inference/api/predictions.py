@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from accounts.api.serializers import StrictSerializer
 from accounts.api.views import CreatedCursorPagination
 from accounts.exceptions import PayloadTooLarge
-from accounts.models import Scope
+from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin
 from billing.models import UsageRecord
 from inference import services, tensors
@@ -38,9 +38,7 @@ class ParsedJSONField(serializers.JSONField):
 
 
 class PredictionCreateSerializer(StrictSerializer):
-    model = serializers.RegexField(
-        r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9._-]*$", help_text="owner/name"
-    )
+    model = serializers.RegexField(rf"^{MODEL_REF}$", help_text="owner/name")
     version = serializers.CharField(
         required=False,
         allow_blank=True,
