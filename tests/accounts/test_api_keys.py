@@ -267,3 +267,31 @@ def test_suspension_applies_at_once_to_cached_keys(api, tenant):
     assert api.get("/api/v1/organisation").status_code == 200
     services.tenant_suspend(tenant=tenant, reason="Abuse", actor=services.SYSTEM)
     assert api.get("/api/v1/organisation").status_code == 403
+
+
+def test_keys_made_before_billing_write_keep_setting_the_spend_cap(tenant):
+    """An admin key could PUT billing/settings before the scope existed; the migration that
+    added it grants it to every key holding admin, and to no other."""
+    import importlib
+
+    from django.apps import apps
+
+    grant = importlib.import_module("accounts.migrations.0002_billing_write_scope").grant
+    old = ["admin", "billing:read", "inference", "models:read", "models:write"]
+    admin_key = key_client(tenant, scopes=old)
+    reader_key = key_client(tenant, scopes=["billing:read"])
+    prefix = admin_key.secret.split("_")[2]
+    ApiKey.objects.filter(prefix=prefix).update(scopes=old)  # as it was stored back then
+    keycache.clear()
+    refused = admin_key.put("/api/v1/billing/settings", {"spend_cap": "9"}, format="json")
+
+    grant(apps, None)
+    keycache.clear()
+
+    assert refused.status_code == 403
+    cap = admin_key.put("/api/v1/billing/settings", {"spend_cap": "9"}, format="json")
+    assert cap.status_code == 200
+    assert (
+        reader_key.put("/api/v1/billing/settings", {"spend_cap": "9"}, format="json").status_code
+        == 403
+    )
