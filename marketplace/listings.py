@@ -27,7 +27,13 @@ from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from marketplace.models import AccessRequest, Entitlement, Listing, Model, ModelVersion
-from marketplace.selectors import PUBLICLY_VISIBLE, model_get, refuse_if_taken_down, tenant_perms
+from marketplace.selectors import (
+    PUBLICLY_VISIBLE,
+    model_get,
+    refuse_if_taken_down,
+    refuse_unless_key_allows,
+    tenant_perms,
+)
 
 # --- validation -------------------------------------------------------------------------------
 
@@ -682,7 +688,9 @@ def access_request_decline(*, request: AccessRequest, actor: Actor) -> AccessReq
 def listing_for_viewer(access: Access | None, *, owner: str, name: str) -> Listing:
     """The listing of ``owner/name`` as the catalogue shows it: public and unlisted ones to
     anyone, signed out included; a private one only to its publisher and to tenants holding
-    ``view_model`` (e.g. a share). Anything else is 404, as if it did not exist."""
+    ``view_model`` (e.g. a share). Anything else is 404, as if it did not exist. An API key
+    whose model allowlist leaves it out gets 403, as for any other use of the model."""
+    refuse_unless_key_allows(access, f"{owner}/{name}")
     try:
         model = model_get(owner=owner, name=name)
     except NotFound:

@@ -193,6 +193,24 @@ def test_a_key_without_the_inference_scope_cannot_subscribe(tenant, outsider):
     assert not Entitlement.objects.exists()
 
 
+def test_a_key_limited_to_other_models_cannot_subscribe_ask_or_read_the_listing(tenant, outsider):
+    listed(tenant, "resnet", gated=True)
+    listed(tenant, "open")
+    limited = key_client(outsider, allowed_models=["acme/other"])
+
+    responses = [
+        limited.post("/api/v1/catalogue/acme/open/subscribe"),
+        limited.post("/api/v1/catalogue/acme/resnet/request-access", {}, format="json"),
+        limited.get("/api/v1/catalogue/acme/open"),
+    ]
+
+    for response in responses:
+        assert response.status_code == 403
+        assert "may not use acme/" in response.json()["detail"]
+    assert not Entitlement.objects.exists()
+    assert key_client(outsider).get("/api/v1/catalogue/acme/open").status_code == 200
+
+
 # --- gated listings ---------------------------------------------------------------------------
 
 
