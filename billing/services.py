@@ -887,17 +887,19 @@ def connect_account_sync(connect_account_id: str) -> BillingAccount | None:
 
 
 def invoice_refund(*, invoice: Invoice, actor: Actor) -> Invoice:
-    """Refund a paid invoice in full and reverse the publishers' transfers."""
+    """Refund a paid invoice in full and reverse the publishers' transfers. An invoice of 0
+    (credits paid for it) charged nothing: only its transfers are reversed."""
     if invoice.status != Invoice.Status.PAID:
         raise Conflict(
             f"Only a paid invoice can be refunded; {invoice.public_id} is {invoice.status}."
         )
-    gateway.refund_create(
-        charge=invoice.stripe_charge_id or gateway.invoice_charge(invoice.stripe_invoice_id),
-        amount_cents=invoice.amount_cents,
-        metadata={"mm_invoice": invoice.public_id},
-        idempotency_key=f"refund-{invoice.public_id}",
-    )
+    if invoice.amount_cents > 0:
+        gateway.refund_create(
+            charge=invoice.stripe_charge_id or gateway.invoice_charge(invoice.stripe_invoice_id),
+            amount_cents=invoice.amount_cents,
+            metadata={"mm_invoice": invoice.public_id},
+            idempotency_key=f"refund-{invoice.public_id}",
+        )
     for transfer in invoice.transfers.order_by("pk"):
         if transfer.stripe_transfer_id:
             gateway.transfer_reverse(

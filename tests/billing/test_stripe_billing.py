@@ -24,7 +24,7 @@ from billing import stripe_gateway
 from billing.models import BillingAccount, Invoice, StripeEvent, Transfer, UsageRecord
 from billing.reconcile import reconcile
 from billing.selectors import month_spend
-from billing.services import credit_create, invoice_collect, period_close
+from billing.services import credit_create, invoice_collect, invoice_refund, period_close
 from tests.billing.conftest import CARD_DECLINED, save_card
 from tests.conftest import key_client
 
@@ -273,6 +273,12 @@ def test_a_credit_larger_than_the_month_pays_it_all_and_carries_the_rest(
     assert month_spend(consumer=outsider, period=timezone.now().date().replace(day=1)) == (
         Decimal("-1.25")
     )
+    assert reconcile(period=last_month()) == []
+    # Refunding it charges nothing back (nothing was charged) and reverses the share.
+    refunded = invoice_refund(invoice=invoice, actor=SYSTEM)
+    transfer.refresh_from_db()
+    assert refunded.status == Invoice.Status.REFUNDED
+    assert transfer.status == Transfer.Status.REVERSED
     assert reconcile(period=last_month()) == []
 
 
