@@ -1,14 +1,17 @@
 """Requests that cannot be served as sent answer 400 with what is wrong, never 500.
 
-- A NUL character in the path, the query string or a form field: PostgreSQL's text refuses
-  it, so a lookup by such an id failed as a 500 there (SQLite let it through). Django's forms
-  and DRF's fields refuse NUL in the values they validate, not in URLs or raw fields.
+- A NUL character in the path or the query string, or in a form field of a dashboard view:
+  PostgreSQL's text refuses it, so a lookup by such an id failed as a 500 there (SQLite let
+  it through). Django's forms and DRF's fields refuse NUL in the values they validate, not in
+  URLs or in fields a view reads itself. Only plain Django views that the CSRF check covers
+  have their form read here (the CSRF check has parsed it by then): API and OIP views read
+  their own bodies, which may be binary whatever their Content-Type says.
 - A request body that breaks off (the client reset or timed out mid-body): the client's
   failure, logged at info. The API's exception handler does the same for DRF views; this
   covers plain Django views (the Stripe webhook, the dashboard's forms).
 
-Put last in ``MIDDLEWARE``: a view's exception reaches it first, and by then the CSRF check
-has parsed any form body already.
+Put last in ``MIDDLEWARE``, so that its ``process_view`` runs after the CSRF check's and a
+view's exception reaches its ``process_exception`` first.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ log = logging.getLogger("django.request")
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def _has_nul(request: HttpRequest) -> bool:
-    if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
-        return True
-    if request.method == "POST" and request.content_type in FORMS:
-        fields = request.POST  # parsed once; the CSRF check has usually done it already
-        return any("\x00" in value for _, values in fields.lists() for value in values)
-    return False
+def _refused() -> HttpResponse:
+    return HttpResponse(
+        "NUL characters are not allowed in URLs or form fields; remove them.",
+        status=400,
+        content_type="text/plain",
+    )
+
+
+def _hung_up(request: HttpRequest, exc: UnreadablePostError) -> HttpResponse:
+    log.info("Request body unreadable: %s %s: %s", request.method, request.path, exc)
+    return bad_request(request, exc)
 
 
 class BadInputMiddleware:
@@ -36,25 +43,26 @@ class BadInputMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        try:
-            nul = _has_nul(request)
-        except UnreadablePostError as exc:
-            # Read again, the body would be an empty form: the view must not see that.
-            return self._hung_up(request, exc)
-        if nul:
-            return HttpResponse(
-                "NUL characters are not allowed in URLs or form fields; remove them.",
-                status=400,
-                content_type="text/plain",
-            )
+        if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
+            return _refused()
         return self.get_response(request)
 
-    def process_exception(self, request: HttpRequest, exception: Exception):
-        if not isinstance(exception, UnreadablePostError):
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs):
+        plain = getattr(view_func, "cls", None) is None  # DRF's views carry their class
+        if not plain or getattr(view_func, "csrf_exempt", False):
             return None
-        return self._hung_up(request, exception)
+        if request.method != "POST" or request.content_type not in FORMS:
+            return None
+        try:
+            fields = request.POST
+        except UnreadablePostError as exc:
+            # Read again, the body would be an empty form: the view must not see that.
+            return _hung_up(request, exc)
+        if any("\x00" in value for _, values in fields.lists() for value in values):
+            return _refused()
+        return None
 
-    @staticmethod
-    def _hung_up(request: HttpRequest, exc: UnreadablePostError) -> HttpResponse:
-        log.info("Request body unreadable: %s %s: %s", request.method, request.path, exc)
-        return bad_request(request, exc)
+    def process_exception(self, request: HttpRequest, exception: Exception):
+        if isinstance(exception, UnreadablePostError):
+            return _hung_up(request, exception)
+        return None

@@ -90,9 +90,11 @@ def test_a_nul_character_in_a_form_field_is_a_400_and_changes_nothing(alice, ten
     client = Client()
     client.force_login(alice)
 
+    client.post("/dashboard/switch/", {"tenant": "acme"})
     response = client.post("/dashboard/switch/", {"tenant": "ac\x00me"})
 
     assert response.status_code == 400
+    assert client.session["mm_tenant"] == "acme"
 
 
 # --- odd tensors, parameters and headers (found by an audit; each was a 500) ----------------
@@ -226,3 +228,33 @@ def test_a_non_finite_output_is_null_in_json_and_the_prediction_still_reads(api,
 
     assert one.status_code == 200 and listed.status_code == 200
     assert one.json()["output"] == {"output": [[None, None, None], [1.0, 2.0, 3.0]]}
+
+
+def test_binary_tensors_sent_as_a_form_reach_the_protocol_view(api, classifier):
+    """curl --data-binary says application/x-www-form-urlencoded; the bytes of the tensors
+    (here "=" then NUL) are no form field to refuse."""
+    data = np.array([[0.046875, 1.0, 2.0, 3.0]], np.float32).tobytes()
+    assert b"=\x00" in data
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "nope",
+                    "datatype": "FP32",
+                    "shape": [1, 4],
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ]
+        }
+    ).encode()
+
+    response = api.generic(
+        "POST",
+        "/v2/models/acme/clf/infer",
+        header + data,
+        content_type="application/x-www-form-urlencoded",
+        HTTP_INFERENCE_HEADER_CONTENT_LENGTH=str(len(header)),
+    )
+
+    assert "NUL characters" not in response.content.decode(errors="replace")
+    assert response.status_code == 400 and "nope" in response.json()["error"]
