@@ -73,7 +73,8 @@ class TenantAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ["slug", "name", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["group", "created_at", "status", "suspended_reason"]
+    # The slug is the owner in every model address, allowlist and group name: fixed here.
+    readonly_fields = ["slug", "group", "created_at", "status", "suspended_reason"]
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "reactivate"]
 

@@ -116,11 +116,18 @@ def test_a_credit_needs_an_amount_and_a_reason(client, operator, outsider):
     assert not UsageRecord.objects.exists()
 
 
-THIS_MONTH = timezone.now().date().replace(day=1)
-LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
+@pytest.fixture
+def months() -> tuple[date, date]:
+    """Last month and this one, read when the test runs (not at import: a run may cross
+    midnight at a month's end)."""
+    this_month = timezone.now().date().replace(day=1)
+    return (this_month - timedelta(days=1)).replace(day=1), this_month
 
 
-def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(tenant, outsider):
+def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
+    tenant, outsider, months
+):
+    last_month, this_month = months
     model = listed(tenant)
     for i in range(3):  # 0.75, of which 0.60 is acme's
         usage_record_create(
@@ -131,18 +138,18 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
             compute_seconds=Decimal("0.01"),
         )
     credit_create(consumer=outsider, amount=Decimal("2"), reason="outage", actor=accounts.SYSTEM)
-    outsider.usage.update(period=LAST_MONTH)
+    outsider.usage.update(period=last_month)
 
-    invoice = invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd")
-    again = invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd")
+    invoice = invoice_build(consumer=outsider, period=last_month, currency="usd")
+    again = invoice_build(consumer=outsider, period=last_month, currency="usd")
 
     assert again == invoice and invoice.amount_cents == 0
     lines = sorted((line.amount_cents, line.publisher_cents) for line in invoice.lines.all())
     assert lines == [(-75, 0), (75, 60)]  # the publisher's share is still owed
-    assert month_spend(consumer=outsider, period=LAST_MONTH) == 0
-    [carried] = UsageRecord.objects.filter(period=THIS_MONTH)
+    assert month_spend(consumer=outsider, period=last_month) == 0
+    [carried] = UsageRecord.objects.filter(period=this_month)
     assert carried.amount == Decimal("-1.25") and carried.currency == "usd"
-    assert carried.model_ref == f"credit: carried from {LAST_MONTH:%B %Y}"
+    assert carried.model_ref == f"credit: carried from {last_month:%B %Y}"
     total = UsageRecord.objects.aggregate(total=Sum("amount"))["total"]
     assert total == Decimal("0.75") - Decimal("2")  # moved, never made or lost
 
@@ -155,19 +162,20 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
             model=model,
             compute_seconds=Decimal("0.01"),
         )
-    this = invoice_build(consumer=outsider, period=THIS_MONTH, currency="usd")
+    this = invoice_build(consumer=outsider, period=this_month, currency="usd")
     assert this.amount_cents == 0
-    next_month = (THIS_MONTH + timedelta(days=32)).replace(day=1)
+    next_month = (this_month + timedelta(days=32)).replace(day=1)
     assert month_spend(consumer=outsider, period=next_month) == Decimal("-0.75")
 
 
-def test_a_month_of_credits_alone_has_no_invoice_and_keeps_the_credit(outsider):
+def test_a_month_of_credits_alone_has_no_invoice_and_keeps_the_credit(outsider, months):
+    last_month, this_month = months
     credit_create(consumer=outsider, amount=Decimal("1.5"), reason="trial", actor=accounts.SYSTEM)
-    outsider.usage.update(period=LAST_MONTH)
+    outsider.usage.update(period=last_month)
 
-    assert invoice_build(consumer=outsider, period=LAST_MONTH, currency="usd") is None
-    assert month_spend(consumer=outsider, period=LAST_MONTH) == 0
-    assert month_spend(consumer=outsider, period=THIS_MONTH) == Decimal("-1.5")
+    assert invoice_build(consumer=outsider, period=last_month, currency="usd") is None
+    assert month_spend(consumer=outsider, period=last_month) == 0
+    assert month_spend(consumer=outsider, period=this_month) == Decimal("-1.5")
 
 
 @pytest.mark.parametrize("amount", ["1e30", "NaN", "Infinity", "0.001", "-5"])
