@@ -11,7 +11,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from accounts.admin import OperatorActions
+from accounts.admin import OperatorActions, ReadOnlyAdmin
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
@@ -19,19 +19,8 @@ from billing.services import credit_create, invoice_refund
 from billing.stripe_gateway import GatewayError
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnly):
+class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "kind", "consumer", "model_ref", "amount", "currency", "period"]
     list_filter = ["kind", "period", "currency", "free"]
     search_fields = ["public_id", "source_id", "consumer__slug", "model_ref"]
@@ -53,7 +42,7 @@ class CreditForm(ActionForm):
 
 
 @admin.register(BillingAccount)
-class BillingAccountAdmin(OperatorActions, admin.ModelAdmin):
+class BillingAccountAdmin(OperatorActions, ReadOnlyAdmin):
     """Read-only but for its actions: the state follows the invoices (void one in Stripe to
     forgive it), the spend cap is the organisation's own, and a credit goes through
     ``credit_create``, audited."""
@@ -73,15 +62,6 @@ class BillingAccountAdmin(OperatorActions, admin.ModelAdmin):
     ]
     actions = ["credit"]
     action_form = CreditForm
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(
         description="Credit the amount below to the selected tenants", permissions=["operate"]
@@ -150,7 +130,7 @@ class InvoiceLineInline(admin.TabularInline):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(OperatorActions, ReadOnly):
+class InvoiceAdmin(OperatorActions, ReadOnlyAdmin):
     list_display = [
         "public_id",
         "consumer",
@@ -182,14 +162,14 @@ class InvoiceAdmin(OperatorActions, ReadOnly):
 
 
 @admin.register(Transfer)
-class TransferAdmin(ReadOnly):
+class TransferAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "publisher", "invoice", "amount_cents", "currency", "status"]
     list_filter = ["status"]
     search_fields = ["public_id", "publisher__slug", "stripe_transfer_id"]
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnly):
+class StripeEventAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "type", "object_id", "received_at", "processed_at"]
     list_filter = ["type"]
     search_fields = ["event_id", "object_id"]

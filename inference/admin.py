@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from accounts.admin import OperatorActions
+from accounts.admin import OperatorActions, ReadOnlyAdmin
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from accounts.tenancy import client_ip
@@ -15,17 +15,6 @@ from inference.models import AbuseFlag, CompressionJob, Prediction
 
 def _operator(request) -> Actor:
     return Actor(user=request.user, ip=client_ip(request))
-
-
-class _ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def _each(request, queryset, act, done: str) -> None:
@@ -42,7 +31,7 @@ def _each(request, queryset, act, done: str) -> None:
 
 
 @admin.register(Prediction)
-class PredictionAdmin(OperatorActions, _ReadOnly):
+class PredictionAdmin(OperatorActions, ReadOnlyAdmin):
     list_display = [
         "public_id",
         "tenant",
@@ -86,7 +75,7 @@ class PredictionAdmin(OperatorActions, _ReadOnly):
 
 
 @admin.register(CompressionJob)
-class CompressionJobAdmin(OperatorActions, _ReadOnly):
+class CompressionJobAdmin(OperatorActions, ReadOnlyAdmin):
     list_display = [
         "public_id",
         "tenant",
@@ -128,7 +117,7 @@ class CompressionJobAdmin(OperatorActions, _ReadOnly):
 
 
 @admin.register(AbuseFlag)
-class AbuseFlagAdmin(_ReadOnly):
+class AbuseFlagAdmin(ReadOnlyAdmin):
     """Keys flagged for possible model extraction (publishers see their own in the API)."""
 
     list_display = [

@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
-from accounts.admin import OperatorActions
+from accounts.admin import OperatorActions, ReadOnlyAdmin
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from accounts.tenancy import client_ip
@@ -56,7 +56,7 @@ def _operator(request) -> Actor:
 
 
 @admin.register(Listing)
-class ListingAdmin(OperatorActions, admin.ModelAdmin):
+class ListingAdmin(OperatorActions, ReadOnlyAdmin):
     """Listings are the publishers' to edit; operators take them down (consumers get 451 with
     the reason) and restore them."""
 
@@ -66,15 +66,6 @@ class ListingAdmin(OperatorActions, admin.ModelAdmin):
     list_select_related = ["model__tenant"]
     actions = ["take_down", "restore"]
     action_form = ReasonForm
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(
         description="Take down the selected listings (give the reason below)",
@@ -97,7 +88,7 @@ class ListingAdmin(OperatorActions, admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(OperatorActions, admin.ModelAdmin):
+class ModelVersionAdmin(OperatorActions, ReadOnlyAdmin):
     list_display = ["public_id", "model", "number", "format", "status", "created_at"]
     list_filter = ["status", "format"]
     search_fields = ["public_id", "model__name", "model__tenant__slug"]
@@ -105,15 +96,6 @@ class ModelVersionAdmin(OperatorActions, admin.ModelAdmin):
     exclude = ["example_input"]
     actions = ["yank"]
     action_form = ReasonForm
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(
         description="Yank the selected versions (give the reason below)", permissions=["operate"]
