@@ -21,6 +21,18 @@ pytestmark = pytest.mark.django_db
 NOVEMBER = date(2026, 11, 1)
 
 
+def calls(consumer, model, n: int, prefix: str = "pred") -> None:
+    """``n`` calls of ``model`` by ``consumer`` in the ledger, at its listing's price."""
+    for i in range(n):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"{prefix}_{i}",
+            consumer=consumer,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+        )
+
+
 @pytest.fixture
 def operator(client) -> User:
     staff = User.objects.create_superuser(email="ops@modelmarket.example", password="x")
@@ -82,14 +94,7 @@ def test_a_credit_is_in_the_currency_the_tenant_is_billed_in_unless_chosen(
 
 def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):
     model = listed(tenant)
-    for i in range(3):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_{i}",
-            consumer=outsider,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
+    calls(outsider, model, 3)
     credit_create(
         consumer=outsider, amount=Decimal("0.30"), reason="goodwill", actor=accounts.SYSTEM
     )
@@ -129,14 +134,7 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
 ):
     last_month, this_month = months
     model = listed(tenant)
-    for i in range(3):  # 0.75, of which 0.60 is acme's
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_{i}",
-            consumer=outsider,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
+    calls(outsider, model, 3)  # 0.75, of which 0.60 is acme's
     credit_create(consumer=outsider, amount=Decimal("2"), reason="outage", actor=accounts.SYSTEM)
     outsider.usage.update(period=last_month)
 
@@ -154,14 +152,7 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
     assert total == Decimal("0.75") - Decimal("2")  # moved, never made or lost
 
     # This month, the rest pays for 2 calls (0.50) and carries on again.
-    for i in range(2):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_next_{i}",
-            consumer=outsider,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
+    calls(outsider, model, 2, prefix="pred_next")
     this = invoice_build(consumer=outsider, period=this_month, currency="usd")
     assert this.amount_cents == 0
     next_month = (this_month + timedelta(days=32)).replace(day=1)
