@@ -41,7 +41,11 @@ GENERATION_KEY = "mm:catalog:generation"
 
 @dataclass(frozen=True)
 class Runnable:
-    model: Model  # with its tenant and listing loaded
+    """A model and the version a reference resolved to. The model comes with its tenant (and
+    its listing where the web resolved it: ``model_for_access``); the worker's entries carry
+    the version's artifact instead (``workers.services._runnable``)."""
+
+    model: Model
     version: ModelVersion
 
 
