@@ -72,3 +72,37 @@ def test_seeding_twice_publishes_one_ready_model_the_consumer_can_run(celery_wor
     assert body["cost"]["amount"] == "0.000000"
     rows = every_class.json()["output"]["output"]
     assert [row.index(max(row)) for row in rows] == list(range(len(CLASSES)))
+
+
+def test_a_validation_another_worker_never_finishes_stops_the_seed_with_the_reason(monkeypatch):
+    """The seed waits for a worker that claimed the validation, but not for ever."""
+    from datetime import timedelta
+
+    from django.core.management.base import CommandError
+    from django.utils import timezone
+
+    from accounts.models import Tenant
+    from accounts.services import SYSTEM
+    from marketplace import services as registry
+    from marketplace.vault.store import artifact_create
+    from workers import services as worker_services
+
+    call_command("seed_demo", json=True, stdout=io.StringIO())
+    publisher = Tenant.objects.get(slug="acme-ai")
+    model = registry.model_create(tenant=publisher, name="strokes", actor=SYSTEM)
+    ModelVersion.objects.create(
+        model=model,
+        number=1,
+        format="pt2",
+        status=ModelVersion.Status.VALIDATING,
+        artifact=artifact_create(tenant=publisher, chunks=[b"not read: the claim is held"]),
+        validation_claimed_until=timezone.now() + timedelta(hours=1),
+    )
+    monkeypatch.setattr(worker_services, "validation_claim_seconds", lambda: 1)
+
+    with pytest.raises(CommandError) as stopped:
+        call_command("seed_demo_model", stdout=io.StringIO())
+
+    assert "is still validating after" in str(stopped.value)
+    assert ModelVersion.objects.get().status == ModelVersion.Status.VALIDATING
+    assert not AuditEvent.objects.filter(action="artifact.decrypt").exists()

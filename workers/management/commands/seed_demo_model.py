@@ -233,6 +233,12 @@ class Command(BaseCommand):
             done.append(f"trained and uploaded v{version.number} ({trained:.1f} s)")
         started = time.perf_counter()
         version = self._validate(version)
+        if version.status == ModelVersion.Status.VALIDATING:
+            raise CommandError(
+                f"Version {version.number} of {model.ref} is still validating after "
+                f"{time.perf_counter() - started:.0f} s: a worker holds its validation and has "
+                "not finished. Check the worker's log, then run this again."
+            )
         if version.status != ModelVersion.Status.READY:
             raise CommandError(
                 f"Version {version.number} of {model.ref} is {version.status}: "
