@@ -35,8 +35,11 @@ def _error_text(exc: ValidationError | PermissionDenied) -> str:
     return str(exc) or "You do not have permission to do that."
 
 
-def tenant_required(*, manage: bool = False, while_suspended: bool = False):
-    """A signed-in member of the current organisation; ``manage`` needs owner or admin.
+def tenant_required(
+    *, manage: bool = False, scope: str | None = None, while_suspended: bool = False
+):
+    """A signed-in member of the current organisation; ``manage`` needs owner or admin, and
+    ``scope`` a role holding that API scope (as the API asks of a key for the same data).
     Pages of another organisation are never reachable: objects are looked up within
     ``request.tenant`` only. A suspended organisation can read its pages but change nothing,
     as its API keys can do nothing, except through views that take access away or settle
@@ -50,6 +53,12 @@ def tenant_required(*, manage: bool = False, while_suspended: bool = False):
                 return redirect("dashboard:org_create")
             if manage and not request.membership.can_manage:
                 raise PermissionDenied("Only owners and admins can open this page.")
+            if scope is not None and scope not in request.membership.scopes:
+                role = request.membership.get_role_display().lower()
+                raise PermissionDenied(
+                    f"Your role ({role}) does not include '{scope}', which this needs; ask an "
+                    "owner or admin."
+                )
             tenant = request.membership.tenant
             if not tenant.is_active and not while_suspended and request.method not in SAFE_METHODS:
                 reason = f": {tenant.suspended_reason}" if tenant.suspended_reason else ""

@@ -63,12 +63,10 @@ def _can_manage_billing(request: HttpRequest) -> bool:
     return Scope.BILLING_WRITE in request.membership.scopes
 
 
-@tenant_required()
+@tenant_required(scope=Scope.BILLING_READ)
 def billing_home(request: HttpRequest) -> HttpResponse:
     """Usage charts, this period's running total, invoices, payment method, spend cap, and
     for publishers their earnings and transfers. Members whose role reads billing only."""
-    if Scope.BILLING_READ not in request.membership.scopes:
-        raise PermissionDenied("Your role does not include billing; ask an owner or admin.")
     tenant = request.tenant
     account = account_for(tenant)
     period = selectors.period_of()

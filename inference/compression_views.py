@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -40,11 +40,6 @@ def _job(request: HttpRequest, job_id: str) -> CompressionJob:
     )
 
 
-def _require_write(request: HttpRequest) -> None:
-    if Scope.MODELS_WRITE not in request.membership.scopes:
-        raise PermissionDenied("Your role cannot start or cancel compression jobs.")
-
-
 @tenant_required()
 def job_list(request: HttpRequest) -> HttpResponse:
     page = (
@@ -68,9 +63,8 @@ def job_progress(request: HttpRequest, job_id: str) -> HttpResponse:
 
 
 @require_POST
-@tenant_required()
+@tenant_required(scope=Scope.MODELS_WRITE)
 def job_start(request: HttpRequest, name: str) -> HttpResponse:
-    _require_write(request)
     model = get_object_or_404(
         Model.objects.select_related("tenant"), tenant=request.tenant, name=name
     )
@@ -105,9 +99,8 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @require_POST
-@tenant_required()
+@tenant_required(scope=Scope.MODELS_WRITE)
 def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
-    _require_write(request)
     job = _job(request, job_id)
     try:
         jobs.job_cancel(job)

@@ -15,7 +15,6 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 import numpy as np
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -302,23 +301,13 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
     }
 
 
-def _require_inference(request: HttpRequest) -> None:
-    if Scope.INFERENCE not in request.membership.scopes:
-        role = request.membership.get_role_display().lower()
-        raise PermissionDenied(
-            f"Your role ({role}) cannot see predictions; an owner, admin or developer can."
-        )
-
-
-@tenant_required()
+@tenant_required(scope=Scope.INFERENCE)
 def prediction_list(request: HttpRequest) -> HttpResponse:
-    _require_inference(request)
     return render(request, "inference/predictions.html", _predictions_context(request))
 
 
-@tenant_required()
+@tenant_required(scope=Scope.INFERENCE)
 def prediction_rows(request: HttpRequest) -> HttpResponse:
     """The list alone, for htmx: it reloads itself while a prediction is queued or running,
     and the playground reloads it after each run."""
-    _require_inference(request)
     return render(request, "inference/_predictions.html", _predictions_context(request))

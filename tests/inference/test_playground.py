@@ -352,6 +352,7 @@ def test_roles_without_the_inference_scope_see_no_predictions(tenant, classifier
     playground = client.get("/dashboard/playground/acme/clf/")
 
     assert listed.status_code == 403 and rows.status_code == 403
+    assert f"Your role ({role}) does not include &#x27;inference&#x27;" in listed.content.decode()
     assert playground.status_code == 200
     assert "secret-path" not in playground.content.decode()
     assert 'id="predictions"' not in playground.content.decode()
