@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import re
-
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils.text import slugify
 
-from accounts.models import ALL_SCOPES, MODEL_REF, Role, Scope, User
+from accounts.models import ALL_SCOPES, MODEL_REF_RE, Role, Scope, User
 
 
 class SignupForm(forms.Form):
@@ -93,8 +91,8 @@ class ApiKeyForm(forms.Form):
         return sorted(set(self.cleaned_data["scopes"]) & ALL_SCOPES)
 
     def clean_allowed_models(self) -> list[str]:
-        refs = [r.strip() for r in self.cleaned_data["allowed_models"].split(",") if r.strip()]
-        bad = [r for r in refs if not re.fullmatch(MODEL_REF, r)]
+        refs = _comma_separated(self.cleaned_data["allowed_models"])
+        bad = [r for r in refs if not MODEL_REF_RE.fullmatch(r)]
         if bad:
             raise forms.ValidationError(
                 f"{', '.join(bad)}: give each model as owner/name, e.g. acme/resnet."
@@ -102,4 +100,8 @@ class ApiKeyForm(forms.Form):
         return refs
 
     def clean_allowed_ips(self) -> list[str]:
-        return [ip.strip() for ip in self.cleaned_data["allowed_ips"].split(",") if ip.strip()]
+        return _comma_separated(self.cleaned_data["allowed_ips"])
+
+
+def _comma_separated(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -93,6 +93,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 TENANT_SLUG = r"[a-z0-9][a-z0-9-]{0,49}"
 TENANT_SLUG_RE = re.compile(TENANT_SLUG)
 MODEL_REF = rf"{TENANT_SLUG}/[a-z0-9][a-z0-9._-]{{0,99}}"  # owner/name
+MODEL_REF_RE = re.compile(MODEL_REF)
 
 
 class Tenant(models.Model):

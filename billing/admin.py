@@ -17,6 +17,7 @@ from accounts.services import Actor
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
 from billing.services import credit_create, invoice_refund
 from billing.stripe_gateway import GatewayError
+from marketplace.listings import CURRENCY_RE
 
 
 @admin.register(UsageRecord)
@@ -78,36 +79,35 @@ class BillingAccountAdmin(OperatorActions, ReadOnlyAdmin):
             )
             return
         currency = request.POST.get("currency", "").strip().lower()
-        if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
+        if currency and not CURRENCY_RE.fullmatch(currency):
             messages.error(request, "A currency is its three-letter code, such as usd or eur.")
             return
         try:
             with transaction.atomic():  # all the selected tenants, or none
-                self._credit_each(request, queryset, amount, reason, currency)
+                for account in queryset.select_related("tenant"):
+                    credit_create(
+                        consumer=account.tenant,
+                        amount=amount,
+                        reason=reason,
+                        actor=Actor(user=request.user),
+                        currency=currency or _last_billed(account.tenant),
+                    )
         except ServiceError as e:
             messages.error(request, e.message)
             return
         messages.success(request, f"Credited {amount} to {queryset.count()} tenant(s).")
 
-    @staticmethod
-    def _credit_each(request, queryset, amount: Decimal, reason: str, currency: str) -> None:
-        for account in queryset.select_related("tenant"):
-            # A credit applies only to invoices in its currency: by default, the one the
-            # tenant's usage was last billed in (a tenant billed only in EUR gets EUR).
-            last_billed = (
-                UsageRecord.objects.filter(consumer=account.tenant)
-                .exclude(kind=UsageRecord.Kind.CREDIT)
-                .order_by("-created_at")
-                .values_list("currency", flat=True)
-                .first()
-            )
-            credit_create(
-                consumer=account.tenant,
-                amount=amount,
-                reason=reason,
-                actor=Actor(user=request.user),
-                currency=currency or last_billed or "",
-            )
+
+def _last_billed(tenant) -> str:
+    """The currency of the tenant's latest usage ("" for none: the platform's). A credit
+    applies only to invoices in its currency, so a tenant billed only in EUR gets EUR."""
+    return (
+        UsageRecord.objects.filter(consumer=tenant)
+        .exclude(kind=UsageRecord.Kind.CREDIT)
+        .order_by("-created_at")
+        .values_list("currency", flat=True)
+        .first()
+    ) or ""
 
 
 class InvoiceLineInline(admin.TabularInline):

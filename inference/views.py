@@ -9,7 +9,6 @@ errors) is what the API answers.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import urlencode
@@ -21,7 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from accounts.exceptions import Forbidden, ServiceError, TakenDown
-from accounts.models import MODEL_REF, Scope
+from accounts.models import MODEL_REF_RE, Scope
 from accounts.tenancy import Access
 from accounts.views import tenant_required
 from billing.models import UsageRecord
@@ -38,7 +37,6 @@ CLASSIFICATION_TASKS = {
     Task.TABULAR_CLASSIFICATION,
 }
 IMAGE_DATATYPES = {"FP32", "FP16", "FP64", "UINT8"}
-MODEL_REF_RE = re.compile(MODEL_REF)
 
 
 def _access(request: HttpRequest) -> Access:
