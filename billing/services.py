@@ -544,9 +544,8 @@ def _credit_carry(*, consumer: Tenant, period: date, currency: str, rows: list[d
     ``period``, so that its credit line comes to exactly minus its usage lines, and a
     negative one puts it in that month. Once per consumer, period and currency (the
     entries' ids say so). False when the credits do not exceed the usage."""
-    credited = [r["model"] is None and r["publisher"] is None for r in rows]
-    credits = sum((r["amount"] for r, c in zip(rows, credited, strict=True) if c), Decimal(0))
-    used = sum(cents(r["amount"]) for r, c in zip(rows, credited, strict=True) if not c)
+    credits = sum((r["amount"] for r in rows if _is_credits(r)), Decimal(0))
+    used = sum(cents(r["amount"]) for r in rows if not _is_credits(r))
     excess = -(credits + Decimal(used) / 100)
     if excess <= 0:
         return False
@@ -586,8 +585,13 @@ def _credit_carry(*, consumer: Tenant, period: date, currency: str, rows: list[d
     return True
 
 
+def _is_credits(row: dict) -> bool:
+    """The rollup's row of credits: no model, and no publisher (the platform pays them)."""
+    return row["model"] is None and row["publisher"] is None
+
+
 def _line_description(row: dict, period: date) -> str:
-    if row["model"] is None:
+    if _is_credits(row):
         return f"Credits, {period:%B %Y}"
     return (
         f"{row['model_ref']}: {row['calls']} calls, "
