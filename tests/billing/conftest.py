@@ -17,7 +17,8 @@ import stripe
 
 from accounts import services as accounts
 from billing import stripe_gateway
-from billing.services import payment_method_confirm, payment_setup_start
+from billing.models import UsageRecord
+from billing.services import payment_method_confirm, payment_setup_start, usage_record_create
 from marketplace import services as registry
 from marketplace.models import Listing
 from tests.inference.conftest import listed_classifier
@@ -105,6 +106,19 @@ def listed(tenant, name: str = "clf", price_per_call: str = "0.25"):
         platform_fee_percent=Decimal("20"),
     )
     return model
+
+
+def spend(consumer, model, calls: int, key=None) -> None:
+    """Arrange: calls already made (and billed) this month."""
+    for _ in range(calls):
+        usage_record_create(
+            kind="prediction",
+            source_id=f"pred_{UsageRecord.objects.count()}",
+            consumer=consumer,
+            model=model,
+            compute_seconds=Decimal("0.01"),
+            api_key_id=key.pk if key else None,
+        )
 
 
 @pytest.fixture

@@ -15,22 +15,10 @@ from accounts.models import AuditEvent, User
 from billing.models import BillingAccount, UsageRecord
 from billing.selectors import month_spend
 from billing.services import credit_create, invoice_build, usage_record_create
-from tests.billing.conftest import listed
+from tests.billing.conftest import listed, spend
 
 pytestmark = pytest.mark.django_db
 NOVEMBER = date(2026, 11, 1)
-
-
-def calls(consumer, model, n: int, prefix: str = "pred") -> None:
-    """``n`` calls of ``model`` by ``consumer`` in the ledger, at its listing's price."""
-    for i in range(n):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"{prefix}_{i}",
-            consumer=consumer,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
 
 
 @pytest.fixture
@@ -94,7 +82,7 @@ def test_a_credit_is_in_the_currency_the_tenant_is_billed_in_unless_chosen(
 
 def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):
     model = listed(tenant)
-    calls(outsider, model, 3)
+    spend(outsider, model, 3)
     credit_create(
         consumer=outsider, amount=Decimal("0.30"), reason="goodwill", actor=accounts.SYSTEM
     )
@@ -134,7 +122,7 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
 ):
     last_month, this_month = months
     model = listed(tenant)
-    calls(outsider, model, 3)  # 0.75, of which 0.60 is acme's
+    spend(outsider, model, 3)  # 0.75, of which 0.60 is acme's
     credit_create(consumer=outsider, amount=Decimal("2"), reason="outage", actor=accounts.SYSTEM)
     outsider.usage.update(period=last_month)
 
@@ -152,7 +140,7 @@ def test_a_credit_larger_than_the_month_zeroes_its_invoice_and_carries_the_rest(
     assert total == Decimal("0.75") - Decimal("2")  # moved, never made or lost
 
     # This month, the rest pays for 2 calls (0.50) and carries on again.
-    calls(outsider, model, 2, prefix="pred_next")
+    spend(outsider, model, 2)
     this = invoice_build(consumer=outsider, period=this_month, currency="usd")
     assert this.amount_cents == 0
     next_month = (this_month + timedelta(days=32)).replace(day=1)

@@ -22,10 +22,9 @@ from billing.services import (
     invoice_refund,
     transfer_send,
     transfers_create,
-    usage_record_create,
 )
 from tests.billing import stripe_wire as wire
-from tests.billing.conftest import listed
+from tests.billing.conftest import listed, spend
 
 pytestmark = pytest.mark.django_db
 PERIOD = date(2026, 10, 1)
@@ -37,15 +36,7 @@ def october_invoice(tenant, outsider, *, credit: Decimal | None = None) -> Invoi
     in_paid."""
     from billing.services import credit_create
 
-    model = listed(tenant)
-    for i in range(3):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_{i}",
-            consumer=outsider,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-        )
+    spend(outsider, listed(tenant), 3)
     if credit:
         credit_create(consumer=outsider, amount=credit, reason="outage", actor=accounts.SYSTEM)
     outsider.usage.update(period=PERIOD)

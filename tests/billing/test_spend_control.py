@@ -12,10 +12,10 @@ from django.test import Client
 from accounts import services as accounts
 from accounts.exceptions import PaymentRequired
 from accounts.models import Role
-from billing.models import UsageRecord
-from billing.services import spend_authorize, usage_record_create
+from billing.services import spend_authorize
 from inference.models import Prediction
 from marketplace.models import Listing
+from tests.billing.conftest import spend
 from tests.conftest import key_client, make_user
 
 pytestmark = pytest.mark.django_db
@@ -24,19 +24,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _no_card_needed(settings):
     settings.PAYMENT_METHOD_REQUIRED = False
-
-
-def spend(consumer, model, calls: int, key=None) -> None:
-    """Arrange: calls already made (and billed) this month."""
-    for _ in range(calls):
-        usage_record_create(
-            kind="prediction",
-            source_id=f"pred_{UsageRecord.objects.count()}",
-            consumer=consumer,
-            model=model,
-            compute_seconds=Decimal("0.01"),
-            api_key_id=key.pk if key else None,
-        )
 
 
 def finished() -> None:
