@@ -208,7 +208,15 @@ def test_a_key_limited_to_other_models_cannot_subscribe_ask_or_read_the_listing(
         assert response.status_code == 403
         assert "may not use acme/" in response.json()["detail"]
     assert not Entitlement.objects.exists()
-    assert key_client(outsider).get("/api/v1/catalogue/acme/open").status_code == 200
+    everything = key_client(outsider)
+    assert everything.get("/api/v1/catalogue/acme/open").status_code == 200
+    # Subscribed by a key that may, the subscription is out of the limited key's lists too.
+    made = everything.post("/api/v1/catalogue/acme/open/subscribe").json()
+    assert [s["id"] for s in everything.get("/api/v1/subscriptions").json()["results"]] == [
+        made["id"]
+    ]
+    assert limited.get("/api/v1/subscriptions").json()["results"] == []
+    assert limited.get(f"/api/v1/subscriptions/{made['id']}").status_code == 404
 
 
 # --- gated listings ---------------------------------------------------------------------------

@@ -476,3 +476,13 @@ def test_another_organisation_sees_published_versions_without_the_publishers_mem
         (1, "alice@acme.example"),
     ]
     assert publisher.get(f"{base}/aliases/staging").json()[0]["actor"] == "alice@acme.example"
+
+
+def test_a_key_limited_to_other_models_cannot_reach_an_upload_of_this_one(api, tenant, model):
+    upload = start_upload(api, b"x" * 64).json()
+    limited = key_client(tenant, allowed_models=["acme/other"])
+
+    assert limited.get(f"/api/v1/uploads/{upload['id']}").status_code == 404
+    assert limited.post(f"/api/v1/uploads/{upload['id']}/complete").status_code == 404
+    assert limited.delete(f"/api/v1/uploads/{upload['id']}").status_code == 404
+    assert api.get(f"/api/v1/uploads/{upload['id']}").status_code == 200  # still there
