@@ -125,6 +125,20 @@ def test_taken_organisation_slug_is_an_error_on_the_form(charlie_client):
     assert Tenant.objects.filter(slug="globex").count() == 1
 
 
+def test_a_slug_whose_group_a_concurrent_sign_up_made_is_taken_not_a_500(charlie_client):
+    """The race the savepoint covers: another request made the slug's group between our
+    check and our insert (here, arranged as a group left in place)."""
+    from django.contrib.auth.models import Group
+
+    Group.objects.create(name="tenant:initech")
+
+    response = charlie_client.post("/dashboard/orgs/new/", {"name": "Initech"})
+
+    assert response.status_code == 200
+    assert "The organisation slug &#x27;initech&#x27; is taken." in response.content.decode()
+    assert not Tenant.objects.filter(slug="initech").exists()
+
+
 # --- sign-in and the audit log ----------------------------------------------------------------
 
 
