@@ -364,19 +364,24 @@ def spend_authorize(
             )
 
 
-def compute_authorize(*, consumer: Tenant) -> None:
+def compute_authorize(
+    *, consumer: Tenant, running_seconds: Callable[[], Decimal] | None = None
+) -> None:
     """Refuse a compression job (402) its owner could not pay for: an invoice unpaid past its
     grace period, or no room under the spend cap. Unlike a paid listing it needs no payment
     method up front: a publisher's compression is invoiced at month end with the rest, and an
     invoice nobody pays stops it after the grace period. Nothing to check while compression
-    is free."""
-    if Decimal(settings.COMPRESSION_PRICE_PER_SECOND) == 0:
+    is free. ``running_seconds()``, asked only where a cap applies, is how long the consumer's
+    jobs still running have run so far: their cost counts against the cap."""
+    price = Decimal(settings.COMPRESSION_PRICE_PER_SECOND)
+    if price == 0:
         return
     _account_authorize(
         consumer,
         paid="Compression is billed per compute-second",
         card=False,
         currency=settings.PLATFORM_CURRENCY,
+        pending=(lambda _key, _currency: price * running_seconds()) if running_seconds else None,
     )
 
 
@@ -413,7 +418,7 @@ def _account_authorize(
         spent = selectors.month_spend(consumer=consumer, period=period, currency=currency)
         owed = pending(None, currency) if pending else Decimal(0)
         if spent + owed >= account.spend_cap:
-            running = f", and {owed:.2f} for calls still running" if owed else ""
+            running = f", and {owed:.2f} for work still running" if owed else ""
             raise PaymentRequired(
                 f"This month's {currency.upper()} spend ({spent:.2f}{running}) has reached "
                 f"your spend cap ({account.spend_cap:.2f}); raise the cap in the dashboard's "

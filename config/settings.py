@@ -210,6 +210,10 @@ COMPRESSION_PRICE_PER_SECOND = env("MM_COMPRESSION_PRICE_PER_SECOND", "0.002")
 # Compression jobs run on this queue (the quantized kernels are CPU ones), within this deadline.
 COMPRESSION_QUEUE = env("MM_COMPRESSION_QUEUE", "cpu")
 COMPRESSION_TIMEOUT = float(env("MM_COMPRESSION_TIMEOUT", "1800"))
+# The most compression jobs one organisation may have queued or running at once: more is a
+# 429, so one tenant cannot fill the workers (and its spend cap can be passed by at most this
+# many jobs' time limits).
+COMPRESSION_MAX_ACTIVE = int(env("MM_COMPRESSION_MAX_ACTIVE", "3"))
 # A running job's heartbeat is touched every second; one silent this long lost its worker and
 # is claimed again by its redelivered task (or the beat's sweep).
 COMPRESSION_JOB_LOST_SECONDS = float(env("MM_COMPRESSION_JOB_LOST_SECONDS", "120"))

@@ -15,6 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, NotFound, ServiceError
+from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from billing.services import compute_authorize, usage_record_create
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 COMPRESSIBLE = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
 ACTIVE = (CompressionJob.Status.QUEUED, CompressionJob.Status.RUNNING)
+
+
+class TooManyJobs(ServiceError):
+    status_code = 429
+    code = "too_many_jobs"
 
 
 class Unprocessable(ServiceError):
@@ -68,7 +74,8 @@ def job_create(
         raise Conflict(
             f"Version {version.number} is {version.status}; only a ready version can be compressed."
         )
-    compute_authorize(consumer=access.tenant)  # billed per compute-second: 402 if unpayable
+    # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
+    compute_authorize(consumer=access.tenant, running_seconds=lambda: _running_seconds(access))
     encoded = _job_data(data, version) if data is not None else None
     try:
         checked = checks.check(
@@ -86,6 +93,7 @@ def job_create(
         raise Unprocessable(str(exc)) from None
     try:
         with transaction.atomic():
+            _refuse_past_active_limit(access)
             job = CompressionJob.objects.create(
                 tenant=access.tenant,
                 model=model,
@@ -115,6 +123,31 @@ def job_create(
             raise
         return existing, False
     return job, True
+
+
+def _refuse_past_active_limit(access: Access) -> None:
+    """429 when the tenant already has ``MM_COMPRESSION_MAX_ACTIVE`` jobs queued or running,
+    so one organisation cannot fill every worker. Run inside the transaction that creates the
+    job, with the tenant's row locked (PostgreSQL; SQLite's write transactions are already one
+    at a time), so concurrent requests cannot all pass the count."""
+    limit = settings.COMPRESSION_MAX_ACTIVE
+    Tenant.objects.select_for_update().filter(pk=access.tenant.pk).exists()
+    active = CompressionJob.objects.filter(tenant=access.tenant, status__in=ACTIVE).count()
+    if active >= limit:
+        raise TooManyJobs(
+            f"{access.tenant.name} already has {active} compression jobs queued or running, "
+            f"the most at once ({limit}); wait for one to finish or cancel one, then start "
+            "this one again."
+        )
+
+
+def _running_seconds(access: Access) -> Decimal:
+    """How long the tenant's running jobs have run so far, in compute-seconds."""
+    now = timezone.now()
+    started = CompressionJob.objects.filter(
+        tenant=access.tenant, status=CompressionJob.Status.RUNNING, started_at__isnull=False
+    ).values_list("started_at", flat=True)
+    return sum((Decimal(str(round((now - at).total_seconds(), 6))) for at in started), Decimal(0))
 
 
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> CompressionJob | None:

@@ -83,7 +83,7 @@ def test_calls_still_queued_count_against_the_cap(outsider, paid_clf):
 
     assert codes == [201] * 6 + [402] * 2  # 2 free calls, then 4 at 0.25 reach 1.00
     refused = predict(globex).json()["detail"]
-    assert "(0.00, and 1.00 for calls still running) has reached your spend cap" in refused
+    assert "(0.00, and 1.00 for work still running) has reached your spend cap" in refused
     Prediction.objects.update(status=Prediction.Status.CANCELED)  # cancelled: never billed
     assert predict(globex).status_code == 201
 

@@ -240,3 +240,70 @@ def test_a_job_its_owner_could_not_pay_for_is_refused_with_402(api, tenant, mlp_
     assert refused.status_code == 402
     assert "reached your spend cap (0.00)" in refused.json()["detail"]
     assert not CompressionJob.objects.exists()
+
+
+def test_an_organisation_may_have_only_so_many_jobs_queued_or_running(
+    api, outsider_api, outsider, mlp_version, trained_mlp, settings
+):
+    from safetensors.torch import save
+
+    settings.COMPRESSION_MAX_ACTIVE = 2
+    body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+    first = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="first").json()
+    jobs.job_claim(CompressionJob.objects.get(public_id=first["id"]))  # running
+    start(api, "prune")  # queued
+    ready_version(
+        outsider,
+        "mlp",
+        save(trained_mlp.state_dict()),
+        sig=mlp_version.signature,
+        architecture="mlp",
+        config=mlp_version.architecture_config,
+    )
+
+    refused = start(api, "quantize", {"scheme": "bf16"})
+    retried = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="first")  # not a third
+    elsewhere = start(outsider_api, "quantize", model="globex/mlp")  # its own limit
+    api.post(f"{URL}/{first['id']}/cancel")
+    after_cancel = start(api, "quantize", {"scheme": "bf16"})
+
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "too_many_jobs"
+    assert "already has 2 compression jobs queued or running" in refused.json()["detail"]
+    assert "cancel one" in refused.json()["detail"]
+    assert retried.status_code == 200 and retried.json()["id"] == first["id"]
+    assert elsewhere.status_code == 201
+    assert after_cancel.status_code == 201
+    assert CompressionJob.objects.filter(tenant=mlp_version.model.tenant).count() == 3
+
+
+def test_the_cost_of_jobs_still_running_counts_against_the_spend_cap(
+    api, tenant, mlp_version, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.services import spend_cap_set
+
+    settings.COMPRESSION_PRICE_PER_SECOND = "0.002"
+    spend_cap_set(tenant=tenant, cap=Decimal("1.00"), actor=accounts.SYSTEM)
+    running = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    jobs.job_claim(running)
+    # It has run 400 s so far: 0.80 of the 1.00 cap, nothing billed yet.
+    CompressionJob.objects.filter(pk=running.pk).update(
+        started_at=timezone.now() - timedelta(seconds=400)
+    )
+    allowed = start(api, "prune")
+    CompressionJob.objects.filter(pk=running.pk).update(
+        started_at=timezone.now() - timedelta(seconds=600)
+    )
+
+    refused = start(api, "quantize", {"scheme": "bf16"})
+
+    assert allowed.status_code == 201
+    assert refused.status_code == 402
+    assert (
+        "(0.00, and 1.20 for work still running) has reached your spend cap"
+        in (refused.json()["detail"])
+    )
