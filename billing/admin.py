@@ -17,7 +17,7 @@ from accounts.services import Actor
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
 from billing.services import credit_create, invoice_refund
 from billing.stripe_gateway import GatewayError
-from marketplace.listings import CURRENCY_RE
+from marketplace.listings import currency_problem
 
 
 @admin.register(UsageRecord)
@@ -79,8 +79,8 @@ class BillingAccountAdmin(OperatorActions, ReadOnlyAdmin):
             )
             return
         currency = request.POST.get("currency", "").strip().lower()
-        if currency and not CURRENCY_RE.fullmatch(currency):
-            messages.error(request, "A currency is its three-letter code, such as usd or eur.")
+        if currency and currency_problem(currency):
+            messages.error(request, currency_problem(currency))
             return
         try:
             with transaction.atomic():  # all the selected tenants, or none

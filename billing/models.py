@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 from accounts.secrets import public_id
+from billing.money import from_minor_units
 from marketplace.models import Listing, Model
 
 
@@ -114,6 +115,8 @@ class Invoice(models.Model):
     period = models.DateField(help_text="First day of the billed month.")
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Every *_cents column counts in the currency's minor unit, as Stripe's amounts do: cents,
+    # or whole yen for a zero-decimal currency (billing.money).
     amount_cents = models.BigIntegerField()
     stripe_invoice_id = models.CharField(max_length=64, blank=True, db_index=True)
     stripe_charge_id = models.CharField(max_length=64, blank=True)
@@ -139,7 +142,7 @@ class Invoice(models.Model):
 
     @property
     def amount(self) -> Decimal:
-        return Decimal(self.amount_cents) / 100
+        return from_minor_units(self.amount_cents, self.currency)
 
 
 class InvoiceLine(models.Model):
@@ -194,6 +197,10 @@ class Transfer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.amount_cents} to {self.publisher}"
+
+    @property
+    def amount(self) -> Decimal:
+        return from_minor_units(self.amount_cents, self.currency)
 
 
 class StripeEvent(models.Model):

@@ -1,5 +1,6 @@
 """Reconciliation: the ledger, our invoices, Stripe's invoices and the transfers must agree
-to the cent. Every disagreement is reported; none is fixed here."""
+to the cent (every amount here is in its currency's minor unit: cents, or whole yen). Every
+disagreement is reported; none is fixed here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from accounts.models import Tenant
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.models import BillingAccount, Invoice, Transfer, UsageRecord
-from billing.services import cents
+from billing.money import minor_units
 
 
 @dataclass(frozen=True)
@@ -52,28 +53,29 @@ def _ledger_against_invoices(period: date) -> list[Difference]:
         tenant = _tenant(consumer_id)
         invoice = invoices.get((consumer_id, currency))
         rows = selectors.rollup(consumer=tenant, period=period, currency=currency)
-        expected = {row["model"]: row for row in rows if cents(row["amount"]) != 0}
+        expected = {row["model"]: row for row in rows if minor_units(row["amount"], currency) != 0}
         where = f"{tenant.slug} {period:%Y-%m} {currency}"
         if invoice is None:
-            total = sum(cents(row["amount"]) for row in expected.values())
+            total = sum(minor_units(row["amount"], currency) for row in expected.values())
             if total > 0:
-                diffs.append(Difference(where, f"ledger has {total} cents but no invoice"))
+                diffs.append(Difference(where, f"ledger has {total} but no invoice"))
             continue
         lines = {line.model_id: line for line in invoice.lines.all()}
         for model_id in sorted(set(expected) | set(lines), key=lambda m: m or 0):
             row, line = expected.get(model_id), lines.get(model_id)
-            ledger_cents = cents(row["amount"]) if row else 0
+            ledger_cents = minor_units(row["amount"], currency) if row else 0
             line_cents = line.amount_cents if line else 0
             ref = row["model_ref"] if row else line.description
             if ledger_cents != line_cents:
                 diffs.append(
-                    Difference(where, f"{ref}: ledger {ledger_cents} cents, invoice {line_cents}")
+                    Difference(where, f"{ref}: ledger {ledger_cents}, invoice {line_cents}")
                 )
-            if row and line and cents(row["publisher_share"]) != line.publisher_cents:
+            share = minor_units(row["publisher_share"], currency) if row else 0
+            if row and line and share != line.publisher_cents:
                 diffs.append(
                     Difference(
                         where,
-                        f"{ref}: publisher share {cents(row['publisher_share'])} in the "
+                        f"{ref}: publisher share {share} in the "
                         f"ledger, {line.publisher_cents} on the invoice",
                     )
                 )

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 from billing.models import UsageRecord
+from billing.money import from_minor_units
 
 ZERO = Decimal(0)
 
@@ -143,6 +144,6 @@ def platform_money(*, periods: int = 12) -> list[dict]:
         billed = invoices.get((row["period"], row["currency"]), {})
         for key in ("calls", "revenue", "platform_fees", "publisher_shares", "credits"):
             row[key] = row[key] or (0 if key == "calls" else ZERO)
-        row["collected"] = Decimal(billed.get("collected_cents") or 0) / 100
-        row["refunded"] = Decimal(billed.get("refunded_cents") or 0) / 100
+        row["collected"] = from_minor_units(billed.get("collected_cents") or 0, row["currency"])
+        row["refunded"] = from_minor_units(billed.get("refunded_cents") or 0, row["currency"])
     return rows

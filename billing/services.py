@@ -31,11 +31,11 @@ from billing.models import (
     Transfer,
     UsageRecord,
 )
+from billing.money import from_minor_units, minor_units
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
 from marketplace.models import Listing, Model
 
 MICRO = Decimal("0.000001")
-CENT = Decimal("0.01")
 ALERT_AT = Decimal("0.8")
 # Work younger than this is still in someone's hands; older is resumed.
 RESUME_AFTER = timedelta(minutes=2)
@@ -154,11 +154,6 @@ def _compression_record_create(
             )
     except IntegrityError:
         return UsageRecord.objects.get(source_id=source_id)
-
-
-def cents(amount: Decimal) -> int:
-    """A ledger amount in whole cents, rounded half-up (the invoice's unit)."""
-    return int(amount.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
 
 
 @transaction.atomic
@@ -516,7 +511,7 @@ def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice |
         rows = selectors.rollup(consumer=consumer, period=period, currency=currency)
     lines = []
     for row in rows:
-        amount_cents = cents(row["amount"])
+        amount_cents = minor_units(row["amount"], currency)
         if amount_cents == 0:
             continue
         lines.append(
@@ -528,7 +523,7 @@ def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice |
                 compute_seconds=row["compute_seconds"],
                 amount=row["amount"],
                 amount_cents=amount_cents,
-                publisher_cents=cents(row["publisher_share"]),
+                publisher_cents=minor_units(row["publisher_share"], currency),
             )
         )
     if not lines:
@@ -550,8 +545,8 @@ def _credit_carry(*, consumer: Tenant, period: date, currency: str, rows: list[d
     negative one puts it in that month. Once per consumer, period and currency (the
     entries' ids say so). False when the credits do not exceed the usage."""
     credits = sum((r["amount"] for r in rows if _is_credits(r)), Decimal(0))
-    used = sum(cents(r["amount"]) for r in rows if not _is_credits(r))
-    excess = -(credits + Decimal(used) / 100)
+    used = sum(minor_units(r["amount"], currency) for r in rows if not _is_credits(r))
+    excess = -(credits + from_minor_units(used, currency))
     if excess <= 0:
         return False
     now = timezone.now()

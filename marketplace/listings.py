@@ -77,7 +77,62 @@ LICENSE_EXAMPLES = "MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0, GPL-3.0-only, MPL-
 TAG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 40
-CURRENCY_RE = re.compile(r"[a-z]{3}")
+# The currencies a listing may be priced in (ISO 4217, lowercase as Stripe takes them), with
+# the digits of each one's minor unit: Stripe's amounts count in it (cents; whole yen for JPY).
+# Not offered: Stripe's three-decimal currencies (BHD, JOD, KWD, OMR, TND), which it charges
+# rounded to tens, and those it takes in two decimals but charges whole (HUF, ISK, TWD).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    }
+)
+TWO_DECIMAL_CURRENCIES = frozenset(
+    {
+        "aed",
+        "aud",
+        "brl",
+        "cad",
+        "chf",
+        "cny",
+        "czk",
+        "dkk",
+        "eur",
+        "gbp",
+        "hkd",
+        "ils",
+        "inr",
+        "mxn",
+        "myr",
+        "nok",
+        "nzd",
+        "php",
+        "pln",
+        "ron",
+        "sar",
+        "sek",
+        "sgd",
+        "thb",
+        "try",
+        "usd",
+        "zar",
+    }
+)
+CURRENCIES = ZERO_DECIMAL_CURRENCIES | TWO_DECIMAL_CURRENCIES
 PRICE_PLACES = 6
 PRICE_LIMIT = Decimal(10) ** 6  # the column holds 12 digits, 6 of them after the point
 
@@ -205,12 +260,28 @@ def tags_clean(tags: list[str]) -> list[str]:
     return cleaned
 
 
+def currency_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a currency code, or None when it is one we bill in."""
+    if value in CURRENCIES:
+        return None
+    return (
+        f"{value!r} is not a currency we bill in; give its ISO 4217 code in lowercase, one of: "
+        + ", ".join(sorted(CURRENCIES))
+        + "."
+    )
+
+
 def currency_clean(value: str) -> str:
-    if not CURRENCY_RE.fullmatch(value):
-        raise ValidationError(
-            {"currency": "Give the currency as three lowercase letters (ISO 4217, e.g. 'usd')."}
-        )
+    value = value.strip().lower()
+    problem = currency_problem(value)
+    if problem:
+        raise ValidationError({"currency": problem})
     return value
+
+
+def currency_digits(currency: str) -> int:
+    """The digits of ``currency``'s minor unit: 0 for JPY, 2 for USD."""
+    return 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
 
 
 def platform_fee_percent() -> Decimal:

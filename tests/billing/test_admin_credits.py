@@ -77,7 +77,7 @@ def test_a_credit_is_in_the_currency_the_tenant_is_billed_in_unless_chosen(
         (Decimal("-0.10"), "eur"),  # a tenant billed only in EUR: its invoices are in EUR
         (Decimal("-0.20"), "usd"),
     ]
-    assert "three-letter code" in refused.content.decode()
+    assert "&#x27;e1r&#x27; is not a currency we bill in" in refused.content.decode()
 
 
 def test_a_credit_is_its_own_negative_line_and_leaves_the_publishers_share(tenant, outsider):

@@ -30,8 +30,9 @@ from accounts import services as accounts
 from accounts.models import User
 from billing import stripe_gateway
 from billing.models import Invoice, StripeEvent, Transfer, UsageRecord
+from billing.money import minor_units
 from billing.reconcile import reconcile
-from billing.services import cents, usage_record_create
+from billing.services import usage_record_create
 from marketplace.listings import listing_publish, listing_subscribe
 from tests.billing.conftest import CARD_DECLINED, CARD_OK, ROOT, save_card
 from tests.conftest import database_url, key_client
@@ -230,7 +231,7 @@ def test_a_month_of_usage_with_a_bad_network_and_a_crash_reconciles_to_the_cent(
             .values("consumer", "model")
             .annotate(total=Sum("amount"))
         )
-        assert sum(cents(row["total"]) for row in per_line) == sum(
+        assert sum(minor_units(row["total"], currency) for row in per_line) == sum(
             invoices.filter(currency=currency).values_list("amount_cents", flat=True)
         )
     soylent = invoices.filter(consumer__slug="soylent")

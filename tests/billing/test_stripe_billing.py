@@ -25,7 +25,8 @@ from billing.models import BillingAccount, Invoice, StripeEvent, Transfer, Usage
 from billing.reconcile import reconcile
 from billing.selectors import month_spend
 from billing.services import credit_create, invoice_collect, invoice_refund, period_close
-from tests.billing.conftest import CARD_DECLINED, save_card
+from marketplace.models import Listing
+from tests.billing.conftest import CARD_DECLINED, listed, save_card, spend
 from tests.conftest import key_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -100,6 +101,25 @@ def test_a_closed_month_is_invoiced_once_paid_by_card_and_reconciles(
     wait_for(invoice.transfers.exists, what="the publisher's transfer")
     assert reconcile(period=last_month()) == []
     call_command("reconcile", "--period", f"{last_month():%Y-%m}")
+
+
+def test_a_yen_listing_is_charged_in_whole_yen(stripe_api, tenant, outsider):
+    """JPY has no minor unit: Stripe takes its amounts in yen, where USD's are in cents."""
+    save_card(stripe_api, outsider)
+    model = listed(tenant, "yen", price_per_call="150")
+    Listing.objects.filter(model=model).update(currency="jpy")
+    spend(outsider, model, 3)
+    into_last_month()
+
+    call_command("close_period", "--period", f"{last_month():%Y-%m}")
+
+    invoice = Invoice.objects.get(consumer=outsider)
+    assert (invoice.currency, invoice.amount_cents, invoice.amount) == ("jpy", 450, 450)
+    [line] = invoice.lines.all()
+    assert (line.amount_cents, line.publisher_cents) == (450, 360)  # 20 % platform fee
+    remote = stripe_api.v1.invoices.retrieve(invoice.stripe_invoice_id)
+    assert (remote.currency, remote.total, remote.status) == ("jpy", 450, "paid")
+    assert reconcile(period=last_month()) == []
 
 
 def test_a_declined_card_starts_a_grace_period_then_paid_calls_get_402(
@@ -302,7 +322,7 @@ def test_reconcile_reports_usage_recorded_after_the_invoice(
 
     assert failed.value.returncode == 1
     assert [str(d) for d in reconcile(period=last_month())] == [
-        f"globex {last_month():%Y-%m} usd: acme/clf: ledger 50 cents, invoice 25",
+        f"globex {last_month():%Y-%m} usd: acme/clf: ledger 50, invoice 25",
         f"globex {last_month():%Y-%m} usd: acme/clf: publisher share 40 in the ledger, "
         "20 on the invoice",
     ]

@@ -461,7 +461,8 @@ def test_reading_an_unlisted_model_listing_says_how_to_publish(api, tenant):
         ("price_per_second", "0.0000001", "at most 6 decimal places"),
         ("price_per_call", "1000000", "below"),
         ("price_per_call", "cheap", "valid number"),
-        ("currency", "USD", "three lowercase letters"),
+        ("currency", "xyz", "'xyz' is not a currency we bill in"),
+        ("currency", "kwd", "one of: aed, aud,"),  # three decimals: Stripe rounds them
         ("tags", ["Bad Tag!"], "is not a tag"),
         ("tags", [f"t{i}" for i in range(21)], "at most 20 tags"),
         ("visibility", "secret", "not a valid choice"),
@@ -478,6 +479,14 @@ def test_bad_listing_input_is_refused_with_a_reason(api, tenant, field, value, m
     assert message in response.json()["detail"]
     assert field in response.json()["errors"]
     assert not Listing.objects.exists()
+
+
+def test_a_currency_is_taken_in_any_case_and_stored_as_stripe_takes_it(api, tenant):
+    make_model(tenant, "a")
+    make_model(tenant, "b")
+
+    assert publish(api, "acme/a", currency="JPY").json()["currency"] == "jpy"
+    assert publish(api, "acme/b", currency=" eur ").json()["currency"] == "eur"
 
 
 def test_licence_refs_and_proprietary_are_accepted(api, tenant):
