@@ -1003,6 +1003,19 @@ def billing_resume() -> dict:
     for transfer_id in unsent.values_list("public_id", flat=True):
         run("billing.send_transfer", transfer_id)
         counts["transfers"] += 1
+    # Parked for an account that was enabled meanwhile (its account.updated webhook ran
+    # between the send's read of the account and the parking): send them now.
+    ready = Transfer.objects.filter(
+        status=Transfer.Status.AWAITING_ACCOUNT,
+        publisher__billing__payouts_enabled=True,
+        created_at__lt=stale,
+    ).exclude(publisher__billing__connect_account_id="")
+    for transfer in ready:
+        if Transfer.objects.filter(pk=transfer.pk, status=Transfer.Status.AWAITING_ACCOUNT).update(
+            status=Transfer.Status.PENDING
+        ):
+            run("billing.send_transfer", transfer.public_id)
+            counts["transfers"] += 1
     waiting = StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=stale)
     for event_id in waiting.values_list("event_id", flat=True):
         run("billing.process_stripe_event", event_id)

@@ -270,3 +270,46 @@ def test_a_share_sent_while_its_invoice_is_refunded_comes_back(
     assert reversal.params["amount"] == "60"
     assert reversal.headers["Idempotency-Key"] == f"reverse-{transfer.public_id}"
     assert (transfer.status, transfer.stripe_transfer_id) == (Transfer.Status.REVERSED, "tr_race")
+
+
+def test_a_share_parked_while_its_account_was_being_enabled_is_sent_by_the_resume_sweep(
+    tenant, paid_invoice, stripe_wire, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing import services
+    from billing.services import billing_resume
+
+    BillingAccount.objects.create(tenant=tenant, connect_account_id="acct_publisher")
+    stripe_wire.routes.update(
+        {
+            ("GET", "/v1/accounts/acct_publisher"): wire.account(
+                "acct_publisher", payouts_enabled=True
+            ),
+            ("POST", "/v1/transfers"): wire.transfer("tr_share", 60),
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+    [transfer] = transfers_create(paid_invoice)
+    read_account = services.account_for
+
+    def enabled_meanwhile(tenant):
+        account = read_account(tenant)  # read while onboarding is still unfinished
+        connect_account_sync("acct_publisher")  # its account.updated webhook, concurrently
+        return account
+
+    monkeypatch.setattr(services, "account_for", enabled_meanwhile)
+    transfer_send(transfer)
+    monkeypatch.setattr(services, "account_for", read_account)
+    assert Transfer.objects.get().status == Transfer.Status.AWAITING_ACCOUNT  # parked
+    Transfer.objects.update(created_at=timezone.now() - timedelta(hours=1))
+
+    resumed = billing_resume()
+    transfer_send(Transfer.objects.get())  # what the queued billing.send_transfer does
+
+    assert resumed["transfers"] == 1
+    sent = Transfer.objects.get()
+    assert (sent.status, sent.stripe_transfer_id) == (Transfer.Status.PAID, "tr_share")
+    assert billing_resume()["transfers"] == 0  # queued once
