@@ -341,17 +341,29 @@ def spend_authorize(
             return  # one of this month's free calls
     currency = listing.currency
     account, period = _account_authorize(
-        consumer, paid=f"{model.ref} is a paid listing", pending=pending, currency=currency
+        consumer,
+        paid=f"{model.ref} is a paid listing",
+        pending=pending,
+        currency=currency,
+        price=(f"A call of {model.ref}", listing.price_per_call),
     )
     budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
     if budget is not None:
         spent = selectors.month_spend(
             consumer=consumer, period=period, api_key=api_key, currency=currency
         )
-        if spent + (pending(api_key, currency) if pending else Decimal(0)) >= budget.monthly_limit:
+        owed = spent + (pending(api_key, currency) if pending else Decimal(0))
+        if owed >= budget.monthly_limit:
             raise PaymentRequired(
                 f"API key {api_key.prefix} has used its monthly budget "
                 f"({budget.monthly_limit:.2f}); raise it or use another key."
+            )
+        if owed + listing.price_per_call > budget.monthly_limit:
+            raise PaymentRequired(
+                f"A call of {model.ref} costs {listing.price_per_call:.2f}, more than API key "
+                f"{api_key.prefix} has left of its monthly budget "
+                f"({budget.monthly_limit - owed:.2f} of {budget.monthly_limit:.2f}); raise it "
+                "or use another key."
             )
         if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
             _alert_once(
@@ -387,9 +399,11 @@ def _account_authorize(
     currency: str,
     pending: Callable[[ApiKey | None, str], Decimal] | None = None,
     card: bool = True,
+    price: tuple[str, Decimal] | None = None,
 ) -> tuple[BillingAccount, date]:
     """The consumer's own checks before paid work in ``currency`` (``paid`` says why it is
-    paid; ``card``, whether it needs a payment method first): its account and this month's
+    paid; ``card``, whether it needs a payment method first; ``price``, what the work is and
+    what it costs at least, which must fit under the cap): its account and this month's
     period, or 402 saying what to do."""
     account = BillingAccount.objects.filter(tenant=consumer).first() or BillingAccount(
         tenant=consumer
@@ -418,6 +432,13 @@ def _account_authorize(
                 f"This month's {currency.upper()} spend ({spent:.2f}{running}) has reached "
                 f"your spend cap ({account.spend_cap:.2f}); raise the cap in the dashboard's "
                 "billing page."
+            )
+        if price and spent + owed + price[1] > account.spend_cap:
+            what, cost = price
+            raise PaymentRequired(
+                f"{what} costs {cost:.2f} {currency.upper()}, more than this month's spend "
+                f"leaves under your spend cap ({account.spend_cap - spent - owed:.2f} of "
+                f"{account.spend_cap:.2f}); raise the cap in the dashboard's billing page."
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
             _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)

@@ -54,13 +54,32 @@ def test_spend_cap_refuses_paid_calls_once_reached_and_records_nothing(outsider,
     assert not Prediction.objects.exists()
 
 
+def test_a_call_that_costs_more_than_the_cap_leaves_is_refused_before_it_runs(outsider, paid_clf):
+    globex = key_client(outsider)
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.10"}, format="json")
+    spend(outsider, paid_clf, 3)  # 0.75: 0.35 left, room for one more call at 0.25
+    allowed = predict(globex)
+    finished()
+    spend(outsider, paid_clf, 1)  # that call: 1.00 spent, 0.10 left
+
+    refused = predict(globex)
+
+    assert allowed.status_code == 201
+    assert refused.status_code == 402
+    assert refused.json()["detail"].startswith(
+        "A call of acme/clf costs 0.25 USD, more than this month's spend leaves under your "
+        "spend cap (0.10 of 1.10)"
+    )
+    assert Prediction.objects.count() == 1
+
+
 def test_crossing_80_percent_of_the_cap_emails_the_billing_people_once(outsider, paid_clf, charlie):
     globex = key_client(outsider)
-    globex.put("/api/v1/billing/settings", {"spend_cap": "1.20"}, format="json")
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.25"}, format="json")
     spend(outsider, paid_clf, 3)  # 0.75: under 80 %
     below = predict(globex)
     finished()
-    spend(outsider, paid_clf, 1)  # 1.00: over 80 % (0.96), under the cap
+    spend(outsider, paid_clf, 1)  # 1.00: at 80 %, with room for one more call
 
     first = predict(globex)
     finished()
@@ -120,6 +139,23 @@ def test_a_key_over_its_budget_is_refused_while_other_keys_still_work(outsider, 
     assert refused.status_code == 402
     assert f"API key {capped_key.prefix} has used its monthly budget" in refused.json()["detail"]
     assert allowed.status_code == 201
+
+
+def test_a_key_whose_budget_cannot_cover_a_call_is_refused(outsider, paid_clf):
+    capped = key_client(outsider)
+    capped_key = outsider.api_keys.get(prefix=capped.secret.split("_")[2])
+    key_client(outsider).put(
+        f"/api/v1/keys/{capped_key.public_id}/budget", {"monthly_limit": "0.60"}, format="json"
+    )
+    spend(outsider, paid_clf, 2, key=capped_key)  # 0.50 of 0.60
+
+    refused = predict(capped)
+
+    assert refused.status_code == 402
+    assert (
+        f"more than API key {capped_key.prefix} has left of its monthly budget (0.10 of "
+        in (refused.json()["detail"])
+    )
 
 
 def test_free_work_is_never_refused(tenant, outsider, paid_clf):
