@@ -65,36 +65,43 @@ def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:
 
 
 def consumer_summary(*, consumer: Tenant, period: date) -> dict:
-    row = UsageRecord.objects.filter(consumer=consumer, period=period).aggregate(
+    """The period's calls, compute seconds and free calls, and its ``spend`` per currency
+    (``[{"currency", "amount"}]``, by currency): amounts in different currencies do not add
+    up."""
+    records = UsageRecord.objects.filter(consumer=consumer, period=period)
+    row = records.aggregate(
         calls=Sum("calls"),
         compute_seconds=Sum("compute_seconds"),
-        amount=Sum("amount"),
         free_calls=Count("pk", filter=Q(free=True)),
     )
-    return {key: value or 0 for key, value in row.items()}
+    summary = {key: value or 0 for key, value in row.items()}
+    summary["spend"] = list(
+        records.values("currency").annotate(amount=Sum("amount")).order_by("currency")
+    )
+    return summary
 
 
 def daily_usage(*, consumer: Tenant, days: int = 30) -> list[dict]:
-    """Calls, compute seconds and spend per day, oldest first, for the usage charts."""
+    """Calls, compute seconds and spend per day and currency, oldest first, for the charts."""
     since = timezone.now() - timedelta(days=days)
     return list(
         UsageRecord.objects.filter(consumer=consumer, created_at__gte=since)
         .exclude(kind=UsageRecord.Kind.CREDIT)
         .annotate(day=TruncDate("created_at"))
-        .values("day")
+        .values("day", "currency")
         .annotate(calls=Sum("calls"), seconds=Sum("compute_seconds"), amount=Sum("amount"))
-        .order_by("day")
+        .order_by("day", "currency")
     )
 
 
 def usage_by(*, consumer: Tenant, period: date, field: str) -> list[dict]:
-    """This period's usage grouped by ``model_ref`` or by ``api_key__name``."""
+    """This period's usage grouped by ``model_ref`` or by ``api_key__name``, and currency."""
     return list(
         UsageRecord.objects.filter(consumer=consumer, period=period)
         .exclude(kind=UsageRecord.Kind.CREDIT)
-        .values(field)
+        .values(field, "currency")
         .annotate(calls=Sum("calls"), seconds=Sum("compute_seconds"), amount=Sum("amount"))
-        .order_by("-amount", field)
+        .order_by("-amount", field, "currency")
     )
 
 

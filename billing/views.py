@@ -83,16 +83,27 @@ def billing_home(request: HttpRequest) -> HttpResponse:
             return redirect("billing_dashboard:home")
     summary = selectors.consumer_summary(consumer=tenant, period=period)
     days = selectors.daily_usage(consumer=tenant)
-    peak = max((day["amount"] for day in days), default=0) or 1
+    peaks: dict[str, Decimal] = {}
+    for day in days:
+        peaks[day["currency"]] = max(peaks.get(day["currency"], Decimal(0)), day["amount"])
     context = {
         "account": account,
         "form": form,
         "period": period,
         "summary": summary,
+        # A cap holds for each currency's spend alone: the banner shows the nearest to it.
         "cap_percent": (
-            int(summary["amount"] * 100 / account.spend_cap) if account.spend_cap else None
+            max(
+                (int(row["amount"] * 100 / account.spend_cap) for row in summary["spend"]),
+                default=0,
+            )
+            if account.spend_cap
+            else None
         ),
-        "days": [{**day, "height": int(day["amount"] * 100 / peak)} for day in days],
+        "days": [
+            {**day, "height": int(day["amount"] * 100 / (peaks[day["currency"]] or 1))}
+            for day in days
+        ],
         "by_model": selectors.usage_by(consumer=tenant, period=period, field="model_ref"),
         "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key__name"),
         "invoices": Invoice.objects.filter(consumer=tenant)[:24],

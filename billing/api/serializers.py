@@ -13,9 +13,15 @@ class InvoiceLineSerializer(serializers.ModelSerializer):
         fields = ["description", "model", "calls", "compute_seconds", "amount", "amount_cents"]
 
 
+AMOUNT_HELP = "Exact decimal, in `currency` (e.g. 0.75 usd, 450 jpy)."
+MINOR_HELP = "The amount in the currency's minor unit, as Stripe counts it: cents, or yen."
+
+
 class InvoiceSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     period = serializers.DateField(format="%Y-%m")
+    amount = serializers.CharField(read_only=True, help_text=AMOUNT_HELP)
+    amount_cents = serializers.IntegerField(read_only=True, help_text=MINOR_HELP)
     lines = InvoiceLineSerializer(many=True)
 
     class Meta:
@@ -24,6 +30,7 @@ class InvoiceSerializer(serializers.ModelSerializer):
             "id",
             "period",
             "currency",
+            "amount",
             "amount_cents",
             "status",
             "number",
@@ -38,10 +45,20 @@ class InvoiceSerializer(serializers.ModelSerializer):
 class TransferSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     invoice_period = serializers.DateField(source="invoice.period", format="%Y-%m")
+    amount = serializers.CharField(read_only=True, help_text=AMOUNT_HELP)
+    amount_cents = serializers.IntegerField(read_only=True, help_text=MINOR_HELP)
 
     class Meta:
         model = Transfer
-        fields = ["id", "invoice_period", "amount_cents", "currency", "status", "created_at"]
+        fields = [
+            "id",
+            "invoice_period",
+            "amount",
+            "amount_cents",
+            "currency",
+            "status",
+            "created_at",
+        ]
 
 
 class BillingSettingsSerializer(serializers.Serializer):
@@ -61,6 +78,12 @@ class UsageRowSerializer(serializers.Serializer):
     key = serializers.CharField(required=False, allow_null=True)
     calls = serializers.IntegerField()
     amount = serializers.CharField()
+    currency = serializers.CharField()
+
+
+class SpendSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    amount = serializers.CharField(help_text="Exact decimal.")
 
 
 class UsageSerializer(serializers.Serializer):
@@ -68,7 +91,13 @@ class UsageSerializer(serializers.Serializer):
     calls = serializers.IntegerField()
     free_calls = serializers.IntegerField()
     compute_seconds = serializers.CharField()
-    amount = serializers.CharField(help_text="Exact decimal, in the listing's currency.")
+    spend = SpendSerializer(many=True, help_text="The period's spend in each currency.")
+    amount = serializers.CharField(
+        allow_null=True,
+        help_text="Exact decimal, in `currency`: the spend when it is all in one currency "
+        "(0 when nothing was spent); null when it is in several (see `spend`).",
+    )
+    currency = serializers.CharField(allow_null=True)
     spend_cap = serializers.CharField(allow_null=True)
     state = serializers.CharField()
     by_model = UsageRowSerializer(many=True)

@@ -48,21 +48,37 @@ class UsageView(APIView):
         period = _period(request.query_params.get("period"))
         account = account_for(tenant)
         summary = selectors.consumer_summary(consumer=tenant, period=period)
+        spend = [
+            {"currency": r["currency"], "amount": _amount(r["amount"])} for r in summary["spend"]
+        ]
+        single = spend[0] if len(spend) == 1 else None
         return Response(
             {
                 "period": f"{period:%Y-%m}",
                 "calls": summary["calls"],
                 "free_calls": summary["free_calls"],
                 "compute_seconds": _amount(summary["compute_seconds"]),
-                "amount": _amount(summary["amount"]),
+                "spend": spend,
+                "amount": single["amount"] if single else (None if spend else _amount(0)),
+                "currency": single["currency"] if single else None,
                 "spend_cap": None if account.spend_cap is None else str(account.spend_cap),
                 "state": account.state,
                 "by_model": [
-                    {"model": r["model_ref"], "calls": r["calls"], "amount": _amount(r["amount"])}
+                    {
+                        "model": r["model_ref"],
+                        "calls": r["calls"],
+                        "amount": _amount(r["amount"]),
+                        "currency": r["currency"],
+                    }
                     for r in selectors.usage_by(consumer=tenant, period=period, field="model_ref")
                 ],
                 "by_key": [
-                    {"key": r["api_key__name"], "calls": r["calls"], "amount": _amount(r["amount"])}
+                    {
+                        "key": r["api_key__name"],
+                        "calls": r["calls"],
+                        "amount": _amount(r["amount"]),
+                        "currency": r["currency"],
+                    }
                     for r in selectors.usage_by(
                         consumer=tenant, period=period, field="api_key__name"
                     )

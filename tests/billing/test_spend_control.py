@@ -228,9 +228,42 @@ def test_usage_api_totals_this_period_per_model_and_key(outsider, paid_clf):
     usage = globex.get("/api/v1/usage").json()
     bad = globex.get("/api/v1/usage?period=2026-13")
 
-    assert (usage["calls"], usage["amount"]) == (3, "0.750000")
-    assert usage["by_model"] == [{"model": "acme/clf", "calls": 3, "amount": "0.750000"}]
+    assert (usage["calls"], usage["amount"], usage["currency"]) == (3, "0.750000", "usd")
+    assert usage["spend"] == [{"currency": "usd", "amount": "0.750000"}]
+    assert usage["by_model"] == [
+        {"model": "acme/clf", "calls": 3, "amount": "0.750000", "currency": "usd"}
+    ]
     assert bad.status_code == 400 and "YYYY-MM" in bad.json()["detail"]
+
+
+def test_spend_in_two_currencies_is_shown_per_currency_never_added_up(
+    tenant, outsider, paid_clf, charlie
+):
+    from billing.services import spend_cap_set
+    from tests.billing.conftest import listed
+
+    euro = listed(tenant, "euro", "0.25")
+    Listing.objects.filter(model=euro).update(currency="eur")
+    spend_cap_set(tenant=outsider, cap=Decimal("1.20"), actor=accounts.SYSTEM)
+    spend(outsider, paid_clf, 3)  # 0.75 USD: 62 % of the cap
+    spend(outsider, euro, 4)  # 1.00 EUR: 83 %
+    page = Client()
+    page.force_login(charlie)
+
+    usage = key_client(outsider, scopes=["billing:read"]).get("/api/v1/usage").json()
+    billing_page = page.get("/dashboard/billing/").content.decode()
+
+    assert usage["spend"] == [
+        {"currency": "eur", "amount": "1.000000"},
+        {"currency": "usd", "amount": "0.750000"},
+    ]
+    assert (usage["amount"], usage["currency"]) == (None, None)  # not 1.75 of nothing
+    assert {(r["model"], r["amount"], r["currency"]) for r in usage["by_model"]} == {
+        ("acme/euro", "1.000000", "eur"),
+        ("acme/clf", "0.750000", "usd"),
+    }
+    assert '<span id="running-total">1.00 EUR + 0.75 USD</span>' in billing_page
+    assert "<strong>83%</strong> of this month's spend cap" in billing_page  # not 145 %
 
 
 def test_another_tenants_invoices_are_404(tenant, outsider, paid_clf):
@@ -256,7 +289,7 @@ def test_billing_page_shows_the_running_total_charts_and_earnings(
     consumer_page = consumer.get("/dashboard/billing/").content.decode()
     publisher_page = publisher.get("/dashboard/billing/").content.decode()
 
-    assert '<span id="running-total">1.00</span>' in consumer_page
+    assert '<span id="running-total">1.00 USD</span>' in consumer_page
     assert 'id="usage-chart"' in consumer_page and "acme/clf" in consumer_page
     assert 'id="earnings"' in publisher_page
     assert "0.8000 USD" in publisher_page  # 80 % of 1.00

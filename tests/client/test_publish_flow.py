@@ -70,7 +70,8 @@ def test_push_alias_publish_and_predict_from_the_command_line(
     assert usage.code == 0, usage.err
     assert usage.json()["calls"] == 2
     assert [row["model"] for row in usage.json()["by_model"]] == ["acme/clf"]
-    assert "2 calls" in mm("usage").out
+    assert usage.json()["spend"] == [{"currency": "usd", "amount": "0.000000"}]  # its own
+    assert "2 calls" in mm("usage").out and "0.000000 usd so far" in mm("usage").out
 
 
 def test_an_async_prediction_is_fetched_later_and_a_retry_with_its_key_is_the_same_one(

@@ -673,15 +673,20 @@ def cmd_usage(cli: Cli) -> int:
 
     def human() -> None:
         cap = f", spend cap {usage.spend_cap}" if usage.spend_cap is not None else ""
+        spent = " + ".join(f"{amount} {code}" for code, amount in usage.spend.items()) or "0"
         cli.out.print(
             f"[bold]{usage.period}[/]: {usage.calls:,} calls ({usage.free_calls:,} free), "
-            f"{usage.compute_seconds} s of compute, {usage.amount} so far{cap}"
+            f"{usage.compute_seconds} s of compute, {spent} so far{cap}"
             + (f" [yellow]({usage.state})[/]" if usage.state not in ("", "active") else "")
         )
         if usage.by_model:
             table = Table("model", "calls", "amount", box=None)
             for row in usage.by_model:
-                table.add_row(str(row.get("model")), f"{row.get('calls', 0):,}", row["amount"])
+                table.add_row(
+                    str(row.get("model")),
+                    f"{row.get('calls', 0):,}",
+                    f"{row['amount']} {row.get('currency', '')}".rstrip(),
+                )
             cli.out.print(table)
         if usage.by_key:
             table = Table("key", "calls", "amount", box=None)
@@ -689,7 +694,7 @@ def cmd_usage(cli: Cli) -> int:
                 table.add_row(
                     escape(str(row.get("key") or "(dashboard)")),
                     f"{row.get('calls', 0):,}",
-                    row["amount"],
+                    f"{row['amount']} {row.get('currency', '')}".rstrip(),
                 )
             cli.out.print(table)
 

@@ -293,7 +293,11 @@ class Usage:
     calls: int
     free_calls: int
     compute_seconds: Decimal
-    amount: Decimal
+    # The spend per currency (amounts in different currencies do not add up); ``amount`` and
+    # ``currency`` are the spend when it is all in one currency, else None.
+    spend: dict[str, Decimal]
+    amount: Decimal | None
+    currency: str | None
     spend_cap: Decimal | None
     state: str
     by_model: list[dict[str, Any]]
@@ -308,7 +312,9 @@ class Usage:
             calls=data.get("calls") or 0,
             free_calls=data.get("free_calls") or 0,
             compute_seconds=_decimal(data.get("compute_seconds")),
-            amount=_decimal(data.get("amount")),
+            spend={row["currency"]: _decimal(row["amount"]) for row in data.get("spend") or []},
+            amount=None if data.get("amount") is None else _decimal(data["amount"]),
+            currency=data.get("currency"),
             spend_cap=None if cap is None else _decimal(cap),
             state=data.get("state", ""),
             by_model=list(data.get("by_model") or []),
@@ -322,7 +328,7 @@ class Invoice:
     id: str
     period: str
     currency: str
-    amount_cents: int
+    amount_cents: int  # in the currency's minor unit: cents, or whole yen
     status: str
     number: str
     hosted_url: str
@@ -331,7 +337,9 @@ class Invoice:
 
     @property
     def amount(self) -> Decimal:
-        return Decimal(self.amount_cents) / 100
+        if self.raw.get("amount") is not None:
+            return _decimal(self.raw["amount"])
+        return Decimal(self.amount_cents) / 100  # a server from before zero-decimal currencies
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Invoice:
