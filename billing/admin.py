@@ -15,7 +15,7 @@ from accounts.admin import OperatorActions, ReadOnlyAdmin
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
-from billing.services import credit_create, invoice_refund
+from billing.services import credit_create, invoice_refund, stripe_events_retry
 from billing.stripe_gateway import GatewayError
 from marketplace.listings import currency_problem
 
@@ -168,8 +168,41 @@ class TransferAdmin(ReadOnlyAdmin):
     search_fields = ["public_id", "publisher__slug", "stripe_transfer_id"]
 
 
+class EventState(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("processed", "Processed"), ("failing", "Failing"), ("waiting", "Waiting")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "processed":
+            return queryset.filter(processed_at__isnull=False)
+        if self.value() == "failing":
+            return queryset.filter(processed_at__isnull=True).exclude(error="")
+        if self.value() == "waiting":
+            return queryset.filter(processed_at__isnull=True, error="")
+        return queryset
+
+
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
-    list_display = ["event_id", "type", "object_id", "received_at", "processed_at"]
-    list_filter = ["type"]
+class StripeEventAdmin(OperatorActions, ReadOnlyAdmin):
+    list_display = [
+        "event_id",
+        "type",
+        "object_id",
+        "received_at",
+        "processed_at",
+        "attempts",
+        "error",
+    ]
+    list_filter = [EventState, "type"]
     search_fields = ["event_id", "object_id"]
+    actions = ["process_again"]
+
+    @admin.action(
+        description="Process the selected unprocessed events again", permissions=["operate"]
+    )
+    def process_again(self, request, queryset):
+        queued = stripe_events_retry(queryset)
+        messages.success(request, f"Queued {queued} events to be processed again.")

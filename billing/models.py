@@ -212,7 +212,10 @@ class StripeEvent(models.Model):
     payload = models.JSONField()
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Why processing it failed, the last time, and how many times it did: past
+    # ``EVENT_MAX_ATTEMPTS`` the resume sweep leaves it for an operator.
     error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type}"

@@ -970,11 +970,38 @@ def stripe_event_record(event: dict) -> StripeEvent | None:
         return None
 
 
+EVENT_MAX_ATTEMPTS = 5
+
+
 def stripe_event_process(event: StripeEvent) -> None:
     """Act on an event by re-reading the object it names, so a stale or repeated event
-    cannot move anything backwards."""
+    cannot move anything backwards. A failure is recorded on the event (its error and one
+    more attempt) and raised; after ``EVENT_MAX_ATTEMPTS`` the resume sweep stops sending it
+    again and an operator decides (the admin's "process again")."""
     if event.processed_at is not None:
         return
+    try:
+        _stripe_event_act(event)
+    except GatewayUnavailable:
+        raise  # Stripe is down: the task retries it, and that is not the event's fault
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        StripeEvent.objects.filter(pk=event.pk).update(error=error, attempts=F("attempts") + 1)
+        raise
+    StripeEvent.objects.filter(pk=event.pk).update(processed_at=timezone.now(), error="")
+
+
+def stripe_events_retry(events) -> int:
+    """An operator's "process again": the unprocessed ``events`` get their attempts back and
+    are queued. How many were."""
+    ids = list(events.filter(processed_at__isnull=True).values_list("event_id", flat=True))
+    StripeEvent.objects.filter(event_id__in=ids).update(attempts=0)
+    for event_id in ids:
+        _enqueue("billing.process_stripe_event", event_id)
+    return len(ids)
+
+
+def _stripe_event_act(event: StripeEvent) -> None:
     kind, object_id = event.type, event.object_id
     if kind.startswith("invoice.") and object_id:
         invoice = Invoice.objects.filter(stripe_invoice_id=object_id).first()
@@ -987,7 +1014,6 @@ def stripe_event_process(event: StripeEvent) -> None:
             payment_method_confirm(tenant=account.tenant, setup_intent=object_id, actor=SYSTEM)
     elif kind == "account.updated" and object_id:
         connect_account_sync(object_id)
-    StripeEvent.objects.filter(pk=event.pk).update(processed_at=timezone.now(), error="")
 
 
 def _enqueue(task: str, *args) -> None:
@@ -1037,7 +1063,9 @@ def billing_resume() -> dict:
         ):
             run("billing.send_transfer", transfer.public_id)
             counts["transfers"] += 1
-    waiting = StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=stale)
+    waiting = StripeEvent.objects.filter(
+        processed_at__isnull=True, received_at__lt=stale, attempts__lt=EVENT_MAX_ATTEMPTS
+    )
     for event_id in waiting.values_list("event_id", flat=True):
         run("billing.process_stripe_event", event_id)
         counts["events"] += 1

@@ -21,6 +21,7 @@ from billing.models import UsageRecord
 from billing.services import payment_method_confirm, payment_setup_start, usage_record_create
 from marketplace import services as registry
 from marketplace.models import Listing
+from tests.billing import stripe_wire as wire
 from tests.inference.conftest import listed_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +127,13 @@ def paid_clf(tenant, outsider):
     """acme's classifier, ready to run, listed at 0.25 per call (20 % platform fee); globex
     subscribed."""
     return listed_classifier(tenant, outsider, price_per_call="0.25").model
+
+
+@pytest.fixture
+def stripe_wire():
+    """Our Stripe calls answered by canned routes and recorded (``stripe_wire.StripeWire``),
+    for what localstripe does not do."""
+    recorder = wire.StripeWire()
+    stripe_gateway.configure(http_client=recorder)
+    yield recorder
+    stripe_gateway.configure()

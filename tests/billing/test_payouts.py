@@ -52,14 +52,6 @@ def paid_invoice(tenant, outsider):
     return october_invoice(tenant, outsider)
 
 
-@pytest.fixture
-def stripe_wire():
-    recorder = wire.StripeWire()
-    stripe_gateway.configure(http_client=recorder)
-    yield recorder
-    stripe_gateway.configure()
-
-
 def test_publisher_onboards_an_express_account_and_gets_its_share_of_the_charge(
     tenant, paid_invoice, stripe_wire
 ):

@@ -1,0 +1,71 @@
+"""Stripe events that cannot be processed: why is recorded on the event, the resume sweep
+sends each again a few times only, and an operator can send it again from the console."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from billing.models import Invoice, StripeEvent
+from billing.services import EVENT_MAX_ATTEMPTS, billing_resume
+from billing.stripe_gateway import GatewayError
+from billing.tasks import process_stripe_event
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def broken_event(outsider, stripe_wire):
+    """An invoice.updated event for an invoice Stripe no longer has (404), an hour old."""
+    Invoice.objects.create(
+        consumer=outsider,
+        period=date(2026, 10, 1),
+        currency="usd",
+        amount_cents=75,
+        status=Invoice.Status.OPEN,
+        stripe_invoice_id="in_deleted",
+    )
+    return StripeEvent.objects.create(
+        event_id="evt_1",
+        type="invoice.updated",
+        object_id="in_deleted",
+        payload={"id": "evt_1", "data": {"object": {"id": "in_deleted"}}},
+        received_at=timezone.now() - timedelta(hours=1),
+    )
+
+
+def test_an_event_that_fails_records_why_and_is_sent_again_a_few_times_only(broken_event):
+    for _ in range(EVENT_MAX_ATTEMPTS - 1):
+        with pytest.raises(GatewayError):
+            process_stripe_event.apply(args=["evt_1"], throw=True)
+    requeued_before_the_last = billing_resume()["events"]
+    with pytest.raises(GatewayError):
+        process_stripe_event.apply(args=["evt_1"], throw=True)
+
+    event = StripeEvent.objects.get()
+    assert event.processed_at is None
+    assert event.attempts == EVENT_MAX_ATTEMPTS
+    assert event.error.startswith("ObjectMissing: ") and "in_deleted" in event.error
+    assert requeued_before_the_last == 1
+    assert billing_resume()["events"] == 0  # left for an operator
+
+
+def test_an_operator_sends_a_failing_event_again_from_the_console(broken_event, admin_user):
+    StripeEvent.objects.update(attempts=EVENT_MAX_ATTEMPTS, error="ObjectMissing: gone")
+    console = Client()
+    console.force_login(admin_user)
+
+    listed = console.get("/admin/billing/stripeevent/?state=failing").content.decode()
+    response = console.post(
+        "/admin/billing/stripeevent/",
+        {"action": "process_again", "_selected_action": [broken_event.pk]},
+        follow=True,
+    )
+
+    assert "evt_1" in listed and "ObjectMissing: gone" in listed
+    assert "Queued 1 events to be processed again." in response.content.decode()
+    assert StripeEvent.objects.get().attempts == 0
+    assert billing_resume()["events"] == 1  # and the sweep takes it again
