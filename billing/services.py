@@ -675,10 +675,10 @@ def _invoice_collect(invoice: Invoice) -> Invoice:
         except GatewayUnavailable:
             raise
         except GatewayError as e:  # declined, no payment method, ...
-            payment_failed(invoice, reason=str(e))
+            payment_failed(invoice, reason=str(e), attempt=failures + 1)
             return invoice
         if remote["status"] == "open":  # attempted, not paid: declined
-            payment_failed(invoice, reason="The payment was declined.")
+            payment_failed(invoice, reason="The payment was declined.", attempt=failures + 1)
             return invoice
     return invoice_apply(invoice, remote)
 
@@ -762,26 +762,41 @@ def invoice_apply(invoice: Invoice, remote: dict) -> Invoice:
     return invoice
 
 
+STRIPE_DECLINED = "Stripe could not collect the payment."
+
+
 def invoice_sync(invoice: Invoice, *, payment_failed_event: bool = False) -> Invoice:
     """Apply Stripe's current state of the invoice (webhooks re-read it, so duplicates and
     any order of events end in the same place). A payment failure counts only while the
     invoice is still unpaid when we look."""
     remote = gateway.invoice_retrieve(invoice.stripe_invoice_id)
     if payment_failed_event and remote["status"] == "open":
-        payment_failed(invoice, reason="Stripe could not collect the payment.")
+        payment_failed(invoice, reason=STRIPE_DECLINED, attempt=remote.get("attempt_count") or None)
     return invoice_apply(invoice, remote)
 
 
 @transaction.atomic
-def payment_failed(invoice: Invoice, *, reason: str) -> None:
-    """Start the grace period; after it, the consumer's paid calls answer 402."""
-    Invoice.objects.filter(pk=invoice.pk).exclude(
+def payment_failed(invoice: Invoice, *, reason: str, attempt: int | None = None) -> None:
+    """Count a failed payment and start the grace period; after it, the consumer's paid
+    calls answer 402. ``attempt``: which of Stripe's attempts on the invoice failed (its
+    ``attempt_count``), where known. The collector sees a decline first, with the card's own
+    reason, and Stripe's invoice.payment_failed event then reports the same attempt: that is
+    counted once, with the collector's reason (they may come in either order)."""
+    unpaid = Invoice.objects.filter(pk=invoice.pk).exclude(
         status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED]
-    ).update(
-        status=Invoice.Status.OPEN,
-        payment_error=reason[:500],
-        payment_failures=F("payment_failures") + 1,
     )
+    if attempt is None:
+        unpaid.update(
+            status=Invoice.Status.OPEN,
+            payment_error=reason[:500],
+            payment_failures=F("payment_failures") + 1,
+        )
+    else:
+        counted = unpaid.filter(payment_failures__lt=attempt).update(
+            status=Invoice.Status.OPEN, payment_error=reason[:500], payment_failures=attempt
+        )
+        if not counted and reason != STRIPE_DECLINED:
+            unpaid.filter(payment_failures=attempt).update(payment_error=reason[:500])
     account = BillingAccount.objects.select_for_update().get(tenant=invoice.consumer)
     if account.state != BillingAccount.State.PAST_DUE:
         account.state = BillingAccount.State.PAST_DUE

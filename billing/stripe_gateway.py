@@ -288,6 +288,7 @@ def _invoice(invoice: Any) -> dict:
         "hosted_invoice_url": data.get("hosted_invoice_url") or "",
         "metadata": data.get("metadata") or {},
         "attempted": bool(data.get("attempted")),
+        "attempt_count": data.get("attempt_count") or 0,
     }
 
 

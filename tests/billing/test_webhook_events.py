@@ -69,3 +69,44 @@ def test_an_operator_sends_a_failing_event_again_from_the_console(broken_event, 
     assert "Queued 1 events to be processed again." in response.content.decode()
     assert StripeEvent.objects.get().attempts == 0
     assert billing_resume()["events"] == 1  # and the sweep takes it again
+
+
+@pytest.mark.parametrize("webhook_first", [False, True])
+def test_one_declined_payment_is_one_failure_with_the_cards_reason(
+    outsider, stripe_wire, webhook_first
+):
+    """The collector sees the decline and Stripe's invoice.payment_failed event reports the
+    same attempt, in either order."""
+    from billing.models import BillingAccount
+    from billing.services import payment_failed, stripe_event_process
+    from tests.billing import stripe_wire as wire
+
+    BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
+    invoice = Invoice.objects.create(
+        consumer=outsider,
+        period=date(2026, 10, 1),
+        currency="usd",
+        amount_cents=75,
+        status=Invoice.Status.OPEN,
+        stripe_invoice_id="in_open",
+    )
+    stripe_wire.routes[("GET", "/v1/invoices/in_open")] = {
+        **wire.invoice("in_open", 75, {}, "open"),
+        "attempt_count": 1,
+    }
+    event = StripeEvent.objects.create(
+        event_id="evt_failed", type="invoice.payment_failed", object_id="in_open", payload={}
+    )
+
+    def collector():  # what the collector does with the card's error on its first attempt
+        payment_failed(invoice, reason="Your card has insufficient funds.", attempt=1)
+
+    for step in [lambda: stripe_event_process(event), collector][:: 1 if webhook_first else -1]:
+        step()
+
+    invoice.refresh_from_db()
+    assert (invoice.payment_failures, invoice.payment_error) == (
+        1,
+        "Your card has insufficient funds.",
+    )
+    assert BillingAccount.objects.get(tenant=outsider).state == "past_due"
