@@ -146,7 +146,8 @@ class InvoiceAdmin(OperatorActions, ReadOnlyAdmin):
     actions = ["refund"]
 
     @admin.action(
-        description="Refund the selected paid invoices and reverse their transfers",
+        description="Refund the selected paid invoices and reverse their transfers (or finish "
+        "a refund that stopped half-way)",
         permissions=["operate"],
     )
     def refund(self, request, queryset):
@@ -156,7 +157,11 @@ class InvoiceAdmin(OperatorActions, ReadOnlyAdmin):
             except ServiceError as e:
                 messages.error(request, e.message)
             except GatewayError as e:  # Stripe refused or could not be reached: try again
-                messages.error(request, f"{invoice.public_id} was not refunded: {e}")
+                messages.error(
+                    request,
+                    f"The refund of {invoice.public_id} is started but not finished ({e}); "
+                    "refund it again to finish it.",
+                )
             else:
                 messages.success(request, f"Refunded {invoice.public_id}.")
 

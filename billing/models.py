@@ -108,7 +108,11 @@ class Invoice(models.Model):
         PAID = "paid", "Paid"
         VOID = "void", "Void"
         UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+        REFUNDING = "refunding", "Refund started"  # paid; the refund is not finished
         REFUNDED = "refunded", "Refunded"
+
+    # Paid, and never moved back by what Stripe says of the invoice (a refund is ours).
+    SETTLED = (Status.PAID, Status.REFUNDING, Status.REFUNDED)
 
     public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "bill"))
     consumer = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")

@@ -86,6 +86,15 @@ def _ledger_against_invoices(period: date) -> list[Difference]:
 
 def _invoice_against_stripe(invoice: Invoice) -> list[Difference]:
     where = f"{invoice.public_id} ({invoice.consumer.slug} {invoice.period:%Y-%m})"
+    unfinished = (
+        [Difference(where, "a refund started and did not finish: refund it again")]
+        if invoice.status == Invoice.Status.REFUNDING
+        else []
+    )
+    return unfinished + _invoice_in_stripe(invoice, where)
+
+
+def _invoice_in_stripe(invoice: Invoice, where: str) -> list[Difference]:
     if not invoice.stripe_invoice_id:
         return [Difference(where, f"not in Stripe (status {invoice.status})")]
     try:
@@ -106,6 +115,7 @@ def _invoice_against_stripe(invoice: Invoice) -> list[Difference]:
         diffs.append(Difference(where, f"Stripe lines {dict(theirs)}, ours {ours}"))
     expected = {
         Invoice.Status.PAID: "paid",
+        Invoice.Status.REFUNDING: "paid",
         Invoice.Status.REFUNDED: "paid",
         Invoice.Status.VOID: "void",
         Invoice.Status.OPEN: "open",
@@ -124,7 +134,7 @@ def _transfers(invoice: Invoice) -> list[Difference]:
         if line.publisher_id and line.publisher_cents:
             shares[line.publisher_id] += line.publisher_cents
     transfers = {t.publisher_id: t for t in Transfer.objects.filter(invoice=invoice)}
-    if invoice.status not in (Invoice.Status.PAID, Invoice.Status.REFUNDED):
+    if invoice.status not in Invoice.SETTLED:
         if transfers:
             return [Difference(where, f"transfers exist for an invoice that is {invoice.status}")]
         return []
@@ -143,6 +153,10 @@ def _transfers(invoice: Invoice) -> list[Difference]:
         refunded = invoice.status == Invoice.Status.REFUNDED
         if refunded and transfer.reversed_cents != transfer.amount_cents:
             diffs.append(Difference(where, f"{transfer.public_id} not reversed after a refund"))
+        if not refunded and transfer.status == Transfer.Status.REVERSED:
+            diffs.append(
+                Difference(where, f"{transfer.public_id} reversed on an invoice not refunded")
+            )
         if transfer.stripe_transfer_id:
             remote = gateway.transfer_retrieve(transfer.stripe_transfer_id)
             if remote["amount"] != transfer.amount_cents:

@@ -141,9 +141,7 @@ def platform_money(*, periods: int = 12) -> list[dict]:
     invoices = {
         (row["period"], row["currency"]): row
         for row in Invoice.objects.values("period", "currency").annotate(
-            collected_cents=Sum(
-                "amount_cents", filter=Q(status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED])
-            ),
+            collected_cents=Sum("amount_cents", filter=Q(status__in=Invoice.SETTLED)),
             refunded_cents=Sum("amount_cents", filter=Q(status=Invoice.Status.REFUNDED)),
         )
     }

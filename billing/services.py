@@ -638,7 +638,7 @@ def invoice_collect(invoice: Invoice) -> Invoice:
         raise CollectionBusy(f"{invoice.public_id} is being collected by another process.")
     try:
         invoice.refresh_from_db()
-        if invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID, Invoice.Status.REFUNDED):
+        if invoice.status in (*Invoice.SETTLED, Invoice.Status.VOID):
             return invoice
         return _invoice_collect(invoice)
     finally:
@@ -744,7 +744,7 @@ def invoice_apply(invoice: Invoice, remote: dict) -> Invoice:
         return invoice
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if invoice.status in (Invoice.Status.PAID, Invoice.Status.REFUNDED):
+        if invoice.status in Invoice.SETTLED:
             return invoice
         invoice.number = remote["number"] or invoice.number
         invoice.hosted_url = remote["hosted_invoice_url"] or invoice.hosted_url
@@ -782,9 +782,7 @@ def payment_failed(invoice: Invoice, *, reason: str, attempt: int | None = None)
     ``attempt_count``), where known. The collector sees a decline first, with the card's own
     reason, and Stripe's invoice.payment_failed event then reports the same attempt: that is
     counted once, with the collector's reason (they may come in either order)."""
-    unpaid = Invoice.objects.filter(pk=invoice.pk).exclude(
-        status__in=[Invoice.Status.PAID, Invoice.Status.REFUNDED]
-    )
+    unpaid = Invoice.objects.filter(pk=invoice.pk).exclude(status__in=Invoice.SETTLED)
     if attempt is None:
         unpaid.update(
             status=Invoice.Status.OPEN,
@@ -821,6 +819,12 @@ def _standing_refresh(tenant: Tenant) -> None:
 def transfers_create(invoice: Invoice) -> list[Transfer]:
     """One transfer per publisher on a paid invoice, made once; sent when the publisher has a
     connected account that can receive payouts, else kept until it has."""
+    if (
+        not Invoice.objects.select_for_update()
+        .filter(pk=invoice.pk, status=Invoice.Status.PAID)
+        .exists()
+    ):
+        return []  # a refund started meanwhile: nothing is owed
     if not invoice.stripe_charge_id:
         charge = gateway.invoice_charge(invoice.stripe_invoice_id)
         Invoice.objects.filter(pk=invoice.pk).update(stripe_charge_id=charge)
@@ -928,19 +932,40 @@ def connect_account_sync(connect_account_id: str) -> BillingAccount | None:
 
 def invoice_refund(*, invoice: Invoice, actor: Actor) -> Invoice:
     """Refund a paid invoice in full and reverse the publishers' transfers. An invoice of 0
-    (credits paid for it) charged nothing: only its transfers are reversed."""
-    if invoice.status != Invoice.Status.PAID:
-        raise Conflict(
-            f"Only a paid invoice can be refunded; {invoice.public_id} is {invoice.status}."
+    (credits paid for it) charged nothing: only its transfers are reversed.
+
+    The invoice is marked ``refunding`` (and the refund audited) before Stripe is asked, so a
+    refund that stops half-way (a reversal Stripe refuses, an outage) is visible as such, to
+    reconcile too, and refunding it again finishes it: the charge's refund counts as done
+    when Stripe says it already is, and only the transfers not yet reversed are reversed."""
+    with transaction.atomic():
+        started = Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.PAID).update(
+            status=Invoice.Status.REFUNDING
         )
+        invoice.refresh_from_db()
+        if not started and invoice.status != Invoice.Status.REFUNDING:
+            raise Conflict(
+                f"Only a paid invoice can be refunded; {invoice.public_id} is {invoice.status}."
+            )
+        if started:
+            audit_record(
+                action="billing.refund",
+                actor=actor,
+                tenant=invoice.consumer,
+                target=invoice,
+                data={"amount_cents": invoice.amount_cents},
+            )
     if invoice.amount_cents > 0:
-        gateway.refund_create(
-            charge=invoice.stripe_charge_id or gateway.invoice_charge(invoice.stripe_invoice_id),
-            amount_cents=invoice.amount_cents,
-            metadata={"mm_invoice": invoice.public_id},
-            idempotency_key=f"refund-{invoice.public_id}",
-        )
-    for transfer in invoice.transfers.order_by("pk"):
+        # AlreadyRefunded: by this refund's first run, past Stripe's idempotency window.
+        with suppress(gateway.AlreadyRefunded):
+            gateway.refund_create(
+                charge=invoice.stripe_charge_id
+                or gateway.invoice_charge(invoice.stripe_invoice_id),
+                amount_cents=invoice.amount_cents,
+                metadata={"mm_invoice": invoice.public_id},
+                idempotency_key=f"refund-{invoice.public_id}",
+            )
+    for transfer in invoice.transfers.exclude(status=Transfer.Status.REVERSED).order_by("pk"):
         if transfer.stripe_transfer_id:
             gateway.transfer_reverse(
                 transfer=transfer.stripe_transfer_id,
@@ -950,15 +975,9 @@ def invoice_refund(*, invoice: Invoice, actor: Actor) -> Invoice:
         Transfer.objects.filter(pk=transfer.pk).update(
             status=Transfer.Status.REVERSED, reversed_cents=transfer.amount_cents
         )
-    with transaction.atomic():
-        Invoice.objects.filter(pk=invoice.pk).update(status=Invoice.Status.REFUNDED)
-        audit_record(
-            action="billing.refund",
-            actor=actor,
-            tenant=invoice.consumer,
-            target=invoice,
-            data={"amount_cents": invoice.amount_cents},
-        )
+    Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.REFUNDING).update(
+        status=Invoice.Status.REFUNDED
+    )
     invoice.refresh_from_db()
     return invoice
 

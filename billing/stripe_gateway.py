@@ -32,6 +32,10 @@ class PaymentDeclined(GatewayError):
     """The card or bank declined the payment."""
 
 
+class AlreadyRefunded(GatewayError):
+    """The charge has been refunded already."""
+
+
 class ObjectMissing(GatewayError):
     """Stripe has no such object (or this endpoint does not exist there)."""
 
@@ -85,6 +89,8 @@ def _translated(e: stripe.StripeError) -> GatewayError:
         return GatewayUnavailable(str(e))
     if e.http_status == 404:
         return ObjectMissing(str(e))
+    if getattr(e, "code", None) == "charge_already_refunded":
+        return AlreadyRefunded(str(e))
     if e.http_status is None or e.http_status >= 500:
         return GatewayUnavailable(str(e))
     return GatewayError(str(e))

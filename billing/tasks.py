@@ -40,7 +40,7 @@ def collect_invoice(self, invoice_id: str) -> str:
     from billing.services import invoice_collect
 
     invoice = Invoice.objects.select_related("consumer").get(public_id=invoice_id)
-    if invoice.status in (Invoice.Status.PAID, Invoice.Status.VOID, Invoice.Status.REFUNDED):
+    if invoice.status in (*Invoice.SETTLED, Invoice.Status.VOID):
         return invoice.status
     return invoice_collect(invoice).status
 

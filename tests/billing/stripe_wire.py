@@ -36,7 +36,8 @@ class StripeWire(stripe.HTTPClient):
         self.calls.append(Call(method.upper(), parts.path, params, dict(headers or {})))
         for (route_method, pattern), response in self.routes.items():
             if route_method == method.upper() and re.fullmatch(pattern, parts.path):
-                return json.dumps(response), 200, {"request-id": "req_wire"}
+                status, response = response if isinstance(response, tuple) else (200, response)
+                return json.dumps(response), status, {"request-id": "req_wire"}
         error = {"error": {"type": "invalid_request_error", "message": f"No route {parts.path}"}}
         return json.dumps(error), 404, {"request-id": "req_wire"}
 
@@ -131,3 +132,8 @@ def paid_by_charge(invoice_id: str) -> dict:
             "latest_charge": "ch_paid",
         },
     }
+
+
+def refused(code: str, message: str, status: int = 400) -> tuple[int, dict]:
+    """A route's answer: Stripe refusing the request with an error ``code``."""
+    return status, {"error": {"type": "invalid_request_error", "code": code, "message": message}}

@@ -305,3 +305,70 @@ def test_a_share_parked_while_its_account_was_being_enabled_is_sent_by_the_resum
     sent = Transfer.objects.get()
     assert (sent.status, sent.stripe_transfer_id) == (Transfer.Status.PAID, "tr_share")
     assert billing_resume()["transfers"] == 0  # queued once
+
+
+def test_a_refund_that_stops_half_way_shows_and_refunding_again_finishes_it(
+    tenant, paid_invoice, stripe_wire
+):
+    line = paid_invoice.lines.get()
+    stripe_wire.routes.update(
+        {
+            ("POST", "/v1/transfers"): wire.transfer("tr_share", 60),
+            ("POST", "/v1/refunds"): {"id": "re_1", "object": "refund", "amount": 75},
+            ("POST", "/v1/transfers/tr_share/reversals"): wire.refused(
+                "insufficient_funds", "The connected account has insufficient funds."
+            ),
+            ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60),
+            ("GET", "/v1/invoices/in_paid"): wire.invoice("in_paid", 75, {line.public_id: 75}),
+            ("GET", "/v1/invoices/in_paid/lines"): wire.invoice(
+                "in_paid", 75, {line.public_id: 75}
+            )["lines"],
+            ("GET", "/v1/invoices"): {
+                "object": "list",
+                "data": [wire.invoice("in_paid", 75, {line.public_id: 75})],
+                "has_more": False,
+                "url": "/v1/invoices",
+            },
+            **wire.paid_by_charge("in_paid"),
+        }
+    )
+    BillingAccount.objects.create(
+        tenant=tenant, connect_account_id="acct_publisher", payouts_enabled=True
+    )
+    [transfer] = transfers_create(paid_invoice)
+    transfer_send(transfer)
+
+    with pytest.raises(stripe_gateway.GatewayError, match="insufficient funds"):
+        invoice_refund(invoice=paid_invoice, actor=accounts.SYSTEM)
+    half_way = reconcile(period=paid_invoice.period)
+    # A day later Stripe's idempotency key has expired: the refund is refused as done.
+    stripe_wire.routes.update(
+        {
+            ("POST", "/v1/refunds"): wire.refused(
+                "charge_already_refunded", "Charge ch_paid has already been refunded."
+            ),
+            ("POST", "/v1/transfers/tr_share/reversals"): {
+                "id": "trr_1",
+                "object": "transfer_reversal",
+                "amount": 60,
+                "transfer": "tr_share",
+            },
+            ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60, reversed_amount=60),
+        }
+    )
+    paid_invoice.refresh_from_db()
+    finished = invoice_refund(invoice=paid_invoice, actor=accounts.SYSTEM)
+
+    assert [d.what for d in half_way] == ["a refund started and did not finish: refund it again"]
+    assert finished.status == Invoice.Status.REFUNDED
+    assert Transfer.objects.get().reversed_cents == 60
+    assert len(stripe_wire.posts("/v1/refunds")) == 2  # the charge was refunded once
+    assert reconcile(period=paid_invoice.period) == []
+
+
+def test_no_share_is_owed_on_an_invoice_whose_refund_has_started(tenant, paid_invoice, stripe_wire):
+    Invoice.objects.filter(pk=paid_invoice.pk).update(status=Invoice.Status.REFUNDING)
+    stripe_wire.routes.update(wire.paid_by_charge("in_paid"))
+
+    assert transfers_create(paid_invoice) == []
+    assert not Transfer.objects.exists()

@@ -103,7 +103,7 @@ def test_a_closed_month_is_invoiced_once_paid_by_card_and_reconciles(
     call_command("reconcile", "--period", f"{last_month():%Y-%m}")
 
 
-def test_a_yen_listing_is_charged_in_whole_yen(stripe_api, tenant, outsider):
+def test_a_yen_listing_is_charged_in_whole_yen(celery_worker_process, stripe_api, tenant, outsider):
     """JPY has no minor unit: Stripe takes its amounts in yen, where USD's are in cents."""
     save_card(stripe_api, outsider)
     model = listed(tenant, "yen", price_per_call="150")
@@ -119,6 +119,8 @@ def test_a_yen_listing_is_charged_in_whole_yen(stripe_api, tenant, outsider):
     assert (line.amount_cents, line.publisher_cents) == (450, 360)  # 20 % platform fee
     remote = stripe_api.v1.invoices.retrieve(invoice.stripe_invoice_id)
     assert (remote.currency, remote.total, remote.status) == ("jpy", 450, "paid")
+    transfer = wait_for(invoice.transfers.first, what="the publisher's transfer")
+    assert (transfer.amount_cents, transfer.amount) == (360, 360)
     assert reconcile(period=last_month()) == []
 
 
