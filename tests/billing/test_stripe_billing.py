@@ -351,3 +351,32 @@ def test_billing_pages_answer_stripe_trouble_with_a_message_not_a_500(
     assert "Stripe cannot be reached right now" in unreachable.content.decode()
     assert "Stripe cannot be reached right now" in connect.content.decode()
     assert not BillingAccount.objects.get(tenant=outsider).payment_method_id
+
+
+def test_an_invoice_stripe_refuses_does_not_stop_the_others_from_being_collected(
+    stripe_api, tenant, outsider, monkeypatch
+):
+    from accounts.services import tenant_create
+    from billing.management.commands import close_period
+    from tests.conftest import make_user
+
+    initech = tenant_create(slug="initech", name="Initech", owner=make_user("bill@initech.example"))
+    model = listed(tenant, "clf")
+    for consumer in (outsider, initech):
+        save_card(stripe_api, consumer)
+        spend(consumer, model, 2)
+    into_last_month()
+    collect = close_period.invoice_collect
+
+    def refused_for_globex(invoice):
+        if invoice.consumer == outsider:
+            raise stripe_gateway.GatewayError("No such customer: 'cus_deleted'")
+        return collect(invoice)
+
+    monkeypatch.setattr(close_period, "invoice_collect", refused_for_globex)
+
+    with pytest.raises(CommandError, match="1 invoice\\(s\\) could not be collected"):
+        call_command("close_period", "--period", f"{last_month():%Y-%m}")
+
+    statuses = dict(Invoice.objects.values_list("consumer__slug", "status"))
+    assert statuses == {"globex": Invoice.Status.PENDING, "initech": Invoice.Status.PAID}

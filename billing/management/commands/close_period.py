@@ -9,7 +9,7 @@ from billing.management.commands.reconcile import month
 from billing.models import Invoice
 from billing.selectors import last_period
 from billing.services import invoice_collect, period_close
-from billing.stripe_gateway import GatewayUnavailable
+from billing.stripe_gateway import GatewayError, GatewayUnavailable
 
 UNFINISHED = (Invoice.Status.PENDING, Invoice.Status.DRAFT, Invoice.Status.OPEN)
 
@@ -39,6 +39,9 @@ class Command(BaseCommand):
                 except GatewayUnavailable as e:
                     failed += 1
                     self.stderr.write(f"{invoice.public_id}: Stripe unavailable ({e}).")
+                except (GatewayError, ServiceError) as e:  # this one alone: go on with the rest
+                    failed += 1
+                    self.stderr.write(f"{invoice.public_id}: not collected: {e}")
                 invoice.refresh_from_db()
             self.stdout.write(
                 f"{invoice.public_id} {invoice.consumer.slug} {invoice.amount} "
@@ -46,6 +49,7 @@ class Command(BaseCommand):
             )
         if failed:
             raise CommandError(
-                f"{failed} invoice(s) could not reach Stripe; run again.", returncode=2
+                f"{failed} invoice(s) could not be collected (see above); run again once fixed.",
+                returncode=2,
             )
         self.stdout.write(f"{invoices.count()} invoice(s) for {period:%Y-%m}.")
