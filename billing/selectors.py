@@ -127,8 +127,12 @@ def platform_money(*, periods: int = 12) -> list[dict]:
     (negative), and what invoices collected and refunded."""
     from billing.models import Invoice
 
+    recent = (UsageRecord.objects.values_list("period", flat=True).distinct().order_by("-period"))[
+        :periods
+    ]
     rows = list(
-        UsageRecord.objects.values("period", "currency")
+        UsageRecord.objects.filter(period__in=list(recent))
+        .values("period", "currency")
         .annotate(
             calls=Sum("calls", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
             revenue=Sum("amount", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
@@ -136,7 +140,7 @@ def platform_money(*, periods: int = 12) -> list[dict]:
             publisher_shares=Sum("publisher_share", filter=~Q(kind=UsageRecord.Kind.CREDIT)),
             credits=Sum("amount", filter=Q(kind=UsageRecord.Kind.CREDIT)),
         )
-        .order_by("-period", "currency")[:periods]
+        .order_by("-period", "currency")
     )
     invoices = {
         (row["period"], row["currency"]): row

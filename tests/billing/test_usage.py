@@ -93,3 +93,25 @@ def test_compression_jobs_are_billed_to_the_owner_at_the_platform_price(
     assert usage.amount == Decimal("0.050000")
     assert usage.platform_fee == usage.amount and usage.publisher_share == 0
     assert usage.consumer == tenant and usage.currency == "usd"
+
+
+def test_the_operators_money_view_shows_whole_months_in_every_currency(tenant, outsider):
+    from datetime import date
+
+    from billing.selectors import period_of, platform_money
+    from tests.billing.conftest import listed, spend
+
+    euro = listed(tenant, "euro")
+    Listing.objects.filter(model=euro).update(currency="eur")
+    spend(outsider, listed(tenant, "clf"), 1)
+    spend(outsider, euro, 1)
+    UsageRecord.objects.update(period=date(2026, 10, 1))  # October: USD and EUR
+    spend(outsider, listed(tenant, "clf2"), 1)  # this month: USD only
+
+    rows = platform_money(periods=2)
+
+    assert [(row["period"], row["currency"]) for row in rows] == [
+        (period_of(), "usd"),
+        (date(2026, 10, 1), "eur"),  # two months asked, two months shown, every currency
+        (date(2026, 10, 1), "usd"),
+    ]
