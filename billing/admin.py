@@ -3,6 +3,8 @@ and refunds. Ledger rows and invoices are read-only here; changes go through ser
 
 from __future__ import annotations
 
+import re
+import secrets
 from decimal import Decimal
 
 from django import forms
@@ -29,10 +31,15 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 # Checked by the action, which says what is wrong: an ActionForm that does not validate
 # only makes the admin answer "No action selected."
+SUBMISSION_RE = re.compile(r"[0-9a-f]{16}")
 CREDIT_AMOUNT = forms.DecimalField(min_value=Decimal("0.01"), max_digits=10, decimal_places=2)
 
 
 class CreditForm(ActionForm):
+    # A new one each time the page is shown: the same form sent twice credits once.
+    submission = forms.CharField(
+        required=False, widget=forms.HiddenInput, initial=lambda: secrets.token_hex(8)
+    )
     amount = forms.CharField(required=False, max_length=32)
     reason = forms.CharField(required=False, max_length=120)
     currency = forms.CharField(
@@ -82,20 +89,29 @@ class BillingAccountAdmin(OperatorActions, ReadOnlyAdmin):
         if currency and currency_problem(currency):
             messages.error(request, currency_problem(currency))
             return
+        submission = request.POST.get("submission", "")
+        if not SUBMISSION_RE.fullmatch(submission):
+            submission = ""  # a form from before: no protection against a second send
+        credited = 0
         try:
             with transaction.atomic():  # all the selected tenants, or none
                 for account in queryset.select_related("tenant"):
-                    credit_create(
+                    _credit, new = credit_create(
                         consumer=account.tenant,
                         amount=amount,
                         reason=reason,
                         actor=Actor(user=request.user),
                         currency=currency or _last_billed(account.tenant),
+                        key=f"{submission}-{account.pk}" if submission else "",
                     )
+                    credited += new
         except ServiceError as e:
             messages.error(request, e.message)
             return
-        messages.success(request, f"Credited {amount} to {queryset.count()} tenant(s).")
+        if not credited:
+            messages.warning(request, "This form was sent before: nothing was credited again.")
+            return
+        messages.success(request, f"Credited {amount} to {credited} tenant(s).")
 
 
 def _last_billed(tenant) -> str:

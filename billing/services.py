@@ -158,30 +158,48 @@ def _compression_record_create(
 
 @transaction.atomic
 def credit_create(
-    *, consumer: Tenant, amount: Decimal, reason: str, actor: Actor, currency: str = ""
-) -> UsageRecord:
-    """An operator's credit: a new negative ledger entry, paid for by the platform."""
+    *,
+    consumer: Tenant,
+    amount: Decimal,
+    reason: str,
+    actor: Actor,
+    currency: str = "",
+    key: str = "",
+) -> tuple[UsageRecord, bool]:
+    """An operator's credit: a new negative ledger entry, paid for by the platform, and
+    whether it is new. ``key`` (at most 26 characters) makes it once only: a second credit
+    with the same key (the console's form sent twice) returns the first."""
     if amount <= 0:
         raise ServiceError("A credit is a positive amount; it is recorded as a negative entry.")
+    source_id = f"cred-{key}" if key else public_id("cred")
+    existing = UsageRecord.objects.filter(source_id=source_id).first() if key else None
+    if existing is not None:
+        return existing, False
     now = timezone.now()
-    credit = UsageRecord.objects.create(
-        kind=UsageRecord.Kind.CREDIT,
-        source_id=public_id("cred"),
-        consumer=consumer,
-        publisher=None,
-        model=None,
-        model_ref=f"credit: {reason}"[:160],
-        calls=0,
-        compute_seconds=Decimal(0),
-        price_per_call=Decimal(0),
-        price_per_second=Decimal(0),
-        currency=currency or settings.PLATFORM_CURRENCY,
-        amount=-_money(amount),
-        platform_fee=-_money(amount),
-        publisher_share=Decimal(0),
-        period=selectors.period_of(now),
-        created_at=now,
-    )
+    try:
+        with transaction.atomic():
+            credit = UsageRecord.objects.create(
+                kind=UsageRecord.Kind.CREDIT,
+                source_id=source_id,
+                consumer=consumer,
+                publisher=None,
+                model=None,
+                model_ref=f"credit: {reason}"[:160],
+                calls=0,
+                compute_seconds=Decimal(0),
+                price_per_call=Decimal(0),
+                price_per_second=Decimal(0),
+                currency=currency or settings.PLATFORM_CURRENCY,
+                amount=-_money(amount),
+                platform_fee=-_money(amount),
+                publisher_share=Decimal(0),
+                period=selectors.period_of(now),
+                created_at=now,
+            )
+    except IntegrityError:  # the same key, sent at the same moment: the first stands
+        if not key:
+            raise
+        return UsageRecord.objects.get(source_id=source_id), False
     audit_record(
         action="billing.credit",
         actor=actor,
@@ -189,7 +207,7 @@ def credit_create(
         target=credit,
         data={"amount": str(amount), "reason": reason},
     )
-    return credit
+    return credit, True
 
 
 # --- accounts, payment methods and spend control ------------------------------------------

@@ -47,6 +47,30 @@ def test_operator_credits_a_tenant_and_the_next_invoice_is_lower(client, operato
     assert AuditEvent.objects.get(action="billing.credit").actor_label == operator.email
 
 
+def test_the_credit_form_sent_twice_credits_once(client, operator, outsider):
+    import re
+
+    account = BillingAccount.objects.create(tenant=outsider)
+    page = client.get("/admin/billing/billingaccount/").content.decode()
+    [submission] = re.findall(r'name="submission" value="([0-9a-f]+)"', page)
+    form = {
+        "action": "credit",
+        "_selected_action": [account.pk],
+        "amount": "0.40",
+        "reason": "outage on 3 Nov",
+        "submission": submission,
+    }
+
+    client.post("/admin/billing/billingaccount/", form)
+    again = client.post("/admin/billing/billingaccount/", form, follow=True)
+    fresh = re.findall(r'name="submission" value="([0-9a-f]+)"', again.content.decode())
+
+    assert UsageRecord.objects.filter(kind="credit").count() == 1
+    assert AuditEvent.objects.filter(action="billing.credit").count() == 1
+    assert "This form was sent before: nothing was credited again." in again.content.decode()
+    assert fresh and fresh != [submission]  # the next credit is a new one
+
+
 def test_a_credit_is_in_the_currency_the_tenant_is_billed_in_unless_chosen(
     client, operator, tenant, outsider
 ):
