@@ -137,3 +137,18 @@ def paid_by_charge(invoice_id: str) -> dict:
 def refused(code: str, message: str, status: int = 400) -> tuple[int, dict]:
     """A route's answer: Stripe refusing the request with an error ``code``."""
     return status, {"error": {"type": "invalid_request_error", "code": code, "message": message}}
+
+
+def invoice_reads(invoice_id: str, lines: dict[str, int]) -> dict:
+    """The routes reconcile reads a paid invoice with: the invoice, its lines, the list."""
+    total = sum(lines.values())
+    return {
+        ("GET", f"/v1/invoices/{invoice_id}"): invoice(invoice_id, total, lines),
+        ("GET", f"/v1/invoices/{invoice_id}/lines"): invoice(invoice_id, total, lines)["lines"],
+        ("GET", "/v1/invoices"): {
+            "object": "list",
+            "data": [invoice(invoice_id, total, lines)],
+            "has_more": False,
+            "url": "/v1/invoices",
+        },
+    }

@@ -166,16 +166,7 @@ def test_a_refund_reverses_the_transfers_and_reconciles(tenant, paid_invoice, st
                 "transfer": "tr_share",
             },
             ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60, reversed_amount=60),
-            ("GET", "/v1/invoices/in_paid"): wire.invoice("in_paid", 75, {line.public_id: 75}),
-            ("GET", "/v1/invoices/in_paid/lines"): wire.invoice(
-                "in_paid", 75, {line.public_id: 75}
-            )["lines"],
-            ("GET", "/v1/invoices"): {
-                "object": "list",
-                "data": [wire.invoice("in_paid", 75, {line.public_id: 75})],
-                "has_more": False,
-                "url": "/v1/invoices",
-            },
+            **wire.invoice_reads("in_paid", {line.public_id: 75}),
             **wire.paid_by_charge("in_paid"),
         }
     )
@@ -319,16 +310,7 @@ def test_a_refund_that_stops_half_way_shows_and_refunding_again_finishes_it(
                 "insufficient_funds", "The connected account has insufficient funds."
             ),
             ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60),
-            ("GET", "/v1/invoices/in_paid"): wire.invoice("in_paid", 75, {line.public_id: 75}),
-            ("GET", "/v1/invoices/in_paid/lines"): wire.invoice(
-                "in_paid", 75, {line.public_id: 75}
-            )["lines"],
-            ("GET", "/v1/invoices"): {
-                "object": "list",
-                "data": [wire.invoice("in_paid", 75, {line.public_id: 75})],
-                "has_more": False,
-                "url": "/v1/invoices",
-            },
+            **wire.invoice_reads("in_paid", {line.public_id: 75}),
             **wire.paid_by_charge("in_paid"),
         }
     )

@@ -17,17 +17,22 @@ from billing.tasks import process_stripe_event
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def broken_event(outsider, stripe_wire):
-    """An invoice.updated event for an invoice Stripe no longer has (404), an hour old."""
-    Invoice.objects.create(
-        consumer=outsider,
+def open_invoice(consumer, stripe_id: str) -> Invoice:
+    """October's invoice of 75 cents, open in Stripe as ``stripe_id``."""
+    return Invoice.objects.create(
+        consumer=consumer,
         period=date(2026, 10, 1),
         currency="usd",
         amount_cents=75,
         status=Invoice.Status.OPEN,
-        stripe_invoice_id="in_deleted",
+        stripe_invoice_id=stripe_id,
     )
+
+
+@pytest.fixture
+def broken_event(outsider, stripe_wire):
+    """An invoice.updated event for an invoice Stripe no longer has (404), an hour old."""
+    open_invoice(outsider, "in_deleted")
     return StripeEvent.objects.create(
         event_id="evt_1",
         type="invoice.updated",
@@ -82,14 +87,7 @@ def test_one_declined_payment_is_one_failure_with_the_cards_reason(
     from tests.billing import stripe_wire as wire
 
     BillingAccount.objects.create(tenant=outsider, stripe_customer_id="cus_consumer")
-    invoice = Invoice.objects.create(
-        consumer=outsider,
-        period=date(2026, 10, 1),
-        currency="usd",
-        amount_cents=75,
-        status=Invoice.Status.OPEN,
-        stripe_invoice_id="in_open",
-    )
+    invoice = open_invoice(outsider, "in_open")
     stripe_wire.routes[("GET", "/v1/invoices/in_open")] = {
         **wire.invoice("in_open", 75, {}, "open"),
         "attempt_count": 1,
