@@ -266,6 +266,7 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
     "purge-prediction-data": {"task": "inference.purge_prediction_data", "schedule": 5 * 60},
+    "fail-stuck-predictions": {"task": "inference.fail_stuck_predictions", "schedule": 60},
     # Compression jobs whose worker died while the broker had not redelivered their task.
     "requeue-lost-compression-jobs": {
         "task": "inference.requeue_lost_compression_jobs",
@@ -296,6 +297,15 @@ MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
 MODEL_HOST_OVERHEAD_BYTES = int(env("MM_HOST_OVERHEAD_BYTES", str(300 * 1024**2)))
 MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
 MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
+# A prediction still running this long after it started was lost (a worker stuck or gone
+# where nothing redelivers it): the beat fails it, unbilled. By default past the longest a
+# worker waits for one: a model load and a batch run twice.
+PREDICTION_STUCK_SECONDS = float(
+    env(
+        "MM_PREDICTION_STUCK_SECONDS",
+        str(int(MODEL_LOAD_TIMEOUT + 2 * MODEL_REQUEST_TIMEOUT + 120)),
+    )
+)
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
 READYZ_WORKER_TIMEOUT = float(env("MM_READYZ_WORKER_TIMEOUT", "1"))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +23,8 @@ from inference.models import Prediction
 from inference.runtime.spec import Signature
 from marketplace import selectors
 from marketplace.models import Alias, Model, ModelVersion
+
+logger = logging.getLogger(__name__)
 
 RUNNABLE = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
 
@@ -380,6 +383,25 @@ def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:
             prediction.error, prediction.error_kind = error[:5000], kind
             transaction.on_commit(lambda: _announce(prediction, b""))
     return bool(done)
+
+
+def predictions_fail_stuck() -> int:
+    """Fail, unbilled, the predictions still running ``MM_PREDICTION_STUCK_SECONDS`` after
+    they started: their worker is stuck, or was lost where nothing sends them again. Whoever
+    waits is told, as for any failure; a worker that finishes one after all finds it failed
+    and bills nothing. How many were failed."""
+    cutoff = timezone.now() - timedelta(seconds=settings.PREDICTION_STUCK_SECONDS)
+    stuck = Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at__lt=cutoff)
+    error = (
+        f"The prediction did not finish within {settings.PREDICTION_STUCK_SECONDS:.0f} s of "
+        "starting (the worker running it was lost); it was not billed. Send it again."
+    )
+    failed = 0
+    for prediction in stuck.defer("input_data", "output_data").order_by("pk")[:1000]:
+        failed += prediction_fail(prediction, error=error, kind="internal")
+    if failed:
+        logger.warning("failed %d predictions stuck in running", failed)
+    return failed
 
 
 def _announce(prediction: Prediction, output: bytes | None = None) -> None:

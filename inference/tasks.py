@@ -15,6 +15,17 @@ def purge_prediction_data() -> int:
 
 
 @shared_task(
+    name="inference.fail_stuck_predictions", queue="default", soft_time_limit=60, time_limit=90
+)
+def fail_stuck_predictions() -> int:
+    """Beat, every minute: fail, unbilled, the predictions running past
+    ``MM_PREDICTION_STUCK_SECONDS``."""
+    from inference.services import predictions_fail_stuck
+
+    return predictions_fail_stuck()
+
+
+@shared_task(
     name="inference.deliver_webhook",
     queue="default",
     bind=True,

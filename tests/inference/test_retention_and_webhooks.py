@@ -202,3 +202,28 @@ def test_a_prediction_whose_model_cannot_be_loaded_fails_instead_of_hanging(sett
     prediction.refresh_from_db()
     assert prediction.status == "failed" and prediction.error_kind == "internal"
     assert "KeyUnavailableError" in prediction.error
+
+
+def test_a_prediction_whose_worker_was_lost_fails_unbilled_instead_of_running_forever(
+    api, settings, classifier
+):
+    from billing.models import UsageRecord
+    from inference.tasks import fail_stuck_predictions
+
+    settings.PREDICTION_STUCK_SECONDS = 300
+    long_ago = timezone.now() - timedelta(seconds=301)
+    lost = make_prediction(classifier, status=Prediction.Status.RUNNING, started_at=long_ago)
+    busy = make_prediction(classifier, status=Prediction.Status.RUNNING, started_at=timezone.now())
+
+    swept = fail_stuck_predictions.apply().get()
+    shown = api.get(f"/api/v1/predictions/{lost.public_id}").json()
+    lost.refresh_from_db()
+    late = services.prediction_succeed(lost, output=b"", compute_ms=5.0)  # its worker, at last
+
+    assert swept == 1
+    assert (shown["status"], shown["error_kind"]) == ("failed", "internal")
+    assert "did not finish within 300 s of starting" in shown["error"]
+    assert "not billed" in shown["error"]
+    assert api.get(f"/api/v1/predictions/{busy.public_id}").json()["status"] == "running"
+    assert late is False
+    assert not UsageRecord.objects.exists()
