@@ -1,13 +1,21 @@
 """Micro-batching: concurrent predictions for the same version are merged into one forward
-pass in the model host and split back, so a busy model runs at batched throughput."""
+pass in the model host and split back, so a busy model runs at batched throughput.
+
+A batch only ever holds one consumer tenant's jobs, with the same shapes after the batch
+dimension and the same dtypes: a model sees every row of the batch it runs, so merging two
+tenants' inputs would let it hand one tenant's rows to the other (see
+``docs/decisions/0006-predictions-pipeline.md``). What the model answers for a merged batch is
+checked before it is split: every output must have one row per input row, else each job runs
+again alone."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -16,6 +24,7 @@ import numpy as np
 from config.logs import current_request_id
 from config.metrics import BATCH_SIZE
 from inference import tensors
+from inference.runtime.spec import TensorSpec
 from workers.host import HostFailure, ModelFailure, ModelHost
 
 logger = logging.getLogger(__name__)
@@ -25,15 +34,26 @@ logger = logging.getLogger(__name__)
 class Job:
     arrays: dict[str, np.ndarray]
     rows: int
+    tenant: Hashable = None  # the consumer's tenant: only its own jobs share a batch
     future: Future = field(default_factory=Future)
     request_id: str | None = field(default_factory=current_request_id)
 
+    @property
+    def group(self) -> tuple:
+        """Jobs that may share a forward pass: one tenant, the same non-batch shapes and
+        dtypes (a dynamic sequence length differs from one request to the next)."""
+        return (
+            self.tenant,
+            tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(self.arrays.items())),
+        )
+
 
 class VersionBatcher:
-    """One thread per loaded version: takes the first waiting job with every job already
-    waiting and, when there were any, gathers more for up to ``max_delay`` seconds or
-    ``max_batch`` rows; runs them as one request, and resolves each job with its own slice of
-    the outputs and its share of the compute time."""
+    """One thread per loaded version: takes the oldest waiting job with every waiting job of
+    its group (``Job.group``) and, when there were any, gathers more for up to ``max_delay``
+    seconds or ``max_batch`` rows; runs them as one request, and resolves each job with its
+    own slice of the outputs and its share of the compute time. Jobs of other groups wait, in
+    order, for the next batches: the oldest job always leads the next one, so none starves."""
 
     def __init__(
         self,
@@ -44,40 +64,63 @@ class VersionBatcher:
         max_batch: int,
         max_delay: float,
         timeout: float,
+        outputs: list[TensorSpec] | None = None,
     ):
         self._host, self._drop_host = host, drop_host
         self.batchable, self.max_batch, self.max_delay = batchable, max_batch, max_delay
         self.timeout = timeout
+        self.outputs = {spec.name: spec for spec in outputs or []}
         self._jobs: queue.Queue[Job] = queue.Queue()
+        self._held: collections.deque[Job] = collections.deque()  # other groups', in order
         self.batches: list[int] = []  # sizes of recent batches, for metrics and tests
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
-    def submit(self, arrays: dict[str, np.ndarray], rows: int) -> Future:
-        job = Job(arrays, rows)
+    def submit(
+        self, arrays: dict[str, np.ndarray], rows: int, *, tenant: Hashable = None
+    ) -> Future:
+        job = Job(arrays, rows, tenant)
         self._jobs.put(job)
         return job.future
 
-    def _loop(self) -> None:
-        while True:
-            batch = [self._jobs.get()]
-            rows = batch[0].rows
-            deadline = time.monotonic() + self.max_delay
-            while self.batchable and rows < self.max_batch:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    # Alone, it runs at once (a quiet model is not held back by max_delay);
-                    # with company, it waits up to max_delay for more. Under load the jobs
-                    # that arrive during a forward pass make the next batch anyway.
-                    remaining = deadline - time.monotonic()
-                    if len(batch) == 1 or remaining <= 0:
-                        break
-                    try:
-                        job = self._jobs.get(timeout=remaining)
-                    except queue.Empty:
-                        break
+    def _next_batch(self) -> list[Job]:
+        while True:  # everything already waiting joins the held jobs, oldest first
+            try:
+                self._held.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        first = self._held.popleft() if self._held else self._jobs.get()
+        batch, rows = [first], first.rows
+        if not self.batchable:
+            return batch
+        waiting, self._held = self._held, collections.deque()
+        for job in waiting:
+            if job.group == first.group and rows + job.rows <= self.max_batch:
                 batch.append(job)
                 rows += job.rows
+            else:
+                self._held.append(job)
+        # Alone, it runs at once (a quiet model is not held back by max_delay); with company,
+        # it waits up to max_delay for more. Under load the jobs that arrive during a forward
+        # pass make the next batch anyway.
+        deadline = time.monotonic() + self.max_delay
+        while len(batch) > 1 and rows < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                job = self._jobs.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if job.group == first.group and rows + job.rows <= self.max_batch:
+                batch.append(job)
+                rows += job.rows
+            else:
+                self._held.append(job)
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
             self.batches = [*self.batches[-99:], len(batch)]
             BATCH_SIZE.observe(len(batch))
             try:
@@ -106,6 +149,7 @@ class VersionBatcher:
         merged = {
             name: np.concatenate([job.arrays[name] for job in batch]) for name in batch[0].arrays
         }
+        total = sum(job.rows for job in batch)
         try:
             outputs, compute_ms = self._forward(merged, batch)
         except ModelFailure:
@@ -119,7 +163,12 @@ class VersionBatcher:
             for job in batch:
                 self._run_alone(job)
             return
-        total = sum(job.rows for job in batch)
+        if not all(out.ndim >= 1 and out.shape[0] == total for out in outputs.values()):
+            # Not one output row per input row: the rows cannot be told apart, and a model
+            # that mixes its rows up must not hand one request's rows to another.
+            for job in batch:
+                self._run_alone(job)
+            return
         offset = 0
         for job in batch:
             part = {name: out[offset : offset + job.rows] for name, out in outputs.items()}
@@ -128,9 +177,28 @@ class VersionBatcher:
 
     def _run_alone(self, job: Job) -> None:
         try:
-            job.future.set_result((*self._forward(job.arrays, [job]), 1))
+            outputs, compute_ms = self._forward(job.arrays, [job])
+            self._check_rows(outputs, job.rows)
         except HostFailure as exc:
             self._drop_host()
             job.future.set_exception(exc)
         except ModelFailure as exc:
             job.future.set_exception(exc)
+        else:
+            job.future.set_result((outputs, compute_ms, 1))
+
+    def _check_rows(self, outputs: dict[str, np.ndarray], rows: int) -> None:
+        """An output the signature gives a batch dimension has one row per input row."""
+        if not self.batchable:
+            return
+        for name, out in outputs.items():
+            spec = self.outputs.get(name)
+            if spec is None or spec.shape[:1] != [-1]:
+                continue
+            got = out.shape[0] if out.ndim else "no"
+            if got != rows:
+                raise ModelFailure(
+                    "output",
+                    f"The model's output '{name}' has {got} rows for an input of {rows}; it "
+                    "should have one row per input row.",
+                )

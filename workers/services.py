@@ -158,10 +158,12 @@ def _batcher(version: ModelVersion):
     with _batchers_lock:
         batcher = _batchers.get(key)
         if batcher is None:
+            signature = Signature.from_json(version.signature)
             batcher = _batchers[key] = VersionBatcher(
                 host=host,
                 drop_host=lambda: HOSTS.loaded(device).drop(key),
-                batchable=Signature.from_json(version.signature).batch_dynamic,
+                batchable=signature.batch_dynamic,
+                outputs=signature.outputs,
                 max_batch=settings.BATCH_MAX_SIZE,
                 max_delay=settings.BATCH_MAX_DELAY_MS / 1000,
                 timeout=settings.MODEL_REQUEST_TIMEOUT,
@@ -220,12 +222,15 @@ def _prediction_outcome(prediction) -> str:
 
     arrays = tensors.decode(prediction.input_data)
     batcher = _batcher(prediction.version)
-    future = batcher.submit(arrays, prediction.batch_size)
+    future = batcher.submit(arrays, prediction.batch_size, tenant=prediction.tenant_id)
     try:
         outputs, compute_ms, shared = future.result(timeout=settings.MODEL_REQUEST_TIMEOUT * 2 + 30)
     except ModelFailure as exc:
+        # "output": what the model answered does not fit its signature (said in full).
         kind = "input" if exc.kind == "input" else "model"
-        message = str(exc) if kind == "input" else f"The model raised an error: {exc}"
+        message = (
+            str(exc) if exc.kind in ("input", "output") else f"The model raised an error: {exc}"
+        )
         WRITES.run(lambda: inference.prediction_fail(prediction, error=message, kind=kind))
         return "failed"
     except HostFailure as exc:

@@ -1,0 +1,94 @@
+"""Helpers for the worker's tests with real model hosts: uploads validated by the worker,
+queued predictions, and concurrent runs that meet in one version's batcher."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from inference import tensors
+from inference.models import Prediction
+from marketplace.models import ModelVersion
+
+
+def validated(tenant, name: str, data: bytes, fmt: str = "torchscript", **fields) -> ModelVersion:
+    """An upload of ``tenant`` validated by the worker (its host stays warm in the cache)."""
+    from accounts import services as accounts
+    from marketplace import services as registry
+    from marketplace.vault.store import artifact_create
+    from workers.services import version_validate
+
+    model = registry.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM)
+    version = ModelVersion.objects.create(
+        model=model,
+        number=1,
+        format=fmt,
+        status=ModelVersion.Status.VALIDATING,
+        artifact=artifact_create(tenant=tenant, chunks=[data]),
+        **fields,
+    )
+    version = version_validate(version_id=version.public_id)
+    assert version.status == "ready", version.failure_reason
+    return version
+
+
+def queued(version: ModelVersion, x: np.ndarray, tenant=None) -> Prediction:
+    """A prediction of ``tenant`` (the model's own by default) on input ``x``."""
+    return Prediction.objects.create(
+        tenant=tenant or version.model.tenant,
+        model=version.model,
+        version=version,
+        input_data=tensors.encode({"x": x}),
+        batch_size=x.shape[0],
+    )
+
+
+def output_of(prediction: Prediction) -> np.ndarray:
+    prediction.refresh_from_db()
+    assert prediction.status == "succeeded", (prediction.status, prediction.error)
+    return tensors.decode(prediction.output_data)["output"]
+
+
+def run_concurrently(version: ModelVersion, first: Prediction, *others: Prediction) -> list[int]:
+    """Run ``first``, and ``others`` while its forward pass is held back, so they all wait in
+    the version's batcher at once (as concurrent requests do under load). Returns the sizes
+    of the batches ``others`` ran in, in order."""
+    from django.db import connections
+
+    from workers import services
+
+    batcher = services._batcher(version)
+    real, gate, entered = batcher._host, threading.Event(), threading.Event()
+    before = len(batcher.batches)
+
+    def gated():
+        if not entered.is_set():
+            entered.set()
+            gate.wait(60)
+        return real()
+
+    batcher._host = gated
+
+    def run(p):
+        try:
+            services.prediction_run(prediction_id=p.public_id)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(first,))]
+    threads[0].start()
+    assert entered.wait(60)
+    for p in others:
+        threads.append(threading.Thread(target=run, args=(p,)))
+        threads[-1].start()
+    deadline = time.monotonic() + 60
+    while batcher._jobs.qsize() < len(others):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gate.set()
+    for t in threads:
+        t.join(120)
+    batcher._host = real
+    return batcher.batches[before + 1 :]

@@ -1,0 +1,135 @@
+"""Concurrent predictions for one version share a forward pass only when that cannot change
+what any of them receives: one consumer tenant's calls, with the same shapes, and only while
+the model answers one row per input row."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from billing.models import UsageRecord
+from tests.inference.conftest import scripted
+from tests.workers.conftest import output_of, queued, run_concurrently, validated
+from workers.pool import HOSTS
+from workers.services import prediction_run
+
+pytestmark = pytest.mark.django_db(transaction=True)  # batcher and runs in their own threads
+
+ROW = {"x": {"shape": [1, 4]}}  # the example validation runs: one row
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_HOST_PRESTART = 0
+    settings.MODEL_LOAD_TIMEOUT = 60
+    settings.MODEL_REQUEST_TIMEOUT = 90
+    yield
+    HOSTS.close()
+
+
+class Flip(nn.Module):
+    """Returns its rows in reverse order: identical to a correct model at batch 1."""
+
+    def forward(self, x):
+        return x.flip(0) * 1.0
+
+
+def test_a_model_cannot_hand_one_tenants_input_to_another_tenant(tenant, outsider):
+    """The publisher calls its own model while another tenant's call is waiting: had they
+    shared a forward pass, the model could route the other tenant's input into the
+    publisher's result."""
+    version = validated(tenant, "flip", scripted(Flip()), example_input=ROW)
+    secret = np.full((1, 4), 42.0, np.float32)
+    warm = queued(version, np.zeros((1, 4), np.float32))
+    publishers = queued(version, np.ones((1, 4), np.float32))
+    publishers_again = queued(version, np.full((1, 4), 2.0, np.float32))
+    victims = queued(version, secret, outsider)
+
+    batches = run_concurrently(version, warm, publishers, publishers_again, victims)
+
+    seen_by_publisher = [output_of(publishers).tolist(), output_of(publishers_again).tolist()]
+    assert secret.tolist() not in seen_by_publisher
+    assert output_of(victims).tolist() == secret.tolist()
+    assert batches == [2, 1]  # the publisher's two calls together, the other tenant's alone
+
+
+class FirstRow(nn.Module):
+    """Right at batch 1 (how validation sees it); for more rows, one row for everyone."""
+
+    def forward(self, x):
+        return x[:1] * 2
+
+
+def test_a_merged_batch_answered_with_too_few_rows_is_run_again_one_call_at_a_time(tenant):
+    version = validated(tenant, "firstrow", scripted(FirstRow()), example_input=ROW)
+    ones = np.ones((1, 4), np.float32)
+    warm, first, second = (queued(version, ones * k) for k in (1, 2, 3))
+
+    batches = run_concurrently(version, warm, first, second)
+
+    assert batches == [2]  # merged; the model's single row could not be split between them
+    assert output_of(first).tolist() == [[4.0] * 4]
+    assert output_of(second).tolist() == [[6.0] * 4]  # not an empty tensor
+    assert UsageRecord.objects.count() == 3
+
+
+def test_a_call_answered_with_fewer_rows_than_it_sent_fails_as_the_models_fault_unbilled(
+    tenant,
+):
+    version = validated(tenant, "firstrow", scripted(FirstRow()), example_input=ROW)
+    prediction = queued(version, np.ones((2, 4), np.float32))
+
+    assert prediction_run(prediction_id=prediction.public_id) == "failed"
+
+    prediction.refresh_from_db()
+    assert prediction.error_kind == "model"
+    assert prediction.error == (
+        "The model's output 'output' has 1 rows for an input of 2; it should have one row per "
+        "input row."
+    )
+    assert not UsageRecord.objects.filter(source_id=prediction.public_id).exists()
+
+
+class Double(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def test_calls_with_different_sequence_lengths_each_get_their_own_answer(tenant):
+    program = torch.export.export(
+        Double().eval(),
+        (torch.randn(2, 5),),
+        dynamic_shapes={"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}},
+    )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    version = validated(tenant, "seq", buffer.getvalue(), fmt="pt2")
+    assert version.signature["inputs"][0]["shape"] == [-1, -1]  # batchable, any length
+    warm = queued(version, np.ones((1, 5), np.float32))
+    short = queued(version, np.ones((1, 3), np.float32))
+    long = queued(version, np.ones((1, 7), np.float32))
+    short_again = queued(version, np.full((1, 3), 2.0, np.float32))
+
+    batches = run_concurrently(version, warm, short, long, short_again)
+
+    assert batches == [2, 1]  # the two of length 3 together
+    assert output_of(short).tolist() == [[2.0] * 3]
+    assert output_of(long).tolist() == [[2.0] * 7]
+    assert output_of(short_again).tolist() == [[4.0] * 3]
+
+
+def test_a_batch_never_holds_more_rows_than_the_setting_allows(tenant, settings):
+    settings.BATCH_MAX_SIZE = 3
+    version = validated(tenant, "double", scripted(Double()), example_input=ROW)
+    warm = queued(version, np.ones((1, 4), np.float32))
+    calls = [queued(version, np.full((2, 4), k, np.float32)) for k in (1.0, 2.0, 3.0)]
+
+    batches = run_concurrently(version, warm, *calls)
+
+    assert batches == [1, 1, 1]  # 2 rows each: a second call would make 4
+    for k, call in zip((1.0, 2.0, 3.0), calls, strict=True):
+        assert output_of(call).tolist() == [[2 * k] * 4] * 2
