@@ -136,11 +136,19 @@ class VersionBatcher:
     ) -> tuple[dict[str, np.ndarray], float]:
         # The host is told which requests it serves, so its output is logged under them.
         request_id = ",".join(dict.fromkeys(job.request_id for job in jobs if job.request_id))
-        reply, body = self._host().request(
-            {"op": "predict", "request_id": request_id},
-            tensors.encode(arrays),
-            timeout=self.timeout,
-        )
+        payload = tensors.encode(arrays)
+        try:
+            reply, body = self._host().request(
+                {"op": "predict", "request_id": request_id}, payload, timeout=self.timeout
+            )
+        except HostFailure as exc:
+            if exc.kind != "retired":
+                raise
+            # The cache evicted the host after we looked it up, before it ran anything: the
+            # next lookup loads the model afresh.
+            reply, body = self._host().request(
+                {"op": "predict", "request_id": request_id}, payload, timeout=self.timeout
+            )
         return tensors.decode(body), reply["compute_ms"]
 
     def _run(self, batch: list[Job]) -> None:

@@ -74,6 +74,7 @@ class ModelHost:
     requests: int = 0
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     _busy: threading.Lock = field(default_factory=threading.Lock)
+    _retired: bool = False  # killed as soon as no request is using it
     _interrupt: Callable[[], bool] | None = None
     # The request id(s) of the request in flight, for the host's output in our logs.
     _log_id: str | None = None
@@ -169,6 +170,9 @@ class ModelHost:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
+        """Kill the process now. Its pipes are closed by whoever holds the host: here when
+        no request is using them, else by that request as it leaves (closed under a thread
+        reading them, their descriptor numbers could be reused by another file meanwhile)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -180,6 +184,24 @@ class ModelHost:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             logger.error("model host %s did not die", self.proc.pid)
+        if self._busy.acquire(blocking=False):
+            try:
+                self._close_pipes()
+            finally:
+                self._busy.release()
+
+    def retire(self) -> None:
+        """Kill the host once the request it is serving (if any) has its answer: for a cache
+        that evicts or replaces it while another thread is in the middle of a request."""
+        self._retired = True
+        if self._busy.acquire(blocking=False):
+            try:
+                self.kill()  # idle: at once (kill closes nothing while we hold the lock)
+                self._close_pipes()
+            finally:
+                self._busy.release()
+
+    def _close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
@@ -213,6 +235,9 @@ class ModelHost:
         ``on_progress``. ``interrupt`` is polled while waiting: when it answers True the host
         is killed and ``HostFailure("cancelled")`` raised."""
         with self._busy:  # one request on the pipe at a time (batcher, validation, pings)
+            if self._retired:
+                # Evicted between the caller's lookup and this request: nothing ran.
+                raise HostFailure("retired", "the model host was retired")
             if not self.alive:
                 raise HostFailure("crash", "the model host is not running")
             deadline = time.monotonic() + timeout
@@ -229,6 +254,10 @@ class ModelHost:
                     reply, body = self._read_frame(deadline)
             finally:
                 self._interrupt = None
+                if self._retired:
+                    self.kill()
+                if not self.alive:
+                    self._close_pipes()
         if not reply.get("ok"):
             raise ModelFailure(reply.get("kind", "model"), reply.get("error", "unknown error"))
         return reply, body

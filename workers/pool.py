@@ -96,26 +96,28 @@ class LoadedHosts:
                 # Dead, or recycled after many requests so slow leaks in a model's runtime
                 # never accumulate: the next caller loads a fresh host.
                 del self._hosts[key]
-                host.kill()
+                host.retire()
                 return None
             self._hosts.move_to_end(key)
             return host
 
     def put(self, key: str, host: ModelHost) -> None:
+        """Keep ``host`` under ``key``. The hosts it replaces or evicts are retired: one in
+        the middle of a request (another version's prediction) finishes it first."""
         with self._lock:
             old = self._hosts.pop(key, None)
             if old is not None and old is not host:
-                old.kill()
+                old.retire()
             self._hosts[key] = host
             while len(self._hosts) > 1 and self.used() > self.capacity:
                 _, evicted = self._hosts.popitem(last=False)
-                evicted.kill()
+                evicted.retire()
 
     def drop(self, key: str) -> None:
         with self._lock:
             host = self._hosts.pop(key, None)
         if host is not None:
-            host.kill()
+            host.retire()
 
     def hosts(self) -> list[ModelHost]:
         with self._lock:

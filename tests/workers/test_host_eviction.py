@@ -1,0 +1,68 @@
+"""The worker's cache of loaded model hosts makes room for another model without cutting
+short the prediction a host is serving."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from torch import nn
+
+from tests.inference.conftest import Classifier, export, ready_version, scripted, signature
+from tests.workers.conftest import queued, validated
+from workers.pool import HOSTS
+from workers.services import prediction_run, version_key
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the prediction runs in its own thread
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_HOST_PRESTART = 0
+    settings.MODEL_LOAD_TIMEOUT = 60
+    settings.MODEL_REQUEST_TIMEOUT = 90
+    yield
+    HOSTS.close()
+
+
+class Spin(nn.Module):
+    """Loops x[0, 0] times: a forward pass as long as the caller asks."""
+
+    def forward(self, x):
+        n = int(x[0, 0].item())
+        i = 0
+        while i < n:
+            i += 1
+        return x * 2
+
+
+def test_loading_another_model_does_not_kill_a_host_serving_a_prediction(
+    tenant, outsider, settings
+):
+    HOSTS.close()
+    settings.MODEL_CACHE_BYTES = 1  # room for one loaded host (as a busy worker's cache fills)
+    settings.MODEL_HOST_PRESTART = 1
+    busy = ready_version(tenant, "spin", scripted(Spin()), "torchscript", signature(4, 4))
+    long_call = queued(busy, np.array([[100_000_000, 0, 0, 0]], np.float32))  # ~30 s
+    runner = threading.Thread(target=prediction_run, kwargs={"prediction_id": long_call.public_id})
+    runner.start()
+    deadline = time.monotonic() + 90
+    while not (
+        (host := HOSTS.loaded("cpu").get(version_key(busy))) is not None
+        and host._busy.locked()
+        and HOSTS.idle("cpu")._ready  # the refilled idle host, for the next model
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    other = validated(outsider, "clf", export(Classifier()), fmt="pt2")  # evicts the busy host
+    assert host._busy.locked()  # still in the middle of the long call
+
+    runner.join(120)
+    long_call.refresh_from_db()
+    assert long_call.status == "succeeded", long_call.error
+    assert other.status == "ready"
+    assert HOSTS.loaded("cpu").keys() == [version_key(other)]
+    assert not host.alive  # retired once its request was answered
