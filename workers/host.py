@@ -28,6 +28,9 @@ from workers import sandbox
 logger = logging.getLogger(__name__)
 output_logger = logging.getLogger("workers.host.output")
 HOST_LOG_LINES = 200  # lines of a host's output logged per request
+# What the worker keeps of one line of a host's output (the rest of a longer line is read and
+# dropped): a model may print lines of any length, and the last 64 are kept per host.
+HOST_LINE_BYTES = 2048
 _warned_unsandboxed = False
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the module only from Python 3.10 on Linux
 PIPE_SIZE = 1 << 20
@@ -150,9 +153,13 @@ class ModelHost:
 
     def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        pid = self.proc.pid
-        for line in iter(self.proc.stderr.readline, b""):
-            text = line.decode(errors="replace").rstrip()
+        pid, stream = self.proc.pid, self.proc.stderr
+        cut = False  # in the middle of a line already cut short
+        for chunk in iter(lambda: stream.readline(HOST_LINE_BYTES), b""):
+            was_cut, cut = cut, len(chunk) == HOST_LINE_BYTES and not chunk.endswith(b"\n")
+            if was_cut:
+                continue
+            text = chunk.decode(errors="replace").rstrip() + (" [cut]" if cut else "")
             self._stderr.append(text)
             # The model's own output, under the request that made it; capped per request so a
             # chatty or hostile model cannot flood the logs.

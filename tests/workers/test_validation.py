@@ -379,3 +379,35 @@ def test_a_worker_that_cannot_start_a_host_retries_then_fails_the_version_saying
     assert version.status == ModelVersion.Status.FAILED
     assert "could not start a model host" in version.failure_reason
     assert "KeyError: 65534" in version.failure_reason
+
+
+class Chatty(nn.Module):
+    """Prints two lines of 1 MiB on every forward pass, then a short one."""
+
+    def forward(self, x):
+        line = "x"
+        for _ in range(20):
+            line = line + line
+        print(line)
+        print(line)
+        print("done")
+        return x
+
+
+def test_what_a_model_prints_is_kept_bounded_in_the_worker(tenant):
+    import time
+
+    version = version_validate(
+        version_id=make_version(
+            tenant, scripted(Chatty()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+        ).public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    deadline = time.monotonic() + 30
+    while host.stderr_tail(64).count("done") < 5:  # the last may wait in the host's buffer
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    kept = host.stderr_tail(64).splitlines()
+    assert sum(len(line) for line in kept) < 100_000  # not 10 MiB and more
+    assert set(kept) == {"x" * 2048 + " [cut]", "done"}
