@@ -306,6 +306,9 @@ PREDICTION_STUCK_SECONDS = float(
         str(int(MODEL_LOAD_TIMEOUT + 2 * MODEL_REQUEST_TIMEOUT + 120)),
     )
 )
+# The most tensor bytes one prediction's output may have (checked in the model host before it
+# encodes them; a host that sends more is killed): a tiny input can ask for any size.
+MAX_OUTPUT_BYTES = int(env("MM_MAX_OUTPUT_BYTES", str(64 * 1024**2)))
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
 READYZ_WORKER_TIMEOUT = float(env("MM_READYZ_WORKER_TIMEOUT", "1"))
 

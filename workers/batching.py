@@ -28,6 +28,8 @@ from inference.runtime.spec import TensorSpec
 from workers.host import HostFailure, ModelFailure, ModelHost
 
 logger = logging.getLogger(__name__)
+# Room for the safetensors header of an output of ``max_output_bytes`` of tensors.
+OUTPUT_HEADER_BYTES = 1 << 20
 
 
 @dataclass
@@ -65,11 +67,14 @@ class VersionBatcher:
         max_delay: float,
         timeout: float,
         outputs: list[TensorSpec] | None = None,
+        max_output_bytes: int | None = None,
     ):
         self._host, self._drop_host = host, drop_host
         self.batchable, self.max_batch, self.max_delay = batchable, max_batch, max_delay
         self.timeout = timeout
         self.outputs = {spec.name: spec for spec in outputs or []}
+        # The host refuses larger outputs itself; one that sends more anyway is killed.
+        self.max_payload = max_output_bytes and max_output_bytes + OUTPUT_HEADER_BYTES
         self._jobs: queue.Queue[Job] = queue.Queue()
         self._held: collections.deque[Job] = collections.deque()  # other groups', in order
         self.batches: list[int] = []  # sizes of recent batches, for metrics and tests
@@ -139,7 +144,10 @@ class VersionBatcher:
         payload = tensors.encode(arrays)
         try:
             reply, body = self._host().request(
-                {"op": "predict", "request_id": request_id}, payload, timeout=self.timeout
+                {"op": "predict", "request_id": request_id},
+                payload,
+                timeout=self.timeout,
+                max_payload=self.max_payload,
             )
         except HostFailure as exc:
             if exc.kind != "retired":
@@ -147,7 +155,10 @@ class VersionBatcher:
             # The cache evicted the host after we looked it up, before it ran anything: the
             # next lookup loads the model afresh.
             reply, body = self._host().request(
-                {"op": "predict", "request_id": request_id}, payload, timeout=self.timeout
+                {"op": "predict", "request_id": request_id},
+                payload,
+                timeout=self.timeout,
+                max_payload=self.max_payload,
             )
         return tensors.decode(body), reply["compute_ms"]
 

@@ -233,6 +233,7 @@ class ModelHost:
         timeout: float,
         on_progress: Callable[[dict], None] | None = None,
         interrupt: Callable[[], bool] | None = None,
+        max_payload: int | None = None,
     ) -> tuple[dict, bytes]:
         """Send one request and wait for its reply. Raises ``ModelFailure`` when the host
         reports an error, ``HostFailure`` (after killing the host) when it dies, hangs past
@@ -240,7 +241,8 @@ class ModelHost:
 
         Long requests (compression) send progress frames before the reply; each goes to
         ``on_progress``. ``interrupt`` is polled while waiting: when it answers True the host
-        is killed and ``HostFailure("cancelled")`` raised."""
+        is killed and ``HostFailure("cancelled")`` raised. A reply whose payload would exceed
+        ``max_payload`` bytes is not read: the host is killed (``HostFailure("protocol")``)."""
         with self._busy:  # one request on the pipe at a time (batcher, validation, pings)
             if self._retired:
                 # Evicted between the caller's lookup and this request: nothing ran.
@@ -254,11 +256,11 @@ class ModelHost:
             self._log_lines = 0
             try:
                 self._write(pack(header, payload), deadline)
-                reply, body = self._read_frame(deadline)
+                reply, body = self._read_frame(deadline, max_payload)
                 while reply.get("progress"):
                     if on_progress is not None:
                         on_progress(reply)
-                    reply, body = self._read_frame(deadline)
+                    reply, body = self._read_frame(deadline, max_payload)
             finally:
                 self._interrupt = None
                 if self._retired:
@@ -293,13 +295,21 @@ class ModelHost:
             remaining -= len(chunk)
         return b"".join(chunks)
 
-    def _read_frame(self, deadline: float) -> tuple[dict, bytes]:
+    def _read_frame(self, deadline: float, max_payload: int | None = None) -> tuple[dict, bytes]:
         import json
 
         header_len, payload_len = PREFIX.unpack(self._read_exact(PREFIX.size, deadline))
         if header_len > 1 << 20:
             self.kill()
             raise ProtocolError("the host sent a malformed frame")
+        if max_payload is not None and payload_len > max_payload:
+            self.kill()
+            HOST_RESTARTS.labels("protocol").inc()
+            raise HostFailure(
+                "protocol",
+                f"the model host sent {payload_len / 2**20:.0f} MiB, over the limit of "
+                f"{max_payload / 2**20:.0f} MiB",
+            )
         header = json.loads(self._read_exact(header_len, deadline))
         return header, self._read_exact(payload_len, deadline) if payload_len else b""
 

@@ -62,6 +62,7 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
         "config": version.architecture_config,
         "device": host.device,
         "signature": version.signature,
+        "max_output_bytes": settings.MAX_OUTPUT_BYTES,
     }
     host.request(header, data, timeout=settings.MODEL_LOAD_TIMEOUT)
     host.loaded_bytes = len(data)
@@ -167,6 +168,7 @@ def _batcher(version: ModelVersion):
                 max_batch=settings.BATCH_MAX_SIZE,
                 max_delay=settings.BATCH_MAX_DELAY_MS / 1000,
                 timeout=settings.MODEL_REQUEST_TIMEOUT,
+                max_output_bytes=settings.MAX_OUTPUT_BYTES,
             )
     return batcher
 

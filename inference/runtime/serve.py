@@ -56,6 +56,7 @@ class Host:
         self.loaded = None
         self.signature = None
         self.device = "cpu"
+        self.max_output_bytes: int | None = None
         self.emit = lambda header: None  # interim frames (progress) before a reply
 
     def handle(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
@@ -79,6 +80,7 @@ class Host:
         if self.loaded is not None:
             return {"ok": False, "kind": "protocol", "error": "a host runs exactly one model"}
         self.device = header.get("device", "cpu")
+        self.max_output_bytes = header.get("max_output_bytes")
         self.loaded = formats.load(
             payload,
             format=header["format"],
@@ -157,6 +159,15 @@ class Host:
             return {"ok": False, "kind": "protocol", "error": "no validated model"}, b""
         ordered = validate_inputs(self.signature, codec.decode(payload))
         outputs, compute_ms = self._forward(ordered)
+        size = sum(t.numel() * t.element_size() for t in outputs.values() if hasattr(t, "numel"))
+        if self.max_output_bytes is not None and size > self.max_output_bytes:
+            # Refused before it is encoded, stored and billed (a tiny input can ask for any
+            # size); "output": said to the caller as it is, the model's fault.
+            error = (
+                f"The model's output is {size / 2**20:.1f} MiB, over the limit of "
+                f"{self.max_output_bytes / 2**20:g} MiB for one prediction."
+            )
+            return {"ok": False, "kind": "output", "error": error}, b""
         return {"ok": True, "compute_ms": compute_ms}, codec.encode(outputs)
 
     def compress(self, header: dict, payload: bytes) -> tuple[dict, bytes]:

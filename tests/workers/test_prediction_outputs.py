@@ -1,0 +1,70 @@
+"""What a model answers is checked before it is stored and billed: its size, and types the
+API can carry back to the caller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from billing.models import UsageRecord
+from inference.runtime import codec
+from tests.inference.conftest import scripted
+from tests.workers.conftest import queued, validated
+from workers.host import HostFailure
+from workers.pool import HOSTS
+from workers.services import prediction_run, version_key
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the batcher runs in its own thread
+
+ROW = {"x": {"shape": [1, 4]}}
+
+
+@pytest.fixture(autouse=True)
+def _hosts(settings):
+    settings.MODEL_HOST_PRESTART = 0
+    settings.MODEL_LOAD_TIMEOUT = 60
+    settings.MODEL_REQUEST_TIMEOUT = 90
+    yield
+    HOSTS.close()
+
+
+class Blowup(nn.Module):
+    """2 MiB of output per 16-byte row."""
+
+    def forward(self, x):
+        return x[:, :1].expand(x.shape[0], 512 * 1024) * 1.0
+
+
+def test_an_output_over_the_size_limit_fails_as_the_models_fault_unbilled(tenant, settings):
+    settings.MAX_OUTPUT_BYTES = 1024**2
+    version = validated(tenant, "blowup", scripted(Blowup()), example_input=ROW)
+    prediction = queued(version, np.ones((1, 4), np.float32))
+
+    assert prediction_run(prediction_id=prediction.public_id) == "failed"
+
+    prediction.refresh_from_db()
+    assert (prediction.error_kind, prediction.error) == (
+        "model",
+        "The model's output is 2.0 MiB, over the limit of 1 MiB for one prediction.",
+    )
+    assert prediction.output_data is None
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_host_that_sends_more_than_the_worker_reads_is_killed(tenant):
+    version = validated(tenant, "blowup", scripted(Blowup()), example_input=ROW)
+    host = HOSTS.loaded("cpu").get(version_key(version))
+
+    with pytest.raises(HostFailure) as failure:
+        host.request(
+            {"op": "predict"},
+            codec.encode({"x": torch.ones(1, 4)}),
+            timeout=30,
+            max_payload=1024**2,
+        )
+
+    assert failure.value.kind == "protocol"
+    assert "over the limit of 1 MiB" in str(failure.value)
+    assert not host.alive
