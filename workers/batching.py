@@ -160,7 +160,28 @@ class VersionBatcher:
                 timeout=self.timeout,
                 max_payload=self.max_payload,
             )
-        return tensors.decode(body), reply["compute_ms"]
+        try:
+            outputs = tensors.decode(body)
+        except Exception as exc:  # noqa: BLE001 - what the model answered, not our fault
+            raise ModelFailure(
+                "output", f"The model's output could not be read ({type(exc).__name__})."
+            ) from None
+        self._check_types(outputs)
+        return outputs, reply["compute_ms"]
+
+    def _check_types(self, outputs: dict[str, np.ndarray]) -> None:
+        """An output of a datatype the API cannot carry, or other than its signature's, fails
+        as the model's error: recorded and billed, it could not be read back."""
+        for name, array in outputs.items():
+            datatype = tensors.DATATYPE.get(array.dtype, str(array.dtype))
+            spec = self.outputs.get(name)
+            expected = spec.datatype if spec is not None else None
+            if datatype not in tensors.NUMPY or expected not in (None, datatype):
+                raise ModelFailure(
+                    "output",
+                    f"The model's output '{name}' is {datatype}, where its signature says "
+                    f"{expected or 'one of ' + ', '.join(tensors.NUMPY)}.",
+                )
 
     def _run(self, batch: list[Job]) -> None:
         if len(batch) == 1:

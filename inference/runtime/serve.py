@@ -108,7 +108,13 @@ class Host:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
-        return outputs_to_dict(result), elapsed * 1000
+        outputs = outputs_to_dict(result)
+        # numpy (the worker, the web) has no bfloat16: such outputs are widened to float32,
+        # exactly, for validation's signature and for every prediction alike.
+        for name, value in outputs.items():
+            if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
+                outputs[name] = value.float()
+        return outputs, elapsed * 1000
 
     def validate(self, header: dict) -> dict:
         from inference.runtime.signature import (

@@ -11,7 +11,7 @@ from torch import nn
 from billing.models import UsageRecord
 from inference.runtime import codec
 from tests.inference.conftest import scripted
-from tests.workers.conftest import queued, validated
+from tests.workers.conftest import output_of, queued, validated
 from workers.host import HostFailure
 from workers.pool import HOSTS
 from workers.services import prediction_run, version_key
@@ -68,3 +68,46 @@ def test_a_host_that_sends_more_than_the_worker_reads_is_killed(tenant):
     assert failure.value.kind == "protocol"
     assert "over the limit of 1 MiB" in str(failure.value)
     assert not host.alive
+
+
+class Shifty(nn.Module):
+    """FP32 for the example validation runs; complex for large inputs."""
+
+    def forward(self, x):
+        if bool(x.abs().sum() > 100):
+            return torch.complex(x, x)
+        return x
+
+
+def test_an_output_of_another_type_than_the_signature_fails_unbilled_and_stays_readable(
+    tenant, api
+):
+    version = validated(tenant, "shifty", scripted(Shifty()), example_input=ROW)
+    assert version.signature["outputs"][0]["datatype"] == "FP32"
+    prediction = queued(version, np.full((1, 4), 50.0, np.float32))
+
+    assert prediction_run(prediction_id=prediction.public_id) == "failed"
+
+    response = api.get(f"/api/v1/predictions/{prediction.public_id}")
+    assert response.status_code == 200
+    assert response.json()["error_kind"] == "model"
+    assert response.json()["error"] == (
+        "The model's output 'output' is complex64, where its signature says FP32."
+    )
+    assert not UsageRecord.objects.exists()
+
+
+class HalfOut(nn.Module):
+    def forward(self, x):
+        return (x * 2).to(torch.bfloat16)
+
+
+def test_a_bfloat16_output_is_served_as_float32(tenant):
+    version = validated(tenant, "bf16", scripted(HalfOut()), example_input=ROW)
+    prediction = queued(version, np.ones((1, 4), np.float32))
+
+    assert prediction_run(prediction_id=prediction.public_id) == "succeeded"
+
+    assert version.signature["outputs"][0]["datatype"] == "FP32"
+    assert output_of(prediction).dtype == np.float32
+    assert output_of(prediction).tolist() == [[2.0] * 4]
