@@ -48,6 +48,10 @@ def default_spin_seconds(device: str) -> float:
     return CUDA_SPIN_SECONDS if device.startswith("cuda") else 0.0
 
 
+def _null(_constant: str) -> None:
+    return None
+
+
 class HostFailure(Exception):
     """The host process failed (crash, hang, memory) — not the caller's input."""
 
@@ -310,7 +314,9 @@ class ModelHost:
                 f"the model host sent {payload_len / 2**20:.0f} MiB, over the limit of "
                 f"{max_payload / 2**20:.0f} MiB",
             )
-        header = json.loads(self._read_exact(header_len, deadline))
+        # NaN and infinities (Python's json writes them; a compression report's fidelity after
+        # a float16 cast that overflowed) are null: the database's JSON columns refuse them.
+        header = json.loads(self._read_exact(header_len, deadline), parse_constant=_null)
         return header, self._read_exact(payload_len, deadline) if payload_len else b""
 
     def _wait(self, fd: int, deadline: float, *, write: bool) -> None:

@@ -9,6 +9,7 @@ never trains on).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +171,15 @@ def compress(
         "device": "cpu",
         **({"details": details} if details else {}),
     }
+    non_finite = [k for k, v in report["fidelity"].items() if isinstance(v, float)]
+    non_finite = [k for k in non_finite if not math.isfinite(report["fidelity"][k])]
+    if non_finite:
+        # The worker stores them as null; say why (a float16 cast overflows past 65504).
+        report["warnings"] = [
+            f"The outputs include infinities or NaN, so {', '.join(non_finite)} cannot be "
+            "measured (null): the compressed model's values likely overflow its precision "
+            "(float16 holds at most 65504)."
+        ]
     notify("done", 100.0, None)
     return Result(blob, child_format, child_arch, child_config, report)
 

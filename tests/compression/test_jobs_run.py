@@ -144,3 +144,36 @@ def test_an_export_archive_takes_a_half_precision_cast_and_keeps_its_signature(t
         device="cpu",
     )
     assert loaded.input_names == ["features"] and loaded.input_shapes == {"features": [-1, 64]}
+
+
+def test_a_half_precision_cast_that_overflows_leaves_a_readable_report_saying_so(
+    tenant, api, settings
+):
+    from safetensors.torch import save
+
+    from inference.runtime.architectures import MLP
+
+    settings.COMPRESSION_TIMEOUT = 120
+    config = {"in_features": 4, "hidden": [8], "classes": 3}
+    torch.manual_seed(0)
+    mlp = MLP(**config)
+    with torch.no_grad():
+        mlp.net[-1].weight.mul_(1e6)  # outputs beyond float16's range (65504)
+    version = ready_version(
+        tenant,
+        "wide",
+        save(mlp.state_dict()),
+        sig=signature([4], 3),
+        architecture="mlp",
+        config=config,
+    )
+    job = queued(tenant, version, "quantize", {"scheme": "fp16"})
+
+    assert compression_run(job_id=job.public_id) == "succeeded"
+
+    response = api.get(f"/api/v1/compression-jobs/{job.public_id}")
+    assert response.status_code == 200
+    report = response.json()["report"]
+    assert report["fidelity"]["max_abs_error"] is None
+    assert "infinities or NaN" in report["warnings"][0]
+    assert "65504" in report["warnings"][0]
