@@ -53,8 +53,8 @@ def output_of(prediction: Prediction) -> np.ndarray:
 
 def run_concurrently(version: ModelVersion, first: Prediction, *others: Prediction) -> list[int]:
     """Run ``first``, and ``others`` while its forward pass is held back, so they all wait in
-    the version's batcher at once (as concurrent requests do under load). Returns the sizes
-    of the batches ``others`` ran in, in order."""
+    the version's batcher at once, in the order given (as concurrent requests do under load).
+    Returns the sizes of the batches ``others`` ran in, in order."""
     from django.db import connections
 
     from workers import services
@@ -80,13 +80,13 @@ def run_concurrently(version: ModelVersion, first: Prediction, *others: Predicti
     threads = [threading.Thread(target=run, args=(first,))]
     threads[0].start()
     assert entered.wait(60)
-    for p in others:
+    deadline = time.monotonic() + 60
+    for waiting, p in enumerate(others, 1):  # one at a time: they wait in this order
         threads.append(threading.Thread(target=run, args=(p,)))
         threads[-1].start()
-    deadline = time.monotonic() + 60
-    while batcher._jobs.qsize() < len(others):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        while batcher._jobs.qsize() < waiting:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
     gate.set()
     for t in threads:
         t.join(120)
