@@ -656,13 +656,20 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
     fidelity = report.get("fidelity") or {}
     if fidelity:
         cli.out.print(
-            f"  fidelity  agreement {fidelity.get('agreement', 0):.2%}, cosine "
-            f"{fidelity.get('cosine', 0):.5f}, mean abs error "
-            f"{fidelity.get('mean_abs_error', 0):.3g} ({fidelity.get('samples')} "
+            f"  fidelity  agreement {_figure(fidelity.get('agreement'), '.2%')}, cosine "
+            f"{_figure(fidelity.get('cosine'), '.5f')}, mean abs error "
+            f"{_figure(fidelity.get('mean_abs_error'), '.3g')} ({fidelity.get('samples')} "
             f"{fidelity.get('inputs', '')} inputs)"
         )
+    for warning in report.get("warnings") or []:
+        cli.out.print(f"  [yellow]warning[/]   {escape(str(warning))}")
     if not job.is_terminal:
         cli.out.print(f"Follow it with: mm job {job.id} --watch")
+
+
+def _figure(value: Any, spec: str) -> str:
+    """A report's figure, or "n/a" where it has none (null: not a finite number)."""
+    return format(value, spec) if isinstance(value, int | float) else "n/a"
 
 
 # --- usage and invoices -----------------------------------------------------------------------
