@@ -135,7 +135,7 @@ def upload_session_create(
 def parse_content_range(header: str, session: UploadSession) -> int:
     """The chunk index a ``Content-Range: bytes start-end/total`` header names; chunks must
     line up with the session's chunk size."""
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", header.strip())
+    match = re.fullmatch(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})", header.strip(), re.ASCII)
     if match is None:
         raise ValidationError(
             "Send 'Content-Range: bytes START-END/TOTAL' with each chunk (END inclusive)."
@@ -390,8 +390,8 @@ def sniff_format(head: bytes, tail: bytes, size: int) -> str | None:
     if head[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(_SparseFile(head, tail, size)).namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            return None
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+            return None  # not a zip we can read (NotImplementedError: a newer zip version)
         roots = {name.split("/", 1)[1] if "/" in name else name for name in names}
         if "archive_format" in roots:
             return Format.EXPORT
@@ -417,7 +417,7 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
 
         try:
             return isinstance(json.loads(head[8 : 8 + header_len]), dict)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past any real header
             return False
     return True
 
@@ -786,6 +786,15 @@ def version_deprecate(
 
 @transaction.atomic
 def version_yank(*, version: ModelVersion, reason: str, actor: Actor) -> ModelVersion:
+    """Withdraw a published (ready or deprecated) version: it answers 410 from then on. The
+    version's row is locked, as ``alias_set`` locks it, so an alias cannot move onto it
+    meanwhile."""
+    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if locked.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
+        raise Conflict(
+            f"Version {version.number} is {locked.status}; only a ready or deprecated "
+            "version can be yanked."
+        )
     names = ", ".join(Alias.objects.filter(version=version).values_list("name", flat=True))
     if names:
         raise Conflict(
@@ -813,17 +822,26 @@ def alias_set(
 ) -> Alias:
     """Point an alias at a ready version; moving ``production`` needs the admin role. Moving an
     alias back is how a rollback is done."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name):
-        raise ValidationError({"name": "Alias names are 1-40 lowercase letters, digits or '-'."})
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name) or name.isdigit():
+        raise ValidationError(
+            {
+                "name": "Alias names are 1-40 lowercase letters, digits or '-', with at least "
+                "one letter or '-' (a number names a version)."
+            }
+        )
     if name in PROTECTED_ALIASES and not access.has_scope(Scope.ADMIN):
         raise Forbidden(f"Moving '{name}' needs the admin role (the 'admin' scope).")
     if version.model_id != model.pk:
         raise ValidationError(
             {"version": f"Version {version.number} is not a version of {model.ref}."}
         )
-    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
+    # Locked and read again (as version_yank locks it): a yank cannot slip in meanwhile.
+    status = (
+        ModelVersion.objects.select_for_update().values_list("status", flat=True).get(pk=version.pk)
+    )
+    if status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
         raise Conflict(
-            f"Version {version.number} is {version.status}; only a ready version can take an alias."
+            f"Version {version.number} is {status}; only a ready version can take an alias."
         )
     alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
     previous = alias.version if alias else None

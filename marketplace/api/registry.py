@@ -23,6 +23,11 @@ from marketplace.models import Alias, ModelVersion, UploadSession
 READ_BLOCK = 1024 * 1024
 
 
+def _viewer(request) -> dict:
+    """The serializers' context: whose eyes (what another organisation may see differs)."""
+    return {"tenant": request.auth.tenant}
+
+
 class ModelsView(GenericAPIView):
     """Models your organisation owns or has been given access to; create a model."""
 
@@ -37,7 +42,9 @@ class ModelsView(GenericAPIView):
     @extend_schema(responses=s.ModelSerializer(many=True))
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(s.ModelSerializer(page, many=True).data)
+        return self.get_paginated_response(
+            s.ModelSerializer(page, many=True, context=_viewer(request)).data
+        )
 
     @extend_schema(request=s.ModelCreateSerializer, responses={201: s.ModelSerializer})
     def post(self, request):
@@ -46,7 +53,9 @@ class ModelsView(GenericAPIView):
         model = services.model_create(
             tenant=request.auth.tenant, actor=request_actor(request), **data.validated_data
         )
-        return Response(s.ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+        return Response(
+            s.ModelSerializer(model, context=_viewer(request)).data, status=status.HTTP_201_CREATED
+        )
 
 
 class ModelDetailView(APIView):
@@ -55,7 +64,7 @@ class ModelDetailView(APIView):
     @extend_schema(responses=s.ModelSerializer)
     def get(self, request, owner: str, name: str):
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
-        return Response(s.ModelSerializer(model).data)
+        return Response(s.ModelSerializer(model, context=_viewer(request)).data)
 
     @extend_schema(request=s.ModelUpdateSerializer, responses=s.ModelSerializer)
     def patch(self, request, owner: str, name: str):
@@ -64,8 +73,9 @@ class ModelDetailView(APIView):
         data.is_valid(raise_exception=True)
         for field, value in data.validated_data.items():
             setattr(model, field, value)
-        model.save(update_fields=list(data.validated_data) or None)
-        return Response(s.ModelSerializer(model).data)
+        if data.validated_data:  # only what was sent: never the version counter, say
+            model.save(update_fields=list(data.validated_data))
+        return Response(s.ModelSerializer(model, context=_viewer(request)).data)
 
 
 # What another organisation sees of a model it may view: its published versions, and no

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.db.models import Max
 from rest_framework import serializers
 
 from accounts.api.serializers import StrictSerializer
@@ -32,7 +33,15 @@ class ModelSerializer(serializers.ModelSerializer):
         return {a.name: a.version.number for a in obj.aliases.select_related("version")}
 
     def get_latest_version(self, obj: Model) -> int | None:
-        return obj.next_version - 1 or None
+        """The publisher's newest version; for another organisation, the newest one it can
+        open (ready or deprecated)."""
+        viewer = self.context.get("tenant")
+        if viewer is None or viewer.pk == obj.tenant_id:
+            return obj.next_version - 1 or None
+        published = obj.versions.filter(
+            status__in=[ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED]
+        )
+        return published.aggregate(latest=Max("number"))["latest"]
 
 
 class ModelCreateSerializer(StrictSerializer):

@@ -1,0 +1,188 @@
+"""The registry at its edges: odd uploads that are refused with the right 4xx, versions that
+may not be yanked, what another organisation is told of a model's versions, alias names that
+look like numbers, a yank racing an alias move, and an empty PATCH racing a new version."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from accounts import services as accounts
+from accounts.exceptions import ServiceError
+from accounts.models import ALL_SCOPES
+from accounts.tenancy import Access
+from marketplace import listings
+from marketplace import services as registry
+from marketplace.models import Model, ModelVersion
+from marketplace.vault import store
+from tests.marketplace.conftest import put_range, sha256
+
+pytestmark = pytest.mark.django_db
+CHUNK = 1000
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(settings, isolated_store):
+    settings.UPLOAD_CHUNK_SIZE = CHUNK
+
+
+def version_of(model, status: str, *, failure_reason: str = "") -> ModelVersion:
+    """A version made the way completion makes it (the model's counter moves), then set to
+    ``status`` as validation would."""
+    artifact = store.artifact_create(tenant=model.tenant, chunks=[b"weights %d" % model.pk])
+    version = registry._version_create(
+        model=model, artifact=artifact, format="pt2", actor=accounts.SYSTEM
+    )
+    ModelVersion.objects.filter(pk=version.pk).update(status=status, failure_reason=failure_reason)
+    version.refresh_from_db()
+    return version
+
+
+def public_model(tenant, name="resnet") -> Model:
+    model = registry.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM)
+    listings.listing_publish(model=model, actor=accounts.SYSTEM, visibility="public", title="R")
+    return model
+
+
+def uploaded(api, data: bytes):
+    """An upload of ``data`` to a new model acme/classifier, every chunk sent."""
+    api.post("/api/v1/models", {"name": "classifier"}, format="json")
+    upload = api.post(
+        "/api/v1/models/acme/classifier/uploads",
+        {"filename": "m.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)},
+        format="json",
+    ).json()
+    for start in range(0, len(data), CHUNK):
+        assert (
+            put_range(api, upload, data, start, min(start + CHUNK, len(data)) - 1).status_code
+            == 200
+        )
+    return upload
+
+
+def test_a_content_range_with_a_number_of_thousands_of_digits_is_400(api, tenant):
+    data = b"x" * 2500
+    api.post("/api/v1/models", {"name": "classifier"}, format="json")
+    upload = api.post(
+        "/api/v1/models/acme/classifier/uploads",
+        {"filename": "m.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)},
+        format="json",
+    ).json()
+
+    response = api.generic(
+        "PUT",
+        upload["upload_url"],
+        data[:CHUNK],
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes 0-999/{'9' * 5000}",
+    )
+
+    assert response.status_code == 400
+    assert "Content-Range: bytes START-END/TOTAL" in response.json()["detail"]
+
+
+def test_a_zip_of_a_zip_version_we_cannot_read_is_not_a_model_file(api, tenant):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model/archive_format", "pt2")
+    data = bytearray(buffer.getvalue())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 6 : entry + 8] = (248).to_bytes(2, "little")  # "needs zip version 24.8"
+    upload = uploaded(api, bytes(data))
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 415
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_header_nested_past_any_real_one_is_not_a_model_file(api, tenant):
+    header = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    upload = uploaded(api, len(header).to_bytes(8, "little") + header)
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 415  # not "the JSON body is nested too deeply"
+    assert not ModelVersion.objects.exists()
+
+
+def test_only_a_published_version_can_be_yanked(tenant, api, outsider_api):
+    model = public_model(tenant)
+    version_of(model, "ready")
+    version_of(model, "failed", failure_reason="our internal path /srv/x failed")
+    base = "/api/v1/models/acme/resnet"
+
+    yank = api.post(f"{base}/versions/2/yank", {"reason": "broken upload"}, format="json")
+    seen = outsider_api.get(f"{base}/versions")
+
+    assert yank.status_code == 409 and "only a ready or deprecated" in yank.json()["detail"]
+    assert [v["number"] for v in seen.json()["results"]] == [1]
+    assert "/srv/x" not in seen.content.decode()
+
+
+def test_another_organisation_is_told_the_latest_version_it_can_open(tenant, api, outsider_api):
+    model = public_model(tenant)
+    version_of(model, "ready")
+    version_of(model, "failed", failure_reason="bad")
+    base = "/api/v1/models/acme/resnet"
+
+    theirs = outsider_api.get(base).json()["latest_version"]
+
+    assert theirs == 1 and outsider_api.get(f"{base}/versions/1").status_code == 200
+    assert api.get(base).json()["latest_version"] == 2  # the publisher sees its own newest
+
+
+@pytest.mark.parametrize("name", ["2024", "1"])
+def test_an_alias_named_like_a_version_number_is_refused(api, tenant, name):
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+    version_of(model, "ready")
+    version_of(model, "ready")
+
+    moved = api.put(f"/api/v1/models/acme/resnet/aliases/{name}", {"version": 2}, format="json")
+
+    assert moved.status_code == 400 and "a number names a version" in moved.json()["detail"]
+    assert not model.aliases.exists()
+
+
+def test_an_alias_cannot_move_onto_a_version_yanked_meanwhile(tenant):
+    from inference.services import version_for
+
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+    version_of(model, "ready")
+    looked_up = ModelVersion.objects.get(model=model, number=1)  # read before the yank
+    registry.version_yank(
+        version=ModelVersion.objects.get(pk=looked_up.pk), reason="bad", actor=accounts.SYSTEM
+    )
+
+    with pytest.raises(ServiceError, match="is yanked"):
+        registry.alias_set(
+            model=model,
+            name="production",
+            version=looked_up,
+            access=Access(tenant=tenant, scopes=ALL_SCOPES),
+            actor=accounts.SYSTEM,
+        )
+    with pytest.raises(ServiceError):
+        version_for(model, None)  # no alias: nothing runs by default
+
+
+def test_an_empty_patch_racing_a_new_version_leaves_the_version_counter_alone(
+    api, tenant, monkeypatch
+):
+    from marketplace.api import serializers as s
+
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+    version_of(model, "ready")
+    is_valid = s.ModelUpdateSerializer.is_valid
+
+    def is_valid_while_a_version_is_made(self, *args, **kwargs):
+        result = is_valid(self, *args, **kwargs)
+        version_of(Model.objects.get(pk=model.pk), "ready")
+        return result
+
+    monkeypatch.setattr(s.ModelUpdateSerializer, "is_valid", is_valid_while_a_version_is_made)
+
+    assert api.patch("/api/v1/models/acme/resnet", {}, format="json").status_code == 200
+    assert Model.objects.get(pk=model.pk).next_version == 3
