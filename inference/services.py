@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, Gone
 from accounts.models import Scope
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
@@ -45,10 +45,26 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
         version = (
             alias.version
             if alias is not None
-            else model.versions.filter(status__in=RUNNABLE).order_by("-number").first()
+            else model.versions.filter(ModelVersion.runnable()).order_by("-number").first()
         )
         if version is None:
             raise Conflict(f"{model.ref} has no ready version yet.")
+    if version.past_sunset:
+        alternative = (
+            Alias.objects.filter(
+                model=model, version__in=model.versions.filter(ModelVersion.runnable())
+            )
+            .order_by("name")
+            .values_list("name", flat=True)
+            .first()
+        )
+        hint = f" Use the alias '{alternative}' instead." if alternative else ""
+        raise Gone(
+            f"Version {version.number} of {model.ref} reached its sunset on "
+            f"{version.sunset_at:%Y-%m-%d %H:%M} UTC: {version.status_reason or 'deprecated'}."
+            f"{hint}",
+            use_alias=alternative,
+        )
     if version.status not in RUNNABLE:
         detail = f": {version.failure_reason}" if version.failure_reason else ""
         raise Conflict(f"Version {version.number} of {model.ref} is {version.status}{detail}.")

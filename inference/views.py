@@ -143,7 +143,7 @@ def classifier_output(model: Model, signature: Signature) -> str:
 def version_choices(model: Model) -> list[tuple[str, str]]:
     """The picker: aliases on runnable versions first, then each runnable version."""
     versions = list(
-        model.versions.filter(status__in=services.RUNNABLE)
+        model.versions.filter(ModelVersion.runnable())
         .prefetch_related("aliases")
         .order_by("-number")
     )

@@ -837,9 +837,7 @@ def catalogue_versions(model: Model) -> list[ModelVersion]:
     """What a consumer can run: ready versions (and deprecated ones until their sunset), with
     their aliases."""
     return list(
-        model.versions.filter(
-            status__in=[ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED]
-        )
+        model.versions.filter(ModelVersion.runnable())
         .prefetch_related("aliases")
         .order_by("-number")[:20]
     )

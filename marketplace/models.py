@@ -180,6 +180,23 @@ class ModelVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.model_id}:{self.number}"
 
+    @property
+    def past_sunset(self) -> bool:
+        """Deprecated, and its sunset date has come: still shown, no longer run."""
+        return (
+            self.status == self.Status.DEPRECATED
+            and self.sunset_at is not None
+            and self.sunset_at <= timezone.now()
+        )
+
+    @classmethod
+    def runnable(cls) -> models.Q:
+        """The versions that run: ready ones, and deprecated ones until their sunset."""
+        return models.Q(status=cls.Status.READY) | models.Q(
+            models.Q(sunset_at__isnull=True) | models.Q(sunset_at__gt=timezone.now()),
+            status=cls.Status.DEPRECATED,
+        )
+
 
 class Alias(models.Model):
     """A movable name (``production``, ``staging``, …) for a version; moves are recorded."""

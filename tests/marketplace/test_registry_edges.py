@@ -186,3 +186,55 @@ def test_an_empty_patch_racing_a_new_version_leaves_the_version_counter_alone(
 
     assert api.patch("/api/v1/models/acme/resnet", {}, format="json").status_code == 200
     assert Model.objects.get(pk=model.pk).next_version == 3
+
+
+def past_its_sunset(tenant) -> Model:
+    """acme/resnet, public, whose version 1 was deprecated with a sunset that has come."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    model = public_model(tenant)
+    version = version_of(model, "ready")
+    registry.version_deprecate(
+        version=version,
+        sunset_at=timezone.now() + timedelta(days=1),
+        reason="use v2",
+        actor=accounts.SYSTEM,
+    )
+    ModelVersion.objects.filter(pk=version.pk).update(sunset_at=timezone.now())
+    return model
+
+
+def test_the_catalogue_offers_no_version_past_its_sunset(tenant, outsider_api):
+    past_its_sunset(tenant)
+
+    shown = outsider_api.get("/api/v1/catalogue/acme/resnet").json()
+    still_described = outsider_api.get("/api/v1/models/acme/resnet/versions/1")
+
+    assert shown["versions"] == []
+    assert still_described.status_code == 200
+    assert still_described.json()["status"] == "deprecated"
+
+
+def test_a_version_past_its_sunset_is_410_with_the_alias_to_use(tenant):
+    from inference.services import version_for
+
+    model = past_its_sunset(tenant)
+    version_of(model, "ready")
+    registry.alias_set(
+        model=model,
+        name="stable",
+        version=ModelVersion.objects.get(model=model, number=2),
+        access=Access(tenant=tenant, scopes=ALL_SCOPES),
+        actor=accounts.SYSTEM,
+    )
+
+    with pytest.raises(ServiceError) as refused:
+        version_for(model, "1")
+    default = version_for(model, None)  # no production alias: the newest that runs
+
+    assert refused.value.status_code == 410
+    assert "reached its sunset on" in refused.value.message and "use v2" in refused.value.message
+    assert "Use the alias 'stable' instead." in refused.value.message
+    assert default.number == 2
