@@ -162,6 +162,13 @@ def _check_open(session: UploadSession) -> None:
         raise Conflict("This upload expired; start a new one.")
 
 
+def _lock_open(session: UploadSession) -> None:
+    """Inside a transaction: lock the session's row and check it is still open, so a chunk
+    that arrived while the upload was completed, aborted or expired is not kept (completion
+    and the chunk's row change one at a time)."""
+    _check_open(UploadSession.objects.select_for_update().get(pk=session.pk))
+
+
 @dataclass
 class _RunningDigest:
     """SHA-256 of an upload's chunks received in order by this process: chunks ``0..next-1``,
@@ -260,6 +267,7 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         sealer.update(piece)
     try:
         with transaction.atomic():
+            _lock_open(session)
             claim = UploadPart.objects.create(
                 session=session, index=index, layout=UploadPart.Layout.SEALED_IN_PLACE
             )
@@ -271,6 +279,7 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         )
         try:
             with transaction.atomic():  # a savepoint inside a caller's transaction
+                _lock_open(session)
                 linked = UploadPart.objects.filter(pk=claim.pk, artifact__isnull=True).update(
                     artifact=artifact
                 )
@@ -305,6 +314,7 @@ def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: st
     """Point the chunk's row at its newly stored part; the part it replaces is deleted."""
     try:
         with transaction.atomic():
+            _lock_open(session)
             part = (
                 UploadPart.objects.select_for_update()
                 .select_related("artifact")
@@ -324,6 +334,9 @@ def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: st
         # The same chunk's first copy arrived twice at once; the other one won.
         store.artifact_delete(artifact)
         raise Conflict(f"Chunk {index} was being sent twice at once; retry it.") from None
+    except Conflict:  # the upload was completed, aborted or expired while it arrived
+        store.artifact_delete(artifact)
+        raise
     return part
 
 
@@ -514,6 +527,13 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
         artifact = _artifact_reencrypted(session, parts, sha256)
     try:
         with transaction.atomic():
+            _lock_open(session)
+            now_parts = dict(session.parts.values_list("index", "artifact_id"))
+            if now_parts != {part.index: part.artifact_id for part in parts}:
+                raise Conflict(
+                    "A chunk was sent again while the upload was being completed; complete "
+                    "it again."
+                )
             if in_place:
                 artifact.save(force_insert=True)
             version = _version_create(

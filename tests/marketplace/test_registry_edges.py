@@ -238,3 +238,85 @@ def test_a_version_past_its_sunset_is_410_with_the_alias_to_use(tenant):
     assert "reached its sunset on" in refused.value.message and "use v2" in refused.value.message
     assert "Use the alias 'stable' instead." in refused.value.message
     assert default.number == 2
+
+
+def three_chunks_stored(tenant):
+    """An open upload of a small safetensors file with its three chunks stored, and the
+    file's bytes."""
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    data = len(header).to_bytes(8, "little") + header + b"\0" * (2500 - 8 - len(header))
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+    session = registry.upload_session_create(
+        model=model,
+        filename="w.safetensors",
+        format="safetensors",
+        architecture="mlp",
+        size=len(data),
+        sha256=sha256(data),
+        actor=accounts.SYSTEM,
+    )
+    for index in range(3):
+        registry.upload_part_store(
+            session=session, index=index, chunks=[data[index * CHUNK : (index + 1) * CHUNK]]
+        )
+    return session, data
+
+
+def test_a_chunk_sent_again_while_the_upload_completes_never_breaks_the_version(
+    tenant, monkeypatch, django_capture_on_commit_callbacks
+):
+    from marketplace.models import UploadSession
+    from marketplace.vault import uploads
+
+    monkeypatch.setattr(registry, "_enqueue_validation", lambda version_id: None)
+    session, data = three_chunks_stored(tenant)
+    take_over = uploads.artifact_take_over
+
+    def take_over_then_a_put_lands(**kwargs):
+        artifact = take_over(**kwargs)
+        registry.upload_part_store(  # a client's retry of chunk 2, with other bytes
+            session=UploadSession.objects.get(pk=session.pk),
+            index=2,
+            chunks=[b"\1" * (len(data) - 2 * CHUNK)],
+        )
+        return artifact
+
+    monkeypatch.setattr(uploads, "artifact_take_over", take_over_then_a_put_lands)
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(ServiceError) as refused:
+        registry.upload_complete(
+            session=UploadSession.objects.get(pk=session.pk), actor=accounts.SYSTEM
+        )
+
+    assert refused.value.status_code == 409
+    assert "sent again while the upload was being completed" in refused.value.message
+    assert not ModelVersion.objects.exists()
+    assert UploadSession.objects.get(pk=session.pk).status == "open"  # complete it again
+
+
+def test_a_chunk_still_arriving_when_the_upload_is_aborted_leaves_nothing_behind(tenant):
+    from marketplace.models import Artifact, UploadPart, UploadSession
+
+    data = b"x" * 2500
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+    session = registry.upload_session_create(
+        model=model,
+        filename="m.pt2",
+        format="pt2",
+        size=len(data),
+        sha256=sha256(data),
+        actor=accounts.SYSTEM,
+    )
+
+    def body():
+        yield data[:500]
+        registry.upload_abort(session=UploadSession.objects.get(pk=session.pk))
+        yield data[500:1000]
+
+    with pytest.raises(ServiceError, match="This upload is failed"):
+        registry.upload_part_store(session=session, index=0, chunks=body())
+
+    assert not UploadPart.objects.filter(session=session, artifact__isnull=False).exists()
+    assert not Artifact.objects.exists()
