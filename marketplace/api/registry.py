@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.db.models import Prefetch
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -12,13 +14,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.views import CreatedCursorPagination
-from accounts.exceptions import NotFound
+from accounts.exceptions import Conflict, NotFound
 from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from marketplace import selectors, services
 from marketplace.api import serializers as s
 from marketplace.api.body import body_pieces
 from marketplace.models import Alias, ModelVersion, UploadSession
+from marketplace.vault import store
 
 READ_BLOCK = 1024 * 1024
 
@@ -149,6 +152,41 @@ def deprecation_headers(response, version: ModelVersion):
         response["Deprecation"] = "true"
         response["Sunset"] = http_date(version.sunset_at.timestamp())
     return response
+
+
+EXTENSIONS = {"pt2": "pt2", "torchscript": "pt", "safetensors": "safetensors"}
+
+
+class VersionDownloadView(APIView):
+    required_scope = Scope.MODELS_READ
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request, owner: str, name: str, ref: str):
+        """The version's weights, decrypted as they stream, for its publisher and for the
+        organisations it granted downloads to (``…/entitlements/{id}/download``); others get
+        403, or 404 where they may not see the model. Audited. ``X-Content-SHA256`` is the
+        plaintext's SHA-256: a download cut short does not match it."""
+        model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="download")
+        version = selectors.version_resolve(model, ref)
+        if not _publisher(request, model) and version.status not in PUBLISHED:
+            raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
+        if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
+            raise Conflict(f"Version {version.number} is {version.status}; nothing to download.")
+        artifact = version.artifact
+        response = StreamingHttpResponse(
+            store.artifact_stream(
+                artifact=artifact, purpose="download", actor=request_actor(request)
+            ),
+            content_type="application/octet-stream",
+        )
+        filename = f"{model.tenant.slug}-{model.name}-v{version.number}"
+        response["Content-Length"] = str(artifact.size)
+        response["Content-Disposition"] = (
+            f'attachment; filename="{filename}.{EXTENSIONS.get(version.format, "bin")}"'
+        )
+        response["X-Content-SHA256"] = artifact.sha256
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class VersionDeprecateView(APIView):

@@ -10,6 +10,11 @@ urlpatterns = [
     path(f"{MODEL}/versions", registry.VersionsView.as_view(), name="versions"),
     path(f"{MODEL}/versions/<str:ref>", registry.VersionDetailView.as_view(), name="version"),
     path(
+        f"{MODEL}/versions/<str:ref>/download",
+        registry.VersionDownloadView.as_view(),
+        name="version-download",
+    ),
+    path(
         f"{MODEL}/versions/<int:number>/deprecate",
         registry.VersionDeprecateView.as_view(),
         name="version-deprecate",

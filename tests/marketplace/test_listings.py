@@ -383,6 +383,45 @@ def test_only_the_publisher_can_let_a_consumer_download(api, tenant, outsider, o
     assert actions == ["entitlement.download_grant", "entitlement.download_revoke"]
 
 
+def test_the_weights_download_to_the_publisher_and_to_a_granted_subscriber_only(
+    api, tenant, outsider, outsider_api, initech_api
+):
+    import hashlib
+
+    model = listed(tenant, "resnet")
+    ready_version(model)
+    url = "/api/v1/models/acme/resnet/versions/1/download"
+    entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
+
+    not_granted = outsider_api.get(url)
+    api.post(f"/api/v1/models/acme/resnet/entitlements/{entitlement}/download")
+    granted = outsider_api.get(url)
+    own = api.get(url)
+    stranger = initech_api.get(url)
+
+    assert not_granted.status_code == 403
+    assert stranger.status_code == 403  # a public model: seen, not downloadable
+    body = b"".join(granted.streaming_content)
+    assert body == b"not really weights" == b"".join(own.streaming_content)
+    assert granted["X-Content-SHA256"] == hashlib.sha256(body).hexdigest()
+    assert granted["Content-Length"] == str(len(body))
+    assert 'filename="acme-resnet-v1.pt2"' in granted["Content-Disposition"]
+    downloads = AuditEvent.objects.filter(action="artifact.decrypt", data__purpose="download")
+    assert downloads.count() == 2
+
+
+def test_a_private_model_downloads_to_nobody_else_and_a_failed_version_to_no_one(
+    api, tenant, outsider_api
+):
+    model = make_model(tenant, "inhouse")
+    ready_version(model)
+    ready_version(model, number=2, status="failed")
+
+    assert outsider_api.get("/api/v1/models/acme/inhouse/versions/1/download").status_code == 404
+    failed = api.get("/api/v1/models/acme/inhouse/versions/2/download")
+    assert failed.status_code == 409 and "nothing to download" in failed.json()["detail"]
+
+
 def test_unsubscribing_also_drops_a_download_grant(api, tenant, outsider, outsider_api):
     model = listed(tenant, "resnet")
     entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
