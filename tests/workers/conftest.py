@@ -7,10 +7,24 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from inference import tensors
 from inference.models import Prediction
 from marketplace.models import ModelVersion
+
+
+@pytest.fixture
+def fresh_hosts(settings):
+    """Hosts loaded on demand (none pre-started), with room for slow loads and requests on a
+    busy machine; every host closed afterwards."""
+    from workers.pool import HOSTS
+
+    settings.MODEL_HOST_PRESTART = 0
+    settings.MODEL_LOAD_TIMEOUT = 60
+    settings.MODEL_REQUEST_TIMEOUT = 90
+    yield
+    HOSTS.close()
 
 
 def validated(tenant, name: str, data: bytes, fmt: str = "torchscript", **fields) -> ModelVersion:

@@ -14,21 +14,14 @@ from torch import nn
 from billing.models import UsageRecord
 from tests.inference.conftest import scripted
 from tests.workers.conftest import output_of, queued, run_concurrently, validated
-from workers.pool import HOSTS
 from workers.services import prediction_run
 
-pytestmark = pytest.mark.django_db(transaction=True)  # batcher and runs in their own threads
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # batcher and runs in their own threads
+    pytest.mark.usefixtures("fresh_hosts"),
+]
 
 ROW = {"x": {"shape": [1, 4]}}  # the example validation runs: one row
-
-
-@pytest.fixture(autouse=True)
-def _hosts(settings):
-    settings.MODEL_HOST_PRESTART = 0
-    settings.MODEL_LOAD_TIMEOUT = 60
-    settings.MODEL_REQUEST_TIMEOUT = 90
-    yield
-    HOSTS.close()
 
 
 class Flip(nn.Module):

@@ -15,16 +15,10 @@ from tests.workers.conftest import queued, validated
 from workers.pool import HOSTS
 from workers.services import prediction_run, version_key
 
-pytestmark = pytest.mark.django_db(transaction=True)  # the prediction runs in its own thread
-
-
-@pytest.fixture(autouse=True)
-def _hosts(settings):
-    settings.MODEL_HOST_PRESTART = 0
-    settings.MODEL_LOAD_TIMEOUT = 60
-    settings.MODEL_REQUEST_TIMEOUT = 90
-    yield
-    HOSTS.close()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # the prediction runs in its own thread
+    pytest.mark.usefixtures("fresh_hosts"),
+]
 
 
 class Spin(nn.Module):

@@ -16,18 +16,12 @@ from workers.host import HostFailure
 from workers.pool import HOSTS
 from workers.services import prediction_run, version_key
 
-pytestmark = pytest.mark.django_db(transaction=True)  # the batcher runs in its own thread
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # the batcher runs in its own thread
+    pytest.mark.usefixtures("fresh_hosts"),
+]
 
 ROW = {"x": {"shape": [1, 4]}}
-
-
-@pytest.fixture(autouse=True)
-def _hosts(settings):
-    settings.MODEL_HOST_PRESTART = 0
-    settings.MODEL_LOAD_TIMEOUT = 60
-    settings.MODEL_REQUEST_TIMEOUT = 90
-    yield
-    HOSTS.close()
 
 
 class Blowup(nn.Module):
