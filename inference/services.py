@@ -50,14 +50,7 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
         if version is None:
             raise Conflict(f"{model.ref} has no ready version yet.")
     if version.past_sunset:
-        alternative = (
-            Alias.objects.filter(
-                model=model, version__in=model.versions.filter(ModelVersion.runnable())
-            )
-            .order_by("name")
-            .values_list("name", flat=True)
-            .first()
-        )
+        alternative = selectors.alias_instead(model)
         hint = f" Use the alias '{alternative}' instead." if alternative else ""
         raise Gone(
             f"Version {version.number} of {model.ref} reached its sunset on "

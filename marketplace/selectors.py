@@ -115,6 +115,19 @@ def is_number(ref: str) -> bool:
     return ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) < 2**31
 
 
+def alias_instead(model: Model) -> str | None:
+    """The alias to suggest in place of a version that no longer runs: the first by name on
+    one that does."""
+    return (
+        Alias.objects.filter(
+            model=model, version__in=model.versions.filter(ModelVersion.runnable())
+        )
+        .order_by("name")
+        .values_list("name", flat=True)
+        .first()
+    )
+
+
 def version_resolve(model: Model, ref: str | int) -> ModelVersion:
     """The version a number or an alias names. A yanked version is 410 with the alias to use
     instead."""
@@ -127,13 +140,7 @@ def version_resolve(model: Model, ref: str | int) -> ModelVersion:
     if version is None:
         raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
     if version.status == ModelVersion.Status.YANKED:
-        alternative = (
-            Alias.objects.filter(model=model)
-            .exclude(version__status=ModelVersion.Status.YANKED)
-            .order_by("name")
-            .values_list("name", flat=True)
-            .first()
-        )
+        alternative = alias_instead(model)
         hint = f" Use the alias '{alternative}' instead." if alternative else ""
         raise Gone(
             f"Version {version.number} of {model.ref} was withdrawn: "
