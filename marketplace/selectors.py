@@ -98,14 +98,17 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
 
 
 def models_visible_to(access: Access) -> QuerySet[Model]:
-    """The caller's own models and those shared with or subscribed to by its tenant (of
-    those, only the ones its API key's allowlist names)."""
+    """The caller's own models and those shared with or subscribed to by its tenant, less
+    those an operator took down (of all these, only the ones its API key's allowlist
+    names)."""
     from marketplace.models import ModelGroupObjectPermission
 
     granted = ModelGroupObjectPermission.objects.filter(
         group=access.tenant.group, permission__codename="view_model"
     ).values("content_object_id")
-    visible = Model.objects.filter(tenant=access.tenant) | Model.objects.filter(pk__in=granted)
+    visible = Model.objects.filter(tenant=access.tenant) | Model.objects.filter(
+        pk__in=granted
+    ).exclude(listing__taken_down_at__isnull=False)
     return visible.filter(access.key.models_q("")) if access.key is not None else visible
 
 

@@ -422,6 +422,24 @@ def test_a_private_model_downloads_to_nobody_else_and_a_failed_version_to_no_one
     assert failed.status_code == 409 and "nothing to download" in failed.json()["detail"]
 
 
+def test_a_model_taken_down_leaves_its_subscribers_lists_not_its_publishers(
+    api, tenant, outsider, outsider_api
+):
+    listed(tenant, "resnet")
+    listed(tenant, "bert")
+    outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe")
+    outsider_api.post("/api/v1/catalogue/acme/bert/subscribe")
+    listings.listing_take_down(
+        listing=Listing.objects.get(model__name="resnet"), reason="DMCA", actor=accounts.SYSTEM
+    )
+
+    theirs = [m["name"] for m in outsider_api.get("/api/v1/models").json()["results"]]
+    own = [m["name"] for m in api.get("/api/v1/models").json()["results"]]
+
+    assert theirs == ["bert"]  # resnet answers 451 now; its entitlement stays for a restore
+    assert sorted(own) == ["bert", "resnet"]
+
+
 def test_unsubscribing_also_drops_a_download_grant(api, tenant, outsider, outsider_api):
     model = listed(tenant, "resnet")
     entitlement = outsider_api.post("/api/v1/catalogue/acme/resnet/subscribe").json()["id"]
