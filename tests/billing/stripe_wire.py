@@ -152,3 +152,8 @@ def invoice_reads(invoice_id: str, lines: dict[str, int]) -> dict:
             "url": "/v1/invoices",
         },
     }
+
+
+def reversal(transfer_id: str, amount: int) -> dict:
+    """Stripe's answer to reversing ``amount`` of a transfer."""
+    return {"id": "trr_1", "object": "transfer_reversal", "amount": amount, "transfer": transfer_id}

@@ -159,12 +159,7 @@ def test_a_refund_reverses_the_transfers_and_reconciles(tenant, paid_invoice, st
                 "charge": "ch_paid",
                 "status": "succeeded",
             },
-            ("POST", "/v1/transfers/tr_share/reversals"): {
-                "id": "trr_1",
-                "object": "transfer_reversal",
-                "amount": 60,
-                "transfer": "tr_share",
-            },
+            ("POST", "/v1/transfers/tr_share/reversals"): wire.reversal("tr_share", 60),
             ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60, reversed_amount=60),
             **wire.invoice_reads("in_paid", {line.public_id: 75}),
             **wire.paid_by_charge("in_paid"),
@@ -329,12 +324,7 @@ def test_a_refund_that_stops_half_way_shows_and_refunding_again_finishes_it(
             ("POST", "/v1/refunds"): wire.refused(
                 "charge_already_refunded", "Charge ch_paid has already been refunded."
             ),
-            ("POST", "/v1/transfers/tr_share/reversals"): {
-                "id": "trr_1",
-                "object": "transfer_reversal",
-                "amount": 60,
-                "transfer": "tr_share",
-            },
+            ("POST", "/v1/transfers/tr_share/reversals"): wire.reversal("tr_share", 60),
             ("GET", "/v1/transfers/tr_share"): wire.transfer("tr_share", 60, reversed_amount=60),
         }
     )

@@ -46,14 +46,19 @@ def public_model(tenant, name="resnet") -> Model:
     return model
 
 
-def uploaded(api, data: bytes):
-    """An upload of ``data`` to a new model acme/classifier, every chunk sent."""
+def upload_started(api, data: bytes) -> dict:
+    """An upload session for ``data`` on a new model acme/classifier, nothing sent yet."""
     api.post("/api/v1/models", {"name": "classifier"}, format="json")
-    upload = api.post(
+    return api.post(
         "/api/v1/models/acme/classifier/uploads",
         {"filename": "m.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)},
         format="json",
     ).json()
+
+
+def uploaded(api, data: bytes) -> dict:
+    """An upload of ``data`` to a new model acme/classifier, every chunk sent."""
+    upload = upload_started(api, data)
     for start in range(0, len(data), CHUNK):
         assert (
             put_range(api, upload, data, start, min(start + CHUNK, len(data)) - 1).status_code
@@ -64,12 +69,7 @@ def uploaded(api, data: bytes):
 
 def test_a_content_range_with_a_number_of_thousands_of_digits_is_400(api, tenant):
     data = b"x" * 2500
-    api.post("/api/v1/models", {"name": "classifier"}, format="json")
-    upload = api.post(
-        "/api/v1/models/acme/classifier/uploads",
-        {"filename": "m.pt2", "format": "pt2", "size": len(data), "sha256": sha256(data)},
-        format="json",
-    ).json()
+    upload = upload_started(api, data)
 
     response = api.generic(
         "PUT",
