@@ -220,8 +220,9 @@ def job_claim(job: CompressionJob) -> bool:
     running = CompressionJob.Status.RUNNING
     lost = _lost()
     jobs = CompressionJob.objects.filter(pk=job.pk)
-    claimed = jobs.filter(
-        Q(status=CompressionJob.Status.QUEUED) | lost, attempts__lt=JOB_MAX_ATTEMPTS
+    claimable = jobs.filter(Q(status=CompressionJob.Status.QUEUED) | lost)
+    claimed = claimable.filter(
+        attempts__lt=JOB_MAX_ATTEMPTS, version__status__in=COMPRESSIBLE
     ).update(
         status=running,
         started_at=now,
@@ -230,12 +231,28 @@ def job_claim(job: CompressionJob) -> bool:
         attempts=F("attempts") + 1,
     )
     if not claimed:
+        # A parent yanked while the job waited: nothing may be made from it (and nothing billed).
+        parent = ModelVersion.objects.filter(pk=job.version_id).first()
+        if parent is not None and parent.status not in COMPRESSIBLE:
+            claimable.update(
+                status=CompressionJob.Status.FAILED,
+                error=_parent_gone(parent, while_="was queued"),
+                eta_seconds=None,
+                completed_at=now,
+            )
         jobs.filter(lost, attempts__gte=JOB_MAX_ATTEMPTS).update(
             status=CompressionJob.Status.FAILED,
             error=f"The worker running this job was lost {JOB_MAX_ATTEMPTS} times; start it again.",
             completed_at=now,
         )
     return bool(claimed)
+
+
+def _parent_gone(parent: ModelVersion, *, while_: str) -> str:
+    return (
+        f"Version {parent.number} was {parent.status} while the job {while_}; no version was "
+        "made and the job is not billed. Compress a ready version instead."
+    )
 
 
 def _lost() -> Q:
@@ -304,7 +321,9 @@ def job_succeed(
 ) -> ModelVersion | None:
     """Create the new version (lineage: parent, method, parameters; on no alias, queued for
     validation), complete the job and bill its compute time, all in one transaction. None
-    when the job stopped running meanwhile (cancelled): nothing is created or billed."""
+    when nothing was made or billed: the job stopped running meanwhile (cancelled), or its
+    parent was yanked while it ran (the job then fails saying so). On None the caller deletes
+    ``artifact``, which no version holds."""
     with transaction.atomic():
         locked = (
             CompressionJob.objects.select_for_update()
@@ -312,9 +331,22 @@ def job_succeed(
             .first()
         )
         if locked is None:
+            job.refresh_from_db()
+            return None
+        # Locked as version_yank locks it, so a yank cannot land between this check and the
+        # new version.
+        parent = ModelVersion.objects.select_for_update().get(pk=job.version_id)
+        if parent.status not in COMPRESSIBLE:
+            CompressionJob.objects.filter(pk=job.pk).update(
+                status=CompressionJob.Status.FAILED,
+                error=_parent_gone(parent, while_="ran"),
+                eta_seconds=None,
+                completed_at=timezone.now(),
+            )
+            job.refresh_from_db()
             return None
         version = registry.version_derive(
-            parent=job.version,
+            parent=parent,
             artifact=artifact,
             format=format,
             architecture=architecture,

@@ -10,6 +10,7 @@ from accounts.exceptions import Conflict
 from accounts.services import Actor, audit_record
 from inference import compression_services, services
 from inference.models import CompressionJob, Prediction
+from marketplace.models import ModelVersion
 
 
 @transaction.atomic
@@ -60,7 +61,8 @@ def prediction_cancel(*, prediction: Prediction, actor: Actor) -> Prediction:
 @transaction.atomic
 def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
     """Queue a failed compression job again, from the start, with its attempts counted
-    afresh (a job failed for losing its worker three times could not be claimed otherwise)."""
+    afresh (a job failed for losing its worker three times could not be claimed otherwise).
+    A job whose version was yanked cannot be retried: nothing may be made from it."""
     retried = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.FAILED).update(
         status=CompressionJob.Status.QUEUED,
         error="",
@@ -75,6 +77,14 @@ def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
     )
     if not retried:
         raise Conflict(f"{job.public_id} is {job.status}; only a failed job can be retried.")
+    # Refusing here rolls the update back. The version's row is locked as version_yank locks
+    # it; a yank after this commits is caught when the worker claims the job.
+    parent = ModelVersion.objects.select_for_update().get(pk=job.version_id)
+    if parent.status not in compression_services.COMPRESSIBLE:
+        raise Conflict(
+            f"{job.public_id} cannot be retried: version {parent.number} of {job.model.ref} is "
+            f"{parent.status}, and only a ready or deprecated version can be compressed."
+        )
     job.refresh_from_db()
     audit_record(
         action="compression.retry",

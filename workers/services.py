@@ -398,6 +398,8 @@ def compression_run(*, job_id: str) -> str | None:
         jobs.job_fail(job, error=f"Internal error while storing the result ({type(exc).__name__}).")
         return "failed"
     if result is None:
-        artifact_delete(artifact)  # cancelled while its file was being stored
-        return "cancelled"
+        # Cancelled while its file was being stored, or failed because its parent was yanked
+        # meanwhile: no version holds the file.
+        artifact_delete(artifact)
+        return job.status
     return "succeeded"

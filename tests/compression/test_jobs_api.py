@@ -191,6 +191,34 @@ def test_a_finished_job_makes_a_version_with_lineage_billed_exactly_once(
     assert shown["result"]["version"] == 2 and shown["cost"]["amount"] == str(record.amount)
 
 
+def test_a_job_whose_version_was_yanked_while_it_ran_fails_unbilled_and_makes_no_version(
+    api, tenant, mlp_version
+):
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    assert jobs.job_claim(job)
+    registry.version_yank(version=mlp_version, reason="leaked PII", actor=accounts.SYSTEM)
+
+    assert _finish(job, tenant, 0.995) is None
+
+    shown = api.get(f"{URL}/{job.public_id}").json()
+    assert shown["status"] == "failed"
+    assert "Version 1 was yanked while the job ran; no version was made" in shown["error"]
+    assert list(mlp_version.model.versions.values_list("number", flat=True)) == [1]
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_job_whose_version_was_yanked_while_it_was_queued_is_never_run(api, mlp_version):
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    registry.version_yank(version=mlp_version, reason="leaked PII", actor=accounts.SYSTEM)
+
+    assert jobs.job_claim(job) is False  # the worker does not run it
+
+    shown = api.get(f"{URL}/{job.public_id}").json()
+    assert shown["status"] == "failed"
+    assert "Version 1 was yanked while the job was queued; no version was made" in shown["error"]
+    assert not UsageRecord.objects.exists()
+
+
 def test_promotion_needs_the_fidelity_threshold_to_be_met(api, tenant, mlp_version):
     job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
     jobs.job_claim(job)

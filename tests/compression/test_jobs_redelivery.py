@@ -70,3 +70,19 @@ def test_an_operator_retry_of_a_job_lost_three_times_can_be_claimed_again(job):
 
     assert jobs.job_claim(job)
     assert CompressionJob.objects.get(pk=job.pk).attempts == 1
+
+
+def test_an_operator_cannot_retry_a_job_whose_version_was_yanked(job):
+    from accounts import services as accounts
+    from accounts.exceptions import Conflict
+    from inference import operations
+    from marketplace import services as registry
+
+    jobs.job_claim(job)
+    jobs.job_fail(job, error="The model raised an error.")
+    registry.version_yank(version=job.version, reason="leaked PII", actor=accounts.SYSTEM)
+
+    with pytest.raises(Conflict, match="version 1 of acme/mlp is yanked"):
+        operations.job_retry(job=job, actor=accounts.SYSTEM)
+
+    assert CompressionJob.objects.get(pk=job.pk).status == CompressionJob.Status.FAILED

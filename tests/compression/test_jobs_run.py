@@ -105,6 +105,43 @@ def test_hostile_and_hanging_models_fail_their_jobs_and_the_worker_keeps_serving
     assert compression_run(job_id=after.public_id) is None  # a redelivery does nothing
 
 
+def test_a_version_yanked_while_its_job_ran_gets_no_child_and_the_file_made_is_deleted(
+    tenant, monkeypatch
+):
+    from safetensors.torch import save
+
+    from inference.runtime.architectures import MLP
+    from marketplace import services as registry
+    from marketplace.models import Artifact
+
+    config = {"in_features": 4, "hidden": [8], "classes": 3}
+    parent = ready_version(
+        tenant,
+        "mlp",
+        save(MLP(**config).state_dict()),
+        sig=signature([4], 3),
+        architecture="mlp",
+        config=config,
+    )
+    job = queued(tenant, parent, "quantize", {"scheme": "dynamic_int8"})
+    finish = jobs.job_succeed
+
+    def yanked_first(*args, **kwargs):
+        # The publisher yanks the version just as the worker stores the job's result.
+        registry.version_yank(version=parent, reason="leaked PII", actor=accounts.SYSTEM)
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "job_succeed", yanked_first)
+
+    outcome = compression_run(job_id=job.public_id)
+
+    job.refresh_from_db()
+    assert outcome == "failed"
+    assert job.error.startswith("Version 1 was yanked while the job ran; no version was made")
+    assert list(parent.model.versions.values_list("number", flat=True)) == [1]
+    assert list(Artifact.objects.all()) == [parent.artifact]  # the quantized file is gone
+
+
 def test_an_export_archive_takes_a_half_precision_cast_and_keeps_its_signature(tenant):
     from inference.runtime import formats
     from marketplace.vault.store import artifact_read
