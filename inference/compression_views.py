@@ -75,6 +75,9 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
     try:
         params = json.loads(request.POST.get("params") or "{}")
     except (ValueError, RecursionError):
+        params = None
+    if not isinstance(params, dict):
+        # A string, list or number would otherwise start a billed job with default parameters.
         messages.error(request, 'Parameters are a JSON object, e.g. {"scheme": "dynamic_int8"}.')
         return back
     if version is None:
@@ -86,7 +89,7 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
             model=model,
             version=version,
             method=method,
-            params=params if isinstance(params, dict) else None,
+            params=params,
             actor=request_actor(request),
         )
     except ValidationError as exc:

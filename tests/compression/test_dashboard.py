@@ -60,6 +60,20 @@ def test_a_method_that_cannot_apply_is_explained_on_the_model_page(alice, mlp_ve
     assert not CompressionJob.objects.exists()
 
 
+@pytest.mark.parametrize("params", ['"fp16"', '["scheme", "fp16"]', "5"])
+def test_parameters_that_are_not_a_json_object_are_refused_and_start_no_job(
+    alice, mlp_version, params
+):
+    response = signed_in(alice).post(
+        "/dashboard/compression/start/mlp/",
+        {"version": "1", "method": "quantize", "params": params},
+        follow=True,
+    )
+
+    assert "Parameters are a JSON object, e.g. {&quot;scheme&quot;" in response.text
+    assert not CompressionJob.objects.exists()
+
+
 def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
     from marketplace.vault.store import artifact_create
 
