@@ -10,7 +10,6 @@ errors) is what the API answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from urllib.parse import urlencode
 
 import numpy as np
@@ -28,6 +27,7 @@ from inference import services, tensors
 from inference.models import Prediction, WebhookDelivery
 from inference.runtime.spec import InputError, Signature, TensorSpec
 from marketplace import selectors
+from marketplace.listings import money_text
 from marketplace.models import Listing, Model, ModelVersion, Task
 
 PAGE_SIZE = 20
@@ -252,10 +252,6 @@ def playground(request: HttpRequest, owner: str, name: str) -> HttpResponse:
 # --- recent predictions ---------------------------------------------------------------------
 
 
-def _money(value: Decimal) -> str:
-    return f"{Decimal(value).normalize():f}"
-
-
 def _predictions(request: HttpRequest, model_ref: str) -> QuerySet[Prediction]:
     predictions = (
         Prediction.objects.filter(tenant=request.tenant)
@@ -287,7 +283,7 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
         record = costs.get(prediction.public_id)
         prediction.cost = record
         prediction.cost_display = (
-            f"{_money(record.amount)} {record.currency.upper()}" if record else ""
+            f"{money_text(record.amount)} {record.currency.upper()}" if record else ""
         )
     query = {"model": model_ref} if model_ref else {}
     return {

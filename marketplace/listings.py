@@ -284,6 +284,17 @@ def currency_digits(currency: str) -> int:
     return 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
 
 
+def money_text(value: Decimal | int | str, currency: str = "") -> str:
+    """An amount exactly as the ledger holds it (six places at most), without trailing zeros:
+    0.00005, 2, 1.5. With a currency, at least its minor unit's digits: 0.80 USD, 0.00005 USD,
+    12 JPY. Never rounded: a call cheaper than a cent must not read as 0.00 or 0.0001."""
+    amount = Decimal(value).normalize()
+    digits = currency_digits(currency.lower()) if currency else 0
+    if -amount.as_tuple().exponent < digits:
+        amount = amount.quantize(Decimal(1).scaleb(-digits))
+    return f"{amount:f}"
+
+
 def platform_fee_percent() -> Decimal:
     return Decimal(str(settings.PLATFORM_FEE_PERCENT))
 

@@ -4,7 +4,6 @@ card and prices, and subscribe or request access as a member of another organisa
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from urllib.parse import urlencode
 
 from django import forms
@@ -48,14 +47,9 @@ def _session_access(request: HttpRequest) -> Access | None:
     )
 
 
-def _money(value: Decimal) -> str:
-    # Prices carry up to six places; show only the ones that matter (0.0005, 2, 1.5).
-    return f"{Decimal(value).normalize():f}"
-
-
 def _with_prices(listing: Listing) -> Listing:
-    listing.display_price_per_call = _money(listing.price_per_call)
-    listing.display_price_per_second = _money(listing.price_per_second)
+    listing.display_price_per_call = listings.money_text(listing.price_per_call)
+    listing.display_price_per_second = listings.money_text(listing.price_per_second)
     return listing
 
 

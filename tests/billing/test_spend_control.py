@@ -292,7 +292,26 @@ def test_billing_page_shows_the_running_total_charts_and_earnings(
     assert '<span id="running-total">1.00 USD</span>' in consumer_page
     assert 'id="usage-chart"' in consumer_page and "acme/clf" in consumer_page
     assert 'id="earnings"' in publisher_page
-    assert "0.8000 USD" in publisher_page  # 80 % of 1.00
+    assert "0.80 USD" in publisher_page  # 80 % of 1.00
+
+
+def test_billing_page_shows_a_call_cheaper_than_a_cent_at_its_exact_cost(
+    alice, charlie, tenant, outsider
+):
+    from tests.billing.conftest import listed
+
+    spend(outsider, listed(tenant, "tiny", "0.00005"), 1)
+    consumer, publisher = Client(), Client()
+    consumer.force_login(charlie)
+    publisher.force_login(alice)
+
+    consumer_page = consumer.get("/dashboard/billing/").content.decode()
+    publisher_page = publisher.get("/dashboard/billing/").content.decode()
+
+    assert '<span id="running-total">0.00005 USD</span>' in consumer_page  # not 0.00
+    assert "<td>acme/tiny</td><td>1</td><td>0.00005 USD</td>" in consumer_page  # not 0.0001
+    assert ": 0.00005 USD, 1 calls" in consumer_page  # the chart's bar for the day
+    assert "<td>0.00005</td><td>0.00001</td><td>0.00004 USD</td>" in publisher_page
 
 
 def test_members_without_billing_in_their_role_cannot_open_the_billing_page(bob, tenant):
