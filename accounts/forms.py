@@ -33,6 +33,10 @@ class EmailAuthenticationForm(AuthenticationForm):
         label="Email", max_length=254, widget=forms.EmailInput(attrs={"autofocus": True})
     )
 
+    def clean_username(self) -> str:
+        # Addresses are stored lowercased at sign-up; authenticate matches them exactly.
+        return self.cleaned_data["username"].strip().lower()
+
 
 class TenantCreateForm(forms.Form):
     name = forms.CharField(max_length=100, label="Organisation name")

@@ -159,6 +159,13 @@ def test_wrong_password_does_not_sign_in_or_record_a_login(client, alice, tenant
     assert not AuditEvent.objects.filter(action="user.login").exists()
 
 
+def test_sign_in_works_whatever_the_capitalisation_of_the_email(client, alice, tenant):
+    signed_in = client.post("/login/", {"username": "Alice@ACME.example", "password": PASSWORD})
+
+    assert signed_in.status_code == 302
+    assert AuditEvent.objects.filter(tenant=tenant, action="user.login", actor_user=alice).exists()
+
+
 @pytest.mark.parametrize("url", ["/dashboard/audit/", "/dashboard/keys/"])
 def test_developer_cannot_open_manager_pages(bob_client, url):
     assert bob_client.get(url).status_code == 403
