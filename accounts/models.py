@@ -178,6 +178,13 @@ class Invitation(models.Model):
             and self.expires_at > timezone.now()
         )
 
+    @staticmethod
+    def pending_q() -> models.Q:
+        """The rows ``is_pending`` holds for, to filter or claim them in one query."""
+        return models.Q(
+            accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+        )
+
 
 def validate_scopes(value: list[str]) -> None:
     unknown = sorted(set(value) - ALL_SCOPES)

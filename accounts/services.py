@@ -235,11 +235,16 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
             f"The organisation '{invitation.tenant.slug}' is suspended, so it takes no new "
             "members; the invitation stays open until it is reactivated."
         )
-    claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).update(
+    # Claimed only while still pending: a revocation or expiry that lands after the read above
+    # must not admit anyone.
+    claimed = Invitation.objects.filter(Invitation.pending_q(), pk=invitation.pk).update(
         accepted_at=timezone.now(), accepted_by=user
     )
     if claimed != 1:
-        raise ValidationError("This invitation was already used.")
+        raise ValidationError(
+            "This invitation is no longer open: it was revoked, expired or used while you "
+            "accepted it. Ask an owner or admin for a new one."
+        )
     membership, created = Membership.objects.get_or_create(
         tenant=invitation.tenant, user=user, defaults={"role": invitation.role}
     )

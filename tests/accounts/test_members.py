@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from accounts import services
-from accounts.models import AuditEvent, Membership, Role, Scope
+from accounts.models import AuditEvent, Invitation, Membership, Role, Scope
 from tests.conftest import key_client, make_user
 
 pytestmark = pytest.mark.django_db
@@ -164,3 +166,32 @@ def test_member_management_needs_admin_scope(tenant):
         reader.post("/api/v1/invitations", {"email": "x@y.example"}, format="json").status_code
         == 403
     )
+
+
+def _revoke(invitation: Invitation) -> None:
+    services.invitation_revoke(invitation=invitation, actor=services.SYSTEM)
+
+
+def _expire(invitation: Invitation) -> None:
+    Invitation.objects.filter(pk=invitation.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+@pytest.mark.parametrize("spoil", [_revoke, _expire], ids=["revoked", "expired"])
+def test_invitation_spoiled_while_being_accepted_does_not_admit(tenant, monkeypatch, spoil):
+    dave = make_user("dave@acme.example")
+    invitation, token = services.invitation_create(
+        tenant=tenant, email=dave.email, role=Role.ADMIN, actor=services.SYSTEM
+    )
+    # The acceptance reads the invitation while it is still open; the revocation or expiry
+    # lands before it claims it.
+    read_while_open = Invitation.objects.select_related("tenant").get(pk=invitation.pk)
+    spoil(invitation)
+    monkeypatch.setattr(services, "invitation_by_token", lambda _token: read_while_open)
+
+    with pytest.raises(services.ValidationError, match="no longer open"):
+        services.invitation_accept(token=token, user=dave)
+
+    assert not Membership.objects.filter(tenant=tenant, user=dave).exists()
+    assert Invitation.objects.get(pk=invitation.pk).accepted_at is None
