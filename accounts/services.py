@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import keycache, secrets
+from accounts.exceptions import Conflict
 from accounts.models import (
     MANAGER_ROLES,
     ROLE_SCOPES,
@@ -279,10 +280,17 @@ def membership_add(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Me
 @transaction.atomic
 def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
     _require_manager(invitation.tenant, actor, touches_owner=invitation.role == Role.OWNER)
-    Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
-    invitation.refresh_from_db(fields=["revoked_at"])
+    revoked = Invitation.objects.filter(
+        pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now())
+    invitation.refresh_from_db(fields=["accepted_at", "revoked_at"])
+    if revoked != 1:
+        if invitation.accepted_at is not None:
+            raise Conflict(
+                f"The invitation to {invitation.email} was already accepted; "
+                "remove the member instead."
+            )
+        raise Conflict(f"The invitation to {invitation.email} was already revoked.")
     audit_record(
         action="invitation.revoke",
         actor=actor,

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.permissions import SAFE_METHODS
 
 from accounts import services
+from accounts.exceptions import ServiceError
 from accounts.forms import (
     ApiKeyForm,
     EmailAuthenticationForm,
@@ -29,9 +30,11 @@ from accounts.models import ApiKey, AuditEvent, Invitation, Membership
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
 
-def _error_text(exc: ValidationError | PermissionDenied) -> str:
+def _error_text(exc: ValidationError | PermissionDenied | ServiceError) -> str:
     if isinstance(exc, ValidationError):
         return " ".join(exc.messages)
+    if isinstance(exc, ServiceError):
+        return exc.message
     return str(exc) or "You do not have permission to do that."
 
 
@@ -229,8 +232,12 @@ def member_remove(request: HttpRequest, member_id: str) -> HttpResponse:
 @require_POST
 def invitation_revoke(request: HttpRequest, invitation_id: str) -> HttpResponse:
     invitation = get_object_or_404(Invitation, tenant=request.tenant, public_id=invitation_id)
-    services.invitation_revoke(invitation=invitation, actor=request_actor(request))
-    messages.success(request, f"Invitation to {invitation.email} revoked.")
+    try:
+        services.invitation_revoke(invitation=invitation, actor=request_actor(request))
+    except (ServiceError, PermissionDenied) as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, f"Invitation to {invitation.email} revoked.")
     return redirect("dashboard:members")
 
 

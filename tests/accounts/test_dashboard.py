@@ -381,6 +381,43 @@ def test_expired_or_revoked_invitation_is_not_found(alice_client, tenant, alice,
     assert "dana@initech.example" not in page(alice_client, "/dashboard/members/")
 
 
+def test_revoking_an_accepted_invitation_from_the_dashboard_says_why(alice_client, tenant, alice):
+    dana = make_user("dana@initech.example")
+    invitation, token = services.invitation_create(
+        tenant=tenant, email=dana.email, role=Role.VIEWER, actor=services.Actor(user=alice)
+    )
+    services.invitation_accept(token=token, user=dana)
+
+    response = alice_client.post(
+        f"/dashboard/invitations/{invitation.public_id}/revoke/", follow=True
+    )
+
+    assert response.status_code == 200
+    assert "already accepted; remove the member instead" in response.content.decode()
+    assert Membership.objects.filter(tenant=tenant, user=dana).exists()
+
+
+def test_admin_revoking_an_owner_invitation_from_the_dashboard_is_told_why(
+    bob_client, alice, bob, tenant
+):
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob),
+        role=Role.ADMIN,
+        actor=services.SYSTEM,
+    )
+    invitation, _ = services.invitation_create(
+        tenant=tenant, email="dana@initech.example", role=Role.OWNER, actor=services.SYSTEM
+    )
+
+    response = bob_client.post(
+        f"/dashboard/invitations/{invitation.public_id}/revoke/", follow=True
+    )
+
+    assert response.status_code == 200
+    assert "Only an owner can grant or remove the owner role." in response.content.decode()
+    assert Invitation.objects.get(pk=invitation.pk).is_pending
+
+
 def test_owner_changes_a_role_and_removes_a_member(alice_client, bob, tenant):
     bob_membership = Membership.objects.get(tenant=tenant, user=bob)
 

@@ -195,3 +195,31 @@ def test_invitation_spoiled_while_being_accepted_does_not_admit(tenant, monkeypa
 
     assert not Membership.objects.filter(tenant=tenant, user=dave).exists()
     assert Invitation.objects.get(pk=invitation.pk).accepted_at is None
+
+
+def test_revoking_an_accepted_invitation_is_409_and_changes_nothing(api, tenant):
+    dana = make_user("dana@acme.example")
+    invitation, token = services.invitation_create(
+        tenant=tenant, email=dana.email, role=Role.VIEWER, actor=services.SYSTEM
+    )
+    services.invitation_accept(token=token, user=dana)
+
+    response = api.post(f"/api/v1/invitations/{invitation.public_id}/revoke")
+
+    assert response.status_code == 409
+    assert "already accepted; remove the member instead" in response.json()["detail"]
+    assert Membership.objects.filter(tenant=tenant, user=dana).exists()
+    assert not AuditEvent.objects.filter(action="invitation.revoke").exists()
+
+
+def test_revoking_an_invitation_twice_is_409_the_second_time(api, tenant):
+    invitation, _ = services.invitation_create(
+        tenant=tenant, email="dana@acme.example", role=Role.VIEWER, actor=services.SYSTEM
+    )
+    first = api.post(f"/api/v1/invitations/{invitation.public_id}/revoke")
+
+    second = api.post(f"/api/v1/invitations/{invitation.public_id}/revoke")
+
+    assert first.status_code == 200 and first.json()["status"] == "revoked"
+    assert second.status_code == 409 and "already revoked" in second.json()["detail"]
+    assert AuditEvent.objects.filter(action="invitation.revoke").count() == 1
