@@ -18,6 +18,7 @@ from django.utils import timezone
 from accounts import keycache, secrets
 from accounts.exceptions import Conflict
 from accounts.models import (
+    ALL_SCOPES,
     MANAGER_ROLES,
     ROLE_SCOPES,
     TENANT_SLUG_RE,
@@ -151,8 +152,11 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
 # --- members and invitations ----------------------------------------------------------------
 
 
-def _require_manager(tenant: Tenant, actor: Actor, *, touches_owner: bool) -> None:
-    """Admins manage members; only owners grant, change or remove the owner role."""
+def _require_manager(
+    tenant: Tenant, actor: Actor, *, touches_owner: bool, grants: str | None = None
+) -> None:
+    """Admins manage members; only owners grant, change or remove the owner role. A key that
+    ``grants`` a role (invites, adds or changes a role) must also be able to act as it."""
     if actor.user is None and actor.key is None:
         return  # operators and commands
     if actor.key is not None:
@@ -160,6 +164,8 @@ def _require_manager(tenant: Tenant, actor: Actor, *, touches_owner: bool) -> No
             raise PermissionDenied("This action needs the 'admin' scope.")
         if touches_owner:
             raise PermissionDenied("Only an owner, signed in, can grant or remove the owner role.")
+        if grants is not None:
+            _require_key_may_grant(actor.key, grants)
         return
     role = (
         Membership.objects.filter(tenant=tenant, user=actor.user)
@@ -172,13 +178,37 @@ def _require_manager(tenant: Tenant, actor: Actor, *, touches_owner: bool) -> No
         raise PermissionDenied("Only an owner can grant or remove the owner role.")
 
 
+def _require_key_may_grant(key: ApiKey, role: str) -> None:
+    """A key grants no role wider than its own scopes, and a limited key none at all: the
+    person it lets in would hold the role from any network, for every model, with no end."""
+    limits = []
+    if key.allowed_ips:
+        limits.append(f"to networks {', '.join(key.allowed_ips)}")
+    if key.allowed_models:
+        limits.append(f"to models {', '.join(key.allowed_models)}")
+    if key.expires_at is not None:
+        limits.append(f"until {key.expires_at.isoformat()}")
+    if limits:
+        raise PermissionDenied(
+            f"This key is limited ({'; '.join(limits)}) and a role it granted would not be, so "
+            "it cannot invite or change roles: a signed-in owner or admin, or an unrestricted "
+            "key, must do it."
+        )
+    missing = sorted(ROLE_SCOPES.get(role, ALL_SCOPES) - set(key.scopes))
+    if missing:
+        raise PermissionDenied(
+            f"This key cannot grant the {role} role, which holds scope(s) the key lacks: "
+            f"{', '.join(missing)}. A signed-in owner or admin, or a key holding them, must do it."
+        )
+
+
 @transaction.atomic
 def invitation_create(
     *, tenant: Tenant, email: str, role: str, actor: Actor
 ) -> tuple[Invitation, str]:
     """Invite ``email`` with ``role``; returns the invitation and its one-time token."""
     email = email.strip().lower()
-    _require_manager(tenant, actor, touches_owner=role == Role.OWNER)
+    _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})
     token = secrets.new_token()
@@ -264,7 +294,7 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
 @transaction.atomic
 def membership_add(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Membership:
     """Add an existing user directly (operators, seeding); people join through invitations."""
-    _require_manager(tenant, actor, touches_owner=role == Role.OWNER)
+    _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
     user.groups.add(tenant.group)
     audit_record(
@@ -319,7 +349,7 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
     old = membership.role
     if old == role:
         return membership
-    _require_manager(membership.tenant, actor, touches_owner=Role.OWNER in (old, role))
+    _require_manager(membership.tenant, actor, touches_owner=Role.OWNER in (old, role), grants=role)
     if old == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
         raise ValidationError(
             "An organisation needs at least one owner; make someone else owner first."

@@ -223,3 +223,49 @@ def test_revoking_an_invitation_twice_is_409_the_second_time(api, tenant):
     assert first.status_code == 200 and first.json()["status"] == "revoked"
     assert second.status_code == 409 and "already revoked" in second.json()["detail"]
     assert AuditEvent.objects.filter(action="invitation.revoke").count() == 1
+
+
+@pytest.mark.parametrize("limit", ["ips", "models", "expiry"])
+def test_a_limited_admin_key_cannot_invite_or_promote(tenant, bob, limit):
+    limits = {
+        "ips": {"allowed_ips": ["127.0.0.1/32"]},
+        "models": {"allowed_models": ["acme/only"]},
+        "expiry": {"expires_at": timezone.now() + timedelta(hours=1)},
+    }[limit]
+    limited = key_client(tenant, scopes=sorted(Scope.values), **limits)
+
+    invited = limited.post(
+        "/api/v1/invitations", {"email": "mallory@evil.example", "role": "viewer"}, format="json"
+    )
+    promoted = limited.patch(
+        f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "admin"}, format="json"
+    )
+
+    assert invited.status_code == 403 and promoted.status_code == 403
+    assert "a signed-in owner or admin" in invited.json()["detail"]
+    assert not Invitation.objects.exists()
+    assert Membership.objects.get(tenant=tenant, user=bob).role == Role.DEVELOPER
+
+
+def test_a_key_grants_only_roles_within_its_own_scopes(tenant, bob):
+    narrow = key_client(tenant, scopes=[Scope.ADMIN, Scope.MODELS_READ])
+    admin_only = key_client(tenant, scopes=[Scope.ADMIN])
+
+    too_wide = narrow.post(
+        "/api/v1/invitations", {"email": "dana@acme.example", "role": "developer"}, format="json"
+    )
+    to_admin = admin_only.post(
+        "/api/v1/invitations", {"email": "mallory@evil.example", "role": "admin"}, format="json"
+    )
+    promoted = narrow.patch(
+        f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "admin"}, format="json"
+    )
+    within = narrow.post(
+        "/api/v1/invitations", {"email": "dana@acme.example", "role": "viewer"}, format="json"
+    )
+
+    assert too_wide.status_code == 403
+    assert "inference, models:write" in too_wide.json()["detail"]
+    assert to_admin.status_code == 403 and promoted.status_code == 403
+    assert within.status_code == 201
+    assert Membership.objects.get(tenant=tenant, user=bob).role == Role.DEVELOPER
