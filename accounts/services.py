@@ -54,6 +54,14 @@ class Actor:
 SYSTEM = Actor()
 
 
+def _member_behind(actor: Actor) -> User | None:
+    """The person an action answers to: the signed-in user, or the member who made the key
+    that acted (keys made by keys inherit it), so what they made goes when their rights do."""
+    if actor.user is not None:
+        return actor.user
+    return actor.key.created_by if actor.key is not None else None
+
+
 def audit_record(
     *,
     action: str,
@@ -363,6 +371,9 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
         target=membership,
         data={"email": membership.user.email, "from": old, "to": role},
     )
+    _fit_member_keys(
+        membership, ROLE_SCOPES[role], actor, reason=f"{membership.user.email} is now {role}"
+    )
     return membership
 
 
@@ -375,6 +386,10 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
     if membership.role == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
         raise ValidationError("The last owner cannot leave; make someone else owner first.")
     membership.user.groups.remove(membership.tenant.group)
+    gone = "left" if leaving else "was removed from"
+    _fit_member_keys(
+        membership, frozenset(), actor, reason=f"{membership.user.email} {gone} the organisation"
+    )
     audit_record(
         action="member.leave" if leaving else "member.remove",
         actor=actor,
@@ -386,6 +401,47 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
 
 
 # --- API keys -------------------------------------------------------------------------------
+
+
+def _forget_key(prefix: str) -> None:
+    """Drop a changed key from this process's cache now, and again once the change commits: a
+    request that verifies the key in between still reads, and would cache, the old row."""
+    keycache.forget(prefix)
+    transaction.on_commit(lambda: keycache.forget(prefix))
+
+
+def _fit_member_keys(
+    membership: Membership, scopes: frozenset[str], actor: Actor, *, reason: str
+) -> None:
+    """A key holds at most the scopes of the member who made it: when the member's role
+    shrinks, their active keys are cut to ``scopes``, and revoked when nothing is left (all
+    of them when the member leaves, with ``scopes`` empty)."""
+    now = timezone.now()
+    keys = (
+        ApiKey.objects.select_for_update()
+        .filter(tenant=membership.tenant, created_by=membership.user_id, revoked_at__isnull=True)
+        .exclude(expires_at__lte=now)
+        .order_by("pk")
+    )
+    for key in keys:
+        kept = sorted(set(key.scopes) & scopes)
+        if kept == sorted(key.scopes):
+            continue
+        data = {"name": key.name, "prefix": key.prefix, "reason": reason}
+        if kept:
+            data.update({"from": key.scopes, "scopes": kept})
+            key.scopes = kept
+            key.save(update_fields=["scopes"])
+            audit_record(
+                action="api_key.narrow", actor=actor, tenant=key.tenant, target=key, data=data
+            )
+        else:
+            key.revoked_at = now
+            key.save(update_fields=["revoked_at"])
+            audit_record(
+                action="api_key.revoke", actor=actor, tenant=key.tenant, target=key, data=data
+            )
+        _forget_key(key.prefix)
 
 
 def _granted_scopes(tenant: Tenant, actor: Actor) -> frozenset[str]:
@@ -479,7 +535,7 @@ def api_key_create(
         expires_at=expires_at,
         allowed_models=sorted(set(allowed_models or [])),
         allowed_ips=list(dict.fromkeys(allowed_ips or [])),
-        created_by=actor.user,
+        created_by=_member_behind(actor),
         rotated_from=rotated_from,
     )
     key.full_clean()
@@ -503,7 +559,7 @@ def api_key_create(
 def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
     _require_manager(key.tenant, actor, touches_owner=False)
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    keycache.forget(key.prefix)
+    _forget_key(key.prefix)
     key.refresh_from_db(fields=["revoked_at"])
     audit_record(
         action="api_key.revoke",

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.core import mail
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import AuditEvent, Invitation, Membership, Role, Scope
@@ -16,6 +17,20 @@ pytestmark = pytest.mark.django_db
 
 def _member_id(tenant, user) -> str:
     return Membership.objects.get(tenant=tenant, user=user).public_id
+
+
+def _make_role(tenant, user, role: str) -> None:
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=user),
+        role=role,
+        actor=services.SYSTEM,
+    )
+
+
+def _bearer(secret: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
 
 
 def test_invited_person_joins_with_the_invited_role(
@@ -269,3 +284,56 @@ def test_a_key_grants_only_roles_within_its_own_scopes(tenant, bob):
     assert to_admin.status_code == 403 and promoted.status_code == 403
     assert within.status_code == 201
     assert Membership.objects.get(tenant=tenant, user=bob).role == Role.DEVELOPER
+
+
+def test_removed_members_keys_stop_working(api, tenant, bob):
+    _make_role(tenant, bob, Role.ADMIN)
+    _key, secret = services.api_key_create(
+        tenant=tenant, name="bobs", scopes=["admin", "inference"], actor=services.Actor(user=bob)
+    )
+    bobs_key = _bearer(secret)
+    made_by_bobs_key = bobs_key.post(
+        "/api/v1/keys", {"name": "minted", "scopes": ["inference"]}, format="json"
+    ).json()
+    minted = _bearer(made_by_bobs_key["key"])
+    assert bobs_key.get("/api/v1/organisation").status_code == 200  # both cached now
+    assert minted.get("/api/v1/organisation").status_code == 200
+
+    removed = api.delete(f"/api/v1/members/{_member_id(tenant, bob)}")
+
+    assert removed.status_code == 204
+    for client in (bobs_key, minted):
+        response = client.get("/api/v1/organisation")
+        assert response.status_code == 401 and "revoked" in response.json()["detail"]
+    revoked = AuditEvent.objects.filter(action="api_key.revoke").values_list("target_id", flat=True)
+    assert set(revoked) == {_key.public_id, made_by_bobs_key["id"]}
+    assert api.get("/api/v1/organisation").status_code == 200  # the remover's key is untouched
+
+
+def test_demoted_members_keys_lose_the_scopes_of_their_old_role(api, tenant, bob):
+    _make_role(tenant, bob, Role.ADMIN)
+    wide, wide_secret = services.api_key_create(
+        tenant=tenant,
+        name="wide",
+        scopes=["admin", "inference", "models:read"],
+        actor=services.Actor(user=bob),
+    )
+    admin_only, admin_secret = services.api_key_create(
+        tenant=tenant, name="admin only", scopes=["admin"], actor=services.Actor(user=bob)
+    )
+    wide_client, admin_client = _bearer(wide_secret), _bearer(admin_secret)
+    assert wide_client.get("/api/v1/members").status_code == 200  # cached with admin
+
+    demoted = api.patch(
+        f"/api/v1/members/{_member_id(tenant, bob)}", {"role": "developer"}, format="json"
+    )
+
+    assert demoted.status_code == 200
+    assert wide_client.get("/api/v1/members").status_code == 403
+    assert wide_client.get("/api/v1/organisation").json()["scopes"] == ["inference", "models:read"]
+    assert admin_client.get("/api/v1/organisation").status_code == 401  # nothing left: revoked
+    narrowed = AuditEvent.objects.get(action="api_key.narrow", target_id=wide.public_id)
+    assert narrowed.data["scopes"] == ["inference", "models:read"]
+    assert AuditEvent.objects.filter(
+        action="api_key.revoke", target_id=admin_only.public_id
+    ).exists()
