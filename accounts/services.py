@@ -225,7 +225,7 @@ def invitation_create(
         email=email,
         role=role,
         token_digest=secrets.token_digest(token),
-        invited_by=actor.user,
+        invited_by=_member_behind(actor),
         expires_at=timezone.now() + settings.INVITATION_TTL,
     )
     audit_record(
@@ -339,6 +339,42 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
     return invitation
 
 
+def _grantable_roles(role: str) -> frozenset[str]:
+    """The roles a member with ``role`` may grant, as ``_require_manager`` allows a person."""
+    if role == Role.OWNER:
+        return frozenset(Role.values)
+    if role in MANAGER_ROLES:
+        return frozenset(Role.values) - {Role.OWNER}
+    return frozenset()
+
+
+def _revoke_invitations_beyond(
+    membership: Membership, grantable: frozenset[str], actor: Actor, *, reason: str
+) -> None:
+    """An invitation stands on its inviter's right to grant its role: when the member loses
+    it, their pending invitations for roles outside ``grantable`` are revoked."""
+    invitations = (
+        Invitation.objects.filter(
+            Invitation.pending_q(), tenant=membership.tenant, invited_by=membership.user_id
+        )
+        .exclude(role__in=grantable)
+        .order_by("pk")
+    )
+    now = timezone.now()
+    for invitation in invitations:
+        revoked = Invitation.objects.filter(Invitation.pending_q(), pk=invitation.pk).update(
+            revoked_at=now
+        )
+        if revoked == 1:  # unless accepted in the meantime
+            audit_record(
+                action="invitation.revoke",
+                actor=actor,
+                tenant=membership.tenant,
+                target=invitation,
+                data={"email": invitation.email, "role": invitation.role, "reason": reason},
+            )
+
+
 def _owners_left(tenant: Tenant, excluding: Membership) -> int:
     return (
         Membership.objects.select_for_update()
@@ -371,9 +407,9 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
         target=membership,
         data={"email": membership.user.email, "from": old, "to": role},
     )
-    _fit_member_keys(
-        membership, ROLE_SCOPES[role], actor, reason=f"{membership.user.email} is now {role}"
-    )
+    reason = f"{membership.user.email} is now {role}"
+    _fit_member_keys(membership, ROLE_SCOPES[role], actor, reason=reason)
+    _revoke_invitations_beyond(membership, _grantable_roles(role), actor, reason=reason)
     return membership
 
 
@@ -387,9 +423,9 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         raise ValidationError("The last owner cannot leave; make someone else owner first.")
     membership.user.groups.remove(membership.tenant.group)
     gone = "left" if leaving else "was removed from"
-    _fit_member_keys(
-        membership, frozenset(), actor, reason=f"{membership.user.email} {gone} the organisation"
-    )
+    reason = f"{membership.user.email} {gone} the organisation"
+    _fit_member_keys(membership, frozenset(), actor, reason=reason)
+    _revoke_invitations_beyond(membership, frozenset(), actor, reason=reason)
     audit_record(
         action="member.leave" if leaving else "member.remove",
         actor=actor,

@@ -33,6 +33,10 @@ def _bearer(secret: str) -> APIClient:
     return client
 
 
+def _invitation_statuses(api) -> dict[str, str]:
+    return {i["email"]: i["status"] for i in api.get("/api/v1/invitations").json()["results"]}
+
+
 def test_invited_person_joins_with_the_invited_role(
     api, tenant, client, django_capture_on_commit_callbacks
 ):
@@ -337,3 +341,42 @@ def test_demoted_members_keys_lose_the_scopes_of_their_old_role(api, tenant, bob
     assert AuditEvent.objects.filter(
         action="api_key.revoke", target_id=admin_only.public_id
     ).exists()
+
+
+def test_invitations_die_when_their_inviter_can_no_longer_grant_the_role(api, tenant, alice, bob):
+    _make_role(tenant, bob, Role.OWNER)
+    as_bob = services.Actor(user=bob)
+    _, owner_token = services.invitation_create(
+        tenant=tenant, email="eve@acme.example", role=Role.OWNER, actor=as_bob
+    )
+    services.invitation_create(
+        tenant=tenant, email="dana@acme.example", role=Role.ADMIN, actor=as_bob
+    )
+    services.invitation_create(
+        tenant=tenant,
+        email="carol@acme.example",
+        role=Role.VIEWER,
+        actor=services.Actor(user=alice),
+    )
+
+    services.membership_change_role(
+        membership=Membership.objects.get(tenant=tenant, user=bob),
+        role=Role.ADMIN,
+        actor=services.Actor(user=alice),
+    )
+    after_demotion = _invitation_statuses(api)
+    services.membership_remove(
+        membership=Membership.objects.get(tenant=tenant, user=bob),
+        actor=services.Actor(user=alice),
+    )
+    after_removal = _invitation_statuses(api)
+
+    assert after_demotion == {
+        "eve@acme.example": "revoked",
+        "dana@acme.example": "pending",
+        "carol@acme.example": "pending",
+    }
+    assert after_removal == {**after_demotion, "dana@acme.example": "revoked"}
+    with pytest.raises(services.ValidationError):
+        services.invitation_accept(token=owner_token, user=make_user("eve@acme.example"))
+    assert AuditEvent.objects.filter(action="invitation.revoke").count() == 2
