@@ -171,7 +171,12 @@ def _library_dirs() -> list[str]:
 
 
 def host_command(
-    *, limits: Limits, device: str, seccomp_fd: int | None, code: str | None = None
+    *,
+    limits: Limits,
+    device: str,
+    seccomp_fd: int | None,
+    code: str | None = None,
+    poll_microseconds: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv of one model host and the environment to start it with: with bubblewrap the
     host's own environment is set inside the sandbox (``--clearenv``/``--setenv``)."""
@@ -182,6 +187,7 @@ def host_command(
         "HOME": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
         "PATH": "/usr/bin",
         "MM_HOST_DEVICE": device,
+        "MM_HOST_POLL_MICROSECONDS": str(poll_microseconds),
         # getpass.getuser() (torch's and Triton's cache paths) reads these before asking
         # /etc/passwd, which the sandbox does not mount: without them importing torch.export
         # fails where Triton is installed (CUDA builds).

@@ -13,10 +13,15 @@ import sys
 import time
 from typing import Any
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_statm: int | None = None  # /proc/self/statm, opened once (a health check asks every time)
+
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    global _statm
+    if _statm is None:
+        _statm = os.open("/proc/self/statm", os.O_RDONLY)
+    return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE_SIZE
 
 
 def _device_bytes(device: str) -> int:
@@ -264,13 +269,13 @@ class Host:
 def main() -> None:
     from inference.compression import NotApplicable
     from inference.runtime.formats import LoadError
-    from inference.runtime.protocol import read_frame, write_frame
+    from inference.runtime.protocol import FrameReader, write_frame
     from inference.runtime.signature import InputError
 
     # The protocol owns the original stdout; anything the model prints goes to stderr.
     reply = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    requests = os.fdopen(0, "rb", buffering=0)
+    requests = FrameReader(0, int(os.environ.get("MM_HOST_POLL_MICROSECONDS", "0")) / 1e6)
     import torch
 
     # torch.export's loader imports ~1,300 modules on first use: pay that while the host waits
@@ -286,7 +291,7 @@ def main() -> None:
     write_frame(reply, {"ok": True, "ready": True, "pid": os.getpid()})
     while True:
         try:
-            header, payload = read_frame(requests)
+            header, payload = requests.read_frame()
         except EOFError:
             return
         try:

@@ -116,6 +116,7 @@ def test_sandbox_environment_is_empty(mode, monkeypatch):
 HOST_ENVIRONMENT = {
     "MM_HOST_THREADS",
     "MM_HOST_DEVICE",
+    "MM_HOST_POLL_MICROSECONDS",
     "USER",
     "LOGNAME",
     "OMP_NUM_THREADS",

@@ -1,0 +1,128 @@
+"""Frames on the pipe between the worker and a model host arrive whole and in order however
+the bytes are cut: several frames in one read, one frame over many reads, a payload larger
+than a read. Both ends read ahead to save system calls, so these are the cases that matter."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from inference.runtime.protocol import FrameReader, pack
+from workers import host as host_module
+from workers import sandbox
+from workers.host import HostFailure, ModelHost
+
+BIG = bytes(range(256)) * 1024  # 256 KiB: more than one read ahead
+
+
+def frames(*items: tuple[dict, bytes]) -> bytes:
+    return b"".join(b"".join(pack(header, payload)) for header, payload in items)
+
+
+def test_the_host_reads_frames_written_together_or_cut_anywhere():
+    read_end, write_end = os.pipe()
+    data = frames(({"op": "ping"}, b""), ({"op": "predict"}, b"tensors"), ({"op": "load"}, BIG))
+
+    def send():
+        try:
+            os.write(write_end, data[:5])  # a cut inside the first prefix
+            os.write(write_end, data[5:40])
+            for start in range(40, len(data), 70_000):  # the rest in uneven pieces
+                os.write(write_end, data[start : start + 70_000])
+        except BrokenPipeError:
+            pass  # the reader failed and left
+        finally:
+            os.close(write_end)
+
+    writer = threading.Thread(target=send)
+    writer.start()
+    reader = FrameReader(read_end, poll_seconds=0.0005)
+    try:
+        assert reader.read_frame() == ({"op": "ping"}, b"")
+        assert reader.read_frame() == ({"op": "predict"}, b"tensors")
+        assert reader.read_frame() == ({"op": "load"}, BIG)
+        with pytest.raises(EOFError):
+            reader.read_frame()
+    finally:
+        os.close(read_end)
+        writer.join()
+
+
+def test_a_pipe_closed_in_the_middle_of_a_frame_is_an_end_not_a_short_frame():
+    read_end, write_end = os.pipe()
+    os.write(write_end, frames(({"op": "load"}, b"x" * 100))[:-10])
+    os.close(write_end)
+    with pytest.raises(EOFError):
+        FrameReader(read_end).read_frame()
+    os.close(read_end)
+
+
+# A stand-in host that answers every request with progress frames and a reply written in a
+# single write, then one reply with a payload larger than the worker reads at once.
+SCRIPTED_HOST = textwrap.dedent(
+    """
+    import os, sys
+    sys.path[:0] = {paths!r}
+    from inference.runtime.protocol import FrameReader, pack
+
+    def frame(header, payload=b""):
+        return b"".join(pack(header, payload))
+
+    BIG = bytes(range(256)) * 1024
+    os.write(1, frame({{"ok": True, "ready": True}}))
+    reader = FrameReader(0)
+    while True:
+        try:
+            header, payload = reader.read_frame()
+        except EOFError:
+            break
+        if header["op"] == "steps":
+            os.write(1, b"".join(
+                [frame({{"ok": True, "progress": True, "step": i}}) for i in range(3)]
+                + [frame({{"ok": True, "echo": payload.decode()}}, payload)]
+            ))
+        else:
+            os.write(1, frame({{"ok": True, "size": len(BIG)}}, BIG))
+    """
+)
+
+
+@pytest.fixture
+def scripted_host(monkeypatch):
+    def command(**_kwargs):
+        code = SCRIPTED_HOST.format(paths=[str(sandbox.ROOT)])
+        return [sys.executable, "-c", code], {"PATH": "/usr/bin:/bin"}
+
+    monkeypatch.setattr(host_module.sandbox, "bubblewrap", lambda: None)
+    monkeypatch.setattr(host_module.sandbox, "host_command", command)
+    host = ModelHost().start(timeout=30)
+    yield host
+    host.kill()
+
+
+def test_the_worker_separates_progress_frames_and_a_reply_that_arrive_in_one_read(
+    scripted_host,
+):
+    for round_no in range(3):
+        seen = []
+        reply, body = scripted_host.request(
+            {"op": "steps"}, f"round {round_no}".encode(), timeout=10, on_progress=seen.append
+        )
+        assert [frame["step"] for frame in seen] == [0, 1, 2]
+        assert reply["echo"] == f"round {round_no}"
+        assert body == f"round {round_no}".encode()
+        # Nothing of this request is left over to be taken for the next one's reply.
+        reply, body = scripted_host.request({"op": "big"}, timeout=10)
+        assert reply["size"] == len(BIG)
+        assert body == BIG
+
+
+def test_a_reply_over_the_callers_limit_is_not_read_and_the_host_is_killed(scripted_host):
+    with pytest.raises(HostFailure) as failure:
+        scripted_host.request({"op": "big"}, timeout=10, max_payload=len(BIG) - 1)
+    assert failure.value.kind == "protocol"
+    assert not scripted_host.alive
