@@ -32,6 +32,8 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Tensors cross the worker/host pipe as safetensors, whose header keeps this key for itself.
+RESERVED_NAMES = frozenset({"__metadata__"})
 
 
 def spec_of(name: str, tensor: torch.Tensor, fixed: list[int] | None = None) -> TensorSpec:
@@ -39,6 +41,11 @@ def spec_of(name: str, tensor: torch.Tensor, fixed: list[int] | None = None) -> 
     unless the file fixes the shape (``fixed``, as a ``torch.export`` archive does)."""
     if tensor.dtype not in DTYPE_NAMES:
         raise InputError(f"'{name}' has dtype {tensor.dtype}, which the API cannot carry.")
+    if name in RESERVED_NAMES:
+        raise InputError(
+            f"The model names a tensor '{name}', which is reserved; rename that input or "
+            "output and export the model again."
+        )
     shape = list(tensor.shape)
     if fixed is not None:
         return TensorSpec(name, DTYPE_NAMES[tensor.dtype], list(fixed))

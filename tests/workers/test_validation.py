@@ -197,6 +197,21 @@ def test_model_that_raises_fails_with_its_message(tenant):
     assert version.status == "failed" and "weights corrupted" in version.failure_reason
 
 
+class ReservedOutput(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"__metadata__": x * 2}
+
+
+def test_a_model_that_names_an_output_metadata_fails_saying_to_rename_it(tenant):
+    """Such a name would collide with the key safetensors keeps for itself on the wire."""
+    version = make_version(
+        tenant, scripted(ReservedOutput()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    version = version_validate(version_id=version.public_id)
+    assert version.status == "failed"
+    assert "'__metadata__', which is reserved; rename" in version.failure_reason
+
+
 class _Shell:
     def __reduce__(self):
         import os
