@@ -75,6 +75,7 @@ SPDX_LICENSES = {
 LICENSE_REF_RE = re.compile(r"LicenseRef-[A-Za-z0-9.-]+")
 LICENSE_EXAMPLES = "MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0, GPL-3.0-only, MPL-2.0"
 TAG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+TAG_FRAGMENT_RE = re.compile(r"[a-z0-9-]+")  # what can appear inside a tag
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 40
 # The currencies a listing may be priced in (ISO 4217, lowercase as Stripe takes them), with
@@ -797,24 +798,30 @@ def catalogue_search(
     license: str = "",
     publisher: str = "",
     tag: str = "",
+    currency: str = "",
     max_price_per_call: Decimal | None = None,
     free: bool = False,
     sort: str = "newest",
 ) -> QuerySet[Listing]:
     """Public listings that are not taken down, filtered and sorted. Every word of ``q``
     must appear in the model's name or description, or the listing's title, summary or
-    tags."""
+    tags. Prices compare only within a currency: sorting by price groups the listings by
+    currency, cheapest first in each, and ``max_price_per_call`` is meant with ``currency``."""
     listings = Listing.objects.select_related("model__tenant").filter(
         visibility=Listing.Visibility.PUBLIC, taken_down_at__isnull=True
     )
     for word in q.split()[:10]:
-        listings = listings.filter(
+        found = (
             Q(model__name__icontains=word)
             | Q(model__description__icontains=word)
             | Q(title__icontains=word)
             | Q(summary__icontains=word)
-            | Q(tags__icontains=word)
         )
+        # Tags are searched in the list's JSON text: only a word that can be part of a tag
+        # may look there, or '"' and ',' would match every listing with tags.
+        if TAG_FRAGMENT_RE.fullmatch(word.lower()):
+            found |= Q(tags__icontains=word)
+        listings = listings.filter(found)
     if task:
         listings = listings.filter(model__task=task)
     if license:
@@ -823,8 +830,13 @@ def catalogue_search(
         listings = listings.filter(model__tenant__slug=publisher)
     if tag:
         # The JSON text of the list holds each tag quoted; this matches whole tags only and
-        # works on SQLite, which has no JSON containment lookup.
+        # works on SQLite, which has no JSON containment lookup. What is not a tag matches
+        # none (a quote in it could span two tags).
+        if not TAG_RE.fullmatch(tag.lower()):
+            return Listing.objects.none()
         listings = listings.filter(tags__icontains=f'"{tag}"')
+    if currency:
+        listings = listings.filter(currency=currency.lower())
     if max_price_per_call is not None:
         listings = listings.filter(price_per_call__lte=max_price_per_call)
     if free:
@@ -838,7 +850,9 @@ def catalogue_search(
             )
         ).order_by("-subscribers", "-published_at", "-pk")
     elif sort == "price":
-        listings = listings.order_by("price_per_call", "price_per_second", "-published_at", "-pk")
+        listings = listings.order_by(
+            "currency", "price_per_call", "price_per_second", "-published_at", "-pk"
+        )
     else:
         listings = listings.order_by("-published_at", "-pk")
     return listings

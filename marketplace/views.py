@@ -31,11 +31,19 @@ class CatalogueFilterForm(forms.Form):
     license = forms.CharField(required=False, max_length=64, label="Licence")
     publisher = forms.SlugField(required=False, max_length=50)
     tag = forms.CharField(required=False, max_length=64)
+    currency = forms.CharField(required=False, max_length=3, label="Currency (e.g. usd)")
     max_price_per_call = forms.DecimalField(
         required=False, min_value=0, max_digits=12, decimal_places=6, label="Max price per call"
     )
     free = forms.BooleanField(required=False, label="Free only")
     sort = forms.ChoiceField(required=False, choices=SORT_CHOICES)
+
+    def clean_currency(self) -> str:
+        value = self.cleaned_data["currency"].strip().lower()
+        problem = value and listings.currency_problem(value)
+        if problem:
+            raise forms.ValidationError(problem)
+        return value
 
 
 def _session_access(request: HttpRequest) -> Access | None:

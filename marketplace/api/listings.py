@@ -265,6 +265,14 @@ class CatalogueQuerySerializer(serializers.Serializer):
     license = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
     publisher = serializers.CharField(required=False, allow_blank=True, max_length=50, default="")
     tag = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    currency = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=3,
+        default="",
+        help_text="Only listings priced in this currency (ISO 4217, e.g. usd). Prices compare "
+        "only within a currency: use it with max_price_per_call.",
+    )
     max_price_per_call = serializers.DecimalField(
         max_digits=None,
         decimal_places=None,
@@ -275,8 +283,27 @@ class CatalogueQuerySerializer(serializers.Serializer):
     )
     free = serializers.BooleanField(required=False, default=False)
     sort = serializers.ChoiceField(
-        choices=listings.CATALOGUE_SORTS, required=False, default="newest"
+        choices=listings.CATALOGUE_SORTS,
+        required=False,
+        default="newest",
+        help_text="price: grouped by currency, cheapest first in each.",
     )
+
+    def validate_currency(self, value: str) -> str:
+        if not value:
+            return value
+        problem = listings.currency_problem(value.strip().lower())
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value.strip().lower()
+
+    def validate_tag(self, value: str) -> str:
+        value = value.strip().lower()
+        if value and not listings.TAG_RE.fullmatch(value):
+            raise serializers.ValidationError(
+                f"'{value}' is not a tag: tags are lowercase letters, digits and single hyphens."
+            )
+        return value
 
 
 # --- helpers ----------------------------------------------------------------------------------

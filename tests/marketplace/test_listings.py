@@ -634,6 +634,10 @@ def share_with(model: Model, slug: str) -> None:
         ({"q": "sentiment"}, ["acme/bert"]),
         ({"q": "VISION"}, ["acme/resnet"]),
         ({"q": "net"}, ["globex/tabnet", "acme/resnet"]),
+        ({"q": "imagenet"}, ["acme/resnet"]),  # a tag
+        # Punctuation of the tags' JSON text is not a match ('"' was every tagged listing).
+        ({"q": '"'}, []),
+        ({"q": "vision,"}, []),
         ({"task": "text-classification"}, ["acme/bert"]),
         ({"license": "mit"}, ["globex/tabnet", "acme/resnet"]),
         ({"publisher": "globex"}, ["globex/tabnet"]),
@@ -647,6 +651,30 @@ def share_with(model: Model, slug: str) -> None:
 )
 def test_catalogue_search_filters_and_sorts_public_listings(shelf, params, expected):
     assert refs(APIClient().get("/api/v1/catalogue", params)) == expected
+
+
+def test_catalogue_prices_compare_within_a_currency(tenant, outsider):
+    listed(tenant, "cheap-usd", price_per_call="0.5", currency="usd")
+    listed(outsider, "dear-eur", price_per_call="2", currency="eur")
+    listed(tenant, "cheap-eur", price_per_call="1", currency="eur")
+    client = APIClient()
+
+    by_price = client.get("/api/v1/catalogue", {"sort": "price"})
+    under = client.get("/api/v1/catalogue", {"currency": "EUR", "max_price_per_call": "1.5"})
+    wrong = client.get("/api/v1/catalogue", {"currency": "xyz"})
+
+    # Grouped by currency, cheapest first in each: 0.5 USD is not "cheaper" than 1 EUR.
+    assert refs(by_price) == ["acme/cheap-eur", "globex/dear-eur", "acme/cheap-usd"]
+    assert refs(under) == ["acme/cheap-eur"]
+    assert wrong.status_code == 400
+    assert "not a currency we bill in" in wrong.json()["errors"]["currency"][0]
+
+
+def test_a_tag_filter_that_is_not_a_tag_is_refused_not_matched_across_tags(shelf):
+    response = APIClient().get("/api/v1/catalogue", {"tag": 'vision","imagenet'})
+
+    assert response.status_code == 400
+    assert "is not a tag" in response.json()["errors"]["tag"][0]
 
 
 def test_catalogue_pages_through_results(shelf, outsider_api):
