@@ -316,7 +316,9 @@ def _part_set(session: UploadSession, index: int, artifact: Artifact, layout: st
         with transaction.atomic():
             _lock_open(session)
             part = (
-                UploadPart.objects.select_for_update()
+                # of=self: PostgreSQL locks no row of a nullable join ("FOR UPDATE cannot be
+                # applied to the nullable side of an outer join"); the part's row is enough.
+                UploadPart.objects.select_for_update(of=("self",))
                 .select_related("artifact")
                 .filter(session=session, index=index)
                 .first()

@@ -40,7 +40,7 @@ class ModelsView(GenericAPIView):
 
     def get_queryset(self):
         # Scoped by ``models_visible_to``: the caller's own models and granted ones.
-        return selectors.models_visible_to(self.request.auth).select_related("tenant")
+        return s.ModelSerializer.listing(selectors.models_visible_to(self.request.auth))
 
     @extend_schema(responses=s.ModelSerializer(many=True))
     def get(self, request):
