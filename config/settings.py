@@ -297,6 +297,11 @@ MODEL_CACHE_BYTES = int(env("MM_MODEL_CACHE_BYTES", str(2 * 1024**3)))
 MODEL_HOST_OVERHEAD_BYTES = int(env("MM_HOST_OVERHEAD_BYTES", str(300 * 1024**2)))
 MODEL_LOAD_TIMEOUT = float(env("MM_MODEL_LOAD_TIMEOUT", "120"))
 MODEL_REQUEST_TIMEOUT = float(env("MM_MODEL_REQUEST_TIMEOUT", "30"))
+# The breaker (workers.batching.Breaker): after this many requests in a row to one version
+# end in a timeout, a crash or the memory limit, the version is not run for BREAKER_SECONDS
+# (its queued predictions fail at once, unbilled; new ones are refused with 503).
+BREAKER_FAILURES = int(env("MM_BREAKER_FAILURES", "3"))
+BREAKER_SECONDS = float(env("MM_BREAKER_SECONDS", "60"))
 # A prediction still running this long after it started was lost (a worker stuck or gone
 # where nothing redelivers it): the beat fails it, unbilled. By default past the longest a
 # worker waits for one: a model load and a batch run twice.

@@ -1,9 +1,10 @@
-"""Admission control before any work is queued: per-key rate limits and queue backpressure,
-both in Redis. A key's rejections are also counted for model-extraction flags
-(``inference.abuse``)."""
+"""Admission control before any work is queued: per-key rate limits, versions paused by the
+worker's breaker, and queue backpressure, all in Redis. A key's rejections are also counted
+for model-extraction flags (``inference.abuse``)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from django.conf import settings
@@ -22,13 +23,37 @@ class ServiceBusy(ServiceError):
     code = "busy"
 
 
-def admit(bucket: str, limit: int, queue: str, window: int = 60) -> dict[str, str]:
-    """The rate limit, then backpressure, in one Redis round trip.
+class ModelPaused(ServiceError):
+    status_code = 503
+    code = "model_paused"
+
+
+def breaker_key(version_pk: int) -> str:
+    return f"mm:breaker:{version_pk}"
+
+
+def breaker_trip(version_pk: int, reason: str, seconds: float) -> None:
+    """The worker's breaker opened for the version: new requests for it are refused for
+    ``seconds`` (``admit``), saying ``reason``."""
+    realtime.client().set(breaker_key(version_pk), reason[:1000], ex=max(1, math.ceil(seconds)))
+
+
+def admit(
+    bucket: str,
+    limit: int,
+    queue: str,
+    window: int = 60,
+    *,
+    version_pk: int | None = None,
+    version_name: str = "this version",
+) -> dict[str, str]:
+    """The rate limit, the version's breaker, then backpressure, in one Redis round trip.
 
     A fixed-window counter allows at most ``limit`` requests per ``window`` seconds per
-    bucket; over it, ``TooManyRequests``. Then new work is refused (``ServiceBusy``) while
-    ``queue`` is deeper than ``MM_MAX_QUEUE_DEPTH``; such a request still counted against the
-    limit. Returns the RateLimit headers."""
+    bucket; over it, ``TooManyRequests``. A version the worker's breaker paused (its model
+    host kept failing) is refused (``ModelPaused``) until the pause ends. Then new work is
+    refused (``ServiceBusy``) while ``queue`` is deeper than ``MM_MAX_QUEUE_DEPTH``; such
+    requests still counted against the limit. Returns the RateLimit headers."""
     now = int(time.time())
     window_start = now - now % window
     key = f"mm:rl:{bucket}:{window_start}"
@@ -36,7 +61,10 @@ def admit(bucket: str, limit: int, queue: str, window: int = 60) -> dict[str, st
     pipe.incr(key)
     pipe.expire(key, window + 1)
     pipe.llen(queue)
-    count, _, depth = pipe.execute()
+    if version_pk is not None:
+        pipe.get(breaker_key(version_pk))
+        pipe.ttl(breaker_key(version_pk))
+    count, _, depth, *breaker = pipe.execute()
     reset = window_start + window - now
     headers = {
         "RateLimit-Limit": str(limit),
@@ -50,6 +78,13 @@ def admit(bucket: str, limit: int, queue: str, window: int = 60) -> dict[str, st
             f"Rate limit of {limit} requests per {window} s reached for this API key; "
             f"retry in {reset} s.",
             headers={**headers, "Retry-After": str(reset)},
+        )
+    if breaker and breaker[0] is not None:
+        seconds = str(max(1, breaker[1]))
+        raise ModelPaused(
+            f"{version_name} is paused for {seconds} s: "
+            f"{breaker[0].decode(errors='replace')} Retry after that, or call another version.",
+            headers={**headers, "Retry-After": seconds},
         )
     if depth >= settings.MAX_QUEUE_DEPTH:
         raise ServiceBusy(

@@ -88,14 +88,16 @@ def signature(version: ModelVersion) -> Signature:
     return parsed
 
 
-def admit(access: Access) -> dict[str, str]:
-    """Rate limit and backpressure, before anything is recorded."""
+def admit(access: Access, model: Model, version: ModelVersion) -> dict[str, str]:
+    """Rate limit, the version's breaker and backpressure, before anything is recorded."""
     bucket = access.key.prefix if access.key else f"user:{access.user.pk}"
     queue = settings.INFERENCE_QUEUE
     return limits.admit(
         bucket,
         settings.RATE_LIMIT_PER_MINUTE,
         dispatch.queue_key(queue) if dispatch.fast_path_live(queue) else queue,
+        version_pk=version.pk,
+        version_name=f"{model.ref} version {version.number}",
     )
 
 

@@ -33,6 +33,54 @@ OUTPUT_HEADER_BYTES = 1 << 20
 
 
 @dataclass
+class Breaker:
+    """Stops running a version whose model host keeps failing: after ``trip_after`` requests
+    in a row end in a timeout, a crash or the memory limit, the version's jobs fail at once for
+    ``cooldown`` seconds instead of each holding a worker thread up to its deadline (a model
+    that loops forever would otherwise take every thread the worker has, one request at a
+    time). Then the next request is let through: success closes the breaker, another failure
+    opens it again at once. ``on_trip(reason, seconds)`` tells the web, which refuses new
+    requests for the version meanwhile (``inference.limits``)."""
+
+    trip_after: int
+    cooldown: float
+    on_trip: Callable[[str, float], None] = lambda reason, seconds: None
+    COUNTED = ("timeout", "crash", "memory")
+    failures: int = 0
+    open_until: float = 0.0
+    reason: str = ""
+
+    def refusal(self) -> HostFailure | None:
+        remaining = self.open_until - time.monotonic()
+        if remaining <= 0:
+            return None
+        return HostFailure(
+            "unavailable",
+            f"Not run: this version is paused for {remaining:.0f} s more because "
+            f"{self.reason} It was not billed; send it again later.",
+        )
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, exc: HostFailure) -> None:
+        if exc.kind not in self.COUNTED:
+            return
+        self.failures += 1
+        if self.failures < self.trip_after:
+            return
+        self.open_until = time.monotonic() + self.cooldown
+        self.reason = (
+            f"its last {self.failures} requests failed in the model host (the last: {exc})."
+        )
+        logger.warning("breaker open for %.0f s: %s", self.cooldown, self.reason)
+        try:
+            self.on_trip(self.reason, self.cooldown)
+        except Exception:  # noqa: BLE001 - the worker's own refusals hold without the web's
+            logger.exception("could not tell the web that the breaker opened")
+
+
+@dataclass
 class Job:
     arrays: dict[str, np.ndarray]
     rows: int
@@ -68,8 +116,10 @@ class VersionBatcher:
         timeout: float,
         outputs: list[TensorSpec] | None = None,
         max_output_bytes: int | None = None,
+        breaker: Breaker | None = None,
     ):
         self._host, self._drop_host = host, drop_host
+        self.breaker = breaker or Breaker(trip_after=1 << 30, cooldown=0)
         self.batchable, self.max_batch, self.max_delay = batchable, max_batch, max_delay
         self.timeout = timeout
         self.outputs = {spec.name: spec for spec in outputs or []}
@@ -141,25 +191,33 @@ class VersionBatcher:
     ) -> tuple[dict[str, np.ndarray], float]:
         # The host is told which requests it serves, so its output is logged under them.
         request_id = ",".join(dict.fromkeys(job.request_id for job in jobs if job.request_id))
+        refusal = self.breaker.refusal()
+        if refusal is not None:
+            raise refusal
         payload = tensors.encode(arrays)
         try:
-            reply, body = self._host().request(
-                {"op": "predict", "request_id": request_id},
-                payload,
-                timeout=self.timeout,
-                max_payload=self.max_payload,
-            )
+            try:
+                reply, body = self._host().request(
+                    {"op": "predict", "request_id": request_id},
+                    payload,
+                    timeout=self.timeout,
+                    max_payload=self.max_payload,
+                )
+            except HostFailure as exc:
+                if exc.kind != "retired":
+                    raise
+                # The cache evicted the host after we looked it up, before it ran anything:
+                # the next lookup loads the model afresh.
+                reply, body = self._host().request(
+                    {"op": "predict", "request_id": request_id},
+                    payload,
+                    timeout=self.timeout,
+                    max_payload=self.max_payload,
+                )
         except HostFailure as exc:
-            if exc.kind != "retired":
-                raise
-            # The cache evicted the host after we looked it up, before it ran anything: the
-            # next lookup loads the model afresh.
-            reply, body = self._host().request(
-                {"op": "predict", "request_id": request_id},
-                payload,
-                timeout=self.timeout,
-                max_payload=self.max_payload,
-            )
+            self.breaker.failed(exc)
+            raise
+        self.breaker.succeeded()
         try:
             outputs = tensors.decode(body)
         except Exception as exc:  # noqa: BLE001 - what the model answered, not our fault
@@ -197,9 +255,11 @@ class VersionBatcher:
             for job in batch:
                 self._run_alone(job)
             return
-        except HostFailure:
-            # The host died mid-batch: the others are retried alone on a fresh host.
-            self._drop_host()
+        except HostFailure as exc:
+            # The host died mid-batch: the others are retried alone on a fresh host (or fail
+            # at once, if that made the breaker open).
+            if exc.kind != "unavailable":
+                self._drop_host()
             for job in batch:
                 self._run_alone(job)
             return
@@ -220,7 +280,8 @@ class VersionBatcher:
             outputs, compute_ms = self._forward(job.arrays, [job])
             self._check_rows(outputs, job.rows)
         except HostFailure as exc:
-            self._drop_host()
+            if exc.kind != "unavailable":
+                self._drop_host()
             job.future.set_exception(exc)
         except ModelFailure as exc:
             job.future.set_exception(exc)

@@ -143,8 +143,9 @@ _batchers_lock = threading.Lock()
 
 
 def _batcher(version: ModelVersion):
+    from inference import limits
     from inference.runtime.spec import Signature
-    from workers.batching import VersionBatcher
+    from workers.batching import Breaker, VersionBatcher
 
     device = worker_device()
     key = version_key(version)
@@ -169,6 +170,13 @@ def _batcher(version: ModelVersion):
                 max_delay=settings.BATCH_MAX_DELAY_MS / 1000,
                 timeout=settings.MODEL_REQUEST_TIMEOUT,
                 max_output_bytes=settings.MAX_OUTPUT_BYTES,
+                breaker=Breaker(
+                    trip_after=settings.BREAKER_FAILURES,
+                    cooldown=settings.BREAKER_SECONDS,
+                    on_trip=lambda reason, seconds: limits.breaker_trip(
+                        version.pk, reason, seconds
+                    ),
+                ),
             )
     return batcher
 
@@ -236,7 +244,8 @@ def _prediction_outcome(prediction) -> str:
         WRITES.run(lambda: inference.prediction_fail(prediction, error=message, kind=kind))
         return "failed"
     except HostFailure as exc:
-        error, kind = f"The model host failed: {exc}", exc.kind
+        error = str(exc) if exc.kind == "unavailable" else f"The model host failed: {exc}"
+        kind = exc.kind
         WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind=kind))
         return "failed"
     except Exception as exc:  # noqa: BLE001 - never leave a claimed prediction running

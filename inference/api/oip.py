@@ -582,7 +582,7 @@ class InferView(OipView):
             tensors.check(signature, infer.arrays)
         except InputError as exc:
             raise ServiceError(str(exc)) from None
-        headers = services.admit(access)
+        headers = services.admit(access, model, resolved)
         prediction, _created = services.prediction_create(
             access=access,
             model=model,

@@ -213,7 +213,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             arrays = tensors.from_json(body["input"], services.signature(version))
         except InputError as exc:
             raise serializers.ValidationError({"input": [str(exc)]}) from None
-        headers = services.admit(access)
+        headers = services.admit(access, model, version)
         wait = wait_seconds(request.headers.get("Prefer", ""))
         idempotency_key = request.headers.get("Idempotency-Key", "")[:255]
         prediction, _created = services.prediction_create(

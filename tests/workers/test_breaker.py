@@ -1,0 +1,61 @@
+"""A version whose model keeps hanging or crashing its host is paused: its queued predictions
+fail at once instead of each holding a worker thread up to its deadline, the API refuses new
+ones with 503 and Retry-After, and after the pause the next request is let through."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from billing.models import UsageRecord
+from tests.conftest import key_client
+from tests.inference.conftest import ready_version, scripted, signature
+from tests.workers.conftest import output_of, queued
+from tests.workers.test_host_eviction import Spin
+from workers.pool import HOSTS
+from workers.services import prediction_run, version_key
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_hosts")]
+
+
+def ran(prediction):
+    prediction_run(prediction_id=prediction.public_id)
+    prediction.refresh_from_db()
+    return prediction
+
+
+def test_a_version_that_keeps_timing_out_is_paused_then_let_through_again(tenant, settings):
+    settings.MODEL_REQUEST_TIMEOUT = 1
+    settings.BREAKER_FAILURES = 2
+    settings.BREAKER_SECONDS = 2
+    version = ready_version(tenant, "spin", scripted(Spin()), "torchscript", signature(4, 4))
+    endless = np.array([[1e9, 0, 0, 0]], np.float32)  # minutes of looping
+    quick = np.ones((1, 4), np.float32)
+
+    hung = [ran(queued(version, endless)) for _ in range(2)]
+    paused = ran(queued(version, quick))
+    refused = key_client(tenant).post(
+        "/api/v1/predictions",
+        {"model": "acme/spin", "input": {"x": quick.tolist()}},
+        format="json",
+    )
+
+    assert [(p.status, p.error_kind) for p in hung] == [("failed", "timeout")] * 2, hung[0].error
+    # Failed at once, unbilled, saying why; the model was not even loaded again for it.
+    assert (paused.status, paused.error_kind) == ("failed", "unavailable")
+    assert "paused for" in paused.error and "did not answer before its deadline" in paused.error
+    assert "not billed" in paused.error
+    assert HOSTS.loaded("cpu").get(version_key(version)) is None
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "model_paused"
+    assert "acme/spin version 1 is paused for" in refused.json()["detail"]
+    assert 1 <= int(refused["Retry-After"]) <= 2
+    assert not UsageRecord.objects.exists()
+
+    time.sleep(settings.BREAKER_SECONDS)
+    assert np.array_equal(output_of(ran(queued(version, quick))), quick * 2)
+    # A request that succeeds closes the breaker: one more hang does not pause the version.
+    assert ran(queued(version, endless)).error_kind == "timeout"
+    assert ran(queued(version, quick)).status == "succeeded"
