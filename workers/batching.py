@@ -195,25 +195,24 @@ class VersionBatcher:
         if refusal is not None:
             raise refusal
         payload = tensors.encode(arrays)
+
+        def ask() -> tuple[dict, bytes]:
+            return self._host().request(
+                {"op": "predict", "request_id": request_id},
+                payload,
+                timeout=self.timeout,
+                max_payload=self.max_payload,
+            )
+
         try:
             try:
-                reply, body = self._host().request(
-                    {"op": "predict", "request_id": request_id},
-                    payload,
-                    timeout=self.timeout,
-                    max_payload=self.max_payload,
-                )
+                reply, body = ask()
             except HostFailure as exc:
                 if exc.kind != "retired":
                     raise
                 # The cache evicted the host after we looked it up, before it ran anything:
                 # the next lookup loads the model afresh.
-                reply, body = self._host().request(
-                    {"op": "predict", "request_id": request_id},
-                    payload,
-                    timeout=self.timeout,
-                    max_payload=self.max_payload,
-                )
+                reply, body = ask()
         except HostFailure as exc:
             self.breaker.failed(exc)
             raise

@@ -23,7 +23,7 @@ import psutil
 
 from config.logs import current_request_id
 from config.metrics import HOST_RESTARTS
-from inference.runtime.protocol import PREFIX, ProtocolError, pack
+from inference.runtime.protocol import PREFIX, FrameReader, ProtocolError, pack
 from workers import sandbox
 
 logger = logging.getLogger(__name__)
@@ -65,9 +65,6 @@ def _null(_constant: str) -> None:
 # float16 cast that overflowed) are null: the database's JSON columns refuse them. One decoder
 # for every frame: json.loads(..., parse_constant=...) builds a new one per call (~25 µs).
 _decode_header = json.JSONDecoder(parse_constant=_null).decode
-# A read asks for at least this much, so a small frame (prefix, header and payload) arrives in
-# one system call; what it brings past the frame waits in the host's inbox for the next one.
-READ_AHEAD = 1 << 16
 
 
 class HostFailure(Exception):
@@ -98,7 +95,7 @@ class ModelHost:
     loaded_bytes: int = 0
     requests: int = 0
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
-    _inbox: bytearray = field(default_factory=bytearray)  # read from the host, not yet used
+    _reader: FrameReader | None = None  # the host's replies, with what was read ahead
     _busy: threading.Lock = field(default_factory=threading.Lock)
     _retired: bool = False  # killed as soon as no request is using it
     _interrupt: Callable[[], bool] | None = None
@@ -166,7 +163,7 @@ class ModelHost:
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
-        self._inbox.clear()
+        self._reader = FrameReader(self.proc.stdout.fileno())
         for pipe in (self.proc.stdin, self.proc.stdout):
             # Room for a whole batch in the pipe: fewer wake-ups, faster model loads.
             with contextlib.suppress(OSError):
@@ -316,27 +313,11 @@ class ModelHost:
                 view = view[written:]
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
-        fd, inbox = self.proc.stdout.fileno(), self._inbox
-        if len(inbox) >= size:
-            taken = bytes(inbox[:size])
-            del inbox[:size]
-            return taken
-        chunks, remaining = [bytes(inbox)], size - len(inbox)
-        inbox.clear()
-        while remaining:
-            self._wait(fd, deadline, write=False)
-            try:
-                chunk = os.read(fd, max(READ_AHEAD, min(remaining, 1 << 20)))
-            except BlockingIOError:
-                continue
-            if not chunk:
-                self._died()
-            if len(chunk) > remaining:  # read ahead into the next frame
-                inbox += memoryview(chunk)[remaining:]
-                chunk = chunk[:remaining]
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+        reader = self._reader
+        try:
+            return reader.read_exact(size, lambda: self._wait(reader.fd, deadline, write=False))
+        except EOFError:
+            self._died()
 
     def _read_frame(self, deadline: float, max_payload: int | None = None) -> tuple[dict, bytes]:
         header_len, payload_len = PREFIX.unpack(self._read_exact(PREFIX.size, deadline))

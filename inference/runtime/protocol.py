@@ -11,6 +11,7 @@ import os
 import select
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 PREFIX = struct.Struct(">IQ")
@@ -53,8 +54,9 @@ class FrameReader:
         self.poll_seconds = poll_seconds
         self.buffer = bytearray()
 
-    def _fill(self, size: int) -> bytes:
-        """Exactly ``size`` bytes; raises EOFError when the pipe closes first."""
+    def read_exact(self, size: int, wait: Callable[[], None] | None = None) -> bytes:
+        """Exactly ``size`` bytes; raises EOFError when the pipe closes first. ``wait`` is
+        called before each read (a non-blocking descriptor's deadline)."""
         buffer = self.buffer
         if len(buffer) >= size:
             taken = bytes(buffer[:size])
@@ -63,10 +65,15 @@ class FrameReader:
         chunks, remaining = [bytes(buffer)], size - len(buffer)
         buffer.clear()
         while remaining:
-            chunk = os.read(self.fd, max(self.READ_AHEAD, min(remaining, 1 << 20)))
+            if wait is not None:
+                wait()
+            try:
+                chunk = os.read(self.fd, max(self.READ_AHEAD, min(remaining, 1 << 20)))
+            except BlockingIOError:
+                continue
             if not chunk:
                 raise EOFError("the pipe closed")
-            if len(chunk) > remaining:
+            if len(chunk) > remaining:  # read ahead into the next frame
                 buffer += memoryview(chunk)[remaining:]
                 chunk = chunk[:remaining]
             chunks.append(chunk)
@@ -82,8 +89,8 @@ class FrameReader:
     def read_frame(self) -> tuple[dict[str, Any], bytes]:
         if not self.buffer and self.poll_seconds > 0:
             self._poll()
-        header_len, payload_len = PREFIX.unpack(self._fill(PREFIX.size))
+        header_len, payload_len = PREFIX.unpack(self.read_exact(PREFIX.size))
         if header_len > MAX_HEADER:
             raise ProtocolError(f"header of {header_len} bytes is too large")
-        header = json.loads(self._fill(header_len))
-        return header, self._fill(payload_len) if payload_len else b""
+        header = json.loads(self.read_exact(header_len))
+        return header, self.read_exact(payload_len) if payload_len else b""
