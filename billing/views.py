@@ -92,14 +92,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "period": period,
         "summary": summary,
         # A cap holds for each currency's spend alone: the banner shows the nearest to it.
-        "cap_percent": (
-            max(
-                (int(row["amount"] * 100 / account.spend_cap) for row in summary["spend"]),
-                default=0,
-            )
-            if account.spend_cap
-            else None
-        ),
+        "cap_percent": _cap_percent(account.spend_cap, summary["spend"]),
         "days": [
             {**day, "height": int(day["amount"] * 100 / (peaks[day["currency"]] or 1))}
             for day in days
@@ -113,6 +106,16 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "stripe_configured": bool(settings.STRIPE_SECRET_KEY),
     }
     return render(request, "billing/home.html", context)
+
+
+def _cap_percent(cap: Decimal | None, spend: list[dict]) -> int | None:
+    """How much of the spend cap the month has used, in the currency nearest to it (a cap
+    holds for each currency's spend alone); a cap of zero is used up from the start."""
+    if cap is None:
+        return None
+    if cap == 0:
+        return 100
+    return max((int(row["amount"] * 100 / cap) for row in spend), default=0)
 
 
 @tenant_required(while_suspended=True)  # settling the bills is how it gets reactivated

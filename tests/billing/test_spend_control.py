@@ -221,6 +221,18 @@ def test_the_billing_role_sets_the_cap_in_the_dashboard_and_a_developer_cannot(a
     assert key_client(tenant).get("/api/v1/billing/settings").json() == {"spend_cap": "12.50"}
 
 
+def test_a_spend_cap_of_zero_is_shown_as_refusing_every_paid_call(alice, tenant):
+    page = Client()
+    page.force_login(alice)
+
+    page.post("/dashboard/billing/", {"spend_cap": "0"})
+    billing_page = page.get("/dashboard/billing/").content.decode()
+
+    # Before, a zero cap showed no banner at all while every paid call answered 402.
+    assert 'id="cap-alert"' in billing_page
+    assert "Your spend cap is <strong>0</strong>: every paid call is refused" in billing_page
+
+
 def test_usage_api_totals_this_period_per_model_and_key(outsider, paid_clf):
     globex = key_client(outsider, scopes=["billing:read"])
     spend(outsider, paid_clf, 3)
