@@ -78,7 +78,9 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
             "run": Scope.INFERENCE,
             "change": Scope.MODELS_WRITE,
             "publish": Scope.ADMIN,
-            "download": Scope.MODELS_READ,
+            # The weights themselves: those who may add versions, not every reader (a viewer
+            # or billing member sees the model, its versions and their checksums).
+            "download": Scope.MODELS_WRITE,
         }[perm]
         if not access.has_scope(needed):
             raise Forbidden(f"This needs the '{needed}' scope, which you lack.")

@@ -162,8 +162,9 @@ class VersionDownloadView(APIView):
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request, owner: str, name: str, ref: str):
-        """The version's weights, decrypted as they stream, for its publisher and for the
-        organisations it granted downloads to (``…/entitlements/{id}/download``); others get
+        """The version's weights, decrypted as they stream, for its publisher's members who may
+        add versions (``models:write``) and for the organisations it granted downloads to
+        (``…/entitlements/{id}/download``, with ``models:read``); others get
         403, or 404 where they may not see the model. Audited. ``X-Content-SHA256`` is the
         plaintext's SHA-256: a download cut short does not match it."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="download")

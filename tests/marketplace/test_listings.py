@@ -410,6 +410,23 @@ def test_the_weights_download_to_the_publisher_and_to_a_granted_subscriber_only(
     assert downloads.count() == 2
 
 
+def test_the_publishers_own_readers_see_its_versions_but_do_not_download_the_weights(tenant):
+    model = listed(tenant, "resnet")
+    ready_version(model)
+    reader = key_client(tenant, scopes=["models:read"])  # what a viewer or billing member holds
+    writer = key_client(tenant, scopes=["models:read", "models:write"])
+    url = "/api/v1/models/acme/resnet/versions/1"
+
+    seen = reader.get(url)
+    refused = reader.get(f"{url}/download")
+    allowed = writer.get(f"{url}/download")
+
+    assert seen.status_code == 200
+    assert refused.status_code == 403 and "'models:write' scope" in refused.json()["detail"]
+    assert allowed.status_code == 200
+    assert b"".join(allowed.streaming_content) == b"not really weights"
+
+
 def test_a_private_model_downloads_to_nobody_else_and_a_failed_version_to_no_one(
     api, tenant, outsider_api
 ):
