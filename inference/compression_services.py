@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, NotFound, ServiceError
@@ -230,7 +230,12 @@ def job_claim(job: CompressionJob) -> bool:
         phase="starting",
         attempts=F("attempts") + 1,
     )
-    if not claimed:
+    if claimed:
+        # The attempt is this claim's fence: what a worker it was taken from (silent past the
+        # lost limit, then back) sends afterwards changes nothing (``_ours``).
+        job.refresh_from_db(fields=["status", "attempts", "started_at", "heartbeat_at"])
+        job.claimed_attempt = job.attempts  # kept when the row is read again
+    else:
         # A parent yanked while the job waited: nothing may be made from it (and nothing billed).
         parent = ModelVersion.objects.filter(pk=job.version_id).first()
         if parent is not None and parent.status not in COMPRESSIBLE:
@@ -246,6 +251,16 @@ def job_claim(job: CompressionJob) -> bool:
             completed_at=now,
         )
     return bool(claimed)
+
+
+def _ours(job: CompressionJob) -> QuerySet[CompressionJob]:
+    """The job, while it is running under the claim ``job`` holds (``job_claim`` notes it): a
+    worker whose job was claimed again by another (its heartbeat had stopped) can no longer
+    record progress, fail it or finish it, and learns from its next heartbeat that it is no
+    longer running it."""
+    running = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING)
+    claimed = getattr(job, "claimed_attempt", None)
+    return running if claimed is None else running.filter(attempts=claimed)
 
 
 def _parent_gone(parent: ModelVersion, *, while_: str) -> str:
@@ -280,12 +295,9 @@ def jobs_requeue_lost() -> int:
 
 
 def job_heartbeat(job: CompressionJob) -> bool:
-    """Touch a running job's heartbeat; False once it is no longer running (cancelled)."""
-    return bool(
-        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
-            heartbeat_at=timezone.now()
-        )
-    )
+    """Touch a running job's heartbeat; False once it is no longer running (cancelled, or
+    claimed again by another worker)."""
+    return bool(_ours(job).update(heartbeat_at=timezone.now()))
 
 
 def job_progress(
@@ -296,9 +308,9 @@ def job_progress(
     loss: float | None = None,
     eta_seconds: float | None = None,
 ) -> bool:
-    """Record progress; False once the job is no longer running (cancelled)."""
+    """Record progress; False once the job is no longer running (cancelled, or claimed again)."""
     return bool(
-        CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
+        _ours(job).update(
             phase=phase[:32],
             percent=percent,
             loss=loss,
@@ -325,11 +337,7 @@ def job_succeed(
     parent was yanked while it ran (the job then fails saying so). On None the caller deletes
     ``artifact``, which no version holds."""
     with transaction.atomic():
-        locked = (
-            CompressionJob.objects.select_for_update()
-            .filter(pk=job.pk, status=CompressionJob.Status.RUNNING)
-            .first()
-        )
+        locked = _ours(job).select_for_update().first()
         if locked is None:
             job.refresh_from_db()
             return None
@@ -379,7 +387,7 @@ def job_succeed(
 
 def job_fail(job: CompressionJob, *, error: str) -> bool:
     """A failed job is not billed; the reason says what happened."""
-    failed = CompressionJob.objects.filter(pk=job.pk, status=CompressionJob.Status.RUNNING).update(
+    failed = _ours(job).update(
         status=CompressionJob.Status.FAILED,
         error=error[:5000],
         eta_seconds=None,

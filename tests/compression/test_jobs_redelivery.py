@@ -49,6 +49,39 @@ def test_a_job_whose_worker_died_is_claimed_again_then_failed_after_three_losses
     assert "lost 3 times" in lost.error
 
 
+def test_a_worker_whose_job_was_claimed_again_cannot_fail_or_finish_it(job, tenant):
+    """Its heartbeat had stopped (a long pause, a network split) and another worker took the
+    job over; when the first one comes back, what it sends changes nothing."""
+    from accounts import services as accounts
+    from marketplace.vault.store import artifact_create
+
+    first = CompressionJob.objects.get(pk=job.pk)
+    assert jobs.job_claim(first)
+    silent_for(first, 3)
+    second = CompressionJob.objects.get(pk=job.pk)
+    assert jobs.job_claim(second)
+
+    stale_heartbeat = jobs.job_heartbeat(first)
+    stale_progress = jobs.job_progress(first, phase="stale", percent=99.0)
+    stale_fail = jobs.job_fail(first, error="the first worker's late failure")
+    stale_result = jobs.job_succeed(
+        first,
+        artifact=artifact_create(tenant=tenant, chunks=[b"stale"]),
+        format="safetensors",
+        architecture="mlp",
+        architecture_config={},
+        report={},
+        compute_seconds=1.0,
+        actor=accounts.SYSTEM,
+    )
+
+    assert (stale_heartbeat, stale_progress, stale_fail, stale_result) == (False,) * 3 + (None,)
+    assert jobs.job_heartbeat(second)  # the worker running it now carries on
+    now = CompressionJob.objects.get(pk=job.pk)
+    assert (now.status, now.attempts, now.error) == (CompressionJob.Status.RUNNING, 2, "")
+    assert now.phase != "stale"
+
+
 def test_a_cancelled_job_is_never_claimed(job):
     CompressionJob.objects.filter(pk=job.pk).update(status=CompressionJob.Status.CANCELLED)
 
