@@ -135,12 +135,19 @@ def tenant_create(*, slug: str, name: str, owner: User, actor: Actor | None = No
     return tenant
 
 
+def _forget_tenant_keys(tenant_pk: int) -> None:
+    """Drop the tenant's keys from this process's cache now and once the change commits (see
+    ``_forget_key``)."""
+    keycache.forget_tenant(tenant_pk)
+    transaction.on_commit(lambda: keycache.forget_tenant(tenant_pk))
+
+
 @transaction.atomic
 def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
     tenant.status = Tenant.Status.SUSPENDED
     tenant.suspended_reason = reason
     tenant.save(update_fields=["status", "suspended_reason"])
-    keycache.forget_tenant(tenant.pk)
+    _forget_tenant_keys(tenant.pk)
     audit_record(
         action="tenant.suspend", actor=actor, tenant=tenant, target=tenant, data={"reason": reason}
     )
@@ -152,7 +159,7 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
     tenant.status = Tenant.Status.ACTIVE
     tenant.suspended_reason = ""
     tenant.save(update_fields=["status", "suspended_reason"])
-    keycache.forget_tenant(tenant.pk)
+    _forget_tenant_keys(tenant.pk)
     audit_record(action="tenant.reactivate", actor=actor, tenant=tenant, target=tenant)
     return tenant
 
@@ -630,7 +637,7 @@ def api_key_rotate(*, key: ApiKey, actor: Actor) -> tuple[ApiKey, str]:
     if key.expires_at is None or key.expires_at > grace_end:
         key.expires_at = grace_end
         key.save(update_fields=["expires_at"])
-        keycache.forget(key.prefix)
+        _forget_key(key.prefix)
     audit_record(
         action="api_key.rotate",
         actor=actor,
