@@ -52,6 +52,21 @@ class UserAdmin(BaseUserAdmin):
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
     filter_horizontal = ["groups"]
+    # Who may grant rights: only a superuser. A staff member who may change users edits their
+    # names and e-mails, but could otherwise make anyone, themselves included, a superuser.
+    privilege_fields = ["is_staff", "is_superuser", "groups", "user_permissions"]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            readonly += self.privilege_fields
+        return readonly
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Nor may they edit a superuser (reset the password and sign in as them).
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
 
 
 class MembershipInline(admin.TabularInline):

@@ -100,3 +100,66 @@ def test_memberships_are_read_only_in_the_console_so_an_owner_is_never_lost(
     assert Membership.objects.get(pk=owner.pk).role == "owner"
     page = client.get(f"/admin/accounts/tenant/{tenant.pk}/change/").content.decode()
     assert 'name="memberships-0-role"' not in page  # the inline shows roles, edits none
+
+
+def _user_form(user: User, **changes) -> dict:
+    return {
+        "email": user.email,
+        "name": user.name,
+        "is_active": "on",
+        "date_joined_0": "2024-01-01",
+        "date_joined_1": "00:00:00",
+        **changes,
+    }
+
+
+def test_staff_who_may_change_users_cannot_make_themselves_superuser(client):
+    from django.contrib.auth.models import Group
+
+    staff = _staff(client, "view_user", "change_user")
+    admins = Group.objects.create(name="admins")
+
+    response = client.post(
+        f"/admin/accounts/user/{staff.pk}/change/",
+        _user_form(
+            staff, name="Support", is_staff="on", is_superuser="on", groups=[str(admins.pk)]
+        ),
+    )
+
+    assert response.status_code == 302, response.content[-1500:]
+    staff.refresh_from_db()
+    assert staff.name == "Support"  # they still edit names
+    assert not staff.is_superuser and not staff.groups.exists()
+
+
+def test_staff_who_may_change_users_cannot_grant_staff_to_another(client, alice):
+    _staff(client, "view_user", "change_user")
+
+    client.post(f"/admin/accounts/user/{alice.pk}/change/", _user_form(alice, is_staff="on"))
+
+    alice.refresh_from_db()
+    assert not alice.is_staff
+
+
+def test_staff_who_may_change_users_cannot_reset_a_superusers_password(client):
+    boss = User.objects.create_superuser(email="boss@modelmarket.example", password="x")
+    _staff(client, "view_user", "change_user")
+
+    response = client.post(
+        f"/admin/accounts/user/{boss.pk}/password/",
+        {"password1": "taken-over-9876", "password2": "taken-over-9876"},
+    )
+
+    assert response.status_code == 403
+    boss.refresh_from_db()
+    assert boss.check_password("x")
+
+
+def test_a_superuser_still_grants_staff(client, operator, alice):
+    response = client.post(
+        f"/admin/accounts/user/{alice.pk}/change/", _user_form(alice, is_staff="on")
+    )
+
+    assert response.status_code == 302, response.content[-1500:]
+    alice.refresh_from_db()
+    assert alice.is_staff
