@@ -7,12 +7,13 @@ from django.contrib.auth import get_permission_codename
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts import services
+from accounts.exceptions import Conflict
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
 from accounts.tenancy import client_ip
 
 
 def _operator(request) -> services.Actor:
-    return services.Actor(user=request.user, ip=client_ip(request))
+    return services.Actor(user=request.user, ip=client_ip(request), operator=True)
 
 
 class OperatorActions:
@@ -136,7 +137,7 @@ class MembershipAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(OperatorActions, admin.ModelAdmin):
     list_display = [
         "email",
         "tenant",
@@ -148,6 +149,7 @@ class InvitationAdmin(admin.ModelAdmin):
     ]
     search_fields = ["email", "tenant__slug"]
     exclude = ["token_digest"]
+    actions = ["revoke"]
     readonly_fields = [
         "public_id",
         "tenant",
@@ -163,6 +165,23 @@ class InvitationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # As for keys: deleting skips the service and its audit row; revoke instead.
+        return False
+
+    @admin.action(description="Revoke selected invitations", permissions=["operate"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for invitation in queryset.select_related("tenant"):
+            try:
+                services.invitation_revoke(invitation=invitation, actor=_operator(request))
+            except Conflict:
+                continue  # accepted or revoked already: nothing to do
+            revoked += 1
+        messages.success(
+            request, f"Revoked {revoked} invitation(s); accepted or revoked ones were left."
+        )
 
 
 @admin.register(ApiKey)
@@ -197,6 +216,11 @@ class ApiKeyAdmin(OperatorActions, admin.ModelAdmin):
     actions = ["revoke"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting skips the service: no audit row, and the key cache keeps the deleted key
+        # working for a while. "Revoke selected keys" stops it at once and is audited.
         return False
 
     @admin.display()

@@ -36,11 +36,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: a person, an API key, or the system (both None, e.g. a command)."""
+    """Who is acting: a person, an API key, or the system (both None, e.g. a command).
+    ``operator`` marks a staff member acting from the admin console, whose rights the admin
+    checked (the model's change permission): like the system, they need no tenant role."""
 
     user: User | None = None
     key: ApiKey | None = None
     ip: str | None = None
+    operator: bool = False
 
     @property
     def label(self) -> str:
@@ -172,7 +175,7 @@ def _require_manager(
 ) -> None:
     """Admins manage members; only owners grant, change or remove the owner role. A key that
     ``grants`` a role (invites, adds or changes a role) must also be able to act as it."""
-    if actor.user is None and actor.key is None:
+    if actor.operator or (actor.user is None and actor.key is None):
         return  # operators and commands
     if actor.key is not None:
         if "admin" not in actor.key.scopes:

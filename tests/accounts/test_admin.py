@@ -163,3 +163,55 @@ def test_a_superuser_still_grants_staff(client, operator, alice):
     assert response.status_code == 302, response.content[-1500:]
     alice.refresh_from_db()
     assert alice.is_staff
+
+
+def test_keys_and_invitations_cannot_be_deleted_in_the_console_only_revoked(
+    client, operator, api, tenant
+):
+    from accounts import services
+    from accounts.models import Invitation
+
+    key = ApiKey.objects.get(prefix=api.secret.split("_")[2])
+    invitation, _token = services.invitation_create(
+        tenant=tenant, email="new@acme.example", role="viewer", actor=services.SYSTEM
+    )
+
+    key_page = client.post(f"/admin/accounts/apikey/{key.pk}/delete/", {"post": "yes"})
+    invitation_page = client.post(
+        f"/admin/accounts/invitation/{invitation.pk}/delete/", {"post": "yes"}
+    )
+
+    assert key_page.status_code == 403 and invitation_page.status_code == 403
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    assert Invitation.objects.filter(pk=invitation.pk).exists()
+    assert "Delete selected" not in client.get("/admin/accounts/apikey/").content.decode()
+
+
+def test_operator_revokes_a_key_in_the_console_and_it_stops_at_once(client, operator, api):
+    assert api.get("/api/v1/organisation").status_code == 200  # cached now
+    key = ApiKey.objects.get(prefix=api.secret.split("_")[2])
+
+    response = client.post(
+        "/admin/accounts/apikey/", {"action": "revoke", "_selected_action": [key.pk]}
+    )
+
+    assert response.status_code == 302
+    assert api.get("/api/v1/organisation").status_code == 401
+    assert AuditEvent.objects.get(action="api_key.revoke").actor_label == operator.email
+
+
+def test_operator_revokes_an_invitation_in_the_console_and_it_is_audited(client, operator, tenant):
+    from accounts import services
+    from accounts.models import Invitation
+
+    invitation, _token = services.invitation_create(
+        tenant=tenant, email="new@acme.example", role="viewer", actor=services.SYSTEM
+    )
+
+    response = client.post(
+        "/admin/accounts/invitation/", {"action": "revoke", "_selected_action": [invitation.pk]}
+    )
+
+    assert response.status_code == 302
+    assert Invitation.objects.get(pk=invitation.pk).revoked_at is not None
+    assert AuditEvent.objects.get(action="invitation.revoke").actor_label == operator.email
