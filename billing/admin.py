@@ -16,6 +16,7 @@ from django.db import transaction
 from accounts.admin import OperatorActions, ReadOnlyAdmin
 from accounts.exceptions import ServiceError
 from accounts.services import Actor
+from accounts.tenancy import client_ip
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
 from billing.services import credit_create, invoice_refund, stripe_events_retry
 from billing.stripe_gateway import GatewayError
@@ -225,5 +226,6 @@ class StripeEventAdmin(OperatorActions, ReadOnlyAdmin):
         description="Process the selected unprocessed events again", permissions=["operate"]
     )
     def process_again(self, request, queryset):
-        queued = stripe_events_retry(queryset)
+        actor = Actor(user=request.user, ip=client_ip(request), operator=True)
+        queued = stripe_events_retry(events=queryset, actor=actor)
         messages.success(request, f"Queued {queued} events to be processed again.")

@@ -1043,14 +1043,28 @@ def stripe_event_process(event: StripeEvent) -> None:
     StripeEvent.objects.filter(pk=event.pk).update(processed_at=timezone.now(), error="")
 
 
-def stripe_events_retry(events) -> int:
-    """An operator's "process again": the unprocessed ``events`` get their attempts back and
-    are queued. How many were."""
-    ids = list(events.filter(processed_at__isnull=True).values_list("event_id", flat=True))
-    StripeEvent.objects.filter(event_id__in=ids).update(attempts=0)
-    for event_id in ids:
-        _enqueue("billing.process_stripe_event", event_id)
-    return len(ids)
+@transaction.atomic
+def stripe_events_retry(*, events, actor: Actor) -> int:
+    """An operator's "process again": the unprocessed ``events`` get their attempts back, each
+    with an audit row saying who sent it again and why it had stopped, and are queued once
+    that commits. How many were."""
+    retried = list(events.filter(processed_at__isnull=True).order_by("pk"))
+    StripeEvent.objects.filter(pk__in=[event.pk for event in retried]).update(attempts=0)
+    for event in retried:
+        audit_record(
+            action="stripe_event.retry",
+            actor=actor,
+            tenant=None,
+            target=event,
+            data={
+                "event_id": event.event_id,
+                "type": event.type,
+                "attempts": event.attempts,
+                "error": event.error[:500],
+            },
+        )
+        transaction.on_commit(partial(_enqueue, "billing.process_stripe_event", event.event_id))
+    return len(retried)
 
 
 def _stripe_event_act(event: StripeEvent) -> None:

@@ -108,3 +108,32 @@ def test_one_declined_payment_is_one_failure_with_the_cards_reason(
         "Your card has insufficient funds.",
     )
     assert BillingAccount.objects.get(tenant=outsider).state == "past_due"
+
+
+def test_sending_an_event_again_is_audited_with_who_and_why_and_queued_once_committed(
+    broken_event, admin_user, monkeypatch, django_capture_on_commit_callbacks
+):
+    from accounts.models import AuditEvent
+    from billing import services
+
+    queued = []
+    monkeypatch.setattr(services, "_enqueue", lambda task, *args: queued.append((task, *args)))
+    StripeEvent.objects.update(attempts=EVENT_MAX_ATTEMPTS, error="ObjectMissing: gone")
+    console = Client()
+    console.force_login(admin_user)
+
+    with django_capture_on_commit_callbacks(execute=False) as on_commit:
+        console.post(
+            "/admin/billing/stripeevent/",
+            {"action": "process_again", "_selected_action": [broken_event.pk]},
+            REMOTE_ADDR="203.0.113.9",
+        )
+        assert queued == []  # not before the reset and its audit row commit
+
+    (event,) = AuditEvent.objects.filter(action="stripe_event.retry")
+    assert event.actor_label == admin_user.email and event.ip == "203.0.113.9"
+    assert event.data["event_id"] == "evt_1" and event.data["error"] == "ObjectMissing: gone"
+    assert event.data["attempts"] == EVENT_MAX_ATTEMPTS
+    for callback in on_commit:
+        callback()
+    assert queued == [("billing.process_stripe_event", "evt_1")]
