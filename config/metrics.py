@@ -144,9 +144,17 @@ def metrics_view(request):
     return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
+# Anyone can send any method name; each new one would be a new series per route.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str | None) -> str:
+    return method if method in METHODS else "other"
+
+
 class MetricsMiddleware:
     """Counts every request by its route's name (never the raw path: ids in paths would make
-    a new series per object) and status."""
+    a new series per object), its method (the standard ones, the rest as "other") and status."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -156,8 +164,9 @@ class MetricsMiddleware:
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
         route = (match.view_name or match.route) if match is not None else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        method = method_label(request.method)
+        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
         return response
 
 

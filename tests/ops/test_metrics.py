@@ -68,6 +68,22 @@ def test_requests_are_counted_by_route_name_and_status(client, staff):
     assert value(after, "mm_http_request_duration_seconds_count", route="healthz", method="GET")
 
 
+def test_made_up_methods_are_counted_as_other_not_as_a_series_each(client, staff):
+    before = client.get("/metrics").content.decode()
+
+    for method in ("XFOO1", "XFOO2", "PROPFIND"):
+        client.generic(method, "/healthz")
+
+    after = client.get("/metrics").content.decode()
+    methods = {dict(labels).get("method") for (_name, labels) in samples(after)}
+    assert not methods & {"XFOO1", "XFOO2", "PROPFIND"}
+    other = {"route": "healthz", "method": "other"}
+    assert (
+        value(after, "mm_http_request_duration_seconds_count", **other)
+        == value(before, "mm_http_request_duration_seconds_count", **other) + 3
+    )
+
+
 def test_queue_depth_counts_waiting_tasks(client, staff):
     from config.celery import app
 
