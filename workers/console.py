@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib import admin
+from django.contrib.auth.decorators import permission_required
 from django.db.models import Count, Sum
 from django.shortcuts import render
 from django.utils import timezone
@@ -55,6 +56,16 @@ def _counts(model, since) -> dict[str, int]:
     return {row["status"]: row["n"] for row in rows}
 
 
+# The page shows platform revenue, top consumers and every tenant's failed work: only to staff
+# who may already see those rows in the changelists (superusers hold every permission).
+OPERATIONS_PERMISSIONS = (
+    "billing.view_usagerecord",
+    "inference.view_prediction",
+    "inference.view_compressionjob",
+)
+
+
+@permission_required(OPERATIONS_PERMISSIONS, raise_exception=True)
 def operations(request):
     since = timezone.now() - timedelta(days=1)
     period = period_of()

@@ -248,6 +248,33 @@ def test_operations_page_is_for_staff_only(client, alice):
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
+def _staff(*codenames: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = make_user("support@modelmarket.example")
+    User.objects.filter(pk=user.pk).update(is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_operations_page_is_refused_to_staff_who_may_not_see_usage_and_predictions(tenant):
+    support = _staff("view_tenant")
+
+    page = support.get("/admin/operations/")
+
+    assert page.status_code == 403
+    assert b"operations-link" not in support.get("/admin/").content
+
+
+def test_operations_page_opens_to_staff_who_may_see_usage_predictions_and_jobs(tenant):
+    support = _staff("view_usagerecord", "view_prediction", "view_compressionjob")
+
+    assert support.get("/admin/operations/").status_code == 200
+    assert b"operations-link" in support.get("/admin/").content
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_live_worker_reports_its_device_queues_and_memory(celery_worker_process):
