@@ -248,3 +248,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ["action"]
     search_fields = ["actor_label", "target_id", "tenant__slug"]
     date_hierarchy = "created_at"
+    # The tenant may be null, so the changelist would not join it itself: a query per row.
+    list_select_related = ["tenant"]
+    # The log only grows; counting all of it on every page is a full scan.
+    show_full_result_count = False

@@ -215,3 +215,39 @@ def test_operator_revokes_an_invitation_in_the_console_and_it_is_audited(client,
     assert response.status_code == 302
     assert Invitation.objects.get(pk=invitation.pk).revoked_at is not None
     assert AuditEvent.objects.get(action="invitation.revoke").actor_label == operator.email
+
+
+def _busy_tenants(n: int, start: int) -> None:
+    """``n`` organisations, each with an owner, a key, an invitation and their audit rows."""
+    from accounts import services
+    from tests.conftest import make_user
+
+    for i in range(start, start + n):
+        tenant = services.tenant_create(
+            slug=f"t{i}", name=f"T{i}", owner=make_user(f"owner{i}@t{i}.example")
+        )
+        services.api_key_create(
+            tenant=tenant, name="k", scopes=["models:read"], actor=services.SYSTEM
+        )
+        services.invitation_create(
+            tenant=tenant, email=f"new{i}@t{i}.example", role="viewer", actor=services.SYSTEM
+        )
+
+
+@pytest.mark.parametrize(
+    "changelist", ["auditevent", "apikey", "invitation", "membership", "tenant", "user"]
+)
+def test_console_lists_cost_the_same_queries_for_ten_rows_as_for_two(client, operator, changelist):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    url = f"/admin/accounts/{changelist}/"
+    _busy_tenants(2, start=0)
+    client.get(url)  # content types and the session, once
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(url).status_code == 200
+    _busy_tenants(8, start=2)
+    with CaptureQueriesContext(connection) as many:
+        assert client.get(url).status_code == 200
+
+    assert len(many) == len(few), [q["sql"][:120] for q in many.captured_queries]
