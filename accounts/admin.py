@@ -195,8 +195,8 @@ class ApiKeyAdmin(OperatorActions, admin.ModelAdmin):
         "expires_at",
         "revoked_at",
     ]
+    # No filter by tenant: it would list every organisation on each page. Search its slug.
     search_fields = ["name", "prefix", "tenant__slug"]
-    list_filter = ["tenant"]
     exclude = ["digest"]  # never shown, not even hashed
     readonly_fields = [
         "public_id",

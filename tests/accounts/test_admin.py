@@ -224,13 +224,13 @@ def _busy_tenants(n: int, start: int) -> None:
 
     for i in range(start, start + n):
         tenant = services.tenant_create(
-            slug=f"t{i}", name=f"T{i}", owner=make_user(f"owner{i}@t{i}.example")
+            slug=f"org-{i}", name=f"Org {i}", owner=make_user(f"owner{i}@org-{i}.example")
         )
         services.api_key_create(
             tenant=tenant, name="k", scopes=["models:read"], actor=services.SYSTEM
         )
         services.invitation_create(
-            tenant=tenant, email=f"new{i}@t{i}.example", role="viewer", actor=services.SYSTEM
+            tenant=tenant, email=f"new{i}@org-{i}.example", role="viewer", actor=services.SYSTEM
         )
 
 
@@ -251,3 +251,13 @@ def test_console_lists_cost_the_same_queries_for_ten_rows_as_for_two(client, ope
         assert client.get(url).status_code == 200
 
     assert len(many) == len(few), [q["sql"][:120] for q in many.captured_queries]
+
+
+def test_key_list_offers_no_filter_per_organisation_but_finds_keys_by_its_slug(client, operator):
+    _busy_tenants(12, start=0)
+
+    page = client.get("/admin/accounts/apikey/")
+    found = client.get("/admin/accounts/apikey/", {"q": "org-7"})
+
+    assert "?tenant__id__exact=" not in page.content.decode()
+    assert [key.tenant.slug for key in found.context["cl"].result_list] == ["org-7"]
