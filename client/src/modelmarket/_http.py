@@ -131,13 +131,18 @@ class Transport:
         response = self.request(method, path, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # a proxy's or a sign-in page's HTML, with a 2xx
+            raise not_json(response) from None
 
     def paginate(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict]:
         """Every item of a paginated list, following ``next`` links (cursor or page number);
         a plain list is yielded as it is."""
         body = self.json("GET", path, params=params)
         while True:
+            if body is None:  # a 2xx with no body: nothing (more) to list
+                return
             if isinstance(body, list):
                 yield from body
                 return
@@ -189,6 +194,20 @@ def _describe_transport_error(base_url: str, exc: httpx.TransportError) -> str:
         return f"{base_url} did not answer in time ({type(exc).__name__}). Try again later."
     reason = str(exc) or type(exc).__name__
     return f"Could not reach {base_url}: {reason}. Check MM_BASE_URL and your network."
+
+
+def not_json(response: httpx.Response) -> ApiError:
+    """A success that is not JSON: what came back instead, so a person can tell a proxy's or a
+    sign-in page from the API."""
+    kind = response.headers.get("Content-Type") or "no content type"
+    start = response.content[:80].decode("utf-8", "replace")
+    return ApiError(
+        response.status_code,
+        f"The server answered {response.status_code} with {kind}, not JSON, starting "
+        f"{start!r}. Check that MM_BASE_URL points at the API, not at a proxy or sign-in page.",
+        code="not_json",
+        headers=dict(response.headers),
+    )
 
 
 def api_error(response: httpx.Response) -> ApiError:
