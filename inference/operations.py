@@ -6,10 +6,13 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, ServiceError
+from accounts.models import ALL_SCOPES, Tenant
 from accounts.services import Actor, audit_record
+from accounts.tenancy import Access
 from inference import compression_services, services
 from inference.models import CompressionJob, Prediction
+from marketplace import selectors
 from marketplace.models import ModelVersion
 
 
@@ -32,6 +35,12 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
             "input is still kept can be retried."
         )
     prediction.refresh_from_db()
+    # Refusing rolls the update back. What a new request for it would be refused for, a retry
+    # is too: it would run (and bill) a yanked version, a taken-down model, a model whose
+    # access was revoked, for a suspended organisation.
+    problem = _not_runnable(prediction)
+    if problem:
+        raise Conflict(f"{prediction.public_id} cannot be retried: {problem}.")
     audit_record(
         action="prediction.retry",
         actor=actor,
@@ -41,6 +50,23 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
     )
     transaction.on_commit(lambda: services.enqueue(prediction))
     return prediction
+
+
+def _not_runnable(prediction: Prediction) -> str | None:
+    """Why the prediction's consumer could not run its version now, or None."""
+    # Locked as version_yank locks it: a yank cannot land between this check and the commit.
+    version = ModelVersion.objects.select_for_update().get(pk=prediction.version_id)
+    model = prediction.model
+    if not ModelVersion.objects.filter(ModelVersion.runnable(), pk=version.pk).exists():
+        return f"version {version.number} of {model.ref} is {version.status} or past its sunset"
+    if prediction.tenant.status != Tenant.Status.ACTIVE:
+        return f"the organisation {prediction.tenant.slug} is suspended"
+    access = Access(tenant=prediction.tenant, scopes=ALL_SCOPES)
+    try:
+        selectors.model_for_access(access, owner=model.tenant.slug, name=model.name, perm="run")
+    except ServiceError as exc:
+        return f"{prediction.tenant.slug} may no longer run {model.ref} ({exc.message})"
+    return None
 
 
 @transaction.atomic

@@ -19,7 +19,8 @@ from billing.services import usage_record_create
 from inference import tensors
 from inference.models import CompressionJob, Prediction
 from marketplace import listings
-from marketplace.models import Listing, ModelVersion
+from marketplace import services as registry
+from marketplace.models import Alias, Listing, ModelVersion
 from tests.conftest import PASSWORD, make_user
 from tests.inference.conftest import Classifier, export, ready_version, signature
 
@@ -158,6 +159,39 @@ def test_operator_retries_a_failed_prediction_and_cancels_a_queued_one(
     retried, cancelled = audited("prediction.retry"), audited("prediction.cancel")
     assert retried[0].target_id == failed.public_id and retried[0].actor_user == operator
     assert cancelled[0].target_id == queued.public_id
+
+
+@pytest.mark.parametrize("change", ["yank", "take_down", "share_revoked", "suspend"])
+def test_a_prediction_is_not_retried_where_a_new_request_would_be_refused(
+    console, tenant, outsider, clf, change
+):
+    """A retry runs the model and bills it: not on a yanked version, a taken-down model, a
+    model no longer shared with the consumer, or for a suspended organisation (before, only
+    the prediction's own status was checked)."""
+    listings.model_share(model=clf.model, tenant_slug=outsider.slug, actor=accounts.SYSTEM)
+    failed = failed_prediction(outsider, clf)
+    if change == "yank":
+        Alias.objects.filter(version=clf).delete()
+        registry.version_yank(version=clf, reason="leaks training data", actor=accounts.SYSTEM)
+    elif change == "take_down":
+        listings.listing_publish(
+            model=clf.model, actor=accounts.SYSTEM, visibility="public", title="C"
+        )
+        listings.listing_take_down(
+            listing=Listing.objects.get(model=clf.model), reason="policy", actor=accounts.SYSTEM
+        )
+    elif change == "share_revoked":
+        listings.model_share_revoke(
+            model=clf.model, tenant_slug=outsider.slug, actor=accounts.SYSTEM
+        )
+    else:
+        accounts.tenant_suspend(tenant=outsider, reason="unpaid", actor=accounts.SYSTEM)
+
+    act(console, "inference/prediction", "retry", [failed.pk])
+
+    failed.refresh_from_db()
+    assert failed.status == "failed" and failed.error_kind == "crash"
+    assert audited("prediction.retry") == []
 
 
 def test_a_succeeded_prediction_cannot_be_retried(console, tenant, clf):
