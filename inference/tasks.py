@@ -46,7 +46,7 @@ def deliver_webhook(self, prediction_id: str, event: str = "completed") -> bool:
     )
     if prediction is None or not prediction.webhook_url:
         return False
-    if event not in (prediction.webhook_events or ["completed"]):
+    if event not in prediction.webhook_events:  # [] asked for none (the API defaults it)
         return False
     if webhooks.deliver(prediction, event, attempt=self.request.retries + 1):
         return True

@@ -51,10 +51,29 @@ def check_url(url: str) -> str | None:
         return None
     found = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
     for info in found:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
+        if not _public(ipaddress.ip_address(info[4][0])):
             raise ValueError(f"Webhook URL {url} resolves to a private address.")
     return found[0][4][0]
+
+
+# IPv6 ranges that carry an IPv4 address a gateway may route to: NAT64 (RFC 6052, 8215) and
+# the deprecated IPv4-compatible form. Python's is_global calls them global.
+_IPV4_CARRIERS = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96")]
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may go to ``address``: a global one, and for IPv6 one that does not
+    lead to a private IPv4 address (mapped, 6to4, Teredo, NAT64 or IPv4-compatible)."""
+    if not address.is_global:
+        return False
+    if address.version == 6:
+        if any(address in network for network in _IPV4_CARRIERS):
+            return False
+        embedded = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            embedded += list(address.teredo)
+        return all(v4 is None or v4.is_global for v4 in embedded)
+    return True
 
 
 def _post(url: str, body: bytes, headers: dict, address: str | None) -> int:

@@ -38,12 +38,32 @@ def make_prediction(version, **fields) -> Prediction:
         "http://10.0.0.8/hook",
         "http://169.254.169.254/latest/meta-data",
         "ftp://example.com/x",
+        # IPv6 addresses that lead to private IPv4 ones through a gateway (is_global says yes)
+        "http://[64:ff9b::a00:8]/hook",  # NAT64 to 10.0.0.8
+        "http://[2002:a9fe:a9fe::]/hook",  # 6to4 of 169.254.169.254
+        "http://[::7f00:1]/hook",  # IPv4-compatible 127.0.0.1
+        "http://[::ffff:10.0.0.8]/hook",  # IPv4-mapped
     ],
 )
 def test_webhooks_to_our_own_network_are_refused(settings, url):
     settings.WEBHOOK_ALLOW_PRIVATE = False
     with pytest.raises(ValueError):
         webhooks.check_url(url)
+
+
+def test_an_empty_event_filter_delivers_no_webhook(settings, classifier, monkeypatch):
+    sent = []
+    monkeypatch.setattr(webhooks, "deliver", lambda p, event, attempt: sent.append(event))
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url="https://example.com/hook",
+        webhook_events=[],
+    )
+
+    delivered = deliver_webhook.apply(args=[prediction.public_id, "completed"]).get()
+
+    assert delivered is False and sent == []  # [] asked for no events, not the default
 
 
 def test_a_refused_webhook_is_recorded_and_retried_until_it_gives_up(settings, classifier):
