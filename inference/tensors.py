@@ -24,6 +24,7 @@ NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 DATATYPE = {v: k for k, v in NUMPY.items()}
+MAX_DIMS = 32  # dimensions of one tensor (numpy stops at 64; no model here needs more than a few)
 
 
 _SAFETENSORS = {
@@ -103,10 +104,10 @@ def to_json(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Outputs as nested lists. JSON has no NaN or infinities: they are ``null`` (as
     JavaScript's ``JSON.stringify`` writes them; a ``null`` in an input is NaN). The binary
     tensors of the v2 protocol carry them exactly."""
-    return {name: _json_values(array) for name, array in arrays.items()}
+    return {name: json_values(array) for name, array in arrays.items()}
 
 
-def _json_values(array: np.ndarray) -> list | Any:
+def json_values(array: np.ndarray) -> list | Any:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         values = array.astype(object)
         values[~np.isfinite(array)] = None

@@ -28,11 +28,11 @@ from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.errors import exception_handler
+from accounts.api.renderers import JSONRenderer
 from accounts.exceptions import (
     Conflict,
     Forbidden,
@@ -371,6 +371,19 @@ def read_body(request) -> bytes:
     return raw
 
 
+def _failure_status(error_kind: str) -> tuple[int, dict[str, str]]:
+    """The status of a failed prediction by whose fault it was: the request's or the model's
+    (400, not worth sending again as it is), the deadline (504), a version paused by the
+    worker's breaker (503, with Retry-After), the platform's (500: a retry may succeed)."""
+    if error_kind in ("input", "model", "output"):
+        return 400, {}
+    if error_kind == "timeout":
+        return 504, {}
+    if error_kind == "unavailable":
+        return 503, {"Retry-After": "10"}
+    return 500, {}
+
+
 def _object(value, what: str) -> dict:
     if value is None:
         return {}
@@ -387,6 +400,11 @@ def _tensor(item, binary: memoryview, offset: int, has_binary: bool) -> tuple[np
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise ServiceError(
             f"Input '{name}': shape must be a list of non-negative integers; received {shape!r}."
+        )
+    if len(shape) > tensors.MAX_DIMS or any(d >= 2**31 for d in shape):
+        raise ServiceError(
+            f"Input '{name}': shape {shape} is not one a tensor can have (at most "
+            f"{tensors.MAX_DIMS} dimensions, each under 2**31)."
         )
     datatype = item.get("datatype")
     dtype = tensors.NUMPY.get(datatype) if isinstance(datatype, str) else None
@@ -511,7 +529,9 @@ def infer_response(
             tensor["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            # NaN and infinities are null, as in /api/v1 (JSON has no token for them); the
+            # binary extension carries them exactly.
+            tensor["data"] = tensors.json_values(array.reshape(-1))
         outputs.append(tensor)
     header = json.dumps(
         {
@@ -613,7 +633,10 @@ class InferView(OipView):
             return Response({"error": message}, status=504, headers=headers)
         if prediction.status == Prediction.Status.CANCELED:
             return Response({"error": "The prediction was cancelled."}, status=400, headers=headers)
-        return Response({"error": prediction.error}, status=400, headers=headers)
+        status_code, extra = _failure_status(prediction.error_kind)
+        return Response(
+            {"error": prediction.error}, status=status_code, headers={**headers, **extra}
+        )
 
 
 class VersionInferView(InferView):

@@ -186,6 +186,9 @@ def test_malformed_requests_are_400_saying_what_is_wrong(api, classifier):
         "FP64": {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]},
         "holds 4 values": {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2]},
         "BYTES": {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+        # Shapes numpy cannot build were a 500 (the element count matched).
+        "at most 32 dimensions": {"name": "x", "shape": [1] * 70, "datatype": "FP32", "data": [1]},
+        "each under 2**31": {"name": "x", "shape": [0, 10**30], "datatype": "FP32", "data": []},
     }
     for message, tensor in cases.items():
         response = infer_json(api, path, {"inputs": [tensor]})
@@ -210,6 +213,61 @@ def test_malformed_requests_are_400_saying_what_is_wrong(api, classifier):
     )
     assert unknown.status_code == 400 and "'logits'" in unknown.json()["error"]
     assert not Prediction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "kind, status",
+    [("model", 400), ("timeout", 504), ("unavailable", 503), ("crash", 500), ("internal", 500)],
+)
+def test_a_failed_prediction_answers_by_whose_fault_it_was(
+    api, classifier, monkeypatch, kind, status
+):
+    """The caller's or the model's (400: not worth sending again), the deadline (504), a
+    paused version (503 with Retry-After), the platform's (500). All were 400."""
+    from inference import services
+
+    def failed(prediction, timeout):
+        Prediction.objects.filter(pk=prediction.pk).update(
+            status=Prediction.Status.FAILED, error=f"failed: {kind}", error_kind=kind
+        )
+        prediction.refresh_from_db()
+        return prediction
+
+    monkeypatch.setattr(services, "prediction_wait", failed)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+    response = infer_json(api, "/v2/models/acme/clf/infer", body)
+
+    assert response.status_code == status and response.json() == {"error": f"failed: {kind}"}
+    assert ("Retry-After" in response) == (kind == "unavailable")
+
+
+def test_json_outputs_that_are_not_finite_are_null_and_the_answer_valid_json(classifier):
+    from inference import services, tensors
+    from inference.api.oip import InferRequest, infer_response
+
+    output = np.array([[np.nan, np.inf, 1.0]], np.float32)
+    prediction = Prediction.objects.create(
+        tenant=classifier.model.tenant,
+        model=classifier.model,
+        version=classifier,
+        status=Prediction.Status.SUCCEEDED,
+        output_data=tensors.encode({"output": output}),
+    )
+
+    response = infer_response(
+        model=classifier.model,
+        version=classifier,
+        prediction=prediction,
+        request=InferRequest("", {}, None, False),
+        signature=services.signature(classifier),
+    )
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    answer = json.loads(response.content, parse_constant=refuse)
+    assert answer["outputs"][0]["data"] == [None, None, 1.0]
 
 
 def test_unknown_model_is_404(client, auth, tenant):
