@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from accounts.models import ApiKey
+from tests.inference.conftest import classifier  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -24,6 +25,27 @@ def test_json_nested_too_deeply_is_400_not_500(api):
     response = _post_raw(api, '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert response.status_code == 400
     assert response.json()["detail"] == "The JSON body is nested too deeply."
+
+
+@pytest.mark.parametrize(
+    "url, raw",
+    [
+        ("/api/v1/predictions", b'{"model": "acme/clf", "input": {"\\ud800": [[1, 2, 3, 4]]}}'),
+        (
+            "/v2/models/acme/clf/infer",
+            b'{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [1, 4],'
+            b' "data": [1, 2, 3, 4]}]}',
+        ),
+    ],
+)
+@pytest.mark.usefixtures("classifier")
+def test_a_lone_surrogate_echoed_in_an_error_is_400_not_500(api, url, raw):
+    """A lone surrogate ("\\ud800") is valid JSON that UTF-8 cannot encode: the message
+    naming the unknown input failed to render (a 500) until the renderer escaped it."""
+    response = api.generic("POST", url, raw, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "\\ud800" in response.content.decode()
 
 
 def test_unknown_field_is_400_naming_it(api):
