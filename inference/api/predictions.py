@@ -142,11 +142,17 @@ def _datetime(value: datetime | None) -> str | None:
 
 
 def wait_seconds(prefer: str) -> float:
-    """``Prefer: wait`` holds the request up to 60 s; ``Prefer: wait=N`` up to N s."""
-    match = re.search(r"\bwait(?:=(\d+(?:\.\d+)?))?", prefer or "")
+    """``Prefer: wait`` holds the request up to 60 s; ``Prefer: wait=N`` up to N s. A value
+    that is not a number of seconds (``wait=-5``, ``wait=abc``) is ignored, as RFC 7240 says
+    of a malformed preference: the request does not wait (it waited 60 s)."""
+    match = re.search(r"\bwait(?:=([^\s,;]*))?", prefer or "")
     if match is None:
         return 0
-    return min(float(match.group(1) or settings.MAX_WAIT_SECONDS), settings.MAX_WAIT_SECONDS)
+    if match.group(1) is None:
+        return settings.MAX_WAIT_SECONDS
+    if not re.fullmatch(r"\d+(?:\.\d+)?", match.group(1)):
+        return 0
+    return min(float(match.group(1)), settings.MAX_WAIT_SECONDS)
 
 
 class StatusModelFilterMixin:

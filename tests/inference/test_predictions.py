@@ -180,6 +180,24 @@ def test_full_queue_is_503_with_retry_after(api, classifier, settings):
     assert Prediction.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "prefer, seconds",
+    [
+        ("wait", 60),
+        ("wait=5", 5),
+        ("respond-async, wait=2.5", 2.5),
+        ("wait=600", 60),
+        ("wait=-5", 0),  # malformed: ignored (RFC 7240), where it held the request 60 s
+        ("wait=abc", 0),
+        ("", 0),
+    ],
+)
+def test_prefer_wait_holds_the_request_as_long_as_asked_and_ignores_nonsense(prefer, seconds):
+    from inference.api.predictions import wait_seconds
+
+    assert wait_seconds(prefer) == seconds
+
+
 def test_too_large_is_413(api, classifier, settings):
     settings.MAX_INPUT_BYTES = 100
     response = run(api, "acme/clf", [[1.0] * 4] * 50, wait=None)
