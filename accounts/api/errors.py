@@ -11,7 +11,11 @@ from django.db import OperationalError as DatabaseOperationalError
 from django.http import UnreadablePostError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MasterDownError as RedisMasterDownError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import TryAgainError as RedisTryAgainError
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -21,11 +25,16 @@ from accounts.exceptions import ServiceError
 
 logger = logging.getLogger(__name__)
 
-# Failures of what a request depends on rather than of the request: Redis unreachable, the
-# broker refusing a task, the database unreachable or locked past its busy timeout.
+# Failures of what a request depends on rather than of the request: Redis unreachable, full
+# (maxmemory), a read-only replica after a failover or a master down, the broker refusing a
+# task, the database unreachable or locked past its busy timeout.
 UNAVAILABLE = (
     RedisConnectionError,
     RedisTimeoutError,
+    RedisOutOfMemoryError,
+    RedisReadOnlyError,
+    RedisMasterDownError,
+    RedisTryAgainError,
     KombuOperationalError,
     DatabaseOperationalError,
 )

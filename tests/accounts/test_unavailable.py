@@ -10,16 +10,28 @@ from django.db import OperationalError
 pytestmark = pytest.mark.django_db
 
 
-def test_redis_down_is_503_with_retry_after(api, tenant, monkeypatch):
+@pytest.mark.parametrize(
+    "failure",
+    [
+        redis.ConnectionError("Error 111 connecting to redis.sock. Connection refused."),
+        # Up but refusing writes: full, or a replica after a failover (these were a 500).
+        redis.exceptions.OutOfMemoryError(
+            "OOM command not allowed when used memory > 'maxmemory'."
+        ),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    ],
+    ids=["down", "full", "read-only"],
+)
+def test_redis_failing_is_503_with_retry_after(api, tenant, monkeypatch, failure):
     from inference import limits
     from tests.inference.conftest import Classifier, export, ready_version, signature
 
     ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
 
-    def down():
-        raise redis.ConnectionError("Error 111 connecting to redis.sock. Connection refused.")
+    def failing():
+        raise failure
 
-    monkeypatch.setattr(limits.realtime, "client", down)
+    monkeypatch.setattr(limits.realtime, "client", failing)
     response = api.post(
         "/api/v1/predictions", {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}, format="json"
     )
