@@ -433,6 +433,9 @@ def _tensor(item, binary: memoryview, offset: int, has_binary: bool) -> tuple[np
         if offset + size > len(binary):
             raise ServiceError(f"Input '{name}': the body ends before its {size} bytes of data.")
         little = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        if dtype.kind == "b" and count and little.view(np.uint8).max() > 1:
+            # A byte other than 0 or 1 is no boolean torch defines.
+            raise ServiceError(f"Input '{name}': BOOL data is one byte per value, 0 or 1.")
         return little.astype(dtype).reshape(shape), offset + size
     if "data" not in item:
         raise ServiceError(f"Input '{name}' has neither data nor binary_data_size.")

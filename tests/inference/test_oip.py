@@ -203,6 +203,20 @@ def test_malformed_requests_are_400_saying_what_is_wrong(api, classifier):
         HTTP_INFERENCE_HEADER_CONTENT_LENGTH=str(len(header)),
     )
     assert binary.status_code == 400 and "takes 16 bytes" in binary.json()["error"]
+    flags = {
+        "name": "x",
+        "shape": [1, 4],
+        "datatype": "BOOL",
+        "parameters": {"binary_data_size": 4},
+    }
+    header = json.dumps({"inputs": [flags]}).encode()
+    not_boolean = api.post(
+        path,
+        data=header + bytes([0, 1, 2, 255]),
+        content_type="application/octet-stream",
+        HTTP_INFERENCE_HEADER_CONTENT_LENGTH=str(len(header)),
+    )
+    assert not_boolean.status_code == 400 and "0 or 1" in not_boolean.json()["error"]
     unknown = infer_json(
         api,
         path,
