@@ -12,7 +12,8 @@ from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, 
 from accounts.tenancy import client_ip
 
 
-def _operator(request) -> services.Actor:
+def operator_actor(request) -> services.Actor:
+    """The staff member acting from the console, with their address, for the audit rows."""
     return services.Actor(user=request.user, ip=client_ip(request), operator=True)
 
 
@@ -116,14 +117,14 @@ class TenantAdmin(OperatorActions, admin.ModelAdmin):
     def suspend(self, request, queryset):
         for tenant in queryset:
             services.tenant_suspend(
-                tenant=tenant, reason="Suspended by an operator.", actor=_operator(request)
+                tenant=tenant, reason="Suspended by an operator.", actor=operator_actor(request)
             )
         messages.success(request, f"Suspended {queryset.count()} organisation(s).")
 
     @admin.action(description="Reactivate selected organisations", permissions=["operate"])
     def reactivate(self, request, queryset):
         for tenant in queryset:
-            services.tenant_reactivate(tenant=tenant, actor=_operator(request))
+            services.tenant_reactivate(tenant=tenant, actor=operator_actor(request))
         messages.success(request, f"Reactivated {queryset.count()} organisation(s).")
 
 
@@ -175,7 +176,7 @@ class InvitationAdmin(OperatorActions, admin.ModelAdmin):
         revoked = 0
         for invitation in queryset.select_related("tenant"):
             try:
-                services.invitation_revoke(invitation=invitation, actor=_operator(request))
+                services.invitation_revoke(invitation=invitation, actor=operator_actor(request))
             except Conflict:
                 continue  # accepted or revoked already: nothing to do
             revoked += 1
@@ -230,7 +231,7 @@ class ApiKeyAdmin(OperatorActions, admin.ModelAdmin):
     @admin.action(description="Revoke selected keys", permissions=["operate"])
     def revoke(self, request, queryset):
         for key in queryset.select_related("tenant"):
-            services.api_key_revoke(key=key, actor=_operator(request))
+            services.api_key_revoke(key=key, actor=operator_actor(request))
         messages.success(request, f"Revoked {queryset.count()} key(s).")
 
 

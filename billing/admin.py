@@ -13,10 +13,8 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from accounts.admin import OperatorActions, ReadOnlyAdmin
+from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
 from accounts.exceptions import ServiceError
-from accounts.services import Actor
-from accounts.tenancy import client_ip
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeEvent, Transfer, UsageRecord
 from billing.services import credit_create, invoice_refund, stripe_events_retry
 from billing.stripe_gateway import GatewayError
@@ -101,7 +99,7 @@ class BillingAccountAdmin(OperatorActions, ReadOnlyAdmin):
                         consumer=account.tenant,
                         amount=amount,
                         reason=reason,
-                        actor=Actor(user=request.user),
+                        actor=operator_actor(request),
                         currency=currency or _last_billed(account.tenant),
                         key=f"{submission}-{account.pk}" if submission else "",
                     )
@@ -170,7 +168,7 @@ class InvoiceAdmin(OperatorActions, ReadOnlyAdmin):
     def refund(self, request, queryset):
         for invoice in queryset:
             try:
-                invoice_refund(invoice=invoice, actor=Actor(user=request.user))
+                invoice_refund(invoice=invoice, actor=operator_actor(request))
             except ServiceError as e:
                 messages.error(request, e.message)
             except GatewayError as e:  # Stripe refused or could not be reached: try again
@@ -226,6 +224,6 @@ class StripeEventAdmin(OperatorActions, ReadOnlyAdmin):
         description="Process the selected unprocessed events again", permissions=["operate"]
     )
     def process_again(self, request, queryset):
-        actor = Actor(user=request.user, ip=client_ip(request), operator=True)
+        actor = operator_actor(request)
         queued = stripe_events_retry(events=queryset, actor=actor)
         messages.success(request, f"Queued {queued} events to be processed again.")

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from accounts.admin import OperatorActions, ReadOnlyAdmin
+from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
 from accounts.exceptions import ServiceError
-from accounts.services import Actor
-from accounts.tenancy import client_ip
 from inference import operations
 from inference.models import AbuseFlag, CompressionJob, Prediction
-
-
-def _operator(request) -> Actor:
-    return Actor(user=request.user, ip=client_ip(request))
 
 
 def _each(request, queryset, act, done: str) -> None:
@@ -53,7 +47,7 @@ class PredictionAdmin(OperatorActions, ReadOnlyAdmin):
 
     @admin.action(description="Retry the selected failed predictions", permissions=["operate"])
     def retry(self, request, queryset):
-        operator = _operator(request)
+        operator = operator_actor(request)
         _each(
             request,
             queryset.select_related("tenant", "model__tenant"),
@@ -65,7 +59,7 @@ class PredictionAdmin(OperatorActions, ReadOnlyAdmin):
         description="Cancel the selected queued or running predictions", permissions=["operate"]
     )
     def cancel(self, request, queryset):
-        operator = _operator(request)
+        operator = operator_actor(request)
         _each(
             request,
             queryset.select_related("tenant", "model__tenant"),
@@ -97,7 +91,7 @@ class CompressionJobAdmin(OperatorActions, ReadOnlyAdmin):
 
     @admin.action(description="Retry the selected failed jobs", permissions=["operate"])
     def retry(self, request, queryset):
-        operator = _operator(request)
+        operator = operator_actor(request)
         _each(
             request,
             queryset.select_related("tenant", "model__tenant"),
@@ -107,7 +101,7 @@ class CompressionJobAdmin(OperatorActions, ReadOnlyAdmin):
 
     @admin.action(description="Cancel the selected queued or running jobs", permissions=["operate"])
     def cancel(self, request, queryset):
-        operator = _operator(request)
+        operator = operator_actor(request)
         _each(
             request,
             queryset.select_related("tenant", "model__tenant"),

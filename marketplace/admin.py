@@ -2,10 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
-from accounts.admin import OperatorActions, ReadOnlyAdmin
+from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
 from accounts.exceptions import ServiceError
-from accounts.services import Actor
-from accounts.tenancy import client_ip
 from marketplace import listings, services
 from marketplace.models import Artifact, Listing, ModelVersion, TenantKey
 
@@ -51,10 +49,6 @@ class ReasonForm(ActionForm):
     reason = forms.CharField(required=False, max_length=500)
 
 
-def _operator(request) -> Actor:
-    return Actor(user=request.user, ip=client_ip(request))
-
-
 @admin.register(Listing)
 class ListingAdmin(OperatorActions, ReadOnlyAdmin):
     """Listings are the publishers' to edit; operators take them down (consumers get 451 with
@@ -77,13 +71,15 @@ class ListingAdmin(OperatorActions, ReadOnlyAdmin):
             messages.error(request, "A take-down needs a reason; consumers are shown it.")
             return
         for listing in queryset.select_related("model__tenant"):
-            listings.listing_take_down(listing=listing, reason=reason, actor=_operator(request))
+            listings.listing_take_down(
+                listing=listing, reason=reason, actor=operator_actor(request)
+            )
         messages.success(request, f"Took down {queryset.count()} listing(s).")
 
     @admin.action(description="Restore the selected listings", permissions=["operate"])
     def restore(self, request, queryset):
         for listing in queryset.select_related("model__tenant"):
-            listings.listing_restore(listing=listing, actor=_operator(request))
+            listings.listing_restore(listing=listing, actor=operator_actor(request))
         messages.success(request, f"Restored {queryset.count()} listing(s).")
 
 
@@ -107,7 +103,7 @@ class ModelVersionAdmin(OperatorActions, ReadOnlyAdmin):
             return
         for version in queryset.select_related("model__tenant"):
             try:
-                services.version_yank(version=version, reason=reason, actor=_operator(request))
+                services.version_yank(version=version, reason=reason, actor=operator_actor(request))
             except ServiceError as exc:
                 messages.error(request, exc.message)
             else:

@@ -44,7 +44,8 @@ def test_operator_credits_a_tenant_and_the_next_invoice_is_lower(client, operato
     assert response.status_code == 302
     credit = UsageRecord.objects.get(kind="credit")
     assert (credit.amount, credit.consumer, credit.publisher) == (Decimal("-0.40"), outsider, None)
-    assert AuditEvent.objects.get(action="billing.credit").actor_label == operator.email
+    audit = AuditEvent.objects.get(action="billing.credit")
+    assert (audit.actor_label, audit.ip) == (operator.email, "127.0.0.1")  # who, and from where
 
 
 def test_the_credit_form_sent_twice_credits_once(client, operator, outsider):
