@@ -53,19 +53,21 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
 
 
 def _not_runnable(prediction: Prediction) -> str | None:
-    """Why the prediction's consumer could not run its version now, or None."""
+    """Why the prediction's consumer could not run its version now (what a new request would
+    be refused for, asked as the API asks it), or None."""
+    if prediction.tenant.status != Tenant.Status.ACTIVE:
+        return f"the organisation {prediction.tenant.slug} is suspended"
     # Locked as version_yank locks it: a yank cannot land between this check and the commit.
     version = ModelVersion.objects.select_for_update().get(pk=prediction.version_id)
     model = prediction.model
-    if not ModelVersion.objects.filter(ModelVersion.runnable(), pk=version.pk).exists():
-        return f"version {version.number} of {model.ref} is {version.status} or past its sunset"
-    if prediction.tenant.status != Tenant.Status.ACTIVE:
-        return f"the organisation {prediction.tenant.slug} is suspended"
     access = Access(tenant=prediction.tenant, scopes=ALL_SCOPES)
     try:
         selectors.model_for_access(access, owner=model.tenant.slug, name=model.name, perm="run")
+        services.version_for(model, str(version.number))
     except ServiceError as exc:
-        return f"{prediction.tenant.slug} may no longer run {model.ref} ({exc.message})"
+        return f"{prediction.tenant.slug} may not run {model.ref} version {version.number}: " + (
+            exc.message
+        )
     return None
 
 

@@ -20,6 +20,22 @@ from workers.services import prediction_run, version_key
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_hosts")]
 
 
+def test_the_worker_pauses_a_version_even_when_it_cannot_tell_the_web():
+    """Redis down as the breaker opens: the worker's own refusals still hold (it logs)."""
+    from workers.batching import Breaker
+    from workers.host import HostFailure
+
+    def redis_down(reason, seconds):
+        raise ConnectionError("Redis is down")
+
+    breaker = Breaker(trip_after=1, cooldown=60, on_trip=redis_down)
+    breaker.failed(HostFailure("timeout", "the model did not answer before its deadline"))
+
+    refusal = breaker.refusal()
+    assert refusal is not None and refusal.kind == "unavailable"
+    assert "did not answer before its deadline" in str(refusal)
+
+
 def ran(prediction):
     prediction_run(prediction_id=prediction.public_id)
     prediction.refresh_from_db()

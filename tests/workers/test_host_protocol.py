@@ -85,6 +85,8 @@ SCRIPTED_HOST = textwrap.dedent(
                 [frame({{"ok": True, "progress": True, "step": i}}) for i in range(3)]
                 + [frame({{"ok": True, "echo": payload.decode()}}, payload)]
             ))
+        elif header["op"] == "count":
+            os.write(1, frame({{"ok": True, "received": len(payload)}}))
         else:
             os.write(1, frame({{"ok": True, "size": len(BIG)}}, BIG))
     """
@@ -119,6 +121,15 @@ def test_the_worker_separates_progress_frames_and_a_reply_that_arrive_in_one_rea
         reply, body = scripted_host.request({"op": "big"}, timeout=10)
         assert reply["size"] == len(BIG)
         assert body == BIG
+
+
+def test_a_request_larger_than_the_pipe_holds_arrives_whole(scripted_host):
+    """The worker's end of the pipe does not block: a write that fills it waits for room."""
+    payload = os.urandom(5 * 2**20)  # several times the pipe's 1 MiB
+
+    reply, _ = scripted_host.request({"op": "count"}, payload, timeout=30)
+
+    assert reply["received"] == len(payload)
 
 
 def test_a_reply_over_the_callers_limit_is_not_read_and_the_host_is_killed(scripted_host):
