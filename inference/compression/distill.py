@@ -147,12 +147,16 @@ def distill(
 
 @torch.no_grad()
 def _predict(module: nn.Module, inputs: torch.Tensor, *, batch_size: int) -> torch.Tensor:
-    was_training = module.training
-    module.eval()
+    was_training: bool | None = module.training
+    try:
+        module.eval()
+    except NotImplementedError:  # a torch.export graph runs as exported and has no modes
+        was_training = None
     try:
         return torch.cat([module(chunk).float() for chunk in inputs.split(batch_size)])
     finally:
-        module.train(was_training)
+        if was_training is not None:
+            module.train(was_training)
 
 
 def _score(

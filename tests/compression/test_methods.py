@@ -186,6 +186,26 @@ def test_distilled_student_four_times_smaller_agrees_with_teacher(teacher, held_
     assert events[-1][:2] == ("done", 100.0)
 
 
+def test_distillation_from_a_torch_export_teacher(teacher, held_out):
+    # A pt2 upload loads as the program's module, whose eval() raises NotImplementedError:
+    # distilling it failed the job as "the model raised an error".
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(teacher, (held_out[:2],), dynamic_shapes=({0: batch},))
+    torch.manual_seed(0)
+
+    result = distill(
+        program.module(),
+        MLP(FEATURES, [128], CLASSES),
+        inputs=blobs(2000, seed=3)[0],
+        epochs=4,
+        lr=2e-3,
+        batch_size=128,
+        seed=0,
+    )
+
+    assert ev.fidelity(teacher, result.student, held_out).agreement >= 0.8
+
+
 def test_distillation_on_generated_inputs_is_deterministic(teacher):
     def run_once() -> nn.Module:
         torch.manual_seed(5)
