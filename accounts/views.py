@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import wraps
 
 from django.contrib import messages
@@ -333,4 +334,18 @@ def audit(request: HttpRequest) -> HttpResponse:
     if action := request.GET.get("action"):
         events = events.filter(action=action)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
+    for event in page:
+        event.details = [(key, _detail_text(value)) for key, value in event.data.items()]
     return render(request, "dashboard/audit.html", {"page": page, "action": action or ""})
+
+
+def _detail_text(value: object) -> str:
+    """An audit detail as a person reads it: a list of scopes as ``a, b``, not Python's
+    ``['a', 'b']``; nothing as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)

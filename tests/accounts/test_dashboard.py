@@ -152,6 +152,15 @@ def test_sign_in_is_recorded_in_the_organisation_audit_log(client, alice, tenant
     assert "<code>user.login</code>" in log and "alice@acme.example" in log
 
 
+def test_audit_log_shows_a_keys_scopes_as_words_not_a_python_list(alice_client):
+    alice_client.post("/dashboard/keys/", {"name": "ci", "scopes": ["inference", "models:read"]})
+
+    log = page(alice_client, "/dashboard/audit/?action=api_key.create")
+
+    assert "scopes=inference, models:read " in log
+    assert "[&#x27;" not in log and "expires_at=None" not in log
+
+
 def test_wrong_password_does_not_sign_in_or_record_a_login(client, alice, tenant):
     response = client.post("/login/", {"username": "alice@acme.example", "password": "nope"})
     assert response.status_code == 200
