@@ -9,6 +9,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
+from accounts import services
+from accounts.models import Role
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.browser
@@ -82,3 +84,34 @@ def test_new_user_creates_a_key_sees_it_once_and_calls_the_api(live_server, page
     body = response.json()
     assert body["organisation"]["slug"] == "initech"
     assert body["via"] == "api_key" and body["scopes"] == ["inference", "models:read"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dashboard_tables_fit_a_phone_without_sideways_scrolling(live_server, browser, tenant):
+    # On a 390 px phone the members, keys and audit tables made the whole page wider than the
+    # screen: the page scrolled sideways and the top bar stopped short of the right edge.
+    services.invitation_create(
+        tenant=tenant,
+        email="a-rather-long-address@subsidiary.initech.example",
+        role=Role.DEVELOPER,
+        actor=services.SYSTEM,
+    )
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill("alice@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+
+    widths = {}
+    for path in ("/dashboard/members/", "/dashboard/keys/", "/dashboard/audit/"):
+        page.goto(f"{live_server.url}{path}")
+        widths[path] = page.evaluate("document.documentElement.scrollWidth")
+    context.close()
+
+    assert widths == dict.fromkeys(widths, 390)
+    assert errors == []  # not even the browser's request for a favicon
