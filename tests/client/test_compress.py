@@ -75,3 +75,24 @@ def test_a_report_with_figures_it_could_not_measure_shows_them_as_n_a_with_the_w
     assert shown.code == 0, shown.err
     assert "agreement 25.00%, cosine n/a, mean abs error n/a" in shown.out
     assert warning in " ".join(shown.out.split())
+
+
+def test_a_result_larger_than_its_parent_is_shown_as_larger(mm, tenant, small):
+    # An fp16 cast of a tiny graph grew from 7.5 to 11.5 KiB and mm said "(0.65x smaller)".
+    from inference.models import CompressionJob
+
+    figures = {"size_bytes": 1000, "latency_b1_ms": 1.0, "latency_b32_ms": 2.0}
+    job = CompressionJob.objects.create(
+        tenant=tenant,
+        model=small.model,
+        version=small,
+        method="quantize",
+        params={"scheme": "fp16"},
+        status=CompressionJob.Status.SUCCEEDED,
+        report={"parent": figures, "child": {**figures, "size_bytes": 1600}, "size_ratio": 0.625},
+    )
+
+    shown = mm("job", job.public_id)
+
+    assert shown.code == 0, shown.err
+    assert "(1.60x larger)" in shown.out and "smaller" not in shown.out

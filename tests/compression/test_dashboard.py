@@ -74,15 +74,15 @@ def test_parameters_that_are_not_a_json_object_are_refused_and_start_no_job(
     assert not CompressionJob.objects.exists()
 
 
-def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
+def finished_job(tenant, version, params: dict, **report_figures) -> CompressionJob:
     from marketplace.vault.store import artifact_create
 
     job, _created = jobs.job_create(
         access=Access(tenant=tenant, scopes=frozenset()),
-        model=mlp_version.model,
-        version=mlp_version,
+        model=version.model,
+        version=version,
         method="quantize",
-        params={},
+        params=params,
         actor=accounts.SYSTEM,
     )
     jobs.job_claim(job)
@@ -102,6 +102,7 @@ def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
             "samples": 512,
             "inputs": "generated",
         },
+        **report_figures,
     }
     jobs.job_succeed(
         job,
@@ -113,11 +114,33 @@ def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
         compute_seconds=3.0,
         actor=accounts.SYSTEM,
     )
+    return job
+
+
+def test_a_finished_job_shows_its_report(alice, tenant, mlp_version):
+    job = finished_job(tenant, mlp_version, {})
 
     page = signed_in(alice).get(f"/dashboard/compression/{job.public_id}/").text
 
     assert "4.00× smaller" in page and "top-1 agreement <strong>0.9950</strong>" in page
     assert "v2" in page and "hx-trigger" not in page
+
+
+def test_a_result_that_grew_and_slowed_down_says_so(alice, tenant, mlp_version):
+    # An fp16 cast of a tiny pt2 graph came out bigger and slower, and the report said
+    # "0.65× smaller" and "0.68× faster"; its parameters showed as a Python dict.
+    job = finished_job(
+        tenant, mlp_version, {"scheme": "fp16"}, size_ratio=0.625, speedup_b1=0.5, speedup_b32=2.0
+    )
+    client = signed_in(alice)
+
+    page = client.get(f"/dashboard/compression/{job.public_id}/").text
+    listed = client.get("/dashboard/compression/").text
+
+    assert "1.60× larger" in page and "2.00× slower" in page and "2.00× faster" in page
+    assert "smaller" not in page
+    assert "<code>{&quot;scheme&quot;: &quot;fp16&quot;}</code>" in page
+    assert "1.60× larger" in listed and "smaller" not in listed
 
 
 def test_another_organisation_sees_no_job(charlie, outsider, tenant, mlp_version):

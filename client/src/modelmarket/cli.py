@@ -647,7 +647,7 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
     if parent and child:
         cli.out.print(
             f"  size      {_size(parent['size_bytes'])} → {_size(child['size_bytes'])} "
-            f"({report.get('size_ratio', 0):.2f}x smaller)"
+            f"({_ratio(report.get('size_ratio'), 'smaller', 'larger')})"
         )
         cli.out.print(
             f"  latency   batch 1: {parent['latency_b1_ms']:.3g} → {child['latency_b1_ms']:.3g} ms"
@@ -665,6 +665,14 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
         cli.out.print(f"  [yellow]warning[/]   {escape(str(warning))}")
     if not job.is_terminal:
         cli.out.print(f"Follow it with: mm job {job.id} --watch")
+
+
+def _ratio(value: Any, better: str, worse: str) -> str:
+    """A report's parent-over-child ratio as a person reads it: 0.65 is 1.54x larger, not
+    "0.65x smaller"."""
+    if not isinstance(value, int | float) or value <= 0:
+        return "n/a"
+    return f"{value:.2f}x {better}" if value >= 1 else f"{1 / value:.2f}x {worse}"
 
 
 def _figure(value: Any, spec: str) -> str:
