@@ -8,11 +8,13 @@ starting one goes through the same service as the API (owner only, parameters ch
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
@@ -68,12 +70,15 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
     model = get_object_or_404(
         Model.objects.select_related("tenant"), tenant=request.tenant, name=name
     )
-    back = redirect("models:detail", name=model.name)
     number = request.POST.get("version", "")
-    version = model.versions.filter(number=int(number)).first() if is_number(number) else None
     method = request.POST.get("method", "")
+    text = request.POST.get("params", "")
+    # A refused form comes back filled in as it was sent, under the reason.
+    kept = urlencode({"version": number, "method": method, "params": text})
+    back = redirect(f"{reverse('models:detail', kwargs={'name': model.name})}?{kept}")
+    version = model.versions.filter(number=int(number)).first() if is_number(number) else None
     try:
-        params = json.loads(request.POST.get("params") or "{}")
+        params = json.loads(text or "{}")
     except (ValueError, RecursionError):
         params = None
     if not isinstance(params, dict):

@@ -101,6 +101,12 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             "alias", "from_version", "to_version"
         )[:50],
         "can_write": _can_write(request),
+        # What a refused compression form was sent with (see inference.compression_views).
+        "compress": {
+            "version": request.GET.get("version", ""),
+            "method": request.GET.get("method", ""),
+            "params": request.GET.get("params") or "{}",
+        },
         "formats": Format.choices,
         "upload_create_url": reverse(
             "upload-create", kwargs={"owner": model.tenant.slug, "name": model.name}

@@ -60,6 +60,25 @@ def test_a_method_that_cannot_apply_is_explained_on_the_model_page(alice, mlp_ve
     assert not CompressionJob.objects.exists()
 
 
+def test_a_refused_form_comes_back_as_it_was_sent(alice, mlp_version):
+    # The form came back reset to Quantization and {}, so a typo in the parameters meant
+    # typing them all again.
+    sent = '{"kind": "sideways", "amount": 0.5}'
+
+    response = signed_in(alice).post(
+        "/dashboard/compression/start/mlp/",
+        {"version": "1", "method": "prune", "params": sent},
+        follow=True,
+    )
+
+    assert "kind must be one of structured, unstructured" in response.text
+    assert '<option value="prune" selected>Pruning</option>' in response.text
+    assert 'value="{&quot;kind&quot;: &quot;sideways&quot;, &quot;amount&quot;: 0.5}"' in (
+        response.text
+    )
+    assert '<option value="1" selected>v1' in response.text
+
+
 @pytest.mark.parametrize("params", ['"fp16"', '["scheme", "fp16"]', "5"])
 def test_parameters_that_are_not_a_json_object_are_refused_and_start_no_job(
     alice, mlp_version, params
