@@ -81,7 +81,10 @@ def consumer_summary(*, consumer: Tenant, period: date) -> dict:
     return summary
 
 
-def daily_usage(*, consumer: Tenant, days: int = 30) -> list[dict]:
+USAGE_CHART_DAYS = 30
+
+
+def daily_usage(*, consumer: Tenant, days: int = USAGE_CHART_DAYS) -> list[dict]:
     """Calls, compute seconds and spend per day and currency, oldest first, for the charts."""
     since = timezone.now() - timedelta(days=days)
     return list(

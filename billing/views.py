@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django import forms
@@ -11,6 +12,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -93,10 +95,8 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "summary": summary,
         # A cap holds for each currency's spend alone: the banner shows the nearest to it.
         "cap_percent": _cap_percent(account.spend_cap, summary["spend"]),
-        "days": [
-            {**day, "height": int(day["amount"] * 100 / (peaks[day["currency"]] or 1))}
-            for day in days
-        ],
+        "days": days,
+        "chart": _chart(days, peaks),
         "by_model": selectors.usage_by(consumer=tenant, period=period, field="model_ref"),
         "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key__name"),
         "invoices": Invoice.objects.filter(consumer=tenant)[:24],
@@ -106,6 +106,25 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "stripe_configured": bool(settings.STRIPE_SECRET_KEY),
     }
     return render(request, "billing/home.html", context)
+
+
+def _chart(days: list[dict], peaks: dict[str, Decimal]) -> list[dict]:
+    """One slot per day of the window, quiet days included, so a bar's place is its date (one
+    day of usage used to fill the whole chart as a single wide block)."""
+    by_day: dict[date, list[dict]] = {}
+    for day in days:
+        by_day.setdefault(day["day"], []).append(day)
+    today = timezone.localdate()
+    first = min([today - timedelta(days=selectors.USAGE_CHART_DAYS), *by_day])
+    slots = []
+    for offset in range((today - first).days + 1):
+        when = first + timedelta(days=offset)
+        bars = [
+            {**row, "height": int(row["amount"] * 100 / (peaks[row["currency"]] or 1))}
+            for row in by_day.get(when, [])
+        ]
+        slots.append({"day": when, "bars": bars})
+    return slots
 
 
 def _cap_percent(cap: Decimal | None, spend: list[dict]) -> int | None:

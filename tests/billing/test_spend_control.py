@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from django.core import mail
 from django.test import Client
+from django.utils import timezone
 
 from accounts import services as accounts
 from accounts.exceptions import PaymentRequired
@@ -305,6 +306,20 @@ def test_billing_page_shows_the_running_total_charts_and_earnings(
     assert 'id="usage-chart"' in consumer_page and "acme/clf" in consumer_page
     assert 'id="earnings"' in publisher_page
     assert "0.80 USD" in publisher_page  # 80 % of 1.00
+
+
+def test_spend_chart_puts_one_days_usage_among_the_quiet_days(charlie, outsider, paid_clf):
+    # With one day of usage the chart was that day's bar alone, stretched across the card as
+    # a solid block; it now has a slot for every day of the window.
+    spend(outsider, paid_clf, 4)
+    consumer = Client()
+    consumer.force_login(charlie)
+
+    chart = consumer.get("/dashboard/billing/").content.decode().split('id="usage-chart"')[1]
+    chart = chart.split("</div>\n")[0]
+
+    assert chart.count('class="bar"') == 1 and chart.count('class="bar none"') == 30
+    assert f'title="{timezone.localdate():%Y-%m-%d}: 1.00 USD, 4 calls' in chart
 
 
 def test_billing_page_shows_a_call_cheaper_than_a_cent_at_its_exact_cost(
