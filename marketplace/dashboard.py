@@ -21,7 +21,7 @@ from accounts.models import Scope
 from accounts.tenancy import request_actor
 from accounts.views import tenant_required
 from marketplace import services
-from marketplace.models import Alias, AliasMove, Format, Model, ModelVersion, Task
+from marketplace.models import Alias, AliasMove, Format, Listing, Model, ModelVersion, Task
 
 
 class ModelCreateForm(forms.Form):
@@ -97,6 +97,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         **_versions_context(model),
         "aliases": model.aliases.select_related("version").order_by("name"),
+        "listing": Listing.objects.filter(model=model).first(),
         "moves": AliasMove.objects.filter(alias__model=model).select_related(
             "alias", "from_version", "to_version"
         )[:50],

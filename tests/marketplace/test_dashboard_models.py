@@ -241,3 +241,26 @@ def test_the_upload_api_accepts_the_dashboard_session_with_its_csrf_token(
     assert without_token.status_code == 403 and "CSRF" in without_token.json()["detail"]
     assert upload.status_code == 201
     assert chunk.status_code == 200 and chunk.json()["received_bytes"] == CHUNK
+
+
+def test_model_page_links_to_its_listing_or_says_how_to_publish(alice_client, classifier):
+    # The model page never mentioned the catalogue: a publisher could not tell from it whether
+    # the model was listed, find its listing, or learn how to list it.
+    from decimal import Decimal
+
+    from marketplace import listings
+
+    unlisted = alice_client.get("/dashboard/models/classifier/").text
+    listings.listing_publish(
+        model=classifier,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Tabular classifier",
+        price_per_call=Decimal("0.002"),
+    )
+    listed = alice_client.get("/dashboard/models/classifier/").text
+
+    assert "Not in the catalogue." in unlisted
+    assert "mm publish acme/classifier --visibility public" in unlisted
+    assert '<a href="/catalogue/acme/classifier/">Tabular classifier</a>' in listed
+    assert "Public: in the catalogue" in listed and "0.002 USD per call" in listed
