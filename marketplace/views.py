@@ -88,6 +88,24 @@ def _taken_down(request: HttpRequest, exc: TakenDown) -> HttpResponse:
     return render(request, "catalogue/taken_down.html", {"message": exc.message}, status=451)
 
 
+def _example_text(value: object, indent: str = "") -> str:
+    """JSON with each innermost list on one line: a 28×28 image reads as 28 rows, where
+    ``indent=2`` gave 800 lines of one number each."""
+    if isinstance(value, dict) and value:
+        inner = indent + "  "
+        items = []
+        for key, item in value.items():
+            name = json.dumps(key)
+            # A list's rows line up under its first row; a dict indents as usual.
+            under = inner + " " * (len(name) + 2) if isinstance(item, list) else inner
+            items.append(f"{inner}{name}: {_example_text(item, under)}")
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(item, list | dict) for item in value):
+        inner = indent + " "
+        return "[" + (",\n" + inner).join(_example_text(item, inner) for item in value) + "]"
+    return json.dumps(value)
+
+
 def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
     access = _session_access(request)
     try:
@@ -107,7 +125,7 @@ def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
         ),
         "example_input": None
         if listing.example_input is None
-        else json.dumps(listing.example_input, indent=2),
+        else _example_text(listing.example_input),
         "state": listings.viewer_state(access, listing),
         "can_subscribe": access is not None and access.has_scope(Scope.INFERENCE),
     }

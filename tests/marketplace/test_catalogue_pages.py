@@ -105,6 +105,17 @@ def test_price_table_shows_every_price(client, shop):
     assert "<th>Free calls per month</th><td>1000</td>" in html
 
 
+def test_example_input_shows_an_images_rows_one_per_line(client, tenant):
+    # indent=2 put every number on a line of its own: the demo's 28×28 stroke was 800 lines
+    # in a scroll box, unreadable as a picture.
+    rows = [[0, 1, 0], [0, 1, 0], [0, 1, 0]]
+    listed(tenant, "strokes", example_input={"x": [[rows]]})
+
+    html = page(client, "/catalogue/acme/strokes/")
+
+    assert "  &quot;x&quot;: [[[[0, 1, 0],\n          [0, 1, 0],\n          [0, 1, 0]]]]" in html
+
+
 def test_card_scripts_never_reach_the_page(client, tenant):
     listed(
         tenant,
