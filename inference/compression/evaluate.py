@@ -49,6 +49,13 @@ def input_dtype(module: nn.Module) -> torch.dtype:
     declared = getattr(module, "input_dtype", None)
     if isinstance(declared, torch.dtype):
         return declared
+    # A torch.export graph records what its input takes: an fp16 cast exported behind its
+    # float32 boundary keeps half weights but asserts a float32 input.
+    graph = getattr(module, "graph", None)
+    for node in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
+        value = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
     for tensor in module.parameters():
         if tensor.is_floating_point():
             return tensor.dtype

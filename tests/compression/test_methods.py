@@ -206,6 +206,24 @@ def test_distillation_from_a_torch_export_teacher(teacher, held_out):
     assert ev.fidelity(teacher, result.student, held_out).agreement >= 0.8
 
 
+def test_an_fp16_pt2_version_can_be_compressed_again(teacher, held_out):
+    # A version made by an fp16 cast is a pt2 graph with half weights behind a float32
+    # boundary. Loaded as the parent of a later job, its inputs were cast to half (the dtype of
+    # its weights) and every measurement failed: "Tensor dtype mismatch! Expected: Float".
+    from inference.compression import artifacts
+    from inference.runtime import formats
+
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(teacher, (held_out[:2],), dynamic_shapes=({0: batch},))
+    cast = artifacts.export_cast(program.module(), "fp16", "x", held_out[:2])
+    parent = formats.load(cast, format="pt2", device="cpu").module
+
+    agreement = ev.fidelity(parent, teacher, held_out).agreement
+
+    assert ev.input_dtype(parent) == torch.float32
+    assert agreement is not None and agreement >= 0.99
+
+
 def test_distillation_on_generated_inputs_is_deterministic(teacher):
     def run_once() -> nn.Module:
         torch.manual_seed(5)
