@@ -63,7 +63,7 @@ def _not_runnable(prediction: Prediction) -> str | None:
     access = Access(tenant=prediction.tenant, scopes=ALL_SCOPES)
     try:
         selectors.model_for_access(access, owner=model.tenant.slug, name=model.name, perm="run")
-        services.version_for(model, str(version.number))
+        services.version_for(model, str(version.number), access=access)
     except ServiceError as exc:
         return f"{prediction.tenant.slug} may not run {model.ref} version {version.number}: " + (
             exc.message

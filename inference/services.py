@@ -33,11 +33,12 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def version_for(model: Model, ref: str | None) -> ModelVersion:
+def version_for(model: Model, ref: str | None, *, access: Access | None) -> ModelVersion:
     """The version ``ref`` names; without one, the ``production`` alias, else the newest ready
-    version."""
+    version. To another organisation than the publisher (``access``), a version that is not
+    published does not exist: its state and failure reason are the publisher's."""
     if ref:
-        version = selectors.version_resolve(model, ref)
+        version = selectors.version_resolve(model, ref, access=access)
     else:
         alias = (
             Alias.objects.select_related("version").filter(model=model, name="production").first()
@@ -47,7 +48,13 @@ def version_for(model: Model, ref: str | None) -> ModelVersion:
             if alias is not None
             else model.versions.filter(ModelVersion.runnable()).order_by("-number").first()
         )
-        if version is None:
+        hidden = (
+            version is not None
+            and access is not None
+            and version.status not in selectors.PUBLISHED
+            and not selectors.is_publisher(access, model)
+        )
+        if version is None or hidden:
             raise Conflict(f"{model.ref} has no ready version yet.")
     if version.past_sunset:
         alternative = selectors.alias_instead(model)
@@ -74,7 +81,7 @@ def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None)
     def load() -> catalog.Runnable:
         owner, _, name = model_ref.partition("/")
         model = selectors.model_for_access(access, owner=owner, name=name, perm="run")
-        return catalog.Runnable(model, version_for(model, version_ref))
+        return catalog.Runnable(model, version_for(model, version_ref, access=access))
 
     runnable = catalog.cached(key, load)
     return runnable.model, runnable.version

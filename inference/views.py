@@ -218,12 +218,12 @@ def playground(request: HttpRequest, owner: str, name: str) -> HttpResponse:
     ref = str(int(ref)) if selectors.is_number(ref) else ref
     version_error = ""
     try:
-        version = services.version_for(model, ref or None)
+        version = services.version_for(model, ref or None, access=access)
     except ServiceError as exc:
         version, version_error = None, exc.message
         if ref:  # a stale link: show the default version with the reason
             try:
-                version = services.version_for(model, None)
+                version = services.version_for(model, None, access=access)
             except ServiceError:
                 version = None
         ref = ""

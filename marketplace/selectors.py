@@ -12,6 +12,13 @@ from accounts.tenancy import Access
 from marketplace.models import Alias, Listing, Model, ModelVersion
 
 PUBLICLY_VISIBLE = (Listing.Visibility.PUBLIC, Listing.Visibility.UNLISTED)
+# The versions another organisation may see of a model it may view: not those still
+# validating or that failed (their state and failure reason are the publisher's).
+PUBLISHED = (
+    ModelVersion.Status.READY,
+    ModelVersion.Status.DEPRECATED,
+    ModelVersion.Status.YANKED,
+)
 
 
 def tenant_perms(access: Access | None, model: Model) -> set[str]:
@@ -133,15 +140,23 @@ def alias_instead(model: Model) -> str | None:
     )
 
 
-def version_resolve(model: Model, ref: str | int) -> ModelVersion:
-    """The version a number or an alias names. A yanked version is 410 with the alias to use
-    instead."""
+def is_publisher(access: Access | None, model: Model) -> bool:
+    return access is not None and model.tenant_id == access.tenant.pk
+
+
+def version_resolve(model: Model, ref: str | int, *, access: Access | None) -> ModelVersion:
+    """The version a number or an alias names, as ``access`` may see it: to another
+    organisation than the publisher, an unpublished version is missing (404), like one that
+    does not exist. ``access`` None: the system's own view (operators, tasks). A yanked
+    version is 410 with the alias to use instead."""
     ref = str(ref)
     if is_number(ref):
         version = model.versions.filter(number=int(ref)).first()
     else:
         alias = Alias.objects.select_related("version").filter(model=model, name=ref).first()
         version = alias.version if alias else None
+    if version is not None and access is not None and not is_publisher(access, model):
+        version = version if version.status in PUBLISHED else None
     if version is None:
         raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
     if version.status == ModelVersion.Status.YANKED:

@@ -150,7 +150,7 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
         body = data.validated_data
         owner, _, name = body["model"].partition("/")
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="change")
-        version = selectors.version_resolve(model, body["version"])
+        version = selectors.version_resolve(model, body["version"], access=request.auth)
         job, created = jobs.job_create(
             access=request.auth,
             model=model,

@@ -263,9 +263,9 @@ class ModelMetadataView(OipView):
         ``production`` alias, else the newest ready version)."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="view")
         resolved = (
-            selectors.version_resolve(model, version)
+            selectors.version_resolve(model, version, access=request.auth)
             if version
-            else services.version_for(model, None)
+            else services.version_for(model, None, access=request.auth)
         )
         signature = resolved.signature or {"inputs": [], "outputs": []}
         return Response(
@@ -309,7 +309,7 @@ class ModelReadyView(OipView):
             raise Forbidden("This needs the 'models:read' or 'inference' scope, which you lack.")
         model = selectors.model_for_access(access, owner=owner, name=name, perm=perm)
         try:
-            services.version_for(model, version)
+            services.version_for(model, version, access=access)
         except (Conflict, Gone) as exc:
             raise ServiceError(exc.message) from None
         return Response({"name": model.ref, "ready": True})

@@ -81,17 +81,11 @@ class ModelDetailView(APIView):
         return Response(s.ModelSerializer(model, context=_viewer(request)).data)
 
 
-# What another organisation sees of a model it may view: its published versions, and no
-# names of the publisher's members (who uploaded a version, who moved an alias).
-PUBLISHED = (
-    ModelVersion.Status.READY,
-    ModelVersion.Status.DEPRECATED,
-    ModelVersion.Status.YANKED,
-)
-
-
+# What another organisation sees of a model it may view: its published versions
+# (``selectors.PUBLISHED``), and no names of the publisher's members (who uploaded a version,
+# who moved an alias).
 def _publisher(request, model) -> bool:
-    return request.auth is not None and model.tenant_id == request.auth.tenant.pk
+    return selectors.is_publisher(request.auth, model)
 
 
 class VersionsView(ListAPIView):
@@ -119,7 +113,7 @@ class VersionsView(ListAPIView):
         versions = ModelVersion.objects.filter(model=model)
         self.publisher = _publisher(self.request, model)
         if not self.publisher:
-            versions = versions.filter(status__in=PUBLISHED)
+            versions = versions.filter(status__in=selectors.PUBLISHED)
         return versions.select_related("artifact", "parent", "created_by").prefetch_related(
             Prefetch("aliases", queryset=Alias.objects.all())
         )
@@ -137,10 +131,8 @@ class VersionDetailView(APIView):
         and ``Sunset`` headers; a yanked one is 410 with the alias to use instead. Another
         organisation sees only published versions."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
-        version = selectors.version_resolve(model, ref)
+        version = selectors.version_resolve(model, ref, access=request.auth)
         publisher = _publisher(request, model)
-        if not publisher and version.status not in PUBLISHED:
-            raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
         response = Response(s.VersionSerializer(version, context={"publisher": publisher}).data)
         return deprecation_headers(response, version)
 
@@ -168,9 +160,7 @@ class VersionDownloadView(APIView):
         403, or 404 where they may not see the model. Audited. ``X-Content-SHA256`` is the
         plaintext's SHA-256: a download cut short does not match it."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="download")
-        version = selectors.version_resolve(model, ref)
-        if not _publisher(request, model) and version.status not in PUBLISHED:
-            raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
+        version = selectors.version_resolve(model, ref, access=request.auth)
         if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
             raise Conflict(f"Version {version.number} is {version.status}; nothing to download.")
         artifact = version.artifact

@@ -203,7 +203,7 @@ def test_an_alias_cannot_move_onto_a_version_yanked_meanwhile(tenant):
             actor=accounts.SYSTEM,
         )
     with pytest.raises(ServiceError):
-        version_for(model, None)  # no alias: nothing runs by default
+        version_for(model, None, access=None)  # no alias: nothing runs by default
 
 
 def test_an_empty_patch_racing_a_new_version_leaves_the_version_counter_alone(
@@ -269,8 +269,8 @@ def test_a_version_past_its_sunset_is_410_with_the_alias_to_use(tenant):
     )
 
     with pytest.raises(ServiceError) as refused:
-        version_for(model, "1")
-    default = version_for(model, None)  # no production alias: the newest that runs
+        version_for(model, "1", access=None)
+    default = version_for(model, None, access=None)  # no production alias: the newest that runs
 
     assert refused.value.status_code == 410
     assert "reached its sunset on" in refused.value.message and "use v2" in refused.value.message
