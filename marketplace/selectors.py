@@ -144,6 +144,15 @@ def is_publisher(access: Access | None, model: Model) -> bool:
     return access is not None and model.tenant_id == access.tenant.pk
 
 
+def aliases_visible(model: Model, access: Access | None) -> QuerySet[Alias]:
+    """The model's aliases ``access`` may see: to another organisation than the publisher,
+    those on published versions (an alias on an unpublished one would name it)."""
+    aliases = Alias.objects.filter(model=model).select_related("version")
+    if not is_publisher(access, model):
+        aliases = aliases.filter(version__status__in=PUBLISHED)
+    return aliases
+
+
 def version_resolve(model: Model, ref: str | int, *, access: Access | None) -> ModelVersion:
     """The version a number or an alias names, as ``access`` may see it: to another
     organisation than the publisher, an unpublished version is missing (404), like one that

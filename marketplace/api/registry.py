@@ -216,7 +216,7 @@ class AliasesView(APIView):
     @extend_schema(responses=s.AliasSerializer(many=True))
     def get(self, request, owner: str, name: str):
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
-        aliases = model.aliases.select_related("version").order_by("name")
+        aliases = selectors.aliases_visible(model, request.auth).order_by("name")
         return Response(s.AliasSerializer(aliases, many=True).data)
 
 
@@ -229,7 +229,7 @@ class AliasDetailView(APIView):
     def get(self, request, owner: str, name: str, alias: str):
         """The alias's history, newest first: what rollback moves back to."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
-        alias_obj = get_object_or_404(Alias, model=model, name=alias)
+        alias_obj = get_object_or_404(selectors.aliases_visible(model, request.auth), name=alias)
         moves = alias_obj.history.select_related("from_version", "to_version")[:100]
         context = {"publisher": _publisher(request, model), "owner": model.tenant}
         return Response(s.AliasMoveSerializer(moves, many=True, context=context).data)

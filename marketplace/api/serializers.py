@@ -4,6 +4,7 @@ from django.db.models import Max, Prefetch, Q, QuerySet
 from rest_framework import serializers
 
 from accounts.api.serializers import StrictSerializer
+from marketplace import selectors
 from marketplace.models import Alias, AliasMove, Model, ModelVersion, Task, UploadSession
 
 # The versions another organisation can open.
@@ -47,6 +48,10 @@ class ModelSerializer(serializers.ModelSerializer):
             aliases = obj.aliases.all()
         else:
             aliases = obj.aliases.select_related("version")
+        viewer = self.context.get("tenant")
+        if viewer is not None and viewer.pk != obj.tenant_id:
+            # Another organisation sees no alias on a version it cannot see.
+            aliases = [a for a in aliases if a.version.status in selectors.PUBLISHED]
         return {a.name: a.version.number for a in aliases}
 
     def get_latest_version(self, obj: Model) -> int | None:

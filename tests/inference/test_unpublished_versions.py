@@ -106,3 +106,17 @@ def test_playground_does_not_show_a_subscriber_the_failure_of_an_unpublished_ver
     page = browser.get("/dashboard/playground/acme/clf/?version=7").content.decode()
     assert REASON not in page
     assert "has no version or alias &#x27;7&#x27;" in page
+
+
+def test_subscriber_sees_no_alias_pointing_at_an_unpublished_version(clf, outsider_api, api):
+    Alias.objects.create(model=clf, name="staging", version=clf.versions.get(number=7))
+    Alias.objects.create(model=clf, name="stable", version=clf.versions.get(number=1))
+
+    assert outsider_api.get("/api/v1/models/acme/clf").json()["aliases"] == {"stable": 1}
+    listed = outsider_api.get("/api/v1/models/acme/clf/aliases").json()
+    assert [a["name"] for a in listed] == ["stable"]
+    staging = outsider_api.get("/api/v1/models/acme/clf/aliases/staging")
+    missing = outsider_api.get("/api/v1/models/acme/clf/aliases/nightly")
+    assert (staging.status_code, staging.json()["code"]) == (404, "not_found")
+    assert staging.status_code == missing.status_code
+    assert api.get("/api/v1/models/acme/clf").json()["aliases"] == {"stable": 1, "staging": 7}
