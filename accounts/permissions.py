@@ -51,3 +51,14 @@ class TenantMember(BasePermission):
                 f"This request needs the '{scope}' scope, which your {who} lacks."
             )
         return True
+
+
+class PublicOrTenantMember(BasePermission):
+    """Open to callers without credentials (the public catalogue); one that brings a key or
+    a member's session acts for its organisation and is held to ``TenantMember`` (a
+    suspended organisation's key is 403 here as everywhere)."""
+
+    def has_permission(self, request, view) -> bool:
+        if not isinstance(request.auth, Access):
+            return True
+        return TenantMember().has_permission(request, view)

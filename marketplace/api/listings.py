@@ -13,7 +13,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +21,7 @@ from accounts.api.serializers import StrictSerializer
 from accounts.api.views import CreatedCursorPagination
 from accounts.exceptions import NotFound
 from accounts.models import Scope
+from accounts.permissions import PublicOrTenantMember
 from accounts.tenancy import Access, TenantScopedMixin, request_actor
 from marketplace import listings, selectors
 from marketplace.models import AccessRequest, Entitlement, Listing, Model, ModelVersion, Task
@@ -384,9 +384,10 @@ class CataloguePagination(PageNumberPagination):
 
 
 class CatalogueView(ListAPIView):
-    """Public listings: search, filter, sort. No authentication needed."""
+    """Public listings: search, filter, sort. No authentication needed (a key that comes
+    along must be good, and its organisation active)."""
 
-    permission_classes = [AllowAny]
+    permission_classes = [PublicOrTenantMember]
     serializer_class = CatalogueItemSerializer
     pagination_class = CataloguePagination
 
@@ -404,7 +405,7 @@ class CatalogueView(ListAPIView):
 
 
 class CatalogueDetailView(APIView):
-    permission_classes = [AllowAny]
+    permission_classes = [PublicOrTenantMember]
 
     @extend_schema(responses=CatalogueDetailSerializer)
     def get(self, request, owner: str, name: str):

@@ -128,6 +128,24 @@ def test_suspended_tenant_is_403_saying_so(api, tenant):
     )
 
 
+def test_suspended_tenants_key_is_403_on_the_catalogue_too(api, tenant, outsider):
+    """The catalogue answers signed-out callers, but a key acts for its organisation: a
+    suspended one's key read the listings shared with it there, and nothing else."""
+    from marketplace import listings
+    from marketplace import services as registry
+
+    model = registry.model_create(tenant=outsider, name="shared", actor=services.SYSTEM)
+    listings.listing_publish(model=model, actor=services.SYSTEM, visibility="private")
+    listings.model_share(model=model, tenant_slug="acme", actor=services.SYSTEM)
+    assert api.get("/api/v1/catalogue/globex/shared").status_code == 200
+    services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
+    for path in ("/api/v1/catalogue/globex/shared", "/api/v1/catalogue"):
+        response = api.get(path)
+        assert response.status_code == 403
+        assert "suspended" in response.json()["detail"]
+    assert APIClient().get("/api/v1/catalogue").status_code == 200  # signed out, still open
+
+
 def test_ip_allowlist_admits_listed_networks_only(tenant):
     client = key_client(tenant, allowed_ips=["10.0.0.0/8"])
     assert client.get("/api/v1/organisation", REMOTE_ADDR="10.1.2.3").status_code == 200

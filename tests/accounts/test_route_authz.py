@@ -502,8 +502,8 @@ def expected(rule: Rule, actor: str, method: str) -> int | None:
             return 401
         if actor == "wrong_ip":
             return 403
-        if actor == "suspended":
-            return 403 if rule.anon is None else None  # the public catalogue stays open
+        if actor == "suspended":  # its key, even on the public catalogue
+            return 403
         if actor == "outsider":
             return 404 if rule.target else None
         if actor == "consumer":  # initech, which acme shared the model with
