@@ -1,0 +1,77 @@
+"""The API's JSON parser."""
+
+from __future__ import annotations
+
+import io
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+_SHOWN = 100  # characters of a location named in a message
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's, except that a body holding a NUL character or a lone UTF-16 surrogate in any
+    string, key or value, is refused with where it is. Both are valid JSON (``"\\u0000"``,
+    ``"\\ud800"``), but PostgreSQL stores neither (text and jsonb refuse NUL, UTF-8 cannot
+    encode a lone surrogate): DRF's CharField refuses them, and a JSONField or a DictField
+    (a listing's example input, a version's architecture config) let them through to the
+    database, a 500 there. Refused here, they are refused for every field and view at once."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = stream.read()
+        data = super().parse(io.BytesIO(raw), media_type, parser_context)
+        encoding = parsers.get_encoding(parser_context or {}).lower().replace("_", "-")
+        # Only an escape puts either in parsed JSON: strict JSON refuses a raw control
+        # character, and decoding refuses an encoded surrogate. Escapes are ASCII bytes in
+        # UTF-8 (not in UTF-16 or UTF-32), so most bodies need no walk over what they hold.
+        if encoding in ("utf-8", "utf8") and b"\\u" not in raw:
+            return data
+        problem = unstorable(data)
+        if problem:
+            raise ParseError(problem)
+        return data
+
+
+def _fault(text: str) -> str | None:
+    """A message for what in ``text`` cannot be stored, with ``{where}`` to fill in."""
+    if "\x00" in text:
+        return 'A NUL character ("\\u0000") cannot be stored: remove the one in {where}.'
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            'A lone UTF-16 surrogate (such as "\\ud800" without its pair) cannot be stored: '
+            "fix the one in {where} (send such a character as a surrogate pair, or as UTF-8)."
+        )
+    return None
+
+
+def _where(path: str) -> str:
+    if not path:
+        return "the body"
+    return path if len(path) <= _SHOWN else path[:_SHOWN] + "…"
+
+
+def unstorable(data) -> str | None:
+    """What makes ``data`` (parsed JSON) unstorable, and where, as a message saying what to
+    fix; ``None`` when every string in it can be stored."""
+    stack = [(data, "")]
+    while stack:  # not recursive: a body may be nested as deep as the JSON parser allows
+        value, path = stack.pop()
+        if isinstance(value, str):
+            fault = _fault(value)
+            if fault:
+                return fault.format(where=_where(path))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                fault = _fault(key)
+                if fault:
+                    return fault.format(where="a key of " + _where(path))
+                if isinstance(item, (str, dict, list)):
+                    stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (str, dict, list)):
+                    stack.append((item, f"{path}.{index}" if path else str(index)))
+    return None
