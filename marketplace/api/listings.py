@@ -273,9 +273,11 @@ class CatalogueQuerySerializer(serializers.Serializer):
         help_text="Only listings priced in this currency (ISO 4217, e.g. usd). Prices compare "
         "only within a currency: use it with max_price_per_call.",
     )
+    # As the column and the catalogue page's form: PostgreSQL cannot compare a numeric of a
+    # million digits (1e999999), a 500 there.
     max_price_per_call = serializers.DecimalField(
-        max_digits=None,
-        decimal_places=None,
+        max_digits=12,
+        decimal_places=6,
         min_value=0,
         required=False,
         allow_null=True,

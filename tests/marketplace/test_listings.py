@@ -715,6 +715,24 @@ def test_bad_catalogue_query_is_a_400(params):
     assert response.json()["code"] == "invalid"
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("1e999999", "no more than 12 digits"),
+        ("1e-999999", "no more than 12 digits"),
+        ("0.0000001", "no more than 6 decimal places"),
+    ],
+)
+def test_a_catalogue_price_filter_finer_than_any_price_is_a_400_saying_so(value, message):
+    """As the catalogue page's form says: prices have 12 digits, 6 after the point. The first
+    two PostgreSQL cannot hold as numbers at all: the filter was a 500 there."""
+    response = APIClient().get("/api/v1/catalogue", {"max_price_per_call": value})
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+
+
 def test_signed_out_callers_see_public_and_unlisted_listings_only(shelf):
     anonymous = APIClient()
 
