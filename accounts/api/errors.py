@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import OperationalError as DatabaseOperationalError
 from django.http import UnreadablePostError
@@ -21,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from accounts.exceptions import ServiceError
+from accounts.exceptions import PayloadTooLarge, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ def _flatten(errors, path: str = "") -> list[str]:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):
+        # DRF reads a JSON body through request.body, which keeps Django's limit: the
+        # client's mistake, not a suspicious operation for Django's bare 400 page and log.
+        exc = PayloadTooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
+            "send a smaller one."
+        )
     if isinstance(exc, ServiceError):
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
         return Response(body, status=exc.status_code, headers=exc.headers)

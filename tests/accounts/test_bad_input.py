@@ -143,3 +143,20 @@ def test_a_plain_django_view_whose_body_breaks_off_is_a_400_not_a_500(
     assert response.status_code == 400
     assert ApiKey.objects.count() == before
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_body_over_the_memory_limit_is_413_saying_the_limit(api, settings, caplog):
+    """DRF reads a JSON body through Django's ``request.body``, whose RequestDataTooBig was
+    answered as Django's bare HTML 400 page and logged as an ERROR."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    before = ApiKey.objects.count()
+
+    response = _post_raw(api, '{"name": "' + "x" * 2000 + '", "scopes": ["inference"]}')
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "The request body is larger than 1000 bytes; send a smaller one.",
+        "code": "too_large",
+    }
+    assert ApiKey.objects.count() == before
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
