@@ -7,6 +7,8 @@ from accounts.api.serializers import StrictSerializer
 from marketplace import selectors
 from marketplace.models import Alias, AliasMove, Model, ModelVersion, Task, UploadSession
 
+FINITE = "Numbers must fit a float (up to about 1.8e308): JSON has no infinity."
+
 # The versions another organisation can open.
 OPEN = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
 
@@ -177,7 +179,13 @@ class UploadCreateSerializer(StrictSerializer):
     architecture = serializers.CharField(
         max_length=32, required=False, allow_blank=True, default=""
     )
-    architecture_config = serializers.DictField(required=False, default=dict)
+    # Each value checked as JSON: 1e400 parses as infinity, which neither jsonb nor SQLite's
+    # JSON check stores (a 500 on both).
+    architecture_config = serializers.DictField(
+        child=serializers.JSONField(error_messages={"invalid": FINITE}),
+        required=False,
+        default=dict,
+    )
     example_input = serializers.JSONField(required=False, allow_null=True, default=None)
 
 

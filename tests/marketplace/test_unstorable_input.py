@@ -128,3 +128,25 @@ def test_a_body_in_utf16_is_checked_too(api, clf):
     assert response.status_code == 400
     assert "in example_input.0" in response.json()["detail"]
     assert not Listing.objects.exists()
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_a_number_past_a_floats_range_in_an_architecture_config_is_400(api, clf, number):
+    """JSON has no infinity, but 1e400 parses as one, which neither database stores as JSON:
+    a 500 on PostgreSQL ('invalid input syntax for type json') and on SQLite (its JSON_VALID
+    check)."""
+    raw = json.dumps({**UPLOAD, "architecture_config": {"hidden": [64, 0]}}).replace(
+        "0]", f"{number}]"
+    )
+
+    response = api.generic(
+        "POST", "/api/v1/models/acme/clf/uploads", raw, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {
+        "architecture_config": {
+            "hidden": ["Numbers must fit a float (up to about 1.8e308): JSON has no infinity."]
+        }
+    }
+    assert not UploadSession.objects.exists()
