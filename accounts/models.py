@@ -289,8 +289,9 @@ class AuditEvent(models.Model):
     actor_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # A snapshot of who acted, kept readable after the user or key is gone.
-    actor_label = models.CharField(max_length=200, blank=True)
+    # A snapshot of who acted, kept readable after the user or key is gone: Actor.label, an
+    # email (up to 254 characters, as User.email) or a key's label (under 140).
+    actor_label = models.CharField(max_length=254, blank=True)
     action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=64, blank=True)
     target_id = models.CharField(max_length=64, blank=True)

@@ -220,7 +220,7 @@ class AliasMove(models.Model):
         ModelVersion, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     to_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
-    actor_label = models.CharField(max_length=200)
+    actor_label = models.CharField(max_length=254)  # Actor.label: as AuditEvent.actor_label
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -91,6 +91,21 @@ def test_new_user_signs_up_creates_an_organisation_and_lands_on_its_dashboard(cl
     assert Membership.objects.get(user=dana, tenant__slug="initech").role == Role.OWNER
 
 
+@pytest.mark.postgres
+def test_a_user_with_an_email_of_the_longest_kind_signs_up_and_is_named_in_the_log(client):
+    """An email may be 254 characters; the audit log's actor column held 200, so on
+    PostgreSQL signing up (the first audited act) failed with a 500 for longer ones."""
+    email = "d" * 64 + "@" + "i" * 63 + "." + "n" * 63 + "." + "t" * 49 + ".example"
+    assert len(email) == 250
+
+    signed_up = client.post("/signup/", {"email": email, "password": PASSWORD})
+    created = client.post("/dashboard/orgs/new/", {"name": "Initech"})
+
+    assert signed_up.status_code == 302 and created.status_code == 302
+    assert AuditEvent.objects.filter(action="user.signup", actor_label=email).exists()
+    assert AuditEvent.objects.filter(action="tenant.create", actor_label=email).exists()
+
+
 def test_signed_in_user_without_an_organisation_is_sent_to_create_one(client, charlie):
     client.force_login(charlie)
     response = client.get("/dashboard/")
