@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 
 from django.conf import settings
 from django.utils import timezone
@@ -195,9 +196,15 @@ def prediction_run(*, prediction_id: str) -> str | None:
         return None
     runnable = _runnable(prediction)
     prediction.model, prediction.version = runnable.model, runnable.version
+    # The forward pass starts before the claim is written, and runs while it is: the claim's
+    # transaction took about a millisecond of the request's time, in series. Nothing is
+    # written or billed for the run until the claim holds (the result is written only over a
+    # running prediction); a prediction cancelled or finished meanwhile costs one forward
+    # pass whose outputs are dropped.
+    future = _submit(prediction)
     if not WRITES.run(lambda: inference.prediction_claim(prediction)):
         return None  # cancelled, finished, or a redelivery of finished work
-    outcome = _prediction_outcome(prediction)
+    outcome = _prediction_outcome(prediction, future)
     _count_prediction(prediction, outcome)
     return outcome
 
@@ -226,13 +233,25 @@ def _count_prediction(prediction, outcome: str) -> None:
         PREDICTION_LATENCY.labels(prediction.model.ref).observe(latency)
 
 
-def _prediction_outcome(prediction) -> str:
+def _submit(prediction) -> Future:
+    """The prediction's job in its version's batcher; what fails on the way is the future's
+    exception, for the claimed prediction to fail with."""
+    from inference import tensors
+
+    try:
+        arrays = tensors.decode(prediction.input_data)
+        batcher = _batcher(prediction.version)
+        return batcher.submit(arrays, prediction.batch_size, tenant=prediction.tenant_id)
+    except Exception as exc:  # noqa: BLE001 - reported through the future, after the claim
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed
+
+
+def _prediction_outcome(prediction, future: Future) -> str:
     from inference import services as inference
     from inference import tensors
 
-    arrays = tensors.decode(prediction.input_data)
-    batcher = _batcher(prediction.version)
-    future = batcher.submit(arrays, prediction.batch_size, tenant=prediction.tenant_id)
     try:
         outputs, compute_ms, shared = future.result(timeout=settings.MODEL_REQUEST_TIMEOUT * 2 + 30)
     except ModelFailure as exc:

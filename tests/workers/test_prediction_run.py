@@ -79,3 +79,39 @@ def test_a_prediction_cancelled_while_its_result_was_refused_counts_as_cancelled
     assert outcome == "canceled"  # the metrics' label, where it said "succeeded"
     assert Prediction.objects.get(pk=prediction.pk).status == "canceled"
     assert not UsageRecord.objects.exists()
+
+
+def test_an_input_the_worker_cannot_read_fails_the_prediction_unbilled(classifier):  # noqa: F811
+    # The stored input is not safetensors (a record written by hand, or damaged): before, the
+    # error escaped after the claim and left the prediction "running" until the stuck sweep.
+    prediction = queued(classifier)
+    Prediction.objects.filter(pk=prediction.pk).update(input_data=b"\x00not safetensors")
+
+    outcome = prediction_run(prediction_id=prediction.public_id)
+
+    prediction.refresh_from_db()
+    assert outcome == "failed"
+    assert (prediction.status, prediction.error_kind) == ("failed", "internal")
+    assert prediction.error.startswith("Internal error while running the model")
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_prediction_cancelled_before_its_claim_is_neither_run_nor_billed(classifier):  # noqa: F811
+    # The forward pass starts while the claim is written; a prediction cancelled before the
+    # worker took it keeps its status, gets no result, and bills nothing, and the batcher
+    # serves the next prediction as usual.
+    prediction = queued(classifier)
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.CANCELED)
+
+    assert prediction_run(prediction_id=prediction.public_id) is None
+
+    prediction.refresh_from_db()
+    assert (prediction.status, prediction.output_data, prediction.started_at) == (
+        "canceled",
+        None,
+        None,
+    )
+    assert not UsageRecord.objects.exists()
+    again = queued(classifier)
+    assert prediction_run(prediction_id=again.public_id) == "succeeded"
+    assert UsageRecord.objects.get().source_id == again.public_id
