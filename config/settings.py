@@ -316,6 +316,9 @@ PREDICTION_STUCK_SECONDS = float(
 MAX_OUTPUT_BYTES = int(env("MM_MAX_OUTPUT_BYTES", str(64 * 1024**2)))
 VALIDATION_QUEUE = env("MM_VALIDATION_QUEUE", "cpu")
 READYZ_WORKER_TIMEOUT = float(env("MM_READYZ_WORKER_TIMEOUT", "1"))
+# /readyz answers from its last check for this long (per web process), and while a check runs:
+# probes are free to send, so a flood of them must not hold web threads or ping the workers.
+READYZ_REUSE_SECONDS = float(env("MM_READYZ_REUSE_SECONDS", "2"))
 
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_QUEUE = env("MM_INFERENCE_QUEUE", "cpu")

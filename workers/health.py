@@ -2,10 +2,17 @@
 
 ``/healthz`` answers as long as the web process runs. ``/readyz`` checks what a request
 needs: the database, Redis, the artifact store and at least one worker answering a ping.
+
+Anyone may call ``/readyz``, and a check takes up to ``READYZ_WORKER_TIMEOUT`` when no worker
+answers, pinging every worker through the broker. So a web process runs one check at a time
+and answers from the last one for ``READYZ_REUSE_SECONDS``; while a check runs, callers get
+the previous answer at once (the first callers of a process wait for the first check). The
+answer says how old it is (``age_s``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import redis
@@ -48,8 +55,32 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+_checking = threading.Lock()
+_last: tuple[float, dict, bool] | None = None  # (monotonic time, checks, ready)
+
+
 @never_cache
 def readyz(request):
+    global _last
+    last = _last
+    # One check at a time: those who find one running take the last answer, if any.
+    if _stale(last) and _checking.acquire(blocking=last is None):
+        try:
+            last = _last  # the check the wait was for may have just finished
+            if _stale(last):
+                _last = last = (time.monotonic(), *_check())
+        finally:
+            _checking.release()
+    checked_at, results, ready = last
+    body = {"ready": ready, "checks": results, "age_s": round(time.monotonic() - checked_at, 3)}
+    return JsonResponse(body, status=200 if ready else 503)
+
+
+def _stale(last) -> bool:
+    return last is None or time.monotonic() - last[0] >= settings.READYZ_REUSE_SECONDS
+
+
+def _check() -> tuple[dict, bool]:
     results, ready = {}, True
     for name, check in CHECKS.items():
         started = time.monotonic()
@@ -62,4 +93,4 @@ def readyz(request):
             ready = False
         else:
             results[name] = {"ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
-    return JsonResponse({"ready": ready, "checks": results}, status=200 if ready else 503)
+    return results, ready

@@ -1,8 +1,21 @@
 from __future__ import annotations
 
+import json
+import threading
+
 import pytest
+from django.test import RequestFactory
+
+from workers import health
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_answer():
+    health._last = None  # each test's first call checks, whatever ran before
+    yield
+    health._last = None
 
 
 def test_healthz_answers_while_the_process_runs(client):
@@ -79,3 +92,50 @@ def test_readyz_is_503_when_the_database_is_unreachable(client, settings):
     body = response.json()
     assert response.status_code == 503 and body["checks"]["database"]["ok"] is False
     assert body["checks"]["redis"]["ok"] and body["checks"]["storage"]["ok"]
+
+
+def test_a_flood_of_probes_is_answered_from_one_check(client, settings, monkeypatch):
+    # No worker: each check waits out the ping timeout and broadcasts a ping to the workers.
+    settings.READYZ_WORKER_TIMEOUT, settings.READYZ_REUSE_SECONDS = 0.3, 30
+    pings = []
+    worker = health.CHECKS["worker"]
+    monkeypatch.setitem(health.CHECKS, "worker", lambda: pings.append(1) or worker())
+
+    answers = [client.get("/readyz") for _ in range(5)]
+
+    assert [a.status_code for a in answers] == [503] * 5
+    assert len(pings) == 1
+    assert all(a.json()["checks"]["worker"]["ok"] is False for a in answers)
+    assert answers[-1].json()["age_s"] >= answers[0].json()["age_s"] >= 0
+
+    settings.READYZ_REUSE_SECONDS = 0  # the answer is now too old: the next probe checks again
+    client.get("/readyz")
+    assert len(pings) == 2
+
+
+def test_a_probe_during_a_check_gets_the_last_answer_at_once(settings, monkeypatch):
+    settings.READYZ_REUSE_SECONDS = 0  # every probe would check, but one at a time
+    release, started = threading.Event(), threading.Event()
+    answers = iter([None, "hung"])
+
+    def worker():
+        if next(answers) == "hung":  # the second check hangs, then fails
+            started.set()
+            release.wait(10)
+            raise RuntimeError("no worker answered a ping")
+
+    monkeypatch.setattr(health, "CHECKS", {"worker": worker})
+    probe = RequestFactory().get("/readyz")
+    assert health.readyz(probe).status_code == 200  # the first check: ready
+    slow: list = []
+    checking = threading.Thread(target=lambda: slow.append(health.readyz(probe)))
+    checking.start()
+    assert started.wait(10)
+
+    meanwhile = health.readyz(probe)  # the check is running: the last answer, not a wait
+
+    release.set()
+    checking.join(10)
+    assert meanwhile.status_code == 200
+    assert json.loads(meanwhile.content)["checks"]["worker"]["ok"] is True
+    assert slow[0].status_code == 503  # the check itself, once done
