@@ -492,41 +492,49 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
             missing_ranges=[f"bytes {s}-{e}" for s, e in missing],
         )
     parts = list(session.parts.select_related("artifact__key").order_by("index"))
-    sha256, head, tail = _plaintext_facts(session, parts)
-    size = sum(part.artifact.size for part in parts)
-    if sha256 != session.sha256 or size != session.size:
-        raise ValidationError(
-            f"Checksum mismatch: the uploaded bytes hash to {sha256}, not "
-            f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
+    try:
+        sha256, head, tail = _plaintext_facts(session, parts)
+        size = sum(part.artifact.size for part in parts)
+        if sha256 != session.sha256 or size != session.size:
+            raise ValidationError(
+                f"Checksum mismatch: the uploaded bytes hash to {sha256}, not "
+                f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
+            )
+        detected = sniff_format(head, tail, size)
+        if detected == "pickle":
+            raise UnsupportedMediaType(
+                "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
+                "so we do not accept them. " + EXPORT_GUIDANCE
+            )
+        if detected != session.format:
+            what = f"a {Format(detected).label}" if detected else "not a model file we recognise"
+            raise UnsupportedMediaType(
+                f"The upload was declared as {Format(session.format).label} but is {what}. "
+                + EXPORT_GUIDANCE
+            )
+        in_place = (
+            bool(session.header)
+            and session.key.status == TenantKey.Status.ACTIVE
+            and all(part.layout == UploadPart.Layout.SEALED_IN_PLACE for part in parts)
         )
-    detected = sniff_format(head, tail, size)
-    if detected == "pickle":
-        raise UnsupportedMediaType(
-            "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
-            "so we do not accept them. " + EXPORT_GUIDANCE
-        )
-    if detected != session.format:
-        what = f"a {Format(detected).label}" if detected else "not a model file we recognise"
-        raise UnsupportedMediaType(
-            f"The upload was declared as {Format(session.format).label} but is {what}. "
-            + EXPORT_GUIDANCE
-        )
-    in_place = (
-        bool(session.header)
-        and session.key.status == TenantKey.Status.ACTIVE
-        and all(part.layout == UploadPart.Layout.SEALED_IN_PLACE for part in parts)
-    )
-    if in_place:
-        artifact = uploads.artifact_take_over(
-            tenant=session.tenant,
-            key=session.key,
-            header=session.header,
-            artifact_id=session.artifact_id,
-            parts=[part.artifact for part in parts],
-            sha256=sha256,
-        )
-    else:
-        artifact = _artifact_reencrypted(session, parts, sha256)
+        if in_place:
+            artifact = uploads.artifact_take_over(
+                tenant=session.tenant,
+                key=session.key,
+                header=session.header,
+                artifact_id=session.artifact_id,
+                parts=[part.artifact for part in parts],
+                sha256=sha256,
+            )
+        else:
+            artifact = _artifact_reencrypted(session, parts, sha256)
+    except Exception:
+        # Aborted or expired meanwhile: its chunks were deleted under us (a part that is not
+        # there), which says why, rather than the missing file.
+        closed = _closed_meanwhile(session)
+        if closed is not None:
+            _check_open(closed)
+        raise
     try:
         with transaction.atomic():
             _lock_open(session)
@@ -559,6 +567,8 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     except BaseException as error:
         if not in_place:
             store.artifact_delete(artifact)
+        else:
+            _closed_meanwhile(session)  # the header blob just written, if nobody will use it
         if isinstance(error, IntegrityError):  # the artifact's id: another completion won
             raise Conflict("This upload was completed by another request.") from None
         raise
@@ -574,6 +584,18 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     session.refresh_from_db()
     _delete_parts(session)
     return version
+
+
+def _closed_meanwhile(session: UploadSession) -> UploadSession | None:
+    """The upload as it is now if it was aborted or expired while it was being completed
+    (else None), after deleting the header blob the completion may have written for it: the
+    abort deleted what existed then, and no completion can take the upload over any more."""
+    now = UploadSession.objects.select_related("key").get(pk=session.pk)
+    if now.status not in (UploadSession.Status.FAILED, UploadSession.Status.EXPIRED):
+        return None
+    if now.header:
+        uploads.header_blob_discard(artifact_id=now.artifact_id, key=now.key)
+    return now
 
 
 def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[str, bytes, bytes]:

@@ -358,3 +358,44 @@ def test_a_chunk_still_arriving_when_the_upload_is_aborted_leaves_nothing_behind
 
     assert not UploadPart.objects.filter(session=session, artifact__isnull=False).exists()
     assert not Artifact.objects.exists()
+
+
+@pytest.mark.parametrize("when", ["before the parts are read", "before the header is written"])
+def test_an_upload_aborted_while_it_completes_is_409_and_leaves_no_blob_behind(
+    tenant, monkeypatch, when
+):
+    # The abort lands after the completion checked the upload was open. Before, a completion
+    # that then read the deleted chunks was a 500 (FileNotFoundError), and one that wrote the
+    # artifact's header blob after the abort's cleanup left that blob forever.
+    from pathlib import Path
+
+    from marketplace.models import Artifact, UploadSession
+    from marketplace.vault import store, uploads
+    from marketplace.vault.store import artifact_storage
+
+    monkeypatch.setattr(registry, "_enqueue_validation", lambda version_id: None)
+    session, _data = three_chunks_stored(tenant)
+
+    def aborted_first(original):
+        def call(*args, **kwargs):
+            registry.upload_abort(session=UploadSession.objects.get(pk=session.pk))
+            return original(*args, **kwargs)
+
+        return call
+
+    if when == "before the parts are read":
+        monkeypatch.setattr(
+            uploads, "artifact_take_over", aborted_first(uploads.artifact_take_over)
+        )
+    else:
+        monkeypatch.setattr(store, "blob_write", aborted_first(store.blob_write))
+
+    with pytest.raises(ServiceError) as refused:
+        registry.upload_complete(
+            session=UploadSession.objects.get(pk=session.pk), actor=accounts.SYSTEM
+        )
+
+    assert refused.value.status_code == 409
+    assert refused.value.message == "This upload is failed; start a new one."
+    assert not ModelVersion.objects.exists() and not Artifact.objects.exists()
+    assert [p for p in Path(artifact_storage().location).rglob("*") if p.is_file()] == []
