@@ -80,11 +80,13 @@ class LoadedHosts:
     """Hosts with a model loaded, by version key, least recently used evicted first once
     their memory exceeds ``capacity_bytes``: each model's bytes plus what a host process
     costs by itself (``MODEL_HOST_OVERHEAD_BYTES``: the interpreter and torch), so many small
-    models cannot grow the hosts' memory without bound."""
+    models cannot grow the hosts' memory without bound. A host retired in the middle of a
+    request still counts until it is gone: it holds its memory until it has answered."""
 
     def __init__(self, capacity_bytes: int):
         self.capacity = capacity_bytes
         self._hosts: collections.OrderedDict[str, ModelHost] = collections.OrderedDict()
+        self._retiring: list[ModelHost] = []
         self._lock = threading.Lock()
 
     def get(self, key: str) -> ModelHost | None:
@@ -96,7 +98,7 @@ class LoadedHosts:
                 # Dead, or recycled after many requests so slow leaks in a model's runtime
                 # never accumulate: the next caller loads a fresh host.
                 del self._hosts[key]
-                host.retire()
+                self._retire(host)
                 return None
             self._hosts.move_to_end(key)
             return host
@@ -107,17 +109,22 @@ class LoadedHosts:
         with self._lock:
             old = self._hosts.pop(key, None)
             if old is not None and old is not host:
-                old.retire()
+                self._retire(old)
             self._hosts[key] = host
             while len(self._hosts) > 1 and self.used() > self.capacity:
                 _, evicted = self._hosts.popitem(last=False)
-                evicted.retire()
+                self._retire(evicted)
 
     def drop(self, key: str) -> None:
         with self._lock:
             host = self._hosts.pop(key, None)
-        if host is not None:
-            host.retire()
+            if host is not None:
+                self._retire(host)
+
+    def _retire(self, host: ModelHost) -> None:
+        host.retire()
+        if host.alive:  # busy: killed once it has answered
+            self._retiring.append(host)
 
     def hosts(self) -> list[ModelHost]:
         with self._lock:
@@ -125,16 +132,18 @@ class LoadedHosts:
 
     def used(self) -> int:
         overhead = settings.MODEL_HOST_OVERHEAD_BYTES
-        return sum(h.loaded_bytes + overhead for h in self._hosts.values())
+        self._retiring = [h for h in self._retiring if h.alive]
+        return sum(h.loaded_bytes + overhead for h in [*self._hosts.values(), *self._retiring])
 
     def keys(self) -> list[str]:
         return list(self._hosts)
 
     def close(self) -> None:
         with self._lock:
-            for host in self._hosts.values():
+            for host in [*self._hosts.values(), *self._retiring]:
                 host.kill()
             self._hosts.clear()
+            self._retiring.clear()
 
 
 class Hosts:

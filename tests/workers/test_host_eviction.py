@@ -32,11 +32,16 @@ class Spin(nn.Module):
         return x * 2
 
 
-def test_loading_another_model_does_not_kill_a_host_serving_a_prediction(
+def test_loading_other_models_keeps_a_busy_host_and_counts_it_until_it_is_gone(
     tenant, outsider, settings
 ):
+    # Room for two hosts. The busy host is evicted when a third model loads; it finishes
+    # the prediction it is serving, and until then its memory still counts, so the idle
+    # host loaded after it goes too: three live hosts would be over the cache's budget
+    # (before, the busy host left the count when it was evicted, not when it was gone).
     HOSTS.close()
-    settings.MODEL_CACHE_BYTES = 1  # room for one loaded host (as a busy worker's cache fills)
+    settings.MODEL_HOST_OVERHEAD_BYTES = 10**9  # each host "costs" 1 GB; the models are tiny
+    settings.MODEL_CACHE_BYTES = 2 * 10**9 + 10**8
     settings.MODEL_HOST_PRESTART = 1
     busy = ready_version(tenant, "spin", scripted(Spin()), "torchscript", signature(4, 4))
     long_call = queued(busy, np.array([[100_000_000, 0, 0, 0]], np.float32))  # ~30 s
@@ -51,12 +56,17 @@ def test_loading_another_model_does_not_kill_a_host_serving_a_prediction(
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
-    other = validated(outsider, "clf", export(Classifier()), fmt="pt2")  # evicts the busy host
-    assert host._busy.locked()  # still in the middle of the long call
+    second = validated(outsider, "clf", export(Classifier()), fmt="pt2")  # fits beside it
+    second_host = HOSTS.loaded("cpu").hosts()[-1]
+    assert HOSTS.loaded("cpu").keys() == [version_key(busy), version_key(second)]
+    third = validated(outsider, "clf2", export(Classifier()), fmt="pt2")  # evicts the busy one
+
+    assert host._busy.locked() and host.alive  # still in the middle of the long call
+    assert HOSTS.loaded("cpu").keys() == [version_key(third)]
+    assert not second_host.alive  # made room: the busy host still holds its memory
 
     runner.join(120)
     long_call.refresh_from_db()
     assert long_call.status == "succeeded", long_call.error
-    assert other.status == "ready"
-    assert HOSTS.loaded("cpu").keys() == [version_key(other)]
+    assert (second.status, third.status) == ("ready", "ready")
     assert not host.alive  # retired once its request was answered
