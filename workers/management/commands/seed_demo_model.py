@@ -35,8 +35,12 @@ PUBLISHER, CONSUMER = "acme-ai", "globex"
 NAME = "strokes"
 CLASSES = ["blank", "horizontal", "vertical", "diagonal", "anti-diagonal", "cross"]
 SIZE = 28
-SAMPLES_PER_CLASS = 100
-EPOCHS = 6
+# Enough that every clean example is classified right whatever the machine's float kernels:
+# with 100 images a class and 6 epochs, the seeded weights on one CPU read the clean cross as
+# a horizontal bar (the weights differ by CPU); 8 epochs of 150 were right for ten seeds, with
+# the true class at 0.99 or more, in about a second of training.
+SAMPLES_PER_CLASS = 150
+EPOCHS = 8
 ARCHITECTURE = {"in_channels": 1, "image_size": SIZE, "classes": len(CLASSES)}
 ARCHITECTURE.update(channels=[8, 16], hidden=32)
 
