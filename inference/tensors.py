@@ -63,6 +63,26 @@ def _dtype(datatype: str, name: str) -> np.dtype:
     return dtype
 
 
+def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
+    """JSON values as an array of ``dtype``; ValueError, TypeError or OverflowError say why
+    they are not. Floats take numbers and null (NaN); integer types take whole numbers only,
+    and BOOL true and false only: numpy's own cast reads "false", 2 or null as a boolean and
+    cuts 1.7 to 1, silently."""
+    array = np.asarray(values, dtype=dtype)
+    if dtype.kind not in "biu" or not array.size:
+        return array
+    given = np.asarray(values)
+    if dtype.kind == "b":
+        if given.dtype.kind != "b":
+            raise ValueError("BOOL values are true or false")
+    elif given.dtype.kind == "f":
+        if not np.array_equal(given, np.trunc(given)):
+            raise ValueError(f"{DATATYPE[dtype]} values are whole numbers")
+    elif given.dtype.kind not in "iu":
+        raise ValueError(f"{DATATYPE[dtype]} values are numbers")
+    return array
+
+
 def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
     """Inputs as JSON: ``{"name": nested list}`` (cast to the signature's datatype) or
     ``{"name": {"data": [...], "shape": [...], "datatype": "FP32"}}``. A bare nested list is
@@ -83,7 +103,7 @@ def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
             shape = value.get("shape")
             value = value.get("data")
         try:
-            array = np.asarray(value, dtype=_dtype(datatype, name))
+            array = values_as(value, _dtype(datatype, name))
             if shape is not None:
                 array = array.reshape(shape)
         except (ValueError, TypeError, OverflowError) as exc:  # 300 as UINT8, 10**400, ...

@@ -440,7 +440,7 @@ def _tensor(item, binary: memoryview, offset: int, has_binary: bool) -> tuple[np
     if "data" not in item:
         raise ServiceError(f"Input '{name}' has neither data nor binary_data_size.")
     try:
-        array = np.asarray(item["data"], dtype=dtype)
+        array = tensors.values_as(item["data"], dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ServiceError(
             f"Input '{name}' is not {datatype} data: {str(exc).rstrip('.')}."

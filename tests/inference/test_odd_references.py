@@ -258,3 +258,73 @@ def test_binary_tensors_sent_as_a_form_reach_the_protocol_view(api, classifier):
 
     assert "NUL characters" not in response.content.decode(errors="replace")
     assert response.status_code == 400 and "nope" in response.json()["error"]
+
+
+@pytest.fixture
+def flags(tenant):
+    """A model taking a BOOL mask and INT64 ids (no request here reaches its forward)."""
+    from tests.inference.conftest import Classifier, export, ready_version
+
+    sig = {
+        "inputs": [
+            {"name": "mask", "datatype": "BOOL", "shape": [-1, 2]},
+            {"name": "ids", "datatype": "INT64", "shape": [-1, 2]},
+        ],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 2]}],
+    }
+    return ready_version(tenant, "flags", export(Classifier()), "pt2", sig)
+
+
+@pytest.mark.parametrize(
+    "mask, ids, message",
+    [
+        (
+            [["false", True]],
+            [[1, 2]],
+            "Input 'mask' is not a BOOL tensor: BOOL values are true or false",
+        ),
+        ([[0, 1]], [[1, 2]], "BOOL values are true or false"),
+        ([[None, True]], [[1, 2]], "BOOL values are true or false"),
+        (
+            [[True, False]],
+            [[1.7, 2]],
+            "Input 'ids' is not a INT64 tensor: INT64 values are whole numbers",
+        ),
+        ([[True, False]], [["7", 2]], "INT64 values are numbers"),
+        ([[True, False]], [[True, False]], "INT64 values are numbers"),
+    ],
+)
+def test_bool_and_integer_inputs_take_only_values_of_their_kind(api, flags, mask, ids, message):
+    # numpy's cast read "false", 2 and null as booleans and cut 1.7 to 1: the model ran on
+    # input the caller never sent.
+    rest = _post(
+        api, "/api/v1/predictions", {"model": "acme/flags", "input": {"mask": mask, "ids": ids}}
+    )
+    oip = _post(
+        api,
+        "/v2/models/acme/flags/infer",
+        {
+            "inputs": [
+                {"name": "mask", "datatype": "BOOL", "shape": [1, 2], "data": mask},
+                {"name": "ids", "datatype": "INT64", "shape": [1, 2], "data": ids},
+            ]
+        },
+    )
+
+    assert rest.status_code == 400 and message in rest.json()["detail"]
+    assert oip.status_code == 400 and message.split(": ")[-1] in oip.json()["error"]
+    assert not Prediction.objects.exists()
+
+
+def test_whole_numbers_written_as_floats_are_integers(api, flags):
+    from inference import tensors
+
+    response = _post(
+        api,
+        "/api/v1/predictions",
+        {"model": "acme/flags", "input": {"mask": [[True, False]], "ids": [[3.0, -2]]}},
+    )
+
+    assert response.status_code in (201, 202), response.json()
+    arrays = tensors.decode(Prediction.objects.get().input_data)
+    assert arrays["ids"].tolist() == [[3, -2]] and arrays["mask"].tolist() == [[True, False]]
