@@ -151,7 +151,9 @@ class AliasSetSerializer(StrictSerializer):
 
 
 class AliasMoveSerializer(serializers.ModelSerializer):
-    from_version = serializers.IntegerField(source="from_version.number", default=None)
+    from_version = serializers.IntegerField(
+        source="from_version.number", default=None, allow_null=True
+    )
     to_version = serializers.IntegerField(source="to_version.number")
     actor = serializers.CharField(
         source="actor_label",
@@ -195,7 +197,9 @@ class UploadSessionSerializer(serializers.ModelSerializer):
     received_ranges = serializers.SerializerMethodField()
     missing_ranges = serializers.SerializerMethodField()
     received_bytes = serializers.SerializerMethodField()
-    version = serializers.IntegerField(source="version.number", default=None, read_only=True)
+    version = serializers.IntegerField(
+        source="version.number", default=None, allow_null=True, read_only=True
+    )
     upload_url = serializers.SerializerMethodField()
 
     class Meta:

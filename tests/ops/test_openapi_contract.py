@@ -1,0 +1,218 @@
+"""The OpenAPI schema at ``/api/schema/`` tells the truth: a client generated from it can
+send every request and read every answer of ``/api/v1/``. Answers (and the JSON bodies we
+send) are checked against the schema with ``jsonschema``: the status must be one the
+operation lists (an error may fall to its ``default``), and the body must match that
+status's schema, with no field the schema does not name."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import date
+from urllib.parse import parse_qsl, urlsplit
+
+import jsonschema
+import pytest
+import torch
+from rest_framework.test import APIClient
+from safetensors.torch import save as save_tensors
+
+from inference.runtime.architectures import MLP
+from tests.compression.conftest import ready_version as ready_safetensors
+from tests.compression.conftest import signature as mlp_signature
+from tests.inference.conftest import (
+    Classifier,
+    export,
+    ready_version,
+    signature,
+)
+
+pytestmark = pytest.mark.django_db
+
+METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def to_json_schema(node):
+    """An OpenAPI 3.0 schema as JSON Schema: ``nullable`` becomes a null alternative, and an
+    object that lists its properties admits no others (unless it says so): a field the
+    answer has and the schema lacks is as much a lie as the other way round."""
+    if isinstance(node, list):
+        return [to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "nullable":
+            continue
+        if key == "properties":
+            out[key] = {name: to_json_schema(field) for name, field in value.items()}
+        elif key in ("enum", "default", "example", "examples"):
+            out[key] = value
+        elif key == "oneOf":
+            # drf-spectacular writes a blank URL as oneOf [uri, maxLength 0]; without a uri
+            # format checker "" matches both, so read its alternatives as alternatives.
+            out["anyOf"] = to_json_schema(value)
+        else:
+            out[key] = to_json_schema(value)
+    if "properties" in node:
+        out.setdefault("additionalProperties", False)
+    return {"anyOf": [{"type": "null"}, out]} if node.get("nullable") else out
+
+
+class Contract:
+    """Checks requests and answers against the schema; remembers which operations answered
+    with what, and every mismatch (so one run shows them all)."""
+
+    def __init__(self, schema: dict):
+        self.schema = schema
+        self.components = to_json_schema(schema["components"])
+        self.operations = {
+            (method.upper(), path)
+            for path, operations in schema["paths"].items()
+            for method in operations
+            if method in METHODS
+        }
+        # The most literal template first: ``versions/{number}/yank`` before ``{ref}``.
+        self.templates = sorted(schema["paths"], key=lambda p: (-p.count("/"), p.count("{")))
+        self.answered: dict[tuple[str, str], set[int]] = defaultdict(set)
+        self.problems: list[str] = []
+
+    def operation(self, method: str, url: str) -> tuple[str, dict] | tuple[None, None]:
+        path = url.split("?", 1)[0]
+        for template in self.templates:
+            pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+            operation = self.schema["paths"][template].get(method.lower())
+            if operation is not None and re.match(pattern, path):
+                return template, operation
+        return None, None
+
+    def _mismatches(self, schema: dict, value) -> list[str]:
+        root = {"allOf": [to_json_schema(schema)], "components": self.components}
+        validator = jsonschema.Draft7Validator(
+            root, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
+        )
+        return [
+            f"at {'/'.join(str(p) for p in e.absolute_path) or '(body)'}: {e.message[:300]}"
+            for e in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        ]
+
+    def check_parameters(self, method: str, url: str, query: dict, headers: list[str]) -> None:
+        """Each query parameter and header we send is one the operation documents."""
+        _template, operation = self.operation(method, url)
+        if operation is None:
+            return  # check() says so
+        names = {(p["in"], p["name"].lower()) for p in operation.get("parameters", [])}
+        sent = [("query", name.lower()) for name in query]
+        sent += [("header", name.lower()) for name in headers]
+        for where, name in sent:
+            if (where, name) not in names:
+                self.problems.append(f"{method} {url}: the schema documents no {where} {name}")
+
+    def check_request(self, method: str, url: str, body) -> None:
+        _template, operation = self.operation(method, url)
+        if operation is None:
+            return  # check() says so
+        content = operation.get("requestBody", {}).get("content", {})
+        if "application/json" not in content:
+            self.problems.append(f"{method} {url}: the schema documents no JSON body; sent one")
+            return
+        for problem in self._mismatches(content["application/json"]["schema"], body):
+            self.problems.append(f"{method} {url} request {problem}")
+
+    def check(self, response, method: str, url: str) -> None:
+        label = f"{method} {url} -> {response.status_code}"
+        template, operation = self.operation(method, url)
+        if operation is None:
+            self.problems.append(f"{label}: the schema has no such operation")
+            return
+        status = response.status_code
+        declared = operation["responses"].get(str(status))
+        if declared is None and status >= 400:
+            declared = operation["responses"].get("default")
+        if declared is None:
+            listed = ", ".join(sorted(operation["responses"]))
+            self.problems.append(f"{label}: the schema lists only {listed}")
+            return
+        content = declared.get("content")
+        media = response.get("Content-Type", "").split(";")[0]
+        if not content:
+            if response.content:
+                self.problems.append(f"{label}: the schema says no body; got {response.content!r}")
+                return
+        elif media not in content:
+            self.problems.append(f"{label}: {media!r} is not among {sorted(content)}")
+            return
+        elif media == "application/json":
+            problems = self._mismatches(content[media]["schema"], response.json())
+            self.problems += [f"{label}: {problem}" for problem in problems]
+            if problems:
+                return
+        self.answered[(method, template)].add(status)
+
+
+@pytest.fixture
+def contract(db) -> Contract:
+    return Contract(APIClient().get("/api/schema/", {"format": "json"}).json())
+
+
+@pytest.fixture
+def call(contract):
+    """``call(client, method, url, expect, body)``: the answer's JSON, after checking the
+    status is ``expect`` and the request and answer match the schema."""
+
+    def call(client, method: str, url: str, expect: int, body=None, **extra):
+        query = dict(parse_qsl(urlsplit(url).query))
+        query.update(body if method == "GET" and body else {})
+        headers = [
+            name[5:].replace("_", "-")
+            for name in extra
+            if name.startswith("HTTP_") and name != "HTTP_CONTENT_RANGE"
+        ]
+        contract.check_parameters(method, url, query, headers)
+        if method == "GET":
+            response = client.get(url, body, **extra)
+        elif body is None:
+            response = client.generic(method, url, **extra)
+        else:
+            contract.check_request(method, url, body)
+            response = getattr(client, method.lower())(url, body, format="json", **extra)
+        if response.status_code != expect:
+            got = response.content[:300]
+            contract.problems.append(f"{method} {url}: {response.status_code}, not {expect}: {got}")
+        contract.check(response, method, url)
+        return response.json() if response.get("Content-Type") == "application/json" else None
+
+    return call
+
+
+NOVEMBER = date(2026, 11, 1)
+
+
+def small_mlp(tenant):
+    """acme's ``mlp``: version 1, safetensors of a tiny MLP, as validation leaves it."""
+    torch.manual_seed(0)
+    config = {"in_features": 4, "hidden": [8], "classes": 3}
+    return ready_safetensors(
+        tenant,
+        "mlp",
+        save_tensors(MLP(**config).state_dict()),
+        sig=mlp_signature([4], classes=3),
+        architecture="mlp",
+        config=config,
+    )
+
+
+def test_an_unfinished_upload_and_a_new_alias_answer_null_as_the_schema_allows(
+    contract, call, tenant, api
+):
+    """An upload's ``version`` before completion and an alias's first move's
+    ``from_version`` are null; the schema said integer, so a generated client failed."""
+    ready_version(tenant, "clf", export(Classifier()), "pt2", signature(4, 3))
+    start = {"filename": "clf.pt2", "format": "pt2", "size": 4, "sha256": "0" * 64}
+
+    upload = call(api, "POST", "/api/v1/models/acme/clf/uploads", 201, start)
+    call(api, "PUT", "/api/v1/models/acme/clf/aliases/production", 200, {"version": 1})
+    history = call(api, "GET", "/api/v1/models/acme/clf/aliases/production", 200)
+
+    assert upload["version"] is None and history[0]["from_version"] is None
+    assert not contract.problems, "\n".join(contract.problems)
