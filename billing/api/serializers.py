@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.models import Invoice, InvoiceLine, Transfer
 
 
+@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "example": "2026-11"})
+class MonthField(serializers.DateField):
+    """A billing period as its month, ``YYYY-MM`` (not the full date the schema would say)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format="%Y-%m", **kwargs)
+
+
 class InvoiceLineSerializer(serializers.ModelSerializer):
-    model = serializers.CharField(source="model.ref", default=None)
+    model = serializers.CharField(
+        source="model.ref", default=None, allow_null=True, help_text="null on a credits line"
+    )
 
     class Meta:
         model = InvoiceLine
@@ -19,7 +30,7 @@ MINOR_HELP = "The amount in the currency's minor unit, as Stripe counts it: cent
 
 class InvoiceSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
-    period = serializers.DateField(format="%Y-%m")
+    period = MonthField()
     amount = serializers.CharField(read_only=True, help_text=AMOUNT_HELP)
     amount_cents = serializers.IntegerField(read_only=True, help_text=MINOR_HELP)
     lines = InvoiceLineSerializer(many=True)
@@ -44,7 +55,7 @@ class InvoiceSerializer(serializers.ModelSerializer):
 
 class TransferSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
-    invoice_period = serializers.DateField(source="invoice.period", format="%Y-%m")
+    invoice_period = MonthField(source="invoice.period")
     amount = serializers.CharField(read_only=True, help_text=AMOUNT_HELP)
     amount_cents = serializers.IntegerField(read_only=True, help_text=MINOR_HELP)
 

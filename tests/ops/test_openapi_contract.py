@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from datetime import date
+from decimal import Decimal
 from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
@@ -17,9 +18,14 @@ import torch
 from rest_framework.test import APIClient
 from safetensors.torch import save as save_tensors
 
+from accounts import services as accounts
+from billing.models import Transfer
+from billing.services import credit_create, invoice_build
 from inference.runtime.architectures import MLP
+from tests.billing.conftest import listed, spend
 from tests.compression.conftest import ready_version as ready_safetensors
 from tests.compression.conftest import signature as mlp_signature
+from tests.conftest import key_client
 from tests.inference.conftest import (
     Classifier,
     export,
@@ -215,4 +221,21 @@ def test_an_unfinished_upload_and_a_new_alias_answer_null_as_the_schema_allows(
     history = call(api, "GET", "/api/v1/models/acme/clf/aliases/production", 200)
 
     assert upload["version"] is None and history[0]["from_version"] is None
+    assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_an_invoice_with_a_credits_line_reads_as_the_schema_says(contract, call, tenant, outsider):
+    """A credits line names no model (null; the schema said a string), and periods are
+    ``YYYY-MM`` (the schema said a full date)."""
+    spend(outsider, listed(tenant, "paid"), 3)
+    credit_create(consumer=outsider, amount=Decimal("0.30"), reason="x", actor=accounts.SYSTEM)
+    outsider.usage.update(period=NOVEMBER)
+    invoice = invoice_build(consumer=outsider, period=NOVEMBER, currency="usd")
+    Transfer.objects.create(invoice=invoice, publisher=tenant, amount_cents=36, currency="usd")
+
+    shown = call(key_client(outsider), "GET", f"/api/v1/invoices/{invoice.public_id}", 200)
+    transfers = call(key_client(tenant), "GET", "/api/v1/transfers", 200)
+
+    assert shown["period"] == transfers["results"][0]["invoice_period"] == "2026-11"
+    assert None in [line["model"] for line in shown["lines"]]
     assert not contract.problems, "\n".join(contract.problems)
