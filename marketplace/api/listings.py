@@ -621,7 +621,7 @@ class DownloadGrantView(APIView):
         )
         return Response(EntitlementSerializer(entitlement).data)
 
-    @extend_schema(request=None, responses=EntitlementSerializer)
+    @extend_schema(request=None, responses={200: EntitlementSerializer})
     def delete(self, request, owner: str, name: str, id: str):
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="publish")
         entitlement = listings.download_revoke(

@@ -22,6 +22,7 @@ from accounts import services as accounts
 from billing.models import Transfer
 from billing.services import credit_create, invoice_build
 from inference.runtime.architectures import MLP
+from marketplace.models import Entitlement
 from tests.billing.conftest import listed, spend
 from tests.compression.conftest import ready_version as ready_safetensors
 from tests.compression.conftest import signature as mlp_signature
@@ -29,6 +30,7 @@ from tests.conftest import key_client
 from tests.inference.conftest import (
     Classifier,
     export,
+    listed_classifier,
     ready_version,
     signature,
 )
@@ -238,4 +240,18 @@ def test_an_invoice_with_a_credits_line_reads_as_the_schema_says(contract, call,
 
     assert shown["period"] == transfers["results"][0]["invoice_period"] == "2026-11"
     assert None in [line["model"] for line in shown["lines"]]
+    assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_withdrawing_a_download_grant_answers_200_with_the_entitlement_as_documented(
+    contract, call, tenant, outsider, api
+):
+    listed_classifier(tenant, outsider)
+    entitlement = Entitlement.objects.get(tenant=outsider)
+    grant = f"/api/v1/models/acme/clf/entitlements/{entitlement.public_id}/download"
+    call(api, "POST", grant, 200)
+
+    withdrawn = call(api, "DELETE", grant, 200)
+
+    assert withdrawn["can_download"] is False
     assert not contract.problems, "\n".join(contract.problems)
