@@ -569,12 +569,19 @@ class SharesView(APIView):
         )
         return Response(EntitlementSerializer(entitlement).data, status=_created_or_ok(not existed))
 
-    @extend_schema(request=ShareSerializer, responses={204: None})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("tenant", str, required=True, description="The organisation's slug.")
+        ],
+        responses={204: None},
+    )
     def delete(self, request, owner: str, name: str):
-        """Stop sharing the model with an organisation; it loses access on its next
-        request."""
+        """Stop sharing the model with an organisation (``?tenant=<slug>``); it loses access
+        on its next request."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="publish")
-        data = ShareSerializer(data=request.data)
+        # OpenAPI gives a DELETE no body, so the schema names the tenant in the query; a JSON
+        # body {"tenant": ...}, as first documented, is still read.
+        data = ShareSerializer(data=request.data or {"tenant": request.query_params.get("tenant")})
         data.is_valid(raise_exception=True)
         listings.model_share_revoke(
             model=model, tenant_slug=data.validated_data["tenant"], actor=request_actor(request)

@@ -22,6 +22,7 @@ from accounts import services as accounts
 from billing.models import Transfer
 from billing.services import credit_create, invoice_build
 from inference.runtime.architectures import MLP
+from marketplace import services as registry
 from marketplace.models import Entitlement
 from tests.billing.conftest import listed, spend
 from tests.compression.conftest import ready_version as ready_safetensors
@@ -254,4 +255,18 @@ def test_withdrawing_a_download_grant_answers_200_with_the_entitlement_as_docume
     withdrawn = call(api, "DELETE", grant, 200)
 
     assert withdrawn["can_download"] is False
+    assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_unsharing_names_the_organisation_in_the_query_as_the_schema_says(
+    contract, call, tenant, outsider, api
+):
+    """OpenAPI gives a DELETE no body, so the schema could not say which organisation to
+    stop sharing with; a generated client got 400 whatever it did."""
+    registry.model_create(tenant=tenant, name="inhouse", actor=accounts.SYSTEM)
+    call(api, "POST", "/api/v1/models/acme/inhouse/shares", 201, {"tenant": "globex"})
+
+    call(api, "DELETE", "/api/v1/models/acme/inhouse/shares?tenant=globex", 204)
+
+    assert not Entitlement.objects.filter(tenant=outsider, revoked_at=None).exists()
     assert not contract.problems, "\n".join(contract.problems)
