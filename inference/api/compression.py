@@ -140,7 +140,11 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    @extend_schema(
+        request=JobCreateSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        responses={201: JobSerializer, 200: JobSerializer},
+    )
     def post(self, request):
         """Compress a version of a model your organisation owns. A method that cannot apply
         to the version is refused with 422 and the reason; bad parameters are 400. A retry

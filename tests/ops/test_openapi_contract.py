@@ -270,3 +270,16 @@ def test_unsharing_names_the_organisation_in_the_query_as_the_schema_says(
 
     assert not Entitlement.objects.filter(tenant=outsider, revoked_at=None).exists()
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_a_retried_compression_job_is_a_documented_200_with_a_documented_header(
+    contract, call, tenant, api
+):
+    small_mlp(tenant)
+    body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+
+    first = call(api, "POST", "/api/v1/compression-jobs", 201, body, HTTP_IDEMPOTENCY_KEY="a")
+    again = call(api, "POST", "/api/v1/compression-jobs", 200, body, HTTP_IDEMPOTENCY_KEY="a")
+
+    assert again["id"] == first["id"]
+    assert not contract.problems, "\n".join(contract.problems)
