@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.db.models import Q
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -93,6 +93,9 @@ class InvitationViewSet(
         return Response(s.InvitationSerializer(invitation).data)
 
 
+@extend_schema_view(
+    list=extend_schema(parameters=[OpenApiParameter("status", str, enum=["active", "revoked"])])
+)
 class ApiKeyViewSet(
     TenantScopedMixin,
     mixins.ListModelMixin,
@@ -143,6 +146,11 @@ class ApiKeyViewSet(
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[OpenApiParameter("action", str, description="e.g. api_key.create")]
+    )
+)
 class AuditEventViewSet(TenantScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = AuditEvent.objects.all()
     serializer_class = s.AuditEventSerializer

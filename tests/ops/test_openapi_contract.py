@@ -283,3 +283,11 @@ def test_a_retried_compression_job_is_a_documented_200_with_a_documented_header(
 
     assert again["id"] == first["id"]
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_the_key_and_audit_event_filters_are_documented(contract, call, api):
+    active = call(api, "GET", "/api/v1/keys", 200, {"status": "active"})
+    events = call(api, "GET", "/api/v1/audit-events", 200, {"action": "api_key.create"})
+
+    assert active["results"] and events["results"]
+    assert not contract.problems, "\n".join(contract.problems)
