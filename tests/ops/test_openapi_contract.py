@@ -291,3 +291,32 @@ def test_the_key_and_audit_event_filters_are_documented(contract, call, api):
 
     assert active["results"] and events["results"]
     assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_error_answers_are_in_the_documented_shape(contract, tenant, api):
+    """Every operation called with made-up names and an empty body, signed out and with a
+    key: what comes back (401, 404, 400, ...) is what the schema says errors look like."""
+    for method, template in sorted(contract.operations):
+        if not template.startswith("/api/"):
+            continue
+        operation = contract.schema["paths"][template][method.lower()]
+        url = template.replace("{owner}", "acme")
+        for parameter in operation.get("parameters", []):
+            made_up = "999" if parameter["schema"].get("type") == "integer" else "nope"
+            url = url.replace(f"{{{parameter['name']}}}", made_up)
+        for client in (APIClient(), api):
+            body = {} if method in ("POST", "PUT", "PATCH") else None
+            response = client.generic(
+                method, url, "{}" if body is not None else "", content_type="application/json"
+            )
+            assert response.status_code < 500, f"{method} {url}: {response.content[:300]}"
+            contract.check(response, method, url)
+    assert not contract.problems, "\n".join(contract.problems)
+
+
+def test_a_method_an_endpoint_does_not_take_is_a_documented_json_405(contract, api):
+    response = api.delete("/api/v1/organisation")
+
+    assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+    contract.check(response, "GET", "/api/v1/organisation")  # the path's error shape
+    assert not contract.problems, contract.problems
