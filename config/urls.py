@@ -3,8 +3,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
+from accounts.api import errors as api_errors
 from accounts.urls import auth_urlpatterns
 from config.metrics import metrics_view
+from inference.api import oip
 from workers import console, health
 
 api_v1 = [
@@ -34,3 +36,13 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
+
+# Errors outside any view (no route; an exception no view handled) in the shape of what was
+# called: the API's JSON under /api/, the protocol's under /v2, Django's pages elsewhere.
+handler404 = api_errors.page_not_found
+
+
+def handler500(request):
+    if request.path == "/v2" or request.path.startswith("/v2/"):
+        return oip.server_error(request)
+    return api_errors.server_error(request)

@@ -10,7 +10,8 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import OperationalError as DatabaseOperationalError
-from django.http import UnreadablePostError
+from django.http import JsonResponse, UnreadablePostError
+from django.views import defaults
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError as RedisMasterDownError
@@ -107,3 +108,29 @@ def exception_handler(exc, context):
         detail = response.data["detail"]
         response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
     return response
+
+
+def page_not_found(request, exception):
+    """``handler404``: a URL no route matches. Under /api/ in the API's shape (a client
+    parsing our JSON got Django's HTML page); elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"detail": f"No such endpoint: {request.path}. See /api/docs/.", "code": "not_found"},
+            status=404,
+        )
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """``handler500``: an error we did not foresee (logged with its traceback by Django).
+    Under /api/ in the API's shape, saying nothing of the cause; elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {
+                "detail": "Something went wrong on our side; it is logged. Retry, or tell us "
+                "the time of the request.",
+                "code": "server_error",
+            },
+            status=500,
+        )
+    return defaults.server_error(request)

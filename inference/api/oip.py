@@ -114,6 +114,11 @@ def not_found(request, rest: str = ""):
     )
 
 
+def server_error(request):
+    """A 500 under /v2 (config.urls' handler500): the protocol's shape, no cause given."""
+    return JsonResponse({"error": "Internal server error; it is logged."}, status=500)
+
+
 # --- Schema ---------------------------------------------------------------------------------
 
 

@@ -320,3 +320,68 @@ def test_a_method_an_endpoint_does_not_take_is_a_documented_json_405(contract, a
     assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
     contract.check(response, "GET", "/api/v1/organisation")  # the path's error shape
     assert not contract.problems, contract.problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/nope",
+        "/api/v1/",
+        "/api/nope",
+        "/api/v1/models/acme/a%2Fb",  # the name's slash, quoted, still splits the path
+        "/api/v1/models/acme/clf/versions/two/yank",  # the schema's {number} is an integer
+    ],
+)
+def test_an_unknown_url_under_the_api_is_a_json_404(url):
+    response = APIClient().get(url)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found" and response.json()["detail"]
+
+
+def test_an_unknown_page_outside_the_api_is_still_a_page(client):
+    response = client.get("/nope")
+
+    assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("a bug")
+
+
+def test_an_unexpected_error_under_the_api_is_a_documented_json_500(contract, api, monkeypatch):
+    from accounts.api.views import OrganisationView
+
+    monkeypatch.setattr(OrganisationView, "get", _boom)
+    api.raise_request_exception = False
+
+    response = api.get("/api/v1/organisation")
+
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "server_error" and "a bug" not in response.json()["detail"]
+    contract.check(response, "GET", "/api/v1/organisation")
+    assert not contract.problems, contract.problems
+
+
+def test_an_unexpected_error_under_v2_is_a_protocol_500(monkeypatch):
+    from inference.api import oip
+
+    monkeypatch.setattr(oip.ServerMetadataView, "get", _boom)
+    client = APIClient(raise_request_exception=False)
+
+    response = client.get("/v2")
+
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert set(response.json()) == {"error"}
+
+
+def test_an_unexpected_error_on_a_page_is_still_a_page(client, monkeypatch):
+    from accounts import views
+
+    monkeypatch.setattr(views, "render", _boom)  # the landing page's
+    client.raise_request_exception = False
+
+    response = client.get("/")
+
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
