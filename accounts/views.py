@@ -93,7 +93,8 @@ def _safe_next(request: HttpRequest) -> str | None:
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    form = SignupForm(request.POST or None)
+    # An invitation's "Create an account" link passes the invited address.
+    form = SignupForm(request.POST or None, initial={"email": request.GET.get("email", "")})
     if request.method == "POST" and form.is_valid():
         user = services.user_create(
             email=form.cleaned_data["email"],

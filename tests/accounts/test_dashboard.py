@@ -334,6 +334,25 @@ def test_invited_person_signs_up_accepts_and_joins_with_the_role(
     assert spent.status_code == 404 and "Invitation not found" in spent.content.decode()
 
 
+def test_sign_up_from_an_invitation_has_the_invited_email_filled_in(
+    alice_client, tenant, mailoutbox, django_capture_on_commit_callbacks
+):
+    link = invite(
+        alice_client,
+        "dana@initech.example",
+        Role.VIEWER,
+        django_capture_on_commit_callbacks,
+        mailoutbox,
+    )
+    dana = Client()
+    create_account = re.search(r'href="(/signup/[^"]*)"[^>]*>Create an account', page(dana, link))
+
+    form = page(dana, create_account[1].replace("&amp;", "&"))
+
+    assert re.search(r'<input type="email" name="email" value="dana@initech.example"', form)
+    assert f'name="next" value="{link}"' in form
+
+
 def test_invitation_cannot_be_accepted_by_another_email(
     alice_client, charlie_client, tenant, mailoutbox, django_capture_on_commit_callbacks
 ):
