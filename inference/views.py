@@ -283,7 +283,9 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
         record = costs.get(prediction.public_id)
         prediction.cost = record
         prediction.cost_display = (
-            f"{money_text(record.amount)} {record.currency.upper()}" if record else ""
+            f"{money_text(record.amount, record.currency)} {record.currency.upper()}"
+            if record
+            else ""
         )
     query = {"model": model_ref} if model_ref else {}
     return {

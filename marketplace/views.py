@@ -56,8 +56,10 @@ def _session_access(request: HttpRequest) -> Access | None:
 
 
 def _with_prices(listing: Listing) -> Listing:
-    listing.display_price_per_call = listings.money_text(listing.price_per_call)
-    listing.display_price_per_second = listings.money_text(listing.price_per_second)
+    listing.display_price_per_call = listings.money_text(listing.price_per_call, listing.currency)
+    listing.display_price_per_second = listings.money_text(
+        listing.price_per_second, listing.currency
+    )
     return listing
 
 

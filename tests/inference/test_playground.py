@@ -299,7 +299,7 @@ def test_predictions_show_status_latency_cost_error_and_webhook_attempts(alice_c
 
     row = _row(page, done.public_id)
     assert 'class="status succeeded"' in row and "42 ms" in row and "compute 3.25 ms" in row
-    assert "0 USD" in row and "alice@acme.example" not in row
+    assert "0.00 USD" in row and "alice@acme.example" not in row  # as the billing page has it
     assert "2 attempts" in row and "HTTP 500" in row and ">500<" in row and ">200<" in row
     failed_row = _row(page, failed.public_id)
     assert "The model raised an error: boom" in failed_row and "not billed" in failed_row

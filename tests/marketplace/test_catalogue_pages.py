@@ -105,6 +105,25 @@ def test_price_table_shows_every_price(client, shop):
     assert "<th>Free calls per month</th><td>1000</td>" in html
 
 
+def test_free_listing_reads_free_in_its_price_table(client, shop):
+    html = page(client, "/catalogue/acme/resnet/")
+
+    assert "<th>Price</th><td>Free</td>" in html
+    assert "0 USD" not in html and "Free calls per month" not in html
+
+
+def test_amounts_show_the_currencys_minor_digits_as_on_the_billing_page(client, tenant):
+    listed(tenant, "clf", title="Classifier", price_per_call="0.8")
+
+    card = page(client, "/catalogue/")
+    html = page(client, "/catalogue/acme/clf/")
+
+    assert "0.80 USD per call" in card
+    assert "<th>Per call</th><td>0.80 USD</td>" in html
+    assert "<th>Per compute-second</th><td>0.00 USD</td>" in html
+    assert "Free calls per month" not in html  # none: nothing to say
+
+
 def test_example_input_shows_an_images_rows_one_per_line(client, tenant):
     # indent=2 put every number on a line of its own: the demo's 28×28 stroke was 800 lines
     # in a scroll box, unreadable as a picture.
