@@ -104,6 +104,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "transfers": Transfer.objects.filter(publisher=tenant).select_related("invoice")[:48],
         "can_manage": _can_manage_billing(request),
         "stripe_configured": bool(settings.STRIPE_SECRET_KEY),
+        "payment_method_required": settings.PAYMENT_METHOD_REQUIRED,
     }
     return render(request, "billing/home.html", context)
 

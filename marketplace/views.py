@@ -7,6 +7,7 @@ import json
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -130,6 +131,8 @@ def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
         else _example_text(listing.example_input),
         "state": listings.viewer_state(access, listing),
         "can_subscribe": access is not None and access.has_scope(Scope.INFERENCE),
+        # What billing's authorisation asks of a paid call (on with Stripe configured).
+        "payment_method_required": settings.PAYMENT_METHOD_REQUIRED,
     }
     return render(request, "catalogue/detail.html", context)
 

@@ -188,6 +188,20 @@ def test_a_paid_listing_needs_a_payment_method_when_required(settings, outsider,
     assert "add a payment method" in refused.json()["detail"]
 
 
+def test_billing_page_says_paid_listings_need_a_card_only_when_they_do(
+    settings, outsider, paid_clf, charlie
+):
+    page = Client()
+    page.force_login(charlie)
+    settings.PAYMENT_METHOD_REQUIRED = True
+    required = page.get("/dashboard/billing/").content.decode()
+    settings.PAYMENT_METHOD_REQUIRED = False
+    not_required = page.get("/dashboard/billing/").content.decode()
+
+    assert "None yet. Paid listings need one." in required
+    assert "None yet." in not_required and "Paid listings need one" not in not_required
+
+
 def test_bad_limits_are_400s_and_limits_need_their_scopes(outsider):
     admin, reader = key_client(outsider), key_client(outsider, scopes=["billing:read"])
     treasurer = key_client(outsider, scopes=["billing:read", "billing:write"])

@@ -124,6 +124,19 @@ def test_amounts_show_the_currencys_minor_digits_as_on_the_billing_page(client, 
     assert "Free calls per month" not in html  # none: nothing to say
 
 
+def test_paid_listing_asks_for_a_payment_method_only_where_calls_need_one(
+    charlie_client, shop, settings
+):
+    settings.PAYMENT_METHOD_REQUIRED = True  # as with Stripe configured
+    required = page(charlie_client, "/catalogue/acme/bert/")
+    settings.PAYMENT_METHOD_REQUIRED = False  # no Stripe: paid calls go to the ledger
+    not_required = page(charlie_client, "/catalogue/acme/bert/")
+
+    assert "calls need a payment method" in required
+    assert "Billed per call and compute-second" in not_required
+    assert "payment method" not in not_required
+
+
 def test_example_input_shows_an_images_rows_one_per_line(client, tenant):
     # indent=2 put every number on a line of its own: the demo's 28×28 stroke was 800 lines
     # in a scroll box, unreadable as a picture.
