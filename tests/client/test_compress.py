@@ -96,3 +96,24 @@ def test_a_result_larger_than_its_parent_is_shown_as_larger(mm, tenant, small):
 
     assert shown.code == 0, shown.err
     assert "(1.60x larger)" in shown.out and "smaller" not in shown.out
+
+
+def test_a_result_of_the_same_size_is_shown_as_the_same_size(mm, tenant, small):
+    # A ratio of 1 read "(1.00x smaller)".
+    from inference.models import CompressionJob
+
+    figures = {"size_bytes": 1000, "latency_b1_ms": 1.0, "latency_b32_ms": 2.0}
+    job = CompressionJob.objects.create(
+        tenant=tenant,
+        model=small.model,
+        version=small,
+        method="quantize",
+        params={"scheme": "fp16"},
+        status=CompressionJob.Status.SUCCEEDED,
+        report={"parent": figures, "child": figures, "size_ratio": 1.0},
+    )
+
+    shown = mm("job", job.public_id)
+
+    assert shown.code == 0, shown.err
+    assert "(the same size)" in shown.out and "1.00x" not in shown.out

@@ -162,6 +162,19 @@ def test_a_result_that_grew_and_slowed_down_says_so(alice, tenant, mlp_version):
     assert "1.60× larger" in listed and "smaller" not in listed
 
 
+def test_a_result_of_the_same_size_and_speed_says_so(alice, tenant, mlp_version):
+    # A ratio of 1 read "1.00× smaller" and "1.00× faster": a gain there was not.
+    job = finished_job(tenant, mlp_version, {}, size_ratio=1.0, speedup_b1=1.0, speedup_b32=0.999)
+    client = signed_in(alice)
+
+    page = client.get(f"/dashboard/compression/{job.public_id}/").text
+    listed = client.get("/dashboard/compression/").text
+
+    assert "the same size" in page and page.count("the same speed") == 2
+    assert "1.00×" not in page
+    assert "the same size" in listed and "1.00×" not in listed
+
+
 def test_another_organisation_sees_no_job(charlie, outsider, tenant, mlp_version):
     job, _created = jobs.job_create(
         access=Access(tenant=tenant, scopes=frozenset()),

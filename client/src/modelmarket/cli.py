@@ -647,7 +647,7 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
     if parent and child:
         cli.out.print(
             f"  size      {_size(parent['size_bytes'])} → {_size(child['size_bytes'])} "
-            f"({_ratio(report.get('size_ratio'), 'smaller', 'larger')})"
+            f"({_ratio(report.get('size_ratio'), 'smaller', 'larger', 'the same size')})"
         )
         cli.out.print(
             f"  latency   batch 1: {parent['latency_b1_ms']:.3g} → {child['latency_b1_ms']:.3g} ms"
@@ -667,12 +667,15 @@ def _print_job(cli: Cli, job: CompressionJob) -> None:
         cli.out.print(f"Follow it with: mm job {job.id} --watch")
 
 
-def _ratio(value: Any, better: str, worse: str) -> str:
+def _ratio(value: Any, better: str, worse: str, same: str) -> str:
     """A report's parent-over-child ratio as a person reads it: 0.65 is 1.54x larger, not
-    "0.65x smaller"."""
+    "0.65x smaller", and one that reads 1.00 either way is the same, not "1.00x smaller"."""
     if not isinstance(value, int | float) or value <= 0:
         return "n/a"
-    return f"{value:.2f}x {better}" if value >= 1 else f"{1 / value:.2f}x {worse}"
+    times = f"{value if value >= 1 else 1 / value:.2f}"
+    if times == "1.00":
+        return same
+    return f"{times}x {better if value >= 1 else worse}"
 
 
 def _figure(value: Any, spec: str) -> str:
