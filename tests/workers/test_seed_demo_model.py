@@ -106,3 +106,15 @@ def test_a_validation_another_worker_never_finishes_stops_the_seed_with_the_reas
     assert "is still validating after" in str(stopped.value)
     assert ModelVersion.objects.get().status == ModelVersion.Status.VALIDATING
     assert not AuditEvent.objects.filter(action="artifact.decrypt").exists()
+
+
+def test_the_curl_hint_names_the_configured_site(settings):
+    # The hint said http://127.0.0.1:8000 whatever MM_SITE_URL served.
+    settings.SITE_URL = "http://127.0.0.1:8001"
+    call_command("seed_demo", json=True, stdout=io.StringIO())
+    out = io.StringIO()
+
+    call_command("seed_demo_model", stdout=out)
+
+    assert "http://127.0.0.1:8001/api/v1/predictions" in out.getvalue()
+    assert "127.0.0.1:8000" not in out.getvalue()

@@ -218,7 +218,7 @@ class Command(BaseCommand):
         self.stdout.write(
             'Run it with the globex key: curl -H "Authorization: Bearer $KEY" '
             '-H "Prefer: wait" -H "Content-Type: application/json" '
-            f"-d @{path} http://127.0.0.1:8000/api/v1/predictions"
+            f"-d @{path} {settings.SITE_URL}/api/v1/predictions"
         )
 
     def _version(self, model: Model, actor: Actor, done: list[str]) -> ModelVersion:
