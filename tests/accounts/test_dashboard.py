@@ -7,12 +7,26 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts import services
-from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
+from accounts.models import (
+    ALL_SCOPES,
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Role,
+    Tenant,
+    User,
+)
+from accounts.tenancy import Access
+from marketplace import services as registry
 from tests.conftest import PASSWORD, make_user
+from tests.marketplace.test_listings import ready_version
 
 pytestmark = pytest.mark.django_db
 
@@ -174,6 +188,37 @@ def test_audit_log_shows_a_keys_scopes_as_words_not_a_python_list(alice_client):
 
     assert "scopes=inference, models:read " in log
     assert "[&#x27;" not in log and "expires_at=None" not in log
+
+
+def test_audit_log_names_its_targets_as_people_know_them(client, alice, tenant):
+    # The target column read "user 1", "alias 2": sequential ids that mean nothing to a reader.
+    model = registry.model_create(tenant=tenant, name="clf", actor=services.SYSTEM)
+
+    def act() -> None:
+        """A sign-in, a new key and an alias moved: targets a user, a key and an alias."""
+        client.post("/login/", {"username": "alice@acme.example", "password": PASSWORD})
+        client.post("/dashboard/keys/", {"name": "ci", "scopes": ["inference"]})
+        registry.alias_set(
+            model=model,
+            name="staging",
+            version=ready_version(model, number=model.versions.count() + 1),
+            access=Access(tenant=tenant, scopes=ALL_SCOPES),
+            actor=services.SYSTEM,
+        )
+
+    act()
+    with CaptureQueriesContext(connection) as once:
+        log = page(client, "/dashboard/audit/")
+    act()
+    with CaptureQueriesContext(connection) as twice:
+        page(client, "/dashboard/audit/")
+
+    key = ApiKey.objects.filter(name="ci").first()
+    assert '<td class="audit-target">user alice@acme.example</td>' in log
+    assert f'<td class="audit-target">apikey ci (mm_live_{key.prefix}_…)</td>' in log
+    assert '<td class="audit-target">alias staging of acme/clf</td>' in log
+    assert f"<code>{alice.pk}</code>" not in log
+    assert len(twice.captured_queries) == len(once.captured_queries)  # none per row
 
 
 def test_wrong_password_does_not_sign_in_or_record_a_login(client, alice, tenant):
