@@ -37,9 +37,12 @@ from marketplace.models import (
 )
 from marketplace.vault import store, uploads
 
+# The batch dimension is exported dynamic, as compression and batching need; torch.export
+# fixes a dimension of size 1 into the graph, hence the example of 2 or more.
 EXPORT_GUIDANCE = (
-    "Export your model with torch.export and save it: "
-    "`ep = torch.export.export(model, (example,)); torch.export.save(ep, 'model.pt2')` "
+    "Export your model with torch.export and save it, with an example batch of 2 or more and "
+    "the batch dimension dynamic: `ep = torch.export.export(model.eval(), (example,), "
+    "dynamic_shapes=({0: torch.export.Dim('batch')},)); torch.export.save(ep, 'model.pt2')` "
     "(preferred), or save TorchScript with `torch.jit.save(torch.jit.trace(model, example), "
     "'model.pt')`, or upload a safetensors state dict with one of our built-in architectures."
 )

@@ -172,6 +172,30 @@ def test_pickled_module_is_refused_with_export_guidance(api, model, model_files,
     assert ModelVersion.objects.count() == 0
 
 
+def test_the_export_guidance_exports_the_dynamic_batch_compression_needs(
+    api, model, model_files, tmp_path
+):
+    # Its snippet exported a fixed batch of 1, which compression then refused ("needs an input
+    # with a dynamic batch").
+    import re
+
+    import torch
+
+    upload = upload_all(api, model_files["pickle"], fmt="pt2")
+    detail = api.post(f"{upload['upload_url']}/complete").json()["detail"]
+    snippet = re.search(r"`(ep = torch\.export\.export\(.*?)`", detail)[1]
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    example = torch.randn(2, 4)  # a batch of 2, as the guidance asks
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        exec(snippet, {"torch": torch, "model": net, "example": example})  # noqa: S102
+
+    exported = torch.export.load(tmp_path / "model.pt2").module()
+    assert "batch of 2 or more" in detail
+    assert exported(torch.randn(5, 4)).shape == (5, 3)
+
+
 def test_declared_format_must_match_the_file(api, model, model_files):
     upload = upload_all(api, model_files["torchscript"], fmt="pt2")
     response = api.post(f"{upload['upload_url']}/complete")

@@ -241,7 +241,8 @@ def test_a_pickled_model_is_refused_with_the_export_guidance(page, model_files, 
     expect(error).to_contain_text("This is a pickled file (torch.save)")
     expect(error).to_contain_text("torch.export and save it")
     expect(error.locator("code").first).to_have_text(
-        "ep = torch.export.export(model, (example,)); torch.export.save(ep, 'model.pt2')"
+        "ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: "
+        "torch.export.Dim('batch')},)); torch.export.save(ep, 'model.pt2')"
     )
     expect(page.locator("[data-role=progress-box]")).to_be_hidden()
     assert not ModelVersion.objects.exists()
