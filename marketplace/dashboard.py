@@ -119,6 +119,12 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 @tenant_required()
 def model_versions(request: HttpRequest, name: str) -> HttpResponse:
     """The versions table alone: the upload widget swaps it in after an upload, and it polls
-    itself while a version is being validated."""
+    itself while a version is being validated. The Compress form's version select comes along
+    (swapped out of band), keeping the version chosen there (``?version=``)."""
     model = _tenant_model(request, name)
-    return render(request, "models/_versions.html", _versions_context(model))
+    context = {
+        **_versions_context(model),
+        "compress_oob": _can_write(request),
+        "compress": {"version": request.GET.get("version", "")},
+    }
+    return render(request, "models/_versions.html", context)

@@ -177,6 +177,31 @@ def test_versions_table_polls_only_while_a_version_is_validating(
     assert 'hx-trigger="every 5s"' not in ready and "ready" in ready
 
 
+def test_compress_form_gets_a_version_that_becomes_ready_with_the_table_refresh(
+    alice_client, alice, tenant, classifier, model_files
+):
+    # After a first upload the Compress form's Version select stayed empty once the version
+    # was ready: the table refreshed itself, the form did not, until the page was reloaded.
+    first = upload_version(classifier, model_files["pt2"], alice)
+    page = html(alice_client.get("/dashboard/models/classifier/"))
+    make_ready(first)
+    make_ready(upload_version(classifier, model_files["pt2"], alice))
+    viewer = make_user("vera@acme.example")
+    accounts.membership_add(tenant=tenant, user=viewer, role=Role.VIEWER, actor=accounts.SYSTEM)
+
+    refreshed = html(alice_client.get("/dashboard/models/classifier/versions/?version=1"))
+    for_a_viewer = html(signed_in(viewer).get("/dashboard/models/classifier/versions/"))
+
+    before = page[page.index('<select id="compress-version"') :]
+    assert "<option" not in before[: before.index("</select>")]  # none ready yet
+    assert 'hx-include="#compress-version"' in page  # the poll sends the version chosen
+    select = refreshed[refreshed.index('<select id="compress-version"') :]
+    assert select.startswith('<select id="compress-version" name="version" hx-swap-oob="true">')
+    assert '<option value="2">v2</option>' in select
+    assert '<option value="1" selected>v1</option>' in select
+    assert "compress-version" not in for_a_viewer  # no form to update
+
+
 @pytest.mark.parametrize(
     "url",
     ["/dashboard/models/classifier/", "/dashboard/models/classifier/versions/"],

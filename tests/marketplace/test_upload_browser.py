@@ -1,6 +1,7 @@
 """A publisher uploads a real torch.export archive from the model page in headless Chromium:
 the progress bar, a dropped connection that heals, a reload in the middle of an upload that
-resumes with only the missing chunks, and the refusal of a pickled file.
+resumes with only the missing chunks, the refusal of a pickled file, and the Compress form
+picking up a version once it is ready.
 
 The live server shares the test's settings: chunks are 64 KiB, so the file travels in many.
 No Celery worker runs; completing an upload only enqueues the validation, so new versions stay
@@ -162,6 +163,23 @@ def test_upload_fills_the_progress_bar_and_the_new_version_appears(page, model_f
     assert version.artifact.sha256 == sha256(data) and version.label == "1.0.0"
     assert page.evaluate("localStorage.length") == 0
     page.screenshot(path=tmp_path / "model-page-uploaded.png", full_page=True)
+
+
+def test_a_first_version_that_becomes_ready_can_be_compressed_without_a_reload(page, model_file):
+    # The Compress form's Version select stayed empty until the page was reloaded.
+    open_model_page(page)
+    page.get_by_label("Model file").set_input_files(model_file)
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#version-1 .status")).to_have_text("validating")
+    choices = page.locator("#compress").get_by_label("Version").locator("option")
+    expect(choices).to_have_count(0)
+
+    services.version_record_validation(  # what the worker records when it has validated it
+        version=ModelVersion.objects.get(), ok=True, signature={"inputs": []}, latency_ms=0.2
+    )
+
+    expect(page.locator("#version-1 .status")).to_have_text("ready", timeout=15_000)
+    expect(choices).to_have_text(["v1"])
 
 
 def test_a_dropped_connection_is_retried_and_each_chunk_arrives_once(page, model_file):
