@@ -13,7 +13,11 @@ from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from billing.models import UsageRecord
 from inference import compression_services as jobs
-from inference.api.predictions import StatusModelFilterMixin
+from inference.api.predictions import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    StatusModelFilterMixin,
+    idempotency_key_of,
+)
 from inference.compression.params import METHODS
 from inference.models import CompressionJob
 from inference.services import request_hash
@@ -142,13 +146,14 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
 
     @extend_schema(
         request=JobCreateSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         responses={201: JobSerializer, 200: JobSerializer},
     )
     def post(self, request):
         """Compress a version of a model your organisation owns. A method that cannot apply
         to the version is refused with 422 and the reason; bad parameters are 400. A retry
         with the same ``Idempotency-Key`` answers 200 with the first job."""
+        idempotency_key = idempotency_key_of(request)
         data = JobCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         body = data.validated_data
@@ -163,7 +168,7 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
             params=body["params"],
             data=body.get("data"),
             actor=request_actor(request),
-            idempotency_key=request.headers.get("Idempotency-Key", "")[:255],
+            idempotency_key=idempotency_key,
             body_hash=request_hash(request.data),
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

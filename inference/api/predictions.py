@@ -26,6 +26,31 @@ from marketplace.api.registry import deprecation_headers
 EVENTS = ["start", "completed"]
 
 
+IDEMPOTENCY_KEY_MAX = 255  # what the column keeps
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description=f"At most {IDEMPOTENCY_KEY_MAX} characters; a retry with the same key and body "
+    "within 24 hours answers with the first result",
+)
+
+
+def idempotency_key_of(request) -> str:
+    """The request's ``Idempotency-Key``; 400 when it is longer than the column keeps (cut,
+    two keys that share their first 255 characters would be taken for one)."""
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise serializers.ValidationError(
+            {
+                "Idempotency-Key": [
+                    f"At most {IDEMPOTENCY_KEY_MAX} characters; this one has {len(key)}."
+                ]
+            }
+        )
+    return key
+
+
 class ParsedJSONField(serializers.JSONField):
     """DRF's JSONField, without its check that the value encodes back to JSON (a
     ``json.dumps`` of the whole input, as much CPU as parsing it): the body was parsed from
@@ -196,7 +221,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
                 OpenApiParameter.HEADER,
                 description="`wait` or `wait=N` (seconds, at most 60)",
             ),
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER),
+            IDEMPOTENCY_KEY_PARAMETER,
         ],
         responses={201: PredictionSerializer},
     )
@@ -208,6 +233,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
                 f"The request is larger than {settings.MAX_INPUT_BYTES} bytes; send smaller "
                 "batches."
             )
+        idempotency_key = idempotency_key_of(request)
         data = PredictionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         body = data.validated_data
@@ -221,7 +247,6 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             raise serializers.ValidationError({"input": [str(exc)]}) from None
         headers = services.admit(access, model, version)
         wait = wait_seconds(request.headers.get("Prefer", ""))
-        idempotency_key = request.headers.get("Idempotency-Key", "")[:255]
         prediction, _created = services.prediction_create(
             access=access,
             model=model,

@@ -328,3 +328,30 @@ def test_whole_numbers_written_as_floats_are_integers(api, flags):
     assert response.status_code in (201, 202), response.json()
     arrays = tensors.decode(Prediction.objects.get().input_data)
     assert arrays["ids"].tolist() == [[3, -2]] and arrays["mask"].tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize(
+    "url, body",
+    [
+        ("/api/v1/predictions", {"model": "acme/clf", "input": [[1, 2, 3, 4]]}),
+        (
+            "/api/v1/compression-jobs",
+            {
+                "model": "acme/clf",
+                "version": "1",
+                "method": "quantize",
+                "params": {"scheme": "fp16"},
+            },
+        ),
+    ],
+)
+def test_an_idempotency_key_longer_than_kept_is_a_400(api, classifier, url, body):
+    # It was cut to 255 characters: two keys sharing those were one, and the second request
+    # answered with the first's result, or a 409 about a body it never sent.
+    key = "k" * 255
+    response = _post(api, url, body, HTTP_IDEMPOTENCY_KEY=key + "2")
+
+    assert response.status_code == 400
+    assert "At most 255 characters; this one has 256." in response.json()["detail"]
+    assert not Prediction.objects.exists() and not CompressionJob.objects.exists()
+    assert _post(api, url, body, HTTP_IDEMPOTENCY_KEY=key).status_code in (200, 201)
