@@ -115,3 +115,22 @@ def test_dashboard_tables_fit_a_phone_without_sideways_scrolling(live_server, br
 
     assert widths == dict.fromkeys(widths, 390)
     assert errors == []  # not even the browser's request for a favicon
+
+
+def test_the_api_docs_render_with_no_internet(live_server, page):
+    # Swagger UI's page loaded its scripts from the jsDelivr CDN: without internet it stayed
+    # blank. Requests leaving the server are refused here, as on a machine offline.
+    outside = []
+
+    def only_ours(route):
+        if route.request.url.startswith(live_server.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_ours)
+    page.goto(f"{live_server.url}/api/docs/")
+
+    expect(page.get_by_role("heading", name="Modelmarket API")).to_be_visible()
+    expect(page.get_by_text("/api/v1/predictions").first).to_be_visible()
+    assert outside == []
