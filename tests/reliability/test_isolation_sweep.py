@@ -17,6 +17,7 @@ from django.utils.regex_helper import normalize
 
 from accounts import services as accounts
 from accounts.models import AuditEvent, Membership
+from accounts.tenancy import SESSION_TENANT_KEY
 from billing.models import Invoice
 from inference.models import AbuseFlag, CompressionJob, Prediction
 from marketplace import listings
@@ -187,7 +188,7 @@ def test_outsider_cannot_tell_victims_objects_from_made_up_ids(
     browser = Client(raise_request_exception=False)
     browser.force_login(charlie)
     session = browser.session
-    session["tenant"] = outsider.slug
+    session[SESSION_TENANT_KEY] = outsider.slug
     session.save()
 
     patterns = list(url_patterns())
