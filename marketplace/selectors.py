@@ -3,13 +3,13 @@ reference names."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from guardian.core import ObjectPermissionChecker
 
 from accounts.exceptions import Forbidden, Gone, NotFound, TakenDown
 from accounts.models import Scope
 from accounts.tenancy import Access
-from marketplace.models import Alias, Listing, Model, ModelVersion
+from marketplace.models import Alias, AliasMove, Listing, Model, ModelVersion
 
 PUBLICLY_VISIBLE = (Listing.Visibility.PUBLIC, Listing.Visibility.UNLISTED)
 # The versions another organisation may see of a model it may view: not those still
@@ -151,6 +151,18 @@ def aliases_visible(model: Model, access: Access | None) -> QuerySet[Alias]:
     if not is_publisher(access, model):
         aliases = aliases.filter(version__status__in=PUBLISHED)
     return aliases
+
+
+def alias_moves_visible(model: Model, alias: Alias, access: Access | None) -> QuerySet[AliasMove]:
+    """``alias``'s history as ``access`` may see it, newest first: to another organisation
+    than the publisher, the moves between published versions (one from or to an unpublished
+    version would name it)."""
+    moves = alias.history.select_related("from_version", "to_version")
+    if not is_publisher(access, model):
+        moves = moves.filter(to_version__status__in=PUBLISHED).filter(
+            Q(from_version__isnull=True) | Q(from_version__status__in=PUBLISHED)
+        )
+    return moves
 
 
 def version_resolve(model: Model, ref: str | int, *, access: Access | None) -> ModelVersion:

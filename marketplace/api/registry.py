@@ -230,7 +230,7 @@ class AliasDetailView(APIView):
         """The alias's history, newest first: what rollback moves back to."""
         model = selectors.model_for_access(request.auth, owner=owner, name=name)
         alias_obj = get_object_or_404(selectors.aliases_visible(model, request.auth), name=alias)
-        moves = alias_obj.history.select_related("from_version", "to_version")[:100]
+        moves = selectors.alias_moves_visible(model, alias_obj, request.auth)[:100]
         context = {"publisher": _publisher(request, model), "owner": model.tenant}
         return Response(s.AliasMoveSerializer(moves, many=True, context=context).data)
 

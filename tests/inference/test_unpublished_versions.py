@@ -120,3 +120,22 @@ def test_subscriber_sees_no_alias_pointing_at_an_unpublished_version(clf, outsid
     assert (staging.status_code, staging.json()["code"]) == (404, "not_found")
     assert staging.status_code == missing.status_code
     assert api.get("/api/v1/models/acme/clf").json()["aliases"] == {"stable": 1, "staging": 7}
+
+
+def test_subscriber_reads_an_aliass_history_without_its_unpublished_versions(
+    clf, outsider_api, api
+):
+    from marketplace.models import AliasMove
+
+    v1, v7 = clf.versions.get(number=1), clf.versions.get(number=7)
+    stable = Alias.objects.create(model=clf, name="stable", version=v1)
+    for before, after in [(None, v1), (v1, v7), (v7, v1)]:  # tried the failed one, rolled back
+        AliasMove.objects.create(
+            alias=stable, from_version=before, to_version=after, actor_label="acme"
+        )
+
+    theirs = outsider_api.get("/api/v1/models/acme/clf/aliases/stable").json()
+    ours = api.get("/api/v1/models/acme/clf/aliases/stable").json()
+
+    assert [(m["from_version"], m["to_version"]) for m in theirs] == [(None, 1)]
+    assert [(m["from_version"], m["to_version"]) for m in ours] == [(7, 1), (1, 7), (None, 1)]
