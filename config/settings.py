@@ -406,7 +406,11 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", str(10 * 1024 * 1024)))
+# At least a prediction's own limit: predictions over it are 413 naming MM_MAX_INPUT_BYTES, and
+# an operator raising that must not meet this one first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(
+    env("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", str(max(10 * 1024 * 1024, MAX_INPUT_BYTES)))
+)
 
 # --- Product settings ---------------------------------------------------------------------
 # How long a process may reuse a verified API key row (see accounts/keycache.py); a revoked key

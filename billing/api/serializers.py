@@ -3,6 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from accounts.api.serializers import StrictSerializer
 from billing.models import Invoice, InvoiceLine, Transfer
 
 
@@ -72,13 +73,13 @@ class TransferSerializer(serializers.ModelSerializer):
         ]
 
 
-class BillingSettingsSerializer(serializers.Serializer):
+class BillingSettingsSerializer(StrictSerializer):
     spend_cap = serializers.DecimalField(
         max_digits=12, decimal_places=2, min_value=0, allow_null=True
     )
 
 
-class KeyBudgetSerializer(serializers.Serializer):
+class KeyBudgetSerializer(StrictSerializer):
     monthly_limit = serializers.DecimalField(
         max_digits=12, decimal_places=2, min_value=0, allow_null=True
     )

@@ -361,3 +361,16 @@ def test_members_without_billing_in_their_role_cannot_open_the_billing_page(bob,
 
     assert developer.get("/dashboard/billing/").status_code == 403
     assert "/dashboard/billing/" not in developer.get("/dashboard/").content.decode()
+
+
+def test_a_field_the_billing_settings_do_not_take_is_a_400_and_changes_nothing(outsider):
+    # A cap "in eur" was taken as a cap with the currency silently dropped.
+    globex = key_client(outsider)
+
+    response = globex.put(
+        "/api/v1/billing/settings", {"spend_cap": "5.00", "currency": "eur"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"currency": ["Unknown field."]}
+    assert globex.get("/api/v1/billing/settings").json() == {"spend_cap": None}
