@@ -9,6 +9,7 @@ on the next request.
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -77,6 +78,8 @@ LICENSE_EXAMPLES = "MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0, GPL-3.0-only, MPL-
 TAG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 TAG_FRAGMENT_RE = re.compile(r"[a-z0-9-]+")  # what can appear inside a tag
 MAX_TAGS = 20
+# The example input is shown on every catalogue and playground view of the listing.
+MAX_EXAMPLE_INPUT_BYTES = 1024 * 1024
 MAX_TAG_LENGTH = 40
 # The currencies a listing may be priced in (ISO 4217, lowercase as Stripe takes them), with
 # the digits of each one's minor unit: Stripe's amounts count in it (cents; whole yen for JPY).
@@ -261,6 +264,19 @@ def tags_clean(tags: list[str]) -> list[str]:
     return cleaned
 
 
+def example_input_clean(value: Any) -> Any:
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > MAX_EXAMPLE_INPUT_BYTES:
+        raise ValidationError(
+            {
+                "example_input": f"An example input is at most {MAX_EXAMPLE_INPUT_BYTES} bytes "
+                f"of JSON; this one is {size}. A small example is enough to try the model "
+                "(one row, a small image)."
+            }
+        )
+    return value
+
+
 def currency_problem(value: str) -> str | None:
     """What is wrong with ``value`` as a currency code, or None when it is one we bill in."""
     if value in CURRENCIES:
@@ -360,7 +376,7 @@ def listing_publish(
             raise ValidationError({"free_calls_per_month": "Cannot be negative."})
         changes["free_calls_per_month"] = free_calls_per_month
     if example_input is not None:
-        changes["example_input"] = example_input
+        changes["example_input"] = example_input_clean(example_input)
 
     now = timezone.now()
     listing = Listing.objects.select_for_update().filter(model=model).first()

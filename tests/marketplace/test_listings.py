@@ -858,3 +858,15 @@ def test_publisher_only_endpoints_on_a_public_model_answer_403_to_others(tenant,
     assert [r.status_code for r in responses] == [403] * 5
     assert AuditEvent.objects.count() == before
     assert Listing.objects.get(model__name="resnet").price_per_call == Decimal(0)
+
+
+def test_an_example_input_over_a_mebibyte_is_a_400_and_the_listing_keeps_its_own(api, tenant):
+    # It is shown on every catalogue and playground view: 10 MiB of JSON went out with each.
+    make_model(tenant, "resnet")
+    assert publish(api, "acme/resnet", example_input={"x": [[1, 2]]}).status_code in (200, 201)
+
+    huge = publish(api, "acme/resnet", example_input={"x": [[0.5] * 300_000]})
+
+    assert huge.status_code == 400
+    assert "An example input is at most 1048576 bytes of JSON" in huge.json()["detail"]
+    assert Listing.objects.get().example_input == {"x": [[1, 2]]}
