@@ -68,7 +68,11 @@ def usage_record_create(
     """
     if kind == UsageRecord.Kind.COMPRESSION:
         return _compression_record_create(
-            source_id=source_id, consumer=consumer, model=model, compute_seconds=compute_seconds
+            source_id=source_id,
+            consumer=consumer,
+            model=model,
+            compute_seconds=compute_seconds,
+            api_key_id=api_key_id,
         )
     # No read-before-write: the unique source_id makes a second call fall through to the
     # IntegrityError branch below and return the first record.
@@ -127,7 +131,12 @@ def usage_record_create(
 
 
 def _compression_record_create(
-    *, source_id: str, consumer: Tenant, model: Model, compute_seconds: Decimal
+    *,
+    source_id: str,
+    consumer: Tenant,
+    model: Model,
+    compute_seconds: Decimal,
+    api_key_id: int | None = None,
 ) -> UsageRecord:
     per_second = Decimal(settings.COMPRESSION_PRICE_PER_SECOND)
     compute_seconds = compute_seconds.quantize(MICRO)
@@ -142,6 +151,7 @@ def _compression_record_create(
                 publisher=model.tenant,
                 model=model,
                 model_ref=model.ref,
+                api_key_id=api_key_id,
                 compute_seconds=compute_seconds,
                 price_per_call=Decimal(0),
                 price_per_second=per_second,
@@ -365,48 +375,80 @@ def spend_authorize(
         currency=currency,
         price=(f"A call of {model.ref}", listing.price_per_call),
     )
+    _key_budget_authorize(
+        account,
+        period,
+        api_key=api_key,
+        currency=currency,
+        pending=pending,
+        price=(f"A call of {model.ref}", listing.price_per_call),
+    )
+
+
+def _key_budget_authorize(
+    account: BillingAccount,
+    period: date,
+    *,
+    api_key: ApiKey | None,
+    currency: str,
+    pending: Callable[[ApiKey | None, str], Decimal] | None,
+    price: tuple[str, Decimal] | None = None,
+) -> None:
+    """402 when ``api_key``'s monthly budget is used up (counting its ``pending`` work), or
+    has less left than ``price`` (what the work is, what it costs at least); one alert a
+    month past 80 %."""
     budget = KeyBudget.objects.filter(api_key=api_key).first() if api_key else None
-    if budget is not None:
-        spent = selectors.month_spend(
-            consumer=consumer, period=period, api_key=api_key, currency=currency
+    if budget is None:
+        return
+    spent = selectors.month_spend(
+        consumer=account.tenant, period=period, api_key=api_key, currency=currency
+    )
+    owed = spent + (pending(api_key, currency) if pending else Decimal(0))
+    if owed >= budget.monthly_limit:
+        raise PaymentRequired(
+            f"API key {api_key.prefix} has used its monthly budget "
+            f"({budget.monthly_limit:.2f}); raise it or use another key."
         )
-        owed = spent + (pending(api_key, currency) if pending else Decimal(0))
-        if owed >= budget.monthly_limit:
-            raise PaymentRequired(
-                f"API key {api_key.prefix} has used its monthly budget "
-                f"({budget.monthly_limit:.2f}); raise it or use another key."
-            )
-        if owed + listing.price_per_call > budget.monthly_limit:
-            raise PaymentRequired(
-                f"A call of {model.ref} costs {listing.price_per_call:.2f}, more than API key "
-                f"{api_key.prefix} has left of its monthly budget "
-                f"({budget.monthly_limit - owed:.2f} of {budget.monthly_limit:.2f}); raise it "
-                "or use another key."
-            )
-        if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
-            _alert_once(
-                account=account, period=period, spent=spent, limit=budget.monthly_limit, key=budget
-            )
+    if price and owed + price[1] > budget.monthly_limit:
+        what, cost = price
+        raise PaymentRequired(
+            f"{what} costs {cost:.2f}, more than API key {api_key.prefix} has left of its "
+            f"monthly budget ({budget.monthly_limit - owed:.2f} of "
+            f"{budget.monthly_limit:.2f}); raise it or use another key."
+        )
+    if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
+        _alert_once(
+            account=account, period=period, spent=spent, limit=budget.monthly_limit, key=budget
+        )
 
 
 def compute_authorize(
-    *, consumer: Tenant, running_seconds: Callable[[], Decimal] | None = None
+    *,
+    consumer: Tenant,
+    api_key: ApiKey | None = None,
+    running_seconds: Callable[[ApiKey | None], Decimal] | None = None,
 ) -> None:
     """Refuse a compression job (402) its owner could not pay for: an invoice unpaid past its
     grace period, or no room under the spend cap. Unlike a paid listing it needs no payment
     method up front: a publisher's compression is invoiced at month end with the rest, and an
     invoice nobody pays stops it after the grace period. Nothing to check while compression
-    is free. ``running_seconds()``, asked only where a cap applies, is how long the consumer's
-    jobs still running have run so far: their cost counts against the cap."""
+    is free. A job started with ``api_key`` also needs room in that key's monthly budget.
+    ``running_seconds(key)``, asked only where a cap or budget applies, is how long the
+    consumer's jobs still running (``key``'s alone when given) have run so far: their cost
+    counts against the cap and the budget."""
     price = Decimal(settings.COMPRESSION_PRICE_PER_SECOND)
     if price == 0:
         return
-    _account_authorize(
+    pending = (lambda key, _currency: price * running_seconds(key)) if running_seconds else None
+    account, period = _account_authorize(
         consumer,
         paid="Compression is billed per compute-second",
         card=False,
         currency=settings.PLATFORM_CURRENCY,
-        pending=(lambda _key, _currency: price * running_seconds()) if running_seconds else None,
+        pending=pending,
+    )
+    _key_budget_authorize(
+        account, period, api_key=api_key, currency=settings.PLATFORM_CURRENCY, pending=pending
     )
 
 

@@ -75,7 +75,11 @@ def job_create(
             f"Version {version.number} is {version.status}; only a ready version can be compressed."
         )
     # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
-    compute_authorize(consumer=access.tenant, running_seconds=lambda: _running_seconds(access))
+    compute_authorize(
+        consumer=access.tenant,
+        api_key=access.key,
+        running_seconds=lambda key: _running_seconds(access, key),
+    )
     encoded = _job_data(data, version) if data is not None else None
     try:
         checked = checks.check(
@@ -102,6 +106,7 @@ def job_create(
                 params=checked,
                 data=encoded,
                 queue=settings.COMPRESSION_QUEUE,
+                api_key=access.key,
                 created_by=access.user,
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
@@ -141,12 +146,16 @@ def _refuse_past_active_limit(access: Access) -> None:
         )
 
 
-def _running_seconds(access: Access) -> Decimal:
-    """How long the tenant's running jobs have run so far, in compute-seconds."""
+def _running_seconds(access: Access, key=None) -> Decimal:
+    """How long the tenant's running jobs (``key``'s alone when given) have run so far, in
+    compute-seconds."""
     now = timezone.now()
-    started = CompressionJob.objects.filter(
+    running = CompressionJob.objects.filter(
         tenant=access.tenant, status=CompressionJob.Status.RUNNING, started_at__isnull=False
-    ).values_list("started_at", flat=True)
+    )
+    if key is not None:
+        running = running.filter(api_key=key)
+    started = running.values_list("started_at", flat=True)
     return sum((Decimal(str(round((now - at).total_seconds(), 6))) for at in started), Decimal(0))
 
 
@@ -379,6 +388,7 @@ def job_succeed(
             source_id=job.public_id,
             consumer=job.model.tenant,
             model=job.model,
+            api_key_id=job.api_key_id,
             compute_seconds=Decimal(str(round(compute_seconds, 6))),
         )
     job.refresh_from_db()

@@ -167,6 +167,10 @@ class CompressionJob(models.Model):
     report = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     compute_seconds = models.FloatField(null=True, blank=True)
+    # The key that started it, if one did: its usage is the key's (budgets, usage by key).
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -335,3 +335,36 @@ def test_the_cost_of_jobs_still_running_counts_against_the_spend_cap(
         "(0.00, and 1.20 for work still running) has reached your spend cap"
         in (refused.json()["detail"])
     )
+
+
+def test_a_keys_budget_covers_the_compression_jobs_it_starts(tenant, mlp_version, settings):
+    # A job started with a key was billed to no key: a key with a budget started as many
+    # jobs as it liked, and the usage by key counted them under the dashboard.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import ApiKey
+    from billing.services import key_budget_set
+    from tests.conftest import key_client
+
+    settings.COMPRESSION_PRICE_PER_SECOND = "0.002"
+    capped, other = key_client(tenant), key_client(tenant)
+    key = ApiKey.objects.order_by("pk").first()
+    key_budget_set(key=key, limit=Decimal("1.00"), actor=accounts.SYSTEM)
+    first = CompressionJob.objects.get(public_id=start(capped, "quantize").json()["id"])
+    assert first.api_key == key
+    jobs.job_claim(first)
+    # It has run 600 s so far: 1.20 owed against the key's 1.00.
+    CompressionJob.objects.filter(pk=first.pk).update(
+        started_at=timezone.now() - timedelta(seconds=600)
+    )
+
+    refused = start(capped, "prune")
+    elsewhere = start(other, "prune")  # another key of the organisation: no budget of its own
+    _finish(first, tenant, 0.995)
+
+    assert refused.status_code == 402
+    assert f"API key {key.prefix} has used its monthly budget (1.00)" in refused.json()["detail"]
+    assert elsewhere.status_code == 201
+    assert UsageRecord.objects.get(source_id=first.public_id).api_key_id == key.pk
