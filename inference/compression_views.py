@@ -8,13 +8,11 @@ starting one goes through the same service as the API (owner only, parameters ch
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
@@ -23,6 +21,7 @@ from accounts.tenancy import Access, request_actor
 from accounts.views import tenant_required
 from inference import compression_services as jobs
 from inference.models import CompressionJob
+from marketplace.dashboard import COMPRESS_FORM_KEY, KEPT_PARAMS_MAX
 from marketplace.models import Model
 from marketplace.selectors import is_number
 
@@ -73,9 +72,16 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
     number = request.POST.get("version", "")
     method = request.POST.get("method", "")
     text = request.POST.get("params", "")
-    # A refused form comes back filled in as it was sent, under the reason.
-    kept = urlencode({"version": number, "method": method, "params": text})
-    back = redirect(f"{reverse('models:detail', kwargs={'name': model.name})}?{kept}")
+    # A refused form comes back filled in as it was sent, under the reason: kept in the
+    # session for the model page's next view (a URL cannot hold a distillation's parameters:
+    # past a few KiB the server refuses the request line).
+    request.session[COMPRESS_FORM_KEY] = {
+        "model": model.pk,
+        "version": number,
+        "method": method,
+        "params": text if len(text) <= KEPT_PARAMS_MAX else "",
+    }
+    back = redirect("models:detail", name=model.name)
     version = model.versions.filter(number=int(number)).first() if is_number(number) else None
     try:
         params = json.loads(text or "{}")
@@ -103,6 +109,7 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
         return back
+    request.session.pop(COMPRESS_FORM_KEY, None)
     return redirect("inference:compression_job", job_id=job.public_id)
 
 

@@ -91,6 +91,23 @@ def model_list(request: HttpRequest) -> HttpResponse:
     return render(request, "models/list.html", context)
 
 
+# What a refused compression form was sent with (inference.compression_views.job_start), for
+# the model page to show it again once.
+COMPRESS_FORM_KEY = "mm_compress_form"
+KEPT_PARAMS_MAX = 64 * 1024
+
+
+def _compress_form(request: HttpRequest, model: Model) -> dict:
+    kept = request.session.pop(COMPRESS_FORM_KEY, None)
+    if not isinstance(kept, dict) or kept.get("model") != model.pk:
+        kept = {}
+    return {
+        "version": kept.get("version") or request.GET.get("version", ""),
+        "method": kept.get("method", ""),
+        "params": kept.get("params") or "{}",
+    }
+
+
 @tenant_required()
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = _tenant_model(request, name)
@@ -102,12 +119,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             "alias", "from_version", "to_version"
         )[:50],
         "can_write": _can_write(request),
-        # What a refused compression form was sent with (see inference.compression_views).
-        "compress": {
-            "version": request.GET.get("version", ""),
-            "method": request.GET.get("method", ""),
-            "params": request.GET.get("params") or "{}",
-        },
+        "compress": _compress_form(request, model),
         "formats": Format.choices,
         "upload_create_url": reverse(
             "upload-create", kwargs={"owner": model.tenant.slug, "name": model.name}
