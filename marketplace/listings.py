@@ -80,6 +80,7 @@ TAG_FRAGMENT_RE = re.compile(r"[a-z0-9-]+")  # what can appear inside a tag
 MAX_TAGS = 20
 # The example input is shown on every catalogue and playground view of the listing.
 MAX_EXAMPLE_INPUT_BYTES = 1024 * 1024
+MAX_EXAMPLE_INPUT_DEPTH = 40
 MAX_TAG_LENGTH = 40
 # The currencies a listing may be priced in (ISO 4217, lowercase as Stripe takes them), with
 # the digits of each one's minor unit: Stripe's amounts count in it (cents; whole yen for JPY).
@@ -264,7 +265,27 @@ def tags_clean(tags: list[str]) -> list[str]:
     return cleaned
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
 def example_input_clean(value: Any) -> Any:
+    if _depth(value) > MAX_EXAMPLE_INPUT_DEPTH:
+        raise ValidationError(
+            {
+                "example_input": f"An example input nests at most {MAX_EXAMPLE_INPUT_DEPTH} "
+                "lists and objects deep (a tensor has at most 32 dimensions)."
+            }
+        )
     size = len(json.dumps(value, separators=(",", ":")).encode())
     if size > MAX_EXAMPLE_INPUT_BYTES:
         raise ValidationError(

@@ -91,9 +91,15 @@ def _taken_down(request: HttpRequest, exc: TakenDown) -> HttpResponse:
     return render(request, "catalogue/taken_down.html", {"message": exc.message}, status=451)
 
 
-def _example_text(value: object, indent: str = "") -> str:
+EXAMPLE_DEPTH = 40  # past any tensor's nesting (a tensor has at most 32 dimensions)
+
+
+def _example_text(value: object, indent: str = "", depth: int = 0) -> str:
     """JSON with each innermost list on one line: a 28×28 image reads as 28 rows, where
-    ``indent=2`` gave 800 lines of one number each."""
+    ``indent=2`` gave 800 lines of one number each. Past a tensor's depth it is written
+    compact (the nesting a JSON body may hold would run out of Python's stack here)."""
+    if depth > EXAMPLE_DEPTH:
+        return json.dumps(value)
     if isinstance(value, dict) and value:
         inner = indent + "  "
         items = []
@@ -101,11 +107,15 @@ def _example_text(value: object, indent: str = "") -> str:
             name = json.dumps(key)
             # A list's rows line up under its first row; a dict indents as usual.
             under = inner + " " * (len(name) + 2) if isinstance(item, list) else inner
-            items.append(f"{inner}{name}: {_example_text(item, under)}")
+            items.append(f"{inner}{name}: {_example_text(item, under, depth + 1)}")
         return "{\n" + ",\n".join(items) + "\n" + indent + "}"
     if isinstance(value, list) and any(isinstance(item, list | dict) for item in value):
         inner = indent + " "
-        return "[" + (",\n" + inner).join(_example_text(item, inner) for item in value) + "]"
+        return (
+            "["
+            + (",\n" + inner).join(_example_text(item, inner, depth + 1) for item in value)
+            + "]"
+        )
     return json.dumps(value)
 
 

@@ -4,10 +4,12 @@ whose access an outsider must not be able to touch."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -870,3 +872,19 @@ def test_an_example_input_over_a_mebibyte_is_a_400_and_the_listing_keeps_its_own
     assert huge.status_code == 400
     assert "An example input is at most 1048576 bytes of JSON" in huge.json()["detail"]
     assert Listing.objects.get().example_input == {"x": [[1, 2]]}
+
+
+def test_an_example_input_nested_past_any_tensor_is_a_400_and_old_ones_still_render(api, tenant):
+    # The catalogue page lays the example out row by row, recursively: one nested a few
+    # hundred deep (the JSON parser takes it) was a 500 on the listing's public page.
+    model = make_model(tenant, "resnet")
+    deep = json.loads("[" * 300 + "1" + "]" * 300)
+
+    refused = publish(api, "acme/resnet", example_input={"x": deep})
+    assert refused.status_code == 400
+    assert "nests at most 40 lists and objects deep" in refused.json()["detail"]
+
+    assert publish(api, "acme/resnet").status_code in (200, 201)
+    Listing.objects.filter(model=model).update(example_input={"x": deep})  # stored before
+    page = Client().get("/catalogue/acme/resnet/")
+    assert page.status_code == 200 and "[[[[" in page.content.decode()
