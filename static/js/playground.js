@@ -49,9 +49,19 @@
     return exps.map((v) => v / sum);
   }
 
-  // "0.000500" -> "0.0005", "0.000000" -> "0"
-  function money(amount) {
-    return amount.includes(".") ? amount.replace(/\.?0+$/, "") : amount;
+  // As the server's money_text: exact, without trailing zeros, and at least the currency's
+  // minor unit: "0.000500" USD -> "0.0005", "0.000000" USD -> "0.00", "12.000000" JPY -> "12".
+  function money(amount, currency) {
+    let digits = 2;
+    try {
+      digits = new Intl.NumberFormat("en", { style: "currency", currency })
+        .resolvedOptions().maximumFractionDigits;
+    } catch (error) {
+      // not a currency the browser knows: two places
+    }
+    const [whole, fraction = ""] = amount.split(".");
+    const kept = fraction.replace(/0+$/, "").padEnd(digits, "0");
+    return kept ? `${whole}.${kept}` : whole;
   }
 
   // --- pictures <-> tensors -----------------------------------------------------------------
@@ -276,7 +286,7 @@
             (metrics.batched_with > 1 ? ` (batched with ${metrics.batched_with - 1} other)` : "");
       const cost = prediction.cost;
       fact("cost").textContent = cost
-        ? `${money(cost.amount)} ${cost.currency.toUpperCase()}${cost.free ? " (free call)" : ""}`
+        ? `${money(cost.amount, cost.currency)} ${cost.currency.toUpperCase()}${cost.free ? " (free call)" : ""}`
         : "not billed";
       fact("id").textContent = prediction.id;
       this.part("facts").hidden = false;

@@ -68,7 +68,8 @@ def test_consumer_runs_the_demo_model_in_the_playground(page, tmp_path):
     expect(top_class(page)).to_contain_text(re.compile(r"\d+\.\d%"))
     expect(result.locator("[data-fact=latency]")).to_have_text(re.compile(r"^\d+ ms$"))
     expect(result.locator("[data-fact=compute]")).to_have_text(re.compile(r"^\d+\.\d\d ms"))
-    expect(result.locator("[data-fact=cost]")).to_have_text("0 USD")
+    # As the predictions table below and the billing page write it (money_text).
+    expect(result.locator("[data-fact=cost]")).to_have_text("0.00 USD")
     expect(result.locator("[data-role=output]")).to_contain_text("output: [[")
     expect(page.locator("#predictions tr[id^=prediction-]")).to_have_count(1)
     page.screenshot(path=tmp_path / "playground.png", full_page=True)
@@ -95,7 +96,7 @@ def test_consumer_runs_the_demo_model_in_the_playground(page, tmp_path):
     rows = page.locator("#predictions tbody tr[id^=prediction-]")
     expect(rows).to_have_count(2)
     expect(rows.first.locator(".status")).to_have_text("succeeded")
-    expect(rows.first).to_contain_text("0 USD")
+    expect(rows.first).to_contain_text("0.00 USD")
     expect(rows.first).to_contain_text("bob@globex.example")
     assert Prediction.objects.filter(tenant__slug="globex", status="succeeded").count() == 2
     page.screenshot(path=tmp_path / "predictions.png", full_page=True)
