@@ -137,7 +137,8 @@ def test_a_model_host_killed_mid_request_is_counted_as_a_restart():
 
     from config.metrics import HOST_RESTARTS
     from inference.runtime import codec
-    from tests.inference.conftest import Slow, scripted, signature
+    from tests.inference.conftest import scripted, signature
+    from tests.workers.test_host_eviction import Spin
     from workers.host import HostFailure
     from workers.pool import new_host
 
@@ -145,12 +146,14 @@ def test_a_model_host_killed_mid_request_is_counted_as_a_restart():
     host = new_host("cpu").start()
     host.request(
         {"op": "load", "format": "torchscript", "device": "cpu", "signature": signature(4, 4)},
-        scripted(Slow()),
+        scripted(Spin()),
         timeout=60,
     )
     threading.Timer(0.3, os.kill, (host.proc.pid, signal.SIGKILL)).start()
     with pytest.raises(HostFailure, match="killed by signal"):
-        host.request({"op": "predict"}, codec.encode({"x": torch.ones(1, 4)}), timeout=30)
+        # Busy for as long as it takes to be killed (Slow's second ran out first on a fast CPU).
+        x = torch.full((1, 4), 1e9)
+        host.request({"op": "predict"}, codec.encode({"x": x}), timeout=30)
     assert HOST_RESTARTS.labels("crash")._value.get() == before + 1
 
 
