@@ -13,10 +13,11 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts import keycache, secrets
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, NotFound
 from accounts.models import (
     ALL_SCOPES,
     MANAGER_ROLES,
@@ -226,6 +227,7 @@ def invitation_create(
 ) -> tuple[Invitation, str]:
     """Invite ``email`` with ``role``; returns the invitation and its one-time token."""
     email = email.strip().lower()
+    _member_locked(tenant, actor)
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})
@@ -385,13 +387,40 @@ def _revoke_invitations_beyond(
             )
 
 
-def _owners_left(tenant: Tenant, excluding: Membership) -> int:
-    return (
+def _owners_left(membership: Membership) -> int:
+    """Lock ``membership`` and its tenant's owners, in the order of their ids, and return how
+    many owners there are besides it; ``membership.role`` is read again under the lock.
+
+    The lock makes a change of the member take turns with what the member does meanwhile
+    (``_member_locked``), and two owners leaving at once with each other: the second counts
+    after the first is gone. Locked in another order, they deadlocked, or both left."""
+    rows = list(
         Membership.objects.select_for_update()
-        .filter(tenant=tenant, role=Role.OWNER)
-        .exclude(pk=excluding.pk)
-        .count()
+        .filter(Q(pk=membership.pk) | Q(role=Role.OWNER), tenant_id=membership.tenant_id)
+        .order_by("pk")
     )
+    current = next((row for row in rows if row.pk == membership.pk), None)
+    if current is None:
+        raise NotFound(f"{membership.user.email} is no longer a member.")
+    membership.role = current.role
+    return sum(1 for row in rows if row.role == Role.OWNER and row.pk != membership.pk)
+
+
+def _member_locked(tenant: Tenant, actor: Actor) -> None:
+    """Lock the membership of the person an act answers to (``_member_behind``) until the act
+    commits. Their removal or a role change locks it too (``_owners_left``), so the two take
+    turns: the change then finds the key or invitation made and cuts it, or the act reads the
+    member gone or in their new role. Call it before reading the actor's role."""
+    user = _member_behind(actor)
+    if user is None:
+        return
+    held = list(
+        Membership.objects.select_for_update()
+        .filter(tenant=tenant, user=user)
+        .values_list("pk", flat=True)
+    )
+    if not held and actor.key is not None:
+        raise PermissionDenied("The member who made this key has left the organisation.")
 
 
 @transaction.atomic
@@ -400,11 +429,12 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
         raise ValidationError(
             {"role": f"Unknown role '{role}'. Valid roles: {', '.join(Role.values)}."}
         )
+    owners_left = _owners_left(membership)
     old = membership.role
     if old == role:
         return membership
     _require_manager(membership.tenant, actor, touches_owner=Role.OWNER in (old, role), grants=role)
-    if old == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
+    if old == Role.OWNER and owners_left == 0:
         raise ValidationError(
             "An organisation needs at least one owner; make someone else owner first."
         )
@@ -426,10 +456,11 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
 @transaction.atomic
 def membership_remove(*, membership: Membership, actor: Actor) -> None:
     """Remove a member; a member may also remove themself (leave)."""
+    owners_left = _owners_left(membership)
     leaving = actor.key is None and actor.user is not None and actor.user.pk == membership.user_id
     if not leaving:
         _require_manager(membership.tenant, actor, touches_owner=membership.role == Role.OWNER)
-    if membership.role == Role.OWNER and _owners_left(membership.tenant, membership) == 0:
+    if membership.role == Role.OWNER and owners_left == 0:
         raise ValidationError("The last owner cannot leave; make someone else owner first.")
     membership.user.groups.remove(membership.tenant.group)
     gone = "left" if leaving else "was removed from"
@@ -561,6 +592,7 @@ def api_key_create(
     rotated_from: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is shown once and never stored."""
+    _member_locked(tenant, actor)
     _require_manager(tenant, actor, touches_owner=False)
     excess = sorted(set(scopes) - _granted_scopes(tenant, actor))
     if excess:
