@@ -584,6 +584,10 @@ def invoice_build(*, consumer: Tenant, period: date, currency: str) -> Invoice |
 
     Credits larger than the month's usage pay all of it (an invoice of 0, paid at once, so
     the publishers still get their shares) and the rest carries into the month open now."""
+    # Two closes at once (the beat task and an operator's command) take turns per consumer:
+    # the second finds the first's invoice, as a later close does, instead of building its
+    # own and failing on the unique invoice (PostgreSQL; SQLite serialises them anyway).
+    Tenant.objects.select_for_update().filter(pk=consumer.pk).exists()
     existing = Invoice.objects.filter(consumer=consumer, period=period, currency=currency).first()
     if existing is not None:
         return existing
