@@ -891,15 +891,33 @@ def alias_set(
             f"Version {version.number} is {status}; only a ready version can take an alias."
         )
     alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
-    previous = alias.version if alias else None
     if alias is None:
-        alias = Alias.objects.create(model=model, name=name, version=version)
-    elif previous != version:
-        alias.version = version
-        alias.updated_at = timezone.now()
-        alias.save(update_fields=["version", "updated_at"])
-    else:
+        try:
+            with transaction.atomic():
+                created = Alias.objects.create(model=model, name=name, version=version)
+        except IntegrityError:
+            # A concurrent first move made it meanwhile (PostgreSQL): move it on from there.
+            alias = Alias.objects.select_for_update().get(model=model, name=name)
+        else:
+            return _alias_moved(created, model=model, previous=None, version=version, actor=actor)
+    previous = alias.version
+    if previous == version:
         return alias
+    alias.version = version
+    alias.updated_at = timezone.now()
+    alias.save(update_fields=["version", "updated_at"])
+    return _alias_moved(alias, model=model, previous=previous, version=version, actor=actor)
+
+
+def _alias_moved(
+    alias: Alias,
+    *,
+    model: Model,
+    previous: ModelVersion | None,
+    version: ModelVersion,
+    actor: Actor,
+) -> Alias:
+    """Record that ``alias`` moved from ``previous`` to ``version``."""
     AliasMove.objects.create(
         alias=alias, from_version=previous, to_version=version, actor_label=actor.label
     )
@@ -910,7 +928,7 @@ def alias_set(
         target=alias,
         data={
             "model": model.ref,
-            "alias": name,
+            "alias": alias.name,
             "to": version.number,
             "from": previous.number if previous else None,
         },
