@@ -679,11 +679,16 @@ def model_share_revoke(*, model: Model, tenant_slug: str, actor: Actor) -> None:
 def download_grant(*, entitlement: Entitlement, actor: Actor) -> Entitlement:
     """Let an entitled tenant download the weights (the publisher's decision; off by
     default)."""
+    # Conditional on the entitlement being live when written, not when the caller read it: a
+    # revocation committed in between removed its grants already, and one still to come waits
+    # for this row and removes this one with them.
+    granted = Entitlement.objects.filter(
+        pk=entitlement.pk, revoked_at__isnull=True, can_download=False
+    ).update(can_download=True)
+    entitlement.refresh_from_db(fields=["revoked_at", "can_download"])
     if entitlement.revoked_at is not None:
         raise Conflict("This entitlement was revoked; share the model again first.")
-    if not entitlement.can_download:
-        entitlement.can_download = True
-        entitlement.save(update_fields=["can_download"])
+    if granted:
         assign_perm("download_model", entitlement.tenant.group, entitlement.model)
         audit_record(
             action="entitlement.download_grant",
@@ -697,9 +702,11 @@ def download_grant(*, entitlement: Entitlement, actor: Actor) -> Entitlement:
 
 @transaction.atomic
 def download_revoke(*, entitlement: Entitlement, actor: Actor) -> Entitlement:
-    if entitlement.can_download:
-        entitlement.can_download = False
-        entitlement.save(update_fields=["can_download"])
+    withdrawn = Entitlement.objects.filter(pk=entitlement.pk, can_download=True).update(
+        can_download=False
+    )
+    entitlement.refresh_from_db(fields=["can_download"])
+    if withdrawn:
         remove_perm("download_model", entitlement.tenant.group, entitlement.model)
         audit_record(
             action="entitlement.download_revoke",

@@ -1,0 +1,38 @@
+"""A publisher's decisions about one consumer landing at once: on PostgreSQL a download grant
+and a revocation overlap, and the revocation must take every right with it."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts import services as accounts
+from accounts.exceptions import Conflict
+from marketplace import listings
+from marketplace.models import Entitlement
+from tests.marketplace.test_listings import can, listed
+from tests.races import race
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_download_grant_racing_a_revocation_leaves_no_right_to_download(
+    monkeypatch, tenant, outsider
+):
+    model = listed(tenant, "resnet")
+    listings.listing_subscribe(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
+    read_by_the_grant = Entitlement.objects.select_related("tenant__group", "model__tenant").get()
+
+    granted, _ = race(
+        monkeypatch,
+        pause_before=(listings, "download_grant"),  # the entitlement read, nothing written
+        first=lambda: listings.download_grant(entitlement=read_by_the_grant, actor=accounts.SYSTEM),
+        second=lambda: listings.entitlement_revoke(
+            entitlement=Entitlement.objects.get(), actor=accounts.SYSTEM
+        ),
+    )
+
+    assert not can(outsider, "download", model), "downloads after revocation"
+    assert isinstance(granted, Conflict), granted
+    assert not can(outsider, "download", model)
+    listings.listing_subscribe(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
+    assert can(outsider, "run", model) and not can(outsider, "download", model)
