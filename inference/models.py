@@ -37,8 +37,8 @@ class Prediction(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
-    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="predictions")
-    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="predictions")
+    model = models.ForeignKey(Model, on_delete=models.RESTRICT, related_name="predictions")
+    version = models.ForeignKey(ModelVersion, on_delete=models.RESTRICT, related_name="predictions")
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # Tensors as safetensors bytes; purged after MM_PREDICTION_DATA_TTL_SECONDS.

@@ -145,7 +145,10 @@ class ModelVersion(models.Model):
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
     label = models.CharField(max_length=64, blank=True)
-    artifact = models.OneToOneField(Artifact, on_delete=models.PROTECT, related_name="version")
+    # RESTRICT, not PROTECT: an artifact cannot be deleted from under its version, but deleting
+    # the organisation (crypto-shredding) deletes both. PROTECT refused that for any tenant
+    # that had a version, and the keys survived.
+    artifact = models.OneToOneField(Artifact, on_delete=models.RESTRICT, related_name="version")
     format = models.CharField(max_length=16, choices=Format.choices)
     architecture = models.CharField(max_length=32, blank=True)
     architecture_config = models.JSONField(default=dict, blank=True)
@@ -203,7 +206,7 @@ class Alias(models.Model):
 
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="aliases")
     name = models.SlugField(max_length=40)
-    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    version = models.ForeignKey(ModelVersion, on_delete=models.RESTRICT, related_name="aliases")
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

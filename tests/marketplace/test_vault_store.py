@@ -230,3 +230,27 @@ def test_a_kek_that_still_wraps_keys_cannot_be_retired(tenant):
     with pytest.raises(CommandError, match="still wraps 1 key"):
         call_command("rotate_kek", "--retire", kek_backend().primary_id, stdout=StringIO())
     assert artifact_read(artifact=artifact, purpose="predict") == b"w"
+
+
+def test_an_organisation_with_versions_aliases_and_predictions_is_crypto_shredded(tenant):
+    from django.db.models import RestrictedError
+
+    from inference.models import Prediction
+    from marketplace import services as registry
+    from marketplace.models import Alias, ModelVersion
+
+    model = registry.model_create(tenant=tenant, name="m", actor=SYSTEM)
+    artifact = artifact_create(tenant=tenant, chunks=[b"acme weights"])
+    version = ModelVersion.objects.create(
+        model=model, number=1, format="torchscript", status="ready", artifact=artifact
+    )
+    Alias.objects.create(model=model, name="production", version=version)
+    Prediction.objects.create(tenant=tenant, model=model, version=version, batch_size=1)
+    with pytest.raises(RestrictedError):  # an artifact alone never goes from under its version
+        artifact.delete()
+
+    call_command("delete_tenant", "acme", "--yes", stdout=StringIO())
+
+    assert not TenantKey.objects.filter(tenant__slug="acme").exists()
+    assert not ModelVersion.objects.exists() and not Artifact.objects.exists()
+    assert not _blob_path(artifact).exists()
