@@ -28,6 +28,10 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ["MM_VAR_DIR"] = str(var_dir)
     os.environ["REDIS_URL"] = f"unix://{_sock}"
     os.environ.setdefault("DJANGO_DEBUG", "1")
+    # No background health check of model hosts: it reads the versions on a connection of
+    # its own, which does not see a test's uncommitted rows, and would drop their hosts at
+    # a random moment. Tests call ``HOSTS.health_check()`` / ``ping_all()`` themselves.
+    os.environ.setdefault("MM_HOST_PING_SECONDS", "0")
     # Playwright's sync API runs an event loop in the test thread; Django's ORM calls made
     # by the test itself are still synchronous and safe.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"

@@ -167,7 +167,44 @@ class Hosts:
 
         while True:
             time.sleep(settings.MODEL_HOST_PING_SECONDS)
-            self.ping_all()
+            try:
+                self.health_check()
+            except Exception:  # noqa: BLE001 - a failed check must never stop the checks
+                logger.exception("model host health check failed")
+
+    def health_check(self) -> None:
+        """Ping every loaded host, and drop the hosts whose version is gone."""
+        self.ping_all()
+        self.drop_deleted_versions()
+
+    def drop_deleted_versions(self) -> int:
+        """Retire the loaded hosts whose version no longer exists: its organisation was
+        deleted, its keys destroyed (crypto-shredding), and its decrypted weights must not
+        outlive them in a host's memory. Nothing asks for such a host again, so until now it
+        stayed loaded until other models evicted it. Returns how many were dropped."""
+        from django.db import close_old_connections
+
+        from marketplace.models import ModelVersion
+
+        dropped = 0
+        for group in list(self._loaded.values()):
+            keys = group.keys()
+            ids = {key.split(":", 1)[0] for key in keys}
+            if not ids:
+                continue
+            try:
+                live = set(
+                    ModelVersion.objects.filter(public_id__in=ids).values_list(
+                        "public_id", flat=True
+                    )
+                )
+            finally:
+                close_old_connections()
+            for key in keys:
+                if key.split(":", 1)[0] not in live:
+                    group.drop(key)
+                    dropped += 1
+        return dropped
 
     def ping_all(self) -> int:
         """Ping every loaded host; returns how many failed (and were killed)."""
@@ -185,6 +222,7 @@ class Hosts:
         return self._idle[device]
 
     def loaded(self, device: str) -> LoadedHosts:
+        self._ensure_pinger()  # validation warms hosts too: they get checked as well
         if device not in self._loaded:
             self._loaded[device] = LoadedHosts(settings.MODEL_CACHE_BYTES)
         return self._loaded[device]
