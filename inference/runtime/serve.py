@@ -266,6 +266,17 @@ class Host:
         return reply, result.data
 
 
+def without_model_code(error: str) -> str:
+    """A prediction's error as its caller may read it. TorchScript writes the model's own
+    source into its errors (the lines around the failure, the publisher's file paths): a
+    consumer is told the error that ended the traceback, not the publisher's code. The
+    publisher sees the whole text where the caller is itself (validation, compression)."""
+    if "Traceback of TorchScript" not in error:
+        return error
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1].removeprefix("builtins.")
+
+
 def main() -> None:
     from inference.compression import NotApplicable
     from inference.runtime.formats import LoadError
@@ -301,7 +312,10 @@ def main() -> None:
         except LoadError as exc:
             out, body = {"ok": False, "kind": "load", "error": str(exc)}, b""
         except Exception as exc:  # noqa: BLE001 - the model's own error, reported to the caller
-            out, body = {"ok": False, "kind": "model", "error": f"{type(exc).__name__}: {exc}"}, b""
+            error = f"{type(exc).__name__}: {exc}"
+            if header.get("op") == "predict":
+                error = without_model_code(error)
+            out, body = {"ok": False, "kind": "model", "error": error}, b""
         del payload
         write_frame(reply, out, body)
 
