@@ -534,8 +534,17 @@ def entitlement_live(*, model: Model, tenant: Tenant) -> Entitlement | None:
 
 def _entitlement_grant(*, model: Model, tenant: Tenant, kind: str) -> tuple[Entitlement, bool]:
     """The tenant's live entitlement to ``model``, created with its grants if there is none.
-    Returns it and whether it was created."""
-    existing = entitlement_live(model=model, tenant=tenant)
+    Returns it and whether it was created.
+
+    The live row is locked: a revocation waits for the caller's commit, then ends it and
+    withdraws the approval the caller may just have recorded (``entitlement_revoke``). Read
+    unlocked, a revocation committed in between left an approval standing beside a revoked
+    entitlement, and the consumer could subscribe again."""
+    existing = (
+        Entitlement.objects.select_for_update()
+        .filter(model=model, tenant=tenant, revoked_at__isnull=True)
+        .first()
+    )
     if existing is not None:
         return existing, False
     try:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from accounts import services as accounts
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, Forbidden
 from marketplace import listings
-from marketplace.models import Entitlement
+from marketplace.models import AccessRequest, Entitlement
 from tests.marketplace.test_listings import can, listed
 from tests.races import race
 
@@ -36,3 +36,28 @@ def test_a_download_grant_racing_a_revocation_leaves_no_right_to_download(
     assert not can(outsider, "download", model)
     listings.listing_subscribe(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
     assert can(outsider, "run", model) and not can(outsider, "download", model)
+
+
+def test_an_approval_racing_a_revocation_leaves_no_way_back_in(monkeypatch, tenant, outsider):
+    model = listed(tenant, "medsam", gated=True)
+    listings.model_share(model=model, tenant_slug=outsider.slug, actor=accounts.SYSTEM)
+    request = listings.access_request_create(
+        listing=model.listing, tenant=outsider, actor=accounts.SYSTEM
+    )
+
+    approved, _ = race(
+        monkeypatch,
+        pause_before=(listings, "audit_record"),  # approved, the live share found, not committed
+        first=lambda: listings.access_request_approve(
+            request=AccessRequest.objects.get(), actor=accounts.SYSTEM
+        ),
+        second=lambda: listings.entitlement_revoke(
+            entitlement=Entitlement.objects.get(), actor=accounts.SYSTEM
+        ),
+    )
+
+    assert approved == request, approved
+    assert not can(outsider, "run", model)
+    with pytest.raises(Forbidden):
+        listings.listing_subscribe(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
+    assert not can(outsider, "run", model), "runs the model again after its revocation"
