@@ -778,9 +778,9 @@ def _decide(request: AccessRequest, status: str) -> None:
     decided = AccessRequest.objects.filter(
         pk=request.pk, status=AccessRequest.Status.PENDING
     ).update(status=status, decided_at=timezone.now())
+    request.refresh_from_db(fields=["status", "decided_at"])  # a decision made meanwhile too
     if decided != 1:
         raise Conflict(f"This request was already {request.status}.")
-    request.refresh_from_db(fields=["status", "decided_at"])
 
 
 @transaction.atomic

@@ -61,3 +61,23 @@ def test_an_approval_racing_a_revocation_leaves_no_way_back_in(monkeypatch, tena
     with pytest.raises(Forbidden):
         listings.listing_subscribe(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
     assert not can(outsider, "run", model), "runs the model again after its revocation"
+
+
+def test_a_decline_racing_an_approval_says_the_request_was_approved(monkeypatch, tenant, outsider):
+    model = listed(tenant, "medsam", gated=True)
+    listings.access_request_create(listing=model.listing, tenant=outsider, actor=accounts.SYSTEM)
+
+    _, declined = race(
+        monkeypatch,
+        pause_before=(listings, "audit_record"),  # approved and subscribed, not committed
+        first=lambda: listings.access_request_approve(
+            request=AccessRequest.objects.get(), actor=accounts.SYSTEM
+        ),
+        second=lambda: listings.access_request_decline(
+            request=AccessRequest.objects.get(), actor=accounts.SYSTEM
+        ),
+    )
+
+    assert isinstance(declined, Conflict), declined
+    assert str(declined) == "This request was already approved."
+    assert can(outsider, "run", model)
