@@ -48,13 +48,7 @@ def version_for(model: Model, ref: str | None, *, access: Access | None) -> Mode
             if alias is not None
             else model.versions.filter(ModelVersion.runnable()).order_by("-number").first()
         )
-        hidden = (
-            version is not None
-            and access is not None
-            and version.status not in selectors.PUBLISHED
-            and not selectors.is_publisher(access, model)
-        )
-        if version is None or hidden:
+        if version is None or selectors.version_hidden(version, model, access):
             raise Conflict(f"{model.ref} has no ready version yet.")
     if version.past_sunset:
         alternative = selectors.alias_instead(model)

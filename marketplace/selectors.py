@@ -144,6 +144,15 @@ def is_publisher(access: Access | None, model: Model) -> bool:
     return access is not None and model.tenant_id == access.tenant.pk
 
 
+def version_hidden(version: ModelVersion, model: Model, access: Access | None) -> bool:
+    """Whether ``access`` must not see ``version`` of ``model``: to another organisation than
+    the publisher, an unpublished version does not exist. ``access`` None: the system's own
+    view (operators, tasks), which sees every version."""
+    return (
+        access is not None and version.status not in PUBLISHED and not is_publisher(access, model)
+    )
+
+
 def aliases_visible(model: Model, access: Access | None) -> QuerySet[Alias]:
     """The model's aliases ``access`` may see: to another organisation than the publisher,
     those on published versions (an alias on an unpublished one would name it)."""
@@ -176,9 +185,7 @@ def version_resolve(model: Model, ref: str | int, *, access: Access | None) -> M
     else:
         alias = Alias.objects.select_related("version").filter(model=model, name=ref).first()
         version = alias.version if alias else None
-    if version is not None and access is not None and not is_publisher(access, model):
-        version = version if version.status in PUBLISHED else None
-    if version is None:
+    if version is None or version_hidden(version, model, access):
         raise NotFound(f"{model.ref} has no version or alias '{ref}'.")
     if version.status == ModelVersion.Status.YANKED:
         alternative = alias_instead(model)

@@ -91,14 +91,11 @@ def _taken_down(request: HttpRequest, exc: TakenDown) -> HttpResponse:
     return render(request, "catalogue/taken_down.html", {"message": exc.message}, status=451)
 
 
-EXAMPLE_DEPTH = 40  # past any tensor's nesting (a tensor has at most 32 dimensions)
-
-
 def _example_text(value: object, indent: str = "", depth: int = 0) -> str:
     """JSON with each innermost list on one line: a 28×28 image reads as 28 rows, where
     ``indent=2`` gave 800 lines of one number each. Past a tensor's depth it is written
     compact (the nesting a JSON body may hold would run out of Python's stack here)."""
-    if depth > EXAMPLE_DEPTH:
+    if depth > listings.MAX_EXAMPLE_INPUT_DEPTH:
         return json.dumps(value)
     if isinstance(value, dict) and value:
         inner = indent + "  "

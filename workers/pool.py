@@ -188,20 +188,21 @@ class Hosts:
 
         dropped = 0
         for group in list(self._loaded.values()):
-            keys = group.keys()
-            ids = {key.split(":", 1)[0] for key in keys}
-            if not ids:
+            # A key is workers.services.version_key: "<version public id>:<sha256 prefix>".
+            keys = group.keys()  # a copy, taken under no lock: hosts come and go meanwhile
+            version_of = {key: key.split(":", 1)[0] for key in keys}
+            if not version_of:
                 continue
             try:
                 live = set(
-                    ModelVersion.objects.filter(public_id__in=ids).values_list(
+                    ModelVersion.objects.filter(public_id__in=set(version_of.values())).values_list(
                         "public_id", flat=True
                     )
                 )
             finally:
                 close_old_connections()
-            for key in keys:
-                if key.split(":", 1)[0] not in live:
+            for key, version_id in version_of.items():
+                if version_id not in live:
                     group.drop(key)
                     dropped += 1
         return dropped
@@ -228,8 +229,7 @@ class Hosts:
         return self._loaded[device]
 
     def get_or_load(self, device: str, key: str, load: Callable[[ModelHost], None]) -> ModelHost:
-        self._ensure_pinger()
-        host = self.loaded(device).get(key)
+        host = self.loaded(device).get(key)  # (loaded() starts the health check)
         MODEL_CACHE.labels("hit" if host is not None else "miss").inc()
         if host is not None:
             return host
