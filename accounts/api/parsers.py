@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
@@ -16,11 +17,20 @@ class JSONParser(parsers.JSONParser):
     ``"\\ud800"``), but PostgreSQL stores neither (text and jsonb refuse NUL, UTF-8 cannot
     encode a lone surrogate): DRF's CharField refuses them, and a JSONField or a DictField
     (a listing's example input, a version's architecture config) let them through to the
-    database, a 500 there. Refused here, they are refused for every field and view at once."""
+    database, a 500 there. Refused here, they are refused for every field and view at once.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON; DRF refuses them without saying
+    where, so the refusal names the field that holds one."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         raw = stream.read()
-        data = super().parse(io.BytesIO(raw), media_type, parser_context)
+        try:
+            data = super().parse(io.BytesIO(raw), media_type, parser_context)
+        except ParseError:
+            problem = _non_finite(raw, parser_context)
+            if problem:
+                raise ParseError(problem) from None
+            raise
         encoding = parsers.get_encoding(parser_context or {}).lower().replace("_", "-")
         # Only an escape puts either in parsed JSON: strict JSON refuses a raw control
         # character, and decoding refuses an encoded surrogate. Escapes are ASCII bytes in
@@ -53,25 +63,49 @@ def _where(path: str) -> str:
     return path if len(path) <= _SHOWN else path[:_SHOWN] + "…"
 
 
-def unstorable(data) -> str | None:
-    """What makes ``data`` (parsed JSON) unstorable, and where, as a message saying what to
-    fix; ``None`` when every string in it can be stored."""
+def _walk(data, kinds: tuple[type, ...]):
+    """``(value, path, is_key)`` for each key of an object in ``data`` (parsed JSON) and
+    each value of one of ``kinds``."""
     stack = [(data, "")]
     while stack:  # not recursive: a body may be nested as deep as the JSON parser allows
         value, path = stack.pop()
-        if isinstance(value, str):
-            fault = _fault(value)
-            if fault:
-                return fault.format(where=_where(path))
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             for key, item in value.items():
-                fault = _fault(key)
-                if fault:
-                    return fault.format(where="a key of " + _where(path))
-                if isinstance(item, (str, dict, list)):
+                yield key, path, True
+                if isinstance(item, (dict, list, *kinds)):
                     stack.append((item, f"{path}.{key}" if path else key))
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                if isinstance(item, (str, dict, list)):
+                if isinstance(item, (dict, list, *kinds)):
                     stack.append((item, f"{path}.{index}" if path else str(index)))
+        elif isinstance(value, kinds):
+            yield value, path, False
+
+
+def unstorable(data) -> str | None:
+    """What makes ``data`` (parsed JSON) unstorable, and where, as a message saying what to
+    fix; ``None`` when every string in it can be stored."""
+    for text, path, is_key in _walk(data, (str,)):
+        fault = _fault(text)
+        if fault:
+            return fault.format(where=("a key of " if is_key else "") + _where(path))
+    return None
+
+
+class _NonFinite:
+    def __init__(self, token: str):
+        self.token = token
+
+
+def _non_finite(raw: bytes, parser_context) -> str | None:
+    """Where the body holds ``NaN`` or an infinity, as a message saying what to fix; ``None``
+    when it holds neither, or is not JSON for another reason."""
+    try:
+        text = raw.decode(parsers.get_encoding(parser_context or {}))
+        data = json.loads(text, parse_constant=_NonFinite)
+    except (ValueError, LookupError, RecursionError):
+        return None
+    for value, path, is_key in _walk(data, (_NonFinite,)):
+        if not is_key:
+            return f"JSON has no {value.token}: send a finite number in {_where(path)}."
     return None

@@ -236,6 +236,36 @@ def test_promotion_needs_the_fidelity_threshold_to_be_met(api, tenant, mlp_versi
     assert api.get("/api/v1/models/acme/mlp/aliases").json()[0]["name"] == "staging"
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("min_agreement", "Infinity"),
+        ("min_cosine", "-Infinity"),
+        ("max_mean_abs_error", "NaN"),
+        ("max_mean_abs_error", "1e400"),  # parses as infinity
+    ],
+)
+def test_a_threshold_that_is_not_a_finite_number_is_a_400_naming_it(
+    api, tenant, mlp_version, field, value
+):
+    # A client's json.dumps writes float("inf") as Infinity; the 400 said only "JSON parse
+    # error", not which threshold to fix.
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    jobs.job_claim(job)
+    version = _finish(job, tenant, 0.97)
+    registry.version_record_validation(version=version, ok=True, signature=signature([256]))
+
+    response = api.post(
+        f"{URL}/{job.public_id}/promote",
+        f'{{"alias": "staging", "{field}": {value}}}',
+        content_type="application/json",
+    )
+
+    assert response.status_code == 400
+    assert field in response.json()["detail"]
+    assert not version.aliases.exists()
+
+
 def test_compression_endpoints_are_in_the_openapi_schema(api):
     schema = api.get("/api/schema/", {"format": "json"}).json()
 
