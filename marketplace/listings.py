@@ -78,7 +78,9 @@ LICENSE_EXAMPLES = "MIT, Apache-2.0, BSD-3-Clause, CC-BY-4.0, GPL-3.0-only, MPL-
 TAG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 TAG_FRAGMENT_RE = re.compile(r"[a-z0-9-]+")  # what can appear inside a tag
 MAX_TAGS = 20
-# The example input is shown on every catalogue and playground view of the listing.
+# A listing's example input is shown on every catalogue and playground view of it; a
+# version's (sent with its upload) fills the playground and goes to the model host that
+# validates the version. One rule for both: example_input_clean.
 MAX_EXAMPLE_INPUT_BYTES = 1024 * 1024
 MAX_EXAMPLE_INPUT_DEPTH = 40
 MAX_TAG_LENGTH = 40
@@ -279,6 +281,8 @@ def _depth(value: Any) -> int:
 
 
 def example_input_clean(value: Any) -> Any:
+    """A listing's or a version's example input, refused (400) past the depth and size
+    limits above."""
     if _depth(value) > MAX_EXAMPLE_INPUT_DEPTH:
         raise ValidationError(
             {

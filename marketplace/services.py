@@ -22,6 +22,7 @@ from accounts.exceptions import Conflict, Forbidden, PayloadTooLarge, Unsupporte
 from accounts.models import Scope, Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
+from marketplace.listings import example_input_clean
 from marketplace.models import (
     MODEL_NAME_RE,
     Alias,
@@ -111,6 +112,8 @@ def upload_session_create(
         )
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ValidationError({"sha256": "Give the file's SHA-256 as 64 lowercase hex digits."})
+    if example_input is not None:
+        example_input = example_input_clean(example_input)
     key, artifact_id, header = uploads.session_header(
         tenant=model.tenant, piece_size=settings.UPLOAD_CHUNK_SIZE
     )

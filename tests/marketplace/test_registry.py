@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
 
@@ -232,6 +233,28 @@ def test_over_the_size_limit_is_413(api, model, settings):
     settings.MAX_ARTIFACT_BYTES = 5000
     response = start_upload(api, b"x" * 5001)
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "example, limit",
+    [
+        ({"x": [[0.5] * 300_000]}, "An example input is at most 1048576 bytes of JSON"),
+        ({"x": json.loads("[" * 300 + "1" + "]" * 300)}, "nests at most 40 lists and objects"),
+    ],
+    ids=["over-a-mebibyte", "nested-past-any-tensor"],
+)
+def test_a_versions_example_input_has_the_listings_limits(api, model, model_files, example, limit):
+    # A version's example goes to the host that validates it and fills the playground; it
+    # was stored at any size or depth, where a listing's is capped.
+    data = model_files["pt2"]
+
+    refused = start_upload(api, data, example_input=example)
+    small = start_upload(api, data, example_input={"x": [[1.0, 2.0, 3.0, 4.0]]})
+
+    assert refused.status_code == 400
+    assert limit in refused.json()["detail"]
+    assert small.status_code == 201
+    assert UploadSession.objects.count() == 1  # only the small one's
 
 
 def test_misaligned_or_wrong_total_range_is_400(api, model, model_files):
