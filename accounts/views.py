@@ -27,7 +27,7 @@ from accounts.forms import (
     SignupForm,
     TenantCreateForm,
 )
-from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope, Tenant, User
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
 
@@ -184,9 +184,13 @@ def members(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("dashboard:members")
+    # Invitees' addresses only for those the API would list them to (Scope.ADMIN).
+    may_see_invitations = Scope.ADMIN in request.membership.scopes
     context = {
         "memberships": tenant.memberships.select_related("user").order_by("created_at"),
-        "invitations": [i for i in tenant.invitations.order_by("-created_at") if i.is_pending],
+        "invitations": [i for i in tenant.invitations.order_by("-created_at") if i.is_pending]
+        if may_see_invitations
+        else [],
         "form": form,
         "role_form": RoleForm(),
     }

@@ -436,6 +436,27 @@ def test_developer_cannot_invite(bob_client):
     assert not Invitation.objects.exists()
 
 
+@pytest.mark.parametrize("role", [Role.DEVELOPER, Role.VIEWER, Role.BILLING])
+def test_only_admins_see_pending_invitations_as_in_the_api(bob_client, bob, tenant, role):
+    # The API lists invitations to the admin scope only; the members page loaded them, with
+    # the invitees' addresses, for every role (only the template held them back).
+    services.invitation_create(
+        tenant=tenant, email="dana@else.example", role=Role.VIEWER, actor=services.SYSTEM
+    )
+    Membership.objects.filter(user=bob).update(role=role)
+
+    response = bob_client.get("/dashboard/members/")
+    Membership.objects.filter(user=bob).update(role=Role.ADMIN)
+    as_admin = bob_client.get("/dashboard/members/")
+
+    body = response.content.decode()
+    assert "bob@acme.example" in body and "alice@acme.example" in body  # the members list
+    assert "dana@else.example" not in body and "Pending invitations" not in body
+    assert response.context["invitations"] == []
+    assert "dana@else.example" in as_admin.content.decode()
+    assert [i.email for i in as_admin.context["invitations"]] == ["dana@else.example"]
+
+
 def _expire(invitation: Invitation, _client: Client) -> None:
     Invitation.objects.filter(pk=invitation.pk).update(
         expires_at=timezone.now() - timedelta(seconds=1)
