@@ -39,12 +39,14 @@ from marketplace.models import (
 from marketplace.vault import store, uploads
 
 # The batch dimension is exported dynamic, as compression and batching need; torch.export
-# fixes a dimension of size 1 into the graph, hence the example of 2 or more.
+# fixes a dimension of size 1 into the graph, hence the example of 2 or more. TorchScript is
+# scripted, not traced (as docs/client.md says): a trace records the one path its example
+# took, so a model with control flow would answer every input as that example's branch.
 EXPORT_GUIDANCE = (
     "Export your model with torch.export and save it, with an example batch of 2 or more and "
     "the batch dimension dynamic: `ep = torch.export.export(model.eval(), (example,), "
     "dynamic_shapes=({0: torch.export.Dim('batch')},)); torch.export.save(ep, 'model.pt2')` "
-    "(preferred), or save TorchScript with `torch.jit.save(torch.jit.trace(model, example), "
+    "(preferred), or save TorchScript with `torch.jit.save(torch.jit.script(model.eval()), "
     "'model.pt')`, or upload a safetensors state dict with one of our built-in architectures."
 )
 PROTECTED_ALIASES = frozenset({"production"})

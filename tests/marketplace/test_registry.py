@@ -197,6 +197,33 @@ def test_the_export_guidance_exports_the_dynamic_batch_compression_needs(
     assert exported(torch.randn(5, 4)).shape == (5, 3)
 
 
+def test_the_torchscript_guidance_keeps_a_models_control_flow(api, model, model_files, tmp_path):
+    # It said torch.jit.trace (docs/client.md says torch.jit.script): a trace records the
+    # branch its example took, so the saved model answered every input that way.
+    import re
+
+    import torch
+
+    class Gate(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool(x.sum() > 0):
+                return x * 2
+            return -x
+
+    upload = upload_all(api, model_files["pickle"], fmt="pt2")
+    detail = api.post(f"{upload['upload_url']}/complete").json()["detail"]
+    snippet = re.search(r"`(torch\.jit\.save\(.*?)`", detail)[1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        exec(snippet, {"torch": torch, "model": Gate(), "example": torch.ones(2, 4)})  # noqa: S102
+
+    saved = torch.jit.load(tmp_path / "model.pt")
+    assert saved(torch.ones(2, 4)).tolist() == [[2.0] * 4] * 2
+    assert saved(-torch.ones(2, 4)).tolist() == [[1.0] * 4] * 2
+    assert "torch.jit.script" in snippet
+
+
 def test_declared_format_must_match_the_file(api, model, model_files):
     upload = upload_all(api, model_files["torchscript"], fmt="pt2")
     response = api.post(f"{upload['upload_url']}/complete")
