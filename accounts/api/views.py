@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.db.models import Q
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +19,27 @@ from accounts.tenancy import TenantScopedMixin, request_actor
 
 class CreatedCursorPagination(CursorPagination):
     ordering = "-created_at"
+
+
+def status_parameter(states: Sequence[str]) -> OpenApiParameter:
+    """A list's ``?status=`` in the schema: one of ``states``, so a generated client offers
+    them (``status_wanted`` refuses any other)."""
+    return OpenApiParameter(
+        "status", str, enum=list(states), description="Only those in this state."
+    )
+
+
+def status_wanted(request, states: Sequence[str]) -> str | None:
+    """The ``?status=`` a list is filtered by, or ``None`` for all. A state not in ``states``
+    is a 400 naming them: a misspelt one would list nothing (or everything) without a word."""
+    wanted = request.query_params.get("status")
+    if not wanted:
+        return None
+    if wanted not in states:
+        raise ValidationError(
+            {"status": [f"Filter by one of {', '.join(states)}, or leave status out for all."]}
+        )
+    return wanted
 
 
 class OrganisationView(APIView):
@@ -93,9 +117,10 @@ class InvitationViewSet(
         return Response(s.InvitationSerializer(invitation).data)
 
 
-@extend_schema_view(
-    list=extend_schema(parameters=[OpenApiParameter("status", str, enum=["active", "revoked"])])
-)
+KEY_STATES = ("active", "revoked")
+
+
+@extend_schema_view(list=extend_schema(parameters=[status_parameter(KEY_STATES)]))
 class ApiKeyViewSet(
     TenantScopedMixin,
     mixins.ListModelMixin,
@@ -111,7 +136,7 @@ class ApiKeyViewSet(
 
     def get_base_queryset(self):
         queryset = super().get_base_queryset()
-        state = self.request.query_params.get("status")
+        state = status_wanted(self.request, KEY_STATES) if self.action == "list" else None
         if state == "active":
             queryset = queryset.filter(revoked_at__isnull=True)
         elif state == "revoked":

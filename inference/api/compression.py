@@ -8,7 +8,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from accounts.api.serializers import StrictSerializer
-from accounts.api.views import CreatedCursorPagination
+from accounts.api.views import CreatedCursorPagination, status_parameter
 from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from billing.models import UsageRecord
@@ -132,10 +132,11 @@ class JobScopedMixin(TenantScopedMixin):
 class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
     pagination_class = CreatedCursorPagination
     required_scope = {"GET": Scope.MODELS_READ, "POST": Scope.MODELS_WRITE}
+    statuses = tuple(CompressionJob.Status.values)
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("status", str, description="queued, running, succeeded, ..."),
+            status_parameter(CompressionJob.Status.values),
             OpenApiParameter("model", str, description="owner/name"),
         ],
         responses=JobSerializer(many=True),

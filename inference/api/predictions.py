@@ -12,7 +12,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from accounts.api.serializers import StrictSerializer
-from accounts.api.views import CreatedCursorPagination
+from accounts.api.views import CreatedCursorPagination, status_parameter, status_wanted
 from accounts.exceptions import PayloadTooLarge
 from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin
@@ -181,13 +181,16 @@ def wait_seconds(prefer: str) -> float:
 
 
 class StatusModelFilterMixin:
-    """``?status=`` and ``?model=owner/name`` on a list of a tenant's predictions or jobs."""
+    """``?status=`` (one of ``statuses``) and ``?model=owner/name`` on a list of a tenant's
+    predictions or jobs."""
+
+    statuses: tuple[str, ...] = ()
 
     def get_base_queryset(self):
         queryset = super().get_base_queryset()
         params = self.request.query_params
-        if params.get("status"):
-            queryset = queryset.filter(status=params["status"])
+        if wanted := status_wanted(self.request, self.statuses):
+            queryset = queryset.filter(status=wanted)
         if params.get("model"):
             owner, _, name = params["model"].partition("/")
             queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
@@ -200,10 +203,11 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
     serializer_class = PredictionSerializer
     pagination_class = CreatedCursorPagination
     required_scope = {"GET": Scope.INFERENCE, "POST": Scope.INFERENCE}
+    statuses = tuple(Prediction.Status.values)
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("status", str, description="queued, running, succeeded, ..."),
+            status_parameter(Prediction.Status.values),
             OpenApiParameter("model", str, description="owner/name"),
         ],
         responses=PredictionSerializer(many=True),

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.serializers import StrictSerializer
-from accounts.api.views import CreatedCursorPagination
+from accounts.api.views import CreatedCursorPagination, status_parameter, status_wanted
 from accounts.exceptions import NotFound
 from accounts.models import Scope
 from accounts.permissions import PublicOrTenantMember
@@ -516,12 +516,11 @@ class AccessRequestsView(ListAPIView):
         requests = AccessRequest.objects.filter(listing__model=model).select_related(
             "listing__model__tenant", "tenant"
         )
-        wanted = self.request.query_params.get("status")
-        if wanted:
+        if wanted := status_wanted(self.request, AccessRequest.Status.values):
             requests = requests.filter(status=wanted)
         return requests
 
-    @extend_schema(parameters=[OpenApiParameter("status", str, enum=AccessRequest.Status.values)])
+    @extend_schema(parameters=[status_parameter(AccessRequest.Status.values)])
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 

@@ -29,7 +29,7 @@ from inference import tensors
 from inference.models import AbuseFlag, CompressionJob, Prediction
 from inference.runtime.architectures import MLP
 from marketplace import services as registry
-from marketplace.models import Entitlement
+from marketplace.models import AccessRequest, Entitlement
 from marketplace.vault.store import artifact_create
 from tests.billing.conftest import listed, spend
 from tests.compression.conftest import ready_version as ready_safetensors
@@ -298,6 +298,43 @@ def test_the_key_and_audit_event_filters_are_documented(contract, call, api):
     events = call(api, "GET", "/api/v1/audit-events", 200, {"action": "api_key.create"})
 
     assert active["results"] and events["results"]
+    assert not contract.problems, "\n".join(contract.problems)
+
+
+STATUS_FILTERS = {
+    "/api/v1/predictions": Prediction.Status.values,
+    "/api/v1/compression-jobs": CompressionJob.Status.values,
+    "/api/v1/keys": ["active", "revoked"],
+    "/api/v1/models/{owner}/{name}/access-requests": AccessRequest.Status.values,
+}
+
+
+def test_every_status_filter_is_an_enum_of_its_states(contract):
+    """A generated client offers the states to choose from; a plain string let it send
+    ``cancelled`` to predictions (which say ``canceled``) and get an empty list."""
+    filters = {
+        path: parameter["schema"].get("enum")
+        for path, operations in contract.schema["paths"].items()
+        for parameter in operations.get("get", {}).get("parameters", [])
+        if (parameter["in"], parameter["name"]) == ("query", "status")
+    }
+
+    assert filters.keys() == STATUS_FILTERS.keys()
+    for path, states in STATUS_FILTERS.items():
+        assert sorted(filters[path] or []) == sorted(states), path
+
+
+def test_an_unknown_status_is_a_400_naming_the_states(contract, call, tenant, api):
+    registry.model_create(tenant=tenant, name="clf", actor=accounts.SYSTEM)
+
+    for path, states in STATUS_FILTERS.items():
+        url = path.format(owner="acme", name="clf")
+        refused = call(api, "GET", url, 400, {"status": "bogus"})
+        call(api, "GET", url, 200, {"status": states[-1]})
+
+        assert refused["errors"] == {
+            "status": [f"Filter by one of {', '.join(states)}, or leave status out for all."]
+        }
     assert not contract.problems, "\n".join(contract.problems)
 
 
