@@ -2,14 +2,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
-from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
+from accounts.admin import ConsoleAdmin, OperatorActions, ReadOnlyAdmin, operator_actor
 from accounts.exceptions import ServiceError
 from marketplace import listings, services
 from marketplace.models import Artifact, Listing, ModelVersion, TenantKey
 
 
 @admin.register(TenantKey)
-class TenantKeyAdmin(admin.ModelAdmin):
+class TenantKeyAdmin(ConsoleAdmin):
     list_display = ["public_id", "tenant", "status", "kek_id", "created_at", "destroyed_at"]
     list_filter = ["status"]
     search_fields = ["public_id", "tenant__slug"]
@@ -24,7 +24,7 @@ class TenantKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Artifact)
-class ArtifactAdmin(admin.ModelAdmin):
+class ArtifactAdmin(ConsoleAdmin):
     list_display = ["public_id", "tenant", "size", "sha256", "key", "created_at"]
     search_fields = ["public_id", "sha256", "tenant__slug"]
     readonly_fields = [
