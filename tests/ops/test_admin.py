@@ -362,6 +362,35 @@ def test_operations_page_opens_to_staff_who_may_see_usage_predictions_and_jobs(t
     assert b"operations-link" in support.get("/admin/").content
 
 
+def test_operations_page_shows_sub_cent_money_exactly(tenant, outsider, clf):
+    """As the billing page does (money_text): a call at 0.00005 USD is not 0.00 of revenue."""
+    listings.listing_publish(
+        model=clf.model,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        title="Classifier",
+        price_per_call=Decimal("0.00005"),
+    )
+    usage_record_create(
+        kind="prediction",
+        source_id="pred_ops_cheap",
+        consumer=outsider,
+        model=clf.model,
+        compute_seconds=Decimal("0.01"),
+    )
+    support = _staff("view_usagerecord", "view_prediction", "view_compressionjob")
+
+    page = support.get("/admin/operations/")
+
+    text = page.content.decode()
+    assert page.status_code == 200
+    # Revenue, the platform's 20 %, the publisher's 80 %; no credits, nothing invoiced yet.
+    row = "<td>USD</td><td>1</td><td>0.00005</td><td>0.00001</td><td>0.00004</td>"
+    assert row + "<td>0.00</td><td>0.00</td><td>0.00</td>" in text[text.index('id="money"') :]
+    consumers = text[text.index('id="top-consumers"') :]
+    assert "<td>globex</td><td>1</td><td>0.00005 USD</td>" in consumers
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_live_worker_reports_its_device_queues_and_memory(celery_worker_process):
