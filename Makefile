@@ -46,6 +46,7 @@ reliability: install $(LOCALSTRIPE)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	for b in auth vault upload runtime inference compression; do $(PY) bench/$$b.py --quick || exit 1; done
