@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 import time
 
 from prometheus_client import (
@@ -44,11 +45,14 @@ HTTP_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 PREDICTIONS = Counter(
-    "mm_predictions", "Predictions finished by a worker, by model and outcome.", ["model", "status"]
+    "mm_predictions",
+    "Predictions finished by a worker, by model (the first MM_METRICS_MODEL_LABELS, then "
+    '"other") and outcome.',
+    ["model", "status"],
 )
 PREDICTION_LATENCY = Histogram(
     "mm_prediction_duration_seconds",
-    "From a prediction's creation to its result, by model.",
+    "From a prediction's creation to its result, by model (as mm_predictions).",
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
@@ -150,6 +154,25 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 def method_label(method: str | None) -> str:
     return method if method in METHODS else "other"
+
+
+_model_labels: set[str] = set()
+_model_labels_lock = threading.Lock()
+
+
+def model_label(ref: str) -> str:
+    """The ``model`` label of a per-model metric: the model's ``owner/name`` for the first
+    ``MM_METRICS_MODEL_LABELS`` models this process counts, "other" after that. Tenants create
+    models at will; without the bound each one would add series to every scrape forever."""
+    from django.conf import settings
+
+    if ref in _model_labels:
+        return ref
+    with _model_labels_lock:
+        if len(_model_labels) < settings.METRICS_MODEL_LABELS:
+            _model_labels.add(ref)
+            return ref
+    return "other"
 
 
 class MetricsMiddleware:

@@ -429,6 +429,9 @@ METRICS_TOKEN = env("MM_METRICS_TOKEN")
 # Each Celery worker serves its own metrics here (unset: none); bind a private address only.
 WORKER_METRICS_PORT = int(env("MM_WORKER_METRICS_PORT", "0"))
 WORKER_METRICS_ADDR = env("MM_WORKER_METRICS_ADDR", "127.0.0.1")
+# Models a worker names in its per-model metrics; the rest are counted as "other" (tenants
+# create models, so a label per model would let them grow the metrics without bound).
+METRICS_MODEL_LABELS = int(env("MM_METRICS_MODEL_LABELS", "200"))
 # Workers write a heartbeat (device, queues, loaded models, memory) to Redis this often.
 WORKER_HEARTBEAT_SECONDS = float(env("MM_WORKER_HEARTBEAT_SECONDS", "10"))
 # Staff sign in to the admin with a TOTP code as well as their password (django-otp).

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from django.conf import settings
 from django.utils import timezone
 
-from config.metrics import PREDICTION_LATENCY, PREDICTIONS
+from config.metrics import PREDICTION_LATENCY, PREDICTIONS, model_label
 from marketplace.models import ModelVersion
 from marketplace.services import (
     version_claim_validation,
@@ -227,10 +227,11 @@ def _runnable(prediction):
 
 
 def _count_prediction(prediction, outcome: str) -> None:
-    PREDICTIONS.labels(prediction.model.ref, outcome).inc()
+    model = model_label(prediction.model.ref)
+    PREDICTIONS.labels(model, outcome).inc()
     if outcome == "succeeded":
         latency = (timezone.now() - prediction.created_at).total_seconds()
-        PREDICTION_LATENCY.labels(prediction.model.ref).observe(latency)
+        PREDICTION_LATENCY.labels(model).observe(latency)
 
 
 def _submit(prediction) -> Future:

@@ -160,3 +160,25 @@ def test_failed_calls_to_the_payment_provider_are_counted():
     with pytest.raises(gateway.GatewayError):
         gateway.invoice_retrieve("in_nonexistent")
     assert failures() == before + 1
+
+
+def test_models_past_the_label_limit_are_counted_as_other(settings, monkeypatch):
+    """Tenants create models at will: a worker names the first MM_METRICS_MODEL_LABELS in its
+    per-model series and counts the rest together, so no tenant can grow every scrape."""
+    from config import metrics
+
+    monkeypatch.setattr(metrics, "_model_labels", set())
+    settings.METRICS_MODEL_LABELS = 2
+    before = metrics.exposition().decode()
+    labels = [metrics.model_label(ref) for ref in ("a/one", "b/two", "c/three", "a/one", "d/four")]
+    for label in labels:
+        metrics.PREDICTIONS.labels(label, "succeeded").inc()
+    after = metrics.exposition().decode()
+
+    assert labels == ["a/one", "b/two", "other", "a/one", "other"]
+    counted = {
+        ref: value(after, "mm_predictions_total", model=ref, status="succeeded")
+        - value(before, "mm_predictions_total", model=ref, status="succeeded")
+        for ref in ("a/one", "b/two", "c/three", "d/four", "other")
+    }
+    assert counted == {"a/one": 2, "b/two": 1, "c/three": 0, "d/four": 0, "other": 2}
