@@ -12,7 +12,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 
 from accounts import keycache, secrets
 from accounts.models import ApiKey
-from accounts.tenancy import Access, client_ip
+from accounts.tenancy import Access, client_ip, session_access
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # Compared against when the prefix is unknown, so a miss costs the same as a wrong secret.
@@ -98,10 +98,4 @@ class TenantSessionAuthentication(SessionAuthentication):
         if result is None:
             return None
         user, _ = result
-        membership = getattr(request._request, "membership", None)
-        if membership is None:
-            return user, None
-        access = Access(
-            tenant=membership.tenant, scopes=membership.scopes, user=user, membership=membership
-        )
-        return user, access
+        return user, session_access(request._request)

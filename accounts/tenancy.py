@@ -27,6 +27,17 @@ class Access:
         return scope in self.scopes
 
 
+def session_access(request: HttpRequest) -> Access | None:
+    """What a dashboard session may touch: its member's organisation, with the scopes of their
+    role; None without a membership (signed out, or no organisation yet)."""
+    membership = getattr(request, "membership", None)
+    if membership is None:
+        return None
+    return Access(
+        tenant=membership.tenant, scopes=membership.scopes, user=request.user, membership=membership
+    )
+
+
 def client_ip(request: HttpRequest) -> str | None:
     # Behind a proxy, configure it to set REMOTE_ADDR (e.g. gunicorn --forwarded-allow-ips);
     # trusting X-Forwarded-For here would let callers bypass IP allowlists.

@@ -17,20 +17,13 @@ from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
 from accounts.models import Scope
-from accounts.tenancy import Access, request_actor
+from accounts.tenancy import request_actor, session_access
 from accounts.views import tenant_required
 from inference import compression_services as jobs
 from inference.models import CompressionJob
 from marketplace.dashboard import COMPRESS_FORM_KEY, KEPT_PARAMS_MAX
 from marketplace.models import Model
 from marketplace.selectors import is_number
-
-
-def _access(request: HttpRequest) -> Access:
-    membership = request.membership
-    return Access(
-        tenant=membership.tenant, scopes=membership.scopes, user=request.user, membership=membership
-    )
 
 
 def _job(request: HttpRequest, job_id: str) -> CompressionJob:
@@ -96,7 +89,7 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
         return back
     try:
         job, _created = jobs.job_create(
-            access=_access(request),
+            access=session_access(request),
             model=model,
             version=version,
             method=method,

@@ -20,7 +20,7 @@ from django.shortcuts import render
 
 from accounts.exceptions import Forbidden, ServiceError, TakenDown
 from accounts.models import MODEL_REF_RE, Scope
-from accounts.tenancy import Access
+from accounts.tenancy import Access, session_access
 from accounts.views import tenant_required
 from billing.models import UsageRecord
 from inference import services, tensors
@@ -37,13 +37,6 @@ CLASSIFICATION_TASKS = {
     Task.TABULAR_CLASSIFICATION,
 }
 IMAGE_DATATYPES = {"FP32", "FP16", "FP64", "UINT8"}
-
-
-def _access(request: HttpRequest) -> Access:
-    membership = request.membership
-    return Access(
-        tenant=membership.tenant, scopes=membership.scopes, user=request.user, membership=membership
-    )
 
 
 # --- the playground -------------------------------------------------------------------------
@@ -186,7 +179,7 @@ def _runnable_model(access: Access, owner: str, name: str) -> tuple[Model, str]:
 def playground_index(request: HttpRequest) -> HttpResponse:
     """The models the organisation may run (its own and those it subscribes to), and its
     recent predictions."""
-    access = _access(request)
+    access = session_access(request)
     models = (
         selectors.models_visible_to(access)
         .select_related("tenant")
@@ -198,7 +191,7 @@ def playground_index(request: HttpRequest) -> HttpResponse:
 
 @tenant_required()
 def playground(request: HttpRequest, owner: str, name: str) -> HttpResponse:
-    access = _access(request)
+    access = session_access(request)
     try:
         model, blocked = _runnable_model(access, owner, name)
     except TakenDown as exc:

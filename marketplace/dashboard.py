@@ -1,5 +1,5 @@
-"""The publisher's dashboard: the organisation's models, their versions and aliases, and the
-upload of a new version.
+"""The publisher's dashboard: the organisation's models, their versions and aliases (moved and
+rolled back here too), and the upload of a new version.
 
 The upload itself runs in the browser (``static/js/upload.js``) against the REST API, with the
 dashboard session as its credentials; these views only render the pages around it. Every
@@ -15,13 +15,18 @@ from django.db.models import OuterRef, Prefetch, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.http import require_POST
 
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, ServiceError
 from accounts.models import Scope
-from accounts.tenancy import request_actor
+from accounts.tenancy import request_actor, session_access
 from accounts.views import tenant_required
 from marketplace import services
 from marketplace.models import Alias, AliasMove, Format, Listing, Model, ModelVersion, Task
+from marketplace.selectors import is_number
+
+# The versions an alias may point at (``services.alias_set`` refuses the others).
+ALIASABLE = (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED)
 
 
 class ModelCreateForm(forms.Form):
@@ -111,13 +116,33 @@ def _compress_form(request: HttpRequest, model: Model) -> dict:
 @tenant_required()
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = _tenant_model(request, name)
-    context = {
-        **_versions_context(model),
-        "aliases": model.aliases.select_related("version").order_by("name"),
-        "listing": Listing.objects.filter(model=model).first(),
-        "moves": AliasMove.objects.filter(alias__model=model).select_related(
+    versions = _versions_context(model)
+    moves = list(
+        AliasMove.objects.filter(alias__model=model).select_related(
             "alias", "from_version", "to_version"
-        )[:50],
+        )[:50]
+    )
+    aliases = list(model.aliases.select_related("version").order_by("name"))
+    # Each alias's last move, newest first: "Roll back" sends it back where it came from.
+    last_moves = {}
+    for move in moves:
+        last_moves.setdefault(move.alias_id, move)
+    for alias in aliases:
+        last = last_moves.get(alias.pk)
+        alias.rollback_to = (
+            last.from_version
+            if last is not None
+            and last.from_version is not None
+            and last.to_version_id == alias.version_id
+            and last.from_version.status in ALIASABLE
+            else None
+        )
+    context = {
+        **versions,
+        "aliases": aliases,
+        "aliasable": [v for v in versions["versions"] if v.status in ALIASABLE],
+        "listing": Listing.objects.filter(model=model).first(),
+        "moves": moves,
         "can_write": _can_write(request),
         "compress": _compress_form(request, model),
         "formats": Format.choices,
@@ -126,6 +151,38 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         ),
     }
     return render(request, "models/detail.html", context)
+
+
+@require_POST
+@tenant_required(scope=Scope.MODELS_WRITE)
+def alias_move(request: HttpRequest, name: str) -> HttpResponse:
+    """Point an alias at a version from the model page: create it, move it on, or roll it back
+    (a history row's "Roll back" sends the version it moved from). The registry's
+    ``alias_set`` decides, as for the API: moving ``production`` needs the admin role, and only
+    a ready version takes an alias."""
+    model = _tenant_model(request, name)
+    alias = request.POST.get("alias", "").strip()
+    number = request.POST.get("version", "")
+    version = model.versions.filter(number=int(number)).first() if is_number(number) else None
+    back = redirect(f"{reverse('models:detail', kwargs={'name': model.name})}#aliases")
+    if version is None:
+        messages.error(request, f"Choose a version of {model.ref} for '{alias or 'the alias'}'.")
+        return back
+    try:
+        moved = services.alias_set(
+            model=model,
+            name=alias,
+            version=version,
+            access=session_access(request),
+            actor=request_actor(request),
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{moved.name} now points at v{version.number}.")
+    return back
 
 
 @tenant_required()

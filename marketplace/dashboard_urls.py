@@ -8,4 +8,5 @@ urlpatterns = [
     path("", dashboard.model_list, name="list"),
     path("<str:name>/", dashboard.model_detail, name="detail"),
     path("<str:name>/versions/", dashboard.model_versions, name="versions"),
+    path("<str:name>/aliases/", dashboard.alias_move, name="alias_move"),
 ]

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.exceptions import NotFound, ServiceError, TakenDown
 from accounts.models import Scope
-from accounts.tenancy import Access, request_actor
+from accounts.tenancy import Access, request_actor, session_access
 from marketplace import listings
 from marketplace.models import Listing, Task
 
@@ -45,15 +45,6 @@ class CatalogueFilterForm(forms.Form):
         if problem:
             raise forms.ValidationError(problem)
         return value
-
-
-def _session_access(request: HttpRequest) -> Access | None:
-    membership = getattr(request, "membership", None)
-    if membership is None:
-        return None
-    return Access(
-        tenant=membership.tenant, scopes=membership.scopes, user=request.user, membership=membership
-    )
 
 
 def _with_prices(listing: Listing) -> Listing:
@@ -117,7 +108,7 @@ def _example_text(value: object, indent: str = "", depth: int = 0) -> str:
 
 
 def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
-    access = _session_access(request)
+    access = session_access(request)
     try:
         listing = _with_prices(_listing_or_404(access, owner, name))
     except TakenDown as exc:
@@ -147,7 +138,7 @@ def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
 def _consumer_action(request: HttpRequest, owner: str, name: str, action) -> HttpResponse:
     """Run ``action(listing, access)`` for the signed-in member's organisation, reporting
     the outcome or the reason it was refused as a message on the listing's page."""
-    access = _session_access(request)
+    access = session_access(request)
     try:
         listing = _listing_or_404(access, owner, name)
     except TakenDown as exc:

@@ -240,6 +240,9 @@ ROUTES: dict[str, dict[str, Rule]] = {
     "dashboard/models/": {"GET": page(), "POST": page(WRITE, body={"name": "brand-new"})},
     "dashboard/models/{name}/": {"GET": page(target="tenant")},
     "dashboard/models/{name}/versions/": {"GET": page(target="tenant")},
+    "dashboard/models/{name}/aliases/": {
+        "POST": page(WRITE, target="tenant", body={"alias": "staging", "version": "1"})
+    },
     # --- inference pages
     "dashboard/playground/": {"GET": page()},
     "dashboard/playground/{owner}/{name}/": {"GET": page(target="model")},

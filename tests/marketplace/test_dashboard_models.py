@@ -289,3 +289,87 @@ def test_model_page_links_to_its_listing_or_says_how_to_publish(alice_client, cl
     assert "mm publish acme/classifier --visibility public" in unlisted
     assert '<a href="/catalogue/acme/classifier/">Tabular classifier</a>' in listed
     assert "Public: in the catalogue" in listed and "0.002 USD per call" in listed
+
+
+def test_an_admin_moves_production_and_rolls_it_back_from_the_model_page(
+    alice_client, alice, tenant, classifier, model_files
+):
+    data = model_files["pt2"]
+    first = make_ready(upload_version(classifier, data, alice, label="1.0.0"))
+    second = make_ready(upload_version(classifier, data, alice, label="1.1.0"))
+    url = "/dashboard/models/classifier/aliases/"
+
+    created = alice_client.post(url, {"alias": "production", "version": "1"}, follow=True)
+    released = alice_client.post(url, {"alias": "production", "version": "2"}, follow=True)
+    page = html(released)
+
+    assert "production now points at v1." in html(created)
+    assert "production now points at v2." in page
+    assert "Roll back to v1" in page
+    assert classifier.aliases.get(name="production").version == second
+    # The page's "Roll back" button posts the version the alias came from.
+    rolled = html(alice_client.post(url, {"alias": "production", "version": "1"}, follow=True))
+    assert classifier.aliases.get(name="production").version == first
+    assert "v2 → v1" in rolled and "v1 → v2" in rolled and "created at v1" in rolled
+    assert "Roll back to v2" in rolled
+    moves = AuditEvent.objects.filter(action="alias.move", tenant=tenant)
+    assert moves.count() == 3 and {e.actor_label for e in moves} == {alice.email}
+
+
+def test_a_developer_moves_staging_but_not_production(bob, alice, tenant, classifier, model_files):
+    make_ready(upload_version(classifier, model_files["pt2"], alice))
+    client = signed_in(bob)
+    url = "/dashboard/models/classifier/aliases/"
+
+    refused = html(client.post(url, {"alias": "production", "version": "1"}, follow=True))
+    staged = html(client.post(url, {"alias": "staging", "version": "1"}, follow=True))
+
+    assert "Moving &#x27;production&#x27; needs the admin role" in refused
+    assert not classifier.aliases.filter(name="production").exists()
+    assert "staging now points at v1." in staged
+    assert classifier.aliases.get(name="staging").version.number == 1
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"alias": "staging", "version": "3"}, "Version 3 is failed; only a ready version"),
+        ({"alias": "staging", "version": "9"}, "Choose a version of acme/classifier"),
+        ({"alias": "staging", "version": "99999999999999"}, "Choose a version of acme/classifier"),
+        ({"alias": "Not An Alias", "version": "1"}, "Alias names are 1-40 lowercase letters"),
+        ({"alias": "12", "version": "1"}, "a number names a version"),
+    ],
+)
+def test_alias_moves_the_registry_refuses_are_explained_and_change_nothing(
+    alice_client, alice, classifier, model_files, form, message
+):
+    data = model_files["pt2"]
+    make_ready(upload_version(classifier, data, alice))
+    make_ready(upload_version(classifier, data, alice))
+    services.version_record_validation(
+        version=upload_version(classifier, data, alice), ok=False, reason="no forward"
+    )
+
+    response = alice_client.post("/dashboard/models/classifier/aliases/", form, follow=True)
+
+    assert message in html(response)
+    assert not classifier.aliases.exists()
+    assert not AuditEvent.objects.filter(action="alias.move").exists()
+
+
+def test_viewers_and_outsiders_cannot_move_aliases(
+    tenant, charlie, outsider, alice, classifier, model_files
+):
+    make_ready(upload_version(classifier, model_files["pt2"], alice))
+    viewer = make_user("vera@acme.example")
+    accounts.membership_add(tenant=tenant, user=viewer, role=Role.VIEWER, actor=accounts.SYSTEM)
+    url = "/dashboard/models/classifier/aliases/"
+
+    as_viewer = signed_in(viewer).post(url, {"alias": "staging", "version": "1"})
+    as_outsider = signed_in(charlie).post(url, {"alias": "staging", "version": "1"})
+    page = html(signed_in(viewer).get("/dashboard/models/classifier/"))
+
+    assert as_viewer.status_code == 403
+    assert as_outsider.status_code == 404
+    assert not classifier.aliases.exists()
+    assert 'id="alias-form"' not in page
