@@ -10,7 +10,7 @@ from django.contrib.auth import get_permission_codename
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
-from django.db import DataError, connections, router, transaction
+from django.db import DataError, OperationalError, connections, router, transaction
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin as BaseTOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -41,8 +41,9 @@ class SafeChangelist:
     database cannot hold is the admin's "bad lookup" answer, a redirect to ``?e=1``, not a
     500. Django turns only the errors of building the query into that; these come when it
     runs: a number PostgreSQL's numeric cannot hold (``?amount__gte=1e999999``, DataError), an
-    invalid regular expression (``__regex``, DataError), a year Python's dates cannot hold
-    (``__year=99999``, ValueError), an integer too large for SQLite (``__in``, OverflowError)."""
+    invalid regular expression (``__regex``: DataError, on SQLite an OperationalError), a year
+    Python's dates cannot hold (``__year=99999``, ValueError), an integer too large for SQLite
+    (``__in``, OverflowError)."""
 
     def get_changelist_instance(self, request):
         using = router.db_for_read(self.model)
@@ -54,6 +55,12 @@ class SafeChangelist:
             with transaction.atomic(using=using) if in_transaction else nullcontext():
                 return super().get_changelist_instance(request)
         except (DataError, ValueError, OverflowError) as error:
+            raise IncorrectLookupParameters(error) from error
+        except OperationalError as error:
+            # SQLite's answer to a Python function's error in a query (Django's regexp(), on
+            # an invalid expression); any other OperationalError (a locked database) stays one.
+            if "user-defined function raised exception" not in str(error):
+                raise
             raise IncorrectLookupParameters(error) from error
 
 

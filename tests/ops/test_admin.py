@@ -245,8 +245,8 @@ UNHOLDABLE_LOOKUPS = [
     ("billing/usagerecord", "amount__gte=1e999999", {"postgresql"}),  # numeric overflows
     ("billing/billingaccount", "spend_cap__lte=1e999999", {"postgresql"}),
     ("marketplace/listing", "price_per_call__gte=1e-999999", {"postgresql"}),
-    ("accounts/user", "email__regex=(", {"postgresql"}),  # an invalid regular expression
-    ("auth/group", "name__regex=(", {"postgresql"}),
+    ("accounts/user", "email__regex=(", {"postgresql", "sqlite"}),  # an invalid expression
+    ("auth/group", "name__regex=(", {"postgresql"}),  # SQLite: no rows, no regexp() call
     ("accounts/tenant", "created_at__year=99999", {"postgresql", "sqlite"}),  # no such date
     ("billing/usagerecord", "period__year__gte=99999", {"postgresql", "sqlite"}),
     ("marketplace/artifact", f"size__in={HUGE}", {"sqlite"}),  # SQLite's integers overflow
@@ -260,14 +260,15 @@ def test_a_lookup_the_database_cannot_hold_is_the_admins_bad_lookup_redirect(
     console, changelist, lookup, databases
 ):
     """Django's answer to a lookup it cannot run: the changelist again without it (``?e=1``).
-    These fail only when the query runs, where Django let them through as a 500."""
+    These fail only when the query runs, where Django let them through as a 500. A database
+    that can run the lookup shows the filtered page."""
     from django.db import connection
-
-    if connection.vendor not in databases:
-        pytest.skip(f"{connection.vendor} runs it")
 
     response = console.get(f"/admin/{changelist}/?{lookup}")
 
+    if connection.vendor not in databases:  # this database runs it: the filtered page
+        assert response.status_code == 200
+        return
     assert response.status_code == 302
     assert response["Location"] == f"/admin/{changelist}/?e=1"
     # The failed statement is behind a savepoint: the test's transaction still answers.
