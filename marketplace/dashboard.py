@@ -8,6 +8,9 @@ model is looked up within ``request.tenant``, so another organisation's model is
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -17,11 +20,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from accounts.api.parsers import unstorable
 from accounts.exceptions import Conflict, ServiceError
 from accounts.models import Scope
 from accounts.tenancy import request_actor, session_access
 from accounts.views import tenant_required
-from marketplace import services
+from marketplace import listings, services
 from marketplace.models import Alias, AliasMove, Format, Listing, Model, ModelVersion, Task
 from marketplace.selectors import is_number
 
@@ -39,6 +43,72 @@ class ModelCreateForm(forms.Form):
     description = forms.CharField(
         max_length=5000, required=False, widget=forms.Textarea(attrs={"rows": 2})
     )
+
+
+class ListingForm(forms.Form):
+    """The model's listing, as ``PUT /api/v1/models/{ref}/listing`` takes it; the registry's
+    ``listing_publish`` checks each value (prices, licence, tags, currency) for both."""
+
+    title = forms.CharField(max_length=120)
+    summary = forms.CharField(max_length=300, required=False)
+    visibility = forms.ChoiceField(choices=Listing.Visibility.choices)
+    gated = forms.BooleanField(
+        required=False, label="Gated", help_text="Consumers request access; you approve each."
+    )
+    price_per_call = forms.DecimalField(required=False, help_text="Blank or 0: free.")
+    price_per_second = forms.DecimalField(
+        required=False, label="Price per compute-second", help_text="Blank or 0: none."
+    )
+    currency = forms.CharField(max_length=8, initial="usd")
+    free_calls_per_month = forms.IntegerField(min_value=0, max_value=10**9, initial=0)
+    license = forms.CharField(
+        max_length=64,
+        initial="proprietary",
+        help_text="An SPDX identifier (MIT, Apache-2.0, …), 'proprietary' or 'LicenseRef-<name>'.",
+    )
+    tags = forms.CharField(max_length=2000, required=False, help_text="Separated by commas.")
+    card_markdown = forms.CharField(
+        label="Model card (Markdown)",
+        required=False,
+        strip=False,
+        max_length=100_000,
+        widget=forms.Textarea(attrs={"rows": 10}),
+    )
+    example_input = forms.CharField(
+        label="Example input (JSON)",
+        required=False,
+        max_length=listings.MAX_EXAMPLE_INPUT_BYTES,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Shown on the listing and filled into the playground; blank keeps the "
+        "current one.",
+    )
+
+    @classmethod
+    def initial_of(cls, listing: Listing | None, model: Model) -> dict:
+        if listing is None:
+            return {"title": model.name, "summary": model.description[:300]}
+        example = listing.example_input
+        return {
+            **{name: getattr(listing, name) for name in cls.base_fields if name != "tags"},
+            "tags": ", ".join(listing.tags),
+            "example_input": "" if example is None else json.dumps(example),
+        }
+
+    def clean_example_input(self):
+        text = self.cleaned_data["example_input"].strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise ValidationError("Not valid JSON.") from None
+        problem = unstorable(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
+
+    def clean_tags(self):
+        return [tag.strip() for tag in self.cleaned_data["tags"].split(",") if tag.strip()]
 
 
 def _can_write(request: HttpRequest) -> bool:
@@ -144,6 +214,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "listing": Listing.objects.filter(model=model).first(),
         "moves": moves,
         "can_write": _can_write(request),
+        "can_publish": Scope.ADMIN in request.membership.scopes,
         "compress": _compress_form(request, model),
         "formats": Format.choices,
         "upload_create_url": reverse(
@@ -183,6 +254,47 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
     else:
         messages.success(request, f"{moved.name} now points at v{version.number}.")
     return back
+
+
+@tenant_required(scope=Scope.ADMIN)
+def listing_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """Publish the model, or change its listing: the same ``listing_publish`` as the API, and
+    the same right (the admin role). Values the registry refuses come back on the form."""
+    model = _tenant_model(request, name)
+    listing = Listing.objects.filter(model=model).first()
+    form = ListingForm(request.POST or None, initial=ListingForm.initial_of(listing, model))
+    if request.method == "POST" and form.is_valid():
+        values = dict(form.cleaned_data)
+        for price in ("price_per_call", "price_per_second"):
+            if values[price] is None:
+                values[price] = Decimal(0)
+        try:
+            saved = listings.listing_publish(model=model, actor=request_actor(request), **values)
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            done = "published" if listing is None else "updated"
+            messages.success(request, f"Listing {done}: {saved.get_visibility_display()}.")
+            return redirect(f"{reverse('models:detail', kwargs={'name': model.name})}#listing")
+    context = {
+        "model": model,
+        "listing": listing,
+        "form": form,
+        "fee_percent": listing.platform_fee_percent if listing else listings.platform_fee_percent(),
+    }
+    return render(request, "models/listing_form.html", context)
+
+
+@require_POST
+@tenant_required(scope=Scope.ADMIN)
+def listing_unpublish(request: HttpRequest, name: str) -> HttpResponse:
+    """Make the listing private (it leaves the catalogue; consumers entitled keep access)."""
+    model = _tenant_model(request, name)
+    listing = get_object_or_404(Listing, model=model)
+    listings.listing_unpublish(listing=listing, actor=request_actor(request))
+    messages.success(request, "The listing is private now: it has left the catalogue.")
+    return redirect(f"{reverse('models:detail', kwargs={'name': model.name})}#listing")
 
 
 @tenant_required()

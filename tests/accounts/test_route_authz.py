@@ -243,6 +243,11 @@ ROUTES: dict[str, dict[str, Rule]] = {
     "dashboard/models/{name}/aliases/": {
         "POST": page(WRITE, target="tenant", body={"alias": "staging", "version": "1"})
     },
+    "dashboard/models/{name}/listing/": {
+        "GET": page(ADMIN, target="tenant"),
+        "POST": page(ADMIN, target="tenant", body={"title": "x", "visibility": "private"}),
+    },
+    "dashboard/models/{name}/listing/unpublish/": {"POST": page(ADMIN, target="tenant")},
     # --- inference pages
     "dashboard/playground/": {"GET": page()},
     "dashboard/playground/{owner}/{name}/": {"GET": page(target="model")},

@@ -4,6 +4,8 @@ see them."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.template.defaultfilters import filesizeformat
 from django.test import Client
@@ -373,3 +375,117 @@ def test_viewers_and_outsiders_cannot_move_aliases(
     assert as_outsider.status_code == 404
     assert not classifier.aliases.exists()
     assert 'id="alias-form"' not in page
+
+
+LISTING_FORM = {
+    "title": "Tabular classifier",
+    "summary": "Three classes from four numbers.",
+    "visibility": "public",
+    "price_per_call": "0.002",
+    "price_per_second": "",
+    "currency": "usd",
+    "free_calls_per_month": "100",
+    "license": "apache-2.0",
+    "tags": "tabular, Iris",
+    "card_markdown": "# Card\n<script>alert(1)</script>",
+    "example_input": '{"x": [[1, 2, 3, 4]]}',
+}
+
+
+def test_an_admin_publishes_edits_and_unpublishes_from_the_dashboard(
+    alice_client, alice, tenant, classifier
+):
+    from marketplace.models import Listing
+
+    form_page = html(alice_client.get("/dashboard/models/classifier/listing/"))
+    url = "/dashboard/models/classifier/listing/"
+    published = alice_client.post(url, LISTING_FORM, follow=True)
+    listing = Listing.objects.get(model=classifier)
+    edit_page = html(alice_client.get("/dashboard/models/classifier/listing/"))
+    catalogue = html(Client().get("/catalogue/acme/classifier/"))  # signed out
+    changed = alice_client.post(
+        "/dashboard/models/classifier/listing/",
+        {**LISTING_FORM, "price_per_call": "0.0025", "gated": "on", "example_input": ""},
+        follow=True,
+    )
+    unpublished = alice_client.post("/dashboard/models/classifier/listing/unpublish/", follow=True)
+
+    assert "Publish acme/classifier" in form_page and 'value="classifier"' in form_page
+    assert "Listing published: Public: in the catalogue." in html(published)
+    assert (listing.title, listing.license, listing.tags) == (
+        "Tabular classifier",
+        "Apache-2.0",
+        ["tabular", "iris"],
+    )
+    assert (listing.price_per_call, listing.price_per_second) == (Decimal("0.002"), 0)
+    assert listing.free_calls_per_month == 100 and listing.example_input == {"x": [[1, 2, 3, 4]]}
+    assert "<script>" not in listing.card_html
+    # The form shows what is listed, to edit.
+    assert 'value="Tabular classifier"' in edit_page and "tabular, iris" in edit_page
+    assert "Tabular classifier" in catalogue
+    assert "Listing updated" in html(changed)
+    listing.refresh_from_db()
+    assert listing.gated and listing.price_per_call == Decimal("0.0025")
+    assert listing.example_input == {"x": [[1, 2, 3, 4]]}  # blank kept it
+    assert "The listing is private now" in html(unpublished)
+    listing.refresh_from_db()
+    assert listing.visibility == "private"
+    assert Client().get("/catalogue/acme/classifier/").status_code == 404
+    actions = list(
+        AuditEvent.objects.filter(tenant=tenant, action__startswith="listing.").values_list(
+            "action", flat=True
+        )
+    )
+    assert sorted(actions) == sorted(
+        ["listing.publish", "listing.update", "listing.price_change", "listing.unpublish"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field_error"),
+    [
+        ({"price_per_call": "-1"}, "A price cannot be negative."),
+        ({"price_per_call": "0.0000001"}, "6 decimal places"),
+        ({"price_per_call": "1e999999"}, "price_per_call"),
+        ({"price_per_call": "NaN"}, "Enter a number."),
+        ({"currency": "zzz"}, "zzz"),
+        ({"license": "not a licence"}, "SPDX"),
+        ({"tags": "ok, not a tag!"}, "not a tag!"),
+        ({"example_input": "{not json"}, "Not valid JSON."),
+        ({"example_input": '{"x": "\\u0000"}'}, "A NUL character"),
+        ({"example_input": "[" * 50 + "]" * 50}, "nests at most 40"),
+        ({"title": "   "}, "This field is required."),
+        ({"visibility": "everyone"}, "Select a valid choice."),
+    ],
+)
+def test_listing_values_the_registry_refuses_come_back_on_the_form(
+    alice_client, classifier, change, field_error
+):
+    from marketplace.models import Listing
+
+    url = "/dashboard/models/classifier/listing/"
+    response = alice_client.post(url, {**LISTING_FORM, **change})
+
+    page = html(response)  # the form again, 200, not a redirect
+    assert field_error in page, page[page.find("error") - 200 : page.find("error") + 400]
+    assert 'class="field has-error"' in page
+    assert not Listing.objects.filter(model=classifier).exists()
+    assert not AuditEvent.objects.filter(action__startswith="listing.").exists()
+
+
+def test_only_admins_publish_from_the_dashboard(bob, tenant, charlie, outsider, classifier):
+    from marketplace.models import Listing
+
+    developer = signed_in(bob)
+    model_page = html(developer.get("/dashboard/models/classifier/"))
+
+    assert developer.get("/dashboard/models/classifier/listing/").status_code == 403
+    assert developer.post("/dashboard/models/classifier/listing/", LISTING_FORM).status_code == 403
+    assert "Publishing needs the admin role." in model_page
+    assert "/dashboard/models/classifier/listing/" not in model_page
+    outsider_client = signed_in(charlie)
+    assert outsider_client.get("/dashboard/models/classifier/listing/").status_code == 404
+    assert (
+        outsider_client.post("/dashboard/models/classifier/listing/unpublish/").status_code == 404
+    )
+    assert not Listing.objects.exists()

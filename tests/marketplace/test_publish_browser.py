@@ -1,0 +1,101 @@
+"""A publisher releases, rolls back and publishes a model from the model page in headless
+Chromium: points ``production`` at a version, moves it on, rolls it back with the button the
+history offers, then publishes the listing with a price and finds it in the catalogue signed
+out. The versions are made ready through the registry's services (no worker runs here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from accounts import services as accounts
+from accounts.services import Actor
+from marketplace import services
+from marketplace.models import Listing, Model
+from tests.conftest import PASSWORD
+from tests.marketplace.test_dashboard_models import make_ready, upload_version
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def classifier(transactional_db, isolated_store, model_files) -> Model:
+    """Erin owns Acme, whose ``acme/classifier`` has two ready versions."""
+    erin = accounts.user_create(email="erin@acme.example", password=PASSWORD, name="Erin")
+    acme = accounts.tenant_create(slug="acme", name="Acme", owner=erin)
+    model = services.model_create(
+        tenant=acme, name="classifier", task="tabular-classification", actor=Actor(user=erin)
+    )
+    for label in ("1.0.0", "1.1.0"):
+        make_ready(upload_version(model, model_files["pt2"], erin, label=label))
+    return model
+
+
+@pytest.fixture
+def page(browser: Browser, live_server, classifier) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill("erin@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+    page.goto(f"{live_server.url}/dashboard/models/classifier/")
+    yield page
+    context.close()
+
+
+def point(page: Page, alias: str, version: str) -> None:
+    page.get_by_label("Alias", exact=True).fill(alias)
+    page.locator("#alias-version").select_option(label=version)
+    page.get_by_role("button", name="Point it there").click()
+
+
+def test_a_publisher_releases_rolls_back_and_publishes_from_the_model_page(
+    page: Page, live_server, classifier, browser
+):
+    point(page, "production", "v1 (1.0.0)")
+    expect(page.get_by_text("production now points at v1.")).to_be_visible()
+    point(page, "production", "v2 (1.1.0)")
+    row = page.locator("#alias-production")
+    expect(row).to_contain_text("v2")
+
+    row.get_by_role("button", name="Roll back to v1").click()
+
+    expect(page.get_by_text("production now points at v1.")).to_be_visible()
+    expect(page.locator("#alias-production")).to_contain_text("v1")
+    expect(page.locator("#alias-history")).to_contain_text("v2 → v1")
+    assert classifier.aliases.get(name="production").version.number == 1
+
+    page.get_by_role("link", name="Publish it").click()
+    page.get_by_label("Title").fill("Tabular classifier")
+    page.get_by_label("Visibility").select_option("public")
+    page.get_by_label("Price per call").fill("0.002")
+    page.get_by_label("Tags").fill("tabular, iris")
+    page.get_by_label("Model card (Markdown)").fill("# Tabular classifier\n\nThree classes.")
+    page.get_by_role("button", name="Publish").click()
+
+    expect(page.get_by_text("Listing published: Public: in the catalogue.")).to_be_visible()
+    expect(page.locator("#listing")).to_contain_text("0.002 USD per call")
+    listing = Listing.objects.get(model=classifier)
+    assert (listing.visibility, listing.tags) == ("public", ["tabular", "iris"])
+    visitor = browser.new_context()
+    try:
+        catalogue = visitor.new_page()
+        catalogue.goto(f"{live_server.url}/catalogue/?q=tabular")
+        catalogue.get_by_role("link", name="Tabular classifier").click()
+        expect(catalogue.get_by_role("heading", name="Tabular classifier").first).to_be_visible()
+    finally:
+        visitor.close()
+
+
+def test_a_refused_price_is_explained_on_the_form_and_nothing_is_published(page: Page):
+    page.get_by_role("link", name="Publish it").click()
+    page.get_by_label("Price per call").fill("-1")
+    page.get_by_role("button", name="Publish").click()
+
+    expect(page.get_by_text("A price cannot be negative.")).to_be_visible()
+    assert not Listing.objects.exists()
