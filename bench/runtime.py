@@ -897,8 +897,17 @@ def report_warm(
     return figures, met
 
 
-def spin_seconds() -> float:
+def spin_seconds() -> float | None:
+    """The worker's polling for a reply: fixed, or None for the CPU hosts' adaptive polling."""
     return host_module.default_spin_seconds(DEVICE) if SPIN_SECONDS is None else SPIN_SECONDS
+
+
+def spin_text() -> str:
+    spin = spin_seconds()
+    if spin is None:
+        cap = host_module.CPU_SPIN_CAP_SECONDS * 1e6
+        return f"up to twice a recent prediction's round trip (when under {cap:,.0f} µs)"
+    return f"{spin * 1e6:,.0f} µs"
 
 
 def device_name() -> str:
@@ -926,7 +935,7 @@ def main() -> None:
         "--spin-us",
         type=int,
         help="how long the worker polls for a reply before sleeping (default: the worker's, "
-        f"{host_module.CUDA_SPIN_SECONDS * 1e6:,.0f} on cuda and 0 on cpu)",
+        f"{host_module.CUDA_SPIN_SECONDS * 1e6:,.0f} on cuda, adaptive on cpu)",
     )
     args = parser.parse_args()
     DEVICE = args.device
@@ -968,7 +977,7 @@ def main() -> None:
 
         print(
             f"\nModel hosts: {isolation}; device {device_name()}; worker polls "
-            f"{spin_seconds() * 1e6:,.0f} µs for a reply; torch {torch.__version__}; "
+            f"{spin_text()} for a reply; torch {torch.__version__}; "
             f"{os.cpu_count()} CPUs; "
             f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
@@ -994,7 +1003,8 @@ def main() -> None:
             "environment": {
                 "isolation": isolation,
                 "device": device_name(),
-                "spin_us": round(spin_seconds() * 1e6),
+                "spin_us": None if spin_seconds() is None else round(spin_seconds() * 1e6),
+                "cpu_spin_cap_us": round(host_module.CPU_SPIN_CAP_SECONDS * 1e6),
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),

@@ -38,11 +38,18 @@ PIPE_SIZE = 1 << 20
 # How long a request to a CUDA host waits for its reply by polling before it sleeps in
 # select(). On the H200 machine (16 vCPUs, a VM) polling for 2 ms took the added time of a warm
 # GPU prediction from 735-808 µs to 469-498 µs (bench/runtime.py --device cuda --spin-us 0 vs
-# 2000, same machine): a thread that sleeps while the GPU works pays a slow wake-up. On CPU
-# hosts it gained nothing measurable (351 vs 418 µs, within noise) and would take a core from
-# the host's own forward pass, so they sleep at once. select(..., 0) releases the GIL on every
-# call: the worker's other threads run meanwhile. MM_HOST_SPIN_MICROSECONDS=0 turns it off.
+# 2000, same machine): a thread that sleeps while the GPU works pays a slow wake-up.
+# select(..., 0) releases the GIL on every call: the worker's other threads run meanwhile.
+# MM_HOST_SPIN_MICROSECONDS=0 turns it off.
 CUDA_SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1e6
+# CPU hosts poll only for the replies that come quickly: a prediction polls for twice the
+# host's recent predictions' round trip (a moving average) when that is under this cap, and
+# sleeps at once otherwise, so a slow model or a large batch (the busy case, where the cores
+# are needed for forward passes) costs no polling. On the 2-vCPU VM, quiet, the small CNN at
+# batch 1 added 247-262 µs over an in-process call sleeping at once and 163-177 µs polling
+# (bench/runtime.py --quick, --spin-us 0 against 400 and 1000, alternating, same hour): each
+# sleep is a wake-up the VM serves slowly. MM_HOST_CPU_SPIN_MICROSECONDS=0 turns it off.
+CPU_SPIN_CAP_SECONDS = int(os.environ.get("MM_HOST_CPU_SPIN_MICROSECONDS", "1000")) / 1e6
 
 
 # How long a host, having replied, looks for its next request before it sleeps in read(). A
@@ -53,8 +60,9 @@ CUDA_SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1
 HOST_POLL_MICROSECONDS = int(os.environ.get("MM_HOST_POLL_MICROSECONDS", "200"))
 
 
-def default_spin_seconds(device: str) -> float:
-    return CUDA_SPIN_SECONDS if device.startswith("cuda") else 0.0
+def default_spin_seconds(device: str) -> float | None:
+    """The fixed polling of a device's hosts; None: adaptive (CPU, see above)."""
+    return CUDA_SPIN_SECONDS if device.startswith("cuda") else None
 
 
 def _null(_constant: str) -> None:
@@ -89,7 +97,8 @@ class ModelHost:
     device: str = "cpu"
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     rss_limit: int | None = None  # bytes; checked while waiting on each request
-    spin_seconds: float | None = None  # polling for a reply before sleeping; None: see above
+    # Polling for a reply before sleeping; None: the device's default (adaptive on the CPU).
+    spin_seconds: float | None = None
     require_sandbox: bool = False
     proc: subprocess.Popen | None = None
     loaded_bytes: int = 0
@@ -102,10 +111,13 @@ class ModelHost:
     # The request id(s) of the request in flight, for the host's output in our logs.
     _log_id: str | None = None
     _log_lines: int = 0
+    # Moving average of recent predictions' round trips (seconds), for the adaptive polling.
+    _predict_seconds: float | None = None
+    _polling: bool = False  # the request in flight is a prediction (pings never poll)
 
     def __post_init__(self) -> None:
         if self.spin_seconds is None:
-            self.spin_seconds = default_spin_seconds(self.device)
+            self.spin_seconds = default_spin_seconds(self.device)  # None again on the CPU
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy
@@ -281,6 +293,8 @@ class ModelHost:
             self._interrupt = interrupt
             self._log_id = header.get("request_id") or current_request_id()
             self._log_lines = 0
+            self._polling = header.get("op") == "predict"
+            started = time.perf_counter()
             try:
                 self._write(pack(header, payload), deadline)
                 reply, body = self._read_frame(deadline, max_payload)
@@ -288,6 +302,9 @@ class ModelHost:
                     if on_progress is not None:
                         on_progress(reply)
                     reply, body = self._read_frame(deadline, max_payload)
+                if self._polling:
+                    took, average = time.perf_counter() - started, self._predict_seconds
+                    self._predict_seconds = took if average is None else 0.8 * average + 0.2 * took
             finally:
                 self._interrupt = None
                 if self._retired:
@@ -335,9 +352,19 @@ class ModelHost:
         header = _decode_header(self._read_exact(header_len, deadline).decode())
         return header, self._read_exact(payload_len, deadline) if payload_len else b""
 
+    def _spin(self) -> float:
+        """How long to poll for the reply in flight before sleeping."""
+        if self.spin_seconds is not None:
+            return self.spin_seconds
+        average = self._predict_seconds
+        if not self._polling or average is None or average >= CPU_SPIN_CAP_SECONDS:
+            return 0.0
+        return min(CPU_SPIN_CAP_SECONDS, 2 * average)
+
     def _wait(self, fd: int, deadline: float, *, write: bool) -> None:
-        if not write and self.spin_seconds > 0:
-            until = time.perf_counter() + self.spin_seconds
+        spin = 0.0 if write else self._spin()
+        if spin > 0:
+            until = time.perf_counter() + spin
             while time.perf_counter() < until:
                 if select.select([fd], [], [], 0)[0]:
                     return

@@ -8,6 +8,7 @@ import os
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -62,10 +63,11 @@ def test_a_pipe_closed_in_the_middle_of_a_frame_is_an_end_not_a_short_frame():
 
 
 # A stand-in host that answers every request with progress frames and a reply written in a
-# single write, then one reply with a payload larger than the worker reads at once.
+# single write, then one reply with a payload larger than the worker reads at once; and
+# "predictions" that take as long as they are told.
 SCRIPTED_HOST = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, time
     sys.path[:0] = {paths!r}
     from inference.runtime.protocol import FrameReader, pack
 
@@ -87,6 +89,9 @@ SCRIPTED_HOST = textwrap.dedent(
             ))
         elif header["op"] == "count":
             os.write(1, frame({{"ok": True, "received": len(payload)}}))
+        elif header["op"] == "predict":  # a forward pass that takes this long
+            time.sleep(header["seconds"])
+            os.write(1, frame({{"ok": True}}))
         else:
             os.write(1, frame({{"ok": True, "size": len(BIG)}}, BIG))
     """
@@ -137,3 +142,20 @@ def test_a_reply_over_the_callers_limit_is_not_read_and_the_host_is_killed(scrip
         scripted_host.request({"op": "big"}, timeout=10, max_payload=len(BIG) - 1)
     assert failure.value.kind == "protocol"
     assert not scripted_host.alive
+
+
+def test_a_slow_models_predictions_cost_the_worker_no_polling(scripted_host):
+    """A CPU host's worker polls for a reply only when its recent predictions came back within
+    ``CPU_SPIN_CAP_SECONDS``: for a slow model, or a large batch, it sleeps at once and leaves
+    the cores to the forward passes."""
+    slow = host_module.CPU_SPIN_CAP_SECONDS * 3
+    for _ in range(3):  # its recent predictions: slow
+        scripted_host.request({"op": "predict", "seconds": slow}, timeout=10)
+
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for _ in range(10):
+        scripted_host.request({"op": "predict", "seconds": slow}, timeout=10)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+
+    assert wall >= 10 * slow
+    assert cpu < 0.1 * wall, f"the worker spent {cpu * 1e3:.1f} ms of CPU in {wall * 1e3:.0f} ms"
