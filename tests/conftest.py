@@ -231,6 +231,21 @@ CHROMIUM_ARGS = [
 ]
 
 
+def signed_in_page(browser, live_server, email: str, password: str = PASSWORD, **options):
+    """A new browser context's page, signed in through the login page as ``email``; close it
+    with ``page.context.close()``. ``options``: ``viewport`` (1280x900 unless given) and
+    ``timeout`` (ms, 15 s unless given)."""
+    width, height = options.get("viewport", (1280, 900))
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(options.get("timeout", 15_000))
+    page = context.new_page()
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    return page
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's headless Chromium driven by Playwright (whose own browser download does not

@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from billing.models import BillingAccount
+from tests.conftest import signed_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct horse battery staple"
@@ -15,13 +16,7 @@ PASSWORD = "correct horse battery staple"
 def test_owner_saves_a_card_through_stripe_js(browser, live_server, stripe_api, charlie, outsider):
     charlie.set_password(PASSWORD)
     charlie.save(update_fields=["password"])
-    context = browser.new_context()
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto(f"{live_server.url}/login/")
-    page.get_by_label("Email").fill(charlie.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page = signed_in_page(browser, live_server, charlie.email, PASSWORD, timeout=30_000)
 
     page.get_by_role("navigation").get_by_role("link", name="Billing").click()
     page.get_by_role("link", name="Add a card").click()
@@ -36,4 +31,4 @@ def test_owner_saves_a_card_through_stripe_js(browser, live_server, stripe_api, 
     expect(page.get_by_text("Payment method saved.")).to_be_visible()
     account = BillingAccount.objects.get(tenant=outsider)
     assert account.payment_method_id.startswith("pm_")
-    context.close()
+    page.context.close()

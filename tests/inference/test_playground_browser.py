@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from accounts.management.commands.seed_demo import DEMO_PASSWORD
 from inference.models import Prediction
+from tests.conftest import signed_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -34,16 +35,10 @@ def demo(celery_worker_process):
 @pytest.fixture
 def page(browser: Browser, live_server, demo) -> Iterator[Page]:
     """Bob, owner of globex, signed in."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto(f"{live_server.url}/login/")
-    page.get_by_label("Email").fill("bob@globex.example")
-    page.get_by_label("Password").fill(DEMO_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page = signed_in_page(browser, live_server, "bob@globex.example", DEMO_PASSWORD, timeout=30_000)
     expect(page.get_by_role("heading", name="Globex (consumer)")).to_be_visible()
     yield page
-    context.close()
+    page.context.close()
 
 
 def top_class(page: Page):

@@ -14,7 +14,7 @@ from accounts import services as accounts
 from accounts.services import Actor
 from marketplace import services
 from marketplace.models import Listing, Model
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, signed_in_page
 from tests.marketplace.test_dashboard_models import make_ready, upload_version
 
 pytestmark = pytest.mark.browser
@@ -35,17 +35,11 @@ def classifier(transactional_db, isolated_store, model_files) -> Model:
 
 @pytest.fixture
 def page(browser: Browser, live_server, classifier) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto(f"{live_server.url}/login/")
-    page.get_by_label("Email").fill("erin@acme.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page = signed_in_page(browser, live_server, "erin@acme.example")
     expect(page.get_by_role("heading", name="Acme")).to_be_visible()
     page.goto(f"{live_server.url}/dashboard/models/classifier/")
     yield page
-    context.close()
+    page.context.close()
 
 
 def point(page: Page, alias: str, version: str) -> None:

@@ -22,7 +22,7 @@ from accounts import services as accounts
 from accounts.services import Actor
 from marketplace import services
 from marketplace.models import ModelVersion, UploadSession
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, signed_in_page
 from tests.marketplace.conftest import sha256
 
 pytestmark = pytest.mark.browser
@@ -64,16 +64,10 @@ def publisher(transactional_db):
 @pytest.fixture
 def page(browser: Browser, live_server, publisher) -> Iterator[Page]:
     """Erin, signed in through the login page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto(f"{live_server.url}/login/")
-    page.get_by_label("Email").fill("erin@acme.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page = signed_in_page(browser, live_server, "erin@acme.example")
     expect(page.get_by_role("heading", name="Acme")).to_be_visible()
     yield page
-    context.close()
+    page.context.close()
 
 
 @pytest.fixture
