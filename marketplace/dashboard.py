@@ -26,7 +26,17 @@ from accounts.models import Scope
 from accounts.tenancy import request_actor, session_access
 from accounts.views import tenant_required
 from marketplace import listings, services
-from marketplace.models import Alias, AliasMove, Format, Listing, Model, ModelVersion, Task
+from marketplace.models import (
+    AccessRequest,
+    Alias,
+    AliasMove,
+    Entitlement,
+    Format,
+    Listing,
+    Model,
+    ModelVersion,
+    Task,
+)
 from marketplace.selectors import is_number
 
 # The versions an alias may point at (``services.alias_set`` refuses the others).
@@ -215,6 +225,9 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "moves": moves,
         "can_write": _can_write(request),
         "can_publish": Scope.ADMIN in request.membership.scopes,
+        "pending_requests": AccessRequest.objects.filter(
+            listing__model=model, status=AccessRequest.Status.PENDING
+        ).count(),
         "compress": _compress_form(request, model),
         "formats": Format.choices,
         "upload_create_url": reverse(
@@ -295,6 +308,82 @@ def listing_unpublish(request: HttpRequest, name: str) -> HttpResponse:
     listings.listing_unpublish(listing=listing, actor=request_actor(request))
     messages.success(request, "The listing is private now: it has left the catalogue.")
     return redirect(f"{reverse('models:detail', kwargs={'name': model.name})}#listing")
+
+
+def _access_context(model: Model) -> dict:
+    listing = Listing.objects.filter(model=model).first()
+    requests = (
+        AccessRequest.objects.filter(listing__model=model, status=AccessRequest.Status.PENDING)
+        .select_related("tenant")
+        .order_by("created_at")
+    )
+    entitlements = (
+        Entitlement.objects.filter(model=model, revoked_at__isnull=True)
+        .select_related("tenant")
+        .order_by("created_at")
+    )
+    return {
+        "model": model,
+        "listing": listing,
+        "requests": requests,
+        "entitlements": entitlements,
+        "request_actions": [("approve", "Approve"), ("decline", "Decline")],
+    }
+
+
+# What the access page's buttons do: (the service, what it is called on, the message after).
+ACCESS_ACTIONS = {
+    "approve": (listings.access_request_approve, "request", "Approved {tenant}'s request."),
+    "decline": (listings.access_request_decline, "request", "Declined {tenant}'s request."),
+    "revoke": (listings.entitlement_revoke, "entitlement", "{tenant} no longer has access."),
+    "allow_download": (listings.download_grant, "entitlement", "{tenant} may download it."),
+    "withdraw_download": (listings.download_revoke, "entitlement", "{tenant} may not download it."),
+}
+
+
+@tenant_required(scope=Scope.ADMIN)
+def model_access(request: HttpRequest, name: str) -> HttpResponse:
+    """Who may run the model: pending access requests (a gated listing's), the organisations
+    entitled to it (subscribed, or shared with by name) with their download right, and a form
+    to share it with another organisation. Each button calls the listings service the API
+    calls, with the same right (the admin role)."""
+    model = _tenant_model(request, name)
+    if request.method != "POST":
+        return render(request, "models/access.html", _access_context(model))
+    action, actor = request.POST.get("action", ""), request_actor(request)
+    back = redirect("models:access", name=model.name)
+    try:
+        if action == "share":
+            slug = request.POST.get("tenant", "").strip()
+            listings.model_share(model=model, tenant_slug=slug, actor=actor)
+            messages.success(request, f"Shared with {slug}: it may view and run {model.ref}.")
+            return back
+        if action not in ACCESS_ACTIONS:
+            messages.error(request, "Unknown action.")
+            return back
+        service, kind, done = ACCESS_ACTIONS[action]
+        target_id = request.POST.get("id", "")
+        if kind == "request":
+            target = get_object_or_404(
+                AccessRequest.objects.select_related("listing__model", "tenant"),
+                listing__model=model,
+                public_id=target_id,
+            )
+            service(request=target, actor=actor)
+        else:
+            target = get_object_or_404(
+                Entitlement.objects.select_related("model__tenant", "tenant__group"),
+                model=model,
+                public_id=target_id,
+            )
+            service(entitlement=target, actor=actor)
+    except ValidationError as exc:
+        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done.format(tenant=target.tenant.name))
+    return back
 
 
 @tenant_required()

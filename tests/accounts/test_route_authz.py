@@ -248,6 +248,10 @@ ROUTES: dict[str, dict[str, Rule]] = {
         "POST": page(ADMIN, target="tenant", body={"title": "x", "visibility": "private"}),
     },
     "dashboard/models/{name}/listing/unpublish/": {"POST": page(ADMIN, target="tenant")},
+    "dashboard/models/{name}/access/": {
+        "GET": page(ADMIN, target="tenant"),
+        "POST": page(ADMIN, target="tenant", body={"action": "share", "tenant": "globex"}),
+    },
     # --- inference pages
     "dashboard/playground/": {"GET": page()},
     "dashboard/playground/{owner}/{name}/": {"GET": page(target="model")},

@@ -489,3 +489,138 @@ def test_only_admins_publish_from_the_dashboard(bob, tenant, charlie, outsider, 
         outsider_client.post("/dashboard/models/classifier/listing/unpublish/").status_code == 404
     )
     assert not Listing.objects.exists()
+
+
+def access_action(client: Client, **form):
+    return client.post("/dashboard/models/classifier/access/", form, follow=True)
+
+
+def test_an_admin_decides_who_may_run_the_model_from_the_access_page(
+    alice_client, alice, tenant, classifier, model_files, charlie, outsider
+):
+    """A gated listing: Globex asks, the publisher approves (Globex runs the model), allows
+    and withdraws downloads, revokes; then shares the model by name, and revokes the share."""
+    from marketplace import listings
+    from marketplace.models import AccessRequest, Entitlement
+
+    services.version_record_validation(  # a signature the playground can build a form from
+        version=upload_version(classifier, model_files["pt2"], alice),
+        ok=True,
+        signature={
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}],
+        },
+        parameter_count=67,
+        latency_ms=0.2,
+    )
+    listing = listings.listing_publish(
+        model=classifier, actor=accounts.SYSTEM, visibility="public", gated=True
+    )
+    asked = listings.access_request_create(
+        listing=listing, tenant=outsider, actor=Actor(user=charlie), message="For our pilot."
+    )
+    globex = signed_in(charlie)
+
+    model_page = html(alice_client.get("/dashboard/models/classifier/"))
+    page = html(alice_client.get("/dashboard/models/classifier/access/"))
+    approved = html(access_action(alice_client, action="approve", id=asked.public_id))
+    status_after_approval = AccessRequest.objects.get(pk=asked.pk).status
+    entitlement = Entitlement.objects.get(model=classifier, tenant=outsider, revoked_at=None)
+    playground = globex.get("/dashboard/playground/acme/classifier/")
+    allowed = html(access_action(alice_client, action="allow_download", id=entitlement.public_id))
+    can_download = Entitlement.objects.get(pk=entitlement.pk).can_download
+    withdrawn = html(
+        access_action(alice_client, action="withdraw_download", id=entitlement.public_id)
+    )
+    revoked = html(access_action(alice_client, action="revoke", id=entitlement.public_id))
+    after_revoke = globex.get("/dashboard/playground/acme/classifier/")
+
+    assert "Who may run it (1 asking)" in model_page
+    assert "Globex" in page and "For our pilot." in page
+    assert "Approved Globex&#x27;s request." in approved
+    assert status_after_approval == "approved"
+    assert "Subscribe to it first." not in html(playground)
+    assert "Globex may download it." in allowed and can_download
+    assert "Globex may not download it." in withdrawn
+    assert "Globex no longer has access." in revoked
+    assert "Subscribe to it first." in html(after_revoke)  # the page says why it cannot run
+    # The approval is withdrawn with the access: Globex must ask again.
+    assert AccessRequest.objects.get(pk=asked.pk).status == "declined"
+
+    shared = html(access_action(alice_client, action="share", tenant="globex"))
+    share = Entitlement.objects.get(model=classifier, tenant=outsider, revoked_at=None)
+    assert "Shared with globex" in shared and share.kind == "share"
+    runs = html(globex.get("/dashboard/playground/acme/classifier/"))
+    assert "Subscribe to it first." not in runs
+    html(access_action(alice_client, action="revoke", id=share.public_id))
+    assert not Entitlement.objects.filter(model=classifier, revoked_at=None).exists()
+    actions = set(AuditEvent.objects.filter(tenant=tenant).values_list("action", flat=True)) & {
+        "access_request.approve",
+        "entitlement.download_grant",
+        "entitlement.download_revoke",
+        "entitlement.revoke",
+        "model.share",
+    }
+    assert len(actions) == 5
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"action": "share", "tenant": "nobody-here"}, "There is no organisation &#x27;nobody"),
+        ({"action": "share", "tenant": "acme"}, "already belongs to &#x27;acme&#x27;"),
+        ({"action": "shred"}, "Unknown action."),
+    ],
+)
+def test_access_changes_the_registry_refuses_are_explained(alice_client, classifier, form, message):
+    from marketplace.models import Entitlement
+
+    assert message in html(access_action(alice_client, **form))
+    assert not Entitlement.objects.exists()
+
+
+def test_a_decided_request_cannot_be_decided_again(alice_client, classifier, charlie, outsider):
+    from marketplace import listings
+
+    listing = listings.listing_publish(
+        model=classifier, actor=accounts.SYSTEM, visibility="public", gated=True
+    )
+    asked = listings.access_request_create(
+        listing=listing, tenant=outsider, actor=Actor(user=charlie)
+    )
+    access_action(alice_client, action="decline", id=asked.public_id)
+
+    again = html(access_action(alice_client, action="approve", id=asked.public_id))
+
+    assert "This request was already declined." in again
+
+
+def test_only_the_publishers_admins_reach_the_access_page(
+    bob, charlie, outsider, tenant, classifier
+):
+    from marketplace import listings
+
+    listing = listings.listing_publish(
+        model=classifier, actor=accounts.SYSTEM, visibility="public", gated=True
+    )
+    asked = listings.access_request_create(
+        listing=listing, tenant=outsider, actor=Actor(user=charlie)
+    )
+    developer, stranger = signed_in(bob), signed_in(charlie)
+
+    assert developer.get("/dashboard/models/classifier/access/").status_code == 403
+    assert (
+        developer.post(
+            "/dashboard/models/classifier/access/", {"action": "approve", "id": asked.public_id}
+        ).status_code
+        == 403
+    )
+    # Globex asked, but the page is Acme's: to Globex the model is not there.
+    assert (
+        stranger.post(
+            "/dashboard/models/classifier/access/", {"action": "approve", "id": asked.public_id}
+        ).status_code
+        == 404
+    )
+    asked.refresh_from_db()
+    assert asked.status == "pending"
