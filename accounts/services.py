@@ -87,6 +87,49 @@ def audit_record(
     )
 
 
+def audit_name_targets(events) -> None:
+    """Sets ``target_name`` on each of ``events`` (a page of them): what a person recognises
+    its target by, or "" (the dashboard's audit log and ``GET /audit-events`` show it)."""
+    names = _target_names(events)
+    for event in events:
+        event.target_name = names.get((event.target_type, event.target_id)) or _named_in_data(event)
+
+
+def _target_names(events) -> dict[tuple[str, str], str]:
+    """What a person recognises a page's targets by: a user's e-mail, an organisation's slug,
+    a key's name and prefix, a member's e-mail. One query per kind of target on the page; the
+    sequential ids users and organisations are recorded with mean nothing to a reader."""
+    ids: dict[str, set[str]] = {}
+    for event in events:
+        ids.setdefault(event.target_type, set()).add(event.target_id)
+    names = {}
+    if "user" in ids:
+        pks = [pk for pk in ids["user"] if pk.isdigit()]
+        for pk, email in User.objects.filter(pk__in=pks).values_list("pk", "email"):
+            names["user", str(pk)] = email
+    if "tenant" in ids:
+        pks = [pk for pk in ids["tenant"] if pk.isdigit()]
+        for pk, slug in Tenant.objects.filter(pk__in=pks).values_list("pk", "slug"):
+            names["tenant", str(pk)] = slug
+    for key in ApiKey.objects.filter(public_id__in=ids.get("apikey", ())):
+        names["apikey", key.public_id] = str(key)
+    members = Membership.objects.filter(public_id__in=ids.get("membership", ()))
+    for public_id, email in members.values_list("public_id", "user__email"):
+        names["membership", public_id] = email
+    return names
+
+
+def _named_in_data(event: AuditEvent) -> str:
+    """A target's name from what its row recorded, for targets another app owns (an alias) or
+    that are gone (a key whose organisation deleted it)."""
+    data = event.data
+    if event.target_type == "alias" and data.get("alias") and data.get("model"):
+        return f"{data['alias']} of {data['model']}"
+    if event.target_type == "apikey" and data.get("prefix"):
+        return f"{data.get('name', '')} (mm_live_{data['prefix']}_…)".strip()
+    return ""
+
+
 # --- users ----------------------------------------------------------------------------------
 
 

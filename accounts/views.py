@@ -27,7 +27,7 @@ from accounts.forms import (
     SignupForm,
     TenantCreateForm,
 )
-from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope, Tenant, User
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
 
@@ -339,46 +339,10 @@ def audit(request: HttpRequest) -> HttpResponse:
     if action := request.GET.get("action"):
         events = events.filter(action=action)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    names = _target_names(page.object_list)
+    services.audit_name_targets(page.object_list)
     for event in page:
         event.details = [(key, _detail_text(value)) for key, value in event.data.items()]
-        event.target_name = names.get((event.target_type, event.target_id)) or _named_in_data(event)
     return render(request, "dashboard/audit.html", {"page": page, "action": action or ""})
-
-
-def _target_names(events) -> dict[tuple[str, str], str]:
-    """What a person recognises a page's targets by: a user's e-mail, an organisation's slug,
-    a key's name and prefix, a member's e-mail. One query per kind of target on the page; the
-    sequential ids users and organisations are recorded with mean nothing to a reader."""
-    ids: dict[str, set[str]] = {}
-    for event in events:
-        ids.setdefault(event.target_type, set()).add(event.target_id)
-    names = {}
-    if "user" in ids:
-        pks = [pk for pk in ids["user"] if pk.isdigit()]
-        for pk, email in User.objects.filter(pk__in=pks).values_list("pk", "email"):
-            names["user", str(pk)] = email
-    if "tenant" in ids:
-        pks = [pk for pk in ids["tenant"] if pk.isdigit()]
-        for pk, slug in Tenant.objects.filter(pk__in=pks).values_list("pk", "slug"):
-            names["tenant", str(pk)] = slug
-    for key in ApiKey.objects.filter(public_id__in=ids.get("apikey", ())):
-        names["apikey", key.public_id] = str(key)
-    members = Membership.objects.filter(public_id__in=ids.get("membership", ()))
-    for public_id, email in members.values_list("public_id", "user__email"):
-        names["membership", public_id] = email
-    return names
-
-
-def _named_in_data(event: AuditEvent) -> str:
-    """A target's name from what its row recorded, for targets another app owns (an alias) or
-    that are gone (a key whose organisation deleted it)."""
-    data = event.data
-    if event.target_type == "alias" and data.get("alias") and data.get("model"):
-        return f"{data['alias']} of {data['model']}"
-    if event.target_type == "apikey" and data.get("prefix"):
-        return f"{data.get('name', '')} (mm_live_{data['prefix']}_…)".strip()
-    return ""
 
 
 def _detail_text(value: object) -> str:

@@ -139,8 +139,24 @@ class ApiKeyCreateSerializer(StrictSerializer):
 
 class AuditEventSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor_label")
+    target_name = serializers.SerializerMethodField(
+        help_text="What a person knows the target by (a member's e-mail, an organisation's "
+        "slug, a key's name and prefix, an alias and its model), or empty."
+    )
 
     class Meta:
         model = AuditEvent
-        fields = ["action", "actor", "target_type", "target_id", "data", "ip", "created_at"]
+        fields = [
+            "action",
+            "actor",
+            "target_type",
+            "target_id",
+            "target_name",
+            "data",
+            "ip",
+            "created_at",
+        ]
         read_only_fields = fields
+
+    def get_target_name(self, obj: AuditEvent) -> str:
+        return getattr(obj, "target_name", "")

@@ -187,3 +187,8 @@ class AuditEventViewSet(TenantScopedMixin, mixins.ListModelMixin, viewsets.Gener
         if action_name := self.request.query_params.get("action"):
             queryset = queryset.filter(action=action_name)
         return queryset
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        services.audit_name_targets(page)  # one query per kind of target on the page
+        return page

@@ -313,3 +313,20 @@ def test_keys_made_before_billing_write_keep_setting_the_spend_cap(tenant):
         reader_key.put("/api/v1/billing/settings", {"spend_cap": "9"}, format="json").status_code
         == 403
     )
+
+
+def test_the_audit_events_api_names_targets_as_the_dashboard_does(api, tenant, bob):
+    """``target_id`` of a member's user is a sequential number; ``target_name`` says who."""
+    api.post("/api/v1/keys", {"name": "ci", "scopes": ["inference"]}, format="json")
+    services.audit_record(
+        action="user.login", actor=services.Actor(user=bob), tenant=tenant, target=bob
+    )
+
+    events = api.get("/api/v1/audit-events").json()["results"]
+
+    key = ApiKey.objects.get(name="ci")
+    created = next(e for e in events if e["target_id"] == key.public_id)
+    login = next(e for e in events if e["action"] == "user.login")
+    assert created["target_name"] == f"ci (mm_live_{key.prefix}_…)"
+    assert login["target_id"] == str(bob.pk)
+    assert login["target_name"] == "bob@acme.example"
