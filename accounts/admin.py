@@ -10,7 +10,7 @@ from django.contrib.auth import get_permission_codename
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
-from django.db import DataError, OperationalError, connections, router, transaction
+from django.db import DataError, OperationalError, connections, models, router, transaction
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin as BaseTOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -66,6 +66,9 @@ class SafeChangelist:
 
 class ConsoleAdmin(SafeChangelist, admin.ModelAdmin):
     """The base of this project's ModelAdmins (or ``SafeChangelist`` beside Django's own)."""
+
+    # A URL typed without a scheme is https (Django 6's default; 5.x warns until it is said).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 class ReadOnlyAdmin(ConsoleAdmin):
