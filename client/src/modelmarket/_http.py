@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -73,6 +74,7 @@ class Transport:
         idempotency_key: str | None = None,
         repeatable: bool = False,
         timeout: float | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send a request and return the 2xx response, or raise the matching ``ApiError``.
 
@@ -80,7 +82,8 @@ class Transport:
         across retries. A POST is sent again after it may have reached the server (its answer
         lost, or a 502/504) only when ``repeatable``: the endpoint honours the key, or a
         repeat is harmless. Refusals before any work (429, 503, no connection) are always
-        retried.
+        retried. With ``stream`` the body of a 2xx is left unread: the caller reads and
+        closes it (``stream()`` does both).
         """
         method = method.upper()
         may_repeat = method in IDEMPOTENT_METHODS or repeatable
@@ -91,7 +94,7 @@ class Transport:
         attempt = 0
         while True:
             try:
-                response = self._http.request(
+                built = self._http.build_request(
                     method,
                     path,
                     json=json,
@@ -100,6 +103,7 @@ class Transport:
                     headers=headers,
                     **extra,
                 )
+                response = self._http.send(built, stream=stream)
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if attempt >= self.max_retries or (sent and not may_repeat):
@@ -125,7 +129,20 @@ class Transport:
                     self._pause(attempt, retry_after)
                     attempt += 1
                     continue
+            if stream:  # an error's body is the API's detail: read it, then let go
+                response.read()
+                response.close()
             raise api_error(response)
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """``request`` for a body too large to hold in memory: the 2xx response, its body
+        to read in pieces (``iter_bytes``), closed on leaving the block."""
+        response = self.request(method, path, stream=True, **kwargs)
+        try:
+            yield response
+        finally:
+            response.close()
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
