@@ -7,24 +7,29 @@ __version__ = "0.1.0"
 from modelmarket.client import Client, split_ref  # noqa: E402
 from modelmarket.errors import ApiError, ModelmarketError  # noqa: E402
 from modelmarket.types import (  # noqa: E402
+    AccessRequest,
     Alias,
     CompressionJob,
+    Entitlement,
     Invoice,
     Listing,
     Model,
     Organisation,
     Prediction,
     PushResult,
+    Subscription,
     Upload,
     Usage,
     Version,
 )
 
 __all__ = [
+    "AccessRequest",
     "Alias",
     "ApiError",
     "Client",
     "CompressionJob",
+    "Entitlement",
     "Invoice",
     "Listing",
     "Model",
@@ -32,6 +37,7 @@ __all__ = [
     "Organisation",
     "Prediction",
     "PushResult",
+    "Subscription",
     "Upload",
     "Usage",
     "Version",

@@ -47,7 +47,13 @@ from modelmarket.errors import (
     ServiceUnavailable,
     UsageError,
 )
-from modelmarket.types import CompressionJob, Prediction, PushResult, Version
+from modelmarket.types import (
+    AccessRequest,
+    CompressionJob,
+    Prediction,
+    PushResult,
+    Version,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -382,6 +388,133 @@ def cmd_catalogue(cli: Cli) -> int:
 def cmd_subscribe(cli: Cli) -> int:
     sub = cli.client.subscribe(cli.args.ref)
     cli.emit(sub, lambda: cli.out.print(f"Subscribed to {sub.get('model', cli.args.ref)}."))
+    return 0
+
+
+def cmd_subscriptions(cli: Cli) -> int:
+    subs = list(cli.client.list_subscriptions())
+
+    def human() -> None:
+        table = Table("id", "model", "kind", "download", "since", box=None)
+        for sub in subs:
+            table.add_row(sub.id, sub.model, sub.kind, _yes(sub.can_download), _day(sub.created_at))
+        cli.out.print(table if subs else "No subscriptions. Find models: mm catalogue")
+
+    cli.emit([sub.raw for sub in subs], human)
+    return 0
+
+
+def cmd_unsubscribe(cli: Cli) -> int:
+    cli.client.unsubscribe(cli.args.model)
+    cli.emit(
+        {"unsubscribed": cli.args.model},
+        lambda: cli.out.print(f"Gave up access to {cli.args.model}."),
+    )
+    return 0
+
+
+# --- who may run a model ----------------------------------------------------------------------
+
+
+def cmd_access_request(cli: Cli) -> int:
+    request = cli.client.request_access(cli.args.ref, cli.args.message)
+
+    def human() -> None:
+        if request.status == "pending":
+            cli.out.print(
+                f"Asked for access to {request.model} ({request.id}); the publisher decides. "
+                f"Once approved: mm subscribe {request.model}"
+            )
+        else:
+            cli.out.print(f"Your request for {request.model} ({request.id}) is {request.status}.")
+
+    cli.emit(request.raw, human)
+    return 0
+
+
+def cmd_access_requests(cli: Cli) -> int:
+    requests = list(cli.client.list_access_requests(cli.args.ref, status=cli.args.status))
+
+    def human() -> None:
+        table = Table("id", "organisation", "status", "asked", "message", box=None)
+        for r in requests:
+            table.add_row(
+                r.id,
+                _organisation(r.organisation, r.organisation_name),
+                _status(r.status),
+                _day(r.created_at),
+                escape(r.message) or "-",
+            )
+        cli.out.print(table if requests else "No access requests.")
+
+    cli.emit([r.raw for r in requests], human)
+    return 0
+
+
+def _print_decision(cli: Cli, request: AccessRequest) -> None:
+    cli.out.print(
+        f"{request.status.capitalize()} {request.organisation}'s request for {request.model}."
+    )
+
+
+def cmd_access_approve(cli: Cli) -> int:
+    request = cli.client.approve_access_request(cli.args.id)
+    cli.emit(request.raw, lambda: _print_decision(cli, request))
+    return 0
+
+
+def cmd_access_decline(cli: Cli) -> int:
+    request = cli.client.decline_access_request(cli.args.id)
+    cli.emit(request.raw, lambda: _print_decision(cli, request))
+    return 0
+
+
+def cmd_entitlements(cli: Cli) -> int:
+    entitlements = list(cli.client.list_entitlements(cli.args.ref))
+
+    def human() -> None:
+        table = Table("id", "organisation", "kind", "download", "since", box=None)
+        for e in entitlements:
+            table.add_row(
+                e.id,
+                _organisation(e.organisation, e.organisation_name),
+                e.kind,
+                _yes(e.can_download),
+                _day(e.created_at),
+            )
+        cli.out.print(table if entitlements else "No other organisation may run it.")
+
+    cli.emit([e.raw for e in entitlements], human)
+    return 0
+
+
+def cmd_share(cli: Cli) -> int:
+    entitlement = cli.client.share(cli.args.ref, cli.args.organisation)
+    cli.emit(
+        entitlement.raw,
+        lambda: cli.out.print(
+            f"{_organisation(entitlement.organisation, entitlement.organisation_name)} may "
+            f"view and run {cli.args.ref} ({entitlement.kind} {entitlement.id})."
+        ),
+    )
+    return 0
+
+
+def cmd_unshare(cli: Cli) -> int:
+    cli.client.unshare(cli.args.ref, cli.args.organisation)
+    cli.emit(
+        {"model": cli.args.ref, "unshared": cli.args.organisation},
+        lambda: cli.out.print(f"{cli.args.ref} is no longer shared with {cli.args.organisation}."),
+    )
+    return 0
+
+
+def cmd_revoke(cli: Cli) -> int:
+    cli.client.revoke_entitlement(cli.args.ref, cli.args.entitlement)
+    cli.emit(
+        {"model": cli.args.ref, "revoked": cli.args.entitlement},
+        lambda: cli.out.print(f"Revoked {cli.args.entitlement}'s access to {cli.args.ref}."),
+    )
     return 0
 
 
@@ -788,6 +921,19 @@ def _status(status: str) -> str:
     return f"[{colour}]{status}[/]" if colour else status
 
 
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _day(timestamp: str) -> str:
+    """An API timestamp's date (2026-11-03T10:00:00Z to 2026-11-03)."""
+    return timestamp[:10] or "-"
+
+
+def _organisation(slug: str, name: str) -> str:
+    return f"{escape(name)} ({slug})" if name else slug
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -955,7 +1101,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p = command("subscribe", cmd_subscribe, "subscribe your organisation to a listed model")
     p.add_argument("ref", metavar="owner/name")
+    command("subscriptions", cmd_subscriptions, "models your organisation may run, not its own")
+    p = command("unsubscribe", cmd_unsubscribe, "give up access to a model (or a share)")
+    p.add_argument("model", metavar="owner/name|ID")
 
+    access = command("access", lambda cli: EXIT_USAGE, "request access, or decide requests")
+    access_sub = access.add_subparsers(dest="access_command", metavar="ACTION", required=True)
+    p = access_sub.add_parser("request", parents=[common], help="ask for a gated model")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("--message", "-m", default="", help="who you are and what it is for")
+    p.set_defaults(func=cmd_access_request)
+    p = access_sub.add_parser("requests", parents=[common], help="requests for your model (admin)")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("--status", choices=["pending", "approved", "declined"])
+    p.set_defaults(func=cmd_access_requests)
+    p = access_sub.add_parser("approve", parents=[common], help="approve a pending request")
+    p.add_argument("id", metavar="REQUEST_ID")
+    p.set_defaults(func=cmd_access_approve)
+    p = access_sub.add_parser("decline", parents=[common], help="decline a pending request")
+    p.add_argument("id", metavar="REQUEST_ID")
+    p.set_defaults(func=cmd_access_decline)
+    p = command("entitlements", cmd_entitlements, "organisations that may run your model (admin)")
+    p.add_argument("ref", metavar="owner/name")
+    p = command("share", cmd_share, "let an organisation view and run your model (admin)")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("organisation", metavar="ORGANISATION", help="its slug")
+    p = command("unshare", cmd_unshare, "stop sharing your model with an organisation (admin)")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("organisation", metavar="ORGANISATION", help="its slug")
+    p = command("revoke", cmd_revoke, "take an organisation's access away (admin)")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("entitlement", metavar="ORGANISATION|ID")
     p = command("predict", cmd_predict, "run a model")
     p.add_argument("ref", metavar="owner/name[:version]")
     given = p.add_mutually_exclusive_group(required=True)

@@ -34,14 +34,17 @@ from modelmarket.errors import (
     WaitTimeout,
 )
 from modelmarket.types import (
+    AccessRequest,
     Alias,
     CompressionJob,
+    Entitlement,
     Invoice,
     Listing,
     Model,
     Organisation,
     Prediction,
     PushResult,
+    Subscription,
     Usage,
     Version,
 )
@@ -321,6 +324,101 @@ class Client:
         owner, name, _ = split_ref(ref)
         return self.http.json(
             "POST", f"/api/v1/catalogue/{owner}/{name}/subscribe", repeatable=True
+        )
+
+    def request_access(self, ref: str, message: str = "") -> AccessRequest:
+        """Ask the publisher of a gated listing for access, saying why in ``message``. A
+        pending or approved request comes back as it is. Once approved, a free listing has
+        subscribed you; a paid one lets you ``subscribe``."""
+        owner, name, _ = split_ref(ref)
+        path = f"/api/v1/catalogue/{quote(owner, safe='')}/{quote(name, safe='')}/request-access"
+        # A repeat returns the pending request: harmless to send again.
+        return AccessRequest.from_json(
+            self.http.json("POST", path, json={"message": message}, repeatable=True)
+        )
+
+    def list_subscriptions(self) -> Iterator[Subscription]:
+        """Models your organisation subscribed to or was shared, newest first."""
+        for item in self.http.paginate("/api/v1/subscriptions"):
+            yield Subscription.from_json(item)
+
+    def unsubscribe(self, model_or_id: str) -> None:
+        """Give up your organisation's access to a model (``owner/name``, or the
+        subscription's id): a subscription or a share. It takes effect on the next call."""
+        entitlement_id = model_or_id
+        if "/" in model_or_id:
+            owner, name, _ = split_ref(model_or_id)
+            found = [s for s in self.list_subscriptions() if s.model == f"{owner}/{name}"]
+            if not found:
+                raise NotFound(
+                    404,
+                    f"Your organisation holds no access to {owner}/{name}; "
+                    "`mm subscriptions` lists what it holds.",
+                    code="not_found",
+                )
+            entitlement_id = found[0].id
+        self.http.request("DELETE", f"/api/v1/subscriptions/{quote(entitlement_id, safe='')}")
+
+    # --- who may run a model: the publisher's side ----------------------------------------
+
+    def list_access_requests(
+        self, ref: str, *, status: str | None = None
+    ) -> Iterator[AccessRequest]:
+        """Requests for access to the model's gated listing, newest first (``status``:
+        ``pending``, ``approved`` or ``declined``). Needs the admin scope."""
+        params = {"status": status} if status else None
+        for item in self.http.paginate(f"{_model_path(ref)}/access-requests", params=params):
+            yield AccessRequest.from_json(item)
+
+    def approve_access_request(self, request_id: str) -> AccessRequest:
+        """Approve a pending request; on a free listing this subscribes the requester at once.
+        A request already decided is a ``Conflict``."""
+        path = f"/api/v1/access-requests/{quote(request_id, safe='')}/approve"
+        return AccessRequest.from_json(self.http.json("POST", path))
+
+    def decline_access_request(self, request_id: str) -> AccessRequest:
+        """Decline a pending request (the organisation may ask again)."""
+        path = f"/api/v1/access-requests/{quote(request_id, safe='')}/decline"
+        return AccessRequest.from_json(self.http.json("POST", path))
+
+    def list_entitlements(self, ref: str) -> Iterator[Entitlement]:
+        """The organisations that may run the model: subscribers and those it is shared
+        with, newest first. Needs the admin scope."""
+        for item in self.http.paginate(f"{_model_path(ref)}/entitlements"):
+            yield Entitlement.from_json(item)
+
+    def share(self, ref: str, organisation: str) -> Entitlement:
+        """Share the model with an organisation (by its slug): it may view and run it. One
+        that already has access keeps it as it is."""
+        body = {"tenant": organisation}
+        return Entitlement.from_json(
+            self.http.json("POST", f"{_model_path(ref)}/shares", json=body, repeatable=True)
+        )
+
+    def unshare(self, ref: str, organisation: str) -> None:
+        """Stop sharing the model with an organisation; it loses access on its next call."""
+        self.http.request("DELETE", f"{_model_path(ref)}/shares", params={"tenant": organisation})
+
+    def revoke_entitlement(self, ref: str, entitlement: str) -> None:
+        """Take an organisation's access to the model away (``entitlement``: its id, or the
+        organisation's slug). On a gated listing its approval is withdrawn too."""
+        entitlement_id = self._entitlement_id(ref, entitlement)
+        self.http.request("DELETE", f"{_model_path(ref)}/entitlements/{entitlement_id}")
+
+    def _entitlement_id(self, ref: str, entitlement: str) -> str:
+        """An entitlement's id (``ent_...``), given it or its organisation's slug (slugs
+        hold no underscore, so the two cannot be confused)."""
+        if entitlement.startswith("ent_"):
+            return quote(entitlement, safe="")
+        for live in self.list_entitlements(ref):
+            if live.organisation == entitlement:
+                return quote(live.id, safe="")
+        owner, name, _ = split_ref(ref)
+        raise NotFound(
+            404,
+            f"'{entitlement}' holds no access to {owner}/{name}; "
+            f"`mm entitlements {owner}/{name}` lists those that do.",
+            code="not_found",
         )
 
     # --- predictions ----------------------------------------------------------------------

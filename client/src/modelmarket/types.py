@@ -194,6 +194,89 @@ class Listing:
 
 
 @dataclass
+class AccessRequest:
+    """An organisation's request for access to a gated listing: ``pending``, then
+    ``approved`` or ``declined`` by the publisher."""
+
+    id: str
+    model: str
+    organisation: str  # the requester's slug
+    organisation_name: str
+    message: str
+    status: str
+    created_at: str
+    decided_at: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AccessRequest:
+        return cls(
+            id=data["id"],
+            model=data.get("model", ""),
+            organisation=data.get("tenant", ""),
+            organisation_name=data.get("tenant_name", ""),
+            message=data.get("message") or "",
+            status=data["status"],
+            created_at=data.get("created_at", ""),
+            decided_at=data.get("decided_at"),
+            raw=data,
+        )
+
+
+@dataclass
+class Entitlement:
+    """An organisation's live right to view and run a model, as its publisher sees it: a
+    ``subscription`` or a ``share``; ``can_download`` if the publisher let it download the
+    weights."""
+
+    id: str
+    organisation: str  # the entitled organisation's slug
+    organisation_name: str
+    kind: str
+    can_download: bool
+    created_at: str
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entitlement:
+        return cls(
+            id=data["id"],
+            organisation=data.get("tenant", ""),
+            organisation_name=data.get("tenant_name", ""),
+            kind=data.get("kind", ""),
+            can_download=bool(data.get("can_download")),
+            created_at=data.get("created_at", ""),
+            raw=data,
+        )
+
+
+@dataclass
+class Subscription:
+    """An entitlement as the consumer sees it: a model your organisation subscribed to or
+    was shared."""
+
+    id: str
+    model: str
+    title: str
+    kind: str
+    can_download: bool
+    created_at: str
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Subscription:
+        return cls(
+            id=data["id"],
+            model=data.get("model", ""),
+            title=data.get("title") or "",
+            kind=data.get("kind", ""),
+            can_download=bool(data.get("can_download")),
+            created_at=data.get("created_at", ""),
+            raw=data,
+        )
+
+
+@dataclass
 class Prediction:
     id: str
     model: str
