@@ -1,14 +1,17 @@
-"""Who may run a model, from the command line: acme publishes ``acme/clf``, globex (charlie)
-asks for it, runs it, and loses it again."""
+"""Who may run and download a model, from the command line: acme publishes ``acme/clf``, globex
+(charlie) asks for it, runs it, downloads it where acme lets it, and loses it again."""
 
 from __future__ import annotations
 
+import hashlib
+
+import httpx
 import pytest
-from modelmarket import errors
+from modelmarket import Client, errors
 
 from accounts import services as accounts
 from marketplace import listings
-from marketplace.models import AccessRequest
+from marketplace.models import AccessRequest, Artifact
 from tests.client.conftest import api_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -177,3 +180,143 @@ def test_a_consumer_gives_up_its_subscription(mm, as_org, globex, classifier):
     assert "Gave up access to acme/clf." in given_up.out
     assert mm("subscriptions", "--json").json() == []
     assert twice.code == 4 and "Your organisation holds no access to acme/clf" in twice.err
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+def test_a_download_right_lets_a_consumer_download_the_weights_until_withdrawn(
+    mm, as_org, secret, globex, classifier, tmp_path
+):
+    weights = classifier.artifact
+    mm("share", "acme/clf", "globex")
+    as_org(globex)
+    refused = mm("download", "acme/clf:1", "-o", tmp_path)
+    as_org(secret)
+
+    allowed = mm("allow-download", "acme/clf", "globex", "--json")
+    as_org(globex)
+    downloaded = mm("download", "acme/clf:1", "-o", tmp_path, "--json")
+
+    assert refused.code == 3 and "Only the publisher of acme/clf may do that." in refused.err
+    assert allowed.code == 0, allowed.err
+    assert allowed.json()["tenant"] == "globex" and allowed.json()["can_download"] is True
+    assert downloaded.code == 0, downloaded.err
+    path = tmp_path / "acme-clf-v1.pt2"
+    assert downloaded.json()["path"] == str(path)
+    assert (
+        downloaded.json()["sha256"]
+        == weights.sha256
+        == hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    assert downloaded.json()["size"] == weights.size == path.stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["acme-clf-v1.pt2"]  # no part file left
+
+    as_org(secret)
+    withdrawn = mm("withdraw-download", "acme/clf", "globex")
+    as_org(globex)
+    again = mm("download", "acme/clf:1", "-o", tmp_path / "again.pt2")
+
+    assert withdrawn.code == 0, withdrawn.err
+    assert "globex may no longer download the weights of acme/clf." in withdrawn.out
+    assert again.code == 3 and "(HTTP 403)" in again.err
+    assert not (tmp_path / "again.pt2").exists()
+
+
+def test_a_subscriber_without_the_right_and_a_stranger_download_nothing(
+    mm, as_org, globex, classifier, raising, tmp_path
+):
+    publish(classifier)
+    as_org(globex)
+    mm("subscribe", "acme/clf")
+
+    subscriber = mm("download", "acme/clf:1", "-o", tmp_path, "--json")
+    private = mm("download", "acme/raises:1", "-o", tmp_path)  # neither listed nor shared
+
+    assert subscriber.code == 3
+    assert subscriber.error() == {
+        "status": 403,
+        "code": "forbidden",
+        "detail": "Only the publisher of acme/clf may do that.",
+    }
+    assert private.code == 4 and "(HTTP 404)" in private.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_that_does_not_match_the_version_leaves_no_file(mm, classifier, tmp_path):
+    Artifact.objects.filter(pk=classifier.artifact_id).update(sha256="0" * 64)
+
+    run = mm("download", "acme/clf:1", "-o", tmp_path / "clf.pt2")
+
+    assert run.code == errors.EXIT_FAILED == 7
+    assert "does not match it" in run.err and "Nothing was kept" in run.err
+    assert list(tmp_path.iterdir()) == []
+
+
+class BreaksOff(httpx.HTTPTransport):
+    """Downloads break off after half of their first piece, as a dropped connection does."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not request.url.path.endswith("/download"):
+            return response
+        body = response.stream
+
+        def half_then_reset():
+            for piece in body:
+                yield piece[: len(piece) // 2]
+                raise httpx.ReadError("Connection reset by peer", request=request)
+
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=half_then_reset()
+        )
+
+
+def test_a_download_cut_short_leaves_no_file(mm_env, classifier, tmp_path):
+    with Client(transport=BreaksOff()) as client, pytest.raises(errors.ConnectionFailed) as cut:
+        client.download("acme/clf:1", tmp_path)
+
+    assert "broke off after" in cut.value.message and "nothing was kept" in cut.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_file_is_kept_unless_forced(mm, classifier, tmp_path):
+    existing = tmp_path / "clf.pt2"
+    existing.write_bytes(b"mine")
+
+    kept = mm("download", "acme/clf:1", "-o", existing)
+    forced = mm("download", "acme/clf:1", "-o", existing, "--force")
+
+    assert kept.code == 2 and "exists" in kept.err and "--force" in kept.err
+    assert forced.code == 0, forced.err
+    assert hashlib.sha256(existing.read_bytes()).hexdigest() == classifier.artifact.sha256
+
+
+# --- yanking ----------------------------------------------------------------------------------
+
+
+def test_a_yanked_version_answers_gone_with_the_reason(mm, classifier):
+    yanked = mm("yank", "acme/clf:1", "--reason", "leaks training data", "--json")
+    shown = mm("version", "acme/clf:1")
+
+    assert yanked.code == 0, yanked.err
+    assert yanked.json()["status"] == "yanked"
+    assert yanked.json()["status_reason"] == "leaks training data"
+    assert shown.code == 4 and "withdrawn: leaks training data" in shown.err
+
+
+def test_a_version_an_alias_points_at_is_not_yanked(mm, classifier):
+    mm("alias", "set", "acme/clf", "production", "1")
+
+    refused = mm("yank", "acme/clf:1", "--reason", "leaks training data")
+
+    assert refused.code == 5
+    assert "Move the alias(es) production off version 1 before yanking it." in refused.err
+    assert mm("version", "acme/clf:1", "--json").json()["status"] == "ready"
+
+
+def test_a_folder_that_does_not_exist_is_not_taken_for_a_file_name(mm, classifier, tmp_path):
+    run = mm("download", "acme/clf:1", "-o", f"{tmp_path}/models/")
+
+    assert run.code == 2 and "No folder" in run.err
+    assert list(tmp_path.iterdir()) == []

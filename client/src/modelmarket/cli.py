@@ -50,6 +50,8 @@ from modelmarket.errors import (
 from modelmarket.types import (
     AccessRequest,
     CompressionJob,
+    Download,
+    Entitlement,
     Prediction,
     PushResult,
     Version,
@@ -293,6 +295,38 @@ def cmd_wait(cli: Cli) -> int:
     return 0
 
 
+def cmd_yank(cli: Cli) -> int:
+    owner, name, version = split_ref(cli.args.ref)
+    if not version or not version.isdigit():
+        raise UsageError("Say which version to yank by its number: owner/name:NUMBER.")
+    yanked = cli.client.yank_version(f"{owner}/{name}", int(version), reason=cli.args.reason)
+    cli.emit(yanked.raw, lambda: _print_version(cli, cli.args.ref, yanked))
+    return 0
+
+
+def cmd_download(cli: Cli) -> int:
+    args = cli.args
+    progress = _transfer_progress(cli)
+    with progress:
+        tasks: dict[str, Any] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        result = cli.client.download(args.ref, args.output, overwrite=args.force, progress=report)
+    cli.emit(result.to_json(), lambda: _print_download(cli, result))
+    return 0
+
+
+def _print_download(cli: Cli, d: Download) -> None:
+    cli.out.print(
+        f"Saved {d.model} version {d.version} to {escape(str(d.path))} ({_size(d.size)}, "
+        f"SHA-256 verified: {d.sha256[:12]}…)."
+    )
+
+
 def cmd_alias_set(cli: Cli) -> int:
     args = cli.args
     alias = cli.client.set_alias(args.ref, args.alias, args.version)
@@ -515,6 +549,23 @@ def cmd_revoke(cli: Cli) -> int:
         {"model": cli.args.ref, "revoked": cli.args.entitlement},
         lambda: cli.out.print(f"Revoked {cli.args.entitlement}'s access to {cli.args.ref}."),
     )
+    return 0
+
+
+def _print_download_right(cli: Cli, e: Entitlement) -> None:
+    may = "may" if e.can_download else "may no longer"
+    cli.out.print(f"{e.organisation} {may} download the weights of {cli.args.ref}.")
+
+
+def cmd_allow_download(cli: Cli) -> int:
+    entitlement = cli.client.allow_download(cli.args.ref, cli.args.entitlement)
+    cli.emit(entitlement.raw, lambda: _print_download_right(cli, entitlement))
+    return 0
+
+
+def cmd_withdraw_download(cli: Cli) -> int:
+    entitlement = cli.client.withdraw_download(cli.args.ref, cli.args.entitlement)
+    cli.emit(entitlement.raw, lambda: _print_download_right(cli, entitlement))
     return 0
 
 
@@ -1064,6 +1115,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command("wait", cmd_wait, "wait for a version's validation")
     p.add_argument("ref", metavar="owner/name:version")
     p.add_argument("--timeout", type=float, default=600)
+    p = command("yank", cmd_yank, "withdraw a version: it answers 410 from then on (admin)")
+    p.add_argument("ref", metavar="owner/name:version")
+    p.add_argument("--reason", required=True, help="what users of the version are told")
+    p = command("download", cmd_download, "download a version's weights, checked (needs the right)")
+    p.add_argument("ref", metavar="owner/name[:version]")
+    p.add_argument(
+        "--output", "-o", metavar="PATH", help="a file, or a folder (default: this folder)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing file")
 
     alias = command("alias", lambda cli: EXIT_USAGE, "set, list or trace aliases")
     alias_sub = alias.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
@@ -1132,6 +1192,13 @@ def _parser() -> argparse.ArgumentParser:
     p = command("revoke", cmd_revoke, "take an organisation's access away (admin)")
     p.add_argument("ref", metavar="owner/name")
     p.add_argument("entitlement", metavar="ORGANISATION|ID")
+    p = command("allow-download", cmd_allow_download, "let an entitled organisation download")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("entitlement", metavar="ORGANISATION|ID")
+    p = command("withdraw-download", cmd_withdraw_download, "withdraw the download right")
+    p.add_argument("ref", metavar="owner/name")
+    p.add_argument("entitlement", metavar="ORGANISATION|ID")
+
     p = command("predict", cmd_predict, "run a model")
     p.add_argument("ref", metavar="owner/name[:version]")
     given = p.add_mutually_exclusive_group(required=True)

@@ -13,6 +13,9 @@ prediction.arrays()["output"]
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -25,8 +28,10 @@ import httpx
 from modelmarket import config, tensors
 from modelmarket._http import Transport
 from modelmarket.errors import (
+    ChecksumMismatch,
     CompressionFailed,
     Conflict,
+    ConnectionFailed,
     NotFound,
     PredictionFailed,
     UsageError,
@@ -37,6 +42,7 @@ from modelmarket.types import (
     AccessRequest,
     Alias,
     CompressionJob,
+    Download,
     Entitlement,
     Invoice,
     Listing,
@@ -51,6 +57,9 @@ from modelmarket.types import (
 from modelmarket.upload import Progress, detect_format, file_sha256, push_file
 
 FORMATS = ("pt2", "torchscript", "safetensors")
+# The file name extension of each format, as the server names a download.
+EXTENSIONS = {"pt2": "pt2", "torchscript": "pt", "safetensors": "safetensors"}
+DOWNLOAD_BLOCK = 1024 * 1024
 
 
 def split_ref(ref: str) -> tuple[str, str, str | None]:
@@ -255,6 +264,88 @@ class Client:
         path = f"{_model_path(ref)}/versions/{int(version)}/deprecate"
         return Version.from_json(self.http.json("POST", path, json=body, repeatable=True))
 
+    def yank_version(self, ref: str, version: int, *, reason: str) -> Version:
+        """Withdraw a ready or deprecated version: from then on it answers 410 (``Gone``, with
+        ``reason``) to everyone. Move its aliases off it first (``Conflict`` otherwise). Needs
+        the admin scope."""
+        path = f"{_model_path(ref)}/versions/{int(version)}/yank"
+        return Version.from_json(self.http.json("POST", path, json={"reason": reason}))
+
+    def download(
+        self,
+        ref: str,
+        path: str | Path | None = None,
+        *,
+        version: int | str | None = None,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> Download:
+        """Download a version's weights (``ref`` may be ``owner/name:version``; default
+        ``production``) to ``path``: a file, or a folder to put ``owner-name-vN.ext`` in (by
+        default the current folder).
+
+        Needs the right: the publisher's ``models:write`` scope, or a download grant to
+        your organisation (``allow_download``); without it ``PermissionDenied``, or
+        ``NotFound`` where you may not see the model. The weights stream to disk under a
+        temporary name, never whole in memory, and the file takes its name only once its size
+        and SHA-256 match the version's: a download cut short (``ConnectionFailed``) or that
+        does not match (``ChecksumMismatch``) leaves no file. An existing file is kept unless
+        ``overwrite``.
+        """
+        owner, name, _ = split_ref(ref)
+        meta = self.get_version(ref, version)
+        default_name = f"{owner}-{name}-v{meta.number}.{EXTENSIONS.get(meta.format, 'bin')}"
+        target = Path(path) if path is not None else Path.cwd()
+        if str(path).endswith(("/", os.sep)) and not target.is_dir():
+            raise UsageError(f"No folder {target} to download into.")
+        if target.is_dir():
+            target = target / default_name
+        if not target.parent.is_dir():
+            raise UsageError(f"No folder {target.parent} to download into.")
+        if target.exists() and not overwrite:
+            raise UsageError(f"{target} exists; download elsewhere, or replace it (--force).")
+        progress = progress or (lambda phase, done, total: None)
+        part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        what = f"{owner}/{name} version {meta.number}"
+        digest = hashlib.sha256()
+        received = 0
+        started = time.monotonic()
+        try:
+            url = f"{_model_path(ref)}/versions/{meta.number}/download"
+            with self.http.stream("GET", url) as response, part.open("xb") as out:
+                expected = meta.sha256 or response.headers.get("X-Content-SHA256", "")
+                for block in response.iter_bytes(DOWNLOAD_BLOCK):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    progress("download", received, meta.size)
+        except httpx.TransportError as exc:  # the connection broke off mid-body
+            part.unlink(missing_ok=True)
+            raise ConnectionFailed(
+                f"The download of {what} broke off after {received} of {meta.size} bytes "
+                f"({type(exc).__name__}); nothing was kept. Run it again."
+            ) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        sha256 = digest.hexdigest()
+        if sha256 != expected or received != meta.size:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"The download of {what} does not match it: {received} bytes with SHA-256 "
+                f"{sha256}, where the version has {meta.size} bytes with SHA-256 {expected}. "
+                "Nothing was kept; run it again."
+            )
+        os.replace(part, target)
+        return Download(
+            path=target,
+            model=f"{owner}/{name}",
+            version=meta.number,
+            sha256=sha256,
+            size=received,
+            seconds=time.monotonic() - started,
+        )
+
     # --- aliases --------------------------------------------------------------------------
 
     def list_aliases(self, ref: str) -> list[Alias]:
@@ -404,6 +495,19 @@ class Client:
         organisation's slug). On a gated listing its approval is withdrawn too."""
         entitlement_id = self._entitlement_id(ref, entitlement)
         self.http.request("DELETE", f"{_model_path(ref)}/entitlements/{entitlement_id}")
+
+    def allow_download(self, ref: str, entitlement: str) -> Entitlement:
+        """Let an entitled organisation (the entitlement's id, or the organisation's slug)
+        download the model's weights; off by default."""
+        entitlement_id = self._entitlement_id(ref, entitlement)
+        path = f"{_model_path(ref)}/entitlements/{entitlement_id}/download"
+        return Entitlement.from_json(self.http.json("POST", path, repeatable=True))
+
+    def withdraw_download(self, ref: str, entitlement: str) -> Entitlement:
+        """Withdraw the download right; the organisation may still run the model."""
+        entitlement_id = self._entitlement_id(ref, entitlement)
+        path = f"{_model_path(ref)}/entitlements/{entitlement_id}/download"
+        return Entitlement.from_json(self.http.json("DELETE", path))
 
     def _entitlement_id(self, ref: str, entitlement: str) -> str:
         """An entitlement's id (``ent_...``), given it or its organisation's slug (slugs

@@ -134,7 +134,8 @@ class ConnectionFailed(ModelmarketError):
 
 
 class ChecksumMismatch(ModelmarketError):
-    """The server stored bytes whose SHA-256 is not the local file's."""
+    """The server stored bytes whose SHA-256 is not the local file's, or a download's bytes
+    are not the version's."""
 
     exit_code = EXIT_FAILED
 

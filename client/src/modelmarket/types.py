@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 
@@ -274,6 +275,28 @@ class Subscription:
             created_at=data.get("created_at", ""),
             raw=data,
         )
+
+
+@dataclass
+class Download:
+    """What ``Client.download`` wrote: a version's weights, checked against its SHA-256."""
+
+    path: Path
+    model: str
+    version: int
+    sha256: str
+    size: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
