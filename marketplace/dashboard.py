@@ -115,6 +115,14 @@ class ListingForm(forms.Form):
         problem = unstorable(value)
         if problem:
             raise ValidationError(problem)
+        try:
+            # Python's JSON reads NaN, Infinity and 1e999 (an infinity); JSON has none of them,
+            # and the database's JSON check refuses them (a 500).
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise ValidationError(
+                "JSON has no NaN or Infinity (nor numbers as large as 1e999): use finite numbers."
+            ) from None
         return value
 
     def clean_tags(self):
