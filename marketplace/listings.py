@@ -241,12 +241,15 @@ def price_clean(field: str, value: Decimal | str | int) -> Decimal:
         raise ValidationError({field: "A price cannot be negative."})
     if price >= PRICE_LIMIT:
         raise ValidationError({field: f"A price must be below {PRICE_LIMIT}."})
-    exponent = price.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > PRICE_PLACES:
+    # Compared exactly: normalize() rounds what is below its context's smallest number
+    # (1e-1000026) to 0, so such a price passed as having no decimal places, and PostgreSQL's
+    # numeric could not hold it (a 500).
+    places = Decimal(1).scaleb(-PRICE_PLACES)
+    if price.quantize(places) != price:
         raise ValidationError(
             {field: f"Prices have at most {PRICE_PLACES} decimal places (e.g. 0.000125)."}
         )
-    return price
+    return price.quantize(places)
 
 
 def tags_clean(tags: list[str]) -> list[str]:

@@ -447,6 +447,7 @@ def test_an_admin_publishes_edits_and_unpublishes_from_the_dashboard(
         ({"price_per_call": "-1"}, "A price cannot be negative."),
         ({"price_per_call": "0.0000001"}, "6 decimal places"),
         ({"price_per_call": "1e999999"}, "price_per_call"),
+        ({"price_per_call": "1e-999999999"}, "6 decimal places"),
         ({"price_per_call": "NaN"}, "Enter a number."),
         ({"currency": "zzz"}, "zzz"),
         ({"license": "not a licence"}, "SPDX"),

@@ -535,6 +535,7 @@ def test_reading_an_unlisted_model_listing_says_how_to_publish(api, tenant):
         ("license", "LicenseRef-", "SPDX"),
         ("price_per_call", "-1", "cannot be negative"),
         ("price_per_second", "0.0000001", "at most 6 decimal places"),
+        ("price_per_call", "1e-999999999", "at most 6 decimal places"),
         ("price_per_call", "1000000", "below"),
         ("price_per_call", "cheap", "valid number"),
         ("currency", "xyz", "'xyz' is not a currency we bill in"),
