@@ -125,6 +125,11 @@ class ListingForm(forms.Form):
             ) from None
         return value
 
+    def clean_card_markdown(self):
+        # Browsers send a textarea's line breaks as CRLF: kept as LF, as the card was written,
+        # or saving the form untouched changed every card (and recorded an update).
+        return self.cleaned_data["card_markdown"].replace("\r\n", "\n")
+
     def clean_tags(self):
         return [tag.strip() for tag in self.cleaned_data["tags"].split(",") if tag.strip()]
 
