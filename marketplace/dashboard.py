@@ -98,10 +98,14 @@ class ListingForm(forms.Form):
         if listing is None:
             return {"title": model.name, "summary": model.description[:300]}
         example = listing.example_input
+        if example is not None:
+            # As compact as the registry measures it (and non-ASCII as typed): json.dumps's
+            # default spacing made an example near the size limit too long for the form.
+            example = json.dumps(example, separators=(",", ":"), ensure_ascii=False)
         return {
             **{name: getattr(listing, name) for name in cls.base_fields if name != "tags"},
             "tags": ", ".join(listing.tags),
-            "example_input": "" if example is None else json.dumps(example),
+            "example_input": example or "",
         }
 
     def clean_example_input(self):

@@ -481,6 +481,27 @@ def test_saving_the_listing_form_untouched_changes_nothing(alice_client, classif
     assert not AuditEvent.objects.filter(action="listing.update").exists()
 
 
+def test_a_listing_with_a_large_example_input_can_be_edited(alice_client, classifier):
+    """An example the API took (800 kB of JSON, under the 1 MiB limit) is shown on the form as
+    compactly as it was measured, so the form takes it back with the publisher's change."""
+    from marketplace import listings
+
+    example = {"text": "héllo", "x": [1] * 400_000}
+    listing = listings.listing_publish(
+        model=classifier, actor=accounts.SYSTEM, visibility="public", example_input=example
+    )
+    url = "/dashboard/models/classifier/listing/"
+    form = alice_client.get(url).context["form"]
+
+    saved = alice_client.post(url, {**as_sent_back(form), "price_per_call": "0.01"})
+
+    assert saved.status_code == 302
+    listing.refresh_from_db()
+    assert listing.price_per_call == Decimal("0.01") and listing.example_input == example
+    shown = form["example_input"].value()
+    assert '"text":"héllo"' in shown and '"x":[1,1,1,' in shown
+
+
 @pytest.mark.parametrize(
     ("change", "field_error"),
     [
