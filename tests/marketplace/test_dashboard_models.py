@@ -689,3 +689,49 @@ def test_only_the_publishers_admins_reach_the_access_page(
     )
     asked.refresh_from_db()
     assert asked.status == "pending"
+
+
+def test_a_form_sent_after_switching_organisation_in_another_tab_changes_nothing(
+    alice, tenant, classifier, charlie, outsider, model_files
+):
+    """Alice is an admin of Acme and of Globex, which both have a model named classifier. She
+    opens Acme's, then switches to Globex in another tab: the session's organisation is
+    Globex now, and Acme's forms, sent from the first tab, must not change Globex's model."""
+    from marketplace import listings
+    from marketplace.models import Entitlement
+
+    accounts.membership_add(tenant=outsider, user=alice, role=Role.ADMIN, actor=accounts.SYSTEM)
+    theirs = services.model_create(
+        tenant=outsider, name="classifier", task="other", actor=Actor(user=charlie)
+    )
+    for model, user in ((classifier, alice), (theirs, charlie)):
+        make_ready(upload_version(model, model_files["pt2"], user))
+    listings.listing_publish(model=theirs, actor=accounts.SYSTEM, visibility="public", title="G")
+    client = signed_in(alice)  # in Acme, her first organisation
+    acme_pages = [
+        html(client.get(f"/dashboard/models/classifier/{page}"))
+        for page in ("", "listing/", "access/")
+    ]
+    client.post("/dashboard/switch/", {"tenant": "globex"})
+    events = AuditEvent.objects.count()
+    url = "/dashboard/models/classifier/"
+    sent = {
+        f"{url}aliases/": {"alias": "staging", "version": "1"},
+        f"{url}listing/": {**LISTING_FORM, "visibility": "private"},
+        f"{url}listing/unpublish/": {},
+        f"{url}access/": {"action": "share", "tenant": "acme"},
+    }
+
+    answers = [
+        html(client.post(path, {**form, "org": "acme"}, follow=True)) for path, form in sent.items()
+    ]
+
+    assert AuditEvent.objects.count() == events
+    assert not theirs.aliases.exists() and not Entitlement.objects.exists()
+    theirs.listing.refresh_from_db()
+    assert (theirs.listing.visibility, theirs.listing.title) == ("public", "G")
+    assert all(
+        "That form was for acme/classifier, but you have switched to globex" in a for a in answers
+    )
+    # Each form of Acme's pages says whose it is.
+    assert all('<input type="hidden" name="org" value="acme">' in page for page in acme_pages)
