@@ -11,8 +11,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from accounts import services as accounts
+from accounts.models import Scope
 from accounts.services import Actor
-from marketplace import services
+from accounts.tenancy import Access
+from marketplace import listings, services
 from marketplace.models import Listing, Model
 from tests.conftest import PASSWORD, signed_in_page
 from tests.marketplace.test_dashboard_models import make_ready, upload_version
@@ -93,3 +95,46 @@ def test_a_refused_price_is_explained_on_the_form_and_nothing_is_published(page:
 
     expect(page.get_by_text("A price cannot be negative.")).to_be_visible()
     assert not Listing.objects.exists()
+
+
+def test_on_a_phone_the_alias_and_access_buttons_are_on_screen(
+    browser: Browser, live_server, classifier
+):
+    """At a phone's width (390 px) the rows' buttons (Roll back, Approve, Decline, Allow,
+    Revoke) were past the right edge of their tables' sideways scroll, and 'Roll back to v2'
+    wrapped a word a line."""
+    erin = classifier.tenant.memberships.get().user
+    versions = list(classifier.versions.order_by("number"))
+    access = Access(tenant=classifier.tenant, scopes=frozenset({Scope.ADMIN}), user=erin)
+    for version in reversed(versions):  # production: v2, then v1 -> "Roll back to v2"
+        services.alias_set(
+            model=classifier, name="production", version=version, access=access, actor=Actor()
+        )
+    listing = listings.listing_publish(
+        model=classifier, actor=accounts.SYSTEM, visibility="public", gated=True
+    )
+    for slug, name in (("globex", "Globex Corporation International"), ("initech", "Initech")):
+        owner = accounts.user_create(email=f"owner@{slug}.example", password=PASSWORD)
+        consumer = accounts.tenant_create(slug=slug, name=name, owner=owner)
+        listings.access_request_create(
+            listing=listing, tenant=consumer, actor=Actor(user=owner), message="For our pilot."
+        )
+    listings.model_share(model=classifier, tenant_slug="initech", actor=accounts.SYSTEM)
+    page = signed_in_page(browser, live_server, "erin@acme.example", viewport=(390, 844))
+    try:
+        expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+        page.goto(f"{live_server.url}/dashboard/models/classifier/")
+        rollback = page.get_by_role("button", name="Roll back to v2").bounding_box()
+        page.goto(f"{live_server.url}/dashboard/models/classifier/access/")
+        buttons = [
+            page.get_by_role("button", name=name, exact=True).first.bounding_box()
+            for name in ("Approve", "Decline", "Allow", "Revoke")
+        ]
+        width = page.evaluate("document.documentElement.scrollWidth")
+    finally:
+        page.context.close()
+
+    # Where they are without scrolling anything sideways: within the 390 px.
+    assert all(box["x"] + box["width"] <= 390 for box in [rollback, *buttons])
+    assert rollback["height"] < 40  # one line
+    assert width <= 390
