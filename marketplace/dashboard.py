@@ -394,7 +394,8 @@ def model_access(request: HttpRequest, name: str) -> HttpResponse:
     back = redirect("models:access", name=model.name)
     try:
         if action == "share":
-            slug = request.POST.get("tenant", "").strip()
+            # Slugs are lowercase; a publisher may well type the name's capital.
+            slug = request.POST.get("tenant", "").strip().lower()
             listings.model_share(model=model, tenant_slug=slug, actor=actor)
             messages.success(request, f"Shared with {slug}: it may view and run {model.ref}.")
             return back

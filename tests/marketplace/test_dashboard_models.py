@@ -644,6 +644,15 @@ def test_access_changes_the_registry_refuses_are_explained(alice_client, classif
     assert not Entitlement.objects.exists()
 
 
+def test_sharing_takes_the_organisations_slug_in_any_case(alice_client, classifier, outsider):
+    from marketplace.models import Entitlement
+
+    shared = html(access_action(alice_client, action="share", tenant=" Globex "))
+
+    assert "Shared with globex" in shared
+    assert Entitlement.objects.get(model=classifier, revoked_at=None).tenant == outsider
+
+
 def test_a_decided_request_cannot_be_decided_again(alice_client, classifier, charlie, outsider):
     from marketplace import listings
 
