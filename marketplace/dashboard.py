@@ -106,6 +106,9 @@ class ListingForm(forms.Form):
             **{name: getattr(listing, name) for name in cls.base_fields if name != "tags"},
             "tags": ", ".join(listing.tags),
             "example_input": example or "",
+            # As the listing shows them (0.5, not the column's 0.500000).
+            "price_per_call": listings.money_text(listing.price_per_call),
+            "price_per_second": listings.money_text(listing.price_per_second),
         }
 
     def clean_example_input(self):

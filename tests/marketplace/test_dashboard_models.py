@@ -471,10 +471,14 @@ def test_saving_the_listing_form_untouched_changes_nothing(alice_client, classif
         example_input={"x": [[1.5, 2, 3, 4]]},
     )
     url = "/dashboard/models/classifier/listing/"
-    form = alice_client.get(url).context["form"]
+    shown = alice_client.get(url)
+    page, form = html(shown), shown.context["form"]
 
     saved = alice_client.post(url, as_sent_back(form))
 
+    # Prices as the listing shows them, not as the column holds them (0.000000).
+    assert 'name="price_per_second" value="0"' in page
+    assert 'name="price_per_call" value="0.000125"' in page
     assert saved.status_code == 302
     listing.refresh_from_db()
     assert listing.card_markdown == card
