@@ -39,6 +39,25 @@ def _error_text(exc: ValidationError | PermissionDenied | ServiceError) -> str:
     return str(exc) or "You do not have permission to do that."
 
 
+def org_switched(request: HttpRequest) -> HttpResponse | None:
+    """A refusal of a form sent for another organisation than the session's: the dashboard's
+    forms carry ``org``, the organisation they were rendered for (``templates/_org.html``), and
+    the session's organisation decides whose key, member, model or bill a form's URL means. A
+    member of two organisations who switched in another tab would otherwise change the other's
+    (revoke its key, move its model's alias, set its spend cap). A POST without ``org`` (a
+    script's) is taken as it is."""
+    sent = request.POST.get("org") if request.method == "POST" else None
+    tenant = getattr(request, "tenant", None)
+    if sent is None or tenant is None or sent == tenant.slug:
+        return None
+    messages.error(
+        request,
+        f"That form was sent from a page of {sent[:64]}, but you have switched to {tenant.slug} "
+        "since (in another tab?). Nothing was changed: switch back, then send it again.",
+    )
+    return redirect("dashboard:home")
+
+
 def tenant_required(
     *, manage: bool = False, scope: str | None = None, while_suspended: bool = False
 ):
@@ -63,6 +82,8 @@ def tenant_required(
                     f"Your role ({role}) does not include '{scope}', which this needs; ask an "
                     "owner or admin."
                 )
+            if refused := org_switched(request):
+                return refused
             tenant = request.membership.tenant
             if not tenant.is_active and not while_suspended and request.method not in SAFE_METHODS:
                 reason = f": {tenant.suspended_reason}" if tenant.suspended_reason else ""

@@ -151,21 +151,6 @@ def _tenant_model(request: HttpRequest, name: str) -> Model:
     )
 
 
-def _switched_away(request: HttpRequest, name: str) -> HttpResponse | None:
-    """A refusal of a form rendered for another organisation than the session's now: a member
-    of two who switched in another tab would otherwise change the other's model of the same
-    name. The model pages' forms send ``org``, the slug they were rendered for."""
-    sent = request.POST.get("org")
-    if sent is None or sent == request.tenant.slug:
-        return None
-    messages.error(
-        request,
-        f"That form was for {sent[:50]}/{name}, but you have switched to {request.tenant.slug} "
-        "since (in another tab?). Nothing was changed: switch back, then send it again.",
-    )
-    return redirect("models:list")
-
-
 def _versions_context(model: Model) -> dict:
     versions = list(
         model.versions.select_related("artifact", "created_by")
@@ -279,8 +264,6 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
     (a history row's "Roll back" sends the version it moved from). The registry's
     ``alias_set`` decides, as for the API: moving ``production`` needs the admin role, and only
     a ready version takes an alias."""
-    if refused := _switched_away(request, name):
-        return refused
     model = _tenant_model(request, name)
     alias = request.POST.get("alias", "").strip()
     number = request.POST.get("version", "")
@@ -310,8 +293,6 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
 def listing_edit(request: HttpRequest, name: str) -> HttpResponse:
     """Publish the model, or change its listing: the same ``listing_publish`` as the API, and
     the same right (the admin role). Values the registry refuses come back on the form."""
-    if request.method == "POST" and (refused := _switched_away(request, name)):
-        return refused
     model = _tenant_model(request, name)
     listing = Listing.objects.filter(model=model).first()
     form = ListingForm(request.POST or None, initial=ListingForm.initial_of(listing, model))
@@ -342,8 +323,6 @@ def listing_edit(request: HttpRequest, name: str) -> HttpResponse:
 @tenant_required(scope=Scope.ADMIN)
 def listing_unpublish(request: HttpRequest, name: str) -> HttpResponse:
     """Make the listing private (it leaves the catalogue; consumers entitled keep access)."""
-    if refused := _switched_away(request, name):
-        return refused
     model = _tenant_model(request, name)
     listing = get_object_or_404(Listing, model=model)
     listings.listing_unpublish(listing=listing, actor=request_actor(request))
@@ -388,8 +367,6 @@ def model_access(request: HttpRequest, name: str) -> HttpResponse:
     entitled to it (subscribed, or shared with by name) with their download right, and a form
     to share it with another organisation. Each button calls the listings service the API
     calls, with the same right (the admin role)."""
-    if request.method == "POST" and (refused := _switched_away(request, name)):
-        return refused
     model = _tenant_model(request, name)
     if request.method != "POST":
         return render(request, "models/access.html", _access_context(model))

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 from accounts.exceptions import NotFound, ServiceError, TakenDown
 from accounts.models import Scope
 from accounts.tenancy import Access, request_actor, session_access
+from accounts.views import org_switched
 from marketplace import listings
 from marketplace.models import Listing, Task
 
@@ -138,6 +139,8 @@ def listing_detail(request: HttpRequest, owner: str, name: str) -> HttpResponse:
 def _consumer_action(request: HttpRequest, owner: str, name: str, action) -> HttpResponse:
     """Run ``action(listing, access)`` for the signed-in member's organisation, reporting
     the outcome or the reason it was refused as a message on the listing's page."""
+    if refused := org_switched(request):
+        return refused
     access = session_access(request)
     try:
         listing = _listing_or_404(access, owner, name)

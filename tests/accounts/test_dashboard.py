@@ -790,3 +790,40 @@ def test_an_organisation_slug_is_usable_as_the_owner_in_model_addresses(
     else:
         assert not Tenant.objects.filter(name=name).exists()
         assert "is not a usable slug" in response.content.decode()
+
+
+def test_forms_sent_after_switching_organisation_in_another_tab_change_nothing(
+    alice, tenant, charlie, outsider
+):
+    """Alice manages Acme and Globex. Pages opened for Acme, sent after she switched to Globex
+    in another tab, must not invite into, set the spend cap of, or create a model in Globex:
+    each form says whose it is (``org``), and the session's organisation decides the rest."""
+    from billing.models import BillingAccount
+    from marketplace.models import Model
+
+    services.membership_add(tenant=outsider, user=alice, role=Role.ADMIN, actor=services.SYSTEM)
+    client = Client()
+    client.force_login(alice)
+    pages = [page(client, path) for path in ("/dashboard/members/", "/dashboard/billing/")]
+    client.post("/dashboard/switch/", {"tenant": "globex"})
+    events = AuditEvent.objects.count()
+    sent = {
+        "/dashboard/members/": {"email": "eve@example.com", "role": "admin"},
+        "/dashboard/billing/": {"spend_cap": "1.00"},
+        "/dashboard/models/": {"name": "sneaky", "task": "other"},
+    }
+
+    answers = [
+        client.post(path, {**form, "org": "acme"}, follow=True).content.decode()
+        for path, form in sent.items()
+    ]
+
+    assert all('<input type="hidden" name="org" value="acme">' in p for p in pages)
+    assert all("you have switched to globex" in answer for answer in answers)
+    assert AuditEvent.objects.count() == events
+    assert not Invitation.objects.filter(email="eve@example.com").exists()
+    assert not BillingAccount.objects.filter(spend_cap__isnull=False).exists()
+    assert not Model.objects.filter(name="sneaky").exists()
+    # The same forms sent for Globex, from Globex's pages, are taken.
+    client.post("/dashboard/models/", {"name": "theirs", "task": "other", "org": "globex"})
+    assert Model.objects.get(name="theirs").tenant == outsider

@@ -744,7 +744,8 @@ def test_a_form_sent_after_switching_organisation_in_another_tab_changes_nothing
     theirs.listing.refresh_from_db()
     assert (theirs.listing.visibility, theirs.listing.title) == ("public", "G")
     assert all(
-        "That form was for acme/classifier, but you have switched to globex" in a for a in answers
+        "That form was sent from a page of acme, but you have switched to globex" in a
+        for a in answers
     )
     # Each form of Acme's pages says whose it is.
     assert all('<input type="hidden" name="org" value="acme">' in page for page in acme_pages)
