@@ -103,6 +103,11 @@ def model_for_access(access: Access | None, *, owner: str, name: str, perm: str 
             f"Your organisation has no access to {model.ref}. Subscribe to it first.",
             subscribe_url=f"/api/v1/catalogue/{model.ref}/subscribe",
         )
+    if perm == "download":
+        raise Forbidden(
+            f"Downloading the weights of {model.ref} needs its publisher's permission; ask them "
+            "to allow downloads for your organisation."
+        )
     raise Forbidden(f"Only the publisher of {model.ref} may do that.")
 
 

@@ -198,7 +198,7 @@ def test_a_download_right_lets_a_consumer_download_the_weights_until_withdrawn(
     as_org(globex)
     downloaded = mm("download", "acme/clf:1", "-o", tmp_path, "--json")
 
-    assert refused.code == 3 and "Only the publisher of acme/clf may do that." in refused.err
+    assert refused.code == 3 and "needs its publisher's permission" in refused.err
     assert allowed.code == 0, allowed.err
     assert allowed.json()["tenant"] == "globex" and allowed.json()["can_download"] is True
     assert downloaded.code == 0, downloaded.err
@@ -237,7 +237,8 @@ def test_a_subscriber_without_the_right_and_a_stranger_download_nothing(
     assert subscriber.error() == {
         "status": 403,
         "code": "forbidden",
-        "detail": "Only the publisher of acme/clf may do that.",
+        "detail": "Downloading the weights of acme/clf needs its publisher's permission; ask "
+        "them to allow downloads for your organisation.",
     }
     assert private.code == 4 and "(HTTP 404)" in private.err
     assert list(tmp_path.iterdir()) == []
