@@ -227,6 +227,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     last_moves = {}
     for move in moves:
         last_moves.setdefault(move.alias_id, move)
+    is_admin = Scope.ADMIN in request.membership.scopes
     for alias in aliases:
         last = last_moves.get(alias.pk)
         alias.rollback_to = (
@@ -235,6 +236,8 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             and last.from_version is not None
             and last.to_version_id == alias.version_id
             and last.from_version.status in ALIASABLE
+            # The registry refuses the others a protected alias: no button to be refused.
+            and (is_admin or alias.name not in services.PROTECTED_ALIASES)
             else None
         )
     context = {
@@ -244,7 +247,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "listing": Listing.objects.filter(model=model).first(),
         "moves": moves,
         "can_write": _can_write(request),
-        "can_publish": Scope.ADMIN in request.membership.scopes,
+        "can_publish": is_admin,
         "pending_requests": AccessRequest.objects.filter(
             listing__model=model, status=AccessRequest.Status.PENDING
         ).count(),
