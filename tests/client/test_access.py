@@ -306,6 +306,21 @@ def test_a_yanked_version_answers_gone_with_the_reason(mm, classifier):
     assert shown.code == 4 and "withdrawn: leaks training data" in shown.err
 
 
+def test_a_deprecated_version_says_until_when_and_why(mm, classifier):
+    deprecated = mm(
+        "deprecate", "acme/clf:1", "--sunset", "2031-03-01", "--reason", "use v2"
+    )
+    shown = mm("version", "acme/clf:1", "--json")
+    unnumbered = mm("deprecate", "acme/clf", "--sunset", "2031-03-01T00:00:00Z")
+    past = mm("deprecate", "acme/clf:1", "--sunset", "not a date")
+
+    assert deprecated.code == 0, deprecated.err
+    assert shown.json()["status"] == "deprecated"
+    assert shown.json()["sunset_at"].startswith("2031-03-01")
+    assert unnumbered.code == 2 and "owner/name:NUMBER" in unnumbered.err
+    assert past.code != 0 and "sunset_at" in past.err
+
+
 def test_a_version_an_alias_points_at_is_not_yanked(mm, classifier):
     mm("alias", "set", "acme/clf", "production", "1")
 

@@ -295,12 +295,26 @@ def cmd_wait(cli: Cli) -> int:
     return 0
 
 
-def cmd_yank(cli: Cli) -> int:
-    owner, name, version = split_ref(cli.args.ref)
+def _numbered(ref: str, doing: str) -> tuple[str, int]:
+    owner, name, version = split_ref(ref)
     if not version or not version.isdigit():
-        raise UsageError("Say which version to yank by its number: owner/name:NUMBER.")
-    yanked = cli.client.yank_version(f"{owner}/{name}", int(version), reason=cli.args.reason)
+        raise UsageError(f"Say which version to {doing} by its number: owner/name:NUMBER.")
+    return f"{owner}/{name}", int(version)
+
+
+def cmd_yank(cli: Cli) -> int:
+    model, number = _numbered(cli.args.ref, "yank")
+    yanked = cli.client.yank_version(model, number, reason=cli.args.reason)
     cli.emit(yanked.raw, lambda: _print_version(cli, cli.args.ref, yanked))
+    return 0
+
+
+def cmd_deprecate(cli: Cli) -> int:
+    model, number = _numbered(cli.args.ref, "deprecate")
+    deprecated = cli.client.deprecate_version(
+        model, number, sunset_at=cli.args.sunset, reason=cli.args.reason
+    )
+    cli.emit(deprecated.raw, lambda: _print_version(cli, cli.args.ref, deprecated))
     return 0
 
 
@@ -1115,6 +1129,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("wait", cmd_wait, "wait for a version's validation")
     p.add_argument("ref", metavar="owner/name:version")
     p.add_argument("--timeout", type=float, default=600)
+    p = command(
+        "deprecate",
+        cmd_deprecate,
+        "deprecate a version: its predictions carry Deprecation and Sunset headers",
+    )
+    p.add_argument("ref", metavar="owner/name:version")
+    p.add_argument("--sunset", required=True, metavar="WHEN", help="ISO 8601, e.g. 2027-03-01")
+    p.add_argument("--reason", default="", help="what users of the version are told")
     p = command("yank", cmd_yank, "withdraw a version: it answers 410 from then on (admin)")
     p.add_argument("ref", metavar="owner/name:version")
     p.add_argument("--reason", required=True, help="what users of the version are told")
