@@ -307,9 +307,7 @@ def test_a_yanked_version_answers_gone_with_the_reason(mm, classifier):
 
 
 def test_a_deprecated_version_says_until_when_and_why(mm, classifier):
-    deprecated = mm(
-        "deprecate", "acme/clf:1", "--sunset", "2031-03-01", "--reason", "use v2"
-    )
+    deprecated = mm("deprecate", "acme/clf:1", "--sunset", "2031-03-01", "--reason", "use v2")
     shown = mm("version", "acme/clf:1", "--json")
     unnumbered = mm("deprecate", "acme/clf", "--sunset", "2031-03-01T00:00:00Z")
     past = mm("deprecate", "acme/clf:1", "--sunset", "not a date")
