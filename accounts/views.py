@@ -115,7 +115,10 @@ def _safe_next(request: HttpRequest) -> str | None:
 
 def signup(request: HttpRequest) -> HttpResponse:
     # An invitation's "Create an account" link passes the invited address.
-    form = SignupForm(request.POST or None, initial={"email": request.GET.get("email", "")})
+    form = SignupForm(
+        request.POST if request.method == "POST" else None,
+        initial={"email": request.GET.get("email", "")},
+    )
     if request.method == "POST" and form.is_valid():
         user = services.user_create(
             email=form.cleaned_data["email"],
@@ -140,7 +143,7 @@ class LoginView(auth_views.LoginView):
 
 @login_required
 def org_create(request: HttpRequest) -> HttpResponse:
-    form = TenantCreateForm(request.POST or None)
+    form = TenantCreateForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             tenant = services.tenant_create(
@@ -188,7 +191,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @tenant_required()
 def members(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant
-    form = InvitationForm(request.POST or None)
+    form = InvitationForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         if not request.membership.can_manage:
             raise PermissionDenied("Only owners and admins can invite members.")
@@ -294,7 +297,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 @tenant_required(manage=True)
 def keys(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant
-    form = ApiKeyForm(request.POST or None)
+    form = ApiKeyForm(request.POST if request.method == "POST" else None)
     created = secret = None
     if request.method == "POST" and form.is_valid():
         try:

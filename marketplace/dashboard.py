@@ -163,7 +163,7 @@ def _versions_context(model: Model) -> dict:
 
 @tenant_required()
 def model_list(request: HttpRequest) -> HttpResponse:
-    form = ModelCreateForm(request.POST or None)
+    form = ModelCreateForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         if not _can_write(request):
             raise PermissionDenied("Your role cannot create models.")
@@ -298,7 +298,10 @@ def listing_edit(request: HttpRequest, name: str) -> HttpResponse:
     the same right (the admin role). Values the registry refuses come back on the form."""
     model = _tenant_model(request, name)
     listing = Listing.objects.filter(model=model).first()
-    form = ListingForm(request.POST or None, initial=ListingForm.initial_of(listing, model))
+    form = ListingForm(
+        request.POST if request.method == "POST" else None,
+        initial=ListingForm.initial_of(listing, model),
+    )
     if request.method == "POST" and form.is_valid():
         values = dict(form.cleaned_data)
         for price in ("price_per_call", "price_per_second"):
