@@ -89,8 +89,7 @@ class ListingForm(forms.Form):
         required=False,
         max_length=listings.MAX_EXAMPLE_INPUT_BYTES,
         widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Shown on the listing and filled into the playground; blank keeps the "
-        "current one.",
+        help_text="Shown on the listing and filled into the playground; blank for none.",
     )
 
     @classmethod

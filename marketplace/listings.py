@@ -347,6 +347,9 @@ def platform_fee_percent() -> Decimal:
 # --- publishing -------------------------------------------------------------------------------
 
 
+KEEP: Any = object()  # listing_publish's "leave the example input as it is"
+
+
 @transaction.atomic
 def listing_publish(
     *,
@@ -363,10 +366,11 @@ def listing_publish(
     price_per_second: Decimal | None = None,
     currency: str | None = None,
     free_calls_per_month: int | None = None,
-    example_input: Any = None,
+    example_input: Any = KEEP,
 ) -> Listing:
     """Create or update the model's listing. An argument left as None keeps the listing's
-    current value (the default on first publish). The caller has checked that ``actor`` may
+    current value (the default on first publish), except ``example_input``: left out
+    (``KEEP``) it is kept, and None removes it. The caller has checked that ``actor`` may
     publish the model (``model_for_access(..., perm="publish")``).
 
     The platform fee is recorded when the listing is first published and kept on updates:
@@ -403,8 +407,10 @@ def listing_publish(
         if free_calls_per_month < 0:
             raise ValidationError({"free_calls_per_month": "Cannot be negative."})
         changes["free_calls_per_month"] = free_calls_per_month
-    if example_input is not None:
-        changes["example_input"] = example_input_clean(example_input)
+    if example_input is not KEEP:
+        changes["example_input"] = (
+            None if example_input is None else example_input_clean(example_input)
+        )
 
     now = timezone.now()
     listing = Listing.objects.select_for_update().filter(model=model).first()

@@ -195,7 +195,11 @@ class ListingPublishSerializer(StrictSerializer):
     )
     currency = serializers.CharField(max_length=8, required=False, help_text="e.g. 'usd'")
     free_calls_per_month = serializers.IntegerField(min_value=0, max_value=10**9, required=False)
-    example_input = serializers.JSONField(required=False, allow_null=True)
+    example_input = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Shown on the listing and filled into the playground; null removes it.",
+    )
 
 
 class SubscriptionSerializer(serializers.ModelSerializer):

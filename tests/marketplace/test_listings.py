@@ -889,3 +889,16 @@ def test_an_example_input_nested_past_any_tensor_is_a_400_and_old_ones_still_ren
     Listing.objects.filter(model=model).update(example_input={"x": deep})  # stored before
     page = Client().get("/catalogue/acme/resnet/")
     assert page.status_code == 200 and "[[[[" in page.content.decode()
+
+
+def test_an_example_input_is_kept_when_left_out_and_removed_by_null(api, tenant):
+    make_model(tenant, "resnet")
+    publish(api, "acme/resnet", example_input={"x": [[1, 2]]})
+
+    kept = publish(api, "acme/resnet", title="Renamed")
+    kept_value = Listing.objects.get().example_input
+    removed = publish(api, "acme/resnet", example_input=None)
+
+    assert kept.status_code == 200 and kept_value == {"x": [[1, 2]]}
+    assert removed.status_code == 200 and removed.json()["example_input"] is None
+    assert Listing.objects.get().example_input is None
