@@ -66,7 +66,7 @@ def admit(
         pipe.ttl(breaker_key(version_pk))
     count, _, depth, *breaker = pipe.execute()
     reset = window_start + window - now
-    headers = {
+    headers = {  # inference.api.predictions.RATE_LIMIT_HEADERS documents them
         "RateLimit-Limit": str(limit),
         "RateLimit-Remaining": str(max(0, limit - count)),
         "RateLimit-Reset": str(reset),

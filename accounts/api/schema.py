@@ -57,6 +57,12 @@ def document_errors(result, generator, request, public):
     default = {
         "description": "An error: 400 invalid, 401 no or bad key, 403 missing scope, 404 "
         "not found (or not yours), 402, 409, 410, 413, 429, 451, 503, ...",
+        "headers": {
+            "Retry-After": {
+                "schema": {"type": "string"},
+                "description": "With 429 and 503: seconds to wait before trying again.",
+            }
+        },
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     for path, operations in result["paths"].items():

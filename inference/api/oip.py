@@ -46,7 +46,7 @@ from inference import realtime, services, tensors
 from inference.models import Prediction
 from inference.runtime.spec import DATATYPES, InputError, Signature
 from marketplace import selectors
-from marketplace.api.registry import deprecation_headers
+from marketplace.api.registry import DEPRECATION_HEADERS, deprecation_headers
 from marketplace.models import Model, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -557,6 +557,21 @@ def infer_response(
     return response
 
 
+def _response_header(name: str, description: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, str, OpenApiParameter.HEADER, response=True, description=description
+    )
+
+
+# The headers inference.limits.admit() puts on the calls it counts (429s carry them too, with
+# Retry-After), for the schema of those calls.
+RATE_LIMIT_HEADERS = [
+    _response_header("RateLimit-Limit", "Requests this key may make per window."),
+    _response_header("RateLimit-Remaining", "Requests left in this window."),
+    _response_header("RateLimit-Reset", "Seconds until the window ends."),
+    _response_header("RateLimit-Policy", "The limit and its window: `LIMIT;w=SECONDS`."),
+]
+INFER_RESPONSE_HEADERS = [*RATE_LIMIT_HEADERS, *DEPRECATION_HEADERS]
 INFER_SCHEMA = {
     "request": {
         "application/json": OipInferSerializer,
@@ -588,7 +603,11 @@ HEADER_LENGTH_PARAMETER = OpenApiParameter(
 class InferView(OipView):
     required_scope = Scope.INFERENCE
 
-    @extend_schema(operation_id="oip_infer", parameters=[HEADER_LENGTH_PARAMETER], **INFER_SCHEMA)
+    @extend_schema(
+        operation_id="oip_infer",
+        parameters=[HEADER_LENGTH_PARAMETER, *INFER_RESPONSE_HEADERS],
+        **INFER_SCHEMA,
+    )
     def post(self, request, owner: str, name: str, version: str | None = None):
         """Run the model and answer with its outputs (synchronous: the call waits for the
         prediction, which is billed like any other)."""
@@ -650,7 +669,7 @@ class InferView(OipView):
 class VersionInferView(InferView):
     @extend_schema(
         operation_id="oip_model_version_infer",
-        parameters=[VERSION_PATH, HEADER_LENGTH_PARAMETER],
+        parameters=[VERSION_PATH, HEADER_LENGTH_PARAMETER, *INFER_RESPONSE_HEADERS],
         **INFER_SCHEMA,
     )
     def post(self, request, owner: str, name: str, version: str):

@@ -18,15 +18,16 @@ from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin
 from billing.models import UsageRecord
 from inference import services, tensors
-from inference.api.oip import declared_length
+from inference.api.oip import RATE_LIMIT_HEADERS, declared_length
 from inference.models import Prediction
 from inference.runtime.spec import InputError
-from marketplace.api.registry import deprecation_headers
+from marketplace.api.registry import DEPRECATION_HEADERS, deprecation_headers
 
 EVENTS = ["start", "completed"]
 
 
 IDEMPOTENCY_KEY_MAX = 255  # what the column keeps
+
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
     str,
@@ -226,6 +227,8 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
                 description="`wait` or `wait=N` (seconds, at most 60)",
             ),
             IDEMPOTENCY_KEY_PARAMETER,
+            *RATE_LIMIT_HEADERS,
+            *DEPRECATION_HEADERS,
         ],
         responses={201: PredictionSerializer},
     )

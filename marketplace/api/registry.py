@@ -122,10 +122,29 @@ class VersionsView(ListAPIView):
         return {**super().get_serializer_context(), "publisher": self.publisher}
 
 
+# What deprecation_headers adds, for the schema of every answer that may carry them.
+DEPRECATION_HEADERS = [
+    OpenApiParameter(
+        "Deprecation",
+        str,
+        OpenApiParameter.HEADER,
+        response=True,
+        description="`true` when the version is deprecated (RFC 9745).",
+    ),
+    OpenApiParameter(
+        "Sunset",
+        str,
+        OpenApiParameter.HEADER,
+        response=True,
+        description="When a deprecated version stops answering (HTTP date, RFC 8594).",
+    ),
+]
+
+
 class VersionDetailView(APIView):
     required_scope = Scope.MODELS_READ
 
-    @extend_schema(responses=s.VersionSerializer)
+    @extend_schema(responses=s.VersionSerializer, parameters=DEPRECATION_HEADERS)
     def get(self, request, owner: str, name: str, ref: str):
         """A version by number or alias. A deprecated version answers with ``Deprecation``
         and ``Sunset`` headers; a yanked one is 410 with the alias to use instead. Another

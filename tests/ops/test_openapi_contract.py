@@ -76,6 +76,18 @@ def to_json_schema(node):
     return {"anyOf": [{"type": "null"}, out]} if node.get("nullable") else out
 
 
+# Response headers that tell a client what to do: each sent must be documented.
+SIGNAL_HEADERS = {
+    "retry-after",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit-policy",
+    "deprecation",
+    "sunset",
+}
+
+
 class Contract:
     """Checks requests and answers against the schema; remembers which operations answered
     with what, and every mismatch (so one run shows them all)."""
@@ -150,6 +162,12 @@ class Contract:
             listed = ", ".join(sorted(operation["responses"]))
             self.problems.append(f"{label}: the schema lists only {listed}")
             return
+        # Headers a client acts on must be in the schema where they are sent (an error answer
+        # is checked for Retry-After only: the rate limit's headers are documented on success).
+        watched = SIGNAL_HEADERS if status < 400 else {"retry-after"}
+        documented = {name.lower() for name in declared.get("headers", {})}
+        for name in sorted(watched & {h.lower() for h in response.headers} - documented):
+            self.problems.append(f"{label}: the {name} header is not in the schema")
         content = declared.get("content")
         media = response.get("Content-Type", "").split(";")[0]
         if not content:
