@@ -31,7 +31,9 @@ from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
 
-def _error_text(exc: ValidationError | PermissionDenied | ServiceError) -> str:
+def error_text(exc: ValidationError | PermissionDenied | ServiceError) -> str:
+    """A refusal as one message for a person: every message of a ValidationError, a
+    service's own message, or the permission's."""
     if isinstance(exc, ValidationError):
         return " ".join(exc.messages)
     if isinstance(exc, ServiceError):
@@ -204,7 +206,7 @@ def members(request: HttpRequest) -> HttpResponse:
                     actor=request_actor(request),
                 )
             except (ValidationError, PermissionDenied) as exc:
-                form.add_error(None, _error_text(exc))
+                form.add_error(None, error_text(exc))
             else:
                 messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("dashboard:members")
@@ -236,7 +238,7 @@ def member_role(request: HttpRequest, member_id: str) -> HttpResponse:
             request, f"{membership.user.email} is now {membership.get_role_display()}."
         )
     except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, error_text(exc))
     return redirect("dashboard:members")
 
 
@@ -248,7 +250,7 @@ def member_remove(request: HttpRequest, member_id: str) -> HttpResponse:
     try:
         services.membership_remove(membership=membership, actor=request_actor(request))
     except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, error_text(exc))
         return redirect("dashboard:members")
     if leaving:
         request.session.pop(SESSION_TENANT_KEY, None)
@@ -265,7 +267,7 @@ def invitation_revoke(request: HttpRequest, invitation_id: str) -> HttpResponse:
     try:
         services.invitation_revoke(invitation=invitation, actor=request_actor(request))
     except (ServiceError, PermissionDenied) as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, error_text(exc))
     else:
         messages.success(request, f"Invitation to {invitation.email} revoked.")
     return redirect("dashboard:members")
@@ -283,7 +285,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
                 token=token, user=request.user, ip=client_ip(request)
             )
         except ValidationError as exc:
-            messages.error(request, _error_text(exc))
+            messages.error(request, error_text(exc))
         else:
             request.session[SESSION_TENANT_KEY] = membership.tenant.slug
             messages.success(request, f"Welcome to {membership.tenant.name}.")
@@ -311,7 +313,7 @@ def keys(request: HttpRequest) -> HttpResponse:
                 actor=request_actor(request),
             )
         except (ValidationError, PermissionDenied) as exc:
-            form.add_error(None, _error_text(exc))
+            form.add_error(None, error_text(exc))
         else:
             form = ApiKeyForm()
     context = {
@@ -342,7 +344,7 @@ def key_rotate(request: HttpRequest, key_id: str) -> HttpResponse:
     try:
         created, secret = services.api_key_rotate(key=key, actor=request_actor(request))
     except ValidationError as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, error_text(exc))
         return redirect("dashboard:keys")
     context = {
         "form": ApiKeyForm(),

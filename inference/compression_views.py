@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from accounts.exceptions import ServiceError
 from accounts.models import Scope
 from accounts.tenancy import request_actor, session_access
-from accounts.views import tenant_required
+from accounts.views import error_text, tenant_required
 from inference import compression_services as jobs
 from inference.models import CompressionJob
 from marketplace.dashboard import COMPRESS_FORM_KEY, KEPT_PARAMS_MAX
@@ -96,11 +96,8 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
             params=params,
             actor=request_actor(request),
         )
-    except ValidationError as exc:
-        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
-        return back
-    except ServiceError as exc:
-        messages.error(request, exc.message)
+    except (ValidationError, ServiceError) as exc:
+        messages.error(request, error_text(exc))
         return back
     request.session.pop(COMPRESS_FORM_KEY, None)
     return redirect("inference:compression_job", job_id=job.public_id)

@@ -24,7 +24,7 @@ from accounts.api.parsers import unstorable
 from accounts.exceptions import Conflict, ServiceError
 from accounts.models import Scope
 from accounts.tenancy import request_actor, session_access
-from accounts.views import tenant_required
+from accounts.views import error_text, tenant_required
 from marketplace import listings, services
 from marketplace.models import (
     AccessRequest,
@@ -282,10 +282,8 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
             access=session_access(request),
             actor=request_actor(request),
         )
-    except ValidationError as exc:
-        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
-    except ServiceError as exc:
-        messages.error(request, exc.message)
+    except (ValidationError, ServiceError) as exc:
+        messages.error(request, error_text(exc))
     else:
         messages.success(request, f"{moved.name} now points at v{version.number}.")
     return back
@@ -403,10 +401,8 @@ def model_access(request: HttpRequest, name: str) -> HttpResponse:
                 public_id=target_id,
             )
             service(entitlement=target, actor=actor)
-    except ValidationError as exc:
-        messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
-    except ServiceError as exc:
-        messages.error(request, exc.message)
+    except (ValidationError, ServiceError) as exc:
+        messages.error(request, error_text(exc))
     else:
         messages.success(request, done.format(tenant=target.tenant.name))
     return back
