@@ -27,7 +27,7 @@ from accounts.forms import (
     SignupForm,
     TenantCreateForm,
 )
-from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Scope
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership
 from accounts.tenancy import SESSION_TENANT_KEY, client_ip, request_actor
 
 
@@ -210,12 +210,11 @@ def members(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("dashboard:members")
-    # Invitees' addresses only for those the API would list them to (Scope.ADMIN).
-    may_see_invitations = Scope.ADMIN in request.membership.scopes
+    # Invitees' addresses only for those who may invite (as the API lists them to admins).
     context = {
         "memberships": tenant.memberships.select_related("user").order_by("created_at"),
         "invitations": [i for i in tenant.invitations.order_by("-created_at") if i.is_pending]
-        if may_see_invitations
+        if request.membership.can_manage
         else [],
         "form": form,
         "role_form": RoleForm(),

@@ -45,9 +45,9 @@ CUDA_SPIN_SECONDS = int(os.environ.get("MM_HOST_SPIN_MICROSECONDS", "2000")) / 1
 # CPU hosts poll only for the replies that come quickly: a prediction polls for twice the
 # host's recent predictions' round trip (a moving average) when that is under this cap, and
 # sleeps at once otherwise, so a slow model or a large batch (the busy case, where the cores
-# are needed for forward passes) costs no polling. On the 2-vCPU VM, quiet, the small CNN at
-# batch 1 added 247-262 µs over an in-process call sleeping at once and 163-177 µs polling
-# (bench/runtime.py --quick, --spin-us 0 against 400 and 1000, alternating, same hour): each
+# are needed for forward passes) costs no polling. On the 2-vCPU VM the small CNN at batch 1
+# added 182-296 µs over an in-process call polling so, against 252-478 µs sleeping at once
+# (bench/runtime.py --quick against --spin-us 0, alternating, two hours of one day): each
 # sleep is a wake-up the VM serves slowly. MM_HOST_CPU_SPIN_MICROSECONDS=0 turns it off.
 CPU_SPIN_CAP_SECONDS = int(os.environ.get("MM_HOST_CPU_SPIN_MICROSECONDS", "1000")) / 1e6
 

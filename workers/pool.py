@@ -186,26 +186,27 @@ class Hosts:
 
         from marketplace.models import ModelVersion
 
-        dropped = 0
-        for group in list(self._loaded.values()):
-            # A key is workers.services.version_key: "<version public id>:<sha256 prefix>".
-            keys = group.keys()  # a copy, taken under no lock: hosts come and go meanwhile
-            version_of = {key: key.split(":", 1)[0] for key in keys}
-            if not version_of:
-                continue
-            try:
-                live = set(
-                    ModelVersion.objects.filter(public_id__in=set(version_of.values())).values_list(
-                        "public_id", flat=True
-                    )
-                )
-            finally:
-                close_old_connections()
-            for key, version_id in version_of.items():
-                if version_id not in live:
-                    group.drop(key)
-                    dropped += 1
-        return dropped
+        # A key is workers.services.version_key: "<version public id>:<sha256 prefix>". The
+        # keys are a copy, taken under no lock: hosts come and go meanwhile.
+        loaded = [
+            (group, key, key.split(":", 1)[0])
+            for group in list(self._loaded.values())
+            for key in group.keys()  # noqa: SIM118 - LoadedHosts.keys(): a copy, not a dict view
+        ]
+        if not loaded:
+            return 0
+        try:  # one query for every device's hosts
+            live = set(
+                ModelVersion.objects.filter(
+                    public_id__in={version_id for _, _, version_id in loaded}
+                ).values_list("public_id", flat=True)
+            )
+        finally:
+            close_old_connections()
+        gone = [(group, key) for group, key, version_id in loaded if version_id not in live]
+        for group, key in gone:
+            group.drop(key)
+        return len(gone)
 
     def ping_all(self) -> int:
         """Ping every loaded host; returns how many failed (and were killed)."""
