@@ -827,3 +827,29 @@ def test_forms_sent_after_switching_organisation_in_another_tab_change_nothing(
     # The same forms sent for Globex, from Globex's pages, are taken.
     client.post("/dashboard/models/", {"name": "theirs", "task": "other", "org": "globex"})
     assert Model.objects.get(name="theirs").tenant == outsider
+
+
+def test_subscribing_from_a_catalogue_page_after_switching_organisation_changes_nothing(
+    alice, tenant, charlie, outsider
+):
+    """The catalogue's subscribe form says which organisation subscribes: sent after a switch
+    in another tab, it neither subscribes the organisation switched to nor the one it named."""
+    from marketplace import listings
+    from marketplace.models import Entitlement
+
+    initech = services.tenant_create(slug="initech", name="Initech", owner=make_user("d@i.e"))
+    model = registry.model_create(tenant=initech, name="clf", actor=services.SYSTEM)
+    listings.listing_publish(model=model, actor=services.SYSTEM, visibility="public", title="C")
+    services.membership_add(tenant=outsider, user=alice, role=Role.ADMIN, actor=services.SYSTEM)
+    client = Client()
+    client.force_login(alice)
+    listing_page = page(client, "/catalogue/initech/clf/")
+    client.post("/dashboard/switch/", {"tenant": "globex"})
+
+    sent = client.post("/catalogue/initech/clf/subscribe/", {"org": "acme"}, follow=True)
+
+    assert '<input type="hidden" name="org" value="acme">' in listing_page
+    assert "you have switched to globex" in sent.content.decode()
+    assert not Entitlement.objects.exists()
+    client.post("/catalogue/initech/clf/subscribe/", {"org": "globex"})
+    assert Entitlement.objects.get().tenant == outsider

@@ -77,8 +77,18 @@ def test_a_report_with_figures_it_could_not_measure_shows_them_as_n_a_with_the_w
     assert warning in " ".join(shown.out.split())
 
 
-def test_a_result_larger_than_its_parent_is_shown_as_larger(mm, tenant, small):
-    # An fp16 cast of a tiny graph grew from 7.5 to 11.5 KiB and mm said "(0.65x smaller)".
+@pytest.mark.parametrize(
+    ("child_size", "ratio", "said", "not_said"),
+    [
+        # An fp16 cast of a tiny graph grew from 7.5 to 11.5 KiB and mm said "(0.65x smaller)".
+        (1600, 0.625, "(1.60x larger)", "smaller"),
+        # A ratio of 1 read "(1.00x smaller)".
+        (1000, 1.0, "(the same size)", "1.00x"),
+    ],
+)
+def test_a_result_not_smaller_than_its_parent_is_not_called_smaller(
+    mm, tenant, small, child_size, ratio, said, not_said
+):
     from inference.models import CompressionJob
 
     figures = {"size_bytes": 1000, "latency_b1_ms": 1.0, "latency_b32_ms": 2.0}
@@ -89,31 +99,14 @@ def test_a_result_larger_than_its_parent_is_shown_as_larger(mm, tenant, small):
         method="quantize",
         params={"scheme": "fp16"},
         status=CompressionJob.Status.SUCCEEDED,
-        report={"parent": figures, "child": {**figures, "size_bytes": 1600}, "size_ratio": 0.625},
+        report={
+            "parent": figures,
+            "child": {**figures, "size_bytes": child_size},
+            "size_ratio": ratio,
+        },
     )
 
     shown = mm("job", job.public_id)
 
     assert shown.code == 0, shown.err
-    assert "(1.60x larger)" in shown.out and "smaller" not in shown.out
-
-
-def test_a_result_of_the_same_size_is_shown_as_the_same_size(mm, tenant, small):
-    # A ratio of 1 read "(1.00x smaller)".
-    from inference.models import CompressionJob
-
-    figures = {"size_bytes": 1000, "latency_b1_ms": 1.0, "latency_b32_ms": 2.0}
-    job = CompressionJob.objects.create(
-        tenant=tenant,
-        model=small.model,
-        version=small,
-        method="quantize",
-        params={"scheme": "fp16"},
-        status=CompressionJob.Status.SUCCEEDED,
-        report={"parent": figures, "child": figures, "size_ratio": 1.0},
-    )
-
-    shown = mm("job", job.public_id)
-
-    assert shown.code == 0, shown.err
-    assert "(the same size)" in shown.out and "1.00x" not in shown.out
+    assert said in shown.out and not_said not in shown.out

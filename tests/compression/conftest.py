@@ -10,6 +10,9 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from accounts import services as accounts
+from accounts.tenancy import Access
+from inference import compression_services as jobs
+from inference.models import CompressionJob
 from marketplace import services as registry
 from marketplace.models import Model, ModelVersion
 from marketplace.vault.store import artifact_create
@@ -110,3 +113,17 @@ def cnn_version(tenant) -> ModelVersion:
 def as_json(x: torch.Tensor) -> list:
     """Rows as JSON numbers, rounded to keep the request small."""
     return [[round(v, 4) for v in row] for row in x.tolist()]
+
+
+def queued(tenant, version, method: str, params: dict) -> CompressionJob:
+    """A compression job of ``version``, queued through the service as the API queues it."""
+    access = Access(tenant=tenant, scopes=frozenset({"models:write"}))
+    job, _created = jobs.job_create(
+        access=access,
+        model=version.model,
+        version=version,
+        method=method,
+        params=params,
+        actor=accounts.SYSTEM,
+    )
+    return job

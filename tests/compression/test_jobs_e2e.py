@@ -184,7 +184,7 @@ def test_a_job_whose_worker_died_unnoticed_is_re_sent_by_the_sweep_and_finishes_
     from inference.models import CompressionJob
     from inference.tasks import requeue_lost_compression_jobs
     from marketplace.models import ModelVersion
-    from tests.compression.test_jobs_run import queued
+    from tests.compression.conftest import queued
 
     with transaction.atomic():  # its task is sent on commit, to a job already running
         job = queued(tenant, mlp_version, "quantize", {"scheme": "dynamic_int8"})

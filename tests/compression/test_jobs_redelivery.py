@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from inference import compression_services as jobs
 from inference.models import CompressionJob
-from tests.compression.test_jobs_run import queued
+from tests.compression.conftest import queued
 
 pytestmark = pytest.mark.django_db
 

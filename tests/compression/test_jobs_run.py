@@ -11,10 +11,8 @@ import torch
 from torch import nn
 
 from accounts import services as accounts
-from accounts.tenancy import Access
 from inference import compression_services as jobs
-from inference.models import CompressionJob
-from tests.compression.conftest import ready_version, signature
+from tests.compression.conftest import queued, ready_version, signature
 from workers.pool import HOSTS
 from workers.services import compression_run
 
@@ -54,19 +52,6 @@ def scripted(module: nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(module), buffer)
     return buffer.getvalue()
-
-
-def queued(tenant, version, method: str, params: dict) -> CompressionJob:
-    access = Access(tenant=tenant, scopes=frozenset({"models:write"}))
-    job, _created = jobs.job_create(
-        access=access,
-        model=version.model,
-        version=version,
-        method=method,
-        params=params,
-        actor=accounts.SYSTEM,
-    )
-    return job
 
 
 def test_hostile_and_hanging_models_fail_their_jobs_and_the_worker_keeps_serving(tenant):

@@ -26,13 +26,12 @@ from django.db import connection
 from safetensors.torch import save as save_tensors
 
 from accounts import services as accounts
-from accounts.tenancy import Access
-from inference import compression_services as jobs
 from inference import tensors
 from inference.models import Prediction
 from inference.runtime.architectures import MLP
 from marketplace.models import Artifact, ModelVersion
 from marketplace.vault.store import artifact_read, tenant_key_rotate_begin, tenant_key_rotate_run
+from tests.compression.conftest import queued
 from workers.pool import HOSTS
 from workers.services import compression_run, prediction_run, version_validate
 
@@ -188,16 +187,8 @@ def test_weights_never_reach_a_file_redis_the_database_or_the_logs(
         download = api.get("/api/v1/models/acme/secret-mlp/versions/1/download")
         assert b"".join(download.streaming_content) == data
 
-        access = Access(tenant=tenant, scopes=frozenset({"models:write"}))
         for method, params in (("quantize", {"scheme": "fp16"}), ("prune", {"amount": 0.3})):
-            job, _ = jobs.job_create(
-                access=access,
-                model=version.model,
-                version=version,
-                method=method,
-                params=params,
-                actor=accounts.SYSTEM,
-            )
+            job = queued(tenant, version, method, params)
             assert compression_run(job_id=job.public_id) == "succeeded"
     finally:
         HOSTS.close()
