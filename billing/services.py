@@ -33,6 +33,7 @@ from billing.models import (
 )
 from billing.money import from_minor_units, minor_units
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
+from config import sql
 from marketplace.models import Listing, Model
 
 MICRO = Decimal("0.000001")
@@ -105,7 +106,7 @@ def usage_record_create(
     fee = _money(amount * fee_percent / 100)
     try:
         with transaction.atomic():
-            return UsageRecord.objects.create(
+            record = UsageRecord(
                 kind=kind,
                 source_id=source_id,
                 consumer=consumer,
@@ -126,6 +127,8 @@ def usage_record_create(
                 period=period,
                 created_at=now,
             )
+            sql.insert(record)  # the hot path's INSERT, written once (config/sql.py)
+            return record
     except IntegrityError:  # the same source recorded concurrently: exactly once
         return UsageRecord.objects.get(source_id=source_id)
 

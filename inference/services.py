@@ -18,6 +18,7 @@ from accounts.exceptions import Conflict, Gone
 from accounts.models import Scope
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
+from config import sql
 from inference import catalog, dispatch, limits, realtime, tensors
 from inference.models import Prediction
 from inference.runtime.spec import Signature
@@ -178,7 +179,7 @@ def prediction_create(
     prediction = None
     try:
         with transaction.atomic():
-            prediction = Prediction.objects.create(
+            prediction = Prediction(
                 tenant=access.tenant,
                 api_key=access.key,
                 created_by=access.user,
@@ -192,6 +193,7 @@ def prediction_create(
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
             )
+            sql.insert(prediction)
             if shared is not None:
                 prediction._waiter = realtime.expect(prediction.public_id, shared)
             transaction.on_commit(lambda: enqueue(prediction))
@@ -331,11 +333,14 @@ def prediction_claim(prediction: Prediction) -> bool:
     """Mark a prediction running; False when it already finished or was cancelled (a
     redelivered task then does nothing)."""
     from celery import current_app
-    from django.db.models import F
 
     now = timezone.now()
-    claimed = Prediction.objects.filter(pk=prediction.pk, status__in=Prediction.UNFINISHED).update(
-        status=Prediction.Status.RUNNING, started_at=now, attempts=F("attempts") + 1
+    claimed = sql.update(
+        Prediction,
+        prediction.pk,
+        where={"status": Prediction.UNFINISHED},
+        values={"status": Prediction.Status.RUNNING, "started_at": now},
+        increment=["attempts"],
     )
     if claimed:
         prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
@@ -355,12 +360,17 @@ def prediction_succeed(
     inside a caller's: an error rolls back the caller's work with it)."""
     now = timezone.now()
     with transaction.atomic(savepoint=False):
-        done = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.RUNNING).update(
-            status=Prediction.Status.SUCCEEDED,
-            output_data=output,
-            compute_ms=compute_ms,
-            batched_with=batched_with,
-            completed_at=now,
+        done = sql.update(
+            Prediction,
+            prediction.pk,
+            where={"status": Prediction.Status.RUNNING},
+            values={
+                "status": Prediction.Status.SUCCEEDED,
+                "output_data": output,
+                "compute_ms": compute_ms,
+                "batched_with": batched_with,
+                "completed_at": now,
+            },
         )
         if done:
             record = usage_record_create(

