@@ -168,6 +168,23 @@ def test_revoking_an_organisation_without_access_names_it(mm, outsider, classifi
     assert "'globex' holds no access to acme/clf" in revoked.err
 
 
+def test_subscribing_from_python_returns_the_subscription_it_lists(
+    mm_env, as_org, globex, classifier
+):
+    publish(classifier)
+    as_org(globex)
+
+    with Client() as client:
+        subscription = client.subscribe("acme/clf")
+        again = client.subscribe("acme/clf")
+        listed = list(client.list_subscriptions())
+
+    assert (subscription.model, subscription.title) == ("acme/clf", "Classifier")
+    assert not subscription.can_download
+    assert again.id == subscription.id
+    assert [s.id for s in listed] == [subscription.id]
+
+
 def test_a_consumer_gives_up_its_subscription(mm, as_org, globex, classifier):
     publish(classifier)
     as_org(globex)

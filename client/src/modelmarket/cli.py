@@ -435,7 +435,7 @@ def cmd_catalogue(cli: Cli) -> int:
 
 def cmd_subscribe(cli: Cli) -> int:
     sub = cli.client.subscribe(cli.args.ref)
-    cli.emit(sub, lambda: cli.out.print(f"Subscribed to {sub.get('model', cli.args.ref)}."))
+    cli.emit(sub.raw, lambda: cli.out.print(f"Subscribed to {sub.model or cli.args.ref}."))
     return 0
 
 

@@ -410,12 +410,12 @@ class Client:
         params = {"q": query, **{k: v for k, v in filters.items() if v is not None}}
         yield from self.http.paginate("/api/v1/catalogue", params=params)
 
-    def subscribe(self, ref: str) -> dict[str, Any]:
-        """Subscribe your organisation to a listed model (free listings)."""
+    def subscribe(self, ref: str) -> Subscription:
+        """Subscribe your organisation to a listed model (free listings): the subscription,
+        as ``list_subscriptions`` gives it. Subscribing again returns the one you have."""
         owner, name, _ = split_ref(ref)
-        return self.http.json(
-            "POST", f"/api/v1/catalogue/{owner}/{name}/subscribe", repeatable=True
-        )
+        path = f"/api/v1/catalogue/{quote(owner, safe='')}/{quote(name, safe='')}/subscribe"
+        return Subscription.from_json(self.http.json("POST", path, repeatable=True))
 
     def request_access(self, ref: str, message: str = "") -> AccessRequest:
         """Ask the publisher of a gated listing for access, saying why in ``message``. A
