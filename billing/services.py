@@ -79,17 +79,17 @@ def usage_record_create(
     # IntegrityError branch below and return the first record.
     # Locked, so concurrent calls cannot all see a free call left (the caller's transaction).
     # Only the terms: the card and example input can be large, and are not needed here.
-    listing = (
-        Listing.objects.select_for_update()
-        .filter(model=model)
-        .only(
+    listing = sql.get(  # hand-written (config/sql.py): the ORM's took 250 µs of CPU
+        Listing,
+        where={"model": model.pk},
+        fields=[
             "price_per_call",
             "price_per_second",
             "platform_fee_percent",
             "free_calls_per_month",
             "currency",
-        )
-        .first()
+        ],
+        for_update=True,
     )
     now = timezone.now()
     period = selectors.period_of(now)

@@ -15,10 +15,13 @@ stays (``docs/decisions/0010-hot-path-sql.md``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from django.db import connections, models
+from django.db.transaction import TransactionManagementError
+
+M = TypeVar("M", bound=models.Model)
 
 _statements: dict[tuple, tuple[str, list[models.Field]]] = {}
 
@@ -56,6 +59,65 @@ def _insert_sql(opts, connection) -> tuple[str, list[models.Field]]:
         returning, _ = connection.ops.return_insert_columns([opts.pk])
         sql += f" {returning}"
     return sql, fields
+
+
+def get(
+    model: type[M],
+    *,
+    where: Mapping[str, Any],
+    fields: Sequence[str] | None = None,
+    for_update: bool = False,
+    using: str = "default",
+) -> M | None:
+    """``model.objects.filter(**where).only(*fields)[:1]`` (every field when ``fields`` is
+    None; ``select_for_update()`` too with ``for_update``, where the database locks rows): the
+    instance, its values converted as the ORM converts them, or None. For a lookup that
+    matches at most one row: there is no ORDER BY."""
+    connection = connections[using]
+    if for_update and connection.get_autocommit():
+        raise TransactionManagementError("for_update needs a transaction, as in the ORM.")
+    opts = model._meta
+    lock = for_update and connection.features.has_select_for_update
+    key = ("get", model, connection.vendor, tuple(where), tuple(fields or ()), lock)
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = _select_sql(opts, connection, where, fields, lock)
+    sql, columns = statement
+    params = [opts.get_field(name).get_db_prep_value(v, connection) for name, v in where.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = []
+    for (column, converters), value in zip(columns, row, strict=True):
+        for converter in converters:
+            value = converter(value, column, connection)
+        values.append(value)
+    return model.from_db(using, [c.target.attname for c, _ in columns], values)
+
+
+def _select_sql(opts, connection, where, fields, lock) -> tuple[str, list]:
+    qn = connection.ops.quote_name
+    # In the model's order, which Model.from_db reads them in; the primary key always, as
+    # only() keeps it.
+    wanted = {opts.get_field(name) for name in fields or ()} | {opts.pk}
+    chosen = [f for f in opts.concrete_fields if not fields or f in wanted]
+    columns = []
+    for field in chosen:
+        column = field.get_col(opts.db_table)
+        # What SQLCompiler.get_converters applies: the backend's, then the field's.
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        columns.append((column, converters))
+    conditions = " AND ".join(f"{qn(opts.get_field(name).column)} = %s" for name in where)
+    # Names from the model's metadata, quoted; every value is a parameter.
+    sql = (
+        f"SELECT {', '.join(qn(f.column) for f in chosen)} FROM {qn(opts.db_table)} "  # noqa: S608
+        f"WHERE {conditions} LIMIT 1"
+    )
+    if lock:
+        sql += " FOR UPDATE"
+    return sql, columns
 
 
 def update(

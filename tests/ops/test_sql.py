@@ -1,4 +1,4 @@
-"""config.sql's hot-path writes store what the ORM would store for the same values."""
+"""config.sql's hot-path statements store and read what the ORM would for the same values."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from billing.models import UsageRecord
@@ -73,3 +74,24 @@ def test_an_update_changes_only_a_row_its_conditions_match(tenant):
     assert (missed, changed) == (0, 1)
     record.refresh_from_db()
     assert (record.amount, record.free, record.calls) == (Decimal("0.000001"), True, 2)
+
+
+def test_a_read_gives_the_values_the_orm_gives(tenant):
+    record = _record(tenant, "pred_d")
+    sql.insert(record)
+
+    read = sql.get(UsageRecord, where={"source_id": "pred_d"})
+    some = sql.get(UsageRecord, where={"consumer": tenant.pk}, fields=["period", "amount"])
+    orm = UsageRecord.objects.get(source_id="pred_d")
+
+    assert {f: getattr(read, f) for f in FIELDS} == {f: getattr(orm, f) for f in FIELDS}
+    assert (read.pk, read.public_id) == (orm.pk, orm.public_id)
+    assert (some.pk, some.amount, some.period) == (orm.pk, Decimal("1524.166670"), orm.period)
+    assert some.get_deferred_fields() >= {"currency", "created_at"}
+    assert sql.get(UsageRecord, where={"source_id": "pred_none"}) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locking_read_outside_a_transaction_is_refused_as_the_orm_refuses_it():
+    with pytest.raises(TransactionManagementError):
+        sql.get(UsageRecord, where={"source_id": "pred_e"}, for_update=True)
