@@ -18,25 +18,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.transaction import TransactionManagementError
 
 M = TypeVar("M", bound=models.Model)
 
-_statements: dict[tuple, tuple[str, list[models.Field]]] = {}
+# Per database alias (the converters a read keeps are that database's); a race only builds the
+# same statement twice.
+_statements: dict[tuple, tuple[str, list]] = {}
 
 
 def insert(obj: models.Model, *, using: str = "default") -> None:
-    """INSERT ``obj`` as ``obj.save()`` would a new row, and set its primary key."""
+    """INSERT ``obj`` as ``obj.save()`` would a new row, and set its primary key (which the
+    database chooses: ``obj`` must not have one)."""
+    if obj.pk is not None:
+        raise ValueError(f"{obj!r} has a primary key already: insert() writes new rows only")
     connection = connections[using]
     opts = obj._meta
-    key = ("insert", type(obj), connection.vendor)
+    key = ("insert", type(obj), using)
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = _insert_sql(opts, connection)
     sql, fields = statement
     params = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
-    with connection.cursor() as cursor:
+    # As save() does: a failed write spoils the transaction it is in.
+    with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, params)
         if connection.features.can_return_columns_from_insert:
             pk = cursor.fetchone()[0]
@@ -74,11 +80,11 @@ def get(
     instance, its values converted as the ORM converts them, or None. For a lookup that
     matches at most one row: there is no ORDER BY."""
     connection = connections[using]
-    if for_update and connection.get_autocommit():
-        raise TransactionManagementError("for_update needs a transaction, as in the ORM.")
     opts = model._meta
     lock = for_update and connection.features.has_select_for_update
-    key = ("get", model, connection.vendor, tuple(where), tuple(fields or ()), lock)
+    if lock and connection.get_autocommit():  # as the ORM: only where it would lock
+        raise TransactionManagementError("for_update needs a transaction, as in the ORM.")
+    key = ("get", model, using, tuple(where), tuple(fields or ()), lock)
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = _select_sql(opts, connection, where, fields, lock)
@@ -131,14 +137,17 @@ def update(
 ) -> int:
     """``model.objects.filter(pk=pk, **where).update(**values)`` with each field named in
     ``increment`` also raised by one: how many rows it changed (0 or 1). A ``where`` value
-    that is a tuple is an ``IN``; the others are equalities."""
+    that is a tuple, list or set is an ``IN``; the others are equalities."""
+    where = {k: tuple(v) if isinstance(v, list | set | frozenset) else v for k, v in where.items()}
+    if any(v == () for v in where.values()):
+        return 0  # IN of nothing matches nothing (and is not SQL)
     connection = connections[using]
     opts = model._meta
     increment = tuple(increment)
     key = (
         "update",
         model,
-        connection.vendor,
+        using,
         tuple((name, len(v) if isinstance(v, tuple) else None) for name, v in where.items()),
         tuple(values),
         increment,
@@ -156,7 +165,7 @@ def update(
         field = opts.get_field(name)
         for item in value if isinstance(value, tuple) else (value,):
             params.append(field.get_db_prep_value(item, connection))
-    with connection.cursor() as cursor:
+    with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 

@@ -193,7 +193,10 @@ def prediction_run(*, prediction_id: str) -> str | None:
     prediction = sql.get(Prediction, where={"public_id": prediction_id})
     if prediction is None:
         return None
-    prediction.tenant = sql.get(Tenant, where={"id": prediction.tenant_id})
+    tenant = sql.get(Tenant, where={"id": prediction.tenant_id})
+    if tenant is None:  # deleted since (and the prediction with it): nothing to run
+        return None
+    prediction.tenant = tenant
     runnable = _runnable(prediction)
     prediction.model, prediction.version = runnable.model, runnable.version
     # The forward pass starts before the claim is written, and runs while it is: the claim's

@@ -42,7 +42,10 @@ class JSONParser(parsers.JSONParser):
         # gives: UTF-8, no escape (the walk below), no integer of 19 digits or more (orjson
         # reads one beyond 64 bits as a float; json keeps it exact). Its floats are json's to
         # the bit, at any number of digits. Whatever orjson refuses (NaN, 1e400, a BOM, bad
-        # JSON) goes the way below, with json's result or message.
+        # JSON) goes the way below, with json's result or message. One difference: orjson
+        # reads 1,024 levels of nesting, json what is left of the recursion limit (about 850
+        # in a request); a body between the two is refused further on (the first recursion
+        # over it), with the same 400 (accounts/api/errors.py).
         if utf8 and b"\\u" not in raw and not _long_integer(raw):
             try:
                 return orjson.loads(raw)

@@ -10,6 +10,7 @@ import pytest
 from rest_framework.exceptions import ParseError
 
 from accounts.api.parsers import JSONParser
+from tests.inference.conftest import classifier  # noqa: F401 - a fixture
 
 BODIES = [
     b'{"model": "acme/digits", "input": {"x": [[0.5, -0.0, 1e-7, 3]]}}',
@@ -24,6 +25,7 @@ BODIES = [
     b'"caf\xc3\xa9"',
     b'{"tab": "\\t", "quote": "\\"", "e": "\\u00e9"}',
     b" [true, false, null] ",
+    b"[" * 400 + b"]" * 400,  # deep, within both parsers
 ]
 
 
@@ -58,3 +60,23 @@ def test_a_body_json_refuses_is_refused_saying_why(body, message):
         JSONParser().parse(io.BytesIO(body))
 
     assert message in str(refused.value.detail)
+
+
+def test_a_body_nested_beyond_what_json_follows_is_refused_as_json_refuses_it(api):
+    """orjson reads 1,000 levels (its limit is 1,024), json in a request does not: the body is
+    refused all the same, by the first recursion over it."""
+    body = '{"name": ' + "[" * 1000 + "]" * 1000 + "}"
+
+    response = api.generic("POST", "/api/v1/keys", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "The JSON body is nested too deeply."
+
+
+@pytest.mark.usefixtures("classifier")
+def test_an_input_nested_beyond_what_json_follows_is_a_400(api):
+    body = '{"model": "acme/clf", "input": {"x": ' + "[" * 1000 + "]" * 1000 + "}}"
+
+    response = api.generic("POST", "/api/v1/predictions", body, content_type="application/json")
+
+    assert response.status_code == 400, response.content[:300]

@@ -92,6 +92,35 @@ def test_a_read_gives_the_values_the_orm_gives(tenant):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_locking_read_outside_a_transaction_is_refused_as_the_orm_refuses_it():
-    with pytest.raises(TransactionManagementError):
-        sql.get(UsageRecord, where={"source_id": "pred_e"}, for_update=True)
+def test_a_locking_read_outside_a_transaction_does_what_the_orm_does():
+    """PostgreSQL refuses it; SQLite, which takes no row locks, reads."""
+
+    def outcome(read):
+        try:
+            return read()
+        except TransactionManagementError:
+            return "refused"
+
+    orm = outcome(lambda: UsageRecord.objects.select_for_update().filter(source_id="x").first())
+    hand = outcome(lambda: sql.get(UsageRecord, where={"source_id": "x"}, for_update=True))
+
+    assert hand == orm
+
+
+def test_an_update_in_an_empty_set_changes_nothing_as_in_the_orm(tenant):
+    record = _record(tenant, "pred_f")
+    sql.insert(record)
+
+    changed = sql.update(UsageRecord, record.pk, where={"kind": ()}, values={"free": True})
+
+    assert changed == UsageRecord.objects.filter(pk=record.pk, kind__in=()).update(free=True) == 0
+    record.refresh_from_db()
+    assert not record.free
+
+
+def test_an_insert_of_a_row_that_has_a_key_is_refused(tenant):
+    record = _record(tenant, "pred_g")
+    sql.insert(record)
+
+    with pytest.raises(ValueError, match="has a primary key already"):
+        sql.insert(record)
