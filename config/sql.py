@@ -1,12 +1,14 @@
-"""Single-row writes for the prediction hot path, without the ORM's per-call query building.
+"""One-row statements for the prediction hot path, without the ORM's per-call query building.
 
-Building the query is most of what the ORM costs for a one-row write: on the 2-vCPU reference
-VM an UPDATE by primary key took 247 µs of CPU through ``QuerySet.update`` and 24 µs as the
-same SQL through Django's cursor, and every prediction makes four such writes (its record, the
-claim, the result and the usage record) on cores its model needs. ``insert`` and ``update``
-write each statement's SQL once per model and shape, from the model's metadata, and adapt
-every value with its field's ``get_db_prep_save``, as the ORM does: the same SQL and values
-through the same cursor (query logging and ``django_assert_num_queries`` see them).
+Building the query is most of what the ORM costs for a one-row statement: on the 2-vCPU
+reference VM an UPDATE by primary key took 247 µs of CPU through ``QuerySet.update`` and 24 µs
+as the same SQL through Django's cursor, and every prediction makes several (its record, the
+claim, the result, the usage record, the reads of the prediction and the listing's price) on
+cores its model needs. ``insert``, ``update`` and ``get`` build each statement once per model,
+shape and database from the model's metadata, adapt every value with its field's
+``get_db_prep_save``/``get_db_prep_value`` and convert what is read with the ORM's converters:
+the same SQL and values through the same cursor (query logging and
+``django_assert_num_queries`` see them).
 
 They send no signals, resolve no expressions and validate nothing: they are for models with
 no signal receivers, written by code that already holds valid values. Everywhere else the ORM
@@ -15,7 +17,7 @@ stays (``docs/decisions/0010-hot-path-sql.md``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from django.db import connections, models, transaction
@@ -25,7 +27,14 @@ M = TypeVar("M", bound=models.Model)
 
 # Per database alias (the converters a read keeps are that database's); a race only builds the
 # same statement twice.
-_statements: dict[tuple, tuple[str, list]] = {}
+_statements: dict[tuple, tuple] = {}
+
+
+def _statement(key: tuple, build: Callable[[], tuple]) -> tuple:
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = build()
+    return statement
 
 
 def insert(obj: models.Model, *, using: str = "default") -> None:
@@ -35,11 +44,7 @@ def insert(obj: models.Model, *, using: str = "default") -> None:
         raise ValueError(f"{obj!r} has a primary key already: insert() writes new rows only")
     connection = connections[using]
     opts = obj._meta
-    key = ("insert", type(obj), using)
-    statement = _statements.get(key)
-    if statement is None:
-        statement = _statements[key] = _insert_sql(opts, connection)
-    sql, fields = statement
+    sql, fields = _statement(("insert", type(obj), using), lambda: _insert_sql(opts, connection))
     params = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
     # As save() does: a failed write spoils the transaction it is in.
     with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
@@ -84,12 +89,14 @@ def get(
     lock = for_update and connection.features.has_select_for_update
     if lock and connection.get_autocommit():  # as the ORM: only where it would lock
         raise TransactionManagementError("for_update needs a transaction, as in the ORM.")
-    key = ("get", model, using, tuple(where), tuple(fields or ()), lock)
-    statement = _statements.get(key)
-    if statement is None:
-        statement = _statements[key] = _select_sql(opts, connection, where, fields, lock)
-    sql, columns = statement
-    params = [opts.get_field(name).get_db_prep_value(v, connection) for name, v in where.items()]
+    sql, columns, where_fields = _statement(
+        ("get", model, using, tuple(where), tuple(fields or ()), lock),
+        lambda: _select_sql(opts, connection, where, fields, lock),
+    )
+    params = [
+        field.get_db_prep_value(value, connection)
+        for field, value in zip(where_fields, where.values(), strict=True)
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -103,7 +110,7 @@ def get(
     return model.from_db(using, [c.target.attname for c, _ in columns], values)
 
 
-def _select_sql(opts, connection, where, fields, lock) -> tuple[str, list]:
+def _select_sql(opts, connection, where, fields, lock) -> tuple[str, list, list]:
     qn = connection.ops.quote_name
     # In the model's order, which Model.from_db reads them in; the primary key always, as
     # only() keeps it.
@@ -115,7 +122,8 @@ def _select_sql(opts, connection, where, fields, lock) -> tuple[str, list]:
         # What SQLCompiler.get_converters applies: the backend's, then the field's.
         converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
         columns.append((column, converters))
-    conditions = " AND ".join(f"{qn(opts.get_field(name).column)} = %s" for name in where)
+    where_fields = [opts.get_field(name) for name in where]
+    conditions = " AND ".join(f"{qn(f.column)} = %s" for f in where_fields)
     # Names from the model's metadata, quoted; every value is a parameter.
     sql = (
         f"SELECT {', '.join(qn(f.column) for f in chosen)} FROM {qn(opts.db_table)} "  # noqa: S608
@@ -123,7 +131,7 @@ def _select_sql(opts, connection, where, fields, lock) -> tuple[str, list]:
     )
     if lock:
         sql += " FOR UPDATE"
-    return sql, columns
+    return sql, columns, where_fields
 
 
 def update(
@@ -144,25 +152,17 @@ def update(
     connection = connections[using]
     opts = model._meta
     increment = tuple(increment)
-    key = (
-        "update",
-        model,
-        using,
-        tuple((name, len(v) if isinstance(v, tuple) else None) for name, v in where.items()),
-        tuple(values),
-        increment,
+    shape = tuple((name, len(v) if isinstance(v, tuple) else None) for name, v in where.items())
+    sql, fields, where_fields = _statement(
+        ("update", model, using, shape, tuple(values), increment),
+        lambda: _update_sql(opts, connection, where, values, increment),
     )
-    statement = _statements.get(key)
-    if statement is None:
-        statement = _statements[key] = _update_sql(opts, connection, where, values, increment)
-    sql, fields = statement
     params = [
         field.get_db_prep_save(value, connection)
         for field, value in zip(fields, values.values(), strict=True)
     ]
     params.append(opts.pk.get_db_prep_value(pk, connection))
-    for name, value in where.items():
-        field = opts.get_field(name)
+    for field, value in zip(where_fields, where.values(), strict=True):
         for item in value if isinstance(value, tuple) else (value,):
             params.append(field.get_db_prep_value(item, connection))
     with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
@@ -170,16 +170,17 @@ def update(
         return cursor.rowcount
 
 
-def _update_sql(opts, connection, where, values, increment) -> tuple[str, list[models.Field]]:
+def _update_sql(opts, connection, where, values, increment) -> tuple[str, list, list]:
     qn = connection.ops.quote_name
     fields = [opts.get_field(name) for name in values]
     assignments = [f"{qn(f.column)} = %s" for f in fields]
     for name in increment:
         column = qn(opts.get_field(name).column)
         assignments.append(f"{column} = {column} + 1")
+    where_fields = [opts.get_field(name) for name in where]
     conditions = [f"{qn(opts.pk.column)} = %s"]
-    for name, value in where.items():
-        column = qn(opts.get_field(name).column)
+    for field, value in zip(where_fields, where.values(), strict=True):
+        column = qn(field.column)
         if isinstance(value, tuple):
             conditions.append(f"{column} IN ({', '.join(['%s'] * len(value))})")
         else:
@@ -189,4 +190,4 @@ def _update_sql(opts, connection, where, values, increment) -> tuple[str, list[m
         f"UPDATE {qn(opts.db_table)} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {' AND '.join(conditions)}"
     )
-    return sql, fields
+    return sql, fields, where_fields

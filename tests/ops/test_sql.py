@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
@@ -124,3 +125,15 @@ def test_an_insert_of_a_row_that_has_a_key_is_refused(tenant):
 
     with pytest.raises(ValueError, match="has a primary key already"):
         sql.insert(record)
+
+
+def test_a_duplicate_insert_fails_as_save_does_and_spoils_only_its_savepoint(tenant):
+    sql.insert(_record(tenant, "pred_h"))
+
+    with transaction.atomic():
+        with pytest.raises(IntegrityError):
+            sql.insert(_record(tenant, "pred_h"))
+        spoiled = transaction.get_rollback()
+
+    assert spoiled  # the savepoint rolls back, as after a failed save()
+    assert UsageRecord.objects.filter(source_id="pred_h").count() == 1
