@@ -8,13 +8,16 @@ which goes first) it times:
 
 - disk write:  read the file in chunk-size pieces and write them to a new file (the baseline)
 - transfer:    ``POST .../uploads``, then ``PUT`` every chunk with ``Content-Range`` over HTTP
-               (``http.client``; each chunk is read from the file as it is sent); the server
-               hashes each chunk and seals it, as it streams in, as the chunks it will be in
-               the finished artifact, and stores it as a part
-- complete:    ``POST .../complete``: the server checks the SHA-256 (kept running while the
-               chunks arrived in order), sniffs the format from the first and last 4 MiB, and
-               makes the version's artifact of the stored parts as they are (no copy)
+               (``http.client``), ``--connections`` chunks at once (default 4, as ``mm push``
+               sends them: each connection takes the next chunk not yet sent, read from the
+               file as it is sent); the server hashes each chunk and seals it, as it streams
+               in, as the chunks it will be in the finished artifact, and stores it as a part
+               (with direct I/O where the file system allows)
+- complete:    ``POST .../complete``: the server checks the SHA-256 (kept running as the
+               chunks were stored, in order), sniffs the format from the first and last 4 MiB,
+               and makes the version's artifact of the stored parts as they are (no copy)
 - end to end:  transfer + complete: from the first byte sent to the version created
+- the same over 1 connection: the upload end to end with one chunk at a time (no target)
 
 Each is reported twice: as written (the bytes are in the page cache, which for the disk write
 is a memory copy) and on disk (``os.sync()`` inside the clock, after the write or after the
@@ -36,7 +39,7 @@ SHA-256 and one AES-GCM pass over the bytes, one after the other on one core. On
 that is about 0.55x on disk and 0.4x in the page cache, so the page-cache target cannot be met
 without hashing and sealing on other cores while the bytes arrive.
 
-    python bench/upload.py [--quick] [--json PATH] [--profile]
+    python bench/upload.py [--quick] [--json PATH] [--profile] [--connections N]
 
 ``--profile`` then takes the server's work apart: the HTTP path alone (gunicorn and a bare WSGI
 app that discards the body), the services in this process without HTTP, SHA-256 and AES-GCM
@@ -62,6 +65,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,17 +95,23 @@ DISK = "disk_write"
 TRANSFER = "transfer"
 COMPLETE = "complete"
 END_TO_END = "end_to_end"
+ONE = "end_to_end_one_connection"
 DISK_SYNCED = "disk_write_on_disk"
 END_TO_END_SYNCED = "end_to_end_on_disk"
+ONE_SYNCED = "end_to_end_one_connection_on_disk"
 LABELS = {
     DISK: "disk write (file -> file, chunk-size pieces)",
     TRANSFER: "transfer: create + PUT chunks over HTTP",
     COMPLETE: "complete: check SHA-256, take parts over",
     END_TO_END: "upload end to end (transfer + complete)",
+    ONE: "the same over 1 connection",
     DISK_SYNCED: "disk write + os.sync()",
     END_TO_END_SYNCED: "upload end to end + os.sync()",
+    ONE_SYNCED: "the same over 1 connection + os.sync()",
 }
-ORDER = [DISK, TRANSFER, COMPLETE, END_TO_END, DISK_SYNCED, END_TO_END_SYNCED]
+ORDER = [DISK, TRANSFER, COMPLETE, END_TO_END, ONE, DISK_SYNCED, END_TO_END_SYNCED, ONE_SYNCED]
+# Chunks sent at once: what the project's client does (``mm push --workers``, default 4).
+CONNECTIONS = 4
 # CPU seconds (user + system): of the disk write, of the web worker during an upload, and of
 # this process sending it. Unlike wall-clock time they barely move when other processes
 # compete for the cores.
@@ -320,14 +330,17 @@ def disk_write(src: Path, dst: Path, piece: int) -> None:
             fout.write(data)
 
 
-def upload(port: int, secret: str, path: Path, size: int, sha256: str) -> tuple[float, float, str]:
-    """Upload ``path`` through the API. Returns the transfer seconds, the completion seconds
-    and the new version's id."""
+def upload(
+    port: int, secret: str, path: Path, size: int, sha256: str, connections: int = 1
+) -> tuple[float, float, str]:
+    """Upload ``path`` through the API, its chunks over ``connections`` connections at once
+    (each takes the next chunk not yet sent, as ``mm push`` does). Returns the transfer
+    seconds, the completion seconds and the new version's id."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
 
-    def call(method: str, url: str, body=None, **headers) -> dict:
-        conn.request(method, url, body=body, headers=auth_headers(secret, headers))
-        response = conn.getresponse()
+    def call(method: str, url: str, body=None, via=conn, **headers) -> dict:
+        via.request(method, url, body=body, headers=auth_headers(secret, headers))
+        response = via.getresponse()
         data = response.read()
         if response.status >= 300:
             raise SystemExit(f"{method} {url}: {response.status} {data[:500]!r}")
@@ -349,18 +362,43 @@ def upload(port: int, secret: str, path: Path, size: int, sha256: str) -> tuple[
         **{"Content-Type": "application/json"},
     )
     chunk, url = session["chunk_size"], session["upload_url"]
-    with path.open("rb") as f:
-        for first in range(0, size, chunk):
-            data = f.read(chunk)
+    starts = iter(range(0, size, chunk))
+    starts_lock = threading.Lock()
+
+    def send(via: http.client.HTTPConnection, fd: int) -> None:
+        while True:
+            with starts_lock:
+                first = next(starts, None)
+            if first is None:
+                return
+            data = os.pread(fd, chunk, first)
             call(
                 "PUT",
                 url,
                 data,
+                via=via,
                 **{
                     "Content-Type": "application/octet-stream",
                     "Content-Range": f"bytes {first}-{first + len(data) - 1}/{size}",
                 },
             )
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if connections == 1:
+            send(conn, fd)
+        else:
+            vias = [
+                http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+                for _ in range(connections)
+            ]
+            with ThreadPoolExecutor(max_workers=connections) as pool:
+                for done in [pool.submit(send, via, fd) for via in vias]:
+                    done.result()
+            for via in vias:
+                via.close()
+    finally:
+        os.close(fd)
     transferred = time.perf_counter()
     version = call("POST", f"{url}/complete")
     completed = time.perf_counter()
@@ -390,7 +428,9 @@ def chunk_size() -> int:
 Samples = dict[str, list[float]]
 
 
-def measure(server: WebServer, secret: str, tmp: Path, plan: Plan) -> tuple[Samples, float]:
+def measure(
+    server: WebServer, secret: str, tmp: Path, plan: Plan, connections: int
+) -> tuple[Samples, float]:
     """A warm-up (a small upload: imports, connections, the tenant's data key), then
     interleaved rounds. Returns seconds per operation and round, and the worker's RSS after
     the warm-up."""
@@ -405,8 +445,9 @@ def measure(server: WebServer, secret: str, tmp: Path, plan: Plan) -> tuple[Samp
     print(f"writing a {plan.size // MiB:,} MiB artifact…", file=sys.stderr)
     sha256 = write_artifact(src, plan.size)
     seconds: Samples = {name: [] for name in [*ORDER, CPU_DISK, CPU_WEB, CPU_CLIENT]}
+    kinds = [DISK, "upload", "upload over one connection"]
     for round_no in range(plan.rounds):
-        order = [DISK, "upload"] if round_no % 2 == 0 else ["upload", DISK]
+        order = kinds[round_no % 3 :] + kinds[: round_no % 3]
         for name in order:
             copy.unlink(missing_ok=True)
             os.sync()
@@ -418,10 +459,20 @@ def measure(server: WebServer, secret: str, tmp: Path, plan: Plan) -> tuple[Samp
                 os.sync()
                 seconds[DISK].append(written - start)
                 seconds[DISK_SYNCED].append(time.perf_counter() - start)
-            else:
-                web, cpu = server.worker.cpu_times(), time.thread_time()
+            elif name == "upload over one connection":
                 transfer, complete, version = upload(server.port, secret, src, plan.size, sha256)
-                seconds[CPU_CLIENT].append(time.thread_time() - cpu)
+                start = time.perf_counter()
+                os.sync()
+                synced = time.perf_counter() - start
+                seconds[ONE].append(transfer + complete)
+                seconds[ONE_SYNCED].append(transfer + complete + synced)
+                delete_version(version)
+            else:
+                web, cpu = server.worker.cpu_times(), time.process_time()
+                transfer, complete, version = upload(
+                    server.port, secret, src, plan.size, sha256, connections
+                )
+                seconds[CPU_CLIENT].append(time.process_time() - cpu)
                 after = server.worker.cpu_times()
                 seconds[CPU_WEB].append(after.user - web.user + after.system - web.system)
                 start = time.perf_counter()
@@ -436,7 +487,8 @@ def measure(server: WebServer, secret: str, tmp: Path, plan: Plan) -> tuple[Samp
             f"round {round_no + 1}/{plan.rounds}: disk write {seconds[DISK][-1]:.2f} s "
             f"(+sync {seconds[DISK_SYNCED][-1]:.2f} s); upload {seconds[TRANSFER][-1]:.2f} s "
             f"+ complete {seconds[COMPLETE][-1]:.2f} s "
-            f"(+sync {seconds[END_TO_END_SYNCED][-1]:.2f} s)",
+            f"(+sync {seconds[END_TO_END_SYNCED][-1]:.2f} s); "
+            f"over 1 connection {seconds[ONE][-1]:.2f} s",
             file=sys.stderr,
         )
     copy.unlink(missing_ok=True)
@@ -677,6 +729,7 @@ def profile(
 
 def report(
     plan: Plan,
+    connections: int,
     ops: dict[str, Summary],
     seconds: Samples,
     memory: dict[str, float],
@@ -687,6 +740,8 @@ def report(
         "end_to_end_over_disk_write": median[END_TO_END] / median[DISK],
         "transfer_over_disk_write": median[TRANSFER] / median[DISK],
         "end_to_end_over_disk_write_on_disk": median[END_TO_END_SYNCED] / median[DISK_SYNCED],
+        "one_connection_over_disk_write": median[ONE] / median[DISK],
+        "one_connection_over_disk_write_on_disk": median[ONE_SYNCED] / median[DISK_SYNCED],
     }
     met = {
         "page_cache": ratios["end_to_end_over_disk_write"] >= TARGET_RATIO,
@@ -699,8 +754,9 @@ def report(
 
     print(
         f"\nUpload of a {plan.size // MiB:,} MiB artifact through the API (gunicorn, 1 worker "
-        f"of 8 threads, {chunk_size() // MiB} MiB chunks over HTTP on 127.0.0.1)\nagainst a disk "
-        f"write of the same bytes; {plan.rounds} interleaved rounds after a warm-up"
+        f"of 8 threads, {chunk_size() // MiB} MiB chunks over HTTP on 127.0.0.1, "
+        f"{connections} at once)\nagainst a disk write of the same bytes; {plan.rounds} "
+        "interleaved rounds after a warm-up"
     )
     print(f"{'operation':<46}{'median MB/s':>12}{'min':>8}{'max':>8}{'median s':>10}")
     for name in ORDER:
@@ -724,6 +780,12 @@ def report(
             f">= {TARGET_RATIO:.2f}x  {verdict(met['page_cache'])}",
         ),
         ("transfer_over_disk_write", "page cache: transfer only / disk write", ""),
+        (
+            "one_connection_over_disk_write_on_disk",
+            "on disk: the same over 1 connection",
+            "",
+        ),
+        ("one_connection_over_disk_write", "page cache: the same over 1 connection", ""),
     ]:
         print(f"{label:<46}{ratios[key]:>11.2f}x  {note}")
 
@@ -738,7 +800,7 @@ def report(
     print("\nCPU seconds (user + system), median per round")
     print(f"{'disk write (this thread)':<46}{cpu[CPU_DISK]:>11.2f} s")
     print(f"{'upload: web worker (all its threads)':<46}{cpu[CPU_WEB]:>11.2f} s")
-    print(f"{'upload: client sending (this thread)':<46}{cpu[CPU_CLIENT]:>11.2f} s")
+    print(f"{'upload: this process (sending, sampling)':<46}{cpu[CPU_CLIENT]:>11.2f} s")
     ratios["cpu_disk_write_over_web_upload"] = cpu[CPU_DISK] / cpu[CPU_WEB]
     print(
         f"{'disk write CPU / web worker CPU':<46}"
@@ -778,7 +840,7 @@ def report(
             "web_peak_mib_max": TARGET_PEAK_MIB,
             "web_peak_met": met["memory"],
         },
-        "plan": {**asdict(plan), "chunk_bytes": chunk_size()},
+        "plan": {**asdict(plan), "chunk_bytes": chunk_size(), "connections": connections},
         "mb_per_s": {name: asdict(s) for name, s in ops.items()},
         "seconds_per_round": seconds,
         "ratios": ratios,
@@ -797,6 +859,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="128 MiB, under a minute")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument("--profile", action="store_true", help="then take the server's work apart")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=CONNECTIONS,
+        help=f"chunks sent at once (default {CONNECTIONS}, as mm push)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
 
@@ -806,7 +874,7 @@ def main() -> None:
         try:
             sampler = MemorySampler(server.worker)
             sampler.start()
-            seconds, baseline_mib = measure(server, secret, tmp, plan)
+            seconds, baseline_mib = measure(server, secret, tmp, plan, args.connections)
             memory = {
                 "baseline_mib": baseline_mib,
                 "sampled_peak_mib": sampler.stop(),
@@ -817,7 +885,7 @@ def main() -> None:
         ops = {name: summarize(plan.size, seconds[name]) for name in ORDER}
         runs = [in_memory(plan.size) for _ in range(3)]
         alone = {label: min(run[label] for run in runs) for label in runs[0]}
-        figures = report(plan, ops, seconds, memory, alone)
+        figures = report(plan, args.connections, ops, seconds, memory, alone)
         if args.profile:
             figures["profile"] = profile(
                 tmp, secret, plan.size, ops[TRANSFER].median_s, ops[COMPLETE].median_s

@@ -145,14 +145,18 @@ def update(
 ) -> int:
     """``model.objects.filter(pk=pk, **where).update(**values)`` with each field named in
     ``increment`` also raised by one: how many rows it changed (0 or 1). A ``where`` value
-    that is a tuple, list or set is an ``IN``; the others are equalities."""
+    that is a tuple, list or set is an ``IN``, None is ``IS NULL``; the others are
+    equalities."""
     where = {k: tuple(v) if isinstance(v, list | set | frozenset) else v for k, v in where.items()}
     if any(v == () for v in where.values()):
         return 0  # IN of nothing matches nothing (and is not SQL)
     connection = connections[using]
     opts = model._meta
     increment = tuple(increment)
-    shape = tuple((name, len(v) if isinstance(v, tuple) else None) for name, v in where.items())
+    shape = tuple(
+        (name, len(v) if isinstance(v, tuple) else "null" if v is None else "=")
+        for name, v in where.items()
+    )
     sql, fields, where_fields = _statement(
         ("update", model, using, shape, tuple(values), increment),
         lambda: _update_sql(opts, connection, where, values, increment),
@@ -163,7 +167,7 @@ def update(
     ]
     params.append(opts.pk.get_db_prep_value(pk, connection))
     for field, value in zip(where_fields, where.values(), strict=True):
-        for item in value if isinstance(value, tuple) else (value,):
+        for item in value if isinstance(value, tuple) else () if value is None else (value,):
             params.append(field.get_db_prep_value(item, connection))
     with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -183,6 +187,8 @@ def _update_sql(opts, connection, where, values, increment) -> tuple[str, list, 
         column = qn(field.column)
         if isinstance(value, tuple):
             conditions.append(f"{column} IN ({', '.join(['%s'] * len(value))})")
+        elif value is None:
+            conditions.append(f"{column} IS NULL")
         else:
             conditions.append(f"{column} = %s")
     # Names from the model's metadata, quoted; every value is a parameter.

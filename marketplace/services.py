@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import threading
+import time
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,6 +25,7 @@ from accounts.exceptions import Conflict, Forbidden, PayloadTooLarge, Unsupporte
 from accounts.models import Scope, Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
+from config import sql
 from marketplace.listings import example_input_clean
 from marketplace.models import (
     MODEL_NAME_RE,
@@ -174,50 +178,119 @@ def _lock_open(session: UploadSession) -> None:
     """Inside a transaction: lock the session's row and check it is still open, so a chunk
     that arrived while the upload was completed, aborted or expired is not kept (completion
     and the chunk's row change one at a time)."""
-    _check_open(UploadSession.objects.select_for_update().get(pk=session.pk))
+    row = sql.get(UploadSession, where={"id": session.pk}, fields=_OPEN_FIELDS, for_update=True)
+    if row is None:  # expired and cleaned up while this request ran
+        raise Conflict("This upload no longer exists; start a new one.")
+    _check_open(row)
+
+
+_OPEN_FIELDS = ("status", "expires_at")
 
 
 @dataclass
 class _RunningDigest:
     """SHA-256 of an upload's chunks received in order by this process: chunks ``0..next-1``,
     as stored in the parts named by ``parts``. Completion uses it when the parts are still
-    those (any process may have replaced one), and only decrypts the rest to hash it."""
+    those (any process may have replaced one), and only decrypts the rest to hash it.
+    ``receiving`` counts the requests of each chunk this process is receiving now."""
 
     next: int = 0
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     parts: list[str] = field(default_factory=list)
+    receiving: Counter[int] = field(default_factory=Counter)
 
 
 _digests: OrderedDict[str, _RunningDigest] = OrderedDict()
 _digests_lock = threading.Lock()
+_digests_changed = threading.Condition(_digests_lock)
 _MAX_DIGESTS = 64  # sessions this process is receiving at once; older ones are rehashed
+# How long a chunk that arrived before the one ahead of it waits for that one's hash. A
+# client sending chunks at once (``mm push`` sends four) gets each stored chunk hashed as soon
+# as the chunks ahead of it are, in the order SHA-256 needs, instead of all of them again at
+# completion; a chunk whose predecessor is not being received here does not wait at all.
+_DIGEST_WAIT_S = 10.0
+
+# SHA-256 is the largest CPU cost of storing a chunk and cannot be split (each byte's state
+# depends on the last), but it can run beside the rest: each piece is hashed on this pool
+# (hashlib releases the GIL) while the request thread seals it and receives the next one.
+# A piece's update is waited for before the next is submitted, so a session's pieces are
+# hashed in order. Small pieces are hashed inline, where handing them over costs more.
+_HASH_AHEAD_MIN = 64 * 1024
+_hash_pool: ThreadPoolExecutor | None = None
+_hash_pool_lock = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _hash_pool
+    if _hash_pool is None:
+        with _hash_pool_lock:
+            if _hash_pool is None:
+                _hash_pool = ThreadPoolExecutor(
+                    max_workers=os.cpu_count() or 2, thread_name_prefix="upload-sha256"
+                )
+    return _hash_pool
 
 
 def _digest_begin(session: UploadSession, index: int):
-    """A running SHA-256 to feed chunk ``index`` into, if this process has every chunk
-    before it in order; ``None`` otherwise (completion then hashes that chunk)."""
+    """Note that chunk ``index`` is being received, and return a running SHA-256 to feed it
+    into if this process has hashed every chunk before it; ``None`` otherwise (the chunk is
+    hashed once those are, ``_digest_finish``, or at completion). ``_digest_end`` follows."""
     with _digests_lock:
         digest = _digests.get(session.public_id)
         if digest is None:
-            return hashlib.sha256() if index == 0 else None
+            digest = _digests[session.public_id] = _RunningDigest()
+            while len(_digests) > _MAX_DIGESTS:
+                _digests.popitem(last=False)
+        digest.receiving[index] += 1
         return digest.sha256.copy() if digest.next == index else None
+
+
+def _digest_end(session: UploadSession, index: int) -> None:
+    with _digests_changed:
+        digest = _digests.get(session.public_id)
+        if digest is not None:
+            digest.receiving[index] -= 1
+            if digest.receiving[index] <= 0:
+                del digest.receiving[index]
+        _digests_changed.notify_all()  # a chunk waiting on this one stops waiting
+
+
+def _digest_finish(
+    session: UploadSession, index: int, part_id: str, sha256, sealer: uploads.PieceSealer
+) -> None:
+    """Add the stored chunk to the running SHA-256. A chunk that was not hashed as it
+    arrived waits while the chunk before it is being received here (which in turn waits for
+    its own), then is hashed from its sealed copy in memory."""
+    if sha256 is None:
+        deadline = time.monotonic() + _DIGEST_WAIT_S
+        with _digests_changed:
+            digest = _digests.get(session.public_id)
+            while (
+                digest is not None
+                and digest.next < index
+                and digest.receiving[index - 1] > 0
+                and _digests_changed.wait(max(0.0, deadline - time.monotonic()))
+            ):
+                digest = _digests.get(session.public_id)
+            if digest is None or digest.next != index:
+                return  # left to completion
+            sha256 = digest.sha256.copy()
+        sealer.hash_into(sha256)
+    _digest_commit(session, index, part_id, sha256)
 
 
 def _digest_commit(session: UploadSession, index: int, part_id: str, sha256) -> None:
     if sha256 is None:
         return
-    with _digests_lock:
+    with _digests_changed:
         digest = _digests.get(session.public_id)
-        if digest is None and index == 0:
-            digest = _digests[session.public_id] = _RunningDigest()
-            while len(_digests) > _MAX_DIGESTS:
-                _digests.popitem(last=False)
         if digest is None or digest.next != index:
             return
         _digests.move_to_end(session.public_id)
         digest.sha256 = sha256
         digest.parts.append(part_id)
         digest.next += 1
+        _digests_changed.notify_all()
 
 
 def _exactly(chunks: Iterable[bytes], index: int, size: int) -> Iterator[bytes]:
@@ -234,8 +307,8 @@ def _exactly(chunks: Iterable[bytes], index: int, size: int) -> Iterator[bytes]:
 
 
 def _read_chunk(chunks: Iterable[bytes], index: int, size: int) -> memoryview:
-    """The whole chunk, in a reused buffer (sessions from before chunks were sealed)."""
-    buffer = uploads.plaintext_buffer(size)
+    """The whole chunk (sessions from before chunks were sealed)."""
+    buffer = memoryview(bytearray(size))
     filled = 0
     for piece in _exactly(chunks, index, size):
         buffer[filled : filled + len(piece)] = piece
@@ -269,16 +342,41 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         size=size,
     )
     sha256 = _digest_begin(session, index)
+    try:
+        return _part_store_sealed(session, index, size, chunks, sealer, sha256)
+    finally:
+        _digest_end(session, index)
+        sealer.close()
+
+
+def _part_store_sealed(
+    session: UploadSession,
+    index: int,
+    size: int,
+    chunks: Iterable[bytes],
+    sealer: uploads.PieceSealer,
+    sha256,
+) -> UploadPart:
+    hashing = None  # the previous piece's SHA-256 update, running on another core
     for piece in _exactly(chunks, index, size):
+        if hashing is not None:
+            hashing.result()  # in order, and before the next piece reuses its buffer
+            hashing = None
         if sha256 is not None:
-            sha256.update(piece)
+            if len(piece) >= _HASH_AHEAD_MIN:
+                hashing = _hasher().submit(sha256.update, piece)
+            else:
+                sha256.update(piece)
         sealer.update(piece)
+    if hashing is not None:
+        hashing.result()
     try:
         with transaction.atomic():
             _lock_open(session)
-            claim = UploadPart.objects.create(
+            claim = UploadPart(
                 session=session, index=index, layout=UploadPart.Layout.SEALED_IN_PLACE
             )
+            sql.insert(claim)
     except IntegrityError:
         claim = None
     if claim is not None:
@@ -288,15 +386,15 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         try:
             with transaction.atomic():  # a savepoint inside a caller's transaction
                 _lock_open(session)
-                linked = UploadPart.objects.filter(pk=claim.pk, artifact__isnull=True).update(
-                    artifact=artifact
+                linked = sql.update(
+                    UploadPart, claim.pk, where={"artifact": None}, values={"artifact": artifact.pk}
                 )
         except BaseException:
             store.artifact_delete(artifact)  # linked to nothing: leave no blob or row behind
             raise
         if linked:
             claim.artifact = artifact
-            _digest_commit(session, index, artifact.public_id, sha256)
+            _digest_finish(session, index, artifact.public_id, sha256, sealer)
             return claim
         store.artifact_delete(artifact)  # a retry racing this one stored its copy first
         return UploadPart.objects.select_related("artifact").get(pk=claim.pk)
@@ -310,11 +408,11 @@ def upload_part_store(*, session: UploadSession, index: int, chunks: Iterable[by
         and existing.layout == UploadPart.Layout.SEALED_IN_PLACE
         and uploads.part_holds(existing.artifact, sealer)
     ):
-        _digest_commit(session, index, existing.artifact.public_id, sha256)
+        _digest_finish(session, index, existing.artifact.public_id, sha256, sealer)
         return existing
     artifact = uploads.part_create_standalone(tenant=session.tenant, plaintext=sealer.plaintext())
     part = _part_set(session, index, artifact, UploadPart.Layout.FILE)
-    _digest_commit(session, index, artifact.public_id, sha256)
+    _digest_finish(session, index, artifact.public_id, sha256, sealer)
     return part
 
 

@@ -7,7 +7,9 @@ worker's whole cost of an upload (``bench/upload.py --profile``). Anywhere else 
 client and development server, another WSGI server, or a gunicorn whose reader is not the one
 this knows) the body is read through Django's stream as usual.
 
-The pieces are views of the reused buffer: each is valid until the next is asked for.
+The pieces are views of two buffers used in turn: each is valid until the one after the next
+is asked for, so a consumer may still be working on a piece (hashing it on another thread)
+while the next one is received.
 """
 
 from __future__ import annotations
@@ -29,24 +31,33 @@ def body_pieces(request: HttpRequest, block: int) -> Iterator[bytes | memoryview
     request._read_started = True  # Django's own read() must not start over
     try:
         ahead = reader.unreader.take_buffered()  # read with the headers
-        mine, rest = ahead[: reader.length], ahead[reader.length :]
+        mine, rest = memoryview(ahead[: reader.length]), ahead[reader.length :]
         if rest:  # the start of a pipelined next request: gunicorn parses it later
             reader.unreader.unread(rest)
         reader.length -= len(mine)
-        for start in range(0, len(mine), block):
-            yield mine[start : start + block]
-        buffer = bytearray(block)
-        view = memoryview(buffer)
-        while reader.length:
-            try:
-                received = sock.recv_into(buffer, min(block, reader.length))
-            except OSError:  # reset or timed out: the client's failure, as a hang-up is
-                received = 0
-            if not received:  # the client hung up: the caller sees the body end short
-                body.failed = True
-                return
-            reader.length -= received
-            yield view[:received]
+        views = [memoryview(bytearray(block)), memoryview(bytearray(block))]
+        turn = 0
+        while mine or reader.length:
+            # Each piece is filled to ``block`` bytes (a recv gives what has arrived, often
+            # far less): whole pieces line up with the vault's chunks, which are then sealed
+            # where they lie instead of being staged.
+            view, turn = views[turn], 1 - turn
+            want = min(block, len(mine) + reader.length)
+            filled = min(len(mine), want)
+            view[:filled], mine = mine[:filled], mine[filled:]
+            while filled < want:
+                try:
+                    received = sock.recv_into(view[filled:want])
+                except OSError:  # reset or timed out: the client's failure, as a hang-up is
+                    received = 0
+                if not received:  # the client hung up: the caller sees the body end short
+                    body.failed = True
+                    if filled:
+                        yield view[:filled]
+                    return
+                reader.length -= received
+                filled += received
+            yield view[:want]
     except GeneratorExit:
         raise  # the caller stopped early: gunicorn drains what is left, as it counts it
     except BaseException:  # anything else while reading (a signal, gunicorn's own reader)

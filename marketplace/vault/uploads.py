@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import threading
 
 from django.conf import settings
 
 from accounts.models import Tenant
+from config import sql
 from marketplace.models import Artifact, TenantKey
 
 from . import keys, store
@@ -37,7 +39,6 @@ from .stream import (
 # Smallest vault chunk we choose to align with upload pieces: below it the per-chunk tag and
 # call overhead grows, so pieces of odd sizes use their own size as the vault chunk size.
 _MIN_ALIGNED_CHUNK = 64 * 1024
-_buffers = threading.local()
 
 
 def vault_chunk_size(piece_size: int) -> int:
@@ -70,19 +71,33 @@ def _cipher(*, key: TenantKey, header: bytes, artifact_id: str) -> SegmentCipher
     return SegmentCipher(header=bytes(header), data_key=keys.data_key(key), artifact_id=artifact_id)
 
 
-def _buffer(name: str, size: int) -> memoryview:
-    """A per-thread buffer reused across requests: a fresh multi-MiB buffer per piece is
-    mapped and faulted in every time, which costs about as much as AES-GCM."""
-    buffer = getattr(_buffers, name, None)
-    if buffer is None or len(buffer) < size:
-        buffer = bytearray(size)
-        setattr(_buffers, name, buffer)
-    return memoryview(buffer)[:size]
+class _BufferPool:
+    """Piece-sized buffers shared by the threads that seal pieces: one is taken per piece
+    and given back when it is stored, so the process holds about one per piece being
+    received at once (not one per thread that ever received one), and a fresh multi-MiB
+    buffer, which is mapped and faulted in every time and costs about as much as AES-GCM,
+    is rarely needed. Page-aligned, as the store writes them with direct I/O."""
+
+    def __init__(self, keep: int) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        self._keep = keep  # idle buffers kept for the next pieces
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            for i, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(i)
+        return mmap.mmap(-1, max(size, 1))
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buffer)
+                self._free.sort(key=len)  # the smallest that fits is taken first
 
 
-def plaintext_buffer(size: int) -> memoryview:
-    """A reusable buffer for one piece's plaintext (valid until this thread's next piece)."""
-    return _buffer("plaintext", size)
+_pool = _BufferPool(keep=4)
 
 
 class PieceSealer:
@@ -108,10 +123,16 @@ class PieceSealer:
         self._final = final
         self.size = size
         head = len(header)
-        self._sealed = _buffer("sealed", head + self._cipher.sealed_size(size))
+        sealed_size = head + self._cipher.sealed_size(size)
+        stage_size = min(self._cs, size) or 1
+        # One buffer: the sealed piece, then the staging area (for the odd-sized pieces a
+        # read leaves, and for opening the chunks again to hash them).
+        self._buffer = _pool.take(sealed_size + stage_size)
+        whole = memoryview(self._buffer)
+        self._sealed = whole[:sealed_size]
+        self._stage = whole[sealed_size : sealed_size + stage_size]
         self._sealed[:head] = header
         self._out = head  # where the next sealed chunk goes
-        self._stage = _buffer("stage", min(self._cs, size) or 1)
         self._staged = 0
         self._done = 0  # plaintext bytes sealed
         self._counter = first_chunk
@@ -152,6 +173,28 @@ class PieceSealer:
             raise ValueError("the piece is incomplete")
         return self._sealed
 
+    def close(self) -> None:
+        """Give the buffer back for the next piece; the sealer is unusable after it."""
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            self._sealed = self._stage = None  # type: ignore[assignment]
+            _pool.give_back(buffer)
+
+    def hash_into(self, sha256) -> None:
+        """Feed the piece's plaintext to ``sha256`` again, opening the sealed chunks one at a
+        time into the staging buffer (AES-GCM opens several times faster than SHA-256
+        hashes, and nothing piece-sized is allocated)."""
+        count = max(1, -(-self.size // self._cs))
+        first = self._counter - count
+        pos = len(self._cipher.header.raw)
+        for j in range(count):
+            plain = min(self._cs, self.size - j * self._cs)
+            end = pos + plain + TAG_SIZE
+            final = self._final and j == count - 1
+            self._cipher.open_into(self._sealed[pos:end], self._stage, first=first + j, final=final)
+            sha256.update(self._stage[:plain])
+            pos = end
+
     def plaintext(self) -> bytearray:
         """The piece's plaintext again (for storing it as a vault file of its own)."""
         head = len(self._cipher.header.raw)
@@ -172,7 +215,7 @@ def part_store(
         f"{artifact_id}/{key.public_id}.part-{part.public_id}", [sealer.blob()]
     )
     try:
-        part.save()
+        sql.insert(part)
     except BaseException:
         store.artifact_storage().delete(part.storage_name)
         raise

@@ -292,3 +292,34 @@ def test_a_chunk_whose_claim_fails_to_link_leaves_nothing_and_can_be_sent_again(
     assert part.layout == UploadPart.Layout.FILE
     version = services.upload_complete(session=session, actor=SYSTEM)
     assert artifact_read(artifact=version.artifact, purpose="validate") == data
+
+
+def test_the_upload_answer_is_what_drfs_fields_give(model, data):
+    """UploadSessionSerializer builds its answer by hand (a PUT gives it for every chunk): the
+    same keys, values and JSON as ModelSerializer's fields, from open to completed."""
+    from rest_framework import serializers
+    from rest_framework.renderers import JSONRenderer
+
+    from marketplace.api.serializers import UploadSessionSerializer
+
+    def both(session):
+        session = UploadSession.objects.select_related("model__tenant", "version").get(
+            pk=session.pk
+        )
+        fast = UploadSessionSerializer(session)
+        fields = serializers.ModelSerializer.to_representation(fast, session)
+        return JSONRenderer().render(fast.data), JSONRenderer().render(fields)
+
+    session = _start(model, data)
+    seen = [both(session)]
+    _send(session, data, 1)
+    seen.append(both(session))
+    for index in range(session.chunk_count):
+        _send(session, data, index)
+    version = services.upload_complete(session=session, actor=SYSTEM)
+    seen.append(both(session))
+
+    assert all(fast == fields for fast, fields in seen)
+    assert f'"version":{version.number}'.encode() in seen[-1][0]
+    assert b'"received_ranges":["bytes 8192-12504"]' in seen[1][0]
+    assert b'"status":"completed"' in seen[-1][0]

@@ -137,3 +137,17 @@ def test_a_duplicate_insert_fails_as_save_does_and_spoils_only_its_savepoint(ten
 
     assert spoiled  # the savepoint rolls back, as after a failed save()
     assert UsageRecord.objects.filter(source_id="pred_h").count() == 1
+
+
+def test_an_update_where_a_field_is_none_matches_only_rows_where_it_is_null(tenant):
+    """An upload chunk's row is linked to its stored part only if no retry linked one first."""
+    record = _record(tenant, "pred_i")
+    sql.insert(record)
+
+    linked = sql.update(UsageRecord, record.pk, where={"listing": None}, values={"model": None})
+    first = sql.update(UsageRecord, record.pk, where={"publisher": None}, values={"free": True})
+    orm = UsageRecord.objects.filter(pk=record.pk, publisher__isnull=True).update(free=True)
+
+    assert (linked, first) == (1, orm) == (1, 0)
+    record.refresh_from_db()
+    assert not record.free
