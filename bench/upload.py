@@ -31,6 +31,13 @@ declared as ``safetensors`` with architecture ``mlp``, so completion accepts it 
 Targets: the upload end to end at least 0.5x the disk write; the web process's peak resident
 memory (the worker's VmHWM, and psutil samples every 5 ms) under 256 MiB.
 
+On the 2-vCPU development VM the disk write is bimodal: ~2-3 GB/s in some rounds, ~0.4 GB/s in
+others, with several times the CPU, spent in the kernel copying into new page-cache pages (a
+whole 1 GiB run can be all slow rounds; why is not known). The upload writes its parts with
+direct I/O, which skips the page cache, and does not slow down with it. So the ratios are also
+given against the disk write's fastest round: what the upload would face where the disk write
+is always fast.
+
 Also measured in the same run, alone in this process: SHA-256 and AES-256-GCM (sealing 1 MiB
 chunks into a reused buffer, as the server does) over the same number of bytes, so that the
 ratio can be read against what the server's per-byte work costs on this machine. From them, the
@@ -397,6 +404,9 @@ def upload(
                     done.result()
             for via in vias:
                 via.close()
+            # Idle for the whole transfer: the server's keep-alive may have closed it. A
+            # closed connection reconnects on its next request.
+            conn.close()
     finally:
         os.close(fd)
     transferred = time.perf_counter()
@@ -740,6 +750,13 @@ def report(
         "end_to_end_over_disk_write": median[END_TO_END] / median[DISK],
         "transfer_over_disk_write": median[TRANSFER] / median[DISK],
         "end_to_end_over_disk_write_on_disk": median[END_TO_END_SYNCED] / median[DISK_SYNCED],
+        # Against the disk write's fastest round: on a VM the disk write is sometimes several
+        # times slower (the page cache's new pages are first touched on the host), which a
+        # median of few rounds does not always absorb.
+        "end_to_end_over_fastest_disk_write_on_disk": (
+            median[END_TO_END_SYNCED] / ops[DISK_SYNCED].max_mb_s
+        ),
+        "end_to_end_over_fastest_disk_write": median[END_TO_END] / ops[DISK].max_mb_s,
         "one_connection_over_disk_write": median[ONE] / median[DISK],
         "one_connection_over_disk_write_on_disk": median[ONE_SYNCED] / median[DISK_SYNCED],
     }
@@ -780,6 +797,16 @@ def report(
             f">= {TARGET_RATIO:.2f}x  {verdict(met['page_cache'])}",
         ),
         ("transfer_over_disk_write", "page cache: transfer only / disk write", ""),
+        (
+            "end_to_end_over_fastest_disk_write_on_disk",
+            "on disk: same / fastest disk write round",
+            "",
+        ),
+        (
+            "end_to_end_over_fastest_disk_write",
+            "page cache: same / fastest disk write round",
+            "",
+        ),
         (
             "one_connection_over_disk_write_on_disk",
             "on disk: the same over 1 connection",
