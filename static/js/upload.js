@@ -3,7 +3,7 @@
 //
 //   1. hash the file (SHA-256) in the browser;
 //   2. POST {create-url} for an upload session (chunk size, upload URL);
-//   3. PUT each missing chunk with Content-Range, retrying with backoff;
+//   3. PUT each missing chunk with Content-Range, a few at once, each retried with backoff;
 //   4. POST {upload-url}/complete: the server checks the hash and creates the version.
 //
 // The session is remembered in localStorage (id, file name, size, lastModified), so after a
@@ -23,6 +23,10 @@
     // at a time in JavaScript: bounded memory, but several times slower (50-250 MB/s).
     subtleMaxBytes: 256 * 1024 * 1024,
     hashSliceBytes: 4 * 1024 * 1024,
+    // Chunks sent at once (mm push sends 4): the server seals and stores them side by side and
+    // hashes them in order as they arrive; one at a time leaves a round trip and a chunk's
+    // storing between every two.
+    parallelChunks: 3,
     retries: 5,
     retryBaseMs: 1000,
     retryMaxMs: 30000,
@@ -268,7 +272,8 @@
       this.pending = null; // an interrupted upload of this model: {record, state}
       this.busy = false;
       this.controller = null;
-      this.wakeUp = null;
+      this.wakeUps = new Set(); // chunks waiting to retry: "Retry now" or the network wakes them
+      this.buttonWaits = 0; // of which this many wait for the connection, with the button shown
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         this.start();
@@ -535,22 +540,50 @@
         throw new Error(`This upload is ${state.status}; start a new one.`);
       }
       let confirmed = state.received_bytes;
-      this.progress(confirmed, file.size);
-      for (const [start, end] of chunksOf(state.missing_ranges, state.chunk_size)) {
-        // Navigated away (htmx swaps the page without unloading it): stop, resumable later.
-        if (!this.form.isConnected) throw new DOMException("Left the page.", "PauseError");
-        const onProgress = (loaded) => this.progress(confirmed + loaded, file.size);
-        try {
-          await this.retrying(() =>
-            putChunk(this.form, record.url, file, start, end, onProgress, this.signal())
-          );
-        } catch (err) {
-          if (err instanceof ApiError && err.status === 409) this.forget(); // expired or closed
-          throw err;
+      const sending = new Map(); // chunk start -> its bytes sent so far
+      const report = () => {
+        let bytes = confirmed;
+        for (const sent of sending.values()) bytes += sent;
+        this.progress(bytes, file.size);
+      };
+      report();
+      const queue = chunksOf(state.missing_ranges, state.chunk_size);
+      let failure = null;
+      const worker = async () => {
+        while (queue.length && !failure) {
+          // Navigated away (htmx swaps the page without unloading it): stop, resumable later.
+          if (!this.form.isConnected) throw new DOMException("Left the page.", "PauseError");
+          const [start, end] = queue.shift();
+          const onProgress = (loaded) => {
+            sending.set(start, loaded);
+            report();
+          };
+          try {
+            await this.retrying(() => {
+              sending.set(start, 0); // a retry sends the chunk again from its start
+              return putChunk(this.form, record.url, file, start, end, onProgress, this.signal());
+            });
+          } catch (err) {
+            if (err instanceof ApiError && err.status === 409) this.forget(); // expired or closed
+            throw err;
+          } finally {
+            sending.delete(start);
+          }
+          confirmed += end - start + 1;
+          report();
         }
-        confirmed += end - start + 1;
-        this.progress(confirmed, file.size);
-      }
+      };
+      const workers = Math.max(1, Math.min(config.parallelChunks, queue.length));
+      // The first failure stops the others from taking more chunks; the one they are sending
+      // finishes (it is kept, and counts when the upload is resumed).
+      await Promise.all(
+        Array.from({ length: workers }, () =>
+          worker().catch((err) => {
+            failure = failure || err;
+          })
+        )
+      );
+      if (failure) throw failure;
     }
 
     async complete(file, record) {
@@ -606,30 +639,34 @@
     }
 
     waitForWake(showButton, ms) {
-      this.role("resume-now").hidden = !showButton;
+      if (showButton) {
+        this.buttonWaits += 1;
+        this.role("resume-now").hidden = false;
+      }
       const signal = this.signal();
       return new Promise((resolve, reject) => {
         const timer = ms === undefined ? null : setTimeout(() => done(), ms);
         const onAbort = () => done(abortError());
+        const wake = () => done();
         const done = (err) => {
           clearTimeout(timer);
           signal.removeEventListener("abort", onAbort);
-          this.wakeUp = null;
-          this.role("resume-now").hidden = true;
+          if (!this.wakeUps.delete(wake)) return; // woken already
+          if (showButton && --this.buttonWaits === 0) this.role("resume-now").hidden = true;
           if (err) reject(err);
           else {
             if (showButton) this.status(`Uploading ${this.current ? this.current.name : ""}…`);
             resolve();
           }
         };
+        this.wakeUps.add(wake);
         if (signal.aborted) return done(abortError());
         signal.addEventListener("abort", onAbort);
-        this.wakeUp = () => done();
       });
     }
 
     wake() {
-      if (this.wakeUp) this.wakeUp();
+      for (const wake of [...this.wakeUps]) wake();
     }
 
     async abandon(record) {
