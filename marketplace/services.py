@@ -241,6 +241,7 @@ def _digest_begin(session: UploadSession, index: int):
             digest = _digests[session.public_id] = _RunningDigest()
             while len(_digests) > _MAX_DIGESTS:
                 _digests.popitem(last=False)
+        _digests.move_to_end(session.public_id)  # the least recently used is dropped first
         digest.receiving[index] += 1
         return digest.sha256.copy() if digest.next == index else None
 
@@ -277,6 +278,14 @@ def _digest_finish(
             sha256 = digest.sha256.copy()
         sealer.hash_into(sha256)
     _digest_commit(session, index, part_id, sha256)
+
+
+def _digest_forget(session: UploadSession) -> None:
+    """Drop a completed or aborted upload's running SHA-256; a chunk still waiting to be
+    hashed stops waiting."""
+    with _digests_changed:
+        _digests.pop(session.public_id, None)
+        _digests_changed.notify_all()
 
 
 def _digest_commit(session: UploadSession, index: int, part_id: str, sha256) -> None:
@@ -685,8 +694,7 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
         target=session,
         data={"purpose": "assemble", "chunks": len(parts), "version": version.public_id},
     )
-    with _digests_lock:
-        _digests.pop(session.public_id, None)
+    _digest_forget(session)
     session.refresh_from_db()
     _delete_parts(session)
     return version
@@ -762,6 +770,7 @@ def upload_abort(*, session: UploadSession) -> None:
     UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
         status=UploadSession.Status.FAILED, failure_reason="Aborted by the client."
     )
+    _digest_forget(session)
     _delete_parts(session)
 
 

@@ -154,7 +154,8 @@ def _write_direct(fd: int, view: memoryview) -> int:
         while done < head:
             done += os.write(fd, view[done:head])
     except OSError as e:
-        if e.errno != errno.EINVAL:  # EINVAL: no direct I/O here, or another alignment
+        # EINVAL: no direct I/O here, or another alignment; EOPNOTSUPP: some FUSE and 9p mounts.
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
             raise
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)

@@ -85,16 +85,20 @@ class _BufferPool:
 
     def take(self, size: int) -> mmap.mmap:
         with self._lock:
-            for i, buffer in enumerate(self._free):
+            for i, buffer in enumerate(self._free):  # smallest first: the smallest that fits
                 if len(buffer) >= size:
                     return self._free.pop(i)
-        return mmap.mmap(-1, max(size, 1))
+        # Private: a child forked later would not share the pieces sealed here after it.
+        return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
 
     def give_back(self, buffer: mmap.mmap) -> None:
         with self._lock:
-            if len(self._free) < self._keep:
-                self._free.append(buffer)
-                self._free.sort(key=len)  # the smallest that fits is taken first
+            self._free.append(buffer)
+            self._free.sort(key=len)
+            if len(self._free) > self._keep:
+                # The smallest goes: an upload's small last piece must not, once kept, leave
+                # every full-sized piece after it to map a fresh buffer.
+                self._free.pop(0)
 
 
 _pool = _BufferPool(keep=4)

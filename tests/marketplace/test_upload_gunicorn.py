@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 65536
 
 
-def _start_web(port: int, log: Path | None = None) -> subprocess.Popen:
+def _start_web(port: int, log: Path | None = None, chunk: int = CHUNK) -> subprocess.Popen:
     from django.db import connection
 
     env = {
         **os.environ,
         "DATABASE_URL": database_url(connection.settings_dict),
-        "MM_UPLOAD_CHUNK_SIZE": str(CHUNK),
+        "MM_UPLOAD_CHUNK_SIZE": str(chunk),
     }
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
         [
@@ -152,6 +153,68 @@ def test_upload_resumes_after_the_web_process_is_killed(tenant, model_files):
 
 
 # --- chunks straight from the socket ------------------------------------------------------
+
+
+def test_mib_chunks_sent_at_once_and_trickling_in_make_the_file_sent(tenant):
+    """As ``mm push`` sends a model: chunks of 2 MiB, four at once, each body arriving in
+    slices. The server fills its 1 MiB pieces over many receives, stores the parts (with
+    direct I/O where the file system takes it) and hashes the chunks in order as they come."""
+    big = 2 * 1024 * 1024
+    data = safetensors_bytes(6 * big + 12345)
+    api = key_client(tenant)
+    assert api.post("/api/v1/models", {"name": "pushed"}, format="json").status_code == 201
+    port = _free_port()
+    web = _start_web(port, chunk=big)
+    try:
+        status, upload = _call(
+            port,
+            "POST",
+            "/api/v1/models/acme/pushed/uploads",
+            api.secret,
+            json.dumps(
+                {
+                    "filename": "pushed.safetensors",
+                    "format": "safetensors",
+                    "architecture": "mlp",
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            ).encode(),
+            **{"Content-Type": "application/json"},
+        )
+        assert status == 201 and upload["chunk_size"] == big, upload
+        path = urlsplit(upload["upload_url"]).path
+
+        def send(index: int) -> int:
+            start = index * big
+            end = min(start + big, len(data)) - 1
+            head = raw_request(
+                "PUT",
+                path,
+                api.secret,
+                Content_Type="application/octet-stream",
+                Content_Range=f"bytes {start}-{end}/{len(data)}",
+            )
+            head = head.replace(b"Content-Length: 0", f"Content-Length: {end - start + 1}".encode())
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                sock.sendall(head)
+                for at in range(start, end + 1, 300_000):  # slices that straddle the pieces
+                    sock.sendall(data[at : min(at + 300_000, end + 1)])
+                    time.sleep(0.002)
+                return _Responses(sock).next()[0]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = list(pool.map(send, range(-(-len(data) // big))))
+        status, version = _call(port, "POST", f"{path}/complete", api.secret)
+    finally:
+        web.terminate()
+        web.wait()
+
+    assert statuses == [200] * 7
+    assert status == 201, version
+    stored = ModelVersion.objects.select_related("artifact").get(public_id=version["id"])
+    assert stored.artifact.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(stored.artifact.chunk_blobs) == 7  # the parts taken over as stored
 
 
 def safetensors_bytes(size: int) -> bytes:

@@ -147,7 +147,10 @@ def test_an_update_where_a_field_is_none_matches_only_rows_where_it_is_null(tena
     linked = sql.update(UsageRecord, record.pk, where={"listing": None}, values={"model": None})
     first = sql.update(UsageRecord, record.pk, where={"publisher": None}, values={"free": True})
     orm = UsageRecord.objects.filter(pk=record.pk, publisher__isnull=True).update(free=True)
+    # The same field with a value, then None again: each its own statement, not the other's.
+    valued = sql.update(UsageRecord, record.pk, where={"publisher": tenant.pk}, values={"calls": 5})
+    again = sql.update(UsageRecord, record.pk, where={"publisher": None}, values={"free": True})
 
-    assert (linked, first) == (1, orm) == (1, 0)
+    assert (linked, first, valued, again) == (1, orm, 1, 0) == (1, 0, 1, 0)
     record.refresh_from_db()
     assert not record.free
