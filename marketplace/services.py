@@ -465,7 +465,9 @@ def _vault_position(session: UploadSession, index: int) -> tuple[int, bool]:
     return index * (session.chunk_size // uploads.header_chunk_size(session.header)), final
 
 
-def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:
+def _part_plaintext(
+    session: UploadSession, part: UploadPart, span: tuple[int, int] | None = None
+) -> bytearray:
     first, final = _vault_position(session, part.index)
     return uploads.part_open(
         part=part.artifact,
@@ -474,6 +476,7 @@ def _part_plaintext(session: UploadSession, part: UploadPart) -> bytearray:
         artifact_id=session.artifact_id,
         first_chunk=first,
         final=final,
+        span=span,
     )
 
 
@@ -728,15 +731,21 @@ def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[s
     offset = 0
     for number, part in enumerate(parts):
         end = offset + part.artifact.size
-        wanted = number >= hashed or offset < SNIFF_BYTES or end > size - SNIFF_BYTES
-        if wanted:
-            plaintext = _part_plaintext(session, part)
-            if number >= hashed:
-                sha256.update(plaintext)
-            if offset < SNIFF_BYTES:
-                head += plaintext[: SNIFF_BYTES - offset]
-            if end > size - SNIFF_BYTES:
-                tail += plaintext[max(0, size - SNIFF_BYTES - offset) :]
+        in_head, in_tail = offset < SNIFF_BYTES, end > size - SNIFF_BYTES
+        if number >= hashed:  # the whole part, to hash it
+            lo, plaintext = 0, _part_plaintext(session, part)
+            sha256.update(plaintext)
+        elif in_head or in_tail:  # hashed already: only the bytes the format is told from
+            lo = 0 if in_head else max(0, size - SNIFF_BYTES - offset)
+            hi = part.artifact.size if in_tail else min(part.artifact.size, SNIFF_BYTES - offset)
+            plaintext = _part_plaintext(session, part, span=(lo, hi))
+        else:
+            offset = end
+            continue
+        if in_head:
+            head += plaintext[: SNIFF_BYTES - offset - lo]
+        if in_tail:
+            tail += plaintext[max(0, size - SNIFF_BYTES - offset) - lo :]
         offset = end
     return sha256.hexdigest(), bytes(head), bytes(tail)
 

@@ -329,8 +329,8 @@ class UploadView(TenantScopedMixin, GenericAPIView):
         session = self.get_object()
         index = services.parse_content_range(request.headers.get("Content-Range", ""), session)
         # Streamed: never read into memory whole.
-        chunks = body_pieces(request._request, READ_BLOCK)
-        services.upload_part_store(session=session, index=index, chunks=chunks)
+        with body_pieces(request._request, READ_BLOCK) as chunks:
+            services.upload_part_store(session=session, index=index, chunks=chunks)
         return Response(s.UploadSessionSerializer(session).data)
 
     def delete(self, request, id: str):

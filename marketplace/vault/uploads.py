@@ -71,12 +71,12 @@ def _cipher(*, key: TenantKey, header: bytes, artifact_id: str) -> SegmentCipher
     return SegmentCipher(header=bytes(header), data_key=keys.data_key(key), artifact_id=artifact_id)
 
 
-class _BufferPool:
-    """Piece-sized buffers shared by the threads that seal pieces: one is taken per piece
-    and given back when it is stored, so the process holds about one per piece being
-    received at once (not one per thread that ever received one), and a fresh multi-MiB
+class BufferPool:
+    """Large buffers shared by a process's threads: one is taken per use and given back
+    after, so the process holds about one per use at once (not one per thread that ever
+    needed one, and none kept by glibc's per-thread malloc arenas), and a fresh multi-MiB
     buffer, which is mapped and faulted in every time and costs about as much as AES-GCM,
-    is rarely needed. Page-aligned, as the store writes them with direct I/O."""
+    is rarely needed. Page-aligned (the store writes sealed pieces with direct I/O)."""
 
     def __init__(self, keep: int) -> None:
         self._free: list[mmap.mmap] = []
@@ -101,7 +101,7 @@ class _BufferPool:
                 self._free.pop(0)
 
 
-_pool = _BufferPool(keep=4)
+_pool = BufferPool(keep=4)
 
 
 class PieceSealer:
@@ -251,11 +251,17 @@ def part_open(
     artifact_id: str,
     first_chunk: int,
     final: bool,
+    span: tuple[int, int] | None = None,
 ) -> bytearray:
-    """A part's plaintext, authenticated. Bounded by the piece size."""
+    """A part's plaintext, authenticated; with ``span`` (start, end), only those bytes of it,
+    for which only the vault chunks holding them are read and opened. Bounded by the piece
+    size."""
     if not sealed_in_place:
         with store.artifact_storage().open(part.storage_name, "rb") as fh:
-            return decrypt_to_bytes(fh, data_key=store._resolver(part), artifact_id=part.public_id)
+            out = decrypt_to_bytes(fh, data_key=store._resolver(part), artifact_id=part.public_id)
+        return out if span is None else out[span[0] : span[1]]
+    if span is not None and span != (0, part.size):
+        return _part_open_span(part, header, artifact_id, first_chunk, final, span)
     blob = store.blob_read(part.storage_name, part.ciphertext_size + 1)
     head = len(header)
     if blob[:head] != bytes(header) or len(blob) != part.ciphertext_size:
@@ -266,6 +272,32 @@ def part_open(
     if size != part.size:
         raise VaultIntegrityError(f"Upload part {part.public_id} has the wrong size.")
     return out
+
+
+def _part_open_span(
+    part: Artifact,
+    header: bytes,
+    artifact_id: str,
+    first_chunk: int,
+    final: bool,
+    span: tuple[int, int],
+) -> bytearray:
+    start, end = span
+    if not 0 <= start < end <= part.size:
+        raise ValueError(f"span {span} is not within the part's {part.size} bytes")
+    cipher = _cipher(key=part.key, header=header, artifact_id=artifact_id)
+    cs = cipher.chunk_size
+    count = max(1, -(-part.size // cs))
+    a, b = start // cs, -(-end // cs)  # the vault chunks that hold the span
+    head = len(header)
+    offset = head + a * (cs + TAG_SIZE)
+    length = min(b * cs, part.size) - a * cs + (b - a) * TAG_SIZE
+    sealed = store.blob_read(part.storage_name, length, offset)
+    if len(sealed) != length or head + part.size + count * TAG_SIZE != part.ciphertext_size:
+        raise VaultIntegrityError(f"Upload part {part.public_id} is not the one stored.")
+    out = bytearray(min(b * cs, part.size) - a * cs)
+    cipher.open_into(sealed, out, first=first_chunk + a, final=final and b == count)
+    return out[start - a * cs : end - a * cs]
 
 
 def artifact_take_over(

@@ -323,3 +323,39 @@ def test_the_upload_answer_is_what_drfs_fields_give(model, data):
     assert f'"version":{version.number}'.encode() in seen[-1][0]
     assert b'"received_ranges":["bytes 8192-12504"]' in seen[1][0]
     assert b'"status":"completed"' in seen[-1][0]
+
+
+@pytest.mark.parametrize(
+    ("index", "span", "chunks_read"),
+    [
+        (0, (0, 100), 1),  # the head of a part: its first vault chunk only
+        (0, (4000, 4200), 2),  # straddling two chunks
+        (1, (4096, 4313), 1),  # the last (partial, final) chunk of the last part
+        (1, (100, 4313), 2),
+        (1, (0, 4313), 2),  # all of it
+    ],
+)
+def test_a_span_of_a_part_reads_and_opens_only_the_chunks_holding_it(
+    model, data, monkeypatch, index, span, chunks_read
+):
+    """Completion sniffs the format from the file's first and last 4 MiB: of a part already
+    hashed it opens only the vault chunks holding those bytes."""
+    from marketplace.vault import store
+
+    session = _start(model, data)
+    for i in range(session.chunk_count):
+        _send(session, data, i)
+    part = session.parts.select_related("artifact__key").get(index=index)
+    read: list[int] = []
+    real_read = store.blob_read
+    monkeypatch.setattr(
+        store,
+        "blob_read",
+        lambda name, size, offset=0: read.append(size) or real_read(name, size, offset),
+    )
+
+    got = services._part_plaintext(session, part, span=span)
+
+    start = index * PIECE
+    assert bytes(got) == data[start + span[0] : start + span[1]]
+    assert sum(read) <= chunks_read * (4096 + 16) + len(session.header)
