@@ -739,9 +739,6 @@ def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[s
             lo = 0 if in_head else max(0, size - SNIFF_BYTES - offset)
             hi = part.artifact.size if in_tail else min(part.artifact.size, SNIFF_BYTES - offset)
             plaintext = _part_plaintext(session, part, span=(lo, hi))
-        else:
-            offset = end
-            continue
         if in_head:
             head += plaintext[: SNIFF_BYTES - offset - lo]
         if in_tail:

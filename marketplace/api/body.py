@@ -33,8 +33,12 @@ _receiving = BufferPool(keep=8)
 def body_pieces(request: HttpRequest, block: int) -> Iterator[Iterator[bytes | memoryview]]:
     """The body in pieces of at most ``block`` bytes, ending where its Content-Length does
     (or, if the client hangs up first, where its bytes did); valid inside the ``with``."""
+    source = _gunicorn_body(request)
+    if source is None:  # Django reads it, into buffers of its own
+        yield iter(lambda: request.read(block), b"")
+        return
     buffers = [_receiving.take(block), _receiving.take(block)]
-    pieces = _pieces(request, block, [memoryview(b)[:block] for b in buffers])
+    pieces = _from_socket(request, block, source, [memoryview(b)[:block] for b in buffers])
     try:
         yield pieces
     finally:
@@ -43,11 +47,7 @@ def body_pieces(request: HttpRequest, block: int) -> Iterator[Iterator[bytes | m
             _receiving.give_back(buffer)
 
 
-def _pieces(request: HttpRequest, block: int, views: list[memoryview]) -> Iterator:
-    source = _gunicorn_body(request)
-    if source is None:
-        yield from iter(lambda: request.read(block), b"")
-        return
+def _from_socket(request: HttpRequest, block: int, source, views: list[memoryview]) -> Iterator:
     body, reader, sock = source
     request._read_started = True  # Django's own read() must not start over
     try:

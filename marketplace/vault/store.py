@@ -117,7 +117,8 @@ def blob_write(name: str, pieces: Sequence[Buffer]) -> tuple[str, int]:
 # Direct I/O (``O_DIRECT``): the device reads the bytes from this process's memory, so the
 # kernel neither copies them into the page cache nor keeps them there. For a large blob that
 # copy is the biggest CPU cost of storing it after SHA-256 (``bench/upload.py``), and the blob
-# is not read again soon (a part is read at completion only for its header). It needs the
+# is not read again soon (at completion, a part is read for its header and the first and last
+# only for the chunks its format is told from). It needs the
 # buffer's address, the file offset and the length aligned to the device's block size.
 _DIRECT = getattr(os, "O_DIRECT", 0)
 DIRECT_ALIGN = 4096

@@ -139,7 +139,7 @@ class PieceSealer:
         self._out = head  # where the next sealed chunk goes
         self._staged = 0
         self._done = 0  # plaintext bytes sealed
-        self._counter = first_chunk
+        self._first = self._counter = first_chunk
 
     def update(self, piece) -> None:
         view = memoryview(piece).cast("B")
@@ -189,22 +189,22 @@ class PieceSealer:
         time into the staging buffer (AES-GCM opens several times faster than SHA-256
         hashes, and nothing piece-sized is allocated)."""
         count = max(1, -(-self.size // self._cs))
-        first = self._counter - count
         pos = len(self._cipher.header.raw)
         for j in range(count):
             plain = min(self._cs, self.size - j * self._cs)
             end = pos + plain + TAG_SIZE
             final = self._final and j == count - 1
-            self._cipher.open_into(self._sealed[pos:end], self._stage, first=first + j, final=final)
+            self._cipher.open_into(
+                self._sealed[pos:end], self._stage, first=self._first + j, final=final
+            )
             sha256.update(self._stage[:plain])
             pos = end
 
     def plaintext(self) -> bytearray:
         """The piece's plaintext again (for storing it as a vault file of its own)."""
         head = len(self._cipher.header.raw)
-        first = self._counter - max(1, -(-self.size // self._cs))
         out = bytearray(self.size)
-        self._cipher.open_into(self.blob()[head:], out, first=first, final=self._final)
+        self._cipher.open_into(self.blob()[head:], out, first=self._first, final=self._final)
         return out
 
 
