@@ -7,6 +7,17 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def session_start(model, data: bytes, filename: str, **fields):
+    """An upload session for ``data`` opened through the service (``fields``: its format,
+    and an architecture for a state dict)."""
+    from accounts.services import SYSTEM
+    from marketplace import services
+
+    return services.upload_session_create(
+        model=model, filename=filename, size=len(data), sha256=sha256(data), actor=SYSTEM, **fields
+    )
+
+
 def put_range(api, upload: dict, data: bytes, start: int, end: int, *, body: bytes | None = None):
     """PUT bytes ``start``..``end`` (inclusive) of ``data`` to an upload session, as a client
     sends a chunk; ``body`` replaces the bytes sent (a chunk cut off on the way)."""

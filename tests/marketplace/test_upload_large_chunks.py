@@ -22,8 +22,9 @@ from django.db import connection
 from accounts.services import SYSTEM
 from marketplace import services
 from marketplace.models import UploadSession
-from marketplace.vault import store
+from marketplace.vault import store, uploads
 from marketplace.vault.store import artifact_read
+from tests.marketplace.conftest import session_start
 
 MiB = 1024 * 1024
 CHUNK = 2 * MiB
@@ -89,15 +90,7 @@ def direct_writes(monkeypatch, isolated_store) -> list[int]:
 
 
 def _start(model, data: bytes) -> UploadSession:
-    return services.upload_session_create(
-        model=model,
-        filename="big.safetensors",
-        format="safetensors",
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        architecture="mlp",
-        actor=SYSTEM,
-    )
+    return session_start(model, data, "big.safetensors", format="safetensors", architecture="mlp")
 
 
 def _pieces(session: UploadSession, data: bytes, index: int, gate=None):
@@ -163,29 +156,39 @@ def test_where_direct_io_is_refused_the_chunks_are_written_as_usual(
     assert direct_writes == [accepted * store.DIRECT_ALIGN] * session.chunk_count
 
 
+def _sending(session, data, index, errors, gate=None) -> threading.Thread:
+    """Chunk ``index`` sent on a thread of its own (held after its first piece by ``gate``),
+    once it is being received; what it raises goes to ``errors``."""
+
+    def send():
+        try:
+            _send(session, data, index, gate)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+        finally:
+            connection.close()
+
+    def receiving() -> bool:
+        digest = services._digests.get(session.public_id)
+        return bool(digest and digest.receiving[index])
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and not receiving():
+        assert time.monotonic() < deadline, "the chunk was never received"
+        time.sleep(0.01)
+    return thread
+
+
 @pytest.mark.django_db(transaction=True)
 def test_chunks_sent_at_once_are_hashed_in_order_as_they_arrive(model, data):
     """Chunk 1 arrives whole while chunk 0 is still arriving: it is stored, waits for chunk
     0's hash and is hashed after it, so completion has nothing left to hash."""
     session = _start(model, data)
     gate, errors = threading.Event(), []
-
-    def send(index, gate=None):
-        try:
-            _send(session, data, index, gate)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-        finally:
-            connection.close()
-
-    first = threading.Thread(target=send, args=(0, gate))
-    first.start()
-    deadline = time.monotonic() + 30
-    while not services._digests.get(session.public_id):  # chunk 0 is being received
-        assert time.monotonic() < deadline and not errors, errors
-        time.sleep(0.01)
-    second = threading.Thread(target=send, args=(1,))
-    second.start()
+    first = _sending(session, data, 0, errors, gate)
+    second = _sending(session, data, 1, errors)
     second.join(0.5)
     waiting = second.is_alive()  # stored, and waiting for chunk 0's hash
     gate.set()
@@ -219,3 +222,40 @@ def test_a_chunk_whose_predecessor_is_not_arriving_does_not_wait_for_it(model, d
 
     assert answered < 60  # not the 300 s a wait would take
     assert version.artifact.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_stops_waiting_for_a_stalled_predecessor_and_completion_hashes_it(
+    model, data, monkeypatch
+):
+    """Chunk 0 stalls mid-body (a slow client): chunk 1 waits for it no longer than the
+    limit, is answered without its hash, and completion hashes both."""
+    monkeypatch.setattr(services, "_DIGEST_WAIT_S", 0.3)
+    session = _start(model, data)
+    gate, errors = threading.Event(), []
+    first = _sending(session, data, 0, errors, gate)
+    began = time.monotonic()
+    _send(session, data, 1)
+    waited = time.monotonic() - began
+    hashed = services._digests[session.public_id].next
+    gate.set()
+    first.join(30)
+    _send(session, data, 2)
+
+    version = services.upload_complete(session=session, actor=SYSTEM)
+
+    assert not errors and waited >= 0.3 and hashed == 0
+    assert version.artifact.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_the_buffer_pool_keeps_its_largest_buffers_for_the_next_pieces():
+    """A small last piece given back to a full pool does not displace a full-sized buffer."""
+    pool = uploads.BufferPool(keep=2)
+    full = [pool.take(CHUNK), pool.take(CHUNK)]
+    small = pool.take(1000)
+    for buffer in (*full, small):
+        pool.give_back(buffer)
+
+    again = [pool.take(CHUNK), pool.take(CHUNK)]
+
+    assert sorted(map(id, again)) == sorted(map(id, full))  # no fresh buffer mapped

@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from accounts.exceptions import Conflict
 from accounts.services import SYSTEM
 from marketplace import services
 from marketplace.models import Artifact, TenantKey, UploadPart, UploadSession
@@ -23,7 +24,7 @@ from marketplace.vault.store import (
     tenant_key_rotate_begin,
     tenant_key_rotate_run,
 )
-from tests.marketplace.conftest import sha256
+from tests.marketplace.conftest import session_start, sha256
 from tests.marketplace.test_vault_scale import s3_store  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.django_db
@@ -47,14 +48,7 @@ def data(model_files) -> bytes:
 
 
 def _start(model, data: bytes) -> UploadSession:
-    return services.upload_session_create(
-        model=model,
-        filename="m.pt2",
-        format="pt2",
-        size=len(data),
-        sha256=sha256(data),
-        actor=SYSTEM,
-    )
+    return session_start(model, data, "m.pt2", format="pt2")
 
 
 def _send(session: UploadSession, data: bytes, index: int, read: int = 1000) -> UploadPart:
@@ -359,3 +353,15 @@ def test_a_span_of_a_part_reads_and_opens_only_the_chunks_holding_it(
     start = index * PIECE
     assert bytes(got) == data[start + span[0] : start + span[1]]
     assert sum(read) <= chunks_read * (4096 + 16) + len(session.header)
+
+
+def test_a_chunk_for_an_upload_deleted_meanwhile_is_refused_and_leaves_nothing(model, data):
+    """The session's row went (its model or organisation was deleted) while a chunk arrived:
+    a 409 that says so, and no part stored."""
+    session = _start(model, data)
+    UploadSession.objects.filter(pk=session.pk).delete()
+
+    with pytest.raises(Conflict, match="no longer exists"):
+        _send(session, data, 0)
+
+    assert not UploadPart.objects.exists() and not _files()
