@@ -315,7 +315,8 @@ def test_the_upload_answer_is_what_drfs_fields_give(model, data):
 
     assert all(fast == fields for fast, fields in seen)
     assert f'"version":{version.number}'.encode() in seen[-1][0]
-    assert b'"received_ranges":["bytes 8192-12504"]' in seen[1][0]
+    start, end = session.chunk_range(1)  # the exported file's size varies with the machine
+    assert f'"received_ranges":["bytes {start}-{end}"]'.encode() in seen[1][0]
     assert b'"status":"completed"' in seen[-1][0]
 
 
