@@ -49,8 +49,26 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
     return _save(arrays)
 
 
+_NUMPY_OF = {name: dtype.newbyteorder("<") for dtype, name in _SAFETENSORS.items()}
+_layouts = wire.Layouts()
+
+
 def decode(data: bytes) -> dict[str, np.ndarray]:
-    return _load(bytes(data)) if data else {}
+    """Read-only arrays over ``data`` for a header seen before (see ``wire.Layouts``);
+    otherwise ``safetensors`` reads and checks it (copies)."""
+    if not data:
+        return {}
+    slots = _layouts.known(data)
+    if slots is None:
+        arrays = _load(bytes(data))
+        slots = _layouts.learn(data, remember=all(a.dtype in _SAFETENSORS for a in arrays.values()))
+        return {name: arrays[name] for name, *_ in slots}
+    return {
+        name: np.frombuffer(
+            data, _NUMPY_OF[dtype], (end - start) // _NUMPY_OF[dtype].itemsize, start
+        ).reshape(shape)
+        for name, dtype, shape, start, end in slots
+    }
 
 
 def _dtype(datatype: str, name: str) -> np.dtype:

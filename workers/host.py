@@ -23,7 +23,7 @@ import psutil
 
 from config.logs import current_request_id
 from config.metrics import HOST_RESTARTS
-from inference.runtime.protocol import PREFIX, FrameReader, ProtocolError, pack
+from inference.runtime.protocol import PREFIX, FrameReader, ProtocolError, pack, predicted
 from workers import sandbox
 
 logger = logging.getLogger(__name__)
@@ -349,7 +349,8 @@ class ModelHost:
                 f"the model host sent {payload_len / 2**20:.0f} MiB, over the limit of "
                 f"{max_payload / 2**20:.0f} MiB",
             )
-        header = _decode_header(self._read_exact(header_len, deadline).decode())
+        encoded = self._read_exact(header_len, deadline)
+        header = predicted(encoded) or _decode_header(encoded.decode())
         return header, self._read_exact(payload_len, deadline) if payload_len else b""
 
     def _spin(self) -> float:

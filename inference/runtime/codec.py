@@ -22,6 +22,12 @@ _DTYPES = {
 
 
 def encode(tensors: dict[str, torch.Tensor]) -> bytes:
+    try:  # a model's outputs under inference_mode, on the CPU: viewed as they are
+        return wire.encode(
+            (name, _DTYPES[t.dtype], t.shape, wire.raw(t.numpy())) for name, t in tensors.items()
+        )
+    except (KeyError, TypeError, RuntimeError):  # bf16, on a GPU, needing grad, ...
+        pass
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if all(t.dtype in _DTYPES for t in tensors.values()):
         return wire.encode(
@@ -31,5 +37,31 @@ def encode(tensors: dict[str, torch.Tensor]) -> bytes:
     return _save(tensors)  # bf16 and other types numpy cannot view
 
 
+_TORCH_OF = {name: dtype for dtype, name in _DTYPES.items()}
+_layouts = wire.Layouts()
+
+
 def decode(data: bytes) -> dict[str, torch.Tensor]:
-    return _load(bytes(data)) if data else {}
+    return decode_with_layout(data)[0]
+
+
+def decode_with_layout(data: bytes) -> tuple[dict[str, torch.Tensor], tuple[wire.Slot, ...]]:
+    """Tensors of their own (copied out of ``data``), in the order they were encoded, and
+    where each lay (the same tuple for every payload of the same header: a key for what the
+    caller learnt from the first). A header seen before skips the JSON (``wire.Layouts``);
+    any other is read and checked by ``safetensors``."""
+    if not data:
+        return {}, ()
+    slots = _layouts.known(data)
+    if slots is None:
+        tensors = _load(bytes(data))
+        slots = _layouts.learn(data, remember=all(t.dtype in _DTYPES for t in tensors.values()))
+        return {name: tensors[name] for name, *_ in slots}, slots
+    view = memoryview(data)
+    tensors = {
+        name: torch.frombuffer(bytearray(view[start:end]), dtype=_TORCH_OF[dtype]).view(shape)
+        if end > start
+        else torch.empty(shape, dtype=_TORCH_OF[dtype])
+        for name, dtype, shape, start, end in slots
+    }
+    return tensors, slots

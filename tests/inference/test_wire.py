@@ -38,6 +38,15 @@ def test_torch_tensors_round_trip(dtype):
         assert decoded[name].dtype == dtype and torch.equal(decoded[name], tensor)
 
 
+def test_tensors_numpy_cannot_view_are_encoded_too():
+    """Outputs are viewed through numpy where they can be; a tensor that needs grad (a
+    model's forward outside inference_mode) or a bfloat16 one takes the longer way."""
+    original = {"grad": torch.randn(2, 3, requires_grad=True), "bf16": torch.randn(2).bfloat16()}
+    decoded = codec.decode(codec.encode(original))
+    assert torch.equal(decoded["grad"], original["grad"].detach())
+    assert torch.equal(decoded["bf16"], original["bf16"])
+
+
 def test_numpy_arrays_round_trip_including_views():
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
     original = {"a": base[:, ::2], "b": np.array([True, False]), "c": base.astype(np.int64)}
@@ -49,3 +58,58 @@ def test_numpy_arrays_round_trip_including_views():
 def test_big_endian_arrays_fall_back_correctly():
     array = np.arange(6, dtype=">f4").reshape(2, 3)
     assert np.array_equal(tensors.decode(tensors.encode({"x": array}))["x"], array)
+
+
+@pytest.mark.parametrize(
+    ("encode", "decode", "make"),
+    [
+        (codec.encode, codec.decode, lambda values: torch.tensor(values)),
+        (tensors.encode, tensors.decode, lambda values: np.array(values, dtype=np.float32)),
+    ],
+    ids=["torch", "numpy"],
+)
+def test_a_header_seen_before_is_read_without_safetensors_to_the_same_tensors(
+    encode, decode, make, monkeypatch
+):
+    """The second payload of a header (the next prediction of the same shape) is read from
+    the remembered layout: same names in the order they were written, values, shapes."""
+    from inference.runtime import codec as codec_module
+
+    first = {"logits": make([[1.0, 2.0, 3.0]]), "a": make([7.0]), "empty": make([[]])}
+    second = {"logits": make([[4.0, 5.0, 6.0]]), "a": make([8.0]), "empty": make([[]])}
+    decode(encode(first))
+
+    def refused(_data):
+        raise AssertionError("safetensors read a header that was seen before")
+
+    monkeypatch.setattr(codec_module, "_load", refused)
+    monkeypatch.setattr(tensors, "_load", refused)
+    decoded = decode(encode(second))
+
+    assert list(decoded) == ["logits", "a", "empty"]  # safetensors' own order is random
+    for name, value in second.items():
+        assert decoded[name].shape == value.shape and (decoded[name] == value).all()
+
+
+def test_the_same_header_with_other_bytes_after_it_is_checked_again():
+    """A layout is trusted only for payloads of the length it was learnt from: a truncated
+    body with a known header is refused by safetensors, not read past its end."""
+    body = tensors.encode({"x": np.ones((2, 3), dtype=np.float32)})
+    tensors.decode(body)
+
+    with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
+        tensors.decode(body[:-4])
+    with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
+        codec.decode(body[:-4])
+
+
+def test_the_layout_caches_stay_bounded(monkeypatch):
+    from inference.runtime import wire
+
+    monkeypatch.setattr(wire, "CACHE_LIMIT", 4)
+    layouts = wire.Layouts(limit=4)
+    for rows in range(1, 10):
+        body = tensors.encode({"x": np.zeros((rows, 2), dtype=np.float32)})
+        layouts.learn(body)
+        assert layouts.known(body)[0][2] == (rows, 2)
+        assert len(layouts._slots) <= 4 and len(wire._headers) <= 4

@@ -4,6 +4,7 @@ than a read. Both ends read ahead to save system calls, so these are the cases t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from inference.runtime.protocol import FrameReader, pack
+from inference.runtime.protocol import FrameReader, encode_header, pack, predicted
 from workers import host as host_module
 from workers import sandbox
 from workers.host import HostFailure, ModelHost
@@ -69,7 +70,7 @@ SCRIPTED_HOST = textwrap.dedent(
     """
     import os, sys, time
     sys.path[:0] = {paths!r}
-    from inference.runtime.protocol import FrameReader, pack
+    from inference.runtime.protocol import PREFIX, FrameReader, pack
 
     def frame(header, payload=b""):
         return b"".join(pack(header, payload))
@@ -89,6 +90,8 @@ SCRIPTED_HOST = textwrap.dedent(
             ))
         elif header["op"] == "count":
             os.write(1, frame({{"ok": True, "received": len(payload)}}))
+        elif header["op"] == "raw":  # the payload is the reply's header, as it is
+            os.write(1, PREFIX.pack(len(payload), 0) + payload)
         elif header["op"] == "predict":  # a forward pass that takes this long
             time.sleep(header["seconds"])
             os.write(1, frame({{"ok": True}}))
@@ -159,3 +162,30 @@ def test_a_slow_models_predictions_cost_the_worker_no_polling(scripted_host):
 
     assert wall >= 10 * slow
     assert cpu < 0.1 * wall, f"the worker spent {cpu * 1e3:.1f} ms of CPU in {wall * 1e3:.0f} ms"
+
+
+@pytest.mark.parametrize("compute_ms", [13.2345678, 0.0, 1e-05, 5e-324, 1.7976931348623157e308])
+def test_a_predictions_reply_header_written_without_json_reads_as_json(compute_ms):
+    header = {"ok": True, "compute_ms": compute_ms}
+    encoded = encode_header(header)
+
+    assert json.loads(encoded) == header
+    assert predicted(encoded) == header
+
+
+def test_reply_headers_the_short_way_does_not_read_are_read_as_json(scripted_host):
+    """A host (perhaps a hostile one) may write anything: only what ``encode_header`` writes
+    is read the short way; NaN is null as in any other header, and the rest is JSON's."""
+    cases = {
+        b'{"ok":true,"compute_ms":2.5}': {"ok": True, "compute_ms": 2.5},
+        b'{"ok":true,"compute_ms":NaN}': {"ok": True, "compute_ms": None},
+        b'{"ok":true,"compute_ms":1e999}': {"ok": True, "compute_ms": float("inf")},
+        b'{"ok":true,"compute_ms": 3}': {"ok": True, "compute_ms": 3},
+        b'{"ok":true,"compute_ms":3,"extra":1}': {"ok": True, "compute_ms": 3, "extra": 1},
+    }
+    for raw, expected in cases.items():
+        reply, _ = scripted_host.request({"op": "raw"}, raw, timeout=10)
+        assert reply == expected, raw
+    assert encode_header({"ok": True, "compute_ms": float("nan")}) == (
+        b'{"ok":true,"compute_ms":NaN}'
+    )

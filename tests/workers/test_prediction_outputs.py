@@ -105,3 +105,25 @@ def test_a_bfloat16_output_is_served_as_float32(tenant):
     assert version.signature["outputs"][0]["datatype"] == "FP32"
     assert output_of(prediction).dtype == np.float32
     assert output_of(prediction).tolist() == [[2.0] * 4]
+
+
+class ThreeHeads(nn.Module):
+    def forward(self, x) -> dict[str, torch.Tensor]:
+        return {"scores": x * 2, "label": x.sum(1), "aux": x[:, :1]}
+
+
+def test_outputs_keep_the_models_order_in_every_answer(tenant):
+    """A model's named outputs come back in the order it returns them, for the first
+    prediction and the ones after it (safetensors' own loader gives them in a random order)."""
+    from inference import tensors
+
+    version = validated(tenant, "heads", scripted(ThreeHeads()), example_input=ROW)
+    for rows in (1, 1, 2, 1):
+        prediction = queued(version, np.ones((rows, 4), np.float32))
+        assert prediction_run(prediction_id=prediction.public_id) == "succeeded"
+        prediction.refresh_from_db()
+
+        answer = tensors.to_json(tensors.decode(prediction.output_data))  # as the API sends it
+
+        assert list(answer) == ["scores", "label", "aux"]
+        assert answer["label"] == [4.0] * rows

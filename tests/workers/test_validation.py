@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 
 import pytest
@@ -124,6 +125,34 @@ def test_validated_host_serves_predictions_that_match_the_model(tenant):
 
     assert torch.allclose(codec.decode(body)["output"], model(x), atol=1e-6)
     assert reply["compute_ms"] > 0
+
+
+def test_inputs_are_still_checked_after_the_host_has_seen_good_ones(tenant):
+    """The host checks an input layout once and skips the check when it comes again: a
+    different shape, dtype or name after many good requests is still refused with the
+    message, and the good ones keep matching the model."""
+    from workers.host import ModelFailure
+
+    torch.manual_seed(2)
+    model = Classifier()
+    version = version_validate(
+        version_id=make_version(tenant, export(model, torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    for _ in range(3):
+        x = torch.randn(3, 4)
+        _, body = host.request({"op": "predict"}, codec.encode({"x": x}), timeout=10)
+        assert torch.allclose(codec.decode(body)["output"], model(x), atol=1e-6)
+
+    refused = {
+        "should have shape [-1, 4]": {"x": torch.randn(3, 5)},
+        "should be FP32[-1, 4]; received FP64[3, 4]": {"x": torch.randn(3, 4).double()},
+        "Unknown input(s) y": {"y": torch.randn(3, 4)},
+    }
+    for message, inputs in refused.items():
+        with pytest.raises(ModelFailure, match=re.escape(message)) as failure:
+            host.request({"op": "predict"}, codec.encode(inputs), timeout=10)
+        assert failure.value.kind == "input"
 
 
 def test_torchscript_needs_and_uses_the_upload_example(tenant):
