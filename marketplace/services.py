@@ -481,7 +481,10 @@ def _part_plaintext(
 
 
 def upload_stored_indexes(session: UploadSession) -> set[int]:
-    """Indexes of the chunks stored so far."""
+    """Indexes of the chunks stored so far: all of them once the upload is complete (its
+    parts then belong to the version's artifact, and their rows are gone)."""
+    if session.status == UploadSession.Status.COMPLETED:
+        return set(range(session.chunk_count))
     return set(session.parts.filter(artifact__isnull=False).values_list("index", flat=True))
 
 

@@ -134,6 +134,23 @@ def test_status_lists_received_and_missing_ranges(api, model, model_files):
     assert state["received_bytes"] == 2000
 
 
+def test_a_completed_upload_reports_every_byte_received(api, model, model_files):
+    """Asked again after completion (a client that lost the answer, a reloaded page), the
+    session says the whole file arrived, not that all of it is missing."""
+    data = model_files["pt2"]
+    upload = start_upload(api, data).json()
+    for index in range(-(-len(data) // CHUNK)):
+        send_chunk(api, upload, data, index)
+    assert api.post(f"{upload['upload_url']}/complete").status_code == 201
+
+    state = api.get(upload["upload_url"]).json()
+
+    assert state["status"] == "completed"
+    assert state["received_ranges"] == [f"bytes 0-{len(data) - 1}"]
+    assert state["missing_ranges"] == []
+    assert state["received_bytes"] == len(data)
+
+
 def test_completing_an_incomplete_upload_is_409_listing_missing_ranges(api, model, model_files):
     data = model_files["pt2"]
     upload = start_upload(api, data).json()
