@@ -18,6 +18,9 @@ import struct
 from collections.abc import Iterable
 
 CACHE_LIMIT = 256  # distinct headers kept per cache (each a few hundred bytes)
+# Longer headers are not kept: safetensors reads headers of up to 100 MB, and a hostile model
+# host could otherwise fill the worker's cache with them.
+CACHE_HEADER_BYTES = 64 * 1024
 _LENGTH = struct.Struct("<Q")
 # (name, dtype, shape) of each tensor → the encoded length and header
 _headers: dict[tuple, bytes] = {}
@@ -38,9 +41,10 @@ def encode(items: Iterable[tuple[str, str, list[int], memoryview]]) -> bytes:
     head = _headers.get(key)
     if head is None:
         head = _header(items)
-        if len(_headers) >= CACHE_LIMIT:
-            _headers.clear()
-        _headers[key] = head
+        if len(head) <= CACHE_HEADER_BYTES:
+            if len(_headers) >= CACHE_LIMIT:
+                _headers.clear()
+            _headers[key] = head
     return b"".join([head, *(buffer for *_, buffer in items)])
 
 
@@ -75,16 +79,18 @@ class Layouts:
         self._slots: dict[tuple[bytes, int], tuple[Slot, ...]] = {}
 
     @staticmethod
-    def _key(data) -> tuple[bytes, int] | None:
+    def _key(data, longest: int) -> tuple[bytes, int] | None:
+        """The length prefix and JSON header of ``data`` (up to ``longest`` bytes of JSON),
+        and ``data``'s length."""
         if len(data) < 8:
             return None
         (length,) = _LENGTH.unpack_from(data)
-        if length > len(data) - 8:
+        if length > min(len(data) - 8, longest):
             return None
         return bytes(memoryview(data)[: 8 + length]), len(data)
 
     def known(self, data) -> tuple[Slot, ...] | None:
-        key = self._key(data)
+        key = self._key(data, CACHE_HEADER_BYTES)
         return None if key is None else self._slots.get(key)
 
     def learn(self, data, remember: bool = True) -> tuple[Slot, ...]:
@@ -92,7 +98,7 @@ class Layouts:
         its header's order: the order they were encoded in (the model's own order of its
         outputs), where ``safetensors`` gives them in a random order. ``remember``: for
         ``known`` to answer next time (only dtypes the caller can read by itself)."""
-        key = self._key(data)
+        key = self._key(data, len(data))
         assert key is not None, "learn() takes payloads safetensors has read"
         header, base = json.loads(key[0][8:]), len(key[0])
         header.pop("__metadata__", None)
@@ -106,7 +112,7 @@ class Layouts:
             )
             for name, spec in header.items()
         )
-        if remember:
+        if remember and base <= 8 + CACHE_HEADER_BYTES:
             if len(self._slots) >= self.limit:
                 self._slots.clear()
             self._slots[key] = slots

@@ -113,3 +113,17 @@ def test_the_layout_caches_stay_bounded(monkeypatch):
         layouts.learn(body)
         assert layouts.known(body)[0][2] == (rows, 2)
         assert len(layouts._slots) <= 4 and len(wire._headers) <= 4
+
+
+def test_long_headers_are_read_but_not_kept():
+    """safetensors reads headers of up to 100 MB; the caches keep only short ones, so a
+    hostile model host cannot fill the worker's memory with them."""
+    from inference.runtime import wire
+
+    body = tensors.encode({"x" * (wire.CACHE_HEADER_BYTES + 1): np.ones(3, dtype=np.float32)})
+
+    for _ in range(2):
+        [(name, array)] = tensors.decode(body).items()
+        assert name == "x" * (wire.CACHE_HEADER_BYTES + 1) and array.tolist() == [1.0] * 3
+    assert tensors._layouts.known(body) is None
+    assert all(len(head) <= wire.CACHE_HEADER_BYTES for head in wire._headers.values())
