@@ -247,3 +247,34 @@ def test_a_prediction_whose_worker_was_lost_fails_unbilled_instead_of_running_fo
     assert api.get(f"/api/v1/predictions/{busy.public_id}").json()["status"] == "running"
     assert late is False
     assert not UsageRecord.objects.exists()
+
+
+@pytest.mark.postgres  # where a failed INSERT aborts the transaction until its savepoint
+def test_a_retry_that_raced_in_first_is_answered_with_its_prediction(
+    api, monkeypatch, classifier, django_capture_on_commit_callbacks
+):
+    """Two requests with one Idempotency-Key at once, each looking the key up before the other
+    wrote: the second insert meets the first's row and answers with that prediction. One
+    prediction, queued once, so billed at most once."""
+    body = {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}
+    real_lookup = services._by_idempotency_key
+    lookups, raced = [], []
+
+    def lookup(access, key, body_hash):
+        lookups.append(key)
+        if len(lookups) == 1:  # this request has looked: the concurrent retry writes now
+            raced.append(
+                api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
+            )
+            return None
+        return real_lookup(access, key, body_hash)
+
+    monkeypatch.setattr(services, "_by_idempotency_key", lookup)
+    with django_capture_on_commit_callbacks() as queued:
+        late = api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
+
+    [first] = raced
+    assert first.status_code == late.status_code == 201
+    assert late.json()["id"] == first.json()["id"]
+    assert Prediction.objects.filter(idempotency_key="k2").count() == 1
+    assert len(queued) == 1  # the loser's enqueue went with its rolled-back write
