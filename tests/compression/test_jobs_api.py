@@ -288,6 +288,36 @@ def test_a_retried_start_with_the_same_idempotency_key_returns_the_first_job(api
     assert CompressionJob.objects.count() == 1
 
 
+@pytest.mark.postgres  # where a failed INSERT aborts the transaction until its savepoint
+def test_a_start_that_raced_a_retry_with_its_key_answers_with_the_retrys_job(
+    api, monkeypatch, mlp_version, django_capture_on_commit_callbacks
+):
+    """The same key from two requests at once, each looking it up before the other wrote:
+    one job (compute is billed per job), queued once, and both told its id."""
+    body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+    real_lookup = jobs._by_idempotency_key
+    lookups, raced = [], []
+
+    def lookup(access, key, body_hash):
+        lookups.append(key)
+        if len(lookups) == 1:  # this request has looked: the concurrent retry writes now
+            raced.append(api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="both"))
+            return None
+        return real_lookup(access, key, body_hash)
+
+    monkeypatch.setattr(jobs, "_by_idempotency_key", lookup)
+    queued = []
+    monkeypatch.setattr(jobs, "enqueue", lambda job: queued.append(job.public_id))
+    with django_capture_on_commit_callbacks(execute=True):
+        late = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="both")
+
+    [first] = raced
+    assert (first.status_code, late.status_code) == (201, 200)
+    assert late.json()["id"] == first.json()["id"]
+    assert CompressionJob.objects.count() == 1
+    assert queued == [first.json()["id"]]  # the loser's went with its rolled-back write
+
+
 def test_a_job_its_owner_could_not_pay_for_is_refused_with_402(api, tenant, mlp_version):
     from billing.services import spend_cap_set
 

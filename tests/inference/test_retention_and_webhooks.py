@@ -270,11 +270,13 @@ def test_a_retry_that_raced_in_first_is_answered_with_its_prediction(
         return real_lookup(access, key, body_hash)
 
     monkeypatch.setattr(services, "_by_idempotency_key", lookup)
-    with django_capture_on_commit_callbacks() as queued:
+    queued = []
+    monkeypatch.setattr(services, "enqueue", lambda prediction: queued.append(prediction.public_id))
+    with django_capture_on_commit_callbacks(execute=True):
         late = api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
 
     [first] = raced
     assert first.status_code == late.status_code == 201
     assert late.json()["id"] == first.json()["id"]
     assert Prediction.objects.filter(idempotency_key="k2").count() == 1
-    assert len(queued) == 1  # the loser's enqueue went with its rolled-back write
+    assert queued == [first.json()["id"]]  # the loser's went with its rolled-back write
