@@ -41,7 +41,8 @@ _SAFETENSORS = {
 
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # (ascontiguousarray makes a 0-d array 1-d: the shape is put back)
+    arrays = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
     if all(a.dtype in _SAFETENSORS and a.dtype.byteorder in "=|<" for a in arrays.values()):
         return wire.encode(
             (name, _SAFETENSORS[a.dtype], list(a.shape), wire.raw(a)) for name, a in arrays.items()
@@ -51,17 +52,25 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
 
 _NUMPY_OF = {name: dtype.newbyteorder("<") for dtype, name in _SAFETENSORS.items()}
 _layouts = wire.Layouts()
+# A model host's output is read here, and safetensors takes headers of up to 100 MB, which
+# cost ~35 times their size in memory to read: a hostile host's are refused at this size
+# (a header of this many bytes names thousands of tensors).
+MAX_HEADER_BYTES = 1 << 20
 
 
 def decode(data: bytes) -> dict[str, np.ndarray]:
-    """Read-only arrays over ``data`` for a header seen before (see ``wire.Layouts``);
+    """Read-only arrays: over ``data`` for a header seen before (see ``wire.Layouts``);
     otherwise ``safetensors`` reads and checks it (copies)."""
     if not data:
         return {}
     slots = _layouts.known(data)
     if slots is None:
+        if len(data) >= 8 and int.from_bytes(data[:8], "little") > MAX_HEADER_BYTES:
+            raise ValueError(f"a safetensors header over {MAX_HEADER_BYTES} bytes")
         arrays = _load(bytes(data))
         slots = _layouts.learn(data, remember=all(a.dtype in _SAFETENSORS for a in arrays.values()))
+        for array in arrays.values():  # as the arrays of a header seen before are
+            array.flags.writeable = False
         return {name: arrays[name] for name, *_ in slots}
     return {
         name: np.frombuffer(

@@ -23,7 +23,7 @@ import psutil
 
 from config.logs import current_request_id
 from config.metrics import HOST_RESTARTS
-from inference.runtime.protocol import PREFIX, FrameReader, ProtocolError, pack, predicted
+from inference.runtime.protocol import PREFIX, FrameReader, pack, predicted
 from workers import sandbox
 
 logger = logging.getLogger(__name__)
@@ -339,8 +339,7 @@ class ModelHost:
     def _read_frame(self, deadline: float, max_payload: int | None = None) -> tuple[dict, bytes]:
         header_len, payload_len = PREFIX.unpack(self._read_exact(PREFIX.size, deadline))
         if header_len > 1 << 20:
-            self.kill()
-            raise ProtocolError("the host sent a malformed frame")
+            self._malformed(f"a reply header of {header_len} bytes")
         if max_payload is not None and payload_len > max_payload:
             self.kill()
             HOST_RESTARTS.labels("protocol").inc()
@@ -350,8 +349,23 @@ class ModelHost:
                 f"{max_payload / 2**20:.0f} MiB",
             )
         encoded = self._read_exact(header_len, deadline)
-        header = predicted(encoded) or _decode_header(encoded.decode())
+        header = predicted(encoded)
+        if header is None:
+            try:
+                header = _decode_header(encoded.decode())
+            except ValueError:  # not JSON, or not UTF-8
+                header = None
+            if not isinstance(header, dict):
+                # Its payload is still in the pipe: the next request would read it as a frame.
+                self._malformed("a reply header that is not a JSON object")
         return header, self._read_exact(payload_len, deadline) if payload_len else b""
+
+    def _malformed(self, what: str):
+        """The host broke the protocol (a hostile model may write anything): it is killed, as
+        the pipe is out of step."""
+        self.kill()
+        HOST_RESTARTS.labels("protocol").inc()
+        raise HostFailure("protocol", f"the model host sent {what}")
 
     def _spin(self) -> float:
         """How long to poll for the reply in flight before sleeping."""

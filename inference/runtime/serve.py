@@ -98,6 +98,7 @@ class Host:
         )
         if header.get("signature"):
             self.signature = Signature.from_json(header["signature"])
+            self._valid_layouts.clear()  # checked against another signature
         return {
             "ok": True,
             "parameter_count": self.loaded.parameter_count,
@@ -160,6 +161,7 @@ class Host:
                 spec_of(n, t, None if batch_dynamic else list(t.shape)) for n, t in outputs.items()
             ],
         )
+        self._valid_layouts.clear()  # checked against another signature
         return {
             "ok": True,
             "signature": self.signature.to_json(),

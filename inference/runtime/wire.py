@@ -17,10 +17,11 @@ import json
 import struct
 from collections.abc import Iterable
 
-CACHE_LIMIT = 256  # distinct headers kept per cache (each a few hundred bytes)
-# Longer headers are not kept: safetensors reads headers of up to 100 MB, and a hostile model
-# host could otherwise fill the worker's cache with them.
-CACHE_HEADER_BYTES = 64 * 1024
+CACHE_LIMIT = 256  # distinct headers kept per cache
+# Longer headers are not kept (a prediction's are a few hundred bytes): safetensors reads
+# headers of up to 100 MB, and a header of many tiny tensors is ten times its size as Python
+# objects, so a hostile model host could otherwise fill the worker's caches with them.
+CACHE_HEADER_BYTES = 4 * 1024
 _LENGTH = struct.Struct("<Q")
 # (name, dtype, shape) of each tensor → the encoded length and header
 _headers: dict[tuple, bytes] = {}

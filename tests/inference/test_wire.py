@@ -96,11 +96,40 @@ def test_the_same_header_with_other_bytes_after_it_is_checked_again():
     body with a known header is refused by safetensors, not read past its end."""
     body = tensors.encode({"x": np.ones((2, 3), dtype=np.float32)})
     tensors.decode(body)
+    codec.decode(body)
 
-    with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
-        tensors.decode(body[:-4])
-    with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
-        codec.decode(body[:-4])
+    for other in (body[:-4], body + b"\0" * 8):  # cut short, or with bytes after its tensors
+        with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
+            tensors.decode(other)
+        with pytest.raises(Exception, match="(?i)invalid|out of bounds|incomplete|metadata"):
+            codec.decode(other)
+
+
+def test_zero_dimensional_arrays_keep_their_shape():
+    decoded = tensors.decode(tensors.encode({"s": np.array(3.5, dtype=np.float32)}))
+    assert decoded["s"].shape == () and decoded["s"] == 3.5
+
+
+def test_decoded_arrays_are_read_only_the_first_time_too():
+    """Later decodes of a header are views over the payload; the first is as read-only, so
+    code that writes into them fails at once rather than on warm requests only."""
+    body = tensors.encode({"fresh": np.ones(2, dtype=np.float32)})
+    for _ in range(2):
+        with pytest.raises(ValueError, match="read-only"):
+            tensors.decode(body)["fresh"][0] = 2
+
+
+def test_a_header_too_long_to_be_a_models_output_is_refused_unread(monkeypatch):
+    """A hostile model host's reply of a huge safetensors header is refused before safetensors
+    builds it (it takes headers of up to 100 MB, at ~35 times their size in memory)."""
+
+    def unread(_data):
+        raise AssertionError("safetensors read it")
+
+    monkeypatch.setattr(tensors, "_load", unread)
+    header = b"{" + b" " * (tensors.MAX_HEADER_BYTES + 7) + b"}"
+    with pytest.raises(ValueError, match="header over"):
+        tensors.decode(len(header).to_bytes(8, "little") + header)
 
 
 def test_the_layout_caches_stay_bounded(monkeypatch):

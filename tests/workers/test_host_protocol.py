@@ -181,6 +181,8 @@ def test_reply_headers_the_short_way_does_not_read_are_read_as_json(scripted_hos
         b'{"ok":true,"compute_ms":NaN}': {"ok": True, "compute_ms": None},
         b'{"ok":true,"compute_ms":1e999}': {"ok": True, "compute_ms": float("inf")},
         b'{"ok":true,"compute_ms": 3}': {"ok": True, "compute_ms": 3},
+        b'{"ok":true,"compute_ms":1.50}': {"ok": True, "compute_ms": 1.5},
+        b'{"ok":true,"compute_ms":1E2}': {"ok": True, "compute_ms": 100.0},
         b'{"ok":true,"compute_ms":3,"extra":1}': {"ok": True, "compute_ms": 3, "extra": 1},
     }
     for raw, expected in cases.items():
@@ -189,3 +191,22 @@ def test_reply_headers_the_short_way_does_not_read_are_read_as_json(scripted_hos
     assert encode_header({"ok": True, "compute_ms": float("nan")}) == (
         b'{"ok":true,"compute_ms":NaN}'
     )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"ok":true,"compute_ms":.5}',  # float() reads it, JSON does not
+        b"not json",
+        b'{"ok":true,"error":"\xff"}',  # not UTF-8
+        b"[1, 2]",
+    ],
+)
+def test_a_reply_header_that_is_not_a_json_object_kills_the_host(scripted_host, raw):
+    """The payload after a header the worker cannot read would be taken for the next reply:
+    the host is killed and replaced, and the request fails as the host's fault."""
+    with pytest.raises(HostFailure) as failure:
+        scripted_host.request({"op": "raw"}, raw, timeout=10)
+
+    assert failure.value.kind == "protocol"
+    assert not scripted_host.alive
