@@ -115,3 +115,32 @@ def test_a_prediction_cancelled_before_its_claim_is_neither_run_nor_billed(class
     again = queued(classifier)
     assert prediction_run(prediction_id=again.public_id) == "succeeded"
     assert UsageRecord.objects.get().source_id == again.public_id
+
+
+@pytest.mark.parametrize("claimed", [3.6e6, -5.0, None, "soon"])
+def test_a_host_cannot_bill_more_compute_than_the_worker_saw(classifier, monkeypatch, claimed):  # noqa: F811
+    """The host runs the publisher's code and could claim any compute time (an hour, less
+    than nothing, nothing readable): what is billed stays within the worker's own round trip."""
+    import time
+
+    from workers.host import ModelHost
+
+    real_request = ModelHost.request
+
+    def claiming(self, header, *args, **kwargs):
+        reply, body = real_request(self, header, *args, **kwargs)
+        if header.get("op") == "predict":
+            reply = {**reply, "compute_ms": claimed}
+        return reply, body
+
+    monkeypatch.setattr(ModelHost, "request", claiming)
+    prediction = queued(classifier)
+
+    started = time.perf_counter()
+    assert prediction_run(prediction_id=prediction.public_id) == "succeeded"
+    wall_ms = (time.perf_counter() - started) * 1000
+
+    prediction.refresh_from_db()
+    billed = UsageRecord.objects.get(source_id=prediction.public_id)
+    assert 0 <= prediction.compute_ms <= wall_ms
+    assert float(billed.compute_seconds) == pytest.approx(prediction.compute_ms / 1000, abs=1e-6)
