@@ -58,6 +58,26 @@ def _flush_retried_past_the_workers_writes():
     TransactionTestCase._fixture_teardown = flush
 
 
+def race_idempotency_key(monkeypatch, module, send) -> tuple[list, list]:
+    """Two requests with one Idempotency-Key at once, each looking the key up before the other
+    wrote: ``module``'s first lookup (``_by_idempotency_key``) finds nothing, after ``send()``
+    (the concurrent retry) has run and written. Returns the list that will hold the retry's
+    response and the list of ids ``module.enqueue`` was given."""
+    real_lookup = module._by_idempotency_key
+    lookups, raced, queued = [], [], []
+
+    def lookup(access, key, body_hash):
+        lookups.append(key)
+        if len(lookups) == 1:  # this request has looked: the concurrent retry writes now
+            raced.append(send())
+            return None
+        return real_lookup(access, key, body_hash)
+
+    monkeypatch.setattr(module, "_by_idempotency_key", lookup)
+    monkeypatch.setattr(module, "enqueue", lambda work: queued.append(work.public_id))
+    return raced, queued
+
+
 def make_user(email: str) -> User:
     return services.user_create(email=email, password=PASSWORD, name=email.split("@")[0].title())
 

@@ -294,22 +294,16 @@ def test_a_start_that_raced_a_retry_with_its_key_answers_with_the_retrys_job(
 ):
     """The same key from two requests at once, each looking it up before the other wrote:
     one job (compute is billed per job), queued once, and both told its id."""
+    from tests.conftest import race_idempotency_key
+
     body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
-    real_lookup = jobs._by_idempotency_key
-    lookups, raced = [], []
 
-    def lookup(access, key, body_hash):
-        lookups.append(key)
-        if len(lookups) == 1:  # this request has looked: the concurrent retry writes now
-            raced.append(api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="both"))
-            return None
-        return real_lookup(access, key, body_hash)
+    def send():
+        return api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="both")
 
-    monkeypatch.setattr(jobs, "_by_idempotency_key", lookup)
-    queued = []
-    monkeypatch.setattr(jobs, "enqueue", lambda job: queued.append(job.public_id))
+    raced, queued = race_idempotency_key(monkeypatch, jobs, send)
     with django_capture_on_commit_callbacks(execute=True):
-        late = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="both")
+        late = send()
 
     [first] = raced
     assert (first.status_code, late.status_code) == (201, 200)

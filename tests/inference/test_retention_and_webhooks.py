@@ -256,24 +256,16 @@ def test_a_retry_that_raced_in_first_is_answered_with_its_prediction(
     """Two requests with one Idempotency-Key at once, each looking the key up before the other
     wrote: the second insert meets the first's row and answers with that prediction. One
     prediction, queued once, so billed at most once."""
+    from tests.conftest import race_idempotency_key
+
     body = {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}}
-    real_lookup = services._by_idempotency_key
-    lookups, raced = [], []
 
-    def lookup(access, key, body_hash):
-        lookups.append(key)
-        if len(lookups) == 1:  # this request has looked: the concurrent retry writes now
-            raced.append(
-                api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
-            )
-            return None
-        return real_lookup(access, key, body_hash)
+    def send():
+        return api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
 
-    monkeypatch.setattr(services, "_by_idempotency_key", lookup)
-    queued = []
-    monkeypatch.setattr(services, "enqueue", lambda prediction: queued.append(prediction.public_id))
+    raced, queued = race_idempotency_key(monkeypatch, services, send)
     with django_capture_on_commit_callbacks(execute=True):
-        late = api.post("/api/v1/predictions", body, format="json", HTTP_IDEMPOTENCY_KEY="k2")
+        late = send()
 
     [first] = raced
     assert first.status_code == late.status_code == 201
