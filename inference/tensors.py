@@ -51,7 +51,7 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 _NUMPY_OF = {name: dtype.newbyteorder("<") for dtype, name in _SAFETENSORS.items()}
-_layouts = wire.Layouts()
+_layouts = wire.Layouts(viewable=_NUMPY_OF)
 # A model host's output is read here, and safetensors takes headers of up to 100 MB, which
 # cost ~35 times their size in memory to read: a hostile host's are refused at this size
 # (a header of this many bytes names thousands of tensors).
@@ -68,7 +68,7 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
         if len(data) >= 8 and int.from_bytes(data[:8], "little") > MAX_HEADER_BYTES:
             raise ValueError(f"a safetensors header over {MAX_HEADER_BYTES} bytes")
         arrays = _load(bytes(data))
-        slots = _layouts.learn(data, remember=all(a.dtype in _SAFETENSORS for a in arrays.values()))
+        slots = _layouts.learn(data)
         for array in arrays.values():  # as the arrays of a header seen before are
             array.flags.writeable = False
         return {name: arrays[name] for name, *_ in slots}

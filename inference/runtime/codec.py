@@ -23,22 +23,23 @@ _DTYPES = {
 
 def encode(tensors: dict[str, torch.Tensor]) -> bytes:
     try:  # a model's outputs under inference_mode, on the CPU: viewed as they are
-        return wire.encode(
-            (name, _DTYPES[t.dtype], t.shape, wire.raw(t.numpy())) for name, t in tensors.items()
-        )
+        return _viewed(tensors)
     except (KeyError, TypeError, RuntimeError):  # bf16, on a GPU, needing grad, ...
         pass
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if all(t.dtype in _DTYPES for t in tensors.values()):
-        return wire.encode(
-            (name, _DTYPES[t.dtype], list(t.shape), wire.raw(t.numpy()))
-            for name, t in tensors.items()
-        )
+        return _viewed(tensors)
     return _save(tensors)  # bf16 and other types numpy cannot view
 
 
+def _viewed(tensors: dict[str, torch.Tensor]) -> bytes:
+    return wire.encode(
+        (name, _DTYPES[t.dtype], t.shape, wire.raw(t.numpy())) for name, t in tensors.items()
+    )
+
+
 _TORCH_OF = {name: dtype for dtype, name in _DTYPES.items()}
-_layouts = wire.Layouts()
+_layouts = wire.Layouts(viewable=_TORCH_OF)
 
 
 def decode(data: bytes) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def decode_with_layout(data: bytes) -> tuple[dict[str, torch.Tensor], tuple[wire
     slots = _layouts.known(data)
     if slots is None:
         tensors = _load(bytes(data))
-        slots = _layouts.learn(data, remember=all(t.dtype in _DTYPES for t in tensors.values()))
+        slots = _layouts.learn(data)
         return {name: tensors[name] for name, *_ in slots}, slots
     view = memoryview(data)
     tensors = {

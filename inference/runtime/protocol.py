@@ -46,14 +46,12 @@ def predicted(encoded: bytes) -> dict[str, Any] | None:
     if not (encoded.startswith(PREDICTED) and encoded.endswith(b"}")):
         return None
     number = encoded[len(PREDICTED) : -1]
-    if number.translate(None, b"0123456789.e+-"):  # float() also reads "1_0", " 1", "nan"
-        return None
     try:
         compute_ms = float(number)
     except ValueError:
         return None
-    # Exactly what encode_header writes (float() also reads ".5", "01", "+1", which JSON does
-    # not): anything else is read as JSON.
+    # Exactly what encode_header writes (float() also reads ".5", "01", "1_0", " 1", which
+    # JSON does not): anything else is read as JSON.
     if not math.isfinite(compute_ms) or b"%r" % compute_ms != number:
         return None
     return {"ok": True, "compute_ms": compute_ms}

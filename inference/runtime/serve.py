@@ -170,7 +170,7 @@ class Host:
         }
 
     def predict(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
-        from inference.runtime import codec
+        from inference.runtime import codec, wire
         from inference.runtime.signature import validate_inputs
 
         if self.loaded is None or self.signature is None:
@@ -180,7 +180,7 @@ class Host:
             ordered = [inputs[spec.name] for spec in self.signature.inputs]
         else:
             ordered = validate_inputs(self.signature, inputs)
-            if len(self._valid_layouts) >= 256:
+            if len(self._valid_layouts) >= wire.CACHE_LIMIT:
                 self._valid_layouts.clear()
             self._valid_layouts.add(layout)
         outputs, compute_ms = self._forward(ordered)

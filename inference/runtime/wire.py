@@ -73,9 +73,12 @@ class Layouts:
     """Where the tensors of a safetensors payload lie, for headers decoded (and so checked by
     ``safetensors``) before. A payload is known by its header's bytes and its total length,
     which together decide everything ``safetensors`` checks; ``known`` answers None for any
-    other, and the caller decodes it the full way and calls ``learn``."""
+    other, and the caller decodes it the full way and calls ``learn``. ``viewable``: the
+    safetensors dtypes the caller reads from a layout by itself; headers with others are
+    not remembered."""
 
-    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+    def __init__(self, viewable: Iterable[str], limit: int = CACHE_LIMIT) -> None:
+        self.viewable = frozenset(viewable)
         self.limit = limit
         self._slots: dict[tuple[bytes, int], tuple[Slot, ...]] = {}
 
@@ -94,11 +97,11 @@ class Layouts:
         key = self._key(data, CACHE_HEADER_BYTES)
         return None if key is None else self._slots.get(key)
 
-    def learn(self, data, remember: bool = True) -> tuple[Slot, ...]:
+    def learn(self, data) -> tuple[Slot, ...]:
         """The tensors of ``data``, which ``safetensors`` has just read without complaint, in
         its header's order: the order they were encoded in (the model's own order of its
-        outputs), where ``safetensors`` gives them in a random order. ``remember``: for
-        ``known`` to answer next time (only dtypes the caller can read by itself)."""
+        outputs), where ``safetensors`` gives them in a random order. Remembered for ``known``
+        when the header is short and all its dtypes are ``viewable``."""
         key = self._key(data, len(data))
         assert key is not None, "learn() takes payloads safetensors has read"
         header, base = json.loads(key[0][8:]), len(key[0])
@@ -113,6 +116,7 @@ class Layouts:
             )
             for name, spec in header.items()
         )
+        remember = all(dtype in self.viewable for _, dtype, *_ in slots)
         if remember and base <= 8 + CACHE_HEADER_BYTES:
             if len(self._slots) >= self.limit:
                 self._slots.clear()

@@ -137,7 +137,7 @@ def test_the_layout_caches_stay_bounded(monkeypatch):
 
     monkeypatch.setattr(wire, "CACHE_LIMIT", 4)
     monkeypatch.setattr(wire, "_headers", {})  # as other tests left it: over 4 already
-    layouts = wire.Layouts(limit=4)
+    layouts = wire.Layouts(viewable={"F32"}, limit=4)
     for rows in range(1, 10):
         body = tensors.encode({"x": np.zeros((rows, 2), dtype=np.float32)})
         layouts.learn(body)
