@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import queue
 import threading
 import time
@@ -205,7 +204,6 @@ class VersionBatcher:
                 max_payload=self.max_payload,
             )
 
-        started = time.perf_counter()
         try:
             try:
                 reply, body = ask()
@@ -226,7 +224,7 @@ class VersionBatcher:
                 "output", f"The model's output could not be read ({type(exc).__name__})."
             ) from None
         self._check_types(outputs)
-        return outputs, _billable_ms(reply.get("compute_ms"), time.perf_counter() - started)
+        return outputs, reply["compute_ms"]  # bounded by ModelHost.request
 
     def _check_types(self, outputs: dict[str, np.ndarray]) -> None:
         """An output of a datatype the API cannot carry, or other than its signature's, fails
@@ -304,14 +302,3 @@ class VersionBatcher:
                     f"The model's output '{name}' has {got} rows for an input of {rows}; it "
                     "should have one row per input row.",
                 )
-
-
-def _billable_ms(reported, elapsed_seconds: float) -> float:
-    """The compute time billed for a forward pass: what the host timed around the model,
-    within what the worker saw the request take. The host runs the publisher's code and may
-    say anything (a hostile model could bill its consumers for hours, or for negative time),
-    so its figure is kept between 0 and the round trip, which is the worker's own measure."""
-    elapsed_ms = elapsed_seconds * 1000
-    if not isinstance(reported, int | float) or not math.isfinite(reported):
-        return elapsed_ms
-    return min(max(float(reported), 0.0), elapsed_ms)

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -73,6 +74,17 @@ def _null(_constant: str) -> None:
 # float16 cast that overflowed) are null: the database's JSON columns refuse them. One decoder
 # for every frame: json.loads(..., parse_constant=...) builds a new one per call (~25 µs).
 _decode_header = json.JSONDecoder(parse_constant=_null).decode
+
+
+def _billable_ms(reported, elapsed_seconds: float) -> float:
+    """A prediction's compute time, billed per second: what the host timed around the model,
+    within what the worker saw the request take. The host runs the publisher's code and may
+    say anything (a hostile model could bill its consumers for hours, or for negative time),
+    so its figure is kept between 0 and the round trip, which is the worker's own measure."""
+    elapsed_ms = elapsed_seconds * 1000
+    if not isinstance(reported, int | float) or not math.isfinite(reported):
+        return elapsed_ms
+    return min(max(float(reported), 0.0), elapsed_ms)
 
 
 class HostFailure(Exception):
@@ -305,6 +317,7 @@ class ModelHost:
                 if self._polling:
                     took, average = time.perf_counter() - started, self._predict_seconds
                     self._predict_seconds = took if average is None else 0.8 * average + 0.2 * took
+                    reply["compute_ms"] = _billable_ms(reply.get("compute_ms"), took)
             finally:
                 self._interrupt = None
                 if self._retired:
