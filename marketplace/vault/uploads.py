@@ -293,7 +293,14 @@ def _part_open_span(
     offset = head + a * (cs + TAG_SIZE)
     length = min(b * cs, part.size) - a * cs + (b - a) * TAG_SIZE
     sealed = store.blob_read(part.storage_name, length, offset)
-    if len(sealed) != length or head + part.size + count * TAG_SIZE != part.ciphertext_size:
+    # The blob ends where its record says (one byte read at its end and one past it), as the
+    # whole read checks: a part cut short or grown fails here, not when the version is read.
+    ends = store.blob_read(part.storage_name, 2, part.ciphertext_size - 1)
+    if (
+        len(sealed) != length
+        or len(ends) != 1
+        or head + part.size + count * TAG_SIZE != part.ciphertext_size
+    ):
         raise VaultIntegrityError(f"Upload part {part.public_id} is not the one stored.")
     out = bytearray(min(b * cs, part.size) - a * cs)
     cipher.open_into(sealed, out, first=first_chunk + a, final=final and b == count)

@@ -361,6 +361,38 @@ def test_a_span_of_a_part_reads_and_opens_only_the_chunks_holding_it(
     assert sum(read) <= chunks_read * (4096 + 16) + len(session.header)
 
 
+@pytest.mark.parametrize("damage", ["flipped", "cut short", "grown"])
+def test_a_span_of_a_damaged_part_fails_as_tampered(model, data, damage):
+    """Reading only some vault chunks of a part still authenticates them, and notices a
+    stored part of the wrong length."""
+    session = _start(model, data)
+    for i in range(session.chunk_count):
+        _send(session, data, i)
+    part = session.parts.select_related("artifact__key").get(index=0)
+    path = Path(artifact_storage().path(part.artifact.storage_name))
+    blob = bytearray(path.read_bytes())
+    if damage == "flipped":
+        blob[len(session.header) + 10] ^= 1  # in the first vault chunk
+    elif damage == "cut short":
+        del blob[-1]
+    else:
+        blob += b"\0"
+    path.write_bytes(blob)
+
+    with pytest.raises(VaultIntegrityError):
+        services._part_plaintext(session, part, span=(0, 100))
+
+
+def test_a_span_outside_the_part_is_refused(model, data):
+    session = _start(model, data)
+    _send(session, data, 0)
+    part = session.parts.select_related("artifact__key").get(index=0)
+
+    for span in [(100, 100), (-1, 10), (0, part.artifact.size + 1)]:
+        with pytest.raises(ValueError, match="is not within the part"):
+            services._part_plaintext(session, part, span=span)
+
+
 def test_a_chunk_for_an_upload_deleted_meanwhile_is_refused_and_leaves_nothing(model, data):
     """The session's row went (its model or organisation was deleted) while a chunk arrived:
     a 409 that says so, and no part stored."""
