@@ -256,11 +256,13 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             *RATE_LIMIT_HEADERS,
             *DEPRECATION_HEADERS,
         ],
-        responses={201: PredictionSerializer},
+        responses={201: PredictionSerializer, 200: PredictionSerializer},
     )
     def post(self, request):
         """Run a model. Returns 201 at once with the queued prediction, or with
-        ``Prefer: wait`` holds the request until it finishes (or the wait runs out)."""
+        ``Prefer: wait`` holds the request until it finishes (or the wait runs out). A retry
+        with the same ``Idempotency-Key`` answers 200 with the first prediction, as it is now
+        (and waits for it likewise), and runs nothing."""
         if declared_length(request) > settings.MAX_INPUT_BYTES:
             raise PayloadTooLarge(
                 f"The request is larger than {settings.MAX_INPUT_BYTES} bytes; send smaller "
@@ -278,7 +280,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             raise serializers.ValidationError({"input": [str(exc)]}) from None
         headers = services.admit(access, model, version)
         wait = wait_seconds(request.headers.get("Prefer", ""))
-        prediction, _created = services.prediction_create(
+        prediction, created = services.prediction_create(
             access=access,
             model=model,
             version=version,
@@ -292,9 +294,8 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
         )
         if wait and not prediction.is_terminal:
             prediction = services.prediction_wait(prediction, wait)
-        response = Response(
-            PredictionSerializer(prediction).data, status=status.HTTP_201_CREATED, headers=headers
-        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        response = Response(PredictionSerializer(prediction).data, status=code, headers=headers)
         return deprecation_headers(response, version)
 
 

@@ -123,7 +123,9 @@ def test_idempotent_retry_returns_the_same_prediction_billed_once(
     again = run(api, "acme/clf", [[1, 2, 3, 4]], key="order-42")
     other = run(api, "acme/clf", [[9, 9, 9, 9]], key="order-42")
 
+    assert (first.status_code, again.status_code) == (201, 200)  # as a compression job's
     assert first.json()["id"] == again.json()["id"]
+    assert again.json()["output"] == first.json()["output"]
     assert other.status_code == 409
     assert Prediction.objects.count() == 1
     assert UsageRecord.objects.count() == 1

@@ -557,6 +557,9 @@ def test_every_operation_answers_as_the_schema_says(
     call(api, "GET", f"{v1}/predictions", 200)
     cancelled = call(api, "POST", f"{v1}/predictions", 201, run)
     call(api, "POST", f"{v1}/predictions/{cancelled['id']}/cancel", 200)
+    once = {"HTTP_IDEMPOTENCY_KEY": "run-1"}
+    keyed = call(api, "POST", f"{v1}/predictions", 201, run, **once)
+    assert call(api, "POST", f"{v1}/predictions", 200, run, **once)["id"] == keyed["id"]
 
     # --- compression jobs -----------------------------------------------------------------
     job_body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
