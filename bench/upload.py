@@ -14,8 +14,9 @@ which goes first) it times:
                in, as the chunks it will be in the finished artifact, and stores it as a part
                (with direct I/O where the file system allows)
 - complete:    ``POST .../complete``: the server checks the SHA-256 (kept running as the
-               chunks were stored, in order), sniffs the format from the first and last 4 MiB,
-               and makes the version's artifact of the stored parts as they are (no copy)
+               chunks were stored, in order), tells the format from the chunks holding its
+               header or zip directory (within the first and last 4 MiB), and makes the
+               version's artifact of the stored parts as they are (no copy)
 - end to end:  transfer + complete: from the first byte sent to the version created
 - the same over 1 connection: the upload end to end with one chunk at a time (no target)
 

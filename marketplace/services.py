@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import os
@@ -10,7 +11,7 @@ import threading
 import time
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -518,14 +519,16 @@ def upload_missing_ranges(
     return missing
 
 
-def sniff_format(head: bytes, tail: bytes, size: int) -> str | None:
-    """What the file is, from its first and last bytes: ``pt2``, ``torchscript``,
-    ``safetensors``, ``pickle`` (a torch.save file: refused) or None (unknown)."""
-    if _looks_like_safetensors(head, size):
+def sniff_format(read: Callable[[int, int], bytes], size: int) -> str | None:
+    """What the file is, from bytes of its first and last ``SNIFF_BYTES``, read as needed
+    (``read(offset, length)``): ``pt2``, ``torchscript``, ``safetensors``, ``pickle`` (a
+    torch.save file: refused) or None (unknown)."""
+    head = read(0, min(size, 8))
+    if _looks_like_safetensors(head, read, size):
         return Format.SAFETENSORS
     if head[:4] == b"PK\x03\x04":
         try:
-            names = zipfile.ZipFile(_SparseFile(head, tail, size)).namelist()
+            names = zipfile.ZipFile(_SparseFile(read, size)).namelist()
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
             return None  # not a zip we can read (NotImplementedError: a newer zip version)
         roots = {name.split("/", 1)[1] if "/" in name else name for name in names}
@@ -541,29 +544,31 @@ def sniff_format(head: bytes, tail: bytes, size: int) -> str | None:
     return None
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    """An 8-byte little-endian header length, then that many bytes of a JSON object."""
-    if len(head) < 10:
+def _looks_like_safetensors(head: bytes, read: Callable[[int, int], bytes], size: int) -> bool:
+    """An 8-byte little-endian header length, then that many bytes of a JSON object (read
+    and parsed when they lie within the first ``SNIFF_BYTES``)."""
+    if len(head) < 8 or size < 10:
         return False
     header_len = int.from_bytes(head[:8], "little")
-    if not 2 <= header_len <= min(size - 8, 100 * 1024 * 1024) or head[8:9] != b"{":
+    if not 2 <= header_len <= min(size - 8, 100 * 1024 * 1024) or read(8, 1) != b"{":
         return False
-    if len(head) >= 8 + header_len:
+    if 8 + header_len <= SNIFF_BYTES:
         import json
 
         try:
-            return isinstance(json.loads(head[8 : 8 + header_len]), dict)
+            return isinstance(json.loads(read(8, header_len)), dict)
         except (ValueError, RecursionError):  # RecursionError: nested past any real header
             return False
     return True
 
 
 class _SparseFile(io.RawIOBase):
-    """A read-only view of a file of which only the first and last bytes are known: enough
-    for ``zipfile`` to read the central directory without the whole plaintext."""
+    """A read-only view of a file's first and last ``SNIFF_BYTES``, read as asked for:
+    enough for ``zipfile`` to read the central directory without the whole plaintext, and
+    no further (a central directory beyond them is not a model we take)."""
 
-    def __init__(self, head: bytes, tail: bytes, size: int):
-        self._head, self._tail, self._size, self._pos = head, tail, size, 0
+    def __init__(self, read: Callable[[int, int], bytes], size: int):
+        self._read, self._size, self._pos = read, size, 0
 
     def readable(self) -> bool:
         return True
@@ -579,16 +584,11 @@ class _SparseFile(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer) -> int:
-        n = min(len(buffer), self._size - self._pos)
+        n = max(0, min(len(buffer), self._size - self._pos))
         start, end = self._pos, self._pos + n
-        tail_start = self._size - len(self._tail)
-        if end <= len(self._head):
-            data = self._head[start:end]
-        elif start >= tail_start:
-            data = self._tail[start - tail_start : end - tail_start]
-        else:
+        if n and not (end <= SNIFF_BYTES or start >= self._size - SNIFF_BYTES):
             raise OSError("outside the inspected part of the file")
-        buffer[:n] = data
+        buffer[:n] = self._read(start, n) if n else b""
         self._pos = end
         return n
 
@@ -602,9 +602,10 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     and no artifact behind.
 
     Chunks sealed in place are copied into the artifact as they are; only the SHA-256 of
-    chunks this process did not see arrive in order, and the first and last few MiB (for the
-    format), are decrypted. Otherwise (parts stored as files of their own, or a tenant key
-    rotated meanwhile) every chunk is decrypted and re-encrypted under the active key."""
+    chunks this process did not see arrive in order, and the few chunks the format is told
+    from (``sniff_format``), are decrypted. Otherwise (parts stored as files of their own,
+    or a tenant key rotated meanwhile) every chunk is decrypted and re-encrypted under the
+    active key."""
     _check_open(session)
     missing = upload_missing_ranges(session)
     if missing:
@@ -614,14 +615,14 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
         )
     parts = list(session.parts.select_related("artifact__key").order_by("index"))
     try:
-        sha256, head, tail = _plaintext_facts(session, parts)
+        sha256 = _plaintext_sha256(session, parts)
         size = sum(part.artifact.size for part in parts)
         if sha256 != session.sha256 or size != session.size:
             raise ValidationError(
                 f"Checksum mismatch: the uploaded bytes hash to {sha256}, not "
                 f"{session.sha256}. Re-send the chunks that changed, or start a new upload."
             )
-        detected = sniff_format(head, tail, size)
+        detected = sniff_format(_plaintext_reader(session, parts), size)
         if detected == "pickle":
             raise UnsupportedMediaType(
                 "This is a pickled file (torch.save). Pickles run arbitrary code when loaded, "
@@ -718,10 +719,9 @@ def _closed_meanwhile(session: UploadSession) -> UploadSession | None:
     return now
 
 
-def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[str, bytes, bytes]:
-    """The SHA-256 of the parts' plaintext and its first and last ``SNIFF_BYTES``. Uses this
-    process's running digest for the leading chunks it still matches and decrypts the rest;
-    of those, only the chunks overlapping the head or the tail are decrypted."""
+def _plaintext_sha256(session: UploadSession, parts: list[UploadPart]) -> str:
+    """The SHA-256 of the parts' plaintext. Uses this process's running digest for the
+    leading chunks it still matches, and decrypts the rest to hash them."""
     with _digests_lock:
         digest = _digests.get(session.public_id)
         ids = [part.artifact.public_id for part in parts]
@@ -729,25 +729,47 @@ def _plaintext_facts(session: UploadSession, parts: list[UploadPart]) -> tuple[s
             sha256, hashed = digest.sha256.copy(), digest.next
         else:
             sha256, hashed = hashlib.sha256(), 0
-    size = sum(part.artifact.size for part in parts)
-    head, tail = bytearray(), bytearray()
-    offset = 0
-    for number, part in enumerate(parts):
-        end = offset + part.artifact.size
-        in_head, in_tail = offset < SNIFF_BYTES, end > size - SNIFF_BYTES
-        if number >= hashed:  # the whole part, to hash it
-            lo, plaintext = 0, _part_plaintext(session, part)
-            sha256.update(plaintext)
-        elif in_head or in_tail:  # hashed already: only the bytes the format is told from
-            lo = 0 if in_head else max(0, size - SNIFF_BYTES - offset)
-            hi = part.artifact.size if in_tail else min(part.artifact.size, SNIFF_BYTES - offset)
-            plaintext = _part_plaintext(session, part, span=(lo, hi))
-        if in_head:
-            head += plaintext[: SNIFF_BYTES - offset - lo]
-        if in_tail:
-            tail += plaintext[max(0, size - SNIFF_BYTES - offset) - lo :]
-        offset = end
-    return sha256.hexdigest(), bytes(head), bytes(tail)
+    for part in parts[hashed:]:
+        sha256.update(_part_plaintext(session, part))
+    return sha256.hexdigest()
+
+
+def _plaintext_reader(
+    session: UploadSession, parts: list[UploadPart]
+) -> Callable[[int, int], bytes]:
+    """``read(offset, length)`` of the parts' plaintext, for telling the format: only the vault
+    chunks holding the bytes asked for are read and opened, and the last ones opened in each
+    part are kept for the next read (the format is told from a few small reads; reading the
+    whole first and last ``SNIFF_BYTES`` took half the time of completing a 16 MiB upload)."""
+    starts, offset = [], 0
+    for part in parts:
+        starts.append(offset)
+        offset += part.artifact.size
+    # Spans are widened to whole vault chunks, which are read and opened anyway.
+    step = uploads.header_chunk_size(session.header) if session.header else 1
+    opened: dict[int, tuple[int, bytes]] = {}  # part number: (where in it, plaintext)
+
+    def part_read(number: int, lo: int, hi: int) -> bytes:
+        start, data = opened.get(number, (0, b""))
+        if not (start <= lo and hi <= start + len(data)):
+            size = parts[number].artifact.size
+            start, end = lo - lo % step, min(size, -(-hi // step) * step)
+            data = bytes(_part_plaintext(session, parts[number], span=(start, end)))
+            opened[number] = (start, data)
+        return data[lo - start : hi - start]
+
+    def read(at: int, length: int) -> bytes:
+        out = bytearray()
+        end = min(at + length, offset)
+        number = max(0, bisect.bisect_right(starts, at) - 1)
+        while at < end:
+            first = starts[number]
+            hi = min(end, first + parts[number].artifact.size) - first
+            out += part_read(number, at - first, hi)
+            at, number = first + hi, number + 1
+        return bytes(out)
+
+    return read
 
 
 def _artifact_reencrypted(session: UploadSession, parts: list[UploadPart], sha256: str) -> Artifact:

@@ -248,6 +248,31 @@ def test_declared_format_must_match_the_file(api, model, model_files):
     assert "TorchScript" in response.json()["detail"]
 
 
+def test_a_zip_is_told_from_its_first_and_last_bytes_only(api, model, monkeypatch):
+    """Completion reads the central directory of an archive only where it lies within the
+    file's last ``SNIFF_BYTES``: one reaching further (an archive of very many entries) is
+    refused as a file we do not recognise, and never read whole."""
+    import io
+    import zipfile
+
+    from marketplace import services
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for number in range(100):
+            archive.writestr(f"model/extra/{number:04d}", b"")
+        archive.writestr("model/archive_format", b"pt2")
+    data = buffer.getvalue()  # a central directory of about 6 KB
+
+    taken = api.post(f"{upload_all(api, data)['upload_url']}/complete")
+    monkeypatch.setattr(services, "SNIFF_BYTES", 2000)
+    refused = api.post(f"{upload_all(api, data)['upload_url']}/complete")
+
+    assert taken.status_code == 201
+    assert refused.status_code == 415
+    assert "not a model file we recognise" in refused.json()["detail"]
+
+
 def test_torchscript_and_safetensors_are_accepted(api, model, model_files):
     ts = upload_all(api, model_files["torchscript"], fmt="torchscript")
     assert api.post(f"{ts['upload_url']}/complete").status_code == 201
@@ -489,7 +514,7 @@ def test_safetensors_whose_header_length_ends_in_0x80_is_not_taken_for_a_pickle(
     header += b" " * (128 - len(header))  # header length 128: first byte 0x80
     data = len(header).to_bytes(8, "little") + header + b"\0" * 4
     assert data[0] == 0x80
-    assert sniff_format(data, data, len(data)) == "safetensors"
+    assert sniff_format(lambda at, n: data[at : at + n], len(data)) == "safetensors"
 
 
 def test_aborting_a_completed_upload_leaves_it_completed(api, model, model_files):
