@@ -527,9 +527,12 @@ def sniff_format(read: Callable[[int, int], bytes], size: int) -> str | None:
     if _looks_like_safetensors(head, read, size):
         return Format.SAFETENSORS
     if head[:4] == b"PK\x03\x04":
+        source = _SparseFile(read, size)
         try:
-            names = zipfile.ZipFile(_SparseFile(read, size)).namelist()
+            names = zipfile.ZipFile(source).namelist()
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+            if source.failure is not None:  # the stored bytes could not be read: not the file's
+                raise source.failure from None
             return None  # not a zip we can read (NotImplementedError: a newer zip version)
         roots = {name.split("/", 1)[1] if "/" in name else name for name in names}
         if "archive_format" in roots:
@@ -569,6 +572,7 @@ class _SparseFile(io.RawIOBase):
 
     def __init__(self, read: Callable[[int, int], bytes], size: int):
         self._read, self._size, self._pos = read, size, 0
+        self.failure: Exception | None = None  # what ``read`` raised (a part not readable)
 
     def readable(self) -> bool:
         return True
@@ -588,7 +592,11 @@ class _SparseFile(io.RawIOBase):
         start, end = self._pos, self._pos + n
         if n and not (end <= SNIFF_BYTES or start >= self._size - SNIFF_BYTES):
             raise OSError("outside the inspected part of the file")
-        buffer[:n] = self._read(start, n) if n else b""
+        try:
+            buffer[:n] = self._read(start, n) if n else b""
+        except Exception as exc:
+            self.failure = exc
+            raise
         self._pos = end
         return n
 
@@ -745,16 +753,21 @@ def _plaintext_reader(
     for part in parts:
         starts.append(offset)
         offset += part.artifact.size
-    # Spans are widened to whole vault chunks, which are read and opened anyway.
-    step = uploads.header_chunk_size(session.header) if session.header else 1
+    # Spans are widened to whole vault chunks, which are read and opened anyway; a part that
+    # is a vault file of its own is opened whole in any case, so it is kept whole.
+    step = uploads.header_chunk_size(session.header) if session.header else 0
     opened: dict[int, tuple[int, bytes]] = {}  # part number: (where in it, plaintext)
 
     def part_read(number: int, lo: int, hi: int) -> bytes:
         start, data = opened.get(number, (0, b""))
         if not (start <= lo and hi <= start + len(data)):
-            size = parts[number].artifact.size
-            start, end = lo - lo % step, min(size, -(-hi // step) * step)
-            data = bytes(_part_plaintext(session, parts[number], span=(start, end)))
+            part = parts[number]
+            size = part.artifact.size
+            if step and part.layout == UploadPart.Layout.SEALED_IN_PLACE:
+                start, end = lo - lo % step, min(size, -(-hi // step) * step)
+            else:
+                start, end = 0, size
+            data = bytes(_part_plaintext(session, part, span=(start, end)))
             opened[number] = (start, data)
         return data[lo - start : hi - start]
 

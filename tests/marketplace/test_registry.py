@@ -273,6 +273,53 @@ def test_a_zip_is_told_from_its_first_and_last_bytes_only(api, model, monkeypatc
     assert "not a model file we recognise" in refused.json()["detail"]
 
 
+def test_a_stored_chunk_that_cannot_be_read_fails_completion_as_itself(api, model, model_files):
+    """The last chunk's blob is gone when completion reads the archive's directory from it:
+    the storage error stands (it is not the publisher's file), and no version is made."""
+    from marketplace.vault import store
+
+    upload = upload_all(api, model_files["pt2"])
+    last = UploadPart.objects.select_related("artifact").order_by("index").last()
+    store.artifact_storage().delete(last.artifact.storage_name)
+
+    with pytest.raises(FileNotFoundError):
+        api.post(f"{upload['upload_url']}/complete")
+
+    assert ModelVersion.objects.count() == 0
+
+
+def test_a_chunk_stored_as_a_file_of_its_own_is_opened_once_to_tell_the_format(
+    api, model, model_files, monkeypatch, settings
+):
+    """A chunk sent again with other bytes is a vault file of its own, which opens whole:
+    telling the format reads it once, however many reads of its vault chunks (100 bytes
+    here) the archive's directory takes."""
+    from marketplace import services
+
+    settings.ARTIFACT_CHUNK_SIZE = 100
+    data = model_files["pt2"]
+    upload = upload_all(api, data)
+    last = -(-len(data) // CHUNK) - 1
+    wrong = bytearray(data)
+    wrong[last * CHUNK] ^= 0xFF
+    send_chunk(api, upload, bytes(wrong), last)
+    send_chunk(api, upload, data, last)  # the right bytes again: a file of its own
+    opened = []
+    real = services._part_plaintext
+
+    def spy(session, part, span=None):
+        if span is not None:
+            opened.append((part.index, span))
+        return real(session, part, span)
+
+    monkeypatch.setattr(services, "_part_plaintext", spy)
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 201
+    assert [s for i, s in opened if i == last] == [(0, len(data) - last * CHUNK)]
+
+
 def test_torchscript_and_safetensors_are_accepted(api, model, model_files):
     ts = upload_all(api, model_files["torchscript"], fmt="torchscript")
     assert api.post(f"{ts['upload_url']}/complete").status_code == 201
