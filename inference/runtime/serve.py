@@ -100,6 +100,7 @@ class Host:
         if header.get("signature"):
             self.signature = Signature.from_json(header["signature"])
             self._valid_layouts.clear()  # checked against another signature
+        gc.freeze()  # the model's graph and modules too (a host runs one model): see main()
         return {
             "ok": True,
             "parameter_count": self.loaded.parameter_count,
