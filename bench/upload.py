@@ -48,10 +48,17 @@ that is about 0.55x on disk and 0.4x in the page cache, so the page-cache target
 without hashing and sealing on other cores while the bytes arrive.
 
     python bench/upload.py [--quick] [--json PATH] [--profile] [--connections N]
+    python bench/upload.py --against DIR [--quick] [--json PATH] [--connections N]
 
 ``--profile`` then takes the server's work apart: the HTTP path alone (gunicorn and a bare WSGI
 app that discards the body), the services in this process without HTTP, SHA-256 and AES-GCM
 alone, and cProfile of the services.
+
+``--against DIR`` compares this tree's upload with another checkout's (``git worktree add DIR
+REV``; the same migrations) instead: two gunicorns, one from each tree, on one database, and
+uploads alternating between them, so that both meet the same machine state. On the shared
+VM whole runs drift by a quarter between minutes; paired uploads resolve a few percent. It
+prints the median of the paired time ratios (this tree over the other) with its quartiles.
 """
 
 from __future__ import annotations
@@ -882,6 +889,89 @@ def report(
     }
 
 
+# --- against another tree --------------------------------------------------------------------
+
+
+PAIRS = {FULL.size: 8, QUICK.size: 20}
+
+
+def against(tmp: Path, secret: str, other: Path, plan: Plan, connections: int) -> dict:
+    """Uploads of ``plan.size`` alternating between this tree's server and ``other``'s, in
+    pairs (which goes first alternates too). Returns the figures and prints the table."""
+    trees = {"this tree": REPO, "other tree": other.resolve()}
+    servers = {name: WebServer(tmp, secret, chdir=tree) for name, tree in trees.items()}
+    try:
+        src = tmp / "artifact.safetensors"
+        sha256 = write_artifact(src, plan.size)
+        for server in servers.values():  # warm-up: imports, connections, the data key
+            _t, _c, version = upload(server.port, secret, src, plan.size, sha256, connections)
+            delete_version(version)
+        seen: dict[str, dict[str, list[float]]] = {
+            name: {"seconds": [], "complete": [], "cpu": []} for name in servers
+        }
+        names = list(servers)
+        for pair in range(PAIRS[plan.size]):
+            for name in names if pair % 2 == 0 else names[::-1]:
+                server, into = servers[name], seen[name]
+                before = server.worker.cpu_times()
+                transfer, complete, version = upload(
+                    server.port, secret, src, plan.size, sha256, connections
+                )
+                after = server.worker.cpu_times()
+                into["seconds"].append(transfer + complete)
+                into["complete"].append(complete)
+                into["cpu"].append(after.user - before.user + after.system - before.system)
+                delete_version(version)
+        peaks = {name: server.vm_hwm_mib() for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    ratios = [
+        mine / theirs
+        for mine, theirs in zip(
+            seen["this tree"]["seconds"], seen["other tree"]["seconds"], strict=True
+        )
+    ]
+    quartiles = statistics.quantiles(ratios, n=4)
+    figures = {
+        "size_bytes": plan.size,
+        "pairs": len(ratios),
+        "connections": connections,
+        "other_tree": str(trees["other tree"]),
+        "time_ratio_median": statistics.median(ratios),
+        "time_ratio_quartiles": [quartiles[0], quartiles[2]],
+        **{
+            name.replace(" ", "_"): {
+                "end_to_end_mb_s": plan.size / statistics.median(into["seconds"]) / 1e6,
+                "complete_ms": statistics.median(into["complete"]) * 1000,
+                "web_cpu_s": statistics.median(into["cpu"]),
+                "peak_mib": peaks[name],
+            }
+            for name, into in seen.items()
+        },
+    }
+    print(
+        f"\nUpload of {plan.size // MiB:,} MiB, {len(ratios)} pairs alternating between two "
+        f"trees ({connections} connections)\n"
+        f"{'':34}{'this tree':>12}{'other tree':>12}"
+    )
+    rows = [
+        ("end to end, median MB/s", "end_to_end_mb_s", "{:,.0f}"),
+        ("complete, median ms", "complete_ms", "{:.1f}"),
+        ("web worker CPU s, median", "web_cpu_s", "{:.3f}"),
+        ("web peak (VmHWM) MiB", "peak_mib", "{:.0f}"),
+    ]
+    for label, key, form in rows:
+        mine, theirs = figures["this_tree"][key], figures["other_tree"][key]
+        print(f"{label:34}{form.format(mine):>12}{form.format(theirs):>12}")
+    print(
+        f"time, this tree / other tree: median of the pairs {figures['time_ratio_median']:.3f} "
+        f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}); below 1 is faster\n"
+        f"other tree: {trees['other tree']}"
+    )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="128 MiB, under a minute")
@@ -893,11 +983,24 @@ def main() -> None:
         default=CONNECTIONS,
         help=f"chunks sent at once (default {CONNECTIONS}, as mm push)",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="compare this tree's upload with another checkout's, in alternating pairs",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.against and not (args.against / "config" / "wsgi.py").is_file():
+        parser.error(f"{args.against} is not a checkout of this project (no config/wsgi.py)")
 
     with isolated_environment() as tmp:
         secret = set_up_django()
+        if args.against:
+            figures = against(tmp, secret, args.against, plan, args.connections)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            return
         server = WebServer(tmp, secret)
         try:
             sampler = MemorySampler(server.worker)
