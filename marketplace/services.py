@@ -581,8 +581,11 @@ class _SparseFile(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = {0: offset, 1: self._pos + offset, 2: self._size + offset}[whence]
-        return self._pos
+        position = {0: offset, 1: self._pos + offset, 2: self._size + offset}[whence]
+        if position < 0:  # as a file refuses it (a file too short, an offset that lies)
+            raise OSError(f"negative seek position {position}")
+        self._pos = position
+        return position
 
     def tell(self) -> int:
         return self._pos

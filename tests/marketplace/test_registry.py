@@ -273,6 +273,31 @@ def test_a_zip_is_told_from_its_first_and_last_bytes_only(api, model, monkeypatc
     assert "not a model file we recognise" in refused.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"PK\x03\x04" + b"\0" * 10,  # shorter than a zip's end record
+        # An end record whose directory would start before the file does.
+        b"PK\x03\x04"
+        + b"\0" * 40
+        + b"PK\x05\x06"
+        + b"\0" * 8
+        + (999).to_bytes(4, "little")
+        + b"\0" * 4
+        + b"\0\0",
+    ],
+    ids=["tiny", "directory-before-the-start"],
+)
+def test_a_broken_zip_is_refused_as_an_unknown_file(api, model, data):
+    upload = upload_all(api, data)
+
+    response = api.post(f"{upload['upload_url']}/complete")
+
+    assert response.status_code == 415
+    assert "not a model file we recognise" in response.json()["detail"]
+    assert ModelVersion.objects.count() == 0
+
+
 def test_a_stored_chunk_that_cannot_be_read_fails_completion_as_itself(api, model, model_files):
     """The last chunk's blob is gone when completion reads the archive's directory from it:
     the storage error stands (it is not the publisher's file), and no version is made."""
