@@ -45,6 +45,22 @@ def top_class(page: Page):
     return page.locator("[data-role=classes] tbody tr").first
 
 
+def test_run_goes_through_the_api_at_once_after_a_boosted_link(page):
+    """A boosted link swaps the playground in; its script is loaded by every page, so Run is
+    bound as the page appears. It was loaded by the swapped-in page, after the swap: a quick
+    click submitted the form natively, a GET with the CSRF token in the URL."""
+    page.get_by_role("navigation").get_by_role("link", name="Playground").click()
+    expect(page.get_by_role("link", name="acme-ai/strokes")).to_be_visible()
+    page.route("**/js/playground.js*", lambda route: route.abort())  # nothing loads it late
+
+    page.get_by_role("link", name="acme-ai/strokes").click()
+    page.get_by_role("button", name="Run").click()
+
+    status = page.locator("#result").locator("[data-fact=status]")
+    expect(status).to_have_text("succeeded", timeout=30_000)
+    assert "csrfmiddlewaretoken" not in page.url
+
+
 def test_consumer_runs_the_demo_model_in_the_playground(page, tmp_path):
     page.get_by_role("navigation").get_by_role("link", name="Playground").click()
     page.get_by_role("link", name="acme-ai/strokes").click()
