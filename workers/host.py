@@ -354,12 +354,8 @@ class ModelHost:
         if header_len > 1 << 20:
             self._malformed(f"a reply header of {header_len} bytes")
         if max_payload is not None and payload_len > max_payload:
-            self.kill()
-            HOST_RESTARTS.labels("protocol").inc()
-            raise HostFailure(
-                "protocol",
-                f"the model host sent {payload_len / 2**20:.0f} MiB, over the limit of "
-                f"{max_payload / 2**20:.0f} MiB",
+            self._malformed(
+                f"{payload_len / 2**20:.0f} MiB, over the limit of {max_payload / 2**20:.0f} MiB"
             )
         encoded = self._read_exact(header_len, deadline)
         header = predicted(encoded)
