@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -49,3 +51,20 @@ def upload_version(api, ref: str, data: bytes, fmt: str, filename: str):
     ).json()
     assert set(put_all(api, upload, data)) == {200}
     return api.post(f"{upload['upload_url']}/complete")
+
+
+@pytest.fixture
+def opened_spans(monkeypatch) -> list[tuple[int, tuple[int, int] | None]]:
+    """(chunk index, span) of each part completion decrypts: a span, or None for the whole
+    part (to hash it)."""
+    from marketplace import services
+
+    opened: list[tuple[int, tuple[int, int] | None]] = []
+    real = services._part_plaintext
+
+    def spy(session, part, span=None):
+        opened.append((part.index, span))
+        return real(session, part, span)
+
+    monkeypatch.setattr(services, "_part_plaintext", spy)
+    return opened

@@ -314,13 +314,11 @@ def test_a_stored_chunk_that_cannot_be_read_fails_completion_as_itself(api, mode
 
 
 def test_a_chunk_stored_as_a_file_of_its_own_is_opened_once_to_tell_the_format(
-    api, model, model_files, monkeypatch, settings
+    api, model, model_files, settings, opened_spans
 ):
     """A chunk sent again with other bytes is a vault file of its own, which opens whole:
     telling the format reads it once, however many reads of its vault chunks (100 bytes
     here) the archive's directory takes."""
-    from marketplace import services
-
     settings.ARTIFACT_CHUNK_SIZE = 100
     data = model_files["pt2"]
     upload = upload_all(api, data)
@@ -329,20 +327,12 @@ def test_a_chunk_stored_as_a_file_of_its_own_is_opened_once_to_tell_the_format(
     wrong[last * CHUNK] ^= 0xFF
     send_chunk(api, upload, bytes(wrong), last)
     send_chunk(api, upload, data, last)  # the right bytes again: a file of its own
-    opened = []
-    real = services._part_plaintext
-
-    def spy(session, part, span=None):
-        if span is not None:
-            opened.append((part.index, span))
-        return real(session, part, span)
-
-    monkeypatch.setattr(services, "_part_plaintext", spy)
 
     response = api.post(f"{upload['upload_url']}/complete")
 
     assert response.status_code == 201
-    assert [s for i, s in opened if i == last] == [(0, len(data) - last * CHUNK)]
+    spans = [span for index, span in opened_spans if index == last and span is not None]
+    assert spans == [(0, len(data) - last * CHUNK)]
 
 
 def test_torchscript_and_safetensors_are_accepted(api, model, model_files):

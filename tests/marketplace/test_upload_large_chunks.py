@@ -127,25 +127,17 @@ def test_chunks_are_stored_with_direct_io_and_read_back_whole(model, data, direc
 
 
 @pytest.mark.django_db
-def test_completion_opens_only_the_vault_chunks_the_format_is_told_from(model, data, monkeypatch):
+def test_completion_opens_only_the_vault_chunks_the_format_is_told_from(model, data, opened_spans):
     """The chunks were hashed as they arrived; to tell the format, completion reads and
     opens the first vault chunk (the safetensors header is in it), not the first and last
     4 MiB."""
-    opened = []
-    real = services._part_plaintext
-
-    def spy(session, part, span=None):
-        opened.append((part.index, span))
-        return real(session, part, span)
-
-    monkeypatch.setattr(services, "_part_plaintext", spy)
     session = _start(model, data)
     for index in range(session.chunk_count):
         _send(session, data, index)
 
     version = services.upload_complete(session=session, actor=SYSTEM)
 
-    assert opened == [(0, (0, MiB))]  # one vault chunk of 1 MiB, of a 5 MiB file
+    assert opened_spans == [(0, (0, MiB))]  # one vault chunk of 1 MiB, of a 5 MiB file
     assert version.artifact.sha256 == hashlib.sha256(data).hexdigest()
 
 
