@@ -235,6 +235,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             and last.from_version is not None
             and last.to_version_id == alias.version_id
             and last.from_version.status in ALIASABLE
+            and not last.from_version.past_sunset
             # The registry refuses the others a protected alias: no button to be refused.
             and (is_admin or alias.name not in services.PROTECTED_ALIASES)
             else None
@@ -242,7 +243,9 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         **versions,
         "aliases": aliases,
-        "aliasable": [v for v in versions["versions"] if v.status in ALIASABLE],
+        "aliasable": [
+            v for v in versions["versions"] if v.status in ALIASABLE and not v.past_sunset
+        ],
         "listing": Listing.objects.filter(model=model).first(),
         "moves": moves,
         "can_write": _can_write(request),

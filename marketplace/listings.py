@@ -924,14 +924,20 @@ def catalogue_search(
     return listings
 
 
+CATALOGUE_VERSIONS = 20
+
+
 def catalogue_versions(model: Model) -> list[ModelVersion]:
     """What a consumer can run: ready versions (and deprecated ones until their sunset), with
-    their aliases."""
-    return list(
-        model.versions.filter(ModelVersion.runnable())
-        .prefetch_related("aliases")
-        .order_by("-number")[:20]
-    )
+    their aliases, newest first: the newest ``CATALOGUE_VERSIONS``, and any older one an alias
+    points at (``production`` left on an old version must not vanish from the page). The
+    versions endpoint lists them all, a page at a time."""
+    runnable = model.versions.filter(ModelVersion.runnable()).prefetch_related("aliases")
+    newest = list(runnable.order_by("-number")[:CATALOGUE_VERSIONS])
+    if len(newest) < CATALOGUE_VERSIONS:
+        return newest
+    aliased = runnable.filter(aliases__isnull=False, number__lt=newest[-1].number).distinct()
+    return newest + list(aliased.order_by("-number"))
 
 
 def viewer_state(access: Access | None, listing: Listing) -> dict[str, Any]:

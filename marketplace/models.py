@@ -270,6 +270,9 @@ class UploadSession(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
+    # Set while a request completes the upload (a lease, in case that process dies): a second
+    # completion meanwhile is refused at once instead of racing the first for the same parts.
+    completing_until = models.DateTimeField(null=True, blank=True)
     artifact_id = models.CharField(max_length=24, blank=True)
     key = models.ForeignKey(
         TenantKey, null=True, blank=True, on_delete=models.RESTRICT, related_name="+"

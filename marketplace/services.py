@@ -27,6 +27,7 @@ from accounts.models import Scope, Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from config import sql
+from inference.runtime.spec import ARCHITECTURE_NAMES
 from marketplace.listings import example_input_clean
 from marketplace.models import (
     MODEL_NAME_RE,
@@ -109,9 +110,14 @@ def upload_session_create(
             f"'{format}' is not a format we accept (pt2, torchscript, safetensors). "
             + EXPORT_GUIDANCE
         )
-    if format == Format.SAFETENSORS and not architecture:
+    if format == Format.SAFETENSORS and architecture not in ARCHITECTURE_NAMES:
+        # Said now, not after the whole file is sent and a worker fails to build it.
+        named = f"'{architecture}' is not one of" if architecture else "A safetensors upload names"
         raise ValidationError(
-            {"architecture": "A safetensors upload names one of our built-in architectures."}
+            {
+                "architecture": f"{named} our built-in architectures: "
+                f"{', '.join(ARCHITECTURE_NAMES)}."
+            }
         )
     if size > settings.MAX_ARTIFACT_BYTES:
         raise PayloadTooLarge(
@@ -542,8 +548,8 @@ def sniff_format(read: Callable[[int, int], bytes], size: int) -> str | None:
         if "data.pkl" in roots:
             return "pickle"
         return None
-    if head[:1] == b"\x80":  # a pickle protocol opcode: a legacy torch.save file
-        return "pickle"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # the PROTO opcode and its protocol: a legacy torch.save file
     return None
 
 
@@ -616,8 +622,59 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     chunks this process did not see arrive in order, and the few chunks the format is told
     from (``sniff_format``), are decrypted. Otherwise (parts stored as files of their own,
     or a tenant key rotated meanwhile) every chunk is decrypted and re-encrypted under the
-    active key."""
+    active key.
+
+    One completion runs at a time (``_completion_claim``): a second request meanwhile is a 409
+    at once, instead of racing the first for parts the first is taking over."""
+    if session.status == UploadSession.Status.COMPLETED:
+        raise _completed(session)
     _check_open(session)
+    _completion_claim(session)
+    try:
+        return _complete_claimed(session, actor)
+    except BaseException:
+        UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+            completing_until=None  # complete it again at once
+        )
+        raise
+
+
+# How long a completion holds its upload against other completions: it takes seconds (the
+# sealed parts are copied, or at worst the whole file is re-encrypted at about a GB/s), so
+# this matters only when the process completing it died on the way.
+COMPLETION_LEASE = timedelta(minutes=10)
+
+
+def _completion_claim(session: UploadSession) -> None:
+    now = timezone.now()
+    free = Q(completing_until__isnull=True) | Q(completing_until__lte=now)
+    claimed = UploadSession.objects.filter(
+        free, pk=session.pk, status=UploadSession.Status.OPEN
+    ).update(completing_until=now + COMPLETION_LEASE)
+    if claimed:
+        return
+    current = UploadSession.objects.select_related("version").filter(pk=session.pk).first()
+    if current is None:
+        raise Conflict("This upload no longer exists; start a new one.")
+    if current.status == UploadSession.Status.COMPLETED:
+        raise _completed(current)
+    _check_open(current)
+    raise Conflict(
+        "Another request is completing this upload; GET the upload in a few seconds to see "
+        "its version.",
+        completing=True,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _completed(session: UploadSession) -> Conflict:
+    """The 409 for completing an upload that is completed already (a retry whose first answer
+    was lost, or another request's), naming its version."""
+    number = session.version.number if session.version_id else None
+    return Conflict(f"This upload is completed already, as version {number}.", version=number)
+
+
+def _complete_claimed(session: UploadSession, actor: Actor) -> ModelVersion:
     missing = upload_missing_ranges(session)
     if missing:
         raise Conflict(
@@ -691,7 +748,7 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
             )
             claimed = UploadSession.objects.filter(
                 pk=session.pk, status=UploadSession.Status.OPEN
-            ).update(status=UploadSession.Status.COMPLETED, version=version)
+            ).update(status=UploadSession.Status.COMPLETED, version=version, completing_until=None)
             if claimed != 1:
                 raise Conflict("This upload was completed by another request.")
             if in_place:  # the artifact took the parts' blobs over; drop only their rows
@@ -813,22 +870,34 @@ def _delete_parts(session: UploadSession) -> None:
 
 
 def upload_abort(*, session: UploadSession) -> None:
-    """Abandon an open upload and delete its chunks; a completed upload is left as it is."""
-    UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+    """Abandon an open upload and delete its chunks. A completed upload is a 409 (its version
+    stays); one already aborted or expired has nothing left to delete."""
+    aborted = UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
         status=UploadSession.Status.FAILED, failure_reason="Aborted by the client."
     )
+    if not aborted:
+        current = UploadSession.objects.select_related("version").filter(pk=session.pk).first()
+        if current is not None and current.status == UploadSession.Status.COMPLETED:
+            number = current.version.number if current.version_id else None
+            raise Conflict(
+                f"This upload is completed (version {number}): there is nothing to abort. "
+                "Yank the version if it should not be used.",
+                version=number,
+            )
     _digest_forget(session)
     _delete_parts(session)
 
 
 def upload_sessions_expire(*, now: datetime | None = None) -> int:
-    """Expire abandoned uploads and delete their encrypted chunks (a beat task)."""
+    """Expire abandoned uploads and delete their encrypted chunks (a beat task). One that a
+    request is completing is left to finish."""
     now = now or timezone.now()
     expired = 0
-    for session in UploadSession.objects.filter(
-        status=UploadSession.Status.OPEN, expires_at__lte=now
-    ):
-        if UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+    idle = Q(status=UploadSession.Status.OPEN) & (
+        Q(completing_until__isnull=True) | Q(completing_until__lte=now)
+    )
+    for session in UploadSession.objects.filter(idle, expires_at__lte=now):
+        if UploadSession.objects.filter(idle, pk=session.pk).update(
             status=UploadSession.Status.EXPIRED
         ):
             _delete_parts(session)
@@ -1042,12 +1111,20 @@ def alias_set(
             {"version": f"Version {version.number} is not a version of {model.ref}."}
         )
     # Locked and read again (as version_yank locks it): a yank cannot slip in meanwhile.
-    status = (
-        ModelVersion.objects.select_for_update().values_list("status", flat=True).get(pk=version.pk)
+    status, sunset_at = (
+        ModelVersion.objects.select_for_update()
+        .values_list("status", "sunset_at")
+        .get(pk=version.pk)
     )
     if status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
         raise Conflict(
             f"Version {version.number} is {status}; only a ready version can take an alias."
+        )
+    if status == ModelVersion.Status.DEPRECATED and sunset_at and sunset_at <= timezone.now():
+        # It no longer runs: every call through the alias would be a 410.
+        raise Conflict(
+            f"Version {version.number} reached its sunset on {sunset_at:%Y-%m-%d %H:%M} UTC and "
+            "no longer runs; point the alias at a version that does."
         )
     alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
     if alias is None:

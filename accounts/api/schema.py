@@ -60,7 +60,8 @@ def document_errors(result, generator, request, public):
         "headers": {
             "Retry-After": {
                 "schema": {"type": "string"},
-                "description": "With 429 and 503: seconds to wait before trying again.",
+                "description": "With 429 and 503, and a 409 while another request completes "
+                "the same upload: seconds to wait before trying again.",
             }
         },
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

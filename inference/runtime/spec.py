@@ -9,6 +9,10 @@ from typing import Any
 # Open Inference Protocol (KServe v2) datatype names.
 DATATYPES = ("FP32", "FP16", "BF16", "FP64", "INT64", "INT32", "INT16", "INT8", "UINT8", "BOOL")
 
+# The built-in architectures a safetensors upload may name: ``architectures.ARCHITECTURES``
+# builds them in the model host, and the web checks a name against these without torch.
+ARCHITECTURE_NAMES = ("mlp", "resnet", "small_cnn", "transformer")
+
 
 class InputError(ValueError):
     """The caller's input does not fit the signature; the message says what to fix."""

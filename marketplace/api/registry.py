@@ -53,6 +53,9 @@ class ModelsView(GenericAPIView):
     def post(self, request):
         data = s.ModelCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        # A key held to some models makes no others (nor learns which names are taken).
+        ref = f"{request.auth.tenant.slug}/{data.validated_data['name']}"
+        selectors.refuse_unless_key_allows(request.auth, ref)
         model = services.model_create(
             tenant=request.auth.tenant, actor=request_actor(request), **data.validated_data
         )

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import AuditEvent, Scope
-from marketplace.models import Artifact, ModelVersion, UploadPart, UploadSession
+from marketplace.models import Artifact, Model, ModelVersion, UploadPart, UploadSession
 from marketplace.services import version_record_validation
 from tests.conftest import key_client
 from tests.marketplace.conftest import put_range, sha256
@@ -579,12 +579,23 @@ def test_safetensors_whose_header_length_ends_in_0x80_is_not_taken_for_a_pickle(
     assert sniff_format(lambda at, n: data[at : at + n], len(data)) == "safetensors"
 
 
-def test_aborting_a_completed_upload_leaves_it_completed(api, model, model_files):
+@pytest.mark.parametrize("data", [b"\x80", b"\x80\x07 not a pickle", b"\x80\x01" + b"\0" * 64])
+def test_a_file_that_merely_starts_with_0x80_is_not_called_a_pickle(data):
+    # A pickle starts with PROTO and a protocol of 2-5 (torch.save writes 2); any other file
+    # beginning with 0x80 was refused as "a pickled file (torch.save)".
+    from marketplace.services import sniff_format
+
+    assert sniff_format(lambda at, n: data[at : at + n], len(data)) is None
+
+
+def test_aborting_a_completed_upload_is_409_and_leaves_it_completed(api, model, model_files):
     upload = upload_all(api, model_files["pt2"])
     assert api.post(f"{upload['upload_url']}/complete").status_code == 201
 
-    assert api.delete(upload["upload_url"]).status_code == 204
+    refused = api.delete(upload["upload_url"])  # before, a 204 that did nothing
 
+    assert refused.status_code == 409
+    assert refused.json()["detail"].startswith("This upload is completed (version 1)")
     assert UploadSession.objects.get().status == "completed"
     assert ModelVersion.objects.count() == 1
 
@@ -664,3 +675,43 @@ def test_a_key_limited_to_other_models_cannot_reach_an_upload_of_this_one(api, t
     assert limited.post(f"/api/v1/uploads/{upload['id']}/complete").status_code == 404
     assert limited.delete(f"/api/v1/uploads/{upload['id']}").status_code == 404
     assert api.get(f"/api/v1/uploads/{upload['id']}").status_code == 200  # still there
+
+
+def test_a_key_limited_to_other_models_creates_none_and_learns_no_names(api, tenant, model):
+    limited = key_client(tenant, allowed_models=["acme/other"])
+
+    new = limited.post("/api/v1/models", {"name": "newtwo"}, format="json")
+    taken = limited.post("/api/v1/models", {"name": "classifier"}, format="json")
+    allowed = limited.post("/api/v1/models", {"name": "other"}, format="json")
+
+    assert new.status_code == 403 and "may not use acme/newtwo" in new.json()["detail"]
+    assert taken.status_code == 403  # not a 409 that says the name exists
+    assert allowed.status_code == 201
+    assert sorted(Model.objects.values_list("name", flat=True)) == ["classifier", "other"]
+
+
+@pytest.mark.parametrize(
+    "architecture, said",
+    [
+        ("", "A safetensors upload names our built-in architectures"),
+        ("nope", "'nope' is not one of our built-in architectures"),
+    ],
+)
+def test_a_safetensors_upload_naming_no_built_in_architecture_is_400_before_any_byte(
+    api, model, architecture, said
+):
+    # An unknown name used to be taken, and failed only in validation, after the whole upload.
+    response = start_upload(api, b"x" * 64, fmt="safetensors", architecture=architecture)
+
+    assert response.status_code == 400
+    assert response.json()["errors"]["architecture"] == [
+        f"{said}: mlp, resnet, small_cnn, transformer."
+    ]
+    assert not UploadSession.objects.exists()
+
+
+def test_the_web_knows_every_built_in_architecture_the_host_builds():
+    from inference.runtime.architectures import ARCHITECTURES
+    from inference.runtime.spec import ARCHITECTURE_NAMES
+
+    assert sorted(ARCHITECTURES) == list(ARCHITECTURE_NAMES)

@@ -255,6 +255,29 @@ def test_the_catalogue_offers_no_version_past_its_sunset(tenant, outsider_api):
     assert still_described.json()["status"] == "deprecated"
 
 
+def test_the_catalogue_shows_an_old_version_an_alias_points_at(tenant, outsider_api):
+    # It lists the newest 20: production left on version 1 of 22 vanished from the page.
+    from django.test import Client
+
+    model = public_model(tenant)
+    for _ in range(22):
+        version_of(model, "ready")
+    registry.alias_set(
+        model=model,
+        name="production",
+        version=ModelVersion.objects.get(model=model, number=1),
+        access=Access(tenant=tenant, scopes=ALL_SCOPES),
+        actor=accounts.SYSTEM,
+    )
+
+    shown = outsider_api.get("/api/v1/catalogue/acme/resnet").json()["versions"]
+    page = Client().get("/catalogue/acme/resnet/").content.decode()
+
+    assert [v["number"] for v in shown] == [*range(22, 2, -1), 1]
+    assert shown[-1]["aliases"] == ["production"]
+    assert '<span class="tag">production</span>' in page
+
+
 def test_a_version_past_its_sunset_is_410_with_the_alias_to_use(tenant):
     from inference.services import version_for
 
@@ -399,3 +422,125 @@ def test_an_upload_aborted_while_it_completes_is_409_and_leaves_no_blob_behind(
     assert refused.value.message == "This upload is failed; start a new one."
     assert not ModelVersion.objects.exists() and not Artifact.objects.exists()
     assert [p for p in Path(artifact_storage().location).rglob("*") if p.is_file()] == []
+
+
+def test_a_second_completion_while_the_first_runs_is_409_and_the_first_makes_the_version(
+    tenant, api, monkeypatch
+):
+    # Before, completions raced for the same parts: losers answered 500 (the header blob "in
+    # the way"), a 400 checksum mismatch of no bytes at all, or a 409 naming missing ranges.
+    from marketplace.models import UploadSession
+    from marketplace.vault import uploads
+
+    monkeypatch.setattr(registry, "_enqueue_validation", lambda version_id: None)
+    session, _data = three_chunks_stored(tenant)
+    url = f"/api/v1/uploads/{session.public_id}/complete"
+    take_over = uploads.artifact_take_over
+    second = []
+
+    def take_over_while_another_completes(**kwargs):
+        second.append(api.post(url))
+        return take_over(**kwargs)
+
+    monkeypatch.setattr(uploads, "artifact_take_over", take_over_while_another_completes)
+    first = api.post(url)
+
+    assert first.status_code == 201, first.content
+    assert second[0].status_code == 409
+    assert second[0].json()["completing"] is True
+    assert second[0]["Retry-After"] == "2"
+    assert "Another request is completing this upload" in second[0].json()["detail"]
+    assert ModelVersion.objects.count() == 1
+    again = api.post(url)  # a retry whose first answer was lost
+    assert again.status_code == 409
+    assert again.json()["detail"] == "This upload is completed already, as version 1."
+    assert again.json()["version"] == 1
+    assert UploadSession.objects.get(pk=session.pk).completing_until is None
+
+
+def test_a_completion_that_fails_lets_the_next_one_run_at_once(tenant, monkeypatch):
+    from marketplace.models import UploadSession
+    from marketplace.vault import uploads
+
+    monkeypatch.setattr(registry, "_enqueue_validation", lambda version_id: None)
+    session, _data = three_chunks_stored(tenant)
+    take_over = uploads.artifact_take_over
+    calls = []
+
+    def fails_once(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("the store is full")
+        return take_over(**kwargs)
+
+    monkeypatch.setattr(uploads, "artifact_take_over", fails_once)
+    with pytest.raises(OSError):
+        registry.upload_complete(
+            session=UploadSession.objects.get(pk=session.pk), actor=accounts.SYSTEM
+        )
+    assert UploadSession.objects.get(pk=session.pk).completing_until is None
+
+    version = registry.upload_complete(
+        session=UploadSession.objects.get(pk=session.pk), actor=accounts.SYSTEM
+    )
+    assert version.number == 1
+
+
+def test_a_completion_whose_process_died_holds_the_upload_only_until_its_lease_ends(
+    tenant, api, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketplace.models import UploadSession
+
+    monkeypatch.setattr(registry, "_enqueue_validation", lambda version_id: None)
+    session, _data = three_chunks_stored(tenant)
+    url = f"/api/v1/uploads/{session.public_id}/complete"
+    held = UploadSession.objects.filter(pk=session.pk)
+    held.update(completing_until=timezone.now() + timedelta(minutes=1))
+
+    assert api.post(url).status_code == 409
+    # Nor does the expiry task take an upload from under a completion still running.
+    held.update(expires_at=timezone.now() + timedelta(seconds=30))
+    assert registry.upload_sessions_expire(now=timezone.now() + timedelta(seconds=40)) == 0
+
+    held.update(completing_until=timezone.now() - timedelta(seconds=1))
+    assert api.post(url).status_code == 201
+
+
+def test_aborting_an_aborted_upload_again_is_204(tenant, api):
+    session, _data = three_chunks_stored(tenant)
+    assert api.delete(f"/api/v1/uploads/{session.public_id}").status_code == 204
+    assert api.delete(f"/api/v1/uploads/{session.public_id}").status_code == 204
+
+
+def test_no_alias_moves_onto_a_version_past_its_sunset(tenant, api):
+    # Before, production could be pointed at it, and every default call was then a 410.
+    model = past_its_sunset(tenant)
+    version_of(model, "ready")
+
+    refused = api.put("/api/v1/models/acme/resnet/aliases/production", {"version": 1}, "json")
+    moved = api.put("/api/v1/models/acme/resnet/aliases/production", {"version": 2}, "json")
+
+    assert refused.status_code == 409
+    assert "reached its sunset" in refused.json()["detail"]
+    assert "point the alias at a version that does" in refused.json()["detail"]
+    assert moved.status_code == 200
+    assert [a.version.number for a in model.aliases.all()] == [2]
+
+
+def test_the_model_page_offers_no_alias_move_onto_a_version_past_its_sunset(tenant, alice):
+    from django.test import Client
+
+    model = past_its_sunset(tenant)
+    version_of(model, "ready")
+    client = Client()
+    client.force_login(alice)
+
+    page = client.get(f"/dashboard/models/{model.name}/").content.decode()
+    choices = page.split('<select id="alias-version"', 1)[1].split("</select>", 1)[0]
+
+    assert '<option value="2">v2</option>' in choices
+    assert '<option value="1">' not in choices
