@@ -127,3 +127,18 @@ def test_a_lost_answer_to_complete_is_recovered_not_repeated(mm_env, model_file)
     assert transport.lost
     assert result.version.number == 1 and result.version.status == "validating"
     assert ModelVersion.objects.filter(model__name="clf").count() == 1
+
+
+def test_interrupting_the_wait_for_validation_says_the_upload_is_done(mm, model_file, monkeypatch):
+    # It said "a push resumes where it stopped": pushing again made a second version.
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Client, "wait_for_version", interrupted)
+
+    run = mm("push", "acme/clf", model_file)
+
+    assert run.code == 130
+    assert "The upload is complete: acme/clf version 1 is validating" in run.err
+    assert "mm wait acme/clf:1" in run.err
+    assert ModelVersion.objects.count() == 1

@@ -272,7 +272,17 @@ def cmd_push(cli: Cli) -> int:
         f"{result.version.status}."
     )
     if not args.no_wait and not result.version.is_terminal:
-        result.version = _wait_version(cli, result.model, result.version.number, args.timeout)
+        number = result.version.number
+        try:
+            result.version = _wait_version(cli, result.model, number, args.timeout)
+        except KeyboardInterrupt:
+            # The upload is done: running the push again would upload a second copy.
+            cli.err.print(
+                f"\nInterrupted. The upload is complete: {result.model} version {number} is "
+                f"validating on the server. `mm wait {result.model}:{number}` waits for it "
+                "again; pushing again would make another version."
+            )
+            return EXIT_INTERRUPTED
     cli.emit(result.to_json(), lambda: _print_push(cli, result))
     return 0
 
