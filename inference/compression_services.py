@@ -159,6 +159,11 @@ def _running_seconds(access: Access, key=None) -> Decimal:
     return sum((Decimal(str(round((now - at).total_seconds(), 6))) for at in started), Decimal(0))
 
 
+def job_replay(access: Access, key: str, body_hash: str) -> CompressionJob | None:
+    """The job a request with this Idempotency-Key made (409 with another body), or None."""
+    return _by_idempotency_key(access, key, body_hash)
+
+
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> CompressionJob | None:
     return by_idempotency_key(CompressionJob, tenant=access.tenant, key=key, body_hash=body_hash)
 

@@ -117,6 +117,10 @@ class WebhookSigningKey(models.Model):
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="webhook_key")
     secret = models.CharField(max_length=64)
     created_at = models.DateTimeField(default=timezone.now)
+    # After a rotation the old secret signs too (a second signature) until then, so receivers
+    # can switch over without dropping events.
+    previous_secret = models.CharField(max_length=64, blank=True)
+    previous_valid_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"webhook key of {self.tenant_id}"

@@ -212,6 +212,17 @@ def prediction_create(
     return prediction, True
 
 
+def prediction_replay(
+    access: Access, *, model_ref: str, key: str, body_hash: str
+) -> Prediction | None:
+    """The prediction a request with this Idempotency-Key made (409 with another body), or
+    None. Looked up before the request is resolved and admitted: a retry runs nothing, so
+    neither the rate limit nor a version yanked since the first answer applies to it (a 410
+    telling the client to use another version would have it pay twice)."""
+    selectors.refuse_unless_key_allows(access, model_ref)  # the key's own limit still holds
+    return _by_idempotency_key(access, key, body_hash)
+
+
 def _by_idempotency_key(access: Access, key: str, body_hash: str) -> Prediction | None:
     return by_idempotency_key(Prediction, tenant=access.tenant, key=key, body_hash=body_hash)
 

@@ -80,7 +80,12 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     }
 
 
-def _dtype(datatype: str, name: str) -> np.dtype:
+def _dtype(datatype: Any, name: str) -> np.dtype:
+    if not isinstance(datatype, str):
+        raise InputError(
+            f"Input '{name}': datatype is a name, one of {', '.join(NUMPY)}; got "
+            f"{_json_kind(datatype)}."
+        )
     dtype = NUMPY.get(datatype)
     if dtype is None:
         raise InputError(
@@ -92,9 +97,12 @@ def _dtype(datatype: str, name: str) -> np.dtype:
 
 def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
     """JSON values as an array of ``dtype``; ValueError, TypeError or OverflowError say why
-    they are not. Floats take numbers and null (NaN); integer types take whole numbers only,
-    and BOOL true and false only: numpy's own cast reads "false", 2 or null as a boolean and
-    cuts 1.7 to 1, silently."""
+    they are not. Floats take numbers and null (NaN) within the type's range; integer types
+    take whole numbers only, and BOOL true and false only: numpy's own cast reads "false", 2
+    or null as a boolean, "1.5" or true as a float, cuts 1.7 to 1 and makes 1e39 an FP32
+    infinity, silently."""
+    if dtype.kind == "f":
+        return _floats(values, dtype)
     array = np.asarray(values, dtype=dtype)
     if dtype.kind not in "biu" or not array.size:
         return array
@@ -107,6 +115,28 @@ def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
             raise ValueError(f"{DATATYPE[dtype]} values are whole numbers")
     elif given.dtype.kind not in "iu":
         raise ValueError(f"{DATATYPE[dtype]} values are numbers")
+    return array
+
+
+def _floats(values: Any, dtype: np.dtype) -> np.ndarray:
+    given = np.asarray(values)  # numpy's own reading tells numbers from text and booleans
+    if given.dtype.kind in "fiuO":  # O: nulls (NaN) among the numbers
+        with np.errstate(over="ignore"):  # said below, with the value
+            array = given.astype(dtype) if given.dtype.kind != "O" else np.asarray(values, dtype)
+    elif given.dtype.kind == "b":
+        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not true or false")
+    else:
+        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not text")
+    if np.isinf(array).any():
+        # A finite number past the type's range (an infinity sent as one, /v2's Infinity, is
+        # taken): it became an infinity, and the model's outputs with it.
+        wide = given.astype(np.float64) if given.dtype.kind != "O" else np.asarray(values, float)
+        past = np.isinf(array) & np.isfinite(wide)
+        if past.any():
+            raise ValueError(
+                f"{DATATYPE[dtype]} values lie within ±{np.finfo(dtype).max:.4g}; "
+                f"{wide[past][0]:g} does not"
+            )
     return array
 
 
@@ -126,18 +156,33 @@ def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
         datatype = spec.datatype if spec else "FP32"
         shape = None
         if isinstance(value, dict):
+            if "data" not in value:
+                raise InputError(
+                    f'Input \'{name}\' has no "data": give its values as {{"data": [...], '
+                    '"shape": [...], "datatype": "FP32"}, or as a nested list.'
+                )
             datatype = value.get("datatype", datatype)
             shape = value.get("shape")
-            value = value.get("data")
+            value = value["data"]
+        if value is None:
+            raise InputError(f"Input '{name}' is null; give its values as a nested list.")
+        dtype = _dtype(datatype, name)
         try:
-            array = values_as(value, _dtype(datatype, name))
+            array = values_as(value, dtype)
             if shape is not None:
                 array = array.reshape(shape)
         except (ValueError, TypeError, OverflowError) as exc:  # 300 as UINT8, 10**400, ...
-            raise InputError(f"Input '{name}' is not a {datatype} tensor: {exc}.") from None
+            why = str(exc).rstrip(".")
+            raise InputError(f"Input '{name}' is not a {datatype} tensor: {why}.") from None
         arrays[name] = array
     check(signature, arrays)
     return arrays
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def check(signature: Signature, arrays: dict[str, np.ndarray]) -> int:
@@ -149,8 +194,9 @@ def check(signature: Signature, arrays: dict[str, np.ndarray]) -> int:
 
 def to_json(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Outputs as nested lists. JSON has no NaN or infinities: they are ``null`` (as
-    JavaScript's ``JSON.stringify`` writes them; a ``null`` in an input is NaN). The binary
-    tensors of the v2 protocol carry them exactly."""
+    JavaScript's ``JSON.stringify`` writes them; a ``null`` in an input is NaN). The v2
+    protocol writes them as Triton does (``NaN``, ``Infinity``), and its binary tensors carry
+    them exactly."""
     return {name: json_values(array) for name, array in arrays.items()}
 
 

@@ -300,3 +300,29 @@ def prediction_rows(request: HttpRequest) -> HttpResponse:
     """The list alone, for htmx: it reloads itself while a prediction is queued or running,
     and the playground reloads it after each run."""
     return render(request, "inference/_predictions.html", _predictions_context(request))
+
+
+# --- webhook signing secret -------------------------------------------------------------------
+
+
+@tenant_required(manage=True)
+def webhook_secret(request: HttpRequest) -> HttpResponse:
+    """The secret the organisation's webhooks are signed with (owners and admins), and its
+    rotation: the old secret signs too for a day after."""
+    from django.contrib import messages
+    from django.shortcuts import redirect
+
+    from accounts.tenancy import request_actor
+    from inference import webhooks
+
+    if request.method == "POST":  # a suspended organisation's is refused by the decorator
+        key = webhooks.signing_key_rotate(request.tenant, request_actor(request))
+        messages.success(
+            request,
+            "New secret made. Deliveries carry a signature by the old one too until "
+            f"{key.previous_valid_until:%Y-%m-%d %H:%M} UTC.",
+        )
+        return redirect("inference:webhook_secret")
+    key = webhooks.signing_key_reveal(request.tenant, request_actor(request))
+    both = len(webhooks.signing_secrets(key)) > 1
+    return render(request, "inference/webhook_secret.html", {"key": key, "both": both})

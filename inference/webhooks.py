@@ -5,6 +5,7 @@ retried with backoff; every attempt is recorded."""
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import http.client
@@ -13,25 +14,70 @@ import json
 import secrets
 import socket
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import Tenant
+from accounts.services import Actor, audit_record
 from inference.models import Prediction, WebhookDelivery, WebhookSigningKey
 
+# How long a rotated-out secret still signs (a second signature beside the new one's).
+ROTATION_GRACE = timedelta(hours=24)
 
-def signing_key(tenant: Tenant) -> str:
+
+def _new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signing_record(tenant: Tenant) -> WebhookSigningKey:
+    """The tenant's signing key, made on first use."""
     key = WebhookSigningKey.objects.filter(tenant=tenant).first()
     if key is None:
         try:
-            key = WebhookSigningKey.objects.create(
-                tenant=tenant, secret="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-            )
+            key = WebhookSigningKey.objects.create(tenant=tenant, secret=_new_secret())
         except IntegrityError:
             key = WebhookSigningKey.objects.get(tenant=tenant)
-    return key.secret
+    return key
+
+
+def signing_key(tenant: Tenant) -> str:
+    return signing_record(tenant).secret
+
+
+def signing_key_reveal(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
+    """The signing key, for a member to read; each read is in the audit log."""
+    key = signing_record(tenant)
+    audit_record(action="webhooks.secret.read", actor=actor, tenant=tenant)
+    return key
+
+
+def signing_secrets(key: WebhookSigningKey) -> list[str]:
+    """What a delivery is signed with now: the secret, and the one it replaced during the
+    grace after a rotation."""
+    rotated = key.previous_valid_until is not None and key.previous_valid_until > timezone.now()
+    return [key.secret, key.previous_secret] if rotated and key.previous_secret else [key.secret]
+
+
+def signing_key_rotate(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
+    """A new secret; the old one still signs (a second signature) for ``ROTATION_GRACE``."""
+    with transaction.atomic():
+        signing_record(tenant)
+        key = WebhookSigningKey.objects.select_for_update().get(tenant=tenant)
+        key.previous_secret, key.secret = key.secret, _new_secret()
+        key.previous_valid_until = timezone.now() + ROTATION_GRACE
+        key.created_at = timezone.now()
+        key.save()
+        audit_record(
+            action="webhooks.secret.rotate",
+            actor=actor,
+            tenant=tenant,
+            data={"previous_valid_until": key.previous_valid_until.isoformat()},
+        )
+    return key
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -99,13 +145,32 @@ def _post(url: str, body: bytes, headers: dict, address: str | None) -> int:
         connection.close()
 
 
+def as_at(prediction: Prediction, event: str) -> Prediction:
+    """The prediction as it was at ``event``. A start is delivered after the run began, often
+    after it finished (and retried later still): it says running, without the result, which
+    the completed event carries."""
+    if event != "start":
+        return prediction
+    started = copy.copy(prediction)
+    started.status = Prediction.Status.RUNNING
+    started.output_data = None
+    started.error = started.error_kind = ""
+    started.completed_at = started.compute_ms = None
+    started.batched_with = 1
+    return started
+
+
 def deliver(prediction: Prediction, event: str, attempt: int) -> bool:
     """One delivery attempt; True when the receiver answered 2xx."""
     from inference.api.predictions import PredictionSerializer
 
     webhook_id = f"msg_{prediction.public_id}_{event}"
     body = json.dumps(
-        {"type": f"prediction.{event}", "data": PredictionSerializer(prediction).data}, default=str
+        {
+            "type": f"prediction.{event}",
+            "data": PredictionSerializer(as_at(prediction, event)).data,
+        },
+        default=str,
     ).encode()
     timestamp = int(time.time())
     headers = {
@@ -113,7 +178,11 @@ def deliver(prediction: Prediction, event: str, attempt: int) -> bool:
         "user-agent": "Modelmarket-Webhooks/1",
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(signing_key(prediction.tenant), webhook_id, timestamp, body),
+        # Space-separated signatures, one per secret in force (Standard Webhooks).
+        "webhook-signature": " ".join(
+            sign(secret, webhook_id, timestamp, body)
+            for secret in signing_secrets(signing_record(prediction.tenant))
+        ),
     }
     status, error = None, ""
     try:

@@ -160,6 +160,11 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
         body = data.validated_data
         owner, _, name = body["model"].partition("/")
         model = selectors.model_for_access(request.auth, owner=owner, name=name, perm="change")
+        body_hash = request_hash(request.data)
+        if idempotency_key:  # before the version is resolved: yanked since, it was a 410
+            first = jobs.job_replay(request.auth, idempotency_key, body_hash)
+            if first is not None:
+                return Response(JobSerializer(first).data, status=status.HTTP_200_OK)
         version = selectors.version_resolve(model, body["version"], access=request.auth)
         job, created = jobs.job_create(
             access=request.auth,
@@ -170,7 +175,7 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
             data=body.get("data"),
             actor=request_actor(request),
             idempotency_key=idempotency_key,
-            body_hash=request_hash(request.data),
+            body_hash=body_hash,
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(JobSerializer(job).data, status=code)

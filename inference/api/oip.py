@@ -371,6 +371,8 @@ def read_body(request) -> bytes:
             raise ServiceError(f"The body is not valid {encoding} data: {exc}.") from None
         if len(raw) > limit or inflate.unconsumed_tail:
             raise too_large
+        if not inflate.eof:  # cut short, or too short to be any (a bare "{")
+            raise ServiceError(f"The body is not valid {encoding} data: it ends too soon.")
     elif encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; use gzip.")
     return raw
@@ -537,9 +539,11 @@ def infer_response(
             tensor["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            # NaN and infinities are null, as in /api/v1 (JSON has no token for them); the
-            # binary extension carries them exactly.
-            tensor["data"] = tensors.json_values(array.reshape(-1))
+            # NaN and infinities as Triton's server writes them (rapidjson's NaN, Infinity and
+            # -Infinity, which json.dumps writes too): tritonclient reads them back exactly.
+            # Strict JSON has no token for them (/api/v1 writes null, which tritonclient would
+            # read as NaN, an infinity included).
+            tensor["data"] = array.reshape(-1).tolist()
         outputs.append(tensor)
     header = json.dumps(
         {

@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 
 from django.conf import settings
+from django.core.validators import URLValidator
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
@@ -77,7 +78,16 @@ class PredictionCreateSerializer(StrictSerializer):
         help_text="A version number or alias (default: production)",
     )
     input = ParsedJSONField(help_text='{"input_name": nested list} or a bare list')
-    webhook = serializers.URLField(required=False, max_length=2000)
+    # http(s) only, as delivery sends them (a URLField also takes ftp and ftps, which were
+    # accepted and then failed every delivery attempt for 40 minutes).
+    webhook = serializers.URLField(
+        required=False,
+        max_length=2000,
+        validators=[
+            URLValidator(schemes=["http", "https"], message="Webhook URLs must be http(s) URLs.")
+        ],
+        help_text="An http(s) URL to send the prediction's events to",
+    )
     webhook_events_filter = serializers.ListField(
         child=serializers.ChoiceField(choices=EVENTS), required=False, default=["completed"]
     )
@@ -196,15 +206,21 @@ def _datetime(value: datetime | None) -> str | None:
 def wait_seconds(prefer: str) -> float:
     """``Prefer: wait`` holds the request up to 60 s; ``Prefer: wait=N`` up to N s. A value
     that is not a number of seconds (``wait=-5``, ``wait=abc``) is ignored, as RFC 7240 says
-    of a malformed preference: the request does not wait (it waited 60 s)."""
-    match = re.search(r"\bwait(?:=([^\s,;]*))?", prefer or "")
-    if match is None:
-        return 0
-    if match.group(1) is None:
-        return settings.MAX_WAIT_SECONDS
-    if not re.fullmatch(r"\d+(?:\.\d+)?", match.group(1)):
-        return 0
-    return min(float(match.group(1)), settings.MAX_WAIT_SECONDS)
+    of a malformed preference: the request does not wait (it waited 60 s). Names are
+    case-insensitive, values may be quoted, and parameters after ``;`` are ignored."""
+    for preference in (prefer or "").split(","):
+        name, given, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        if not given:
+            return settings.MAX_WAIT_SECONDS
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if not re.fullmatch(r"\d+(?:\.\d+)?", value):
+            return 0
+        return min(float(value), settings.MAX_WAIT_SECONDS)
+    return 0
 
 
 class StatusModelFilterMixin:
@@ -271,6 +287,17 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
         idempotency_key = idempotency_key_of(request)
         body = PredictionCreateSerializer.read(request.data)
         access = request.auth
+        wait = wait_seconds(request.headers.get("Prefer", ""))
+        # Only compared when a retry reuses the key: not worth hashing the input otherwise.
+        body_hash = services.request_hash(request.data) if idempotency_key else ""
+        if idempotency_key:
+            first = services.prediction_replay(
+                access, model_ref=body["model"], key=idempotency_key, body_hash=body_hash
+            )
+            if first is not None:
+                if wait and not first.is_terminal:
+                    first = services.prediction_wait(first, wait)
+                return Response(PredictionSerializer(first).data, status=status.HTTP_200_OK)
         model, version = services.resolve_runnable(
             access, model_ref=body["model"], version_ref=body.get("version") or None
         )
@@ -279,7 +306,6 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
         except InputError as exc:
             raise serializers.ValidationError({"input": [str(exc)]}) from None
         headers = services.admit(access, model, version)
-        wait = wait_seconds(request.headers.get("Prefer", ""))
         prediction, created = services.prediction_create(
             access=access,
             model=model,
@@ -288,8 +314,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             webhook_url=body.get("webhook", ""),
             webhook_events=body["webhook_events_filter"],
             idempotency_key=idempotency_key,
-            # Only compared when a retry reuses the key: not worth hashing the input otherwise.
-            body_hash=services.request_hash(request.data) if idempotency_key else "",
+            body_hash=body_hash,
             wait=bool(wait),
         )
         if wait and not prediction.is_terminal:

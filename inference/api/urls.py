@@ -1,7 +1,7 @@
 from django.urls import path
 
 from inference import abuse_views
-from inference.api import compression, predictions
+from inference.api import compression, predictions, webhook_secret
 
 urlpatterns = [
     path("predictions", predictions.PredictionsView.as_view(), name="predictions"),
@@ -22,6 +22,12 @@ urlpatterns = [
         "compression-jobs/<str:id>/promote",
         compression.JobPromoteView.as_view(),
         name="compression-job-promote",
+    ),
+    path("webhooks/secret", webhook_secret.WebhookSecretView.as_view(), name="webhook-secret"),
+    path(
+        "webhooks/secret/rotate",
+        webhook_secret.WebhookSecretRotateView.as_view(),
+        name="webhook-secret-rotate",
     ),
     path("abuse-flags", abuse_views.AbuseFlagsView.as_view(), name="abuse-flags"),
     path("abuse-flags/<str:id>", abuse_views.AbuseFlagDetailView.as_view(), name="abuse-flag"),

@@ -102,7 +102,11 @@ def fidelity(parent: nn.Module, child: nn.Module, inputs: torch.Tensor) -> Fidel
     error = (expected - actual).abs()
     agreement = None
     if expected.ndim == 2 and expected.shape[1] > 1:
-        agreement = float((expected.argmax(1) == actual.argmax(1)).float().mean())
+        # A row with a NaN or an infinity on either side agrees with nothing: argmax takes a
+        # NaN for the largest score, so a child answering all NaN agreed 100%.
+        finite = torch.isfinite(expected).all(1) & torch.isfinite(actual).all(1)
+        same = (expected.argmax(1) == actual.argmax(1)) & finite
+        agreement = float(same.float().mean())
     cosine = nn.functional.cosine_similarity(
         expected.reshape(len(expected), -1), actual.reshape(len(actual), -1), dim=1
     )

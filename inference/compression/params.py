@@ -30,6 +30,9 @@ STUDENT_KEYS: dict[str, tuple[set[str], set[str]]] = {
         {"features", "seq_len", "classes"},
     ),
 }
+# Student settings that are lists (and how long they may be); every other is one integer.
+LIST_KEYS = {("mlp", "hidden"): range(1, 33), ("small_cnn", "channels"): range(2, 3)}
+LIST_EXAMPLES = {("mlp", "hidden"): "[64, 32]", ("small_cnn", "channels"): "[16, 32]"}
 NEEDS_MODULES = (
     "{method} needs the model's modules, which a {format} archive compiles away. It applies to "
     "versions uploaded as a safetensors state dict with a built-in architecture; distillation "
@@ -55,7 +58,7 @@ def check(
     """The normalised parameters of ``method`` for a version with this format, architecture,
     config and signature (``has_labels``: the publisher sent hard labels with its data)."""
     if method not in METHODS:
-        raise NotApplicable(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}.")
+        raise BadParams(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}.")
     params = dict(params or {})
     if method == "quantize":
         return _quantize(params, format, architecture, config or {}, signature)
@@ -196,12 +199,22 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
         )
     config = {k: v for k, v in config.items() if k not in derived}
     for key, value in config.items():
-        ints = value if isinstance(value, list) else [value]
         if key == "dropout":
             _number(config, key, 0.0, 0.0, 0.9)
-        elif not all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in ints
-        ):
+            continue
+        # A list where the architecture takes one (a scalar there failed in the host, as
+        # "the model raised an error"), a number everywhere else.
+        want = LIST_KEYS.get((name, key))
+        if want is not None and not (isinstance(value, list) and len(value) in want):
+            sizes = str(want.start) if len(want) == 1 else f"{want.start} to {want.stop - 1}"
+            raise BadParams(
+                f"student.config.{key} is a list of {sizes} integers, e.g. "
+                f"{LIST_EXAMPLES[(name, key)]}."
+            )
+        if want is None and isinstance(value, list):
+            raise BadParams(f"student.config.{key} is one integer, not a list.")
+        ints = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in ints):
             raise BadParams(f"student.config.{key} must be integers between 1 and 8192.")
     return {"architecture": name, "config": {**config, **filled}}
 

@@ -99,6 +99,8 @@ ROUTES: dict[str, dict[str, Rule]] = {
     "api/v1/compression-jobs/{id:job}": {"GET": api(READ, "row")},
     "api/v1/compression-jobs/{id:job}/cancel": {"POST": api(WRITE, "row")},
     "api/v1/compression-jobs/{id:job}/promote": {"POST": api(WRITE, "row", {"alias": "prod"})},
+    "api/v1/webhooks/secret": {"GET": api(ADMIN)},
+    "api/v1/webhooks/secret/rotate": {"POST": api(ADMIN)},
     "api/v1/abuse-flags": {"GET": api(READ)},
     "api/v1/abuse-flags/{id:flag}": {"GET": api(READ, "row")},
     # --- accounts API
@@ -231,6 +233,7 @@ ROUTES: dict[str, dict[str, Rule]] = {
         "POST": page(manage=True, target="tenant", while_suspended=True)
     },
     "dashboard/keys/": {"GET": page(manage=True), "POST": page(manage=True)},
+    "dashboard/webhooks/secret/": {"GET": page(manage=True), "POST": page(manage=True)},
     "dashboard/keys/{key_id}/revoke/": {
         "POST": page(manage=True, target="tenant", while_suspended=True)
     },
@@ -680,7 +683,13 @@ def test_admin_console_turns_away_members_who_are_not_staff(world):
 
 # GETs that change something on purpose: a download is audited; the card form opens a Stripe
 # SetupIntent.
-GET_WRITES = {"api/v1/models/{owner}/{name}/versions/{ref}/download"}
+# Reads that record themselves: a download, and the webhook secret (audited; made on the
+# first read if no delivery made it before).
+GET_WRITES = {
+    "api/v1/models/{owner}/{name}/versions/{ref}/download",
+    "api/v1/webhooks/secret",
+    "dashboard/webhooks/secret/",
+}
 GET_CASES = [
     t
     for t, methods in ROUTES.items()

@@ -38,12 +38,16 @@ def test_owner_queues_a_job_with_normalised_parameters(api, mlp_version):
     assert [j["id"] for j in api.get(URL).json()["results"]] == [job["id"]]
 
 
-def test_unknown_method_is_refused_with_422(api, mlp_version):
+def test_unknown_method_is_a_400_as_any_typo(api, mlp_version):
+    # It was a 422, which says the method cannot apply to this version (decision 0007).
     response = start(api, "sparsify")
 
-    assert response.status_code == 422
-    assert response.json()["code"] == "not_applicable"
-    assert "quantize, prune, distill" in response.json()["detail"]
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+    assert (
+        "Unknown method 'sparsify'; choose one of quantize, prune, distill."
+        in (response.json()["detail"])
+    )
 
 
 def test_quantizing_an_export_archive_is_refused_with_the_reason(api, tenant, model_files):
@@ -94,12 +98,18 @@ def test_structured_pruning_of_a_resnet_is_refused_with_the_reason(api, tenant):
         ("distill", {"epochs": 3}, "distill needs a student"),
         ("distill", {"student": {"architecture": "mlp"}, "hard_weight": 0.5}, "needs data"),
         ("distill", {"student": {"architecture": "mlp", "config": {"classes": 3}}}, "come from"),
+        # Taken before, then the job failed in the host, blamed on the model.
+        (
+            "distill",
+            {"student": {"architecture": "mlp", "config": {"hidden": 8}}},
+            "student.config.hidden is a list of 1 to 32 integers, e.g. [64, 32].",
+        ),
     ],
 )
 def test_bad_parameters_are_refused_with_400(api, mlp_version, method, params, message):
     response = start(api, method, params)
 
-    assert response.status_code == 400
+    assert response.status_code == 400, response.json()
     assert message in response.json()["detail"]
     assert not CompressionJob.objects.exists()
 
@@ -285,6 +295,23 @@ def test_a_retried_start_with_the_same_idempotency_key_returns_the_first_job(api
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["id"] == first.json()["id"]
     assert other.status_code == 409 and "different request body" in other.json()["detail"]
+    assert CompressionJob.objects.count() == 1
+
+
+def test_a_retried_start_answers_with_the_first_job_after_its_version_was_yanked(api, mlp_version):
+    # The retry resolved the version again: 410, though the first job ran (and was billed).
+    from accounts import services as accounts
+    from marketplace import services as registry
+
+    body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+    first = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="start-once")
+    registry.version_yank(version=mlp_version, reason="recalled", actor=accounts.SYSTEM)
+
+    again = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="start-once")
+    fresh = api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="start-twice")
+
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert fresh.status_code == 410
     assert CompressionJob.objects.count() == 1
 
 

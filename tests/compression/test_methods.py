@@ -285,3 +285,30 @@ def test_bad_distillation_parameters_are_refused():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         quantize.cast(MLP(), "int4")
+
+
+class Constant(nn.Module):
+    def __init__(self, row: list[float]):
+        super().__init__()
+        self.row = torch.tensor([row])
+
+    def forward(self, x):
+        return self.row.expand(len(x), -1)
+
+
+@pytest.mark.parametrize(
+    "parent, child",
+    [
+        ([0.1, 0.9, 0.0], [float("nan")] * 3),  # a child that broke (fp16 overflow)
+        ([float("nan")] * 3, [float("nan")] * 3),  # a teacher that answers NaN
+        ([0.1, 0.9, 0.0], [0.0, float("inf"), 0.0]),
+    ],
+)
+def test_rows_with_nan_or_infinity_agree_with_nothing(parent, child):
+    # argmax takes NaN for the largest score: an all-NaN child "agreed" 100% and was promoted.
+    inputs = torch.zeros(8, 4)
+
+    assert ev.fidelity(Constant(parent), Constant(child), inputs).agreement == 0.0
+    assert (
+        ev.fidelity(Constant([0.1, 0.9, 0.0]), Constant([0.2, 0.7, 0.1]), inputs).agreement == 1.0
+    )

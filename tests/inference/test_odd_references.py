@@ -316,6 +316,74 @@ def test_bool_and_integer_inputs_take_only_values_of_their_kind(api, flags, mask
     assert not Prediction.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        ([["1.5", 1, 2, 3]], "Input 'x' is not a FP32 tensor: FP32 values are numbers, not text."),
+        ([["nan", 1, 2, 3]], "FP32 values are numbers, not text"),
+        ([[True, False, True, True]], "FP32 values are numbers, not true or false"),
+        # Past FP32's range: it became an infinity, and every output null.
+        ([[1e39, 1, 2, 3]], "FP32 values lie within ±3.403e+38; 1e+39 does not."),
+    ],
+)
+def test_float_inputs_take_only_numbers_in_their_range(api, classifier, x, message):
+    rest = _post(api, "/api/v1/predictions", {"model": "acme/clf", "input": {"x": x}})
+    oip = _post(
+        api,
+        "/v2/models/acme/clf/infer",
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": x}]},
+    )
+
+    assert rest.status_code == 400 and message in rest.json()["detail"]
+    assert oip.status_code == 400 and message.split(": ")[-1] in oip.json()["error"]
+    assert not Prediction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        ({"shape": [1, 4]}, 'Input \'x\' has no "data": give its values as {"data": [...]'),
+        (None, "Input 'x' is null; give its values as a nested list."),
+        (
+            {"data": [[1, 2, 3, 4]], "datatype": ["FP32"]},
+            "Input 'x': datatype is a name, one of FP32, FP16, FP64, INT64, INT32, INT16, INT8, "
+            "UINT8, BOOL; got a list.",
+        ),
+        (
+            {"data": [[1, 2, 3, 4]], "datatype": "BF16"},
+            "Input 'x': datatype BF16 is not supported over JSON; use one of FP32,",
+        ),
+    ],
+)
+def test_an_input_without_values_or_with_an_odd_datatype_is_told_what_to_send(
+    api, classifier, x, message
+):
+    # They said "cannot reshape array of size 1", "received FP32[]", "unhashable type: 'list'"
+    # and "Input 'x' is not a BF16 tensor: Input 'x': datatype BF16 ..".
+    response = _post(api, "/api/v1/predictions", {"model": "acme/clf", "input": {"x": x}})
+
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    assert not response.json()["detail"].endswith("..")
+
+
+def test_a_gzip_body_cut_short_is_400_saying_so(api, classifier):
+    import gzip
+
+    body = gzip.compress(json.dumps({"inputs": []}).encode())[:8]
+
+    response = api.generic(
+        "POST",
+        "/v2/models/acme/clf/infer",
+        body,
+        content_type="application/json",
+        HTTP_CONTENT_ENCODING="gzip",
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "The body is not valid gzip data: it ends too soon."
+
+
 def test_whole_numbers_written_as_floats_are_integers(api, flags):
     from inference import tensors
 

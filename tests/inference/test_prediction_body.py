@@ -58,3 +58,12 @@ def test_a_bad_body_is_refused_as_the_serializer_refuses_it(body):
         _serializer(body)
 
     assert refused.value.detail == expected.value.detail
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/hook", "ftps://example.com/hook"])
+def test_a_webhook_that_is_not_http_is_refused_when_the_prediction_is_made(url):
+    # Taken before, then every delivery failed ("must be http(s)") and was retried for 40 min.
+    with pytest.raises(serializers.ValidationError) as refused:
+        PredictionCreateSerializer.read({"model": "acme/digits", "input": X, "webhook": url})
+
+    assert refused.value.detail["webhook"] == ["Webhook URLs must be http(s) URLs."]

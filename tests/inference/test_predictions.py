@@ -131,6 +131,31 @@ def test_idempotent_retry_returns_the_same_prediction_billed_once(
     assert UsageRecord.objects.count() == 1
 
 
+def test_a_retry_answers_with_the_first_prediction_under_a_rate_limit_and_a_yank(
+    celery_worker_process, api, classifier, tenant, settings
+):
+    # A retry used to be resolved and admitted again: 429 once the key's limit was used, and
+    # 410 "use another version" once the version was yanked, though the first was billed.
+    from accounts import services as accounts
+    from marketplace import services as registry
+
+    first = run(api, "acme/clf", [[1, 2, 3, 4]], key="order-7")
+    assert first.json()["status"] == "succeeded"
+    settings.RATE_LIMIT_PER_MINUTE = 1
+    assert run(api, "acme/clf", [[1, 1, 1, 1]], wait=None).status_code == 429
+    registry.version_yank(version=classifier, reason="recalled", actor=accounts.SYSTEM)
+
+    again = run(api, "acme/clf", [[1, 2, 3, 4]], key="order-7")
+    other_model = key_client(tenant, allowed_models=["acme/other"])
+    outside_its_models = run(other_model, "acme/clf", [[1, 2, 3, 4]], key="order-7")
+
+    assert again.status_code == 200, again.content
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["output"] == first.json()["output"]
+    assert outside_its_models.status_code == 403  # the key's own limit still holds
+    assert UsageRecord.objects.count() == 1
+
+
 def test_input_that_does_not_fit_is_400_naming_it(api, classifier):
     response = run(api, "acme/clf", [[1, 2, 3]])
     assert response.status_code == 400
@@ -196,6 +221,13 @@ def test_full_queue_is_503_with_retry_after(api, classifier, settings):
         ("wait=-5", 0),  # malformed: ignored (RFC 7240), where it held the request 60 s
         ("wait=abc", 0),
         ("", 0),
+        # RFC 7240: names are case-insensitive (WAIT=3 answered at once), values may be quoted.
+        ("WAIT=3", 3),
+        ("Wait", 60),
+        ('wait="4"', 4),
+        ("respond-async;x=1, wait = 2", 2),
+        ("wait-for=5", 0),  # another preference: it held the request 60 s
+        ("handling=lenient", 0),
     ],
 )
 def test_prefer_wait_holds_the_request_as_long_as_asked_and_ignores_nonsense(prefer, seconds):

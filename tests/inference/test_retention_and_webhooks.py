@@ -272,3 +272,39 @@ def test_a_retry_that_raced_in_first_is_answered_with_its_prediction(
     assert late.json()["id"] == first.json()["id"]
     assert Prediction.objects.filter(idempotency_key="k2").count() == 1
     assert queued == [first.json()["id"]]  # the loser's went with its rolled-back write
+
+
+def test_a_start_event_says_running_even_when_delivered_after_the_result(
+    settings, classifier, monkeypatch
+):
+    # It was serialised at delivery: prediction.start carried "succeeded" and the output.
+    import json
+
+    import numpy as np
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    sent = []
+    monkeypatch.setattr(
+        webhooks, "_post", lambda url, body, headers, address: sent.append(body) or 204
+    )
+    now = timezone.now()
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url="https://example.com/hook",
+        started_at=now,
+        completed_at=now + timedelta(milliseconds=5),
+        compute_ms=1.5,
+        output_data=tensors.encode({"output": np.ones((1, 3), np.float32)}),
+    )
+
+    assert webhooks.deliver(prediction, "start", attempt=1)
+    assert webhooks.deliver(prediction, "completed", attempt=1)
+
+    start, completed = (json.loads(body) for body in sent)
+    assert start["type"] == "prediction.start"
+    assert start["data"]["status"] == "running" and start["data"]["output"] is None
+    assert start["data"]["completed_at"] is None and start["data"]["cost"] is None
+    assert start["data"]["started_at"] == completed["data"]["started_at"]
+    assert completed["data"]["status"] == "succeeded"
+    assert completed["data"]["output"] == {"output": [[1.0, 1.0, 1.0]]}

@@ -602,6 +602,8 @@ def test_every_operation_answers_as_the_schema_says(
         predictions=100,
         distinct_inputs=90,
     )
+    call(api, "GET", f"{v1}/webhooks/secret", 200)
+    call(api, "POST", f"{v1}/webhooks/secret/rotate", 200)
     call(api, "GET", f"{v1}/abuse-flags", 200)
     call(api, "GET", f"{v1}/abuse-flags/{flag.public_id}", 200)
     last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
