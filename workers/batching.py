@@ -108,8 +108,8 @@ class VersionBatcher:
     def __init__(
         self,
         *,
-        host: Callable[[], ModelHost],
-        drop_host: Callable[[], None],
+        host: Callable[[Hashable], ModelHost],
+        drop_host: Callable[[Hashable], None],
         batchable: bool,
         max_batch: int,
         max_delay: float,
@@ -144,14 +144,21 @@ class VersionBatcher:
             except queue.Empty:
                 break
         first = self._held.popleft() if self._held else self._jobs.get()
+        # A job whose caller stopped waiting (cancelled its future) is dropped; the others
+        # are marked running, after which they can no longer be cancelled.
+        if not first.future.set_running_or_notify_cancel():
+            return []
         batch, rows = [first], first.rows
         if not self.batchable:
             return batch
         waiting, self._held = self._held, collections.deque()
         for job in waiting:
+            if job.future.cancelled():
+                continue
             if job.group == first.group and rows + job.rows <= self.max_batch:
-                batch.append(job)
-                rows += job.rows
+                if job.future.set_running_or_notify_cancel():
+                    batch.append(job)
+                    rows += job.rows
             else:
                 self._held.append(job)
         # Alone, it runs at once (a quiet model is not held back by max_delay); with company,
@@ -167,8 +174,9 @@ class VersionBatcher:
             except queue.Empty:
                 break
             if job.group == first.group and rows + job.rows <= self.max_batch:
-                batch.append(job)
-                rows += job.rows
+                if job.future.set_running_or_notify_cancel():
+                    batch.append(job)
+                    rows += job.rows
             else:
                 self._held.append(job)
         return batch
@@ -176,6 +184,8 @@ class VersionBatcher:
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
+            if not batch:
+                continue
             self.batches = [*self.batches[-99:], len(batch)]
             BATCH_SIZE.observe(len(batch))
             try:
@@ -197,7 +207,7 @@ class VersionBatcher:
         payload = tensors.encode(arrays)
 
         def ask() -> tuple[dict, bytes]:
-            return self._host().request(
+            return self._host(jobs[0].tenant).request(
                 {"op": "predict", "request_id": request_id},
                 payload,
                 timeout=self.timeout,
@@ -258,7 +268,7 @@ class VersionBatcher:
             # The host died mid-batch: the others are retried alone on a fresh host (or fail
             # at once, if that made the breaker open).
             if exc.kind != "unavailable":
-                self._drop_host()
+                self._drop_host(batch[0].tenant)
             for job in batch:
                 self._run_alone(job)
             return
@@ -280,7 +290,7 @@ class VersionBatcher:
             self._check_rows(outputs, job.rows)
         except HostFailure as exc:
             if exc.kind != "unavailable":
-                self._drop_host()
+                self._drop_host(job.tenant)
             job.future.set_exception(exc)
         except ModelFailure as exc:
             job.future.set_exception(exc)

@@ -115,6 +115,12 @@ class LoadedHosts:
                 _, evicted = self._hosts.popitem(last=False)
                 self._retire(evicted)
 
+    def adopt(self, key: str, new_key: str) -> None:
+        """Keep the host under ``key`` under ``new_key`` instead, unless one is there."""
+        with self._lock:
+            if new_key not in self._hosts and key in self._hosts:
+                self._hosts[new_key] = self._hosts.pop(key)
+
     def drop(self, key: str) -> None:
         with self._lock:
             host = self._hosts.pop(key, None)

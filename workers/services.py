@@ -55,6 +55,11 @@ def version_key(version: ModelVersion) -> str:
     return f"{version.public_id}:{version.artifact.sha256[:16]}"
 
 
+def prediction_host_key(version: ModelVersion, tenant_id) -> str:
+    """The loaded host that runs ``version`` for one consumer organisation (see _batcher)."""
+    return f"{version_key(version)}@{tenant_id}"
+
+
 def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -> None:
     """Decrypt the version in memory and hand its bytes to ``host`` (and nothing else)."""
     data = artifact_read(artifact=version.artifact, purpose=purpose, **refs)
@@ -153,12 +158,14 @@ def _batcher(version: ModelVersion):
     device = worker_device()
     key = version_key(version)
 
-    def host():
-        return HOSTS.get_or_load(
-            device,
-            key,
-            lambda h: load_into(h, version, purpose="predict"),
-        )
+    def host(tenant) -> ModelHost:
+        # One host per consumer organisation: a model that keeps state from call to call (a
+        # buffer its forward writes) must not hand one organisation's input to the next
+        # caller, the publisher included. The host validation warmed, which has run only the
+        # publisher's example, serves the first organisation to call.
+        own = prediction_host_key(version, tenant)
+        HOSTS.loaded(device).adopt(key, own)
+        return HOSTS.get_or_load(device, own, lambda h: load_into(h, version, purpose="predict"))
 
     with _batchers_lock:
         batcher = _batchers.get(key)
@@ -166,7 +173,9 @@ def _batcher(version: ModelVersion):
             signature = Signature.from_json(version.signature)
             batcher = _batchers[key] = VersionBatcher(
                 host=host,
-                drop_host=lambda: HOSTS.loaded(device).drop(key),
+                drop_host=lambda tenant: HOSTS.loaded(device).drop(
+                    prediction_host_key(version, tenant)
+                ),
                 batchable=signature.batch_dynamic,
                 outputs=signature.outputs,
                 max_batch=settings.BATCH_MAX_SIZE,
@@ -258,6 +267,16 @@ def _prediction_outcome(prediction, future: Future) -> str:
 
     try:
         outputs, compute_ms, shared = future.result(timeout=settings.MODEL_REQUEST_TIMEOUT * 2 + 30)
+    except TimeoutError:
+        # Still waiting behind earlier calls that hung (each up to its deadline): failed as a
+        # timeout, not as our error, and dropped from the version's queue if not started.
+        future.cancel()
+        error = (
+            "The model did not answer in time: calls before this one kept it busy past their "
+            "deadlines. Send it again later."
+        )
+        WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="timeout"))
+        return "failed"
     except ModelFailure as exc:
         # "output": what the model answered does not fit its signature (said in full).
         kind = "input" if exc.kind == "input" else "model"

@@ -51,10 +51,19 @@ def outputs_to_dict(result: Any) -> dict:
     if isinstance(result, torch.Tensor):
         return {"output": result}
     if isinstance(result, dict):
-        return {str(k): v for k, v in result.items()}
-    if isinstance(result, list | tuple):
-        return {f"output_{i}": v for i, v in enumerate(result)}
-    raise TypeError(f"the model returned {type(result).__name__}, not tensors")
+        outputs = {str(k): v for k, v in result.items()}
+    elif isinstance(result, list | tuple):
+        outputs = {f"output_{i}": v for i, v in enumerate(result)}
+    else:
+        raise TypeError(f"the model returned {type(result).__name__}, not tensors")
+    for name, value in outputs.items():
+        if not isinstance(value, torch.Tensor):
+            # Said here: later steps failed on it with "'tuple' object has no attribute 'dtype'".
+            raise TypeError(
+                f"the model's output '{name}' is a {type(value).__name__}, not a tensor; return "
+                "a tensor, or a flat tuple, list or dict of tensors"
+            )
+    return outputs
 
 
 class Host:
@@ -130,6 +139,8 @@ class Host:
         return outputs, elapsed * 1000
 
     def validate(self, header: dict) -> dict:
+        import torch
+
         from inference.runtime.signature import (
             InputError,
             Signature,
@@ -153,7 +164,20 @@ class Host:
         if missing:
             raise InputError(f"The example input lacks {missing}; the model takes {names}.")
         ordered = [example[n] for n in names]
+        for name in names:
+            if example[name].dtype == torch.bfloat16:
+                raise InputError(
+                    f"The input '{name}' is BF16, which requests cannot carry (JSON and the "
+                    "binary protocol have no BF16): take FP32 and cast it in the model."
+                )
         outputs, _ = self._forward(ordered)  # warm-up, and the outputs' specs
+        for name, tensor in outputs.items():
+            if tensor.layout != torch.strided:
+                # It ran here, then every prediction failed encoding it.
+                raise InputError(
+                    f"The model's output '{name}' is a {tensor.layout} tensor; return a dense "
+                    "one (.to_dense())."
+                )
         timings = [self._forward(ordered)[1] for _ in range(5)]
         fixed = self.loaded.input_shapes or {}
         batch_dynamic = all(shape[:1] == [-1] for shape in fixed.values()) if fixed else True

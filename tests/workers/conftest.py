@@ -77,11 +77,11 @@ def run_concurrently(version: ModelVersion, first: Prediction, *others: Predicti
     real, gate, entered = batcher._host, threading.Event(), threading.Event()
     before = len(batcher.batches)
 
-    def gated():
+    def gated(tenant):
         if not entered.is_set():
             entered.set()
             gate.wait(60)
-        return real()
+        return real(tenant)
 
     batcher._host = gated
 

@@ -50,6 +50,36 @@ def test_a_model_cannot_hand_one_tenants_input_to_another_tenant(tenant, outside
     assert batches == [2, 1]  # the publisher's two calls together, the other tenant's alone
 
 
+class Remembers(nn.Module):
+    """Answers with the input of the call before: state kept from one call to the next."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("last", torch.zeros(1, 4))
+
+    def forward(self, x):
+        previous = self.last.clone()
+        self.last.copy_(x[:1])
+        return previous.expand(x.shape[0], 4).contiguous()
+
+
+def test_a_model_that_keeps_state_cannot_hand_one_tenants_input_to_another(tenant, outsider):
+    # One host served every organisation in turn: the publisher's next call received the
+    # other organisation's input. Each organisation now has the model's host to itself.
+    version = validated(tenant, "remembers", scripted(Remembers()), example_input=ROW)
+    secret = np.full((1, 4), 42.0, np.float32)
+    victims = queued(version, secret, outsider)
+    prediction_run(prediction_id=victims.public_id)
+    publishers = queued(version, np.ones((1, 4), np.float32))
+    prediction_run(prediction_id=publishers.public_id)
+    victims_again = queued(version, np.full((1, 4), 7.0, np.float32), outsider)
+    prediction_run(prediction_id=victims_again.public_id)
+
+    assert secret.tolist() != output_of(publishers).tolist()
+    assert output_of(publishers).tolist() == [[0.0] * 4]  # a host of its own, fresh
+    assert output_of(victims_again).tolist() == secret.tolist()  # its own state, as before
+
+
 class FirstRow(nn.Module):
     """Right at batch 1 (how validation sees it); for more rows, one row for everyone."""
 

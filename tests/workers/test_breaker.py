@@ -15,7 +15,7 @@ from tests.inference.conftest import ready_version, scripted, signature
 from tests.workers.conftest import output_of, queued
 from tests.workers.test_host_eviction import Spin
 from workers.pool import HOSTS
-from workers.services import prediction_run, version_key
+from workers.services import prediction_host_key, prediction_run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_hosts")]
 
@@ -63,7 +63,7 @@ def test_a_version_that_keeps_timing_out_is_paused_then_let_through_again(tenant
     assert (paused.status, paused.error_kind) == ("failed", "unavailable")
     assert "paused for" in paused.error and "did not answer before its deadline" in paused.error
     assert "not billed" in paused.error
-    assert HOSTS.loaded("cpu").get(version_key(version)) is None
+    assert HOSTS.loaded("cpu").get(prediction_host_key(version, tenant.pk)) is None
     assert refused.status_code == 503
     assert refused.json()["code"] == "model_paused"
     assert "acme/spin version 1 is paused for" in refused.json()["detail"]

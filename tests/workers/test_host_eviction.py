@@ -13,7 +13,7 @@ from torch import nn
 from tests.inference.conftest import Classifier, export, ready_version, scripted, signature
 from tests.workers.conftest import queued, validated
 from workers.pool import HOSTS
-from workers.services import prediction_run, version_key
+from workers.services import prediction_host_key, prediction_run, version_key
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),  # the prediction runs in its own thread
@@ -49,7 +49,7 @@ def test_loading_other_models_keeps_a_busy_host_and_counts_it_until_it_is_gone(
     runner.start()
     deadline = time.monotonic() + 90
     while not (
-        (host := HOSTS.loaded("cpu").get(version_key(busy))) is not None
+        (host := HOSTS.loaded("cpu").get(prediction_host_key(busy, tenant.pk))) is not None
         and host._busy.locked()
         and HOSTS.idle("cpu")._ready  # the refilled idle host, for the next model
     ):
@@ -58,7 +58,7 @@ def test_loading_other_models_keeps_a_busy_host_and_counts_it_until_it_is_gone(
 
     second = validated(outsider, "clf", export(Classifier()), fmt="pt2")  # fits beside it
     second_host = HOSTS.loaded("cpu").hosts()[-1]
-    assert HOSTS.loaded("cpu").keys() == [version_key(busy), version_key(second)]
+    assert HOSTS.loaded("cpu").keys() == [prediction_host_key(busy, tenant.pk), version_key(second)]
     third = validated(outsider, "clf2", export(Classifier()), fmt="pt2")  # evicts the busy one
 
     assert host._busy.locked() and host.alive  # still in the middle of the long call

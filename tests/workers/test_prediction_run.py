@@ -144,3 +144,65 @@ def test_a_host_cannot_bill_more_compute_than_the_worker_saw(classifier, monkeyp
     billed = UsageRecord.objects.get(source_id=prediction.public_id)
     assert 0 <= prediction.compute_ms <= wall_ms
     assert float(billed.compute_seconds) == pytest.approx(prediction.compute_ms / 1000, abs=1e-6)
+
+
+def test_a_prediction_still_waiting_behind_hung_calls_fails_as_a_timeout(
+    classifier,  # noqa: F811
+    monkeypatch,
+    settings,
+):
+    # Its wait ran out while the version's queue was held up: it failed as "internal".
+    from concurrent.futures import Future
+
+    from workers import services
+
+    never: Future = Future()  # still queued behind calls that hang
+    monkeypatch.setattr(services, "_submit", lambda prediction: never)
+    settings.MODEL_REQUEST_TIMEOUT = -14.9  # the worker waits 2 x this + 30 s: 0.2 s
+
+    prediction = queued(classifier)
+    assert prediction_run(prediction_id=prediction.public_id) == "failed"
+
+    prediction.refresh_from_db()
+    assert prediction.error_kind == "timeout"
+    assert "calls before this one kept it busy" in prediction.error
+    assert never.cancelled()  # dropped from the queue: it will not run after all
+    assert not UsageRecord.objects.exists()
+
+
+def test_the_batcher_drops_a_job_whose_caller_stopped_waiting():
+    import threading
+
+    import numpy as np
+
+    from workers.batching import VersionBatcher
+
+    entered, release, seen = threading.Event(), threading.Event(), []
+
+    class Host:
+        def request(self, header, payload, **kwargs):
+            seen.append(tensors.decode(payload)["x"].tolist())
+            entered.set()
+            release.wait(10)
+            return {"ok": True, "compute_ms": 1.0}, tensors.encode(
+                {"output": tensors.decode(payload)["x"]}
+            )
+
+    batcher = VersionBatcher(
+        host=lambda tenant: Host(),
+        drop_host=lambda tenant: None,
+        batchable=True,
+        max_batch=8,
+        max_delay=0.0,
+        timeout=10,
+    )
+    first = batcher.submit({"x": np.ones((1, 4), np.float32)}, 1)
+    assert entered.wait(10)
+    given_up = batcher.submit({"x": np.full((1, 4), 2.0, np.float32)}, 1)
+    after = batcher.submit({"x": np.full((1, 4), 3.0, np.float32)}, 1, tenant="other")
+    assert given_up.cancel()
+    release.set()
+
+    assert first.result(10)[0]["output"].tolist() == [[1.0] * 4]
+    assert after.result(10)[0]["output"].tolist() == [[3.0] * 4]
+    assert seen == [[[1.0] * 4], [[3.0] * 4]]  # the cancelled job never reached the model

@@ -241,6 +241,46 @@ def test_a_model_that_names_an_output_metadata_fails_saying_to_rename_it(tenant)
     assert "'__metadata__', which is reserved; rename" in version.failure_reason
 
 
+class Sparse(nn.Module):
+    def forward(self, x):
+        return x.to_sparse()
+
+
+class Nested(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return (x, x), x
+
+
+class TakesBf16(nn.Module):
+    def forward(self, x):
+        return x.float() * 2
+
+
+@pytest.mark.parametrize(
+    "module, example, reason",
+    [
+        # Ready before, and then every prediction failed.
+        (Sparse(), {"x": {"shape": [1, 4]}}, "output 'output' is a torch.sparse_coo tensor"),
+        (
+            TakesBf16(),
+            {"x": {"shape": [1, 4], "datatype": "BF16"}},
+            "The input 'x' is BF16, which requests cannot carry",
+        ),
+        # It failed saying "'tuple' object has no attribute 'dtype'".
+        (Nested(), {"x": {"shape": [1, 4]}}, "output 'output_0' is a tuple, not a tensor"),
+    ],
+)
+def test_a_model_that_could_never_be_served_fails_validation_saying_why(
+    tenant, module, example, reason
+):
+    version = make_version(tenant, scripted(module), "torchscript", example_input=example)
+
+    version = version_validate(version_id=version.public_id)
+
+    assert version.status == "failed"
+    assert reason in version.failure_reason
+
+
 class _Shell:
     def __reduce__(self):
         import os
