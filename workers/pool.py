@@ -1,5 +1,6 @@
 """Model hosts kept by a worker process: a few pre-started idle hosts (hiding the interpreter
-and torch import time) and a cache of hosts with a model loaded, keyed by version, evicting
+and torch import time) and a cache of hosts with a model loaded, keyed by version (and, for
+predictions, by the consumer organisation: ``workers.services.prediction_host_key``), evicting
 the least recently used by bytes per device."""
 
 from __future__ import annotations
