@@ -45,6 +45,17 @@ def version_of(model, status: str, *, failure_reason: str = "") -> ModelVersion:
     return version
 
 
+def point(model: Model, alias: str, number: int) -> None:
+    """Point ``alias`` of ``model`` at its version ``number``, as an admin would."""
+    registry.alias_set(
+        model=model,
+        name=alias,
+        version=ModelVersion.objects.get(model=model, number=number),
+        access=Access(tenant=model.tenant, scopes=ALL_SCOPES),
+        actor=accounts.SYSTEM,
+    )
+
+
 def public_model(tenant, name="resnet") -> Model:
     model = registry.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM)
     listings.listing_publish(model=model, actor=accounts.SYSTEM, visibility="public", title="R")
@@ -262,13 +273,7 @@ def test_the_catalogue_shows_an_old_version_an_alias_points_at(tenant, outsider_
     model = public_model(tenant)
     for _ in range(22):
         version_of(model, "ready")
-    registry.alias_set(
-        model=model,
-        name="production",
-        version=ModelVersion.objects.get(model=model, number=1),
-        access=Access(tenant=tenant, scopes=ALL_SCOPES),
-        actor=accounts.SYSTEM,
-    )
+    point(model, "production", 1)
 
     shown = outsider_api.get("/api/v1/catalogue/acme/resnet").json()["versions"]
     page = Client().get("/catalogue/acme/resnet/").content.decode()
@@ -283,13 +288,7 @@ def test_a_version_past_its_sunset_is_410_with_the_alias_to_use(tenant):
 
     model = past_its_sunset(tenant)
     version_of(model, "ready")
-    registry.alias_set(
-        model=model,
-        name="stable",
-        version=ModelVersion.objects.get(model=model, number=2),
-        access=Access(tenant=tenant, scopes=ALL_SCOPES),
-        actor=accounts.SYSTEM,
-    )
+    point(model, "stable", 2)
 
     with pytest.raises(ServiceError) as refused:
         version_for(model, "1", access=None)
