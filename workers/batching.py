@@ -30,6 +30,9 @@ from workers.host import HostFailure, ModelFailure, ModelHost
 logger = logging.getLogger(__name__)
 # Room for the safetensors header of an output of ``max_output_bytes`` of tensors.
 OUTPUT_HEADER_BYTES = 1 << 20
+# A forward pass running this long, and five times longer than the version's usual ones, is
+# taken for a model that hangs (``VersionBatcher.stalled``).
+STALL_SECONDS = 2.0
 
 
 @dataclass
@@ -128,7 +131,17 @@ class VersionBatcher:
         self._jobs: queue.Queue[Job] = queue.Queue()
         self._held: collections.deque[Job] = collections.deque()  # other groups', in order
         self.batches: list[int] = []  # sizes of recent batches, for metrics and tests
+        self._forward_started: float | None = None  # the request in the host began then
+        self._usual = 0.0  # moving average of recent requests' seconds
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+
+    def stalled(self) -> bool:
+        """Whether the request in the host has run past ``STALL_SECONDS`` and five times this
+        version's usual time: a model that hangs, which callers should not all wait on."""
+        started = self._forward_started
+        if started is None:
+            return False
+        return time.monotonic() - started > max(STALL_SECONDS, 5 * self._usual)
 
     def submit(
         self, arrays: dict[str, np.ndarray], rows: int, *, tenant: Hashable = None
@@ -207,7 +220,9 @@ class VersionBatcher:
         payload = tensors.encode(arrays)
 
         def ask() -> tuple[dict, bytes]:
-            return self._host(jobs[0].tenant).request(
+            host = self._host(jobs[0].tenant)  # which may load the model first: not timed
+            self._forward_started = time.monotonic()
+            return host.request(
                 {"op": "predict", "request_id": request_id},
                 payload,
                 timeout=self.timeout,
@@ -226,6 +241,10 @@ class VersionBatcher:
         except HostFailure as exc:
             self.breaker.failed(exc)
             raise
+        finally:
+            started, self._forward_started = self._forward_started, None
+        # Only answers count towards the usual time: a timeout would hide the next hang.
+        self._usual = 0.8 * self._usual + 0.2 * (time.monotonic() - started)
         self.breaker.succeeded()
         try:
             outputs = tensors.decode(body)

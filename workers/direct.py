@@ -28,6 +28,9 @@ from inference import dispatch
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "workers.run_prediction"  # what the metrics call it, either path
+# How long a thread that requeued a prediction of a model that seems to hang waits before it
+# takes more work (else, with only that model's work queued, it would spin).
+DEFER_PAUSE_SECONDS = 0.05
 
 
 class DirectConsumer:
@@ -81,17 +84,25 @@ class DirectConsumer:
             self.pool.submit(self._run, taken)
 
     def _run(self, taken: bytes) -> None:
-        from workers.services import prediction_run
+        from workers.services import DEFERRED, prediction_run
 
         state = "SUCCESS"
         try:
-            prediction_run(prediction_id=taken.decode())
+            if prediction_run(prediction_id=taken.decode(), defer_when_stalled=True) == DEFERRED:
+                # Its model seems to hang and enough threads wait on it already: to the back
+                # of the queue, and a pause, so the threads go to other models' work.
+                if self._to_back(taken):
+                    state = "DEFERRED"
+                    self.stopping.wait(DEFER_PAUSE_SECONDS)
+                else:  # Redis failed: run it here after all
+                    prediction_run(prediction_id=taken.decode())
         except Exception:  # noqa: BLE001 - as a failed Celery task: logged, not retried
             state = "FAILURE"
             logger.exception("prediction %s failed on the fast path", taken.decode())
             connections.close_all()  # the next run starts with a fresh connection
         finally:
-            self._done(taken)
+            if state != "DEFERRED":
+                self._done(taken)
             self.free.release()
             TASKS.labels(TASK_NAME, state).inc()
 
@@ -104,6 +115,19 @@ class DirectConsumer:
                 time.sleep(0.2 * (attempt + 1))
         # Left in flight: recovered (and found done) if this worker ever stops beating.
         logger.warning("direct consumer: %s left in the in-flight list", taken)
+
+    def _to_back(self, taken: bytes) -> bool:
+        """Move a taken id from this worker's in-flight list to the back of the queue (the
+        end the web pushes to), in one transaction; False if Redis failed (nothing moved)."""
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.lpush(self.source, taken)
+                pipe.lrem(self.inflight, 1, taken)
+                pipe.execute()
+        except redis.RedisError:
+            logger.warning("direct consumer: could not requeue %s", taken, exc_info=True)
+            return False
+        return True
 
     def _give_back(self, taken: bytes) -> None:
         try:

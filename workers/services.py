@@ -3,6 +3,7 @@ predictions, run compression jobs."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -193,9 +194,30 @@ def _batcher(version: ModelVersion):
     return batcher
 
 
-def prediction_run(*, prediction_id: str) -> str | None:
-    """Run a queued prediction through its version's batcher and record the outcome."""
-    from inference import services as inference
+# What prediction_run answers when it left a prediction for later (see below).
+DEFERRED = "deferred"
+# Threads of this process waiting on each version's batcher.
+_waiting: collections.Counter[str] = collections.Counter()
+_waiting_lock = threading.Lock()
+
+
+def _stalled_and_crowded(version: ModelVersion) -> bool:
+    """Whether the version's model seems to hang (``VersionBatcher.stalled``) while a quarter
+    of the fast path's threads already wait on it."""
+    key = version_key(version)
+    batcher = _batchers.get(key)
+    share = max(1, settings.INFERENCE_DIRECT_THREADS // 4)
+    return batcher is not None and _waiting[key] >= share and batcher.stalled()
+
+
+def prediction_run(*, prediction_id: str, defer_when_stalled: bool = False) -> str | None:
+    """Run a queued prediction through its version's batcher and record the outcome.
+
+    ``defer_when_stalled`` (the fast path, whose threads each wait on one prediction): when
+    the version's model seems to hang and a quarter of the threads already wait on it, answer
+    ``DEFERRED`` without touching the prediction, for the caller to queue it again. Otherwise
+    a model that hangs took every thread, one deadline after another, and other
+    organisations' predictions waited behind it."""
     from inference.models import Prediction
 
     # Two hand-written reads (config/sql.py): the ORM's join of the two took 378 µs of CPU.
@@ -208,6 +230,23 @@ def prediction_run(*, prediction_id: str) -> str | None:
     prediction.tenant = tenant
     runnable = _runnable(prediction)
     prediction.model, prediction.version = runnable.model, runnable.version
+    if defer_when_stalled and _stalled_and_crowded(prediction.version):
+        return DEFERRED
+    key = version_key(prediction.version)
+    with _waiting_lock:
+        _waiting[key] += 1
+    try:
+        return _run_runnable(prediction)
+    finally:
+        with _waiting_lock:
+            _waiting[key] -= 1
+            if _waiting[key] <= 0:
+                del _waiting[key]
+
+
+def _run_runnable(prediction) -> str | None:
+    from inference import services as inference
+
     # The forward pass starts before the claim is written, and runs while it is: the claim's
     # transaction took about a millisecond of the request's time, in series. Nothing is
     # written or billed for the run until the claim holds (the result is written only over a

@@ -268,3 +268,27 @@ def test_a_write_that_loses_a_lock_runs_once_more(tenant):
     assert len(attempts) == 2 and committed == [2]  # the failed attempt's hook never ran
     with pytest.raises(OperationalError):
         writes.run(always_locked)
+
+
+def test_a_prediction_left_for_later_goes_to_the_back_of_the_queue(monkeypatch):
+    from workers import services
+
+    client = realtime.client()
+    queue = "fast-path-test"
+    source, consumers = dispatch.queue_key(queue), dispatch.consumers_key(queue)
+    client.delete(source, consumers)
+    consumer = DirectConsumer(queue, threads=1)
+    monkeypatch.setattr(services, "prediction_run", lambda **kwargs: services.DEFERRED)
+    try:
+        client.lpush(source, "pred_older", "pred_newer")
+        client.rpush(consumer.inflight, "pred_stalled")
+        consumer.free.acquire()  # as the take loop does before it hands an id over
+
+        consumer._run(b"pred_stalled")
+
+        # Taken last: behind the work queued before and after it was first taken.
+        assert client.lrange(source, 0, -1) == [b"pred_stalled", b"pred_newer", b"pred_older"]
+        assert client.llen(consumer.inflight) == 0
+    finally:
+        consumer.pool.shutdown()
+        client.delete(source, consumers, consumer.inflight)

@@ -75,3 +75,37 @@ def test_a_version_that_keeps_timing_out_is_paused_then_let_through_again(tenant
     # A request that succeeds closes the breaker: one more hang does not pause the version.
     assert ran(queued(version, endless)).error_kind == "timeout"
     assert ran(queued(version, quick)).status == "succeeded"
+
+
+def test_the_fast_path_leaves_a_hung_models_work_for_later_once_enough_threads_wait_on_it(
+    tenant, settings, monkeypatch
+):
+    # Every fast-path thread waited on a model that hangs, one deadline after another, and
+    # other organisations' predictions (other models) waited behind them for 90 s.
+    import threading
+
+    from workers import batching, services
+
+    settings.MODEL_REQUEST_TIMEOUT = 5
+    settings.INFERENCE_DIRECT_THREADS = 4  # a quarter: one thread may wait on a stalled model
+    monkeypatch.setattr(batching, "STALL_SECONDS", 0.3)
+    version = ready_version(tenant, "spin", scripted(Spin()), "torchscript", signature(4, 4))
+    assert ran(queued(version, np.ones((1, 4), np.float32))).status == "succeeded"  # usual: ms
+    hanging = queued(version, np.array([[1e9, 0, 0, 0]], np.float32))
+    waiting = threading.Thread(target=ran, args=(hanging,))
+    waiting.start()
+    batcher = services._batcher(version)
+    deadline = time.monotonic() + 10
+    while not batcher.stalled():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    later = queued(version, np.ones((1, 4), np.float32))
+    deferred = prediction_run(prediction_id=later.public_id, defer_when_stalled=True)
+    later.refresh_from_db()
+
+    assert deferred == services.DEFERRED
+    assert later.status == "queued" and later.started_at is None  # untouched, for later
+    waiting.join(30)
+    assert ran(hanging).status == "failed" and ran(later).status == "succeeded"
+    assert output_of(later).tolist() == [[2.0] * 4]
