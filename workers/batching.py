@@ -144,9 +144,17 @@ class VersionBatcher:
         return time.monotonic() - started > max(STALL_SECONDS, 5 * self._usual)
 
     def submit(
-        self, arrays: dict[str, np.ndarray], rows: int, *, tenant: Hashable = None
+        self,
+        arrays: dict[str, np.ndarray],
+        rows: int,
+        *,
+        tenant: Hashable = None,
+        log_id: str | None = None,
     ) -> Future:
+        """``log_id``: what the model's output is logged under when no request is being
+        served (the fast path's threads): the prediction's id."""
         job = Job(arrays, rows, tenant)
+        job.request_id = job.request_id or log_id
         self._jobs.put(job)
         return job.future
 

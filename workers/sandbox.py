@@ -208,7 +208,10 @@ def host_command(
     bwrap = bubblewrap()
     if bwrap is None:
         code = code or CHILD_CODE.format(paths=[str(ROOT), *_site_packages()])
-        return [*prlimit, "--", sys.executable, "-I", "-S", "-c", code], {
+        # -u: C's stdio unbuffered as well as Python's (-I ignores PYTHONUNBUFFERED): what a
+        # TorchScript model prints sat in a 4 KiB buffer and reached the worker's log late,
+        # under whichever request was running then.
+        return [*prlimit, "--", sys.executable, "-I", "-u", "-S", "-c", code], {
             **env,
             "PATH": "/usr/bin:/bin",
         }
@@ -277,7 +280,7 @@ def host_command(
         argv += ["--seccomp", str(seccomp_fd)]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += [sys.executable, "-I", "-S", "-c", code]
+    argv += [sys.executable, "-I", "-u", "-S", "-c", code]  # -u: see above
     return argv, {"PATH": "/usr/bin:/bin"}
 
 

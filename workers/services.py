@@ -293,7 +293,9 @@ def _submit(prediction) -> Future:
     try:
         arrays = tensors.decode(prediction.input_data)
         batcher = _batcher(prediction.version)
-        return batcher.submit(arrays, prediction.batch_size, tenant=prediction.tenant_id)
+        return batcher.submit(
+            arrays, prediction.batch_size, tenant=prediction.tenant_id, log_id=prediction.public_id
+        )
     except Exception as exc:  # noqa: BLE001 - reported through the future, after the claim
         failed: Future = Future()
         failed.set_exception(exc)

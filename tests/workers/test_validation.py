@@ -495,3 +495,46 @@ def test_what_a_model_prints_is_kept_bounded_in_the_worker(tenant):
     kept = host.stderr_tail(64).splitlines()
     assert sum(len(line) for line in kept) < 100_000  # not 10 MiB and more
     assert set(kept) == {"x" * 2048 + " [cut]", "done"}
+
+
+class Says(nn.Module):
+    def forward(self, x):
+        print("said")
+        return x
+
+
+def test_what_a_model_prints_reaches_the_worker_as_it_is_printed_under_its_prediction(
+    tenant, caplog
+):
+    # The host's C stdio buffered it (4 KiB): the lines arrived long after, under whichever
+    # request was running then, or none ("-": the fast path has no request of its own).
+    import logging
+    import time
+
+    import numpy as np
+
+    from tests.workers.conftest import queued
+    from workers.services import prediction_run
+
+    version = version_validate(
+        version_id=make_version(
+            tenant, scripted(Says()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+        ).public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    deadline = time.monotonic() + 10
+    while host.stderr_tail(64).count("said") < 6:  # validation ran the model six times
+        assert time.monotonic() < deadline, host.stderr_tail(64)
+        time.sleep(0.05)
+
+    prediction = queued(version, np.ones((1, 4), np.float32))
+    caplog.clear()  # validation's six lines
+    with caplog.at_level(logging.INFO, logger="workers.host.output"):
+        prediction_run(prediction_id=prediction.public_id)
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if r.name == "workers.host.output"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    said = [r for r in caplog.records if r.name == "workers.host.output"]
+    assert [(r.getMessage(), r.request_id) for r in said] == [("said", prediction.public_id)]
