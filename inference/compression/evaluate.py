@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from inference.compression import NotApplicable
 from inference.compression.quantize import Int8WeightLinear
 
 
@@ -67,7 +68,19 @@ def run(module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> to
     """Outputs of ``module`` (put in eval mode by the caller), in chunks, as float32."""
     dtype = input_dtype(module)
     cast = inputs.to(dtype) if inputs.is_floating_point() else inputs
-    return torch.cat([module(chunk).float() for chunk in cast.split(batch_size)])
+    outputs = []
+    for chunk in cast.split(batch_size):
+        out = module(chunk)
+        if not isinstance(out, torch.Tensor) or out.ndim < 1 or len(out) != len(chunk):
+            # Said here: compression then failed on it with an IndexError.
+            rows = len(out) if isinstance(out, torch.Tensor) and out.ndim else 0
+            got = f"{rows} row{'' if rows == 1 else 's'}" if rows else "no rows"
+            raise NotApplicable(
+                f"The model answered {got} for a batch of {len(chunk)}; compression needs one "
+                "output row per input row."
+            )
+        outputs.append(out.float())
+    return torch.cat(outputs)
 
 
 @torch.inference_mode()

@@ -45,6 +45,9 @@ def _start_cuda() -> None:
         print(f"model host: CUDA did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+MAX_OUTPUTS = 1024  # tensors a model may return
+
+
 def outputs_to_dict(result: Any) -> dict:
     import torch
 
@@ -171,6 +174,12 @@ class Host:
                     "binary protocol have no BF16): take FP32 and cast it in the model."
                 )
         outputs, _ = self._forward(ordered)  # warm-up, and the outputs' specs
+        if len(outputs) > MAX_OUTPUTS:
+            # Its signature would not even fit the reply ("a reply header of 2419035 bytes").
+            raise InputError(
+                f"The model returns {len(outputs)} tensors; at most {MAX_OUTPUTS} are served: "
+                "stack them into fewer."
+            )
         for name, tensor in outputs.items():
             if tensor.layout != torch.strided:
                 # It ran here, then every prediction failed encoding it.

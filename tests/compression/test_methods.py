@@ -312,3 +312,14 @@ def test_rows_with_nan_or_infinity_agree_with_nothing(parent, child):
     assert (
         ev.fidelity(Constant([0.1, 0.9, 0.0]), Constant([0.2, 0.7, 0.1]), inputs).agreement == 1.0
     )
+
+
+class FirstRows(nn.Module):
+    def forward(self, x):
+        return x[:1, :3]
+
+
+def test_a_model_answering_other_than_one_row_per_input_row_is_told_so():
+    # Distilling from it failed with "IndexError: index 233 is out of bounds".
+    with pytest.raises(NotApplicable, match="answered 1 row for a batch of 8; compression needs"):
+        ev.run(FirstRows(), torch.zeros(8, 4))

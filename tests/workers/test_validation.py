@@ -251,6 +251,11 @@ class Nested(nn.Module):
         return (x, x), x
 
 
+class Many(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {str(i): x for i in range(2000)}
+
+
 class TakesBf16(nn.Module):
     def forward(self, x):
         return x.float() * 2
@@ -268,6 +273,8 @@ class TakesBf16(nn.Module):
         ),
         # It failed saying "'tuple' object has no attribute 'dtype'".
         (Nested(), {"x": {"shape": [1, 4]}}, "output 'output_0' is a tuple, not a tensor"),
+        # It failed saying "the model host sent a reply header of 2419035 bytes".
+        (Many(), {"x": {"shape": [1, 4]}}, "The model returns 2000 tensors; at most 1024"),
     ],
 )
 def test_a_model_that_could_never_be_served_fails_validation_saying_why(
