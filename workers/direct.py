@@ -117,26 +117,25 @@ class DirectConsumer:
         logger.warning("direct consumer: %s left in the in-flight list", taken)
 
     def _to_back(self, taken: bytes) -> bool:
-        """Move a taken id from this worker's in-flight list to the back of the queue (the
-        end the web pushes to), in one transaction; False if Redis failed (nothing moved)."""
+        """To the back of the queue (the end the web pushes to)."""
+        return self._requeue(taken, back=True)
+
+    def _give_back(self, taken: bytes) -> None:
+        """To the front of the queue (the end taken next): another worker runs it."""
+        self._requeue(taken, back=False)
+
+    def _requeue(self, taken: bytes, *, back: bool) -> bool:
+        """Move a taken id from this worker's in-flight list onto the queue, in one
+        transaction; False if Redis failed (nothing moved)."""
         try:
             with self.redis.pipeline() as pipe:
-                pipe.lpush(self.source, taken)
+                (pipe.lpush if back else pipe.rpush)(self.source, taken)
                 pipe.lrem(self.inflight, 1, taken)
                 pipe.execute()
         except redis.RedisError:
             logger.warning("direct consumer: could not requeue %s", taken, exc_info=True)
             return False
         return True
-
-    def _give_back(self, taken: bytes) -> None:
-        try:
-            with self.redis.pipeline() as pipe:
-                pipe.rpush(self.source, taken)
-                pipe.lrem(self.inflight, 1, taken)
-                pipe.execute()
-        except redis.RedisError:
-            logger.warning("direct consumer: could not give %s back", taken, exc_info=True)
 
     def _beat(self) -> None:
         self.redis.zadd(self.consumers, {self.name: time.time() + dispatch.PRESUMED_DEAD_AFTER})

@@ -485,19 +485,26 @@ class Chatty(nn.Module):
         return x
 
 
-def test_what_a_model_prints_is_kept_bounded_in_the_worker(tenant):
+def printing(tenant, module: nn.Module, line: str, times: int):
+    """``module`` validated (as TorchScript), once its host's output holds ``line`` ``times``
+    times; the version and the host."""
     import time
 
     version = version_validate(
         version_id=make_version(
-            tenant, scripted(Chatty()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+            tenant, scripted(module), "torchscript", example_input={"x": {"shape": [1, 4]}}
         ).public_id
     )
     host = HOSTS.loaded("cpu").get(version_key(version))
-    deadline = time.monotonic() + 30
-    while host.stderr_tail(64).count("done") < 5:  # the last may wait in the host's buffer
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while host.stderr_tail(64).splitlines().count(line) < times:
+        assert time.monotonic() < deadline, host.stderr_tail(64)[-500:]
+        time.sleep(0.05)
+    return version, host
+
+
+def test_what_a_model_prints_is_kept_bounded_in_the_worker(tenant):
+    _version, host = printing(tenant, Chatty(), "done", 6)  # validation runs it six times
 
     kept = host.stderr_tail(64).splitlines()
     assert sum(len(line) for line in kept) < 100_000  # not 10 MiB and more
@@ -523,16 +530,7 @@ def test_what_a_model_prints_reaches_the_worker_as_it_is_printed_under_its_predi
     from tests.workers.conftest import queued
     from workers.services import prediction_run
 
-    version = version_validate(
-        version_id=make_version(
-            tenant, scripted(Says()), "torchscript", example_input={"x": {"shape": [1, 4]}}
-        ).public_id
-    )
-    host = HOSTS.loaded("cpu").get(version_key(version))
-    deadline = time.monotonic() + 10
-    while host.stderr_tail(64).count("said") < 6:  # validation ran the model six times
-        assert time.monotonic() < deadline, host.stderr_tail(64)
-        time.sleep(0.05)
+    version, _host = printing(tenant, Says(), "said", 6)
 
     prediction = queued(version, np.ones((1, 4), np.float32))
     caplog.clear()  # validation's six lines
