@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -633,9 +634,12 @@ def upload_complete(*, session: UploadSession, actor: Actor) -> ModelVersion:
     try:
         return _complete_claimed(session, actor)
     except BaseException:
-        UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
-            completing_until=None  # complete it again at once
-        )
+        # Complete it again at once (unless the database is what failed: then the lease runs
+        # out, and the error raised is the first one).
+        with contextlib.suppress(DatabaseError):
+            UploadSession.objects.filter(pk=session.pk, status=UploadSession.Status.OPEN).update(
+                completing_until=None
+            )
         raise
 
 
