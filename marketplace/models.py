@@ -158,6 +158,10 @@ class ModelVersion(models.Model):
     signature = models.JSONField(null=True, blank=True)
     parameter_count = models.BigIntegerField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
+    # Validation found the model keeps nothing from call to call (a torch.export graph that
+    # writes no state, a built-in architecture): one loaded host may serve every organisation.
+    # Otherwise each has its own, so no state carries one's input to another.
+    stateless = models.BooleanField(default=False)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )

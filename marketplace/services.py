@@ -1022,6 +1022,7 @@ def version_record_validation(
     signature: dict | None = None,
     parameter_count: int | None = None,
     latency_ms: float | None = None,
+    stateless: bool = False,
 ) -> ModelVersion:
     """What the model host found: the version becomes ``ready`` or ``failed``."""
     fields = {"validated_at": timezone.now(), "validation_claimed_until": None}
@@ -1031,6 +1032,7 @@ def version_record_validation(
             signature=signature,
             parameter_count=parameter_count,
             latency_ms=latency_ms,
+            stateless=stateless,
         )
     else:
         fields.update(status=ModelVersion.Status.FAILED, failure_reason=reason)

@@ -57,12 +57,16 @@ def version_key(version: ModelVersion) -> str:
 
 
 def prediction_host_key(version: ModelVersion, tenant_id) -> str:
-    """The loaded host that runs ``version`` for one consumer organisation (see _batcher)."""
+    """The loaded host that runs ``version`` for one consumer organisation (see _batcher):
+    the version's own, shared by all, when validation found the model stateless."""
+    if version.stateless:
+        return version_key(version)
     return f"{version_key(version)}@{tenant_id}"
 
 
-def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -> None:
-    """Decrypt the version in memory and hand its bytes to ``host`` (and nothing else)."""
+def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -> dict:
+    """Decrypt the version in memory and hand its bytes to ``host`` (and nothing else); the
+    host's answer (``stateless``, ``parameter_count``, ...)."""
     data = artifact_read(artifact=version.artifact, purpose=purpose, **refs)
     header = {
         "op": "load",
@@ -73,8 +77,9 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
         "signature": version.signature,
         "max_output_bytes": settings.MAX_OUTPUT_BYTES,
     }
-    host.request(header, data, timeout=settings.MODEL_LOAD_TIMEOUT)
+    reply, _ = host.request(header, data, timeout=settings.MODEL_LOAD_TIMEOUT)
     host.loaded_bytes = len(data)
+    return reply
 
 
 def validation_claim_seconds() -> float:
@@ -121,7 +126,7 @@ def _validate_claimed(version: ModelVersion, *, last_attempt: bool) -> ModelVers
         reason = HOST_START_REASON.format(detail=str(exc)[:300])
         return version_record_validation(version=version, ok=False, reason=reason)
     try:
-        load_into(host, version, purpose="validate")
+        loaded = load_into(host, version, purpose="validate")
         result, _ = host.request(
             {"op": "validate", "example": version.example_input},
             timeout=settings.MODEL_LOAD_TIMEOUT,
@@ -140,6 +145,7 @@ def _validate_claimed(version: ModelVersion, *, last_attempt: bool) -> ModelVers
         signature=result["signature"],
         parameter_count=result["parameter_count"],
         latency_ms=result["latency_ms"],
+        stateless=bool(loaded.get("stateless")),
     )
     HOSTS.loaded(device).put(version_key(version), host)  # warm for the first predictions
     return version
@@ -160,12 +166,14 @@ def _batcher(version: ModelVersion):
     key = version_key(version)
 
     def host(tenant) -> ModelHost:
-        # One host per consumer organisation: a model that keeps state from call to call (a
-        # buffer its forward writes) must not hand one organisation's input to the next
-        # caller, the publisher included. The host validation warmed, which has run only the
-        # publisher's example, serves the first organisation to call.
+        # One host per consumer organisation unless validation found the model stateless: a
+        # model that keeps state from call to call (a buffer its forward writes) must not hand
+        # one organisation's input to the next caller, the publisher included. The host
+        # validation warmed, which has run only the publisher's example, serves the first
+        # organisation to call.
         own = prediction_host_key(version, tenant)
-        HOSTS.loaded(device).adopt(key, own)
+        if own != key:
+            HOSTS.loaded(device).adopt(key, own)
         return HOSTS.get_or_load(device, own, lambda h: load_into(h, version, purpose="predict"))
 
     with _batchers_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,11 @@ class LoadedModel:
     parameter_count: int
     # Shapes the file fixes (-1 where a dimension is dynamic); None: batch assumed dynamic.
     input_shapes: dict[str, list[int]] | None = None
+    # Keeps nothing from one call to the next: one host may serve every organisation (see
+    # workers.services._batcher). A torch.export graph says so (it writes no buffer, parameter
+    # or input and has no side-effect tokens); our built-in architectures are; TorchScript
+    # can keep anything in its attributes, so it is never taken for stateless.
+    stateless: bool = False
 
 
 def _count(module) -> int:
@@ -76,8 +82,32 @@ def _load_export(data: bytes, device: str) -> LoadedModel:
         # Moves the constants and device arguments baked into the graph too (a tensor created
         # in ``forward`` is recorded with device="cpu"), which ``module().to(device)`` leaves.
         program = move_to_device_pass(program, device)
+    stateless = _writes_nothing(program)
     module = program.module()
-    return LoadedModel(module, names, example, _count(module), shapes or None)
+    return LoadedModel(module, names, example, _count(module), shapes or None, stateless)
+
+
+def _writes_nothing(program) -> bool:
+    """Whether an exported program can keep nothing from one call to the next: it returns
+    only user outputs (no buffer or input mutation, no effect tokens), and every operation in
+    its graphs is an aten operator that writes none of its arguments. torch.export keeps
+    in-place operators in its graphs (``aten.add_`` on a buffer), so each node is looked at.
+    Anything else (a higher-order operator, an in-place one on a temporary) counts as state:
+    the cost of a wrong "no" is only a host per organisation."""
+    user_output = torch.export.graph_signature.OutputKind.USER_OUTPUT
+    if any(spec.kind != user_output for spec in program.graph_signature.output_specs):
+        return False
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
+            if node.op in ("call_module", "call_method"):
+                return False
+            if node.op != "call_function" or node.target is operator.getitem:
+                continue
+            target = node.target
+            if not isinstance(target, torch._ops.OpOverload) or target._schema.is_mutable:
+                return False
+    return True
 
 
 def _load_torchscript(data: bytes, device: str) -> LoadedModel:
@@ -101,7 +131,7 @@ def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> Load
         config = artifacts.split_config(config)[0]
         shape = architectures.ARCHITECTURES[name].example_shape(config)
         example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
-        return LoadedModel(module, ["input"], example, parameter_count(module))
+        return LoadedModel(module, ["input"], example, parameter_count(module), stateless=True)
     module = architectures.build(name, config)
     state = load_tensors(data)
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -113,4 +143,4 @@ def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> Load
     module.eval().to(device)
     shape = architectures.ARCHITECTURES[name].example_shape(config)
     example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
-    return LoadedModel(module, ["input"], example, _count(module))
+    return LoadedModel(module, ["input"], example, _count(module), stateless=True)

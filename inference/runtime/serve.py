@@ -117,6 +117,7 @@ class Host:
             "ok": True,
             "parameter_count": self.loaded.parameter_count,
             "input_names": self.loaded.input_names,
+            "stateless": self.loaded.stateless,
             "rss": _rss_bytes(),
             "device": self.device,
             "device_bytes": _device_bytes(self.device),

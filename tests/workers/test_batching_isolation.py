@@ -80,6 +80,41 @@ def test_a_model_that_keeps_state_cannot_hand_one_tenants_input_to_another(tenan
     assert output_of(victims_again).tolist() == secret.tolist()  # its own state, as before
 
 
+class Counts(nn.Module):
+    """A torch.export graph that writes a buffer: state kept from call to call."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return x * 2 + self.calls
+
+
+def test_a_stateless_export_serves_every_organisation_from_one_host(tenant, outsider):
+    # One host per organisation multiplies a model's memory: validation tells the models that
+    # keep nothing between calls (a torch.export graph writing no state), which may share one.
+    from tests.inference.conftest import Classifier, export
+    from workers.pool import HOSTS
+    from workers.services import version_key
+
+    shared = validated(tenant, "clf", export(Classifier()), fmt="pt2")
+    stateful = validated(tenant, "counts", export(Counts()), fmt="pt2")
+    for version in (shared, stateful):
+        for who in (tenant, outsider):
+            call = queued(version, np.ones((1, 4), np.float32), who)
+            prediction_run(prediction_id=call.public_id)
+
+    assert (shared.stateless, stateful.stateless) == (True, False)
+    keys = HOSTS.loaded("cpu").keys()
+    assert keys.count(version_key(shared)) == 1
+    assert not [k for k in keys if k.startswith(version_key(shared) + "@")]
+    assert sorted(k for k in keys if k.startswith(version_key(stateful))) == sorted(
+        [f"{version_key(stateful)}@{tenant.pk}", f"{version_key(stateful)}@{outsider.pk}"]
+    )
+
+
 class FirstRow(nn.Module):
     """Right at batch 1 (how validation sees it); for more rows, one row for everyone."""
 
