@@ -266,8 +266,12 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
     the API refuses them too."""
     if Scope.INFERENCE not in request.membership.scopes:
         return {"page": None}
-    model_ref = model.ref if model else request.GET.get("model", "")
+    typed = request.GET.get("model", "").strip()
+    model_ref = model.ref if model else typed.lower()  # references are lower case
+    filter_error = ""
     if not MODEL_REF_RE.fullmatch(model_ref):
+        if model_ref:  # said, and kept in the field (it was dropped without a word)
+            filter_error = f"Filter by owner/name, e.g. acme-ai/strokes; '{typed}' is not one."
         model_ref = ""
     page = Paginator(_predictions(request, model_ref), PAGE_SIZE).get_page(request.GET.get("page"))
     records = UsageRecord.objects.filter(source_id__in=[p.public_id for p in page])
@@ -283,7 +287,8 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
     query = {"model": model_ref} if model_ref else {}
     return {
         "page": page,
-        "model_filter": model_ref,
+        "model_filter": model_ref or typed,
+        "model_filter_error": filter_error,
         "rows_query": urlencode({**query, "page": page.number}),
         "page_query": urlencode(query),
         "pending": any(not p.is_terminal for p in page),

@@ -311,6 +311,8 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             model=model,
             version=version,
             arrays=arrays,
+            # A signed-in member without a key: the dashboard's playground.
+            source=Prediction.Source.API if access.key else Prediction.Source.DASHBOARD,
             webhook_url=body.get("webhook", ""),
             webhook_events=body["webhook_events_filter"],
             idempotency_key=idempotency_key,

@@ -218,6 +218,9 @@
   }
 
   function retryable(err) {
+    if (err instanceof ApiError && err.status === 409 && err.body.completing) {
+      return true; // another request of ours is completing it: ask again once it is done
+    }
     return err instanceof NetworkError || (err instanceof ApiError && RETRY_STATUSES.has(err.status));
   }
 
@@ -464,9 +467,14 @@
         if (err.name === "PauseError") {
           // The page is gone; the saved session lets the next visit resume.
         } else if (err.name === "AbortError") {
-          if (record) await this.abandon(record);
-          this.status("Upload cancelled.");
-          this.role("progress-box").hidden = true;
+          const made = record ? await this.abandon(record) : null;
+          if (made) {
+            // Completed on the server before the cancel reached it: the version exists.
+            this.finished({ number: made, status: "validating" });
+          } else {
+            this.status("Upload cancelled.");
+            this.role("progress-box").hidden = true;
+          }
         } else {
           this.status("");
           this.error(this.explain(err));
@@ -587,6 +595,8 @@
     }
 
     async complete(file, record) {
+      // Past this point the server makes the version: a cancel could only lie about it.
+      this.role("cancel").hidden = true;
       this.status("Assembling and checking the upload…");
       const url = `${record.url}/complete`;
       try {
@@ -669,9 +679,17 @@
       for (const wake of [...this.wakeUps]) wake();
     }
 
+    // Drops the upload's chunks on the server; the version number when the upload turned out
+    // to be completed already (a 409 naming it), else null.
     async abandon(record) {
-      await api(this.form, "DELETE", record.url).catch(() => null);
+      let made = null;
+      try {
+        await api(this.form, "DELETE", record.url);
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 409 && err.body.version) made = err.body.version;
+      }
       this.forget();
+      return made;
     }
 
     async discard() {

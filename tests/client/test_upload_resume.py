@@ -142,3 +142,31 @@ def test_interrupting_the_wait_for_validation_says_the_upload_is_done(mm, model_
     assert "The upload is complete: acme/clf version 1 is validating" in run.err
     assert "mm wait acme/clf:1" in run.err
     assert ModelVersion.objects.count() == 1
+
+
+class MeetsItsOwnCompletion(httpx.HTTPTransport):
+    """The first complete meets an earlier attempt the server is still completing."""
+
+    def __init__(self):
+        super().__init__()
+        self.completes = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/complete"):
+            self.completes += 1
+            if self.completes == 1:
+                body = {"detail": "Another request is completing this upload.", "completing": True}
+                return httpx.Response(409, json=body, headers={"Retry-After": "2"})
+        return super().handle_request(request)
+
+
+def test_a_complete_that_meets_its_own_earlier_attempt_waits_for_it(mm_env, model_file):
+    # It took the 409 for a refusal and dropped the upload's state, leaving nothing to resume.
+    transport = MeetsItsOwnCompletion()
+
+    with Client(transport=transport) as client:
+        result = client.push("acme/clf", model_file)
+
+    assert transport.completes == 2
+    assert result.version.number == 1
+    assert ModelVersion.objects.filter(model__name="clf").count() == 1

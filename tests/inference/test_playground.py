@@ -327,6 +327,32 @@ def test_the_list_is_paginated_and_filtered_by_model(alice_client, strokes, tabu
     assert "model=acme%2Fstrokes" in playground and churn.public_id not in playground
 
 
+@pytest.mark.parametrize("typed", ["strokes", "ACME/Strokes ", "acme/strokes!"])
+def test_a_model_filter_that_is_no_reference_is_kept_and_explained(alice_client, strokes, typed):
+    # It was dropped without a word: the field came back empty over the unfiltered list.
+    page = alice_client.get("/dashboard/predictions/", {"model": typed}).content.decode()
+
+    if typed.strip().lower() == "acme/strokes":  # only the case and spaces were off: taken
+        assert 'value="acme/strokes"' in page and "is not one" not in page
+    else:
+        assert f'value="{typed.strip()}"' in page
+        assert f"Filter by owner/name, e.g. acme-ai/strokes; &#x27;{typed.strip()}&#x27;" in page
+
+
+def test_a_run_from_the_playground_is_listed_as_the_playground(alice_client, strokes):
+    # Runs made with a session (the playground's) were recorded as "Predictions API".
+    response = alice_client.post(
+        "/api/v1/predictions",
+        {"model": "acme/strokes", "input": {"x": np.zeros((1, 1, 28, 28)).tolist()}},
+        content_type="application/json",
+    )
+
+    assert response.status_code == 201, response.content[:300]
+    assert Prediction.objects.get().source == Prediction.Source.DASHBOARD
+    page = alice_client.get("/dashboard/predictions/").content.decode()
+    assert "Dashboard playground" in page
+
+
 def _row(page: str, public_id: str) -> str:
     """The table row of one prediction (up to the next one's)."""
     return page.split(f'<tr id="prediction-{public_id}">')[1].split('<tr id="prediction-')[0]

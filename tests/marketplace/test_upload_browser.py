@@ -221,6 +221,54 @@ def test_a_dropped_connection_is_retried_and_each_chunk_arrives_once(page, model
     assert version.artifact.sha256 == sha256(data)  # the JavaScript hash was right
 
 
+COMPLETE_URL = re.compile(r"/api/v1/uploads/[\w-]+/complete$")
+
+
+def test_there_is_no_cancel_once_the_server_assembles_the_version(page, model_file):
+    # Cancel stayed offered while the server completed the upload: the widget then said
+    # "Upload cancelled." over a version that had been created.
+    held: list[Route] = []
+    page.route(COMPLETE_URL, lambda route: held.append(route))
+    open_model_page(page)
+
+    page.get_by_label("Model file").set_input_files(model_file)
+    page.get_by_role("button", name="Upload").click()
+    expect(page.get_by_role("status")).to_contain_text("Assembling and checking", timeout=30_000)
+
+    expect(page.get_by_role("button", name="Cancel upload")).to_be_hidden()
+    held[0].continue_()
+    expect(page.get_by_role("status")).to_contain_text("Version 1 uploaded", timeout=30_000)
+
+
+def test_a_completion_still_running_is_asked_again_not_abandoned(page, model_file):
+    # A retried complete that met its own first one still running (409, "completing") gave
+    # up and deleted the upload's chunks from under it.
+    answered: list[int] = []
+
+    def first_meets_another(route: Route) -> None:
+        if not answered:
+            answered.append(409)
+            route.fulfill(
+                status=409,
+                json={"detail": "Another request is completing this upload.", "completing": True},
+                headers={"Retry-After": "0"},
+            )
+        else:
+            answered.append(0)
+            route.continue_()
+
+    page.route(COMPLETE_URL, first_meets_another)
+    open_model_page(page)
+    page.evaluate("Object.assign(window.mmUpload.config, {retryBaseMs: 50})")
+
+    page.get_by_label("Model file").set_input_files(model_file)
+    page.get_by_role("button", name="Upload").click()
+
+    expect(page.get_by_role("status")).to_contain_text("Version 1 uploaded", timeout=30_000)
+    assert answered == [409, 0]
+    assert UploadSession.objects.get().status == "completed"
+
+
 def test_reload_mid_upload_offers_to_resume_and_sends_only_the_missing_chunks(
     page, model_file, tmp_path
 ):

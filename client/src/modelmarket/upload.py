@@ -243,8 +243,7 @@ def push_file(
         for _round in range(3):
             sent += _send(transport, upload, reader, workers, progress)
             try:
-                # Repeatable: a repeat of a complete that worked is a 409, resolved below.
-                data = transport.json("POST", f"{upload.upload_url}/complete", repeatable=True)
+                data = _complete(transport, upload)
                 break
             except Conflict as exc:
                 missing = exc.body.get("missing_ranges")
@@ -274,6 +273,25 @@ def push_file(
     return PushResult(
         version, ref, upload.id, sha256, size, sent, resumed, time.monotonic() - started
     )
+
+
+# How long to wait for an earlier attempt of ours that the server is still completing.
+COMPLETING_WAIT_S = 600.0
+
+
+def _complete(transport: Transport, upload: Upload) -> dict:
+    """POST the completion. Repeatable: a repeat of a complete that worked is a 409, resolved
+    by the caller. One that meets our own earlier attempt still being completed (a retry after
+    a lost answer; 409 with ``completing``) waits and asks again, rather than taking the upload
+    for failed and dropping it from under that attempt."""
+    deadline = time.monotonic() + COMPLETING_WAIT_S
+    while True:
+        try:
+            return transport.json("POST", f"{upload.upload_url}/complete", repeatable=True)
+        except Conflict as exc:
+            if not exc.body.get("completing") or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 def _resume(
