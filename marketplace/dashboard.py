@@ -157,7 +157,8 @@ def _versions_context(model: Model) -> dict:
         .order_by("-number")
     )
     validating = any(v.status == ModelVersion.Status.VALIDATING for v in versions)
-    return {"model": model, "versions": versions, "validating": validating}
+    aliasable = [v for v in versions if v.status in ALIASABLE and not v.past_sunset]
+    return {"model": model, "versions": versions, "validating": validating, "aliasable": aliasable}
 
 
 @tenant_required()
@@ -243,9 +244,6 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         **versions,
         "aliases": aliases,
-        "aliasable": [
-            v for v in versions["versions"] if v.status in ALIASABLE and not v.past_sunset
-        ],
         "listing": Listing.objects.filter(model=model).first(),
         "moves": moves,
         "can_write": _can_write(request),
@@ -422,4 +420,8 @@ def model_versions(request: HttpRequest, name: str) -> HttpResponse:
         "compress_oob": _can_write(request),
         "compress": {"version": request.GET.get("version", "")},
     }
+    # The alias form's versions too, once none is validating any more (the poll's last
+    # refresh): a version that became ready can take an alias without a reload. Not on the
+    # polls before, which would reset a choice being made.
+    context["aliases_oob"] = context["compress_oob"] and not context["validating"]
     return render(request, "models/_versions.html", context)

@@ -179,6 +179,24 @@ def test_versions_table_polls_only_while_a_version_is_validating(
     assert 'hx-trigger="every 5s"' not in ready and "ready" in ready
 
 
+def test_alias_form_gets_a_version_that_becomes_ready_with_the_last_table_refresh(
+    alice_client, alice, classifier, model_files
+):
+    # The alias form kept the versions ready when the page loaded: a version that became
+    # ready could not take production until the page was reloaded.
+    version = upload_version(classifier, model_files["pt2"], alice)
+    page = html(alice_client.get("/dashboard/models/classifier/"))
+    polling = html(alice_client.get("/dashboard/models/classifier/versions/"))
+    make_ready(version)
+    last = html(alice_client.get("/dashboard/models/classifier/versions/"))
+
+    assert "none is ready yet" in page and 'id="alias-versions"' in page
+    assert "alias-versions" not in polling  # a choice being made is left alone meanwhile
+    swapped = last[last.index('<div id="alias-versions"') :]
+    assert swapped.startswith('<div id="alias-versions" class="contents" hx-swap-oob="true">')
+    assert '<option value="1">v1</option>' in swapped and "Point it there" in swapped
+
+
 def test_compress_form_gets_a_version_that_becomes_ready_with_the_table_refresh(
     alice_client, alice, tenant, classifier, model_files
 ):
