@@ -202,6 +202,17 @@ COMPRESS_FORM_KEY = "mm_compress_form"
 KEPT_PARAMS_MAX = 64 * 1024
 
 
+# What a refused alias move was sent with (alias_move), for the model page to show it again.
+ALIAS_FORM_KEY = "mm_alias_form"
+
+
+def _alias_form(request: HttpRequest, model: Model) -> dict:
+    kept = request.session.pop(ALIAS_FORM_KEY, None)
+    if not isinstance(kept, dict) or kept.get("model") != model.pk:
+        return {"alias": "", "version": ""}
+    return {"alias": str(kept.get("alias", ""))[:40], "version": str(kept.get("version", ""))}
+
+
 def _compress_form(request: HttpRequest, model: Model) -> dict:
     kept = request.session.pop(COMPRESS_FORM_KEY, None)
     if not isinstance(kept, dict) or kept.get("model") != model.pk:
@@ -252,6 +263,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             listing__model=model, status=AccessRequest.Status.PENDING
         ).count(),
         "compress": _compress_form(request, model),
+        "alias_form": _alias_form(request, model),
         "formats": Format.choices,
         "upload_create_url": reverse(
             "upload-create", kwargs={"owner": model.tenant.slug, "name": model.name}
@@ -274,6 +286,7 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
     back = redirect(f"{reverse('models:detail', kwargs={'name': model.name})}#aliases")
     if version is None:
         messages.error(request, f"Choose a version of {model.ref} for '{alias or 'the alias'}'.")
+        request.session[ALIAS_FORM_KEY] = {"model": model.pk, "alias": alias, "version": ""}
         return back
     try:
         moved = services.alias_set(
@@ -285,6 +298,8 @@ def alias_move(request: HttpRequest, name: str) -> HttpResponse:
         )
     except (ValidationError, ServiceError) as exc:
         messages.error(request, error_text(exc))
+        # Shown again under the reason (it came back empty, on the first version).
+        request.session[ALIAS_FORM_KEY] = {"model": model.pk, "alias": alias, "version": number}
     else:
         messages.success(request, f"{moved.name} now points at v{version.number}.")
     return back

@@ -386,6 +386,27 @@ def test_alias_moves_the_registry_refuses_are_explained_and_change_nothing(
     assert not AuditEvent.objects.filter(action="alias.move").exists()
 
 
+def test_a_refused_alias_move_comes_back_filled_in(alice_client, alice, classifier, model_files):
+    # The alias typed and the version chosen were gone under the reason.
+    data = model_files["pt2"]
+    for _ in range(2):
+        make_ready(upload_version(classifier, data, alice))
+
+    refused = html(
+        alice_client.post(
+            "/dashboard/models/classifier/aliases/",
+            {"alias": "Canary_1", "version": "1"},
+            follow=True,
+        )
+    )
+    again = html(alice_client.get("/dashboard/models/classifier/"))
+
+    assert "Alias names are 1-40 lowercase letters" in refused
+    assert 'placeholder="production" value="Canary_1"' in refused
+    assert '<option value="1" selected>v1</option>' in refused
+    assert 'value="Canary_1"' not in again  # once, under the reason
+
+
 def test_viewers_and_outsiders_cannot_move_aliases(
     tenant, charlie, outsider, alice, classifier, model_files
 ):
