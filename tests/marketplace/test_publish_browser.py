@@ -138,3 +138,22 @@ def test_on_a_phone_the_alias_and_access_buttons_are_on_screen(
     assert all(box["x"] + box["width"] <= 390 for box in [rollback, *buttons])
     assert rollback["height"] < 40  # one line
     assert width <= 390
+
+
+def test_after_an_alias_move_or_a_publish_the_page_shows_that_section(page: Page):
+    # A boosted form follows the redirect without its #aliases: the page came back scrolled
+    # to the top, far from the section just changed.
+    page.set_viewport_size({"width": 1000, "height": 320})
+
+    point(page, "production", "v1 (1.0.0)")
+
+    expect(page.locator("#alias-production")).to_contain_text("v1")
+    expect(page.locator("#aliases")).to_be_in_viewport()
+    assert page.evaluate("window.scrollY") > 0
+
+    page.get_by_role("link", name="Publish it").click()
+    page.get_by_label("Title").fill("Tabular classifier")
+    page.get_by_role("button", name="Publish").click()
+
+    expect(page.locator("#listing")).to_contain_text("Tabular classifier")
+    expect(page.locator("#listing")).to_be_in_viewport()
