@@ -228,6 +228,8 @@
     }
 
     async run() {
+      // Disabling the focused button drops keyboard focus to the page: it comes back after.
+      const hadFocus = document.activeElement === this.button;
       this.button.disabled = true;
       this.status("Running…");
       try {
@@ -254,6 +256,9 @@
         this.status("");
       } finally {
         this.button.disabled = false;
+        if (hadFocus && (!document.activeElement || document.activeElement === document.body)) {
+          this.button.focus();
+        }
         document.body.dispatchEvent(new CustomEvent("predictions-refresh"));
       }
     }

@@ -355,6 +355,11 @@
     }
 
     setBusy(busy) {
+      // The button that had keyboard focus is hidden here: focus goes to the one shown in its
+      // place (it fell to the page), and back to Upload when the upload ends.
+      const focused = document.activeElement;
+      const lost = !focused || focused === document.body;
+      const moveFocus = focused === this.role("start") || focused === this.role("cancel");
       this.busy = busy;
       for (const field of this.form.querySelectorAll("input, select, textarea")) {
         field.disabled = busy;
@@ -363,6 +368,10 @@
       this.role("cancel").hidden = !busy;
       this.role("discard").disabled = busy;
       if (!busy) this.role("resume-now").hidden = true;
+      if (busy && moveFocus) this.role("cancel").focus();
+      if (!busy && (moveFocus || (lost && this.form.dataset.keyboard))) this.role("start").focus();
+      if (busy && moveFocus) this.form.dataset.keyboard = "1";
+      if (!busy) delete this.form.dataset.keyboard;
     }
 
     showArchitecture() {
@@ -698,6 +707,7 @@
       this.clearPending();
       this.role("progress-box").hidden = true;
       this.status("The interrupted upload was discarded.");
+      this.form.elements.file.focus(); // the button pressed is gone with its box
     }
 
     explain(err) {

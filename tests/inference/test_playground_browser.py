@@ -78,6 +78,8 @@ def test_consumer_runs_the_demo_model_in_the_playground(page, tmp_path):
     expect(top_class(page)).to_contain_text("class 1")  # horizontal
     expect(top_class(page)).to_contain_text(re.compile(r"\d+\.\d%"))
     expect(result.locator("[data-fact=latency]")).to_have_text(re.compile(r"^\d+ ms$"))
+    # Run was disabled while it ran, which dropped keyboard focus to the page: it is back.
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Run"
     expect(result.locator("[data-fact=compute]")).to_have_text(re.compile(r"^\d+\.\d\d ms"))
     # As the predictions table below and the billing page write it (money_text).
     expect(result.locator("[data-fact=cost]")).to_have_text("0.00 USD")

@@ -240,6 +240,17 @@ def test_there_is_no_cancel_once_the_server_assembles_the_version(page, model_fi
     expect(page.get_by_role("status")).to_contain_text("Version 1 uploaded", timeout=30_000)
 
 
+def test_keyboard_focus_stays_on_the_upload_buttons(page, model_file):
+    # Upload hid itself while focused: focus fell to the page, and stayed there after.
+    open_model_page(page)
+    page.get_by_label("Model file").set_input_files(model_file)
+    page.get_by_role("button", name="Upload").focus()
+    page.keyboard.press("Enter")
+
+    expect(page.get_by_role("status")).to_contain_text("Version 1 uploaded", timeout=30_000)
+    assert page.evaluate("document.activeElement.dataset.role") == "start"
+
+
 def test_a_completion_still_running_is_asked_again_not_abandoned(page, model_file):
     # A retried complete that met its own first one still running (409, "completing") gave
     # up and deleted the upload's chunks from under it.
