@@ -44,10 +44,6 @@ def signing_record(tenant: Tenant) -> WebhookSigningKey:
     return key
 
 
-def signing_key(tenant: Tenant) -> str:
-    return signing_record(tenant).secret
-
-
 def signing_key_reveal(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
     """The signing key, for a member to read; each read is in the audit log."""
     key = signing_record(tenant)

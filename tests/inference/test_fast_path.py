@@ -292,3 +292,40 @@ def test_a_prediction_left_for_later_goes_to_the_back_of_the_queue(monkeypatch):
     finally:
         consumer.pool.shutdown()
         client.delete(source, consumers, consumer.inflight)
+
+
+def test_a_prediction_that_cannot_be_put_back_is_run_here_after_all(monkeypatch):
+    import redis as redis_client
+
+    from workers import services
+
+    client = realtime.client()
+    queue = "fast-path-test"
+    consumer = DirectConsumer(queue, threads=1)
+    runs = []
+
+    def prediction_run(**kwargs):
+        runs.append(kwargs)
+        return services.DEFERRED if kwargs.get("defer_when_stalled") else "succeeded"
+
+    def redis_down():
+        raise redis_client.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(services, "prediction_run", prediction_run)
+    monkeypatch.setattr(consumer.redis, "pipeline", redis_down)
+    try:
+        client.rpush(consumer.inflight, "pred_stalled")
+        consumer.free.acquire()
+
+        consumer._run(b"pred_stalled")
+
+        # Not lost in flight: run without deferring, then dropped from the in-flight list.
+        assert runs == [
+            {"prediction_id": "pred_stalled", "defer_when_stalled": True},
+            {"prediction_id": "pred_stalled"},
+        ]
+        assert client.llen(consumer.inflight) == 0
+        assert client.llen(dispatch.queue_key(queue)) == 0
+    finally:
+        consumer.pool.shutdown()
+        client.delete(dispatch.queue_key(queue), consumer.inflight)
