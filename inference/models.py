@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 from accounts.secrets import public_id
-from marketplace.models import Model, ModelVersion
+from marketplace.models import Model, ModelVersion, SealedSecret
 
 
 class Prediction(models.Model):
@@ -111,15 +111,18 @@ class WebhookDelivery(models.Model):
 
 
 class WebhookSigningKey(models.Model):
-    """The secret a tenant's webhooks are signed with (Standard Webhooks, ``whsec_…``). It is
-    stored retrievably because we sign with it; the consumer verifies with the same value."""
+    """The secret a tenant's webhooks are signed with (Standard Webhooks, ``whsec_…``). We sign
+    with it, so it must be read back: it is sealed in the vault (``SealedSecret``, wrapped by
+    the key-encryption key), and the database alone does not reveal it."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="webhook_key")
-    secret = models.CharField(max_length=64)
+    sealed = models.OneToOneField(SealedSecret, on_delete=models.RESTRICT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     # After a rotation the old secret signs too (a second signature) until then, so receivers
     # can switch over without dropping events.
-    previous_secret = models.CharField(max_length=64, blank=True)
+    previous_sealed = models.OneToOneField(
+        SealedSecret, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     previous_valid_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

@@ -321,13 +321,13 @@ def webhook_secret(request: HttpRequest) -> HttpResponse:
     from inference import webhooks
 
     if request.method == "POST":  # a suspended organisation's is refused by the decorator
-        key = webhooks.signing_key_rotate(request.tenant, request_actor(request))
+        key, _secret = webhooks.signing_key_rotate(request.tenant, request_actor(request))
         messages.success(
             request,
             "New secret made. Deliveries carry a signature by the old one too until "
             f"{key.previous_valid_until:%Y-%m-%d %H:%M} UTC.",
         )
         return redirect("inference:webhook_secret")
-    key = webhooks.signing_key_reveal(request.tenant, request_actor(request))
-    both = len(webhooks.signing_secrets(key)) > 1
-    return render(request, "inference/webhook_secret.html", {"key": key, "both": both})
+    key, secret = webhooks.signing_key_reveal(request.tenant, request_actor(request))
+    context = {"key": key, "secret": secret, "both": webhooks.in_grace(key)}
+    return render(request, "inference/webhook_secret.html", context)

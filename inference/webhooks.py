@@ -11,7 +11,6 @@ import hmac
 import http.client
 import ipaddress
 import json
-import secrets
 import socket
 import time
 from datetime import timedelta
@@ -24,56 +23,82 @@ from django.utils import timezone
 from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from inference.models import Prediction, WebhookDelivery, WebhookSigningKey
+from marketplace.models import SealedSecret
+from marketplace.vault.sealed import secret_reveal, secret_seal
 
 # How long a rotated-out secret still signs (a second signature beside the new one's).
 ROTATION_GRACE = timedelta(hours=24)
 
 
-def _new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+PURPOSE = "webhook-signing"  # of the tenant's SealedSecret rows that hold the secrets
 
 
 def signing_record(tenant: Tenant) -> WebhookSigningKey:
     """The tenant's signing key, made on first use."""
-    key = WebhookSigningKey.objects.filter(tenant=tenant).first()
+    records = WebhookSigningKey.objects.select_related("sealed", "previous_sealed")
+    key = records.filter(tenant=tenant).first()
     if key is None:
         try:
-            key = WebhookSigningKey.objects.create(tenant=tenant, secret=_new_secret())
+            with transaction.atomic():  # the sealed secret too, when another request won
+                key = WebhookSigningKey.objects.create(
+                    tenant=tenant, sealed=secret_seal(tenant, PURPOSE)
+                )
         except IntegrityError:
-            key = WebhookSigningKey.objects.get(tenant=tenant)
+            key = records.get(tenant=tenant)
     return key
 
 
-def signing_key_reveal(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
-    """The signing key, for a member to read; each read is in the audit log."""
+def _unsealed(sealed: SealedSecret) -> str:
+    """A secret as receivers take it: ``whsec_`` and the base64 key."""
+    return "whsec_" + base64.b64encode(secret_reveal(sealed)).decode()
+
+
+def signing_secret(key: WebhookSigningKey) -> str:
+    return _unsealed(key.sealed)
+
+
+def signing_key_reveal(tenant: Tenant, actor: Actor) -> tuple[WebhookSigningKey, str]:
+    """The signing key and its secret, for a member to read; each read is in the audit log."""
     key = signing_record(tenant)
     audit_record(action="webhooks.secret.read", actor=actor, tenant=tenant)
-    return key
+    return key, signing_secret(key)
+
+
+def in_grace(key: WebhookSigningKey) -> bool:
+    """Whether the secret a rotation replaced still signs."""
+    if key.previous_sealed_id is None or key.previous_valid_until is None:
+        return False
+    return key.previous_valid_until > timezone.now()
 
 
 def signing_secrets(key: WebhookSigningKey) -> list[str]:
     """What a delivery is signed with now: the secret, and the one it replaced during the
     grace after a rotation."""
-    rotated = key.previous_valid_until is not None and key.previous_valid_until > timezone.now()
-    return [key.secret, key.previous_secret] if rotated and key.previous_secret else [key.secret]
+    if in_grace(key):
+        return [_unsealed(key.sealed), _unsealed(key.previous_sealed)]
+    return [_unsealed(key.sealed)]
 
 
-def signing_key_rotate(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
-    """A new secret; the old one still signs (a second signature) for ``ROTATION_GRACE``."""
+def signing_key_rotate(tenant: Tenant, actor: Actor) -> tuple[WebhookSigningKey, str]:
+    """A new secret; the old one still signs (a second signature) for ``ROTATION_GRACE``, and
+    the one before it is destroyed."""
     with transaction.atomic():
         signing_record(tenant)
         key = WebhookSigningKey.objects.select_for_update().get(tenant=tenant)
-        key.previous_secret, key.secret = key.secret, _new_secret()
+        dropped = key.previous_sealed
+        key.previous_sealed, key.sealed = key.sealed, secret_seal(tenant, PURPOSE)
         key.previous_valid_until = timezone.now() + ROTATION_GRACE
         key.created_at = timezone.now()
         key.save()
+        if dropped is not None:
+            dropped.delete()
         audit_record(
             action="webhooks.secret.rotate",
             actor=actor,
             tenant=tenant,
             data={"previous_valid_until": key.previous_valid_until.isoformat()},
         )
-    return key
+    return key, signing_secret(key)
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:

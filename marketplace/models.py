@@ -48,6 +48,33 @@ class TenantKey(models.Model):
         return f"tenant:{self.tenant_id}:key:{self.public_id}"
 
 
+class SealedSecret(models.Model):
+    """A secret we must read back to use (a webhook signing key), stored as the tenant data
+    keys are: only wrapped by the key-encryption key, so a copy of the database alone reveals
+    none of them. KEK rotation re-wraps these too (``vault.keys.kek_rotate``)."""
+
+    public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "sec"))
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="sealed_secrets")
+    purpose = models.CharField(max_length=64)
+    kek_id = models.CharField(max_length=2048)
+    wrapped = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.purpose})"
+
+    @property
+    def wrap_context(self) -> str:
+        return sealed_context(self.tenant_id, self.public_id, self.purpose)
+
+
+def sealed_context(tenant_id: int, public_id: str, purpose: str) -> str:
+    """Binds a sealed secret to its row and its use: copied onto another row, another tenant's
+    or another purpose's, it does not unwrap. (A function for the migration that sealed the
+    secrets stored before.)"""
+    return f"tenant:{tenant_id}:secret:{public_id}:{purpose}"
+
+
 class Artifact(models.Model):
     """An encrypted blob in the artifact store (a model file). Its ``public_id`` is bound
     into the ciphertext, so a blob moved to another artifact fails to decrypt."""

@@ -26,9 +26,9 @@ class WebhookSecretSerializer(serializers.Serializer):
     )
 
 
-def _answer(key) -> Response:
+def _answer(key, secret: str) -> Response:
     data = {
-        "secret": key.secret,
+        "secret": secret,
         "created_at": key.created_at,
         "previous_valid_until": key.previous_valid_until,
     }
@@ -41,7 +41,7 @@ class WebhookSecretView(APIView):
     @extend_schema(operation_id="webhook_secret_retrieve", responses=WebhookSecretSerializer)
     def get(self, request):
         """The secret your prediction webhooks are signed with (each read is audited)."""
-        return _answer(webhooks.signing_key_reveal(request.auth.tenant, request_actor(request)))
+        return _answer(*webhooks.signing_key_reveal(request.auth.tenant, request_actor(request)))
 
 
 class WebhookSecretRotateView(APIView):
@@ -53,5 +53,4 @@ class WebhookSecretRotateView(APIView):
     def post(self, request):
         """A new secret. For 24 hours deliveries carry a second signature by the old one, so
         receivers can move to the new one without dropping events."""
-        key = webhooks.signing_key_rotate(request.auth.tenant, request_actor(request))
-        return _answer(key)
+        return _answer(*webhooks.signing_key_rotate(request.auth.tenant, request_actor(request)))

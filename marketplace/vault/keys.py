@@ -1,7 +1,7 @@
 """Tenant data keys and the key-encryption-key backend configured in settings.
 
-The only Django module that sees key material besides ``store``. Nothing outside the vault
-imports it.
+With ``store`` and ``sealed``, the only Django modules that see key material. Nothing outside
+the vault imports it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
-from marketplace.models import TenantKey
+from marketplace.models import SealedSecret, TenantKey
 
 from .keyring import KekBackend, KeyRing, KeyUnavailableError
 
@@ -61,27 +61,29 @@ def data_key(key: TenantKey) -> bytes:
 
 
 def kek_rotate() -> int:
-    """Re-wrap every live tenant key under the backend's primary KEK; artifacts are not
-    touched. Returns how many keys were re-wrapped."""
+    """Re-wrap every live tenant key and sealed secret under the backend's primary KEK;
+    artifacts are not touched. Returns how many were re-wrapped."""
     backend = kek_backend()
     moved = 0
     live = TenantKey.objects.exclude(status=TenantKey.Status.DESTROYED)
-    for key in live.exclude(kek_id=backend.primary_id).iterator():
-        wrapped = backend.rewrap(key.kek_id, bytes(key.wrapped), context=key.wrap_context)
-        # Conditional: a concurrent rotation or destruction wins, never a stale write.
-        moved += TenantKey.objects.filter(pk=key.pk, kek_id=key.kek_id, wrapped=key.wrapped).update(
-            kek_id=wrapped.kek_id, wrapped=wrapped.blob
-        )
+    for model, rows in ((TenantKey, live), (SealedSecret, SealedSecret.objects.all())):
+        for row in rows.exclude(kek_id=backend.primary_id).iterator():
+            wrapped = backend.rewrap(row.kek_id, bytes(row.wrapped), context=row.wrap_context)
+            # Conditional: a concurrent rotation or destruction wins, never a stale write.
+            moved += model.objects.filter(pk=row.pk, kek_id=row.kek_id, wrapped=row.wrapped).update(
+                kek_id=wrapped.kek_id, wrapped=wrapped.blob
+            )
     return moved
 
 
 def kek_ids_in_use() -> dict[str, int]:
-    """How many live tenant keys each KEK id still wraps: a KEK may be retired at 0."""
+    """How many live tenant keys and sealed secrets each KEK id still wraps: a KEK may be
+    retired at 0."""
     counts: dict[str, int] = {}
-    for kek_id in TenantKey.objects.exclude(status=TenantKey.Status.DESTROYED).values_list(
-        "kek_id", flat=True
-    ):
-        counts[kek_id] = counts.get(kek_id, 0) + 1
+    live = TenantKey.objects.exclude(status=TenantKey.Status.DESTROYED)
+    for rows in (live, SealedSecret.objects.all()):
+        for kek_id in rows.values_list("kek_id", flat=True):
+            counts[kek_id] = counts.get(kek_id, 0) + 1
     return counts
 
 

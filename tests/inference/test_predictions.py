@@ -311,12 +311,12 @@ class _Receiver(BaseHTTPRequestHandler):
 def test_webhook_is_signed_and_retried_until_delivered(
     celery_worker_process, api, tenant, classifier
 ):
-    from inference.webhooks import signing_record
+    from inference.webhooks import signing_record, signing_secret
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    secret = signing_record(tenant).secret
+    secret = signing_secret(signing_record(tenant))
     try:
         body = run(
             api, "acme/clf", [[1, 2, 3, 4]], webhook=url, webhook_events_filter=["completed"]

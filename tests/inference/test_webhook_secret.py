@@ -7,15 +7,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+from io import StringIO
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from accounts.models import AuditEvent, Scope
 from inference import tensors, webhooks
-from inference.models import Prediction
+from inference.models import Prediction, WebhookSigningKey
+from marketplace.models import SealedSecret
+from marketplace.vault import VaultIntegrityError
+from marketplace.vault.keys import kek_backend
 from tests.conftest import key_client
+from tests.vault.test_no_plaintext_at_rest import _database_bytes, _forms
 
 pytestmark = pytest.mark.django_db
 
@@ -85,8 +92,6 @@ def test_after_a_rotation_deliveries_verify_with_the_old_and_the_new_secret(
     assert AuditEvent.objects.filter(action="webhooks.secret.rotate").count() == 1
 
     # The grace over, the old one no longer signs.
-    from inference.models import WebhookSigningKey
-
     WebhookSigningKey.objects.update(previous_valid_until="2000-01-01T00:00:00Z")
     headers, body = delivered(classifier, settings, monkeypatch)
     assert verifies(new, headers, body) and not verifies(old, headers, body)
@@ -99,12 +104,130 @@ def test_the_dashboard_shows_admins_the_secret_and_rotates_it(tenant, alice, bob
     developer.force_login(bob)
 
     page = owner.get("/dashboard/webhooks/secret/")
-    secret = webhooks.signing_record(tenant).secret
+    secret = webhooks.signing_secret(webhooks.signing_record(tenant))
 
     assert page.status_code == 200 and secret in page.content.decode()
     assert developer.get("/dashboard/webhooks/secret/").status_code == 403
     after = owner.post("/dashboard/webhooks/secret/", follow=True).content.decode()
-    new = webhooks.signing_record(tenant).secret
+    new = webhooks.signing_secret(webhooks.signing_record(tenant))
     assert new != secret
     assert new in after and "signature by the old one too" in after
     assert "webhook signing secret" in owner.get("/dashboard/keys/").content.decode()
+
+
+def _raw(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def test_the_database_alone_does_not_reveal_a_secret(api, outsider):
+    """Sealed under the key-encryption key, as tenant data keys are: before, a copy of the
+    database (a backup, a read replica) gave anyone the secrets to forge every organisation's
+    deliveries."""
+    old = api.get("/api/v1/webhooks/secret").json()["secret"]
+    new = api.post("/api/v1/webhooks/secret/rotate").json()["secret"]  # both in force now
+    theirs = key_client(outsider).get("/api/v1/webhooks/secret").json()["secret"]
+
+    stored = _database_bytes()
+
+    for secret in (old, new, theirs):
+        assert not any(form in stored for form in [secret.encode(), *_forms(_raw(secret))])
+
+
+def test_kek_rotation_rewraps_the_secrets_and_the_old_kek_can_be_retired(api, settings):
+    secret = api.get("/api/v1/webhooks/secret").json()["secret"]
+    old_kek = kek_backend().primary_id
+
+    call_command("rotate_kek", "--new", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    call_command("rotate_kek", "--retire", old_kek, stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+    assert old_kek not in settings.KEK_FILE.read_text()
+    assert set(SealedSecret.objects.values_list("kek_id", flat=True)) == {kek_backend().primary_id}
+    assert api.get("/api/v1/webhooks/secret").json()["secret"] == secret
+
+
+def test_a_kek_that_still_seals_a_secret_cannot_be_retired(api):
+    """Before, the KEK check counted tenant keys only: retiring the KEK would have left every
+    webhook unsignable."""
+    from django.core.management.base import CommandError
+
+    secret = api.get("/api/v1/webhooks/secret").json()["secret"]
+
+    with pytest.raises(CommandError, match="still wraps 1 key"):
+        call_command("rotate_kek", "--retire", kek_backend().primary_id, stdout=StringIO())
+    assert api.get("/api/v1/webhooks/secret").json()["secret"] == secret
+
+
+def test_a_sealed_secret_moved_to_another_organisation_does_not_open(tenant, outsider):
+    mine = webhooks.signing_record(tenant)
+    theirs = webhooks.signing_record(outsider)
+    SealedSecret.objects.filter(pk=theirs.sealed_id).update(
+        kek_id=mine.sealed.kek_id, wrapped=mine.sealed.wrapped
+    )
+
+    with pytest.raises(VaultIntegrityError):
+        webhooks.signing_secret(webhooks.signing_record(outsider))
+
+
+def test_a_rotation_destroys_the_secret_two_back(api, tenant):
+    first = api.get("/api/v1/webhooks/secret").json()["secret"]
+    api.post("/api/v1/webhooks/secret/rotate")
+    api.post("/api/v1/webhooks/secret/rotate")
+
+    kept = SealedSecret.objects.filter(tenant=tenant, purpose=webhooks.PURPOSE)
+    assert kept.count() == 2
+    assert _raw(first) not in [webhooks.secret_reveal(sealed) for sealed in kept]
+
+
+UPGRADE_SCRIPT = """
+import json, django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+call_command("migrate", "inference", "0011", verbosity=0)
+from accounts import services
+owner = services.User.objects.create_user("o@old.example")
+tenant = services.tenant_create(slug="old", name="Old", owner=owner)
+with connection.cursor() as cursor:
+    cursor.execute(
+        "INSERT INTO inference_webhooksigningkey (tenant_id, secret, previous_secret, created_at,"
+        " previous_valid_until) VALUES (%s, %s, %s, '2026-11-01', '2999-01-01')",
+        [tenant.pk, {current!r}, {previous!r}],
+    )
+call_command("migrate", verbosity=0)
+from inference import webhooks
+key = webhooks.signing_record(tenant)
+print(json.dumps(webhooks.signing_secrets(key)))
+"""
+
+
+def test_an_upgrade_seals_the_secrets_stored_before_and_they_still_sign(tmp_path):
+    """Receivers keep verifying across the upgrade: the secrets in force are the same ones,
+    now sealed, and the plaintext columns are gone."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    current = "whsec_" + base64.b64encode(b"c" * 32).decode()
+    previous = "whsec_" + base64.b64encode(b"p" * 32).decode()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "MM_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    script = UPGRADE_SCRIPT.format(current=current, previous=previous)
+    result = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [current, previous]
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("db.sqlite3*"))  # WAL too
+    assert current.encode() not in stored and previous.encode() not in stored

@@ -235,9 +235,10 @@ def test_a_kek_that_still_wraps_keys_cannot_be_retired(tenant):
 def test_an_organisation_with_versions_aliases_and_predictions_is_crypto_shredded(tenant):
     from django.db.models import RestrictedError
 
+    from inference import webhooks
     from inference.models import Prediction
     from marketplace import services as registry
-    from marketplace.models import Alias, ModelVersion
+    from marketplace.models import Alias, ModelVersion, SealedSecret
 
     model = registry.model_create(tenant=tenant, name="m", actor=SYSTEM)
     artifact = artifact_create(tenant=tenant, chunks=[b"acme weights"])
@@ -246,11 +247,13 @@ def test_an_organisation_with_versions_aliases_and_predictions_is_crypto_shredde
     )
     Alias.objects.create(model=model, name="production", version=version)
     Prediction.objects.create(tenant=tenant, model=model, version=version, batch_size=1)
+    webhooks.signing_key_rotate(tenant, SYSTEM)  # its webhook secret and the one before
     with pytest.raises(RestrictedError):  # an artifact alone never goes from under its version
         artifact.delete()
 
     call_command("delete_tenant", "acme", "--yes", stdout=StringIO())
 
     assert not TenantKey.objects.filter(tenant__slug="acme").exists()
+    assert not SealedSecret.objects.exists()
     assert not ModelVersion.objects.exists() and not Artifact.objects.exists()
     assert not _blob_path(artifact).exists()

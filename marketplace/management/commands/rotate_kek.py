@@ -7,9 +7,10 @@ from marketplace.vault.keys import kek_backend, kek_ids_in_use, kek_rotate
 
 class Command(BaseCommand):
     help = (
-        "Re-wrap every tenant data key under the primary key-encryption key (artifacts are not "
-        "rewritten). With a key file, --new first adds a fresh primary KEK and --retire ID "
-        "removes a KEK that no longer wraps any key. With MM_KEK_RING or KMS, put the new "
+        "Re-wrap every tenant data key and sealed secret (webhook signing keys) under the "
+        "primary key-encryption key (artifacts are not rewritten). With a key file, --new "
+        "first adds a fresh primary KEK and --retire ID removes a KEK that no longer wraps "
+        "any key. With MM_KEK_RING or KMS, put the new "
         "primary in the configuration first, then run this."
     )
 
@@ -35,7 +36,10 @@ class Command(BaseCommand):
             kek_backend.cache_clear()
             self.stdout.write(f"Added KEK {kek_id} to {settings.KEK_FILE} as the primary.")
         moved = kek_rotate()
-        self.stdout.write(f"Re-wrapped {moved} tenant key(s) under {kek_backend().primary_id}.")
+        self.stdout.write(
+            f"Re-wrapped {moved} tenant key(s) and sealed secret(s) under "
+            f"{kek_backend().primary_id}."
+        )
         in_use = kek_ids_in_use()
         for kek_id, count in sorted(in_use.items()):
             self.stdout.write(f"  {kek_id}: wraps {count} key(s)")
