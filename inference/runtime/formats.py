@@ -90,10 +90,14 @@ def _load_export(data: bytes, device: str) -> LoadedModel:
 def _writes_nothing(program) -> bool:
     """Whether an exported program can keep nothing from one call to the next: it returns
     only user outputs (no buffer or input mutation, no effect tokens), and every operation in
-    its graphs is an aten operator that writes none of its arguments. torch.export keeps
-    in-place operators in its graphs (``aten.add_`` on a buffer), so each node is looked at.
-    Anything else (a higher-order operator, an in-place one on a temporary) counts as state:
-    the cost of a wrong "no" is only a host per organisation."""
+    its graphs is an aten operator that writes none of its arguments, draws no random numbers
+    and reads no uninitialised memory. torch.export keeps in-place operators in its graphs
+    (``aten.add_`` on a buffer), so each node is looked at. The random generator is state the
+    process keeps: a call's input can set how far it moves, and the next caller can read that
+    back from its own draws. ``empty`` hands out whatever the allocator freed last, which may
+    be another caller's input. Anything else (a higher-order operator, an in-place one on a
+    temporary, another namespace's) counts as state: the cost of a wrong "no" is only a host
+    per organisation."""
     user_output = torch.export.graph_signature.OutputKind.USER_OUTPUT
     if any(spec.kind != user_output for spec in program.graph_signature.output_specs):
         return False
@@ -104,9 +108,46 @@ def _writes_nothing(program) -> bool:
                 return False
             if node.op != "call_function" or node.target is operator.getitem:
                 continue
-            target = node.target
-            if not isinstance(target, torch._ops.OpOverload) or target._schema.is_mutable:
+            if not _keeps_nothing(node):
                 return False
+    return True
+
+
+# Operators tagged as drawing random numbers that draw none when this argument is false or
+# zero (how an exported model in eval mode calls them).
+_RANDOM_ONLY_WITH = {
+    "aten::dropout": "train",
+    "aten::native_dropout": "train",
+    "aten::feature_dropout": "train",
+    "aten::alpha_dropout": "train",
+    "aten::feature_alpha_dropout": "train",
+    "aten::scaled_dot_product_attention": "dropout_p",
+}
+
+
+def _keeps_nothing(node) -> bool:
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
+        return False
+    schema = target._schema
+    if schema.is_mutable or "empty" in schema.name:  # empty, empty_like, new_empty_strided...
+        return False
+    if torch.Tag.nondeterministic_seeded not in target.tags:
+        return True
+    switch = _RANDOM_ONLY_WITH.get(schema.name)
+    return switch is not None and not _argument(node, schema, switch)
+
+
+def _argument(node, schema, name: str):
+    """The value a call node passes for ``name`` (the schema's default where it passes
+    none)."""
+    for index, argument in enumerate(schema.arguments):
+        if argument.name == name:
+            if name in node.kwargs:
+                return node.kwargs[name]
+            if index < len(node.args):
+                return node.args[index]
+            return argument.default_value if argument.has_default_value() else True
     return True
 
 

@@ -115,6 +115,46 @@ def test_a_stateless_export_serves_every_organisation_from_one_host(tenant, outs
     )
 
 
+class Draws(nn.Module):
+    """Random numbers: the generator is state the host process keeps. A caller's input can set
+    how far its call moves it, and the next caller can read that back from its own draws."""
+
+    def forward(self, x):
+        return x + torch.rand_like(x)
+
+
+class Uninitialised(nn.Module):
+    """Memory as the allocator hands it out: whatever the last call freed there."""
+
+    def forward(self, x):
+        return torch.empty_like(x)
+
+
+class EvalDropout(nn.Module):
+    """Dropout as an exported model in eval mode calls it: no random numbers drawn."""
+
+    def forward(self, x):
+        return nn.functional.dropout(x * 2, 0.5, training=False)
+
+
+@pytest.mark.parametrize(
+    ("module", "stateless"),
+    [(Draws(), False), (Uninitialised(), False), (EvalDropout(), True)],
+    ids=["random", "empty", "eval-dropout"],
+)
+def test_an_export_that_draws_random_numbers_or_reads_unset_memory_is_not_shared(
+    tenant, module, stateless
+):
+    """Such graphs write no buffer, and validation took them for stateless: one host served
+    every organisation, and a reviewer read another organisation's input back through the
+    random generator."""
+    from tests.inference.conftest import export
+
+    version = validated(tenant, "m", export(module), fmt="pt2")
+
+    assert version.stateless is stateless
+
+
 class FirstRow(nn.Module):
     """Right at batch 1 (how validation sees it); for more rows, one row for everyone."""
 
