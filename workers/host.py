@@ -61,6 +61,13 @@ CPU_SPIN_CAP_SECONDS = int(os.environ.get("MM_HOST_CPU_SPIN_MICROSECONDS", "1000
 HOST_POLL_MICROSECONDS = int(os.environ.get("MM_HOST_POLL_MICROSECONDS", "200"))
 
 
+# CPU a host may use between two health checks with no request between them (its polling
+# after a reply, a ping): more is work a model left running after it answered.
+IDLE_CPU_SECONDS = float(os.environ.get("MM_HOST_IDLE_CPU_SECONDS", "1.0"))
+# Requests whose replies carry no payload (only a header).
+NO_PAYLOAD = frozenset({"ping", "load", "validate"})
+
+
 def default_spin_seconds(device: str) -> float | None:
     """The fixed polling of a device's hosts; None: adaptive (CPU, see above)."""
     return CUDA_SPIN_SECONDS if device.startswith("cuda") else None
@@ -74,6 +81,15 @@ def _null(_constant: str) -> None:
 # float16 cast that overflowed) are null: the database's JSON columns refuse them. One decoder
 # for every frame: json.loads(..., parse_constant=...) builds a new one per call (~25 µs).
 _decode_header = json.JSONDecoder(parse_constant=_null).decode
+
+
+def _tmp_bytes(pid: int) -> int:
+    """Bytes in use in the /tmp that process ``pid`` sees (the host's, in its sandbox)."""
+    try:
+        stat = os.statvfs(f"/proc/{pid}/root/tmp")
+    except OSError:
+        return 0
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
 def _billable_ms(reported, elapsed_seconds: float) -> float:
@@ -119,6 +135,7 @@ class ModelHost:
     _reader: FrameReader | None = None  # the host's replies, with what was read ahead
     _busy: threading.Lock = field(default_factory=threading.Lock)
     _retired: bool = False  # killed as soon as no request is using it
+    _sandboxed: bool = False  # started under bubblewrap
     _interrupt: Callable[[], bool] | None = None
     # The request id(s) of the request in flight, for the host's output in our logs.
     _log_id: str | None = None
@@ -126,6 +143,8 @@ class ModelHost:
     # Moving average of recent predictions' round trips (seconds), for the adaptive polling.
     _predict_seconds: float | None = None
     _polling: bool = False  # the request in flight is a prediction (pings never poll)
+    # (requests, CPU seconds) at the end of the last health check: what the host did since.
+    _checked: tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.spin_seconds is None:
@@ -133,10 +152,14 @@ class ModelHost:
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Health check for a host that is not busy; a host that fails it is killed. A busy
-        host is skipped (its request has its own deadline)."""
+        host is skipped (its request has its own deadline). Besides answering, a host must
+        stay within its memory limit and, with no request since the last check, must not
+        have worked: a model can leave threads running after its reply (``torch.jit.fork``),
+        which no request's deadline or memory watch sees."""
         if not self._busy.acquire(blocking=False):
             return True
         self._busy.release()
+        requests = self.requests
         try:
             self.request({"op": "ping"}, timeout=timeout)
         except HostFailure:
@@ -145,9 +168,30 @@ class ModelHost:
             self.kill()
             HOST_RESTARTS.labels("health_check").inc()
             return False
+        if self.rss_limit and self.rss() > self.rss_limit:
+            return self._failed_check("memory", f"over its memory limit, {self.rss() >> 20} MiB")
+        cpu, checked = self.cpu_seconds(), self._checked
+        self._checked = (self.requests, cpu)
+        if checked is not None and checked[0] == requests and cpu - checked[1] > IDLE_CPU_SECONDS:
+            return self._failed_check("idle_work", f"{cpu - checked[1]:.1f} CPU s with no request")
         return True
 
-    # --- lifecycle ----------------------------------------------------------------------
+    def _failed_check(self, kind: str, why: str) -> bool:
+        logger.warning("model host %s killed at its health check: %s", self.proc.pid, why)
+        self.kill()
+        HOST_RESTARTS.labels(kind).inc()
+        return False
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the host and everything it runs have used."""
+        if not self.alive:
+            return 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            times = [p.cpu_times() for p in [root, *root.children(recursive=True)]]
+        except psutil.NoSuchProcess:
+            return 0.0
+        return sum(t.user + t.system for t in times)
 
     def start(self, timeout: float = 120.0) -> ModelHost:
         global _warned_unsandboxed
@@ -166,6 +210,7 @@ class ModelHost:
         else:
             seccomp_fd = sandbox.seccomp_memfd()
             preexec, new_session = None, True
+            self._sandboxed = True
         argv, env = sandbox.host_command(
             limits=self.limits,
             device=self.device,
@@ -196,7 +241,7 @@ class ModelHost:
             # and waits in select() only when the pipe is full.
             os.set_blocking(pipe.fileno(), False)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        header, _ = self._read_frame(time.monotonic() + timeout)
+        header, _ = self._read_frame(time.monotonic() + timeout, max_payload=0)
         if not header.get("ready"):
             self.kill()
             raise HostFailure("protocol", f"the host did not start: {header}")
@@ -265,14 +310,19 @@ class ModelHost:
                 pipe.close()
 
     def rss(self) -> int:
-        """Resident memory of the host and everything it runs."""
+        """Resident memory of the host and everything it runs, and what its files hold in its
+        private /tmp (a tmpfs: memory too, which no process's RSS shows)."""
         if not self.alive:
             return 0
         try:
             root = psutil.Process(self.proc.pid)
-            return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            tree = [root, *root.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree)
         except psutil.NoSuchProcess:
             return 0
+        # Under bubblewrap the interpreter (the innermost process) has /tmp to itself; the
+        # fallback's child shares the machine's.
+        return rss + (_tmp_bytes(tree[-1].pid) if self._sandboxed and len(tree) > 1 else 0)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -293,7 +343,9 @@ class ModelHost:
         Long requests (compression) send progress frames before the reply; each goes to
         ``on_progress``. ``interrupt`` is polled while waiting: when it answers True the host
         is killed and ``HostFailure("cancelled")`` raised. A reply whose payload would exceed
-        ``max_payload`` bytes is not read: the host is killed (``HostFailure("protocol")``)."""
+        ``max_payload`` bytes is not read: the host is killed (``HostFailure("protocol")``).
+        The replies to ``NO_PAYLOAD`` requests may carry none: a hostile host announcing
+        exabytes there would otherwise have the worker read until its memory ran out."""
         with self._busy:  # one request on the pipe at a time (batcher, validation, pings)
             if self._retired:
                 # Evicted between the caller's lookup and this request: nothing ran.
@@ -306,6 +358,8 @@ class ModelHost:
             self._log_id = header.get("request_id") or current_request_id()
             self._log_lines = 0
             self._polling = header.get("op") == "predict"
+            if header.get("op") in NO_PAYLOAD:
+                max_payload = 0
             started = time.perf_counter()
             try:
                 self._write(pack(header, payload), deadline)
@@ -353,6 +407,8 @@ class ModelHost:
         header_len, payload_len = PREFIX.unpack(self._read_exact(PREFIX.size, deadline))
         if header_len > 1 << 20:
             self._malformed(f"a reply header of {header_len} bytes")
+        if max_payload == 0 and payload_len:
+            self._malformed(f"a payload of {payload_len} bytes with a reply that has none")
         if max_payload is not None and payload_len > max_payload:
             self._malformed(
                 f"{payload_len / 2**20:.0f} MiB, over the limit of {max_payload / 2**20:.0f} MiB"

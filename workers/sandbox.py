@@ -63,6 +63,9 @@ _ARCH = {
         220,
     ),
 }
+# x86-64's x32 ABI: the same calls under these numbers (bit 30 set), which the rules below,
+# written for the 64-bit numbers, would not match; refused outright where the kernel has x32.
+_X32_SYSCALL_BIT = 0x40000000
 _CLONE_THREAD = 0x00010000
 _RET_ALLOW, _RET_ERRNO, _RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
 
@@ -73,10 +76,14 @@ def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 def seccomp_program() -> bytes:
     """A classic BPF seccomp filter: fork, vfork, ptrace, unshare, setns and mount fail;
-    clone is allowed only for threads (clone3 answers ENOSYS so libc falls back to clone)."""
-    audit_arch, blocked, clone_nr = _ARCH[platform.machine()]
-    ld_abs, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    clone is allowed only for threads (clone3 answers ENOSYS so libc falls back to clone); on
+    x86-64 every x32 system call fails."""
+    machine = platform.machine()
+    audit_arch, blocked, clone_nr = _ARCH[machine]
+    ld_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     prog = [_insn(ld_abs, 4), _insn(jeq, audit_arch, 1, 0), _insn(ret, _RET_KILL), _insn(ld_abs, 0)]
+    if machine == "x86_64":
+        prog += [_insn(jge, _X32_SYSCALL_BIT, 0, 1), _insn(ret, _RET_ERRNO | errno.ENOSYS)]
     for nr, code in blocked.items():
         prog += [_insn(jeq, nr, 0, 1), _insn(ret, _RET_ERRNO | code)]
     prog += [
@@ -274,8 +281,12 @@ def host_command(
             argv += ["--ro-bind-try", path, path]
         for path in _library_dirs():
             argv += ["--ro-bind-try", path, path]
-    # Everything but /tmp read-only, including the mount points bwrap made in its root.
-    argv += ["--remount-ro", "/"]
+    # Everything but /tmp read-only, including the mount points bwrap made in its root, and
+    # /dev (its nodes still work). bwrap 0.8 cannot size a tmpfs: a model could hold any
+    # amount of memory in files there, which the address space limit does not count (a
+    # review helper held 5 GiB in /dev/shm and /tmp). /dev/shm is not needed; torch needs a
+    # writable temporary directory, and the worker counts /tmp with the host's memory.
+    argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     for key, value in env.items():

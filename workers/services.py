@@ -456,6 +456,7 @@ def compression_run(*, job_id: str) -> str | None:
             timeout=settings.COMPRESSION_TIMEOUT,
             on_progress=on_progress,
             interrupt=cancelled,
+            max_payload=settings.MAX_ARTIFACT_BYTES,  # the new version: no larger than uploads
         )
         del data
         compute_seconds = time.monotonic() - started

@@ -344,7 +344,12 @@ def main() -> None:
     import torch.export._trace  # noqa: F401
     import torch.export.pt2_archive._package  # noqa: F401
 
-    torch.set_num_threads(int(os.environ.get("MM_HOST_THREADS", "1")))
+    threads = int(os.environ.get("MM_HOST_THREADS", "1"))
+    torch.set_num_threads(threads)
+    # The pool torch.jit.fork runs on, one thread per core by default: a model could start
+    # work there that outlives its reply on every core (the worker's health check kills a
+    # host working with no request; this bounds what it can take meanwhile).
+    torch.set_num_interop_threads(threads)
     if os.environ.get("MM_HOST_DEVICE", "cpu").startswith("cuda"):
         _start_cuda()
     host = Host()

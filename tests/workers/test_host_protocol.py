@@ -210,3 +210,18 @@ def test_a_reply_header_that_is_not_a_json_object_kills_the_host(scripted_host, 
 
     assert failure.value.kind == "protocol"
     assert not scripted_host.alive
+
+
+@pytest.mark.parametrize("op", ["ping", "load", "validate"])
+def test_a_host_announcing_a_payload_where_its_reply_has_none_is_killed_unread(scripted_host, op):
+    """A hostile host could announce exabytes with these replies, and the worker (serving
+    every organisation) read on until its memory ran out: a review helper took one from 111
+    MiB to 2 GiB within a load's deadline."""
+    started = time.monotonic()
+    with pytest.raises(HostFailure) as failure:
+        scripted_host.request({"op": op}, timeout=30)
+
+    assert failure.value.kind == "protocol"
+    assert f"a payload of {len(BIG)} bytes with a reply that has none" in str(failure.value)
+    assert not scripted_host.alive
+    assert time.monotonic() - started < 5

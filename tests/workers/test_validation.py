@@ -218,6 +218,34 @@ def test_model_that_eats_memory_is_killed(tenant):
     assert "memory" in version.failure_reason
 
 
+class TmpHog(nn.Module):
+    """Leaves 1.5 GiB in files in its private /tmp (a tmpfs: memory, which no process's RSS
+    shows once unmapped), then keeps working."""
+
+    def forward(self, x):
+        total = x.sum()
+        for i in range(48):
+            path = "/tmp/hog" + str(i)
+            held = torch.from_file(path, shared=True, size=8 * 1024 * 1024, dtype=torch.float32)
+            total = total + held.fill_(1.0)[0]  # unmapped when dropped; the file stays
+        small = torch.ones(1024)
+        for _ in range(20_000_000):
+            total = total + small[0]
+        return x + total
+
+
+def test_model_that_holds_memory_in_tmp_files_is_killed(tenant):
+    """A model could keep any amount of memory in its /tmp (bubblewrap 0.8 cannot size it) and
+    stay under the memory limit: a review helper held 5 GiB at 325 MiB of RSS. The worker now
+    counts what the host's /tmp holds with its memory."""
+    version = make_version(
+        tenant, scripted(TmpHog()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+    )
+    version = version_validate(version_id=version.public_id)
+    assert version.status == "failed"
+    assert "memory" in version.failure_reason
+
+
 def test_model_that_raises_fails_with_its_message(tenant):
     version = make_version(
         tenant, scripted(Boom()), "torchscript", example_input={"x": {"shape": [1, 4]}}
@@ -423,6 +451,57 @@ def test_health_check_kills_a_host_that_stopped_answering(tenant):
     assert HOSTS.ping_all() == 1
     assert not host.alive
     assert HOSTS.loaded("cpu").get(version_key(version)) is None
+
+
+def _burn(a: torch.Tensor, n: int) -> torch.Tensor:
+    y = a
+    for _ in range(n):
+        y = torch.mm(y, a) * 1e-3
+    return y
+
+
+class LeavesWork(nn.Module):
+    """Starts work on torch's inter-op pool for a large input and answers without waiting."""
+
+    def forward(self, x):
+        futures: list[torch.jit.Future[torch.Tensor]] = []
+        if bool(x[0, 0] > 1000):
+            futures.append(torch.jit.fork(_burn, torch.rand(256, 256), 1_000_000))
+        return x + float(len(futures)) * 0
+
+
+def test_health_check_kills_a_host_that_keeps_working_after_its_reply(tenant):
+    """Work a model leaves running after it answered is outside every request's deadline and
+    memory watch (and unbilled): a review helper kept both cores busy with it, with nothing
+    in flight. A host that works between two checks with no request is killed; an idle one
+    (or one that served requests meanwhile) is not."""
+    import time
+
+    busy = version_validate(
+        version_id=make_version(
+            tenant, scripted(LeavesWork()), "torchscript", example_input={"x": {"shape": [1, 4]}}
+        ).public_id
+    )
+    quiet = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(busy))
+    assert HOSTS.ping_all() == 0  # where each host's count starts
+
+    reply, _ = host.request(
+        {"op": "predict"}, codec.encode({"x": torch.full((1, 4), 5000.0)}), timeout=10
+    )
+    assert reply["compute_ms"] < 1000  # it answered at once, its work still running
+    assert HOSTS.ping_all() == 0  # it served a request since the last check
+    started, deadline = host.cpu_seconds(), time.monotonic() + 60
+    while host.cpu_seconds() - started < 1.5:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    assert HOSTS.ping_all() == 1
+    assert not host.alive
+    assert HOSTS.loaded("cpu").get(version_key(busy)) is None
+    assert HOSTS.loaded("cpu").get(version_key(quiet)).alive
 
 
 def test_loaded_hosts_count_their_own_memory_so_small_models_cannot_pile_up(tenant, settings):
