@@ -332,7 +332,7 @@ def prediction_cancel(prediction: Prediction) -> Prediction:
     ).update(status=Prediction.Status.CANCELED, completed_at=timezone.now(), input_data=None)
     moved = ["status", "completed_at"] if cancelled else WORKER_FIELDS
     prediction.refresh_from_db(fields=[*moved, "input_data"])
-    if prediction.status == Prediction.Status.CANCELED:
+    if cancelled:  # only the call that cancelled it: once per prediction
         transaction.on_commit(lambda: _announce(prediction))
     return prediction
 

@@ -116,6 +116,30 @@ def test_cancelling_a_prediction_that_just_finished_returns_its_result(
     assert UsageRecord.objects.filter(source_id=queued["id"]).count() == 1
 
 
+def test_cancelling_again_sends_no_second_completed_event(
+    api, tenant, classifier, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Each repeated cancel of a cancelled prediction sent its "completed" webhook again (a
+    review helper's receiver got three)."""
+    from celery import current_app
+
+    sent = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, args, **_: sent.append(args))
+    prediction = Prediction.objects.create(
+        tenant=tenant,
+        model=classifier.model,
+        version=classifier,
+        webhook_url="https://example.com/hook",
+    )
+
+    for _ in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            answer = api.post(f"/api/v1/predictions/{prediction.public_id}/cancel")
+        assert answer.status_code == 200 and answer.json()["status"] == "canceled"
+
+    assert sent == [[prediction.public_id, "completed"]]
+
+
 def test_idempotent_retry_returns_the_same_prediction_billed_once(
     celery_worker_process, api, classifier
 ):
