@@ -254,7 +254,7 @@ def price_clean(field: str, value: Decimal | str | int) -> Decimal:
         raise ValidationError(
             {field: f"Prices have at most {PRICE_PLACES} decimal places (e.g. 0.000125)."}
         )
-    return price.quantize(places)
+    return abs(price).quantize(places)  # abs: "-0" is 0 (it was echoed and audited as -0)
 
 
 def tags_clean(tags: list[str]) -> list[str]:
@@ -451,6 +451,11 @@ def listing_publish(
     if not changed:
         return listing
     listing.updated_at = now
+    if "visibility" in changed and listing.visibility == Listing.Visibility.PUBLIC:
+        # In the catalogue from now on: its date (and place among the newest) is this one,
+        # not the one of the draft it was made from.
+        listing.published_at = now
+        changed.append("published_at")
     listing.save(update_fields=[*changed, "updated_at"])
     audit_record(
         action="listing.update",
@@ -914,9 +919,14 @@ def catalogue_search(
         listings = listings.filter(price_per_call=0, price_per_second=0)
     if sort == "most_used":
         listings = listings.annotate(
+            # Live subscriptions only: counting private shares told anyone how many
+            # organisations a publisher shares a model with.
             subscribers=Count(
                 "model__entitlements",
-                filter=Q(model__entitlements__revoked_at__isnull=True),
+                filter=Q(
+                    model__entitlements__revoked_at__isnull=True,
+                    model__entitlements__kind=Entitlement.Kind.SUBSCRIPTION,
+                ),
                 distinct=True,
             )
         ).order_by("-subscribers", "-published_at", "-pk")

@@ -661,11 +661,19 @@ def shelf(tenant, outsider, initech):
     now = timezone.now()
     for days, model in enumerate([tabnet, bert, resnet]):
         Listing.objects.filter(model=model).update(published_at=now - timedelta(days=days))
-    # resnet is the most used (two organisations), then tabnet (one).
+    # resnet is the most used (two subscribers), then tabnet (one). bert's private shares
+    # do not count: anyone could have read how many organisations it is shared with.
     for consumer in ("globex", "initech"):
-        share_with(resnet, consumer)
-    share_with(tabnet, "initech")
+        subscribe(resnet, consumer)
+        share_with(bert, consumer)
+    subscribe(tabnet, "initech")
     return {"resnet": resnet, "bert": bert, "tabnet": tabnet}
+
+
+def subscribe(model: Model, slug: str) -> None:
+    listings.listing_subscribe(
+        listing=model.listing, tenant=Tenant.objects.get(slug=slug), actor=accounts.SYSTEM
+    )
 
 
 def share_with(model: Model, slug: str) -> None:
@@ -696,6 +704,33 @@ def share_with(model: Model, slug: str) -> None:
 )
 def test_catalogue_search_filters_and_sorts_public_listings(shelf, params, expected):
     assert refs(APIClient().get("/api/v1/catalogue", params)) == expected
+
+
+def test_a_draft_made_public_is_the_newest_as_of_then(api, tenant):
+    """Its date was the draft's: a listing made public sorted below one published after the
+    draft was created, and its page said it was published before it was."""
+    make_model(tenant, "draft")
+    make_model(tenant, "later")
+    publish(api, "acme/draft", visibility="private")
+    Listing.objects.filter(model__name="draft").update(
+        published_at=timezone.now() - timedelta(days=3)
+    )
+    publish(api, "acme/later")
+
+    made_public = publish(api, "acme/draft", visibility="public").json()
+
+    assert refs(APIClient().get("/api/v1/catalogue")) == ["acme/draft", "acme/later"]
+    assert made_public["published_at"][:10] == timezone.now().isoformat()[:10]  # not 3 days ago
+
+
+def test_a_price_of_minus_zero_is_zero(api, tenant):
+    make_model(tenant, "m")
+
+    listing = publish(api, "acme/m", price_per_call="-0").json()
+
+    assert listing["price_per_call"] == "0.000000"
+    event = AuditEvent.objects.get(action="listing.publish")
+    assert event.data["price_per_call"] == "0.000000"
 
 
 def test_catalogue_prices_compare_within_a_currency(tenant, outsider):
