@@ -3,6 +3,7 @@ with a new version and its usage record, fail, cancel, and promote the result to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import timedelta
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -118,7 +119,7 @@ def job_create(
                 target=job,
                 data={"model": model.ref, "version": version.number, "method": method},
             )
-            transaction.on_commit(lambda: enqueue(job))
+            transaction.on_commit(lambda: _enqueue_or_fail(job))
     except IntegrityError:
         # The same key raced in from a concurrent retry: answer with the winner.
         existing = (
@@ -208,6 +209,28 @@ def enqueue(job: CompressionJob) -> None:
     current_app.send_task("workers.run_compression", args=[job.public_id], queue=job.queue)
 
 
+def _enqueue_or_fail(job: CompressionJob) -> None:
+    """``enqueue``, or, when that fails (the broker down), fail the job before the error
+    reaches the caller as a 503: nothing will run it, and left queued it took one of the
+    organisation's active jobs for good (three such, and every new job was a 429). Its
+    Idempotency-Key is freed for the retry. (If the database fails too, the beat's sweep sends
+    it later: ``jobs_requeue_lost``.)"""
+    try:
+        enqueue(job)
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            CompressionJob.objects.filter(
+                pk=job.pk, status=CompressionJob.Status.QUEUED, started_at__isnull=True
+            ).update(
+                status=CompressionJob.Status.FAILED,
+                error="The job could not be sent to a worker; it was not run or billed. "
+                "Send it again.",
+                idempotency_key="",
+                completed_at=timezone.now(),
+            )
+        raise
+
+
 def job_cancel(job: CompressionJob) -> CompressionJob:
     """Cancel a queued or running job: a running one's model host is killed within about a
     second. A cancelled job is not billed and leaves no version."""
@@ -285,13 +308,17 @@ def _parent_gone(parent: ModelVersion, *, while_: str) -> str:
 
 
 def _lost() -> Q:
-    """Running jobs whose heartbeat stopped: their worker is gone. A running job's worker
-    touches its heartbeat about every second; one silent for ``MM_COMPRESSION_JOB_LOST_SECONDS``
-    (2 min) was lost with its worker (killed, or the machine gone)."""
+    """Running jobs whose heartbeat stopped (their worker is gone), and queued ones as old. A
+    running job's worker touches its heartbeat about every second; one silent for
+    ``MM_COMPRESSION_JOB_LOST_SECONDS`` (2 min) was lost with its worker (killed, or the
+    machine gone)."""
     silent_since = timezone.now() - timedelta(seconds=settings.COMPRESSION_JOB_LOST_SECONDS)
-    return Q(status=CompressionJob.Status.RUNNING) & (
+    running = Q(status=CompressionJob.Status.RUNNING) & (
         Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, started_at__lt=silent_since)
     )
+    # And queued ones that long: their task was lost on the way (a claim that failed drops
+    # it), and nothing else would send it again.
+    return running | Q(status=CompressionJob.Status.QUEUED, created_at__lt=silent_since)
 
 
 def jobs_requeue_lost() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
@@ -196,7 +197,7 @@ def prediction_create(
             sql.insert(prediction)
             if shared is not None:
                 prediction._waiter = realtime.expect(prediction.public_id, shared)
-            transaction.on_commit(lambda: enqueue(prediction))
+            transaction.on_commit(lambda: _enqueue_or_withdraw(prediction))
     except IntegrityError:
         _forget_waiter(prediction)
         if not idempotency_key:
@@ -252,6 +253,22 @@ def enqueue(prediction: Prediction) -> None:
     current_app.send_task(
         "workers.run_prediction", args=[prediction.public_id], queue=settings.INFERENCE_QUEUE
     )
+
+
+def _enqueue_or_withdraw(prediction: Prediction) -> None:
+    """``enqueue``, or, when that fails (Redis down), take the prediction back before the
+    error reaches the caller as a 503: nothing will run it, and left queued it counted against
+    the spend cap, the key's budget and the free calls for good, and a retry under its
+    Idempotency-Key was answered with it, queued, every time. (If the database fails too, the
+    beat's sweep sends it later: ``predictions_resend_queued``.)"""
+    try:
+        enqueue(prediction)
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            Prediction.objects.filter(
+                pk=prediction.pk, status=Prediction.Status.QUEUED, started_at__isnull=True
+            ).delete()
+        raise
 
 
 def _forget_waiter(prediction: Prediction | None) -> None:
@@ -416,6 +433,27 @@ def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:
             prediction.error, prediction.error_kind = error[:5000], kind
             transaction.on_commit(lambda: _announce(prediction, b""))
     return bool(done)
+
+
+def predictions_resend_queued() -> int:
+    """Send again the predictions still queued ``MM_PREDICTION_STUCK_SECONDS`` after they were
+    made: their hand-off was lost (a worker whose claim failed, the database locked or
+    restarting, dropped what it had taken), and no worker would ever see them. A worker runs
+    a prediction once however many times it is sent (the claim is conditional), so one only
+    waiting its turn still runs once. How many were sent."""
+    cutoff = timezone.now() - timedelta(seconds=settings.PREDICTION_STUCK_SECONDS)
+    waiting = Prediction.objects.filter(status=Prediction.Status.QUEUED, created_at__lt=cutoff)
+    resent = 0
+    for prediction in waiting.only("public_id").order_by("pk")[:1000]:
+        enqueue(prediction)
+        resent += 1
+    if resent:
+        logger.warning(
+            "sent again %d predictions queued for over %.0f s",
+            resent,
+            settings.PREDICTION_STUCK_SECONDS,
+        )
+    return resent
 
 
 def predictions_fail_stuck() -> int:

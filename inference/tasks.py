@@ -19,9 +19,10 @@ def purge_prediction_data() -> int:
 )
 def fail_stuck_predictions() -> int:
     """Beat, every minute: fail, unbilled, the predictions running past
-    ``MM_PREDICTION_STUCK_SECONDS``."""
-    from inference.services import predictions_fail_stuck
+    ``MM_PREDICTION_STUCK_SECONDS``, and send again the ones queued that long."""
+    from inference.services import predictions_fail_stuck, predictions_resend_queued
 
+    predictions_resend_queued()
     return predictions_fail_stuck()
 
 

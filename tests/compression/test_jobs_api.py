@@ -449,3 +449,31 @@ def test_a_keys_budget_covers_the_compression_jobs_it_starts(tenant, mlp_version
     assert f"API key {key.prefix} has used its monthly budget (1.00)" in refused.json()["detail"]
     assert elsewhere.status_code == 201
     assert UsageRecord.objects.get(source_id=first.public_id).api_key_id == key.pk
+
+
+@pytest.mark.django_db(transaction=True)  # the hand-off runs after the real commit
+def test_jobs_that_cannot_be_handed_to_a_worker_fail_and_free_their_slot(
+    api, mlp_version, monkeypatch
+):
+    """The broker down just after the commit: the caller got a 503, but the job stayed queued
+    for good and took one of the organisation's three active jobs; three such, and every new
+    job was a 429."""
+    from kombu.exceptions import OperationalError
+
+    def down(job):
+        raise OperationalError("the broker is restarting")
+
+    def keyed(key: str):
+        body = {"model": "acme/mlp", "version": "1", "method": "quantize", "params": {}}
+        return api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    monkeypatch.setattr(jobs, "enqueue", down)
+    refused = [keyed(f"k{i}") for i in range(3)]
+    monkeypatch.setattr(jobs, "enqueue", lambda job: None)  # the broker back
+
+    assert [r.status_code for r in refused] == [503, 503, 503]
+    assert set(CompressionJob.objects.values_list("status", flat=True)) == {"failed"}
+    assert "was not run or billed" in CompressionJob.objects.first().error
+    again = keyed("k0")  # a retry under the same key runs
+    assert again.status_code == 201, again.json()
+    assert again.json()["status"] == "queued"

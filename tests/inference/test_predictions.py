@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import torch
 
@@ -375,3 +376,59 @@ def test_a_nan_input_runs_and_its_nan_outputs_read_as_null(celery_worker_process
     assert body["status"] == "succeeded" and body["output"]["output"] == [[None, None, None]]
     assert api.get(f"/api/v1/predictions/{body['id']}").json()["output"] == body["output"]
     assert UsageRecord.objects.filter(source_id=body["id"]).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the hand-off runs after the real commit
+def test_a_prediction_that_cannot_be_handed_to_a_worker_leaves_nothing_behind(
+    api, classifier, monkeypatch
+):
+    """Redis down just after the commit: the caller got a 503, but the prediction stayed
+    queued for good, counted against the spend cap, the key's budget and the free calls, and
+    a retry under its Idempotency-Key was answered with it, queued, every time."""
+    import redis
+
+    from inference import dispatch
+
+    def down(queue, prediction_id):
+        raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(dispatch, "send", down)
+
+    refused = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None, key="order-7")
+
+    assert refused.status_code == 503 and refused.json()["code"] == "unavailable"
+    assert not Prediction.objects.exists()
+    monkeypatch.undo()
+    retried = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None, key="order-7")
+    assert retried.status_code == 201 and retried.json()["status"] == "queued"
+
+
+def test_a_prediction_whose_hand_off_was_lost_is_sent_again_and_runs_once(
+    celery_worker_process, api, tenant, classifier
+):
+    """A worker whose claim failed (the database locked or restarting) dropped the id it had
+    taken, and nothing sent it again: queued for good. The beat's sweep sends such ones."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference import services, tensors
+
+    def recorded(age: timedelta) -> Prediction:
+        return Prediction.objects.create(
+            tenant=tenant,
+            model=classifier.model,
+            version=classifier,
+            input_data=tensors.encode({"x": np.ones((1, 4), np.float32)}),
+            created_at=timezone.now() - age,
+        )
+
+    lost = recorded(timedelta(minutes=10))
+    recent = recorded(timedelta(seconds=1))  # only waiting its turn (here: never sent)
+
+    assert services.predictions_resend_queued() == 1
+    assert wait_until(api, lost.public_id)["status"] == "succeeded"
+    assert services.predictions_resend_queued() == 0  # ran: nothing left to send
+    recent.refresh_from_db()
+    assert recent.status == "queued"
+    assert UsageRecord.objects.filter(source_id=lost.public_id).count() == 1
