@@ -57,10 +57,17 @@ def usage_record_create(
     model: Model,
     compute_seconds: Decimal,
     api_key_id: int | None = None,
+    admitted: tuple[Decimal, Decimal, str] | None = None,
 ) -> UsageRecord:
     """Record one unit of work at the listing's current price. Call it in the same
     transaction as the work's result; a second call for the same source returns the first
     record instead of billing again.
+
+    ``admitted``: the price per call, per second and currency the work was admitted at (its
+    spend cap and key budget were checked against them). It is billed at no more: a price
+    raised while it waited applies to later work only (a publisher's raise was billed on a
+    consumer's whole admitted backlog, far past its cap), a price lowered applies at once.
+    Where the currency changed meanwhile, the admitted terms hold as they are.
 
     A publisher running its own model pays nothing; the listing's free calls per month are
     free for each consumer. A compression job is billed to the model's owner at the
@@ -96,6 +103,12 @@ def usage_record_create(
     own = consumer.pk == model.tenant_id
     per_call = Decimal(0) if own or listing is None else listing.price_per_call
     per_second = Decimal(0) if own or listing is None else listing.price_per_second
+    currency = listing.currency if listing else "usd"
+    if admitted is not None and listing is not None and not own:
+        if admitted[2] == currency:
+            per_call, per_second = min(per_call, admitted[0]), min(per_second, admitted[1])
+        else:
+            per_call, per_second, currency = admitted
     fee_percent = listing.platform_fee_percent if listing else Decimal(0)
     free = False
     if listing is not None and not own and listing.free_calls_per_month:
@@ -119,7 +132,7 @@ def usage_record_create(
                 compute_seconds=compute_seconds,
                 price_per_call=per_call,
                 price_per_second=per_second,
-                currency=listing.currency if listing else "usd",
+                currency=currency,
                 free=free,
                 amount=amount,
                 platform_fee=fee,
@@ -339,7 +352,7 @@ def spend_authorize(
     api_key: ApiKey | None,
     pending: Callable[[ApiKey | None, str], Decimal] | None = None,
     in_flight: Callable[[], int] | None = None,
-) -> None:
+) -> Listing | None:
     """Refuse paid work before it runs (402) when the consumer has no payment method, is past
     its grace period, or has reached its monthly spend cap or the key's budget. Free work is
     never refused, nor a call the listing's free calls this month still cover (counting the
@@ -350,9 +363,12 @@ def spend_authorize(
     ``pending(key, currency)``, asked only where a cap or budget applies, is what the
     consumer's work admitted but not yet billed will cost in ``currency`` (about; of
     ``key``'s alone when given): it counts against the cap, so queued work cannot run past
-    it."""
+    it.
+
+    Returns the listing whose terms the work is admitted under (None: the consumer's own
+    model, or no listing): it is billed at no more than them (``usage_record_create``)."""
     if consumer.pk == model.tenant_id:
-        return
+        return None
     if Model.listing.is_cached(model):
         # Loaded with the model (and cached with it for a few seconds by the inference API):
         # the price charged is read again in the transaction that bills the work.
@@ -364,12 +380,12 @@ def spend_authorize(
             .first()
         )
     if listing is None or listing.is_free:
-        return
+        return listing
     if listing.free_calls_per_month:
         period = selectors.period_of()
         used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
         if used + (in_flight() if in_flight else 0) < listing.free_calls_per_month:
-            return  # one of this month's free calls
+            return listing  # one of this month's free calls
     currency = listing.currency
     account, period = _account_authorize(
         consumer,
@@ -386,6 +402,7 @@ def spend_authorize(
         pending=pending,
         price=(f"A call of {model.ref}", listing.price_per_call),
     )
+    return listing
 
 
 def _key_budget_authorize(

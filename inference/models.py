@@ -55,6 +55,15 @@ class Prediction(models.Model):
     request_hash = models.CharField(max_length=64, blank=True)
     webhook_url = models.URLField(max_length=2000, blank=True)
     webhook_events = models.JSONField(default=list, blank=True)
+    # The listing's terms it was admitted under (null: free, or the consumer's own model): it
+    # is billed at no more than these, whatever the publisher changes while it waits.
+    admitted_price_per_call = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    admitted_price_per_second = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    admitted_currency = models.CharField(max_length=3, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

@@ -166,7 +166,7 @@ def prediction_create(
         if existing is not None:
             return existing, False
     batch = tensors.check(signature(version), arrays)
-    spend_authorize(
+    terms = spend_authorize(
         consumer=access.tenant,
         model=model,
         api_key=access.key,
@@ -194,6 +194,10 @@ def prediction_create(
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
             )
+            if terms is not None:  # what it is admitted at: billed at no more
+                prediction.admitted_price_per_call = terms.price_per_call
+                prediction.admitted_price_per_second = terms.price_per_second
+                prediction.admitted_currency = terms.currency
             sql.insert(prediction)
             if shared is not None:
                 prediction._waiter = realtime.expect(prediction.public_id, shared)
@@ -408,6 +412,7 @@ def prediction_succeed(
                 model=prediction.model,
                 api_key_id=prediction.api_key_id,
                 compute_seconds=Decimal(str(compute_ms)) / 1000,
+                admitted=admitted_terms(prediction),
             )
             prediction.status = Prediction.Status.SUCCEEDED
             prediction.compute_ms, prediction.batched_with = compute_ms, batched_with
@@ -419,6 +424,17 @@ def prediction_succeed(
             }
             transaction.on_commit(lambda: _announce(prediction, output))
     return bool(done)
+
+
+def admitted_terms(prediction: Prediction) -> tuple[Decimal, Decimal, str] | None:
+    """Price per call, per second and currency the prediction was admitted at, if recorded."""
+    if not prediction.admitted_currency:
+        return None
+    return (
+        prediction.admitted_price_per_call,
+        prediction.admitted_price_per_second,
+        prediction.admitted_currency,
+    )
 
 
 def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:

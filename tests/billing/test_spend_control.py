@@ -374,3 +374,34 @@ def test_a_field_the_billing_settings_do_not_take_is_a_400_and_changes_nothing(o
     assert response.status_code == 400
     assert response.json()["errors"] == {"currency": ["Unknown field."]}
     assert globex.get("/api/v1/billing/settings").json() == {"spend_cap": None}
+
+
+@pytest.mark.django_db(transaction=True)  # the worker's batcher runs in its own thread
+def test_a_price_changed_while_calls_wait_bills_them_at_no_more_than_they_were_admitted_at(
+    outsider, paid_clf, monkeypatch
+):
+    """A publisher's raise was billed on the consumer's whole admitted backlog: a review
+    helper saw nine calls admitted under a 0.44 cap billed 5.00 each (45.34 spent). Admitted
+    work is billed at no more than its admission price; a lowered price applies at once."""
+    from billing.models import UsageRecord
+    from inference import services
+    from marketplace.listings import listing_publish
+    from workers.pool import HOSTS
+    from workers.services import prediction_run
+
+    globex = key_client(outsider)
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.00"}, format="json")
+    monkeypatch.setattr(services, "enqueue", lambda prediction: None)  # a backlog: run below
+    try:
+        waiting = [predict(globex).json()["id"] for _ in range(4)]  # 4 x 0.25: the cap
+        listing_publish(model=paid_clf, actor=accounts.SYSTEM, price_per_call="5")
+        for prediction_id in waiting[:2]:
+            assert prediction_run(prediction_id=prediction_id) == "succeeded"
+        listing_publish(model=paid_clf, actor=accounts.SYSTEM, price_per_call="0.1")
+        for prediction_id in waiting[2:]:
+            assert prediction_run(prediction_id=prediction_id) == "succeeded"
+    finally:
+        HOSTS.close()
+
+    amounts = {r.source_id: r.amount for r in UsageRecord.objects.filter(consumer=outsider)}
+    assert [amounts[i] for i in waiting] == [Decimal("0.25")] * 2 + [Decimal("0.1")] * 2
