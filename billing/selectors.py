@@ -14,6 +14,24 @@ from billing.models import UsageRecord
 from billing.money import from_minor_units
 
 ZERO = Decimal(0)
+MICRO = Decimal("0.000001")  # amounts and compute seconds are kept to the micro-unit
+SUMMED = ("amount", "platform_fee", "publisher_share", "compute_seconds", "seconds")
+
+
+def _exact(value):
+    """A sum of ledger decimals, exact again: SQLite (the default outside production) adds
+    them as floating point (46.7799999999997 for 46.78, which a budget check then compared),
+    where PostgreSQL's numeric is exact. Six places hold every amount the ledger writes."""
+    return value.quantize(MICRO) if isinstance(value, Decimal) else value
+
+
+def _exact_rows(rows) -> list[dict]:
+    rows = list(rows)
+    for row in rows:
+        for field in SUMMED:
+            if field in row:
+                row[field] = _exact(row[field])
+    return rows
 
 
 def period_of(moment: datetime | None = None) -> date:
@@ -36,7 +54,7 @@ def month_spend(
         records = records.filter(api_key=api_key)
     if currency is not None:
         records = records.filter(currency=currency)
-    return records.aggregate(total=Sum("amount"))["total"] or ZERO
+    return _exact(records.aggregate(total=Sum("amount"))["total"]) or ZERO
 
 
 def free_calls_used(*, consumer: Tenant, model, period: date) -> int:
@@ -49,7 +67,7 @@ def free_calls_used(*, consumer: Tenant, model, period: date) -> int:
 def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:
     """The period's ledger for one consumer, per listing (credits have no model): calls,
     compute seconds, amount, platform fee and publisher share, exact to the micro-unit."""
-    return list(
+    return _exact_rows(
         UsageRecord.objects.filter(consumer=consumer, period=period, currency=currency)
         .values("model", "publisher")
         .annotate(
@@ -75,8 +93,9 @@ def consumer_summary(*, consumer: Tenant, period: date) -> dict:
         free_calls=Count("pk", filter=Q(free=True)),
     )
     summary = {key: value or 0 for key, value in row.items()}
-    summary["spend"] = list(
-        records.values("currency").annotate(amount=Sum("amount")).order_by("currency")
+    summary["compute_seconds"] = _exact(summary["compute_seconds"])
+    summary["spend"] = _exact_rows(
+        list(records.values("currency").annotate(amount=Sum("amount")).order_by("currency"))
     )
     return summary
 
@@ -87,7 +106,7 @@ USAGE_CHART_DAYS = 30
 def daily_usage(*, consumer: Tenant, days: int = USAGE_CHART_DAYS) -> list[dict]:
     """Calls, compute seconds and spend per day and currency, oldest first, for the charts."""
     since = timezone.now() - timedelta(days=days)
-    return list(
+    return _exact_rows(
         UsageRecord.objects.filter(consumer=consumer, created_at__gte=since)
         .exclude(kind=UsageRecord.Kind.CREDIT)
         .annotate(day=TruncDate("created_at"))
@@ -99,7 +118,7 @@ def daily_usage(*, consumer: Tenant, days: int = USAGE_CHART_DAYS) -> list[dict]
 
 def usage_by(*, consumer: Tenant, period: date, field: str) -> list[dict]:
     """This period's usage grouped by ``model_ref`` or by ``api_key__name``, and currency."""
-    return list(
+    return _exact_rows(
         UsageRecord.objects.filter(consumer=consumer, period=period)
         .exclude(kind=UsageRecord.Kind.CREDIT)
         .values(field, "currency")

@@ -6,10 +6,11 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.exceptions import Conflict, ServiceError
+from accounts.exceptions import Conflict, PaymentRequired, ServiceError
 from accounts.models import ALL_SCOPES, Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
+from billing.services import spend_authorize
 from inference import compression_services, services
 from inference.models import CompressionJob, Prediction
 from marketplace import selectors
@@ -19,7 +20,10 @@ from marketplace.models import ModelVersion
 @transaction.atomic
 def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
     """Queue a failed prediction again (while its input is still kept). It is billed only if
-    it now succeeds, like any other."""
+    it now succeeds, like any other, and is admitted as a new request is: refused where its
+    consumer could not pay for it now (spend cap, key budget, grace period), at the price in
+    force now."""
+    terms = _spend_checked(prediction)
     retried = Prediction.objects.filter(
         pk=prediction.pk, status=Prediction.Status.FAILED, input_data__isnull=False
     ).update(
@@ -28,6 +32,9 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
         error_kind="",
         started_at=None,
         completed_at=None,
+        admitted_price_per_call=terms.price_per_call if terms else None,
+        admitted_price_per_second=terms.price_per_second if terms else None,
+        admitted_currency=terms.currency if terms else "",
     )
     if not retried:
         raise Conflict(
@@ -50,6 +57,23 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
     )
     transaction.on_commit(lambda: services.enqueue(prediction))
     return prediction
+
+
+def _spend_checked(prediction: Prediction):
+    """The listing terms a retry is admitted at; a Conflict saying why where the consumer's
+    spend cap, key budget or billing state would refuse a new request for it (an operator's
+    retry billed past the cap where the API answered 402)."""
+    try:
+        return spend_authorize(
+            consumer=prediction.tenant,
+            model=prediction.model,
+            api_key=prediction.api_key,
+            pending=lambda key, currency: services.pending_spend(
+                consumer=prediction.tenant, api_key=key, currency=currency
+            ),
+        )
+    except PaymentRequired as exc:
+        raise Conflict(f"{prediction.public_id} cannot be retried: {exc.message}") from None
 
 
 def _not_runnable(prediction: Prediction) -> str | None:

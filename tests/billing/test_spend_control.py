@@ -405,3 +405,27 @@ def test_a_price_changed_while_calls_wait_bills_them_at_no_more_than_they_were_a
 
     amounts = {r.source_id: r.amount for r in UsageRecord.objects.filter(consumer=outsider)}
     assert [amounts[i] for i in waiting] == [Decimal("0.25")] * 2 + [Decimal("0.1")] * 2
+
+
+def test_spend_is_exact_where_the_database_adds_floats(outsider, paid_clf):
+    """SQLite adds decimals as floating point: 4,678 calls at 0.01 came to 46.7799999999997,
+    and a budget check compared that (a 402 said 0.00 of 46.80 was left, not that it was
+    used)."""
+    from billing.models import UsageRecord
+    from billing.selectors import month_spend, period_of
+
+    Listing.objects.filter(model=paid_clf).update(price_per_call=Decimal("0.01"))
+    spend(outsider, paid_clf, 1)
+    first = UsageRecord.objects.get()
+    skip = ("id", "public_id", "source_id")
+    fields = [f.attname for f in first._meta.concrete_fields if f.attname not in skip]
+    copies = [
+        UsageRecord(**{f: getattr(first, f) for f in fields}, source_id=f"pred_copy_{n}")
+        for n in range(4677)
+    ]
+    UsageRecord.objects.bulk_create(copies)
+
+    total = month_spend(consumer=outsider, period=period_of())
+
+    assert total == Decimal("46.78") and total.as_tuple().exponent == -6
+    assert UsageRecord.objects.filter(consumer=outsider).count() == 4678

@@ -21,7 +21,7 @@ from inference.models import CompressionJob, Prediction
 from marketplace import listings
 from marketplace import services as registry
 from marketplace.models import Alias, Listing, ModelVersion
-from tests.conftest import PASSWORD, make_user
+from tests.conftest import PASSWORD, key_client, make_user
 from tests.inference.conftest import Classifier, export, ready_version, signature
 
 pytestmark = pytest.mark.django_db
@@ -161,13 +161,14 @@ def test_operator_retries_a_failed_prediction_and_cancels_a_queued_one(
     assert cancelled[0].target_id == queued.public_id
 
 
-@pytest.mark.parametrize("change", ["yank", "take_down", "share_revoked", "suspend"])
+@pytest.mark.parametrize("change", ["yank", "take_down", "share_revoked", "suspend", "spend_cap"])
 def test_a_prediction_is_not_retried_where_a_new_request_would_be_refused(
-    console, tenant, outsider, clf, change
+    console, tenant, outsider, clf, change, settings
 ):
     """A retry runs the model and bills it: not on a yanked version, a taken-down model, a
-    model no longer shared with the consumer, or for a suspended organisation (before, only
-    the prediction's own status was checked)."""
+    model no longer shared with the consumer, for a suspended organisation, or past the
+    consumer's spend cap (before, only the prediction's own status was checked; then the
+    spend cap was not, and a review helper's retry billed past it)."""
     listings.model_share(model=clf.model, tenant_slug=outsider.slug, actor=accounts.SYSTEM)
     failed = failed_prediction(outsider, clf)
     if change == "yank":
@@ -184,8 +185,21 @@ def test_a_prediction_is_not_retried_where_a_new_request_would_be_refused(
         listings.model_share_revoke(
             model=clf.model, tenant_slug=outsider.slug, actor=accounts.SYSTEM
         )
-    else:
+    elif change == "suspend":
         accounts.tenant_suspend(tenant=outsider, reason="unpaid", actor=accounts.SYSTEM)
+    else:
+        settings.PAYMENT_METHOD_REQUIRED = False
+        listings.listing_publish(
+            model=clf.model,
+            actor=accounts.SYSTEM,
+            visibility="public",
+            title="C",
+            price_per_call="0.25",
+        )
+        capped = key_client(outsider).put(
+            "/api/v1/billing/settings", {"spend_cap": "0.10"}, format="json"
+        )
+        assert capped.status_code == 200
 
     act(console, "inference/prediction", "retry", [failed.pk])
 
