@@ -101,6 +101,7 @@ def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
     take whole numbers only, and BOOL true and false only: numpy's own cast reads "false", 2
     or null as a boolean, "1.5" or true as a float, cuts 1.7 to 1 and makes 1e39 an FP32
     infinity, silently."""
+    _check_leaves(values, dtype)
     if dtype.kind == "f":
         return _floats(values, dtype)
     array = np.asarray(values, dtype=dtype)
@@ -116,6 +117,33 @@ def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
     elif given.dtype.kind not in "iu":
         raise ValueError(f"{DATATYPE[dtype]} values are numbers")
     return array
+
+
+def _leaf_types(values: Any) -> set[type]:
+    """The types of the values in a nested list (its innermost lists read at C speed)."""
+    if not isinstance(values, list):
+        return {type(values)}
+    if values and isinstance(values[0], list):
+        found: set[type] = set()
+        for item in values:
+            found |= _leaf_types(item)
+        return found
+    return set(map(type, values))
+
+
+def _check_leaves(values: Any, dtype: np.dtype) -> None:
+    """Refuse text, and true or false, among numbers, and numbers among BOOL values: numpy
+    reads a list of them as the numbers' type (true as 1, "1.5" as 1.5 where a null made it
+    a list of objects) and says nothing."""
+    leaves = _leaf_types(values) - {list}  # (a list beside a number: a shape error later)
+    if dtype.kind == "b":
+        if leaves - {bool}:
+            raise ValueError("BOOL values are true or false")
+        return
+    if bool in leaves:
+        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not true or false")
+    if str in leaves:
+        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not text")
 
 
 def _floats(values: Any, dtype: np.dtype) -> np.ndarray:

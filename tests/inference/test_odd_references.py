@@ -292,6 +292,8 @@ def flags(tenant):
         ),
         ([[True, False]], [["7", 2]], "INT64 values are numbers"),
         ([[True, False]], [[True, False]], "INT64 values are numbers"),
+        # Mixed with numbers, numpy took true for 1 (the model saw 1; a review helper's did).
+        ([[True, False]], [[True, 0]], "INT64 values are numbers, not true or false"),
     ],
 )
 def test_bool_and_integer_inputs_take_only_values_of_their_kind(api, flags, mask, ids, message):
@@ -322,6 +324,10 @@ def test_bool_and_integer_inputs_take_only_values_of_their_kind(api, flags, mask
         ([["1.5", 1, 2, 3]], "Input 'x' is not a FP32 tensor: FP32 values are numbers, not text."),
         ([["nan", 1, 2, 3]], "FP32 values are numbers, not text"),
         ([[True, False, True, True]], "FP32 values are numbers, not true or false"),
+        # Mixed with numbers or a null, numpy read them as numbers and said nothing.
+        ([[True, 0.5, 1, 2]], "FP32 values are numbers, not true or false"),
+        ([[None, True, 1, 2]], "FP32 values are numbers, not true or false"),
+        ([[None, "1.5", 0, 1]], "FP32 values are numbers, not text"),
         # Past FP32's range: it became an infinity, and every output null.
         ([[1e39, 1, 2, 3]], "FP32 values lie within ±3.403e+38; 1e+39 does not."),
     ],
