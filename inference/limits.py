@@ -38,6 +38,18 @@ def breaker_trip(version_pk: int, reason: str, seconds: float) -> None:
     realtime.client().set(breaker_key(version_pk), reason[:1000], ex=max(1, math.ceil(seconds)))
 
 
+def breaker_state(version_pk: int) -> tuple[str, int] | None:
+    """Why and for how many more seconds the worker's breaker pauses the version; None when
+    it does not."""
+    pipe = realtime.client().pipeline()
+    pipe.get(breaker_key(version_pk))
+    pipe.ttl(breaker_key(version_pk))
+    reason, seconds = pipe.execute()
+    if reason is None:
+        return None
+    return reason.decode(errors="replace"), max(1, seconds)
+
+
 def admit(
     bucket: str,
     limit: int,

@@ -42,7 +42,7 @@ from accounts.exceptions import (
     UnsupportedMediaType,
 )
 from accounts.models import Scope
-from inference import realtime, services, tensors
+from inference import limits, realtime, services, tensors
 from inference.models import Prediction
 from inference.runtime.spec import DATATYPES, InputError, Signature
 from marketplace import selectors
@@ -253,7 +253,8 @@ class ServerMetadataView(PublicOipView):
 
 
 def _version_numbers(model: Model) -> list[str]:
-    numbers = model.versions.filter(status__in=services.RUNNABLE).order_by("number")
+    # Runnable ones only: a deprecated version past its sunset answers 410 to infer.
+    numbers = model.versions.filter(ModelVersion.runnable()).order_by("number")
     return [str(n) for n in numbers.values_list("number", flat=True)]
 
 
@@ -314,9 +315,15 @@ class ModelReadyView(OipView):
             raise Forbidden("This needs the 'models:read' or 'inference' scope, which you lack.")
         model = selectors.model_for_access(access, owner=owner, name=name, perm=perm)
         try:
-            services.version_for(model, version, access=access)
+            resolved = services.version_for(model, version, access=access)
         except (Conflict, Gone) as exc:
             raise ServiceError(exc.message) from None
+        paused = limits.breaker_state(resolved.pk)
+        if paused is not None:  # every infer would be a 503 meanwhile
+            reason, seconds = paused
+            raise ServiceError(
+                f"{model.ref} version {resolved.number} is paused for {seconds} s: {reason}"
+            )
         return Response({"name": model.ref, "ready": True})
 
 
@@ -378,16 +385,19 @@ def read_body(request) -> bytes:
     return raw
 
 
-def _failure_status(error_kind: str) -> tuple[int, dict[str, str]]:
+def _failure_status(prediction: Prediction) -> tuple[int, dict[str, str]]:
     """The status of a failed prediction by whose fault it was: the request's or the model's
     (400, not worth sending again as it is), the deadline (504), a version paused by the
-    worker's breaker (503, with Retry-After), the platform's (500: a retry may succeed)."""
+    worker's breaker (503, with Retry-After: what is left of the pause), the platform's (500:
+    a retry may succeed)."""
+    error_kind = prediction.error_kind
     if error_kind in ("input", "model", "output"):
         return 400, {}
     if error_kind == "timeout":
         return 504, {}
     if error_kind == "unavailable":
-        return 503, {"Retry-After": "10"}
+        paused = limits.breaker_state(prediction.version_id)
+        return 503, {"Retry-After": str(paused[1] if paused else 1)}
     return 500, {}
 
 
@@ -664,7 +674,7 @@ class InferView(OipView):
             return Response({"error": message}, status=504, headers=headers)
         if prediction.status == Prediction.Status.CANCELED:
             return Response({"error": "The prediction was cancelled."}, status=400, headers=headers)
-        status_code, extra = _failure_status(prediction.error_kind)
+        status_code, extra = _failure_status(prediction)
         return Response(
             {"error": prediction.error}, status=status_code, headers={**headers, **extra}
         )

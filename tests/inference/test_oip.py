@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import http.client
 import json
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 import tritonclient.http as triton
+from django.utils import timezone
 from rest_framework.test import APIClient
 from tritonclient.utils import InferenceServerException
 
@@ -82,12 +84,20 @@ def test_model_metadata_and_readiness(client, auth, api, tenant, classifier):
         status=ModelVersion.Status.VALIDATING,
         artifact=artifact_create(tenant=tenant, chunks=[b"not yet validated"]),
     )
+    ModelVersion.objects.create(
+        model=classifier.model,
+        number=3,
+        format="pt2",
+        status=ModelVersion.Status.DEPRECATED,
+        sunset_at=timezone.now() - timedelta(minutes=1),
+        artifact=artifact_create(tenant=tenant, chunks=[b"withdrawn"]),
+    )
 
     metadata = client.get_model_metadata("acme/clf", headers=auth)
 
     assert metadata == {
         "name": "acme/clf",
-        "versions": ["1"],
+        "versions": ["1"],  # not 2 (validating) nor 3 (past its sunset)
         "platform": "pytorch",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}],
@@ -100,6 +110,47 @@ def test_model_metadata_and_readiness(client, auth, api, tenant, classifier):
     validating = api.get("/v2/models/acme/clf/versions/2/ready")
     assert validating.status_code == 400 and "validating" in validating.json()["error"]
     assert api.get("/v2/models/acme/clf/versions/9/ready").status_code == 404
+
+
+def test_a_version_paused_by_the_breaker_is_not_ready(client, auth, api, classifier):
+    """Ready said true while every infer was a 503 (KServe: ready "for inferencing")."""
+    from inference import limits
+
+    limits.breaker_trip(classifier.pk, "The model did not answer before its deadline.", 30)
+    try:
+        paused = api.get("/v2/models/acme/clf/ready")
+    finally:
+        limits.realtime.client().delete(limits.breaker_key(classifier.pk))
+
+    assert paused.status_code == 400
+    assert "acme/clf version 1 is paused for" in paused.json()["error"]
+    assert "did not answer before its deadline" in paused.json()["error"]
+    assert client.is_model_ready("acme/clf", headers=auth)  # the pause over
+
+
+def test_a_prediction_failed_by_a_pause_says_how_long_the_pause_has_left(
+    api, classifier, monkeypatch
+):
+    """It answered Retry-After: 10 whatever the pause left (its body said 30 s)."""
+    from inference import limits, services
+
+    def failed_as_the_breaker_opens(prediction, timeout):
+        limits.breaker_trip(classifier.pk, "The model did not answer before its deadline.", 40)
+        Prediction.objects.filter(pk=prediction.pk).update(
+            status=Prediction.Status.FAILED, error="paused", error_kind="unavailable"
+        )
+        prediction.refresh_from_db()
+        return prediction
+
+    monkeypatch.setattr(services, "prediction_wait", failed_as_the_breaker_opens)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    try:
+        response = infer_json(api, "/v2/models/acme/clf/infer", body)
+    finally:
+        limits.realtime.client().delete(limits.breaker_key(classifier.pk))
+
+    assert response.status_code == 503
+    assert 38 <= int(response["Retry-After"]) <= 40
 
 
 def test_json_tensors_give_the_models_outputs_and_are_billed(
