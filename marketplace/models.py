@@ -195,6 +195,7 @@ class ModelVersion(models.Model):
     operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.UPLOAD)
     operation_params = models.JSONField(default=dict, blank=True)
     sunset_at = models.DateTimeField(null=True, blank=True)
+    deprecated_at = models.DateTimeField(null=True, blank=True)  # the Deprecation header's
     status_reason = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(
         "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

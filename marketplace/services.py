@@ -1051,10 +1051,12 @@ def version_deprecate(
         raise Conflict(f"Only a ready version can be deprecated; this one is {version.status}.")
     if sunset_at <= timezone.now():
         raise ValidationError({"sunset_at": "The sunset date must be in the future."})
+    if version.status != ModelVersion.Status.DEPRECATED:  # a new sunset keeps the date
+        version.deprecated_at = timezone.now()
     version.status = ModelVersion.Status.DEPRECATED
     version.sunset_at = sunset_at
     version.status_reason = reason
-    version.save(update_fields=["status", "sunset_at", "status_reason"])
+    version.save(update_fields=["status", "sunset_at", "status_reason", "deprecated_at"])
     audit_record(
         action="version.deprecate",
         actor=actor,

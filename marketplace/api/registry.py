@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -163,7 +164,9 @@ def deprecation_headers(response, version: ModelVersion):
     if version.status == ModelVersion.Status.DEPRECATED and version.sunset_at:
         from django.utils.http import http_date
 
-        response["Deprecation"] = "true"
+        # RFC 9745: when it was deprecated, as a structured-field date ("true" was a draft's).
+        deprecated = version.deprecated_at or timezone.now()
+        response["Deprecation"] = f"@{int(deprecated.timestamp())}"
         response["Sunset"] = http_date(version.sunset_at.timestamp())
     return response
 

@@ -61,6 +61,17 @@ def shop(tenant):
     return {"resnet": resnet}
 
 
+def test_a_listing_billed_per_second_says_so_on_its_card(client, tenant):
+    """It read "0.00 USD per call", and nothing of its price per compute-second."""
+    listed(tenant, "timed", title="Timed", price_per_call="0", price_per_second="2.5")
+    listed(tenant, "both", title="Both", price_per_call="0.01", price_per_second="0.5")
+
+    html = page(client, "/catalogue/")
+
+    assert "2.50 USD per compute-second" in html and "0.00 USD per call" not in html
+    assert "0.01 USD per call + 0.50 USD per compute-second" in html
+
+
 def page(client: Client, url: str, **params) -> str:
     response = client.get(url, params)
     assert response.status_code == 200

@@ -492,16 +492,25 @@ def test_deprecated_version_carries_deprecation_and_sunset_headers(api, model, m
     make_ready(1)
     sunset = (timezone.now() + timedelta(days=30)).replace(microsecond=0)
 
+    before = int(timezone.now().timestamp())
     api.post(
         "/api/v1/models/acme/classifier/versions/1/deprecate",
         {"sunset_at": sunset.isoformat(), "reason": "v2 is better"},
         format="json",
     )
+    later = (sunset + timedelta(days=30)).isoformat()
+    api.post(  # a later sunset: still deprecated since the first time
+        "/api/v1/models/acme/classifier/versions/1/deprecate",
+        {"sunset_at": later, "reason": "v2 is better"},
+        format="json",
+    )
     response = api.get("/api/v1/models/acme/classifier/versions/1")
 
     assert response.json()["status"] == "deprecated"
-    assert response["Deprecation"] == "true"
-    assert response["Sunset"] == sunset.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    # RFC 9745: when it was deprecated, a structured-field date ("true" was a draft's).
+    assert response["Deprecation"].startswith("@")
+    assert before <= int(response["Deprecation"][1:]) <= before + 5
+    assert response["Sunset"] == (sunset + timedelta(days=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 def test_yanked_version_is_410_naming_the_alias_to_use(api, model, model_files):
