@@ -841,6 +841,34 @@ def access_request_decline(*, request: AccessRequest, actor: Actor) -> AccessReq
     return request
 
 
+@transaction.atomic
+def access_request_withdraw(*, request: AccessRequest, actor: Actor) -> AccessRequest:
+    """Take back an approval: the request is declined, the consumer's subscription ends with
+    it, and it may not subscribe again without a new approval. (An approval could only be
+    taken back through a live subscription: one approved on a paid listing that had not
+    subscribed yet, or whose consumer had cancelled, stood for good.)"""
+    withdrawn = AccessRequest.objects.filter(
+        pk=request.pk, status=AccessRequest.Status.APPROVED
+    ).update(status=AccessRequest.Status.DECLINED, decided_at=timezone.now())
+    request.refresh_from_db(fields=["status", "decided_at"])
+    if withdrawn != 1:
+        raise Conflict(f"This request is {request.status}; only an approval can be withdrawn.")
+    model = request.listing.model
+    live = Entitlement.objects.filter(
+        model=model, tenant=request.tenant, kind=Entitlement.Kind.SUBSCRIPTION
+    ).filter(revoked_at__isnull=True)
+    for entitlement in live:
+        _entitlement_end(entitlement)
+    audit_record(
+        action="access_request.withdraw",
+        actor=actor,
+        tenant=model.tenant,
+        target=request,
+        data={"model": model.ref, "consumer": request.tenant.slug},
+    )
+    return request
+
+
 # --- selectors --------------------------------------------------------------------------------
 
 

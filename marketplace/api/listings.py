@@ -541,12 +541,13 @@ class AccessRequestDecisionView(TenantScopedMixin, GenericAPIView):
     @extend_schema(request=None, responses=AccessRequestSerializer)
     def post(self, request, id: str):
         """Approve (on a free listing this subscribes the requester at once) or decline a
-        pending request; a decided one answers 409."""
-        service = (
-            listings.access_request_approve
-            if self.decision == "approve"
-            else listings.access_request_decline
-        )
+        pending request (a decided one answers 409); or withdraw an approval, which ends the
+        subscription it allowed (anything but an approval answers 409)."""
+        service = {
+            "approve": listings.access_request_approve,
+            "decline": listings.access_request_decline,
+            "withdraw": listings.access_request_withdraw,
+        }[self.decision]
         decided = service(request=self.get_object(), actor=request_actor(request))
         return Response(AccessRequestSerializer(decided).data)
 

@@ -70,4 +70,9 @@ urlpatterns += [
         listings.AccessRequestDecisionView.as_view(decision="decline"),
         name="access-request-decline",
     ),
+    path(
+        "access-requests/<str:id>/withdraw",
+        listings.AccessRequestDecisionView.as_view(decision="withdraw"),
+        name="access-request-withdraw",
+    ),
 ]

@@ -182,6 +182,7 @@ ROUTES: dict[str, dict[str, Rule]] = {
     },
     "api/v1/access-requests/{id:access_request}/approve": {"POST": api(ADMIN, "row")},
     "api/v1/access-requests/{id:access_request}/decline": {"POST": api(ADMIN, "row")},
+    "api/v1/access-requests/{id:access_request}/withdraw": {"POST": api(ADMIN, "row")},
     # --- billing API
     "api/v1/usage": {"GET": api(BILL_R)},
     "api/v1/billing/settings": {

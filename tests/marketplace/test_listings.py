@@ -298,6 +298,48 @@ def test_revoking_a_gated_subscriber_withdraws_its_approval(api, tenant, outside
     assert AuditEvent.objects.filter(tenant=tenant, action="entitlement.revoke").exists()
 
 
+@pytest.mark.parametrize("then", ["not_yet_subscribed", "cancelled"])
+def test_an_approval_can_be_withdrawn_while_no_subscription_is_live(
+    api, tenant, outsider, outsider_api, then, settings
+):
+    """Withdrawing went only through a live subscription: an approval on a paid listing not
+    subscribed to yet, or one whose consumer had cancelled, stood for good (decline was a
+    409, and the consumer subscribed later without asking). POST .../withdraw now."""
+    settings.PAYMENT_METHOD_REQUIRED = False
+    model = listed(tenant, "medsam", gated=True, price_per_call="0.5")
+    request_id = outsider_api.post("/api/v1/catalogue/acme/medsam/request-access").json()["id"]
+    api.post(f"/api/v1/access-requests/{request_id}/approve")
+    if then == "cancelled":
+        subscribed = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+        assert subscribed.status_code == 201
+        entitlement = Entitlement.objects.get(tenant=outsider)
+        cancelled = outsider_api.delete(f"/api/v1/subscriptions/{entitlement.public_id}")
+        assert cancelled.status_code == 204, cancelled.content
+
+    withdrawn = api.post(f"/api/v1/access-requests/{request_id}/withdraw")
+    subscribe = outsider_api.post("/api/v1/catalogue/acme/medsam/subscribe")
+
+    assert withdrawn.status_code == 200 and withdrawn.json()["status"] == "declined"
+    assert subscribe.status_code == 403
+    assert not can(outsider, "run", model)
+    assert AuditEvent.objects.filter(action="access_request.withdraw").count() == 1
+
+
+def test_withdrawing_an_approval_ends_the_subscription_it_allowed(
+    api, tenant, outsider, outsider_api
+):
+    model = listed(tenant, "medsam", gated=True)  # free: approval subscribes at once
+    request_id = outsider_api.post("/api/v1/catalogue/acme/medsam/request-access").json()["id"]
+    api.post(f"/api/v1/access-requests/{request_id}/approve")
+    assert can(outsider, "run", model)
+
+    withdrawn = api.post(f"/api/v1/access-requests/{request_id}/withdraw")
+
+    assert withdrawn.status_code == 200
+    assert not can(outsider, "run", model)
+    assert api.post(f"/api/v1/access-requests/{request_id}/withdraw").status_code == 409
+
+
 # --- private models and shares ----------------------------------------------------------------
 
 

@@ -547,6 +547,7 @@ def test_every_operation_answers_as_the_schema_says(
     call(api, "POST", f"{v1}/access-requests/{asked['id']}/decline", 200)
     asked = call(consumer, "POST", f"{v1}/catalogue/acme/mlp/request-access", 201, {})
     call(api, "POST", f"{v1}/access-requests/{asked['id']}/approve", 200)
+    call(api, "POST", f"{v1}/access-requests/{asked['id']}/withdraw", 200)
     call(api, "DELETE", f"{v1}/models/acme/mlp/listing", 204)
 
     # --- predictions --------------------------------------------------------------------
