@@ -44,7 +44,7 @@ from accounts.exceptions import (
 from accounts.models import Scope
 from inference import limits, realtime, services, tensors
 from inference.models import Prediction
-from inference.runtime.spec import DATATYPES, InputError, Signature
+from inference.runtime.spec import InputError, Signature
 from marketplace import selectors
 from marketplace.api.registry import DEPRECATION_HEADERS, deprecation_headers
 from marketplace.models import Model, ModelVersion
@@ -139,7 +139,8 @@ class OipHealthSerializer(serializers.Serializer):
 
 class OipTensorMetadataSerializer(serializers.Serializer):
     name = serializers.CharField()
-    datatype = serializers.ChoiceField(choices=DATATYPES)
+    # What requests and replies carry: BF16 is refused in inputs and widened in outputs.
+    datatype = serializers.ChoiceField(choices=tuple(tensors.NUMPY))
     shape = serializers.ListField(child=serializers.IntegerField(), help_text="-1: dynamic")
 
 
@@ -200,6 +201,15 @@ ERRORS = {
         409: "The version is not ready",
         410: "The version was withdrawn",
     }.items()
+}
+# What ready answers: 400 for a version that exists but cannot run (not 409 or 410).
+READY_ERRORS = {
+    **{code: ERRORS[code] for code in (401, 403, 404)},
+    400: OpenApiResponse(
+        OipErrorSerializer,
+        description="The version exists but cannot run: validating, failed, withdrawn, past "
+        "its sunset or paused",
+    ),
 }
 VERSION_PATH = OpenApiParameter(
     "version", str, OpenApiParameter.PATH, description="number or alias"
@@ -301,7 +311,8 @@ class ModelReadyView(OipView):
     required_scope = None
 
     @extend_schema(
-        operation_id="oip_model_ready", responses={200: OipModelReadySerializer, **ERRORS}
+        operation_id="oip_model_ready",
+        responses={200: OipModelReadySerializer, **READY_ERRORS},
     )
     def get(self, request, owner: str, name: str, version: str | None = None):
         """200 when the version can run; 400 when it exists but cannot (validating, failed,
@@ -331,7 +342,7 @@ class ModelVersionReadyView(ModelReadyView):
     @extend_schema(
         operation_id="oip_model_version_ready",
         parameters=[VERSION_PATH],
-        responses={200: OipModelReadySerializer, **ERRORS},
+        responses={200: OipModelReadySerializer, **READY_ERRORS},
     )
     def get(self, request, owner: str, name: str, version: str):
         return super().get(request, owner, name, version)
@@ -600,6 +611,9 @@ INFER_SCHEMA = {
         ),
         **ERRORS,
         413: OpenApiResponse(OipErrorSerializer, description="Request too large"),
+        415: OpenApiResponse(
+            OipErrorSerializer, description="A Content-Encoding other than gzip or deflate"
+        ),
         429: OpenApiResponse(OipErrorSerializer, description="Rate limited"),
         503: OpenApiResponse(OipErrorSerializer, description="The queue is full"),
         504: OpenApiResponse(OipErrorSerializer, description="Not finished in time"),
