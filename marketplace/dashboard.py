@@ -361,10 +361,19 @@ def _access_context(model: Model) -> dict:
         .select_related("tenant")
         .order_by("created_at")
     )
+    # Approvals not (or no longer) used by a subscription: invisible otherwise, and the
+    # consumer may subscribe on them at any time.
+    approved = (
+        AccessRequest.objects.filter(listing__model=model, status=AccessRequest.Status.APPROVED)
+        .exclude(tenant__in=[e.tenant_id for e in entitlements])
+        .select_related("tenant")
+        .order_by("decided_at")
+    )
     return {
         "model": model,
         "listing": listing,
         "requests": requests,
+        "approved": approved,
         "entitlements": entitlements,
         "request_actions": [("approve", "Approve"), ("decline", "Decline")],
     }
@@ -374,6 +383,11 @@ def _access_context(model: Model) -> dict:
 ACCESS_ACTIONS = {
     "approve": (listings.access_request_approve, "request", "Approved {tenant}'s request."),
     "decline": (listings.access_request_decline, "request", "Declined {tenant}'s request."),
+    "withdraw": (
+        listings.access_request_withdraw,
+        "request",
+        "Withdrew {tenant}'s approval: it may not subscribe.",
+    ),
     "revoke": (listings.entitlement_revoke, "entitlement", "{tenant} no longer has access."),
     "allow_download": (listings.download_grant, "entitlement", "{tenant} may download it."),
     "withdraw_download": (listings.download_revoke, "entitlement", "{tenant} may not download it."),

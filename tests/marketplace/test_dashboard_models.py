@@ -16,7 +16,7 @@ from accounts.services import Actor
 from accounts.tenancy import Access
 from marketplace import services
 from marketplace.models import Model, ModelVersion
-from tests.conftest import make_user
+from tests.conftest import key_client, make_user
 from tests.marketplace.conftest import sha256
 
 pytestmark = pytest.mark.django_db
@@ -679,6 +679,38 @@ def test_an_admin_decides_who_may_run_the_model_from_the_access_page(
         "model.share",
     }
     assert len(actions) == 5
+
+
+def test_an_approval_not_subscribed_on_is_listed_and_can_be_withdrawn(
+    alice_client, classifier, charlie, outsider, settings
+):
+    """On a paid gated listing an approval does not subscribe: it was on no page, and the
+    consumer could subscribe on it at any time."""
+    from marketplace import listings
+    from marketplace.models import AccessRequest
+
+    settings.PAYMENT_METHOD_REQUIRED = False
+    listing = listings.listing_publish(
+        model=classifier,
+        actor=accounts.SYSTEM,
+        visibility="public",
+        gated=True,
+        price_per_call="0.5",
+    )
+    asked = listings.access_request_create(
+        listing=listing, tenant=outsider, actor=Actor(user=charlie)
+    )
+    listings.access_request_approve(request=asked, actor=accounts.SYSTEM)
+
+    page = html(alice_client.get("/dashboard/models/classifier/access/"))
+    withdrawn = html(access_action(alice_client, action="withdraw", id=asked.public_id))
+
+    assert "Approved, not subscribed" in page and f"approved-{asked.public_id}" in page
+    assert "Withdrew Globex&#x27;s approval" in withdrawn
+    assert AccessRequest.objects.get(pk=asked.pk).status == "declined"
+    assert f"approved-{asked.public_id}" not in withdrawn
+    refused = key_client(outsider).post("/api/v1/catalogue/acme/classifier/subscribe")
+    assert refused.status_code == 403
 
 
 @pytest.mark.parametrize(
