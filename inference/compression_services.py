@@ -327,7 +327,15 @@ def jobs_requeue_lost() -> int:
     still looked alive was dropped by ``job_claim``: without this sweep (a beat task every
     two minutes) such a job would stay ``running`` for good. The task claims the job as usual,
     so a job that turns out alive is left alone and a lost one counts an attempt."""
-    lost = list(CompressionJob.objects.filter(_lost()).only("public_id", "queue"))
+    from inference.services import waiting_on
+
+    lost = [
+        job
+        for job in CompressionJob.objects.filter(_lost()).only("public_id", "queue", "status")
+        # A queued one only while nothing waits on its queue: in a backlog it may be waiting
+        # its turn, and each sweep would add another task for it.
+        if job.status != CompressionJob.Status.QUEUED or not waiting_on(job.queue)
+    ]
     for job in lost:
         enqueue(job)
     if lost:

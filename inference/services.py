@@ -454,9 +454,17 @@ def prediction_fail(prediction: Prediction, *, error: str, kind: str) -> bool:
 def predictions_resend_queued() -> int:
     """Send again the predictions still queued ``MM_PREDICTION_STUCK_SECONDS`` after they were
     made: their hand-off was lost (a worker whose claim failed, the database locked or
-    restarting, dropped what it had taken), and no worker would ever see them. A worker runs
-    a prediction once however many times it is sent (the claim is conditional), so one only
-    waiting its turn still runs once. How many were sent."""
+    restarting, dropped what it had taken), and no worker would ever see them. Only while
+    nothing waits on the queue: then nothing still queued is only waiting its turn. A worker
+    runs a prediction once however many times it is sent (the claim is conditional). How
+    many were sent."""
+    queue = settings.INFERENCE_QUEUE
+    if waiting_on(queue):
+        # A backlog may hold them yet (a slow model's queue can take longer than this to
+        # drain): sent again now, each would count twice against the queue's depth, which
+        # refuses new work (503) past MM_MAX_QUEUE_DEPTH. Once nothing waits, what is still
+        # queued was lost.
+        return 0
     cutoff = timezone.now() - timedelta(seconds=settings.PREDICTION_STUCK_SECONDS)
     waiting = Prediction.objects.filter(status=Prediction.Status.QUEUED, created_at__lt=cutoff)
     resent = 0
@@ -470,6 +478,15 @@ def predictions_resend_queued() -> int:
             settings.PREDICTION_STUCK_SECONDS,
         )
     return resent
+
+
+def waiting_on(queue: str) -> int:
+    """How many messages wait to be taken on ``queue``: its fast-path list and its Celery
+    list (both in Redis)."""
+    pipe = realtime.client().pipeline()
+    pipe.llen(dispatch.queue_key(queue))
+    pipe.llen(queue)
+    return sum(pipe.execute())
 
 
 def predictions_fail_stuck() -> int:

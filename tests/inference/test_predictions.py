@@ -432,3 +432,36 @@ def test_a_prediction_whose_hand_off_was_lost_is_sent_again_and_runs_once(
     recent.refresh_from_db()
     assert recent.status == "queued"
     assert UsageRecord.objects.filter(source_id=lost.public_id).count() == 1
+
+
+def test_queued_predictions_are_not_sent_again_while_a_backlog_waits(
+    api, tenant, classifier, settings
+):
+    """A slow model's backlog can take longer to drain than the sweep waits: sending its
+    predictions again would count each twice against the queue's depth (and new work gets a
+    503 past MM_MAX_QUEUE_DEPTH). Only once nothing waits is what is still queued lost."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference import realtime, services, tensors
+
+    settings.INFERENCE_QUEUE = "backlog-test"  # a queue no worker of this test run takes
+    redis = realtime.client()
+    lost = Prediction.objects.create(
+        tenant=tenant,
+        model=classifier.model,
+        version=classifier,
+        input_data=tensors.encode({"x": np.ones((1, 4), np.float32)}),
+        created_at=timezone.now() - timedelta(minutes=10),
+    )
+    redis.rpush("backlog-test", b"a task ahead of it")
+    try:
+        assert services.predictions_resend_queued() == 0
+        redis.delete("backlog-test")
+        assert services.predictions_resend_queued() == 1
+        assert redis.llen("backlog-test") == 1  # sent to the queue
+    finally:
+        redis.delete("backlog-test")
+    lost.refresh_from_db()
+    assert lost.status == "queued"
