@@ -8,6 +8,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from marketplace.listings import currency_digits
 
+MICRO = Decimal("0.000001")  # the ledger's unit: amounts and compute seconds are kept to it
+
 
 def minor_units(amount: Decimal, currency: str) -> int:
     """A ledger amount in whole minor units of ``currency``, rounded half-up."""

@@ -11,10 +11,9 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 from billing.models import UsageRecord
-from billing.money import from_minor_units
+from billing.money import MICRO, from_minor_units
 
 ZERO = Decimal(0)
-MICRO = Decimal("0.000001")  # amounts and compute seconds are kept to the micro-unit
 SUMMED = ("amount", "platform_fee", "publisher_share", "compute_seconds", "seconds")
 
 

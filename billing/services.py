@@ -31,12 +31,11 @@ from billing.models import (
     Transfer,
     UsageRecord,
 )
-from billing.money import from_minor_units, minor_units
+from billing.money import MICRO, from_minor_units, minor_units
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
 from config import sql
 from marketplace.models import Listing, Model
 
-MICRO = Decimal("0.000001")
 ALERT_AT = Decimal("0.8")
 # Work younger than this is still in someone's hands; older is resumed.
 RESUME_AFTER = timedelta(minutes=2)

@@ -3,7 +3,6 @@ with a new version and its usage record, fail, cancel, and promote the result to
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import timedelta
 from decimal import Decimal
@@ -11,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -20,10 +19,11 @@ from accounts.models import Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
 from billing.services import compute_authorize, usage_record_create
+from inference import dispatch
 from inference.compression import NotApplicable
 from inference.compression import params as checks
 from inference.models import CompressionJob
-from inference.services import by_idempotency_key
+from inference.services import by_idempotency_key, waiting_on
 from marketplace import services as registry
 from marketplace.models import Alias, Artifact, Model, ModelVersion
 
@@ -215,20 +215,18 @@ def _enqueue_or_fail(job: CompressionJob) -> None:
     organisation's active jobs for good (three such, and every new job was a 429). Its
     Idempotency-Key is freed for the retry. (If the database fails too, the beat's sweep sends
     it later: ``jobs_requeue_lost``.)"""
-    try:
-        enqueue(job)
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            CompressionJob.objects.filter(
-                pk=job.pk, status=CompressionJob.Status.QUEUED, started_at__isnull=True
-            ).update(
-                status=CompressionJob.Status.FAILED,
-                error="The job could not be sent to a worker; it was not run or billed. "
-                "Send it again.",
-                idempotency_key="",
-                completed_at=timezone.now(),
-            )
-        raise
+    unrun = CompressionJob.objects.filter(
+        pk=job.pk, status=CompressionJob.Status.QUEUED, started_at__isnull=True
+    )
+    dispatch.send_or_undo(
+        lambda: enqueue(job),
+        lambda: unrun.update(
+            status=CompressionJob.Status.FAILED,
+            error="The job could not be sent to a worker; it was not run or billed. Send it again.",
+            idempotency_key="",
+            completed_at=timezone.now(),
+        ),
+    )
 
 
 def job_cancel(job: CompressionJob) -> CompressionJob:
@@ -327,15 +325,13 @@ def jobs_requeue_lost() -> int:
     still looked alive was dropped by ``job_claim``: without this sweep (a beat task every
     two minutes) such a job would stay ``running`` for good. The task claims the job as usual,
     so a job that turns out alive is left alone and a lost one counts an attempt."""
-    from inference.services import waiting_on
-
-    lost = [
-        job
-        for job in CompressionJob.objects.filter(_lost()).only("public_id", "queue", "status")
-        # A queued one only while nothing waits on its queue: in a backlog it may be waiting
-        # its turn, and each sweep would add another task for it.
-        if job.status != CompressionJob.Status.QUEUED or not waiting_on(job.queue)
-    ]
+    candidates = list(CompressionJob.objects.filter(_lost()).only("public_id", "queue", "status"))
+    # A queued one only while nothing waits on its queue: in a backlog it may be waiting its
+    # turn, and each sweep would add another task for it. (One look per queue.)
+    queued = CompressionJob.Status.QUEUED
+    queues = {job.queue for job in candidates if job.status == queued}
+    backlog = {queue for queue in queues if waiting_on(queue)}
+    lost = [job for job in candidates if job.status != queued or job.queue not in backlog]
     for job in lost:
         enqueue(job)
     if lost:

@@ -15,8 +15,12 @@ it), and it is what an operator's retry sends.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
+
+from django.db import DatabaseError
 
 from inference import realtime
 
@@ -68,3 +72,15 @@ def send(queue: str, prediction_id: str) -> bool:
         return False
     realtime.client().lpush(queue_key(queue), prediction_id)
     return True
+
+
+def send_or_undo(send: Callable[[], None], undo: Callable[[], object]) -> None:
+    """``send`` recorded work to the workers; where that fails (Redis or the broker down),
+    ``undo`` the record, which nothing would ever run, before the error goes on to the caller
+    (a 503). If the database fails too, the record stays for the beat's sweeps to send."""
+    try:
+        send()
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            undo()
+        raise

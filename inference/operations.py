@@ -32,9 +32,7 @@ def prediction_retry(*, prediction: Prediction, actor: Actor) -> Prediction:
         error_kind="",
         started_at=None,
         completed_at=None,
-        admitted_price_per_call=terms.price_per_call if terms else None,
-        admitted_price_per_second=terms.price_per_second if terms else None,
-        admitted_currency=terms.currency if terms else "",
+        **services.admitted_fields(terms),
     )
     if not retried:
         raise Conflict(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -11,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
@@ -194,10 +193,8 @@ def prediction_create(
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
             )
-            if terms is not None:  # what it is admitted at: billed at no more
-                prediction.admitted_price_per_call = terms.price_per_call
-                prediction.admitted_price_per_second = terms.price_per_second
-                prediction.admitted_currency = terms.currency
+            for field, value in admitted_fields(terms).items():
+                setattr(prediction, field, value)
             sql.insert(prediction)
             if shared is not None:
                 prediction._waiter = realtime.expect(prediction.public_id, shared)
@@ -265,14 +262,10 @@ def _enqueue_or_withdraw(prediction: Prediction) -> None:
     the spend cap, the key's budget and the free calls for good, and a retry under its
     Idempotency-Key was answered with it, queued, every time. (If the database fails too, the
     beat's sweep sends it later: ``predictions_resend_queued``.)"""
-    try:
-        enqueue(prediction)
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            Prediction.objects.filter(
-                pk=prediction.pk, status=Prediction.Status.QUEUED, started_at__isnull=True
-            ).delete()
-        raise
+    unrun = Prediction.objects.filter(
+        pk=prediction.pk, status=Prediction.Status.QUEUED, started_at__isnull=True
+    )
+    dispatch.send_or_undo(lambda: enqueue(prediction), unrun.delete)
 
 
 def _forget_waiter(prediction: Prediction | None) -> None:
@@ -424,6 +417,16 @@ def prediction_succeed(
             }
             transaction.on_commit(lambda: _announce(prediction, output))
     return bool(done)
+
+
+def admitted_fields(listing) -> dict[str, Any]:
+    """The prediction's record of the listing terms it is admitted at (what
+    ``spend_authorize`` returned; None: free to it): it is billed at no more."""
+    return {
+        "admitted_price_per_call": listing.price_per_call if listing else None,
+        "admitted_price_per_second": listing.price_per_second if listing else None,
+        "admitted_currency": listing.currency if listing else "",
+    }
 
 
 def admitted_terms(prediction: Prediction) -> tuple[Decimal, Decimal, str] | None:

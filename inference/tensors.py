@@ -107,11 +107,10 @@ def values_as(values: Any, dtype: np.dtype) -> np.ndarray:
     array = np.asarray(values, dtype=dtype)
     if dtype.kind not in "biu" or not array.size:
         return array
+    if dtype.kind == "b":  # its values are true and false alone (_check_leaves)
+        return array
     given = np.asarray(values)
-    if dtype.kind == "b":
-        if given.dtype.kind != "b":
-            raise ValueError("BOOL values are true or false")
-    elif given.dtype.kind == "f":
+    if given.dtype.kind == "f":
         if not np.array_equal(given, np.trunc(given)):
             raise ValueError(f"{DATATYPE[dtype]} values are whole numbers")
     elif given.dtype.kind not in "iu":
@@ -147,14 +146,11 @@ def _check_leaves(values: Any, dtype: np.dtype) -> None:
 
 
 def _floats(values: Any, dtype: np.dtype) -> np.ndarray:
-    given = np.asarray(values)  # numpy's own reading tells numbers from text and booleans
-    if given.dtype.kind in "fiuO":  # O: nulls (NaN) among the numbers
-        with np.errstate(over="ignore"):  # said below, with the value
-            array = given.astype(dtype) if given.dtype.kind != "O" else np.asarray(values, dtype)
-    elif given.dtype.kind == "b":
-        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not true or false")
-    else:
-        raise ValueError(f"{DATATYPE[dtype]} values are numbers, not text")
+    """Numbers, and nulls (NaN) among them: ``_check_leaves`` has refused the rest."""
+    given = np.asarray(values)
+    with np.errstate(over="ignore"):  # said below, with the value
+        # O: nulls among the numbers, which only a cast from the values themselves reads
+        array = np.asarray(values, dtype) if given.dtype.kind == "O" else given.astype(dtype)
     if np.isinf(array).any():
         # A finite number past the type's range (an infinity sent as one, /v2's Infinity, is
         # taken): it became an infinity, and the model's outputs with it.

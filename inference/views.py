@@ -321,7 +321,7 @@ def webhook_secret(request: HttpRequest) -> HttpResponse:
     from inference import webhooks
 
     if request.method == "POST":  # a suspended organisation's is refused by the decorator
-        key, _secret = webhooks.signing_key_rotate(request.tenant, request_actor(request))
+        key = webhooks.signing_key_rotate(request.tenant, request_actor(request))
         messages.success(
             request,
             "New secret made. Deliveries carry a signature by the old one too until "

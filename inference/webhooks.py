@@ -79,7 +79,7 @@ def signing_secrets(key: WebhookSigningKey) -> list[str]:
     return [_unsealed(key.sealed)]
 
 
-def signing_key_rotate(tenant: Tenant, actor: Actor) -> tuple[WebhookSigningKey, str]:
+def signing_key_rotate(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
     """A new secret; the old one still signs (a second signature) for ``ROTATION_GRACE``, and
     the one before it is destroyed."""
     with transaction.atomic():
@@ -98,7 +98,7 @@ def signing_key_rotate(tenant: Tenant, actor: Actor) -> tuple[WebhookSigningKey,
             tenant=tenant,
             data={"previous_valid_until": key.previous_valid_until.isoformat()},
         )
-    return key, signing_secret(key)
+    return key
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:

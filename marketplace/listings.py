@@ -854,11 +854,9 @@ def access_request_withdraw(*, request: AccessRequest, actor: Actor) -> AccessRe
     if withdrawn != 1:
         raise Conflict(f"This request is {request.status}; only an approval can be withdrawn.")
     model = request.listing.model
-    live = Entitlement.objects.filter(
-        model=model, tenant=request.tenant, kind=Entitlement.Kind.SUBSCRIPTION
-    ).filter(revoked_at__isnull=True)
-    for entitlement in live:
-        _entitlement_end(entitlement)
+    live = entitlement_live(model=model, tenant=request.tenant)
+    if live is not None and live.kind == Entitlement.Kind.SUBSCRIPTION:  # a share stays
+        _entitlement_end(live)
     audit_record(
         action="access_request.withdraw",
         actor=actor,

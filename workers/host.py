@@ -168,8 +168,9 @@ class ModelHost:
             self.kill()
             HOST_RESTARTS.labels("health_check").inc()
             return False
-        if self.rss_limit and self.rss() > self.rss_limit:
-            return self._failed_check("memory", f"over its memory limit, {self.rss() >> 20} MiB")
+        rss = self.rss() if self.rss_limit else 0
+        if rss > (self.rss_limit or 0):
+            return self._failed_check("memory", f"over its memory limit, {rss >> 20} MiB")
         cpu, checked = self.cpu_seconds(), self._checked
         self._checked = (self.requests, cpu)
         if checked is not None and checked[0] == requests and cpu - checked[1] > IDLE_CPU_SECONDS:

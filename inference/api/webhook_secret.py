@@ -53,4 +53,5 @@ class WebhookSecretRotateView(APIView):
     def post(self, request):
         """A new secret. For 24 hours deliveries carry a second signature by the old one, so
         receivers can move to the new one without dropping events."""
-        return _answer(*webhooks.signing_key_rotate(request.auth.tenant, request_actor(request)))
+        key = webhooks.signing_key_rotate(request.auth.tenant, request_actor(request))
+        return _answer(key, webhooks.signing_secret(key))

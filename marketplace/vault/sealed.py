@@ -15,11 +15,10 @@ from .keys import kek_backend
 SECRET_SIZE = 32
 
 
-def secret_seal(tenant: Tenant, purpose: str, value: bytes | None = None) -> SealedSecret:
-    """A new sealed secret of ``tenant`` for ``purpose``: ``value``, or 32 random bytes."""
+def secret_seal(tenant: Tenant, purpose: str) -> SealedSecret:
+    """A new sealed secret of ``tenant`` for ``purpose``: 32 random bytes."""
     sealed = SealedSecret(tenant=tenant, purpose=purpose)
-    value = os.urandom(SECRET_SIZE) if value is None else value
-    wrapped = kek_backend().wrap(value, context=sealed.wrap_context)
+    wrapped = kek_backend().wrap(os.urandom(SECRET_SIZE), context=sealed.wrap_context)
     sealed.kek_id, sealed.wrapped = wrapped.kek_id, wrapped.blob
     sealed.save()
     return sealed
