@@ -407,6 +407,31 @@ def test_a_price_changed_while_calls_wait_bills_them_at_no_more_than_they_were_a
     assert [amounts[i] for i in waiting] == [Decimal("0.25")] * 2 + [Decimal("0.1")] * 2
 
 
+def test_work_admitted_in_one_currency_is_billed_in_it_after_the_listing_changes_currency(
+    outsider, paid_clf
+):
+    """Its spend cap was checked in the currency it was admitted in: it is billed there, at
+    the admitted price, not at the new currency's price."""
+    from billing.models import UsageRecord
+    from billing.services import usage_record_create
+
+    Listing.objects.filter(model=paid_clf).update(price_per_call=Decimal("9"), currency="eur")
+
+    record = usage_record_create(
+        kind="prediction",
+        source_id="pred_admitted_in_usd",
+        consumer=outsider,
+        model=paid_clf,
+        compute_seconds=Decimal("0.01"),
+        admitted=(Decimal("0.25"), Decimal("0"), "usd"),
+    )
+
+    assert (record.currency, record.amount) == ("usd", Decimal("0.25"))
+    assert UsageRecord.objects.get(source_id="pred_admitted_in_usd").price_per_call == Decimal(
+        "0.25"
+    )
+
+
 def test_spend_is_exact_where_the_database_adds_floats(outsider, paid_clf):
     """SQLite adds decimals as floating point: 4,678 calls at 0.01 came to 46.7799999999997,
     and a budget check compared that (a 402 said 0.00 of 46.80 was left, not that it was

@@ -477,3 +477,28 @@ def test_jobs_that_cannot_be_handed_to_a_worker_fail_and_free_their_slot(
     again = keyed("k0")  # a retry under the same key runs
     assert again.status_code == 201, again.json()
     assert again.json()["status"] == "queued"
+
+
+def test_a_queued_job_is_sent_again_only_once_nothing_waits_on_its_queue(api, mlp_version):
+    """A job queued past MM_COMPRESSION_JOB_LOST_SECONDS lost its task on the way, unless a
+    backlog still holds it: while tasks wait on its queue it is left alone (each sweep would
+    add another task for it)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference import realtime
+
+    job_id = start(api, "quantize").json()["id"]  # its task is sent on a commit never made
+    CompressionJob.objects.filter(public_id=job_id).update(
+        queue="jobs-backlog-test", created_at=timezone.now() - timedelta(minutes=10)
+    )
+    redis = realtime.client()
+    redis.rpush("jobs-backlog-test", b"a task ahead of it")
+    try:
+        assert jobs.jobs_requeue_lost() == 0
+        redis.delete("jobs-backlog-test")
+        assert jobs.jobs_requeue_lost() == 1
+        assert redis.llen("jobs-backlog-test") == 1  # its task, sent again
+    finally:
+        redis.delete("jobs-backlog-test")

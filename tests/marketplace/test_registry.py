@@ -491,13 +491,19 @@ def test_deprecated_version_carries_deprecation_and_sunset_headers(api, model, m
     api.post(f"{upload['upload_url']}/complete")
     make_ready(1)
     sunset = (timezone.now() + timedelta(days=30)).replace(microsecond=0)
-
     before = int(timezone.now().timestamp())
+
     api.post(
         "/api/v1/models/acme/classifier/versions/1/deprecate",
         {"sunset_at": sunset.isoformat(), "reason": "v2 is better"},
         format="json",
     )
+    deprecated = api.get("/api/v1/models/acme/classifier/versions/1")["Deprecation"]
+    # RFC 9745: when it was deprecated, a structured-field date ("true" was a draft's).
+    assert deprecated.startswith("@")
+    assert before <= int(deprecated[1:]) <= before + 5
+    first = timezone.now() - timedelta(days=2)  # as if the first deprecation were older
+    ModelVersion.objects.filter(number=1).update(deprecated_at=first)
     later = (sunset + timedelta(days=30)).isoformat()
     api.post(  # a later sunset: still deprecated since the first time
         "/api/v1/models/acme/classifier/versions/1/deprecate",
@@ -507,9 +513,7 @@ def test_deprecated_version_carries_deprecation_and_sunset_headers(api, model, m
     response = api.get("/api/v1/models/acme/classifier/versions/1")
 
     assert response.json()["status"] == "deprecated"
-    # RFC 9745: when it was deprecated, a structured-field date ("true" was a draft's).
-    assert response["Deprecation"].startswith("@")
-    assert before <= int(response["Deprecation"][1:]) <= before + 5
+    assert response["Deprecation"] == f"@{int(first.timestamp())}"  # kept by a new sunset
     assert response["Sunset"] == (sunset + timedelta(days=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 

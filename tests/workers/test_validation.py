@@ -453,6 +453,20 @@ def test_health_check_kills_a_host_that_stopped_answering(tenant):
     assert HOSTS.loaded("cpu").get(version_key(version)) is None
 
 
+def test_health_check_kills_an_idle_host_over_its_memory_limit(tenant):
+    """A request's wait watches the memory; between requests only the health check does."""
+    version = version_validate(
+        version_id=make_version(tenant, export(Classifier(), torch.randn(2, 4)), "pt2").public_id
+    )
+    host = HOSTS.loaded("cpu").get(version_key(version))
+    assert host.ping()
+    host.rss_limit = host.rss() // 2  # as if it had grown to twice its limit since
+
+    assert not host.ping()
+    assert not host.alive
+    assert HOSTS.loaded("cpu").get(version_key(version)) is None
+
+
 def _burn(a: torch.Tensor, n: int) -> torch.Tensor:
     y = a
     for _ in range(n):
