@@ -247,6 +247,7 @@ def load(host: ModelHost, artifact: Artifact, data: bytes | bytearray) -> None:
         "config": {},
         "device": host.device,
         "signature": None,
+        "huge_pages": host_module.HUGE_PAGE_WEIGHTS,
     }
     reply, _ = host.request(header, data, timeout=LOAD_TIMEOUT)
     if reply["parameter_count"] != artifact.parameters:
@@ -917,7 +918,13 @@ def report_warm(
     )
     print(
         "through the host: codec.encode(input) + ModelHost.request(predict) + "
-        "codec.decode(output);\nin-process: module(x) under torch.inference_mode()."
+        "codec.decode(output);\nin-process: module(x) under torch.inference_mode(). The host "
+        + (
+            "moves weights of 2 MiB or more into transparent huge pages (MM_HOST_HUGE_PAGES=1);"
+            "\nthe in-process module keeps them where torch.export.load put them."
+            if host_module.HUGE_PAGE_WEIGHTS
+            else "keeps its weights where torch.export.load put them (MM_HOST_HUGE_PAGES=0)."
+        )
     )
 
     print(
@@ -1046,6 +1053,7 @@ def main() -> None:
                 "device": device_name(),
                 "spin_us": None if spin_seconds() is None else round(spin_seconds() * 1e6),
                 "cpu_spin_cap_us": round(host_module.CPU_SPIN_CAP_SECONDS * 1e6),
+                "host_huge_page_weights": host_module.HUGE_PAGE_WEIGHTS,
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "cpus": os.cpu_count(),

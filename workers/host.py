@@ -61,6 +61,12 @@ CPU_SPIN_CAP_SECONDS = int(os.environ.get("MM_HOST_CPU_SPIN_MICROSECONDS", "1000
 HOST_POLL_MICROSECONDS = int(os.environ.get("MM_HOST_POLL_MICROSECONDS", "200"))
 
 
+# Whether a CPU host moves the weights it loads into memory advised for transparent huge
+# pages (inference.runtime.formats.weights_in_huge_pages): a forward pass reading hundreds of
+# MB of weights then misses the TLB far less. MM_HOST_HUGE_PAGES=0 turns it off.
+HUGE_PAGE_WEIGHTS = os.environ.get("MM_HOST_HUGE_PAGES", "1") != "0"
+
+
 # CPU a host may use between two health checks with no request between them (its polling
 # after a reply, a ping): more is work a model left running after it answered.
 IDLE_CPU_SECONDS = float(os.environ.get("MM_HOST_IDLE_CPU_SECONDS", "1.0"))
@@ -130,6 +136,7 @@ class ModelHost:
     require_sandbox: bool = False
     proc: subprocess.Popen | None = None
     loaded_bytes: int = 0
+    huge_page_bytes: int = 0  # of the loaded model's weights (HUGE_PAGE_WEIGHTS)
     requests: int = 0
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     _reader: FrameReader | None = None  # the host's replies, with what was read ahead

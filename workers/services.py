@@ -24,7 +24,7 @@ from marketplace.services import (
 )
 from marketplace.vault.store import artifact_read
 from workers.groupcommit import WRITES
-from workers.host import HostFailure, ModelFailure, ModelHost
+from workers.host import HUGE_PAGE_WEIGHTS, HostFailure, ModelFailure, ModelHost
 from workers.pool import HOSTS
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,11 @@ def load_into(host: ModelHost, version: ModelVersion, *, purpose: str, **refs) -
         "device": host.device,
         "signature": version.signature,
         "max_output_bytes": settings.MAX_OUTPUT_BYTES,
+        "huge_pages": HUGE_PAGE_WEIGHTS,
     }
     reply, _ = host.request(header, data, timeout=settings.MODEL_LOAD_TIMEOUT)
     host.loaded_bytes = len(data)
+    host.huge_page_bytes = reply.get("huge_page_bytes", 0)
     return reply
 
 

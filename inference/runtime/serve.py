@@ -109,6 +109,9 @@ class Host:
             architecture=header.get("architecture", ""),
             config=header.get("config") or {},
         )
+        huge_page_bytes = 0
+        if self.device == "cpu" and header.get("huge_pages"):
+            huge_page_bytes = formats.weights_in_huge_pages(self.loaded.module)
         if header.get("signature"):
             self.signature = Signature.from_json(header["signature"])
             self._valid_layouts.clear()  # checked against another signature
@@ -118,6 +121,7 @@ class Host:
             "parameter_count": self.loaded.parameter_count,
             "input_names": self.loaded.input_names,
             "stateless": self.loaded.stateless,
+            "huge_page_bytes": huge_page_bytes,
             "rss": _rss_bytes(),
             "device": self.device,
             "device_bytes": _device_bytes(self.device),
