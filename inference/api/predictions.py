@@ -182,18 +182,49 @@ class PredictionSerializer(serializers.ModelSerializer):
     def get_cost(self, obj: Prediction) -> dict | None:
         if obj.status != Prediction.Status.SUCCEEDED:
             return None  # only a succeeded prediction is billed
-        known = getattr(obj, "known_cost", None)  # sent along with the result
+        known = getattr(obj, "known_cost", None)  # sent with the result, or costs_attached
         if known is not None:
             return known
-        record = UsageRecord.objects.filter(source_id=obj.public_id).first()
-        if record is None:
+        if getattr(obj, "cost_looked_up", False):
             return None
-        return {"amount": str(record.amount), "currency": record.currency, "free": record.free}
+        return _cost(UsageRecord.objects.filter(source_id=obj.public_id).first())
+
+    @staticmethod
+    def costs_attached(predictions: list[Prediction]) -> list[Prediction]:
+        """A page of predictions with each succeeded one's cost read in one query, where each
+        would read its own usage record."""
+        wanted = {
+            p.public_id: p
+            for p in predictions
+            if p.status == Prediction.Status.SUCCEEDED and getattr(p, "known_cost", None) is None
+        }
+        if wanted:
+            for record in UsageRecord.objects.filter(source_id__in=wanted).only(
+                "source_id", "amount", "currency", "free"
+            ):
+                wanted[record.source_id].known_cost = _cost(record)
+            for prediction in wanted.values():
+                prediction.cost_looked_up = True
+        return predictions
 
     def get_urls(self, obj: Prediction) -> dict:
         base = f"/api/v1/predictions/{obj.public_id}"
         return {"get": base, "cancel": f"{base}/cancel"}
 
+
+def _cost(record: UsageRecord | None) -> dict | None:
+    if record is None:
+        return None
+    return {"amount": str(record.amount), "currency": record.currency, "free": record.free}
+
+
+# What a prediction's representation reads: lists and reads of predictions load these only,
+# not the input (up to MAX_INPUT_BYTES a row) nor the related rows' other columns.
+PREDICTION_COLUMNS = (
+    *("public_id", "status", "source", "output_data", "error", "error_kind", "compute_ms"),
+    *("batch_size", "batched_with", "created_at", "started_at", "completed_at"),
+    *("data_purged_at", "model__name", "model__tenant__slug", "version__number"),
+)
 
 _DATETIME = serializers.DateTimeField()
 
@@ -241,7 +272,9 @@ class StatusModelFilterMixin:
 
 
 class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView):
-    queryset = Prediction.objects.select_related("model__tenant", "version")
+    queryset = Prediction.objects.select_related("model__tenant", "version").only(
+        *PREDICTION_COLUMNS
+    )
     model_field = "model"
     serializer_class = PredictionSerializer
     pagination_class = CreatedCursorPagination
@@ -256,7 +289,7 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
         responses=PredictionSerializer(many=True),
     )
     def get(self, request):
-        page = self.paginate_queryset(self.get_queryset())
+        page = PredictionSerializer.costs_attached(self.paginate_queryset(self.get_queryset()))
         return self.get_paginated_response(PredictionSerializer(page, many=True).data)
 
     @extend_schema(
@@ -327,7 +360,9 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
 
 
 class PredictionDetailView(TenantScopedMixin, GenericAPIView):
-    queryset = Prediction.objects.select_related("model__tenant", "version")
+    queryset = Prediction.objects.select_related("model__tenant", "version").only(
+        *PREDICTION_COLUMNS
+    )
     model_field = "model"
     serializer_class = PredictionSerializer
     lookup_field = "public_id"

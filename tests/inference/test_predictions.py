@@ -62,6 +62,32 @@ def test_sync_prediction_returns_the_models_output_and_is_billed(
     assert "RateLimit-Remaining" in response
 
 
+def test_a_page_of_predictions_reads_their_costs_at_once_and_not_their_inputs(
+    celery_worker_process, api, classifier
+):
+    from django.db import connection
+
+    made = [run(api, "acme/clf", [[float(i), 0.0, 0.0, 0.0]]).json() for i in range(4)]
+    assert all(body["status"] == "succeeded" for body in made), made
+    sql = []
+
+    def recorded(execute, query, params, many, context):
+        sql.append(query)
+        return execute(query, params, many, context)
+
+    with connection.execute_wrapper(recorded):
+        page = api.get("/api/v1/predictions").json()
+
+    listed = {body["id"]: body for body in page["results"]}
+    assert listed.keys() >= {body["id"] for body in made}
+    for body in made:
+        assert listed[body["id"]]["cost"] == body["cost"] is not None
+        assert api.get(f"/api/v1/predictions/{body['id']}").json()["cost"] == body["cost"]
+    assert len([q for q in sql if "billing_usagerecord" in q]) == 1, sql  # not one each
+    assert [q for q in sql if "inference_prediction" in q], sql
+    assert not [q for q in sql if "input_data" in q], sql  # a row's input can be megabytes
+
+
 def test_async_prediction_can_be_fetched_later(celery_worker_process, api, classifier):
     created = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None)
     assert created.status_code == 201 and created.json()["status"] in (
