@@ -249,6 +249,7 @@ def _predictions(request: HttpRequest, model_ref: str) -> QuerySet[Prediction]:
     predictions = (
         Prediction.objects.filter(tenant=request.tenant)
         .select_related("model__tenant", "version", "api_key", "created_by")
+        .defer("input_data", "output_data")  # not shown, and up to megabytes a row
         .prefetch_related(
             Prefetch("deliveries", queryset=WebhookDelivery.objects.order_by("created_at", "pk"))
         )

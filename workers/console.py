@@ -80,6 +80,7 @@ def operations(request):
         .filter(status=CompressionJob.Status.RUNNING)
         .order_by("started_at")[:20],
         "failed_predictions": Prediction.objects.select_related("model__tenant", "tenant")
+        .defer("input_data", "output_data")
         .filter(status=Prediction.Status.FAILED, created_at__gte=since)
         .order_by("-created_at")[:20],
         "failed_jobs": CompressionJob.objects.select_related("model__tenant")

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+from django.db import connection
 from django.test import Client
 
 from accounts import services as accounts
@@ -247,8 +248,16 @@ def test_predictions_list_shows_only_the_tenants_predictions(
 ):
     ours = prediction(strokes.tenant, strokes)
     theirs = prediction(outsider, strokes)
+    sql = []
 
-    page = alice_client.get("/dashboard/predictions/").content.decode()
+    def recorded(execute, query, params, many, context):
+        sql.append(query)
+        return execute(query, params, many, context)
+
+    with connection.execute_wrapper(recorded):
+        page = alice_client.get("/dashboard/predictions/").content.decode()
+    # Neither inputs nor outputs are shown, and each can be megabytes.
+    assert not [q for q in sql if "input_data" in q or "output_data" in q], sql
     other = charlie_client.get("/dashboard/predictions/").content.decode()
 
     assert ours.public_id in page and theirs.public_id not in page
