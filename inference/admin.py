@@ -45,6 +45,10 @@ class PredictionAdmin(OperatorActions, ReadOnlyAdmin):
     exclude = ["input_data", "output_data", "request_hash"]
     actions = ["retry", "cancel"]
 
+    def get_queryset(self, request):
+        # Never shown, and each can be megabytes: a changelist page holds 100 rows.
+        return super().get_queryset(request).defer("input_data", "output_data")
+
     @admin.action(description="Retry the selected failed predictions", permissions=["operate"])
     def retry(self, request, queryset):
         operator = operator_actor(request)

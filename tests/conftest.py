@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
@@ -117,6 +119,22 @@ def key_client(tenant: Tenant, scopes=ALL_SCOPES, **kwargs) -> APIClient:
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     client.secret = secret
     return client
+
+
+@contextlib.contextmanager
+def statements() -> Iterator[list[str]]:
+    """The SQL this thread's default connection runs inside the block, requests included
+    (``CaptureQueriesContext`` loses what ran before each request's ``reset_queries``)."""
+    from django.db import connection
+
+    ran: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        ran.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        yield ran
 
 
 @pytest.fixture

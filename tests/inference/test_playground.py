@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from django.db import connection
 from django.test import Client
 
 from accounts import services as accounts
@@ -23,7 +22,7 @@ from marketplace import listings
 from marketplace import services as registry
 from marketplace.models import Alias, AliasMove, ModelVersion, Task
 from marketplace.vault.store import artifact_create
-from tests.conftest import make_user
+from tests.conftest import make_user, statements
 
 pytestmark = pytest.mark.django_db
 
@@ -248,13 +247,7 @@ def test_predictions_list_shows_only_the_tenants_predictions(
 ):
     ours = prediction(strokes.tenant, strokes)
     theirs = prediction(outsider, strokes)
-    sql = []
-
-    def recorded(execute, query, params, many, context):
-        sql.append(query)
-        return execute(query, params, many, context)
-
-    with connection.execute_wrapper(recorded):
+    with statements() as sql:
         page = alice_client.get("/dashboard/predictions/").content.decode()
     # Neither inputs nor outputs are shown, and each can be megabytes.
     assert not [q for q in sql if "input_data" in q or "output_data" in q], sql

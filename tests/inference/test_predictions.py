@@ -19,7 +19,7 @@ import torch
 from accounts.models import Scope
 from billing.models import UsageRecord
 from inference.models import CompressionJob, Prediction, WebhookDelivery
-from tests.conftest import key_client
+from tests.conftest import key_client, statements
 from tests.inference.conftest import Classifier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -65,17 +65,9 @@ def test_sync_prediction_returns_the_models_output_and_is_billed(
 def test_a_page_of_predictions_reads_their_costs_at_once_and_not_their_inputs(
     celery_worker_process, api, classifier
 ):
-    from django.db import connection
-
     made = [run(api, "acme/clf", [[float(i), 0.0, 0.0, 0.0]]).json() for i in range(4)]
     assert all(body["status"] == "succeeded" for body in made), made
-    sql = []
-
-    def recorded(execute, query, params, many, context):
-        sql.append(query)
-        return execute(query, params, many, context)
-
-    with connection.execute_wrapper(recorded):
+    with statements() as sql:
         page = api.get("/api/v1/predictions").json()
 
     listed = {body["id"]: body for body in page["results"]}

@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from django.db import connection
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -22,7 +21,7 @@ from inference.models import CompressionJob, Prediction
 from marketplace import listings
 from marketplace import services as registry
 from marketplace.models import Alias, Listing, ModelVersion
-from tests.conftest import PASSWORD, key_client, make_user
+from tests.conftest import PASSWORD, key_client, make_user, statements
 from tests.inference.conftest import Classifier, export, ready_version, signature
 
 pytestmark = pytest.mark.django_db
@@ -250,6 +249,10 @@ def test_predictions_and_jobs_show_their_errors_but_never_their_tensors(console,
 
     assert page.status_code == 200 and b"The model host failed: crash" in page.content
     assert b"input_data" not in page.content
+    with statements() as sql:
+        listed = console.get("/admin/inference/prediction/")
+    assert listed.status_code == 200 and failed.public_id.encode() in listed.content
+    assert not [q for q in sql if "input_data" in q or "output_data" in q], sql  # not read
 
 
 # --- changelist lookups the database cannot hold -------------------------------------------
@@ -332,13 +335,7 @@ def test_operations_page_shows_queues_workers_failures_and_money(
     failed_prediction(tenant, clf)
     settings.WORKER_HEARTBEAT_SECONDS = 5
     heartbeat.beat(name="cpu@box-7", queues=["default", "cpu"])
-    sql = []
-
-    def recorded(execute, query, params, many, context):
-        sql.append(query)
-        return execute(query, params, many, context)
-
-    with connection.execute_wrapper(recorded):
+    with statements() as sql:
         page = console.get("/admin/operations/")
     # The failures list reads no tensors (each up to megabytes).
     assert not [q for q in sql if "input_data" in q or "output_data" in q], sql
