@@ -275,7 +275,10 @@ def _runnable(prediction):
     per-process cache the web's requests use (``inference/catalog.py``): the join of four
     tables, and the decoding of the version's JSON columns, cost more than half of the
     worker's reads per prediction. Billing does not depend on it: the price is read in the
-    transaction that writes the usage record."""
+    transaction that writes the usage record. The entry is not checked against the catalog's
+    generation (a Redis GET per prediction): what the worker reads of a version (artifact,
+    signature, format, ``stateless``) does not change once the version runs, and a yank or a
+    revocation is the web's to enforce at admission; a prediction admitted before it runs."""
     from inference import catalog
 
     def load() -> catalog.Runnable:
@@ -284,7 +287,7 @@ def _runnable(prediction):
         )
         return catalog.Runnable(version.model, version)  # a prediction's version is its model's
 
-    return catalog.cached(("worker", prediction.version_id), load)
+    return catalog.cached(("worker", prediction.version_id), load, watch_changes=False)
 
 
 def _count_prediction(prediction, outcome: str) -> None:

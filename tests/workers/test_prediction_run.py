@@ -206,3 +206,25 @@ def test_the_batcher_drops_a_job_whose_caller_stopped_waiting():
     assert first.result(10)[0]["output"].tolist() == [[1.0] * 4]
     assert after.result(10)[0]["output"].tolist() == [[3.0] * 4]
     assert seen == [[[1.0] * 4], [[3.0] * 4]]  # the cancelled job never reached the model
+
+
+def test_a_queued_prediction_runs_on_the_version_it_was_admitted_to_after_a_catalog_change(
+    classifier,  # noqa: F811
+    monkeypatch,
+):
+    """The worker's cached version is not checked against the catalog's generation (a Redis
+    GET per prediction): what it reads of a version never changes once the version runs, and
+    a change (here a yank, which the web enforces at admission) leaves admitted work to run."""
+    from inference import catalog
+    from marketplace.models import ModelVersion
+
+    assert prediction_run(prediction_id=queued(classifier).public_id) == "succeeded"
+    admitted = queued(classifier)
+    ModelVersion.objects.filter(pk=classifier.pk).update(status=ModelVersion.Status.YANKED)
+    catalog._bump()  # as any audited change does: every process's lookups start afresh
+    asked = []
+    monkeypatch.setattr(catalog, "_in_step", lambda: asked.append(1) or True)
+
+    assert prediction_run(prediction_id=admitted.public_id) == "succeeded"
+    assert asked == []
+    assert UsageRecord.objects.filter(source_id=admitted.public_id).count() == 1
