@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
@@ -105,11 +106,27 @@ class PublicOipView(OipView):
     permission_classes = [AllowAny]
 
 
+# A model named without its owner (tritonclient's model_name="clf"): the path a client meant.
+_OWNERLESS = re.compile(r"models/[^/]+(/ready|/infer|/versions/[^/]+(/ready|/infer)?)?/?")
+
+
 @csrf_exempt
 def not_found(request, rest: str = ""):
     """Anything else under /v2 (repository, config, shared memory, ...): a protocol 404."""
+    if _OWNERLESS.fullmatch(rest):
+        return ownerless(request)
     return JsonResponse(
         {"error": f"{request.method} {request.path} is not supported by this server."},
+        status=404,
+    )
+
+
+def ownerless(request):
+    return JsonResponse(
+        {
+            "error": f"No model at {request.path}: name models as owner/name, as in "
+            "/v2/models/acme/clf/infer (tritonclient: model_name='acme/clf')."
+        },
         status=404,
     )
 
@@ -270,6 +287,13 @@ def _version_numbers(model: Model) -> list[str]:
 
 class ModelMetadataView(OipView):
     required_scope = Scope.MODELS_READ
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        # POST /v2/models/clf/infer reads as the metadata of a model "clf/infer": a model
+        # named without its owner, not a method this model lacks.
+        if kwargs.get("name") in ("infer", "ready") and not kwargs.get("version"):
+            return ownerless(request)
+        return super().http_method_not_allowed(request, *args, **kwargs)
 
     @extend_schema(
         operation_id="oip_model_metadata", responses={200: OipModelMetadataSerializer, **ERRORS}

@@ -412,3 +412,22 @@ def test_admission_errors_keep_their_status_and_headers(api, classifier, setting
 def test_unsupported_protocol_endpoints_are_a_json_404(api):
     response = api.get("/v2/models/acme/clf/config")
     assert response.status_code == 404 and "not supported" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/v2/models/clf/infer"),  # read as the metadata of a model "clf/infer": 405
+        ("GET", "/v2/models/clf"),
+        ("POST", "/v2/models/clf/versions/1/infer"),
+    ],
+)
+def test_a_model_named_without_its_owner_is_a_404_that_says_to_name_the_owner(api, method, path):
+    response = api.generic(method, path, b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert "owner/name" in response.json()["error"] and path in response.json()["error"]
+
+
+def test_tritonclient_told_a_model_without_its_owner_learns_to_name_it(client, auth, classifier):
+    error = failure(lambda: client.infer("clf", binary(X), headers=auth))
+    assert "owner/name" in str(error) and "model_name='acme/clf'" in str(error)
