@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
@@ -131,6 +132,16 @@ def signup(request: HttpRequest) -> HttpResponse:
         services.user_logged_in(user=user, ip=client_ip(request))
         return redirect(_safe_next(request) or "dashboard:org_create")
     return render(request, "registration/signup.html", {"form": form, "next": _safe_next(request)})
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """The e-mail's link points at ``MM_SITE_URL``: Django's own builds it from the request's
+    Host header, which the caller chooses, so a reset asked for with another allowed host
+    (a wildcard domain, an internal name behind the proxy) sent the victim's token there."""
+
+    def form_valid(self, form):
+        self.extra_email_context = {"site_url": settings.SITE_URL.rstrip("/")}
+        return super().form_valid(form)
 
 
 class LoginView(auth_views.LoginView):

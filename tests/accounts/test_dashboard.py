@@ -853,3 +853,22 @@ def test_subscribing_from_a_catalogue_page_after_switching_organisation_changes_
     assert not Entitlement.objects.exists()
     client.post("/catalogue/initech/clf/subscribe/", {"org": "globex"})
     assert Entitlement.objects.get().tenant == outsider
+
+
+def test_a_password_reset_links_to_the_site_whatever_host_the_request_named(
+    client, alice, settings, mailoutbox
+):
+    settings.SITE_URL = "https://models.example"
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, ".internal.example"]
+
+    response = client.post(
+        "/password/reset/", {"email": alice.email}, HTTP_HOST="attacker.internal.example"
+    )
+
+    assert response.status_code == 302
+    (sent,) = mailoutbox
+    link = re.search(r"https?://\S+", sent.body).group(0)
+    assert link.startswith("https://models.example/password/reset/"), link
+    assert "internal.example" not in sent.body
+    # The link works: it opens the form to choose a new password.
+    assert client.get(link.removeprefix("https://models.example"), follow=True).status_code == 200
