@@ -56,19 +56,29 @@ def resolve_membership(request: HttpRequest) -> Membership | None:
 
 class CurrentTenantMiddleware:
     """Puts ``request.membership`` and ``request.tenant`` on session requests. API-key requests
-    are resolved by ``ApiKeyAuthentication`` instead, so they skip the session lookup."""
+    are resolved by ``ApiKeyAuthentication`` instead, so they skip the session lookup.
+
+    What a request with credentials gets back is that caller's own (an API key's secret once,
+    a webhook signing secret, an organisation's data): unless the view said otherwise, it is
+    ``Cache-Control: private, no-store``, kept by no proxy and by no browser cache."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest):
-        if request.META.get("HTTP_AUTHORIZATION"):
+        credentials = bool(request.META.get("HTTP_AUTHORIZATION"))
+        if credentials:
             request.membership = None
             request.tenant = None
         else:
             request.membership = resolve_membership(request)
             request.tenant = request.membership.tenant if request.membership else None
-        return self.get_response(request)
+        response = self.get_response(request)
+        if not response.has_header("Cache-Control") and (
+            credentials or request.user.is_authenticated
+        ):
+            response["Cache-Control"] = "private, no-store"
+        return response
 
 
 def request_tenant(request) -> Tenant:

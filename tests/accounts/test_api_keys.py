@@ -19,8 +19,11 @@ pytestmark = pytest.mark.django_db
 def test_created_key_is_shown_once_and_authenticates(api):
     created = api.post("/api/v1/keys", {"name": "ci", "scopes": ["inference"]}, format="json")
     assert created.status_code == 201
+    assert created["Cache-Control"] == "private, no-store"  # the secret is kept by no cache
     secret = created.json()["key"]
     assert secret.startswith("mm_live_")
+    # A public page keeps its own caching (none said): only a caller's own answers are marked.
+    assert not APIClient().get("/catalogue/").has_header("Cache-Control")
 
     listed = api.get("/api/v1/keys").json()["results"]
     fetched = api.get(f"/api/v1/keys/{created.json()['id']}").json()

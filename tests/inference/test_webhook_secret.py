@@ -58,6 +58,7 @@ def test_an_admin_reads_the_secret_that_verifies_deliveries(api, classifier, set
     shown = api.get("/api/v1/webhooks/secret")
 
     assert shown.status_code == 200
+    assert shown["Cache-Control"] == "private, no-store"  # kept by no cache
     secret = shown.json()["secret"]
     assert secret.startswith("whsec_") and shown.json()["previous_valid_until"] is None
     headers, body = delivered(classifier, settings, monkeypatch)
@@ -107,6 +108,7 @@ def test_the_dashboard_shows_admins_the_secret_and_rotates_it(tenant, alice, bob
     secret = webhooks.signing_secret(webhooks.signing_record(tenant))
 
     assert page.status_code == 200 and secret in page.content.decode()
+    assert page["Cache-Control"] == "private, no-store"
     assert developer.get("/dashboard/webhooks/secret/").status_code == 403
     after = owner.post("/dashboard/webhooks/secret/", follow=True).content.decode()
     new = webhooks.signing_secret(webhooks.signing_record(tenant))
