@@ -2,47 +2,27 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
-from accounts.admin import ConsoleAdmin, OperatorActions, ReadOnlyAdmin, operator_actor
+from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
 from accounts.exceptions import ServiceError
 from marketplace import listings, services
 from marketplace.models import Artifact, Listing, ModelVersion, TenantKey
 
 
 @admin.register(TenantKey)
-class TenantKeyAdmin(ConsoleAdmin):
+class TenantKeyAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "tenant", "status", "kek_id", "created_at", "destroyed_at"]
     list_filter = ["status"]
     search_fields = ["public_id", "tenant__slug"]
     exclude = ["wrapped"]  # key material never reaches a page, not even wrapped
-    readonly_fields = ["public_id", "tenant", "status", "kek_id", "created_at", "destroyed_at"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Artifact)
-class ArtifactAdmin(ConsoleAdmin):
+class ArtifactAdmin(ReadOnlyAdmin):
+    """Shown only: which sealed blobs make a version's file is the vault's, and a version is
+    immutable (an edit of ``chunk_blobs`` here broke a version, with no audit row)."""
+
     list_display = ["public_id", "tenant", "size", "sha256", "key", "created_at"]
     search_fields = ["public_id", "sha256", "tenant__slug"]
-    readonly_fields = [
-        "public_id",
-        "tenant",
-        "key",
-        "storage_name",
-        "size",
-        "ciphertext_size",
-        "sha256",
-        "created_at",
-    ]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class ReasonForm(ActionForm):

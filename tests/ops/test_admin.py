@@ -469,3 +469,39 @@ def test_a_signed_in_staff_member_without_a_device_is_refused_when_2fa_is_on(con
     assert console.get("/admin/").status_code == 302
     assert console.get("/admin/operations/").status_code == 302
     assert console.get("/metrics").status_code == 404  # no way round the second factor
+
+
+def test_an_immutable_versions_file_cannot_be_rewritten_from_the_console(console, clf):
+    artifact = clf.artifact
+    blobs = list(artifact.chunk_blobs)
+
+    page = console.get(f"/admin/marketplace/artifact/{artifact.pk}/change/")
+    saved = console.post(
+        f"/admin/marketplace/artifact/{artifact.pk}/change/", {"chunk_blobs": "[]"}
+    )
+
+    assert page.status_code == 200 and b'name="chunk_blobs"' not in page.content
+    assert saved.status_code == 403
+    artifact.refresh_from_db()
+    assert artifact.chunk_blobs == blobs
+
+
+def test_the_console_edits_no_field_but_an_organisations_display_name(operator):
+    """Everything else changes through the services (which check and audit) or the console's
+    actions: a field left editable by mistake bypasses both."""
+    from django.contrib import admin
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/admin/")
+    request.user = operator
+    editable = {}
+    for model, model_admin in admin.site._registry.items():
+        if model._meta.app_label in ("auth", "otp_totp") or model is User:
+            continue  # Django's own users, groups and devices: edited as Django intends
+        if not model_admin.has_change_permission(request):
+            continue
+        form = model_admin.get_form(request, None, fields=None)
+        fields = set(form.base_fields) - set(model_admin.get_readonly_fields(request))
+        if fields:
+            editable[model.__name__] = sorted(fields)
+    assert editable == {"Tenant": ["name"]}
