@@ -75,6 +75,11 @@ def job_create(
         raise Conflict(
             f"Version {version.number} is {version.status}; only a ready version can be compressed."
         )
+    if version.past_sunset:  # retired: it runs nothing any more, compression included
+        raise Conflict(
+            f"Version {version.number} reached its sunset on {version.sunset_at:%Y-%m-%d %H:%M} "
+            "UTC; only a ready version can be compressed."
+        )
     # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
     compute_authorize(
         consumer=access.tenant,
@@ -256,14 +261,16 @@ def job_claim(job: CompressionJob) -> bool:
     lost = _lost()
     jobs = CompressionJob.objects.filter(pk=job.pk)
     claimable = jobs.filter(Q(status=CompressionJob.Status.QUEUED) | lost)
-    claimed = claimable.filter(
-        attempts__lt=JOB_MAX_ATTEMPTS, version__status__in=COMPRESSIBLE
-    ).update(
-        status=running,
-        started_at=now,
-        heartbeat_at=now,
-        phase="starting",
-        attempts=F("attempts") + 1,
+    claimed = (
+        claimable.filter(attempts__lt=JOB_MAX_ATTEMPTS, version__status__in=COMPRESSIBLE)
+        .exclude(version__status=ModelVersion.Status.DEPRECATED, version__sunset_at__lte=now)
+        .update(
+            status=running,
+            started_at=now,
+            heartbeat_at=now,
+            phase="starting",
+            attempts=F("attempts") + 1,
+        )
     )
     if claimed:
         # The attempt is this claim's fence: what a worker it was taken from (silent past the
@@ -271,9 +278,10 @@ def job_claim(job: CompressionJob) -> bool:
         job.refresh_from_db(fields=["status", "attempts", "started_at", "heartbeat_at"])
         job.claimed_attempt = job.attempts  # kept when the row is read again
     else:
-        # A parent yanked while the job waited: nothing may be made from it (and nothing billed).
+        # A parent yanked, or past its sunset, while the job waited: nothing may be made from
+        # it (and nothing billed).
         parent = ModelVersion.objects.filter(pk=job.version_id).first()
-        if parent is not None and parent.status not in COMPRESSIBLE:
+        if parent is not None and (parent.status not in COMPRESSIBLE or parent.past_sunset):
             claimable.update(
                 status=CompressionJob.Status.FAILED,
                 error=_parent_gone(parent, while_="was queued"),
@@ -299,8 +307,9 @@ def _ours(job: CompressionJob) -> QuerySet[CompressionJob]:
 
 
 def _parent_gone(parent: ModelVersion, *, while_: str) -> str:
+    what = "past its sunset" if parent.past_sunset else parent.status
     return (
-        f"Version {parent.number} was {parent.status} while the job {while_}; no version was "
+        f"Version {parent.number} was {what} while the job {while_}; no version was "
         "made and the job is not billed. Compress a ready version instead."
     )
 
@@ -389,7 +398,7 @@ def job_succeed(
         # Locked as version_yank locks it, so a yank cannot land between this check and the
         # new version.
         parent = ModelVersion.objects.select_for_update().get(pk=job.version_id)
-        if parent.status not in COMPRESSIBLE:
+        if parent.status not in COMPRESSIBLE or parent.past_sunset:
             CompressionJob.objects.filter(pk=job.pk).update(
                 status=CompressionJob.Status.FAILED,
                 error=_parent_gone(parent, while_="ran"),

@@ -1049,6 +1049,11 @@ def version_deprecate(
 ) -> ModelVersion:
     if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
         raise Conflict(f"Only a ready version can be deprecated; this one is {version.status}.")
+    if version.past_sunset:  # retired for good: a later sunset would run it again
+        raise Conflict(
+            f"Version {version.number} reached its sunset on {version.sunset_at:%Y-%m-%d %H:%M} "
+            "UTC and stays retired; publish a new version instead."
+        )
     if sunset_at <= timezone.now():
         raise ValidationError({"sunset_at": "The sunset date must be in the future."})
     if version.status != ModelVersion.Status.DEPRECATED:  # a new sunset keeps the date

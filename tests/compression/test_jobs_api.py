@@ -3,6 +3,7 @@ parameters are refused up front (and why), cancel, metering and promotion rules.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -226,6 +227,41 @@ def test_a_job_whose_version_was_yanked_while_it_was_queued_is_never_run(api, ml
     shown = api.get(f"{URL}/{job.public_id}").json()
     assert shown["status"] == "failed"
     assert "Version 1 was yanked while the job was queued; no version was made" in shown["error"]
+    assert not UsageRecord.objects.exists()
+
+
+def _past_its_sunset(version):
+    from django.utils import timezone
+
+    registry.version_deprecate(
+        version=version,
+        sunset_at=timezone.now() + timedelta(days=1),
+        reason="superseded",
+        actor=accounts.SYSTEM,
+    )
+    ModelVersion.objects.filter(pk=version.pk).update(
+        sunset_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_a_version_past_its_sunset_cannot_be_compressed(api, mlp_version):
+    _past_its_sunset(mlp_version)
+
+    refused = start(api, "quantize")
+
+    assert refused.status_code == 409 and "reached its sunset" in refused.json()["detail"]
+    assert not CompressionJob.objects.exists()
+
+
+def test_a_job_whose_version_passed_its_sunset_while_it_was_queued_is_never_run(api, mlp_version):
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    _past_its_sunset(mlp_version)
+
+    assert jobs.job_claim(job) is False
+
+    shown = api.get(f"{URL}/{job.public_id}").json()
+    assert shown["status"] == "failed"
+    assert "Version 1 was past its sunset while the job was queued" in shown["error"]
     assert not UsageRecord.objects.exists()
 
 

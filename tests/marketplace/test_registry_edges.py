@@ -530,6 +530,28 @@ def test_no_alias_moves_onto_a_version_past_its_sunset(tenant, api):
     assert [a.version.number for a in model.aliases.all()] == [2]
 
 
+def test_a_version_past_its_sunset_stays_retired(tenant, api):
+    # Before, deprecating it again with a later sunset ran it again.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    model = past_its_sunset(tenant)
+    url = "/api/v1/models/acme/resnet/versions/1/deprecate"
+    later = (timezone.now() + timedelta(days=30)).isoformat()
+
+    refused = api.post(url, {"sunset_at": later, "reason": "one more month"}, format="json")
+    called = api.post(
+        "/api/v1/predictions", {"model": "acme/resnet", "version": "1", "input": {}}, format="json"
+    )
+
+    assert refused.status_code == 409
+    assert "reached its sunset" in refused.json()["detail"]
+    assert "stays retired" in refused.json()["detail"]
+    assert called.status_code == 410
+    assert model.versions.get(number=1).sunset_at < timezone.now()
+
+
 def test_the_model_page_offers_no_alias_move_onto_a_version_past_its_sunset(tenant, alice):
     from django.test import Client
 
