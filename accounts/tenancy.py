@@ -74,11 +74,15 @@ class CurrentTenantMiddleware:
             request.membership = resolve_membership(request)
             request.tenant = request.membership.tenant if request.membership else None
         response = self.get_response(request)
-        if not response.has_header("Cache-Control") and (
-            credentials or request.user.is_authenticated
-        ):
+        if not response.has_header("Cache-Control") and (credentials or _signed_in(request)):
             response["Cache-Control"] = "private, no-store"
         return response
+
+
+def _signed_in(request: HttpRequest) -> bool:
+    # DRF sets the request's user to None where a view authenticates nobody (/v2/health).
+    user = getattr(request, "user", None)
+    return user is not None and user.is_authenticated
 
 
 def request_tenant(request) -> Tenant:
