@@ -24,7 +24,7 @@ import numpy as np
 from config.logs import current_request_id
 from config.metrics import BATCH_SIZE
 from inference import tensors
-from inference.runtime.spec import TensorSpec
+from inference.runtime.spec import MAX_EMPTY_LISTS, TensorSpec, empty_too_wide
 from workers.host import HostFailure, ModelFailure, ModelHost
 
 logger = logging.getLogger(__name__)
@@ -265,8 +265,23 @@ class VersionBatcher:
 
     def _check_types(self, outputs: dict[str, np.ndarray]) -> None:
         """An output of a datatype the API cannot carry, or other than its signature's, fails
-        as the model's error: recorded and billed, it could not be read back."""
+        as the model's error: recorded and billed, it could not be read back. So do outputs
+        other than the signature's (a model whose outputs change with its input: a caller
+        asking for one it did not return got a 500, billed) and an output without values
+        whose JSON would hold more than ``MAX_EMPTY_LISTS`` lists (any size costs 0 bytes)."""
+        if self.outputs and outputs.keys() != self.outputs.keys():
+            raise ModelFailure(
+                "output",
+                f"The model returned the output(s) {', '.join(sorted(outputs)) or 'none'}, "
+                f"where its signature has {', '.join(sorted(self.outputs))}.",
+            )
         for name, array in outputs.items():
+            if empty_too_wide(array.shape):
+                raise ModelFailure(
+                    "output",
+                    f"The model's output '{name}' has shape {list(array.shape)} and no values; "
+                    f"an output without values may have at most {MAX_EMPTY_LISTS} rows.",
+                )
             datatype = tensors.DATATYPE.get(array.dtype, str(array.dtype))
             spec = self.outputs.get(name)
             expected = spec.datatype if spec is not None else None

@@ -208,6 +208,30 @@ def test_input_that_does_not_fit_is_400_naming_it(api, classifier):
     assert Prediction.objects.count() == 0
 
 
+def test_an_input_of_many_rows_without_values_is_400_naming_it(api, tenant):
+    # 78 bytes of request: its answer, a list per row, took the web past 10 GB.
+    from tests.inference.conftest import export, ready_version
+
+    wide = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, -1]}],
+    }
+    ready_version(tenant, "seq", export(Classifier()), "pt2", wide)
+    empty = {"data": [], "shape": [10_000_000, 0]}
+
+    rest = run(api, "acme/seq", empty)
+    oip = api.post(
+        "/v2/models/acme/seq/infer",
+        {"inputs": [{"name": "x", "datatype": "FP32", **empty}]},
+        format="json",
+    )
+
+    assert rest.status_code == 400
+    assert "'x' has shape [10000000, 0] and no values" in rest.json()["detail"]
+    assert oip.status_code == 400 and "[10000000, 0] and no values" in oip.json()["error"]
+    assert Prediction.objects.count() == 0
+
+
 def test_model_that_raises_fails_the_prediction_with_its_message(
     celery_worker_process, api, raising
 ):

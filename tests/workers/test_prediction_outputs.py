@@ -127,3 +127,57 @@ def test_outputs_keep_the_models_order_in_every_answer(tenant):
 
         assert list(answer) == ["scores", "label", "aux"]
         assert answer["label"] == [4.0] * rows
+
+
+class EmptyRows(nn.Module):
+    """The first value says how many lists without values to answer in each row."""
+
+    def forward(self, x):
+        return x.new_zeros((x.shape[0], int(x[0, 0].item()), 0))
+
+
+def test_an_output_of_many_rows_without_values_fails_as_the_models_fault_unbilled(tenant):
+    # 0 bytes whatever the rows, yet a list per row as JSON: 10 million took 868 MiB to show.
+    version = validated(
+        tenant, "empty", scripted(EmptyRows()), example_input={"x": {"data": [[2.0]]}}
+    )
+    small = queued(version, np.array([[5.0]], np.float32))
+    huge = queued(version, np.array([[1e7]], np.float32))
+
+    assert prediction_run(prediction_id=small.public_id) == "succeeded"
+    assert output_of(small).shape == (1, 5, 0)
+    assert prediction_run(prediction_id=huge.public_id) == "failed"
+
+    huge.refresh_from_db()
+    assert huge.error_kind == "model"
+    assert "shape [1, 10000000, 0] and no values" in huge.error
+    assert huge.output_data is None
+    assert list(UsageRecord.objects.values_list("source_id", flat=True)) == [small.public_id]
+
+
+class EitherOr(nn.Module):
+    """Answers under one name or another, by the sign of its input."""
+
+    def forward(self, x) -> dict[str, torch.Tensor]:
+        if bool(x.sum() > 0):
+            return {"pos": x * 1.0}
+        return {"neg": x * -1.0}
+
+
+def test_outputs_other_than_the_signatures_fail_as_the_models_fault_unbilled(tenant):
+    # Validation saw "pos"; a caller asking /v2 for it got a 500 when the model said "neg".
+    example = {"x": {"data": [[1.0, 1.0, 1.0, 1.0]]}}
+    version = validated(tenant, "either", scripted(EitherOr()), example_input=example)
+    assert [o["name"] for o in version.signature["outputs"]] == ["pos"]
+    positive = queued(version, np.ones((1, 4), np.float32))
+    negative = queued(version, -np.ones((1, 4), np.float32))
+
+    assert prediction_run(prediction_id=positive.public_id) == "succeeded"
+    assert prediction_run(prediction_id=negative.public_id) == "failed"
+
+    negative.refresh_from_db()
+    assert (negative.error_kind, negative.error) == (
+        "model",
+        "The model returned the output(s) neg, where its signature has pos.",
+    )
+    assert list(UsageRecord.objects.values_list("source_id", flat=True)) == [positive.public_id]
