@@ -88,20 +88,24 @@ def publisher_example(candidates: list, signature: Signature) -> dict[str, np.nd
 
 def format_tensor(array: np.ndarray) -> str:
     """Nested-list JSON with each innermost row on a line of its own, so an image reads as
-    one and a large tensor stays editable."""
+    one and a large tensor stays editable. Each value as given, in the fewest digits that
+    read back to it (rounded to 4 places, 1e-05 became 0 and a run tried other values), and
+    NaN as ``null``, as the API reads it (``nan`` made the form's JSON invalid)."""
 
     def number(value) -> str:
         if isinstance(value, bool | np.bool_):
             return "true" if value else "false"
         if isinstance(value, float | np.floating):
-            return np.format_float_positional(value, precision=4, trim="-")
+            if not np.isfinite(value):
+                return "null"  # NaN; the API has no JSON for infinities either
+            return np.format_float_positional(value, trim="-")  # shortest for its dtype
         return str(value)
 
     def nested(a: np.ndarray, depth: int) -> str:
         if a.ndim == 0:
             return number(a.item())
         if a.ndim == 1:
-            return "[" + ", ".join(number(v) for v in a.tolist()) + "]"
+            return "[" + ", ".join(number(v) for v in a) + "]"  # each in its own dtype
         separator = ",\n" + " " * (depth + 1)
         return "[" + separator.join(nested(sub, depth + 1) for sub in a) + "]"
 

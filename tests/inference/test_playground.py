@@ -143,6 +143,20 @@ def test_the_publishers_example_prefills_the_form(alice_client, tenant):
     assert 'data-classifier-output=""' in response.content.decode()  # task "other"
 
 
+def test_the_publishers_example_is_shown_as_given_and_nan_as_null(alice_client, tenant):
+    # It was rounded to 4 places (1e-05 ran as 0) and NaN written as nan, which is not JSON.
+    model = registry.model_create(tenant=tenant, name="exact", actor=accounts.SYSTEM)
+    example = {"features": [[1e-05, 0.123456, None, 123456.79]]}
+    version(model, 1, TABULAR_SIGNATURE, example_input=example)
+
+    response = alice_client.get("/dashboard/playground/acme/exact/")
+
+    shown = re.search(
+        r'data-input="features"[^>]*>(.*?)</textarea>', response.content.decode(), re.S
+    )
+    assert json.loads(html.unescape(shown.group(1))) == [[1e-05, 0.123456, None, 123456.79]]
+
+
 def test_version_picker_offers_aliases_and_runnable_versions_only(alice_client, strokes):
     version(strokes, 2, IMAGE_SIGNATURE, status="failed")
     staging = version(strokes, 3, IMAGE_SIGNATURE, label="rc1")
