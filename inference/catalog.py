@@ -7,9 +7,7 @@ CPU per prediction on a small machine, for answers that change a few times a day
 ``MM_INFERENCE_CACHE_SECONDS`` (5 s by default; 0 turns the cache off). Only successful
 resolutions are cached: a 404, 403, 409, 410 or 451 is worked out afresh every time. The
 worker keeps each prediction's model and version here too, under its own keys
-(``workers.services.prediction_run``), for the TTL without reading the counter: it uses only
-what a version keeps once it runs (its artifact, signature and format), and the prediction was
-admitted by the web's own checks.
+(``workers.services.prediction_run``).
 
 Any save or delete of a model, version, alias, listing, entitlement, object permission or
 tenant, and any audit event (every change to grants, prices and listings writes one, including
@@ -55,10 +53,8 @@ _lock = threading.Lock()
 _entries: dict[tuple, tuple[float, Runnable]] = {}
 
 
-def get(key: tuple, *, watch_changes: bool = True) -> Runnable | None:
-    """``key``'s entry if it is younger than the TTL and, with ``watch_changes``, nothing
-    changed anywhere since it was resolved."""
-    if settings.INFERENCE_CACHE_SECONDS <= 0 or (watch_changes and not _in_step()):
+def get(key: tuple) -> Runnable | None:
+    if settings.INFERENCE_CACHE_SECONDS <= 0 or not _in_step():
         return None
     entry = _entries.get(key)
     if entry is None:
@@ -69,11 +65,10 @@ def get(key: tuple, *, watch_changes: bool = True) -> Runnable | None:
     return runnable
 
 
-def cached(key: tuple, load: Callable[[], Runnable], *, watch_changes: bool = True) -> Runnable:
+def cached(key: tuple, load: Callable[[], Runnable]) -> Runnable:
     """``key``'s entry, or what ``load()`` resolves, kept for the next lookup (a load that
-    raises keeps nothing). ``watch_changes=False``: for what cannot change while it is used,
-    trusted for the TTL without asking Redis whether anything changed."""
-    runnable = get(key, watch_changes=watch_changes)
+    raises keeps nothing)."""
+    runnable = get(key)
     if runnable is None:
         loaded_at = time.monotonic()
         runnable = load()

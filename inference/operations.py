@@ -6,14 +6,11 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.exceptions import Conflict, PaymentRequired, ServiceError
-from accounts.models import ALL_SCOPES, Tenant
+from accounts.exceptions import Conflict, PaymentRequired
 from accounts.services import Actor, audit_record
-from accounts.tenancy import Access
 from billing.services import spend_authorize
 from inference import compression_services, services
 from inference.models import CompressionJob, Prediction
-from marketplace import selectors
 from marketplace.models import ModelVersion
 
 
@@ -77,20 +74,9 @@ def _spend_checked(prediction: Prediction):
 def _not_runnable(prediction: Prediction) -> str | None:
     """Why the prediction's consumer could not run its version now (what a new request would
     be refused for, asked as the API asks it), or None."""
-    if prediction.tenant.status != Tenant.Status.ACTIVE:
-        return f"the organisation {prediction.tenant.slug} is suspended"
     # Locked as version_yank locks it: a yank cannot land between this check and the commit.
     version = ModelVersion.objects.select_for_update().get(pk=prediction.version_id)
-    model = prediction.model
-    access = Access(tenant=prediction.tenant, scopes=ALL_SCOPES)
-    try:
-        selectors.model_for_access(access, owner=model.tenant.slug, name=model.name, perm="run")
-        services.version_for(model, str(version.number), access=access)
-    except ServiceError as exc:
-        return f"{prediction.tenant.slug} may not run {model.ref} version {version.number}: " + (
-            exc.message
-        )
-    return None
+    return services.run_refusal(tenant=prediction.tenant, model=prediction.model, version=version)
 
 
 @transaction.atomic

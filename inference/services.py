@@ -14,8 +14,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
-from accounts.exceptions import Conflict, Gone
-from accounts.models import Scope
+from accounts.exceptions import Conflict, Gone, ServiceError
+from accounts.models import ALL_SCOPES, Scope, Tenant
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
 from config import sql
@@ -64,6 +64,21 @@ def version_for(model: Model, ref: str | None, *, access: Access | None) -> Mode
         detail = f": {version.failure_reason}" if version.failure_reason else ""
         raise Conflict(f"Version {version.number} of {model.ref} is {version.status}{detail}.")
     return version
+
+
+def run_refusal(*, tenant: Tenant, model: Model, version: ModelVersion) -> str | None:
+    """Why ``tenant`` could not run ``version`` of ``model`` now (what a new request for it
+    would be refused for, asked as the API asks it: a suspended organisation, a yanked or
+    retired version, a model taken down, access revoked), or None."""
+    if tenant.status != Tenant.Status.ACTIVE:
+        return f"the organisation {tenant.slug} is suspended"
+    access = Access(tenant=tenant, scopes=ALL_SCOPES)
+    try:
+        selectors.model_for_access(access, owner=model.tenant.slug, name=model.name, perm="run")
+        version_for(model, str(version.number), access=access)
+    except ServiceError as exc:
+        return f"{tenant.slug} may not run {model.ref} version {version.number}: {exc.message}"
+    return None
 
 
 def resolve_runnable(access: Access, *, model_ref: str, version_ref: str | None):

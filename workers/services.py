@@ -238,7 +238,10 @@ def prediction_run(*, prediction_id: str, defer_when_stalled: bool = False) -> s
     if tenant is None:  # deleted since (and the prediction with it): nothing to run
         return None
     prediction.tenant = tenant
-    runnable = _runnable(prediction)
+    try:
+        runnable = _runnable(prediction)
+    except Refused as exc:
+        return _refused(prediction, str(exc))
     prediction.model, prediction.version = runnable.model, runnable.version
     if defer_when_stalled and _stalled_and_crowded(prediction.version):
         return DEFERRED
@@ -270,24 +273,48 @@ def _run_runnable(prediction) -> str | None:
     return outcome
 
 
+class Refused(Exception):
+    """What a new request for the prediction would now be refused for."""
+
+
 def _runnable(prediction):
     """The prediction's model (with its tenant) and version (with its artifact), from the
     per-process cache the web's requests use (``inference/catalog.py``): the join of four
     tables, and the decoding of the version's JSON columns, cost more than half of the
     worker's reads per prediction. Billing does not depend on it: the price is read in the
-    transaction that writes the usage record. The entry is not checked against the catalog's
-    generation (a Redis GET per prediction): what the worker reads of a version (artifact,
-    signature, format, ``stateless``) does not change once the version runs, and a yank or a
-    revocation is the web's to enforce at admission; a prediction admitted before it runs."""
+    transaction that writes the usage record.
+
+    Raises ``Refused`` where the consumer could not run the version now: a prediction that
+    waited in a backlog while its version was yanked, its model taken down or its access
+    revoked ran, and was billed. The verdict is cached with the version, per consumer, and
+    each of those changes (audited, so the catalog's generation moves) clears it in every
+    process: the next prediction asks again."""
     from inference import catalog
+    from inference import services as inference
 
     def load() -> catalog.Runnable:
         version = ModelVersion.objects.select_related("artifact", "model__tenant").get(
             pk=prediction.version_id
         )
+        refusal = inference.run_refusal(
+            tenant=prediction.tenant, model=version.model, version=version
+        )
+        if refusal is not None:
+            raise Refused(refusal)
         return catalog.Runnable(version.model, version)  # a prediction's version is its model's
 
-    return catalog.cached(("worker", prediction.version_id), load, watch_changes=False)
+    return catalog.cached(("worker", prediction.version_id, prediction.tenant_id), load)
+
+
+def _refused(prediction, reason: str) -> str | None:
+    """Fail a prediction its consumer may no longer run, unbilled, without running it."""
+    from inference import services as inference
+
+    if not WRITES.run(lambda: inference.prediction_claim(prediction)):
+        return None  # cancelled, finished, or a redelivery of finished work
+    error = f"Not run: {reason}"
+    WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="refused"))
+    return "failed"
 
 
 def _count_prediction(prediction, outcome: str) -> None:

@@ -423,11 +423,14 @@ def read_body(request) -> bytes:
 def _failure_status(prediction: Prediction) -> tuple[int, dict[str, str]]:
     """The status of a failed prediction by whose fault it was: the request's or the model's
     (400, not worth sending again as it is), the deadline (504), a version paused by the
-    worker's breaker (503, with Retry-After: what is left of the pause), the platform's (500:
-    a retry may succeed)."""
+    worker's breaker (503, with Retry-After: what is left of the pause), a version the caller
+    may no longer run (409: yanked, taken down or access ended while the request waited), the
+    platform's (500: a retry may succeed)."""
     error_kind = prediction.error_kind
     if error_kind in ("input", "model", "output"):
         return 400, {}
+    if error_kind == "refused":
+        return 409, {}
     if error_kind == "timeout":
         return 504, {}
     if error_kind == "unavailable":

@@ -431,3 +431,11 @@ def test_a_model_named_without_its_owner_is_a_404_that_says_to_name_the_owner(ap
 def test_tritonclient_told_a_model_without_its_owner_learns_to_name_it(client, auth, classifier):
     error = failure(lambda: client.infer("clf", binary(X), headers=auth))
     assert "owner/name" in str(error) and "model_name='acme/clf'" in str(error)
+
+
+def test_a_prediction_refused_while_it_waited_is_a_409_not_a_server_error():
+    # The worker fails it "refused" when its version was yanked, its model taken down or its
+    # access ended while it waited: the caller's situation changed, the server did not fail.
+    from inference.api.oip import _failure_status
+
+    assert _failure_status(Prediction(error_kind="refused")) == (409, {})

@@ -49,7 +49,11 @@ def validated(tenant, name: str, data: bytes, fmt: str = "torchscript", **fields
 
 
 def queued(version: ModelVersion, x: np.ndarray, tenant=None) -> Prediction:
-    """A prediction of ``tenant`` (the model's own by default) on input ``x``."""
+    """A prediction of ``tenant`` (the model's own by default) on input ``x``; another
+    organisation is subscribed to the model first (the worker runs nothing a caller may not),
+    its listing published, free, where it has none."""
+    if tenant is not None and tenant != version.model.tenant:
+        _subscribed(version.model, tenant)
     return Prediction.objects.create(
         tenant=tenant or version.model.tenant,
         model=version.model,
@@ -57,6 +61,18 @@ def queued(version: ModelVersion, x: np.ndarray, tenant=None) -> Prediction:
         input_data=tensors.encode({"x": x}),
         batch_size=x.shape[0],
     )
+
+
+def _subscribed(model, tenant) -> None:
+    from accounts import services as accounts
+    from marketplace.listings import listing_publish, listing_subscribe
+    from marketplace.models import Entitlement, Listing
+
+    listing = Listing.objects.filter(model=model).first() or listing_publish(
+        model=model, actor=accounts.SYSTEM, visibility="public", title=model.name
+    )
+    if not Entitlement.objects.filter(model=model, tenant=tenant, revoked_at=None).exists():
+        listing_subscribe(listing=listing, tenant=tenant, actor=accounts.SYSTEM)
 
 
 def output_of(prediction: Prediction) -> np.ndarray:

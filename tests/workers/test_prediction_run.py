@@ -6,11 +6,15 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError
 
+from accounts import services as accounts
 from billing.models import UsageRecord
 from inference import services as inference
 from inference import tensors
 from inference.models import Prediction
-from tests.inference.conftest import classifier  # noqa: F401 - a fixture
+from tests.inference.conftest import (
+    classifier,  # noqa: F401 - a fixture
+    listed_classifier,
+)
 from workers.pool import HOSTS
 from workers.services import prediction_run
 
@@ -208,23 +212,56 @@ def test_the_batcher_drops_a_job_whose_caller_stopped_waiting():
     assert seen == [[[1.0] * 4], [[3.0] * 4]]  # the cancelled job never reached the model
 
 
-def test_a_queued_prediction_runs_on_the_version_it_was_admitted_to_after_a_catalog_change(
-    classifier,  # noqa: F811
-    monkeypatch,
-):
-    """The worker's cached version is not checked against the catalog's generation (a Redis
-    GET per prediction): what it reads of a version never changes once the version runs, and
-    a change (here a yank, which the web enforces at admission) leaves admitted work to run."""
-    from inference import catalog
-    from marketplace.models import ModelVersion
+def queued_for(version, consumer) -> Prediction:
+    import numpy as np
 
-    assert prediction_run(prediction_id=queued(classifier).public_id) == "succeeded"
-    admitted = queued(classifier)
-    ModelVersion.objects.filter(pk=classifier.pk).update(status=ModelVersion.Status.YANKED)
-    catalog._bump()  # as any audited change does: every process's lookups start afresh
-    asked = []
-    monkeypatch.setattr(catalog, "_in_step", lambda: asked.append(1) or True)
+    return Prediction.objects.create(
+        tenant=consumer,
+        model=version.model,
+        version=version,
+        input_data=tensors.encode({"x": np.ones((1, 4), np.float32)}),
+    )
 
-    assert prediction_run(prediction_id=admitted.public_id) == "succeeded"
-    assert asked == []
-    assert UsageRecord.objects.filter(source_id=admitted.public_id).count() == 1
+
+def _take_down(version):
+    from marketplace.listings import listing_take_down
+
+    listing_take_down(listing=version.model.listing, reason="court order", actor=accounts.SYSTEM)
+
+
+def _revoke(version):
+    from marketplace.listings import entitlement_revoke
+    from marketplace.models import Entitlement
+
+    entitlement_revoke(entitlement=Entitlement.objects.get(), actor=accounts.SYSTEM)
+
+
+def _yank(version):
+    from marketplace.services import version_yank
+
+    version_yank(version=version, reason="leaks training data", actor=accounts.SYSTEM)
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        (_take_down, "court order"),
+        (_revoke, "globex may not run acme/clf version 1"),
+        (_yank, "leaks training data"),
+    ],
+)
+def test_work_queued_before_its_access_ended_is_not_run_nor_billed(tenant, outsider, change, said):
+    """A new request would be refused (451, 403, 410): one that waited in a backlog ran, and
+    was billed, with the cached verdict of a run before it."""
+    version = listed_classifier(tenant, outsider, price_per_call="0.01")
+    assert prediction_run(prediction_id=queued_for(version, outsider).public_id) == "succeeded"
+    waiting = queued_for(version, outsider)
+
+    change(version)
+    outcome = prediction_run(prediction_id=waiting.public_id)
+
+    waiting.refresh_from_db()
+    assert outcome == "failed" and waiting.error_kind == "refused"
+    assert waiting.error.startswith("Not run: ") and said in waiting.error
+    assert waiting.compute_ms is None and waiting.output_data is None
+    assert not UsageRecord.objects.filter(source_id=waiting.public_id).exists()
