@@ -541,6 +541,18 @@ def _announce(prediction: Prediction, output: bytes | None = None) -> None:
         )
 
 
+def tenant_data_erase(*, tenant, **_) -> None:
+    """What inference holds of an organisation being deleted whose billing rows stay
+    (``marketplace.vault.store.tenant_erasing``): its predictions' inputs, outputs and
+    webhook addresses, and its webhook signing keys."""
+    from inference.models import WebhookSigningKey
+
+    Prediction.objects.filter(tenant=tenant).update(
+        input_data=None, output_data=None, data_purged_at=timezone.now(), webhook_url=""
+    )
+    WebhookSigningKey.objects.filter(tenant=tenant).delete()
+
+
 def predictions_purge() -> int:
     """Drop inputs and outputs past their retention; the metadata billing and audit need
     stays."""

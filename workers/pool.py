@@ -185,13 +185,14 @@ class Hosts:
         self.drop_deleted_versions()
 
     def drop_deleted_versions(self) -> int:
-        """Retire the loaded hosts whose version no longer exists: its organisation was
-        deleted, its keys destroyed (crypto-shredding), and its decrypted weights must not
-        outlive them in a host's memory. Nothing asks for such a host again, so until now it
+        """Retire the loaded hosts whose version no longer exists, or whose data key was
+        destroyed: its organisation was deleted (crypto-shredding; one with billing history
+        keeps its versions' rows), and its decrypted weights must not outlive its keys in a
+        host's memory. Nothing asks for such a host again, so until now it
         stayed loaded until other models evicted it. Returns how many were dropped."""
         from django.db import close_old_connections
 
-        from marketplace.models import ModelVersion
+        from marketplace.models import ModelVersion, TenantKey
 
         # A key is workers.services.version_key: "<version public id>:<sha256 prefix>". The
         # keys are a copy, taken under no lock: hosts come and go meanwhile.
@@ -206,7 +207,9 @@ class Hosts:
             live = set(
                 ModelVersion.objects.filter(
                     public_id__in={version_id for _, _, version_id in loaded}
-                ).values_list("public_id", flat=True)
+                )
+                .exclude(artifact__key__status=TenantKey.Status.DESTROYED)
+                .values_list("public_id", flat=True)
             )
         finally:
             close_old_connections()

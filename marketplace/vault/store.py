@@ -19,6 +19,9 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db import transaction
+from django.db.models import ProtectedError, RestrictedError
+from django.dispatch import Signal
+from django.utils import timezone
 
 from accounts.models import Tenant
 from accounts.services import SYSTEM, Actor, audit_record
@@ -498,10 +501,17 @@ def _destroy_retired_keys(tenant: Tenant) -> None:
 # --- crypto-shredding ---------------------------------------------------------------------
 
 
-def tenant_destroy(*, tenant: Tenant, actor: Actor) -> int:
+def tenant_destroy(*, tenant: Tenant, actor: Actor) -> tuple[int, bool]:
     """Delete an organisation for good: destroy its data keys first (after which none of its
     artifacts can be decrypted by anyone, wherever copies of the blobs survive), then its
-    rows and blobs. Returns the number of artifacts shredded."""
+    rows and blobs. Returns the number of artifacts shredded, and whether rows were kept.
+
+    An organisation with billing history (usage records, invoices, payouts, or other
+    organisations' predictions of its models) keeps the rows the ledger needs, under a
+    suspended organisation that holds nothing else: its keys destroyed and blobs deleted, its
+    members, invitations, API keys and webhook secrets gone, its own predictions' inputs and
+    outputs erased, its listings taken down. Before, deleting such an organisation, which is
+    any that had served or made a prediction, failed on the ledger's protected rows."""
     artifacts = list(Artifact.objects.filter(tenant=tenant))
     names = [name for artifact in artifacts for name in artifact.blob_names()]
     with transaction.atomic():
@@ -513,13 +523,53 @@ def tenant_destroy(*, tenant: Tenant, actor: Actor) -> int:
             tenant=None,
             data={"tenant": tenant.slug, "artifacts": len(artifacts)},
         )
-        group = tenant.group
-        tenant.delete()
-        group.delete()
+        try:
+            with transaction.atomic():  # a savepoint: the keys stay destroyed either way
+                group = tenant.group
+                tenant.delete()
+                group.delete()
+            kept = False
+        except (ProtectedError, RestrictedError):
+            _erase_keeping_records(tenant, actor)
+            kept = True
     storage = artifact_storage()
     for name in names:
         try:
             storage.delete(name)
         except OSError:  # the keys are gone: a blob left behind is only noise
             logger.warning("Could not delete blob %s of destroyed tenant %s", name, tenant.slug)
-    return len(artifacts)
+    return len(artifacts), kept
+
+
+# Sent inside the transaction of ``tenant_destroy`` for an organisation whose rows must stay:
+# the apps above the marketplace erase what they hold of it (``inference``: its predictions'
+# inputs and outputs, its webhook signing keys).
+tenant_erasing = Signal()
+
+
+def _erase_keeping_records(tenant: Tenant, actor: Actor) -> None:
+    from accounts.models import ApiKey, Invitation, Membership
+    from accounts.services import tenant_suspend
+    from marketplace.listings import listing_take_down
+    from marketplace.models import Entitlement, Listing, SealedSecret
+
+    now = timezone.now()
+    tenant_erasing.send(sender=Tenant, tenant=tenant)
+    Membership.objects.filter(tenant=tenant).delete()
+    Invitation.objects.filter(tenant=tenant).delete()
+    tenant.group.user_set.clear()
+    ApiKey.objects.filter(tenant=tenant, revoked_at=None).update(revoked_at=now)
+    SealedSecret.objects.filter(tenant=tenant).delete()
+    Entitlement.objects.filter(tenant=tenant, revoked_at=None).update(revoked_at=now)
+    for listing in Listing.objects.filter(model__tenant=tenant, taken_down_at=None):
+        listing_take_down(
+            listing=listing, reason="Its publisher deleted its organisation.", actor=actor
+        )
+    tenant.name = f"Deleted organisation {tenant.slug}"
+    tenant.save(update_fields=["name"])
+    tenant_suspend(
+        tenant=tenant,
+        reason=f"Deleted on {now:%Y-%m-%d}: its data keys were destroyed; its billing "
+        "records are kept.",
+        actor=actor,
+    )

@@ -23,5 +23,12 @@ class Command(BaseCommand):
             raise CommandError(f"No organisation with slug '{tenant}'.")
         if not yes:
             raise CommandError(f"This destroys {tenant} and all its models. Re-run with --yes.")
-        shredded = tenant_destroy(tenant=tenant_obj, actor=SYSTEM)
-        self.stdout.write(f"Destroyed {tenant}: {shredded} artifact(s) crypto-shredded.")
+        shredded, kept = tenant_destroy(tenant=tenant_obj, actor=SYSTEM)
+        if kept:
+            self.stdout.write(
+                f"Erased {tenant}: {shredded} artifact(s) crypto-shredded, its members, keys "
+                "and listings gone; its billing records are kept, under the suspended "
+                "organisation."
+            )
+        else:
+            self.stdout.write(f"Destroyed {tenant}: {shredded} artifact(s) crypto-shredded.")
