@@ -188,9 +188,11 @@ def from_json(payload: Any, signature: Signature) -> dict[str, np.ndarray]:
             datatype = value.get("datatype", datatype)
             shape = value.get("shape")
             value = value["data"]
-        if value is None:
-            raise InputError(f"Input '{name}' is null; give its values as a nested list.")
         dtype = _dtype(datatype, name)
+        # A null value is NaN, as among a list's values; only a float scalar (a 0-d input)
+        # can be one alone: anything else given as null is a mistake said as one.
+        if value is None and not (dtype.kind == "f" and spec is not None and not spec.shape):
+            raise InputError(f"Input '{name}' is null; give its values as a nested list.")
         try:
             array = values_as(value, dtype)
             if shape is not None:

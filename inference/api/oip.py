@@ -406,18 +406,39 @@ def read_body(request) -> bytes:
         raise too_large
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("gzip", "deflate"):
-        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-        try:
-            raw = inflate.decompress(raw, limit + 1)
-        except zlib.error as exc:
-            raise ServiceError(f"The body is not valid {encoding} data: {exc}.") from None
-        if len(raw) > limit or inflate.unconsumed_tail:
-            raise too_large
-        if not inflate.eof:  # cut short, or too short to be any (a bare "{")
-            raise ServiceError(f"The body is not valid {encoding} data: it ends too soon.")
+        raw = _inflate(raw, encoding, limit, too_large)
     elif encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; use gzip.")
     return raw
+
+
+def _inflate(data: bytes, encoding: str, limit: int, too_large: Exception) -> bytes:
+    """The body decompressed, at most ``limit`` bytes. A gzip body may hold several members,
+    one after another, as ``gzip`` writes appended files (RFC 1952); anything else after the
+    compressed data is refused (it was dropped without a word, and several members were
+    read as the first alone: "not valid JSON")."""
+    parts: list[bytes] = []
+    room = limit
+    while True:
+        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            part = inflate.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise ServiceError(f"The body is not valid {encoding} data: {exc}.") from None
+        if len(part) > room or inflate.unconsumed_tail:
+            raise too_large
+        if not inflate.eof:  # cut short, or too short to be any (a bare "{")
+            raise ServiceError(f"The body is not valid {encoding} data: it ends too soon.")
+        parts.append(part)
+        room -= len(part)
+        data = inflate.unused_data
+        if not data:
+            return b"".join(parts)
+        if encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
+            raise ServiceError(
+                f"The body has {len(data)} bytes after its {encoding} data; send the "
+                f"{encoding} data alone."
+            )
 
 
 def _failure_status(prediction: Prediction) -> tuple[int, dict[str, str]]:

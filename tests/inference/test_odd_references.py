@@ -390,6 +390,60 @@ def test_a_gzip_body_cut_short_is_400_saying_so(api, classifier):
     assert response.json()["error"] == "The body is not valid gzip data: it ends too soon."
 
 
+def test_a_float_scalar_given_as_null_is_nan_as_null_is_among_values():
+    # It was refused as "is null", though a null among a list's values is NaN.
+    import math
+
+    from inference import tensors
+    from inference.runtime.spec import Signature
+
+    signature = Signature.from_json(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [-1, 2]},
+                {"name": "k", "datatype": "FP32", "shape": []},
+            ],
+            "outputs": [],
+        }
+    )
+
+    arrays = tensors.from_json({"x": [[1.0, None]], "k": None}, signature)
+
+    assert arrays["k"].shape == () and math.isnan(arrays["k"])
+    assert math.isnan(arrays["x"][0, 1])
+    with pytest.raises(tensors.InputError, match="Input 'x' is null"):
+        tensors.from_json({"x": None, "k": 1.0}, signature)
+
+
+def _gzipped_infer(api, body: bytes):
+    return api.generic(
+        "POST",
+        "/v2/models/acme/clf/infer",
+        body,
+        content_type="application/json",
+        HTTP_CONTENT_ENCODING="gzip",
+    )
+
+
+def test_a_gzip_body_of_several_members_is_read_whole_and_junk_after_it_is_400(api, classifier):
+    import gzip
+
+    text = json.dumps(
+        {"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    ).encode()
+    members = gzip.compress(text[:20]) + gzip.compress(text[20:])  # as `cat a.gz b.gz`
+
+    read = _gzipped_infer(api, members)
+    junk = _gzipped_infer(api, gzip.compress(text) + b"trailing")
+
+    # Read whole, it gets as far as the input's name (it said "not valid JSON").
+    assert read.status_code == 400 and "Unknown input(s) nope" in read.json()["error"]
+    assert junk.status_code == 400  # the junk was dropped without a word
+    assert junk.json()["error"] == (
+        "The body has 8 bytes after its gzip data; send the gzip data alone."
+    )
+
+
 def test_whole_numbers_written_as_floats_are_integers(api, flags):
     from inference import tensors
 
