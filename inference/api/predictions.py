@@ -182,11 +182,11 @@ class PredictionSerializer(serializers.ModelSerializer):
     def get_cost(self, obj: Prediction) -> dict | None:
         if obj.status != Prediction.Status.SUCCEEDED:
             return None  # only a succeeded prediction is billed
-        known = getattr(obj, "known_cost", None)  # sent with the result, or costs_attached
-        if known is not None:
+        # Sent along with the result, or read for a whole page (costs_attached): None there
+        # means there is no record.
+        known = getattr(obj, "known_cost", _UNREAD)
+        if known is not _UNREAD:
             return known
-        if getattr(obj, "cost_looked_up", False):
-            return None
         return _cost(UsageRecord.objects.filter(source_id=obj.public_id).first())
 
     @staticmethod
@@ -196,20 +196,23 @@ class PredictionSerializer(serializers.ModelSerializer):
         wanted = {
             p.public_id: p
             for p in predictions
-            if p.status == Prediction.Status.SUCCEEDED and getattr(p, "known_cost", None) is None
+            if p.status == Prediction.Status.SUCCEEDED and not hasattr(p, "known_cost")
         }
         if wanted:
-            for record in UsageRecord.objects.filter(source_id__in=wanted).only(
+            records = UsageRecord.objects.filter(source_id__in=wanted).only(
                 "source_id", "amount", "currency", "free"
-            ):
-                wanted[record.source_id].known_cost = _cost(record)
-            for prediction in wanted.values():
-                prediction.cost_looked_up = True
+            )
+            costs = {record.source_id: _cost(record) for record in records}
+            for public_id, prediction in wanted.items():
+                prediction.known_cost = costs.get(public_id)
         return predictions
 
     def get_urls(self, obj: Prediction) -> dict:
         base = f"/api/v1/predictions/{obj.public_id}"
         return {"get": base, "cancel": f"{base}/cancel"}
+
+
+_UNREAD = object()  # a prediction whose cost nobody has read yet
 
 
 def _cost(record: UsageRecord | None) -> dict | None:

@@ -23,9 +23,18 @@ from django.db.models import ProtectedError, RestrictedError
 from django.dispatch import Signal
 from django.utils import timezone
 
-from accounts.models import Tenant
-from accounts.services import SYSTEM, Actor, audit_record
-from marketplace.models import Artifact, TenantKey, UploadPart, UploadSession
+from accounts.models import ApiKey, Invitation, Membership, Tenant
+from accounts.services import SYSTEM, Actor, audit_record, tenant_suspend
+from marketplace.listings import listing_take_down
+from marketplace.models import (
+    Artifact,
+    Entitlement,
+    Listing,
+    SealedSecret,
+    TenantKey,
+    UploadPart,
+    UploadSession,
+)
 
 from . import keys
 from .keyring import KeyUnavailableError
@@ -548,11 +557,6 @@ tenant_erasing = Signal()
 
 
 def _erase_keeping_records(tenant: Tenant, actor: Actor) -> None:
-    from accounts.models import ApiKey, Invitation, Membership
-    from accounts.services import tenant_suspend
-    from marketplace.listings import listing_take_down
-    from marketplace.models import Entitlement, Listing, SealedSecret
-
     now = timezone.now()
     tenant_erasing.send(sender=Tenant, tenant=tenant)
     Membership.objects.filter(tenant=tenant).delete()

@@ -265,3 +265,18 @@ def test_work_queued_before_its_access_ended_is_not_run_nor_billed(tenant, outsi
     assert waiting.error.startswith("Not run: ") and said in waiting.error
     assert waiting.compute_ms is None and waiting.output_data is None
     assert not UsageRecord.objects.filter(source_id=waiting.public_id).exists()
+
+
+def test_a_prediction_cancelled_before_it_was_refused_stays_cancelled(tenant, outsider):
+    from inference import services as inference
+
+    version = listed_classifier(tenant, outsider, price_per_call="0.01")
+    waiting = queued_for(version, outsider)
+    inference.prediction_cancel(waiting)
+    _yank(version)
+
+    assert prediction_run(prediction_id=waiting.public_id) is None
+
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.error_kind, waiting.error) == ("canceled", "", "")
+    assert not UsageRecord.objects.exists()
