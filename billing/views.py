@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+from csp.decorators import csp_replace
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -138,6 +140,23 @@ def _cap_percent(cap: Decimal | None, spend: list[dict]) -> int | None:
     return max((int(row["amount"] * 100 / cap) for row in spend), default=0)
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# The card page runs Stripe.js (config/csp.py): its script, the frames it draws the card field
+# in, and its calls to Stripe's API (Stripe's published policy; localstripe in the tests).
+_STRIPE_JS = _origin(settings.STRIPE_JS_URL)
+_STRIPE_API = _origin(settings.STRIPE_API_BASE or "https://api.stripe.com")
+STRIPE_PAGE_CSP = {
+    "script-src": ["'self'", _STRIPE_JS],
+    "frame-src": [_STRIPE_JS, "https://hooks.stripe.com"],
+    "connect-src": ["'self'", _STRIPE_JS, _STRIPE_API],
+}
+
+
+@csp_replace(STRIPE_PAGE_CSP)
 @tenant_required(while_suspended=True)  # settling the bills is how it gets reactivated
 def payment_method(request: HttpRequest) -> HttpResponse:
     """GET: the card form (Stripe.js confirms a SetupIntent in the browser). POST (from the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 from config import embedded, logs
 
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI's files served by us: /api/docs/ works offline
     "guardian",
     "django_htmx",
+    "csp",
     "django_otp",
     "django_otp.plugins.otp_totp",
     "accounts",
@@ -88,6 +90,7 @@ MIDDLEWARE = [
     "config.logs.RequestIdMiddleware",
     "config.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "config.csp.PageCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -406,6 +409,23 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Pages (not API responses) carry this policy (config/csp.py): everything from this site, no
+# inline scripts, no framing. Inline styles are allowed (style attributes, htmx's indicator
+# styles); images from other hosts are not (a model card's would track its viewers).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "blob:"],  # blob: the playground's picture preview
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "frame-src": [NONE],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 # At least a prediction's own limit: predictions over it are 413 naming MM_MAX_INPUT_BYTES, and
 # an operator raising that must not meet this one first.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(

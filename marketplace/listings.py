@@ -13,6 +13,7 @@ import json
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import nh3
 from django.conf import settings
@@ -22,6 +23,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 
 from accounts.exceptions import Conflict, Forbidden, NotFound
 from accounts.models import Tenant
@@ -207,6 +209,34 @@ _card_cleaner = nh3.Cleaner(
 # took time growing with its square on runs of "[" (15 s for 8,000 of them, minutes of a web
 # thread for a card within the size limit).
 _card_markdown = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+
+
+def _card_image(renderer, tokens, idx, options, env) -> str:
+    """An image of this site's as an image; one on another host as a link to it, titled with
+    its host, or as its text alone inside a link (a badge). Viewers' browsers fetch nothing
+    from other hosts unasked (the pages' policy, config/csp.py, would refuse it anyway): the
+    publisher would learn each viewer's address and the time of each visit."""
+    token = tokens[idx]
+    src = token.attrGet("src") or ""
+    target = urlsplit(src.replace("\\", "/"))  # browsers read "/\\host" as "//host"
+    if not target.scheme and not target.netloc:
+        return renderer.image(tokens, idx, options, env)
+    text = escapeHtml(renderer.renderInlineAsText(token.children or [], options, env) or src)
+    if env.get("open_links"):
+        return text
+    host = escapeHtml(target.hostname or "another site")
+    return f'<a href="{escapeHtml(src)}" title="Image on {host}">Image: {text}</a>'
+
+
+def _card_link(renderer, tokens, idx, options, env) -> str:
+    """Counts the links open around what is being rendered (for ``_card_image``)."""
+    env["open_links"] = env.get("open_links", 0) + (1 if tokens[idx].nesting > 0 else -1)
+    return renderer.renderToken(tokens, idx, options, env)
+
+
+_card_markdown.add_render_rule("image", _card_image)
+_card_markdown.add_render_rule("link_open", _card_link)
+_card_markdown.add_render_rule("link_close", _card_link)
 
 
 def card_render(card_markdown: str) -> str:

@@ -16,3 +16,13 @@ document.addEventListener("click", async (event) => {
     button.textContent = "Selected: press Ctrl+C";
   }
 });
+
+// Selects marked data-submit-on-change submit their form when changed: requestSubmit(), so a
+// boosted form goes through htmx, or form.submit() (a full page load) where the value is
+// "page". The Content-Security-Policy allows no inline handlers (onchange="...").
+document.addEventListener("change", (event) => {
+  const select = event.target.closest("select[data-submit-on-change]");
+  if (!select || !select.form) return;
+  if (select.dataset.submitOnChange === "page") select.form.submit();
+  else select.form.requestSubmit();
+});

@@ -641,6 +641,26 @@ def test_scripts_handlers_and_javascript_links_are_stripped_from_the_card(api, t
     )
 
 
+def test_a_cards_images_on_other_hosts_are_links_and_its_own_stay_images(api, tenant):
+    """Viewers' browsers fetched a card's images from wherever the publisher pointed them."""
+    make_model(tenant, "resnet")
+    card = (
+        "![plot](https://stats.example/plot.png) ![logo](/static/logo.png)\n\n"
+        "[![build](https://ci.example/badge.svg)](https://ci.example/acme)"
+    )
+
+    html = publish(api, "acme/resnet", card_markdown=card).json()["card_html"]
+
+    assert (
+        '<a href="https://stats.example/plot.png" title="Image on stats.example" '
+        'rel="noopener noreferrer nofollow">Image: plot</a>'
+    ) in html
+    assert '<img src="/static/logo.png" alt="logo">' in html
+    # A badge inside a link keeps its text (a link cannot hold another).
+    assert '<a href="https://ci.example/acme" rel="noopener noreferrer nofollow">build</a>' in html
+    assert "ci.example/badge.svg" not in html
+
+
 def test_a_card_of_brackets_at_the_size_limit_renders_at_once(api, tenant):
     """Python-Markdown took time growing with the square of a run of "[" (15 s for 8,000):
     anyone could hold a web thread for most of an hour with one card within the limit."""
