@@ -113,6 +113,29 @@ class UserAdmin(SafeChangelist, BaseUserAdmin):
             return False
         return super().has_change_permission(request, obj)
 
+    # Deleting an account removes it from each organisation first (services.user_delete):
+    # its keys are revoked and each organisation's audit log says so. The sole owner of an
+    # organisation is shown as protected and kept until someone else owns it.
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Memberships are read-only in the console (MembershipAdmin); these go through
+        # membership_remove with the rules of a removal.
+        perms_needed.discard(Membership._meta.verbose_name)
+        for user in objs:
+            protected += [
+                f"{user.email} is the only owner of {tenant.name} ({tenant.slug}): make "
+                "someone else owner first"
+                for tenant in services.sole_owned_tenants(user)
+            ]
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        services.user_delete(user=obj, actor=operator_actor(request))
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            services.user_delete(user=user, actor=operator_actor(request))
+
 
 # Registered by their apps (django.contrib.auth's and django-otp's admin modules, imported
 # above) without SafeChangelist: the same pages, registered again with it.

@@ -141,13 +141,14 @@ def user_create(*, email: str, password: str, name: str = "") -> User:
 
 
 @transaction.atomic
-def user_logged_in(*, user: User, ip: str | None) -> None:
-    """Record a sign-in in the log of every organisation the user belongs to, so each
-    organisation's admins see who signed in."""
+def user_audit(*, user: User, action: str, ip: str | None) -> None:
+    """Record what a person did to their account (``user.login``, ``user.password_change``,
+    ``user.password_reset``) in the log of every organisation they belong to, so each
+    organisation's admins see it."""
     actor = Actor(user=user, ip=ip)
     tenants = [m.tenant for m in user.memberships.select_related("tenant")] or [None]
     for tenant in tenants:
-        audit_record(action="user.login", actor=actor, tenant=tenant, target=user)
+        audit_record(action=action, actor=actor, tenant=tenant, target=user)
 
 
 # --- tenants --------------------------------------------------------------------------------
@@ -274,6 +275,12 @@ def invitation_create(
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})
+    # A new invitation replaces the open ones to the same address (a re-send, perhaps with
+    # another role): one of them stayed usable after the other was accepted, and let a member
+    # removed since rejoin. Replacing one takes the right to revoke it.
+    for earlier in _invitations_to(tenant, email):
+        _require_manager(tenant, actor, touches_owner=earlier.role == Role.OWNER)
+    _close_invitations_to(tenant, email, actor, reason="replaced by a new invitation")
     token = secrets.new_token()
     invitation = Invitation.objects.create(
         tenant=tenant,
@@ -329,6 +336,12 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
             f"The organisation '{invitation.tenant.slug}' is suspended, so it takes no new "
             "members; the invitation stays open until it is reactivated."
         )
+    member = Membership.objects.filter(tenant=invitation.tenant, user=user).first()
+    if member is not None:
+        raise ValidationError(
+            f"You are already a member of {invitation.tenant.name} ({member.role}); an "
+            "invitation does not change a role: ask an owner or admin to change it."
+        )
     # Claimed only while still pending: a revocation or expiry that lands after the read above
     # must not admit anyone.
     claimed = Invitation.objects.filter(Invitation.pending_q(), pk=invitation.pk).update(
@@ -339,11 +352,17 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
             "This invitation is no longer open: it was revoked, expired or used while you "
             "accepted it. Ask an owner or admin for a new one."
         )
-    membership, created = Membership.objects.get_or_create(
-        tenant=invitation.tenant, user=user, defaults={"role": invitation.role}
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                tenant=invitation.tenant, user=user, role=invitation.role
+            )
+    except IntegrityError:  # joined meanwhile, through another invitation
+        raise ValidationError(f"You are already a member of {invitation.tenant.name}.") from None
+    user.groups.add(invitation.tenant.group)
+    _close_invitations_to(
+        invitation.tenant, invitation.email, Actor(user=user, ip=ip), reason="joined"
     )
-    if created:
-        user.groups.add(invitation.tenant.group)
     audit_record(
         action="member.join",
         actor=Actor(user=user, ip=ip),
@@ -360,6 +379,7 @@ def membership_add(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Me
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
     user.groups.add(tenant.group)
+    _close_invitations_to(tenant, user.email, actor, reason="joined")
     audit_record(
         action="member.add",
         actor=actor,
@@ -392,6 +412,30 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
         data={"email": invitation.email},
     )
     return invitation
+
+
+def _invitations_to(tenant: Tenant, email: str):
+    return Invitation.objects.filter(
+        Invitation.pending_q(), tenant=tenant, email=email.strip().lower()
+    ).order_by("pk")
+
+
+def _close_invitations_to(tenant: Tenant, email: str, actor: Actor, *, reason: str) -> None:
+    """Revoke the open invitations to ``email``, each audited with ``reason``: an address
+    holds at most one, and none once it belongs to a member or to one just removed."""
+    now = timezone.now()
+    for invitation in _invitations_to(tenant, email):
+        revoked = Invitation.objects.filter(Invitation.pending_q(), pk=invitation.pk).update(
+            revoked_at=now
+        )
+        if revoked == 1:
+            audit_record(
+                action="invitation.revoke",
+                actor=actor,
+                tenant=tenant,
+                target=invitation,
+                data={"email": invitation.email, "role": invitation.role, "reason": reason},
+            )
 
 
 def _grantable_roles(role: str) -> frozenset[str]:
@@ -510,6 +554,7 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
     reason = f"{membership.user.email} {gone} the organisation"
     _fit_member_keys(membership, frozenset(), actor, reason=reason)
     _revoke_invitations_beyond(membership, frozenset(), actor, reason=reason)
+    _close_invitations_to(membership.tenant, membership.user.email, actor, reason=reason)
     audit_record(
         action="member.leave" if leaving else "member.remove",
         actor=actor,
@@ -518,6 +563,28 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         data={"email": membership.user.email, "role": membership.role},
     )
     membership.delete()
+
+
+def sole_owned_tenants(user: User) -> list[Tenant]:
+    """The organisations ``user`` is the only owner of: they cannot go before another owns it."""
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).values_list("tenant", flat=True)
+    others = (
+        Membership.objects.filter(tenant__in=owned, role=Role.OWNER)
+        .exclude(user=user)
+        .values_list("tenant", flat=True)
+    )
+    return list(Tenant.objects.filter(pk__in=owned).exclude(pk__in=others).order_by("slug"))
+
+
+@transaction.atomic
+def user_delete(*, user: User, actor: Actor) -> None:
+    """Delete an account (the operators' console): it leaves each organisation as a removal
+    does first, so the keys it made are revoked, the invitations to it closed and each
+    organisation's audit log told. Deleting the row alone left its keys working with no
+    creator, and so with no member's role to bound them."""
+    for membership in Membership.objects.filter(user=user).select_related("tenant", "user"):
+        membership_remove(membership=membership, actor=actor)
+    user.delete()
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -679,9 +746,13 @@ def api_key_create(
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
     _require_manager(key.tenant, actor, touches_owner=False)
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    revoked = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
     _forget_key(key.prefix)
     key.refresh_from_db(fields=["revoked_at"])
+    if revoked != 1:  # each revocation was audited again, at the first one's time
+        raise Conflict(f"The key {key.name} ({key.prefix}) was already revoked.")
     audit_record(
         action="api_key.revoke",
         actor=actor,

@@ -129,7 +129,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             name=form.cleaned_data["name"],
         )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        services.user_logged_in(user=user, ip=client_ip(request))
+        services.user_audit(user=user, action="user.login", ip=client_ip(request))
         return redirect(_safe_next(request) or "dashboard:org_create")
     return render(request, "registration/signup.html", {"form": form, "next": _safe_next(request)})
 
@@ -144,13 +144,31 @@ class PasswordResetView(auth_views.PasswordResetView):
         return super().form_valid(form)
 
 
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        services.user_audit(
+            user=form.user, action="user.password_reset", ip=client_ip(self.request)
+        )
+        return response
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        services.user_audit(
+            user=form.user, action="user.password_change", ip=client_ip(self.request)
+        )
+        return response
+
+
 class LoginView(auth_views.LoginView):
     authentication_form = EmailAuthenticationForm
     redirect_authenticated_user = True
 
     def form_valid(self, form):
         response = super().form_valid(form)
-        services.user_logged_in(user=form.get_user(), ip=client_ip(self.request))
+        services.user_audit(user=form.get_user(), action="user.login", ip=client_ip(self.request))
         return response
 
 
@@ -190,7 +208,7 @@ def home(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant
     context = {
         "member_count": tenant.memberships.count(),
-        "active_key_count": tenant.api_keys.filter(revoked_at__isnull=True).count(),
+        "active_key_count": tenant.api_keys.filter(ApiKey.active_q()).count(),
         "recent_events": tenant.audit_events.order_by("-created_at")[:5]
         if request.membership.can_manage
         else [],
@@ -340,10 +358,14 @@ def keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def key_revoke(request: HttpRequest, key_id: str) -> HttpResponse:
     key = get_object_or_404(ApiKey, tenant=request.tenant, public_id=key_id)
-    services.api_key_revoke(key=key, actor=request_actor(request))
+    try:
+        services.api_key_revoke(key=key, actor=request_actor(request))
+    except ServiceError:  # revoked already (a second click): the row shows it
+        key.refresh_from_db(fields=["revoked_at"])
+    else:
+        messages.success(request, f"Key {key.name} revoked.")
     if request.htmx:
         return render(request, "dashboard/_key_row.html", {"key": key})
-    messages.success(request, f"Key {key.name} revoked.")
     return redirect("dashboard:keys")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db.models import Q
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -117,7 +118,7 @@ class InvitationViewSet(
         return Response(s.InvitationSerializer(invitation).data)
 
 
-KEY_STATES = ("active", "revoked")
+KEY_STATES = ("active", "expired", "revoked")
 
 
 @extend_schema_view(list=extend_schema(parameters=[status_parameter(KEY_STATES)]))
@@ -138,7 +139,9 @@ class ApiKeyViewSet(
         queryset = super().get_base_queryset()
         state = status_wanted(self.request, KEY_STATES) if self.action == "list" else None
         if state == "active":
-            queryset = queryset.filter(revoked_at__isnull=True)
+            queryset = queryset.filter(ApiKey.active_q())
+        elif state == "expired":
+            queryset = queryset.filter(revoked_at=None, expires_at__lte=timezone.now())
         elif state == "revoked":
             queryset = queryset.filter(~Q(revoked_at=None))
         return queryset

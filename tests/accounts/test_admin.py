@@ -261,3 +261,46 @@ def test_key_list_offers_no_filter_per_organisation_but_finds_keys_by_its_slug(c
 
     assert "?tenant__id__exact=" not in page.content.decode()
     assert [key.tenant.slug for key in found.context["cl"].result_list] == ["org-7"]
+
+
+def test_deleting_a_user_in_the_console_revokes_their_keys_and_tells_the_organisation(
+    client, operator, tenant, bob
+):
+    """Deleting the row alone left bob's admin key working, with nobody behind it to bound
+    its scopes, and the organisation's log silent."""
+    from rest_framework.test import APIClient
+
+    from accounts import services
+
+    services.membership_change_role(
+        membership=bob.memberships.get(), role="admin", actor=services.SYSTEM
+    )
+    _key, secret = services.api_key_create(
+        tenant=tenant, name="bobs", scopes=["admin"], actor=services.Actor(user=bob)
+    )
+    bobs_key = APIClient()
+    bobs_key.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert bobs_key.get("/api/v1/members").status_code == 200
+
+    response = client.post(f"/admin/accounts/user/{bob.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not User.objects.filter(pk=bob.pk).exists()
+    denied = bobs_key.get("/api/v1/members")
+    assert denied.status_code == 401 and "revoked" in denied.json()["detail"]
+    removal = AuditEvent.objects.get(tenant=tenant, action="member.remove")
+    assert removal.data["email"] == "bob@acme.example" and removal.actor_label == operator.email
+
+
+def test_the_console_keeps_the_only_owner_of_an_organisation(client, operator, tenant, alice):
+    page = client.get(f"/admin/accounts/user/{alice.pk}/delete/").content.decode()
+    assert "alice@acme.example is the only owner of Acme (acme)" in page
+
+    client.post(f"/admin/accounts/user/{alice.pk}/delete/", {"post": "yes"})
+    client.post(
+        "/admin/accounts/user/",
+        {"action": "delete_selected", "_selected_action": [alice.pk], "post": "yes"},
+    )
+
+    assert User.objects.filter(pk=alice.pk).exists()
+    assert tenant.memberships.filter(user=alice, role="owner").exists()

@@ -102,6 +102,29 @@ def test_revoked_key_is_rejected(api, tenant):
     assert "revoked" in response.json()["detail"]
     assert AuditEvent.objects.filter(action="api_key.revoke", target_id=key_id).exists()
 
+    # Once: a second revocation (a retry, a double click) was 200 and audited again.
+    again = api.post(f"/api/v1/keys/{key_id}/revoke")
+    assert again.status_code == 409 and "already revoked" in again.json()["detail"]
+    assert AuditEvent.objects.filter(action="api_key.revoke", target_id=key_id).count() == 1
+
+
+def test_keys_listed_as_active_are_the_keys_that_work(api, tenant, client, alice):
+    """An expired key was listed under ?status=active and counted on the dashboard."""
+    lapsed = key_client(tenant, scopes=[Scope.INFERENCE])
+    lapsed_key = ApiKey.objects.get(prefix=lapsed.secret.split("_")[2])
+    ApiKey.objects.filter(pk=lapsed_key.pk).update(expires_at=timezone.now() - timedelta(1))
+    assert lapsed.get("/api/v1/organisation").status_code == 401
+
+    def listed(status: str) -> set[str]:
+        return {k["id"] for k in api.get(f"/api/v1/keys?status={status}").json()["results"]}
+
+    assert lapsed_key.public_id not in listed("active")
+    assert listed("expired") == {lapsed_key.public_id}
+    assert lapsed_key.public_id not in listed("revoked")
+    client.force_login(alice)
+    home = client.get("/dashboard/")
+    assert home.context["active_key_count"] == len(listed("active")) == 1
+
 
 def test_expired_key_is_rejected(tenant):
     client = key_client(tenant, expires_at=timezone.now() + timedelta(seconds=30))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
@@ -872,3 +873,35 @@ def test_a_password_reset_links_to_the_site_whatever_host_the_request_named(
     assert "internal.example" not in sent.body
     # The link works: it opens the form to choose a new password.
     assert client.get(link.removeprefix("https://models.example"), follow=True).status_code == 200
+
+
+def test_password_changes_and_resets_are_in_the_organisations_log(
+    client, alice, tenant, mailoutbox
+):
+    """Signing in was audited; changing the password, or resetting it from an e-mail, was not."""
+    new, newer = "a new horse battery staple", "a newer horse battery staple"
+    client.force_login(alice)
+    changed = client.post(
+        "/password/change/",
+        {"old_password": PASSWORD, "new_password1": new, "new_password2": new},
+    )
+    assert changed.status_code == 302
+    client.logout()
+
+    client.post("/password/reset/", {"email": alice.email})
+    link = re.search(r"https?://\S+", mailoutbox[0].body).group(0)
+    form = client.get(urlsplit(link).path, follow=True)
+    reset = client.post(
+        form.redirect_chain[-1][0], {"new_password1": newer, "new_password2": newer}
+    )
+    assert reset.status_code == 302
+
+    actions = list(
+        AuditEvent.objects.filter(tenant=tenant, action__startswith="user.password")
+        .order_by("pk")
+        .values_list("action", "actor_label")
+    )
+    assert actions == [
+        ("user.password_change", alice.email),
+        ("user.password_reset", alice.email),
+    ]

@@ -380,3 +380,80 @@ def test_invitations_die_when_their_inviter_can_no_longer_grant_the_role(api, te
     with pytest.raises(services.ValidationError):
         services.invitation_accept(token=owner_token, user=make_user("eve@acme.example"))
     assert AuditEvent.objects.filter(action="invitation.revoke").count() == 2
+
+
+def _invite(api, email: str, role: str, capture) -> tuple[dict, str]:
+    """The invitation's API body and the link its e-mail carries."""
+    with capture(execute=True):
+        response = api.post("/api/v1/invitations", {"email": email, "role": role}, format="json")
+    assert response.status_code == 201, response.json()
+    return response.json(), re.search(r"/invitations/[\w-]+/", mail.outbox[-1].body).group(0)
+
+
+def test_a_removed_member_cannot_rejoin_through_an_older_invitation(
+    api, tenant, client, django_capture_on_commit_callbacks
+):
+    """Invited twice (a re-send with another role), frank joined with one invitation; the
+    other stayed open, and after his removal let him back in, as admin."""
+    first, viewer_link = _invite(
+        api, "frank@ex.example", "viewer", django_capture_on_commit_callbacks
+    )
+    second, admin_link = _invite(
+        api, "frank@ex.example", "admin", django_capture_on_commit_callbacks
+    )
+    frank = make_user("frank@ex.example")
+    client.force_login(frank)
+
+    # The re-send replaced the first invitation.
+    statuses = {i["id"]: i["status"] for i in api.get("/api/v1/invitations").json()["results"]}
+    assert statuses == {first["id"]: "revoked", second["id"]: "pending"}
+    assert client.post(viewer_link).status_code == 404
+    assert client.post(admin_link).status_code == 302
+    assert Membership.objects.get(tenant=tenant, user=frank).role == Role.ADMIN
+
+    removed = api.delete(f"/api/v1/members/{_member_id(tenant, frank)}")
+    assert removed.status_code == 204
+    for link in (viewer_link, admin_link):
+        assert client.post(link).status_code == 404
+    assert not Membership.objects.filter(tenant=tenant, user=frank).exists()
+    replaced = AuditEvent.objects.get(action="invitation.revoke", target_id=first["id"])
+    assert replaced.data["reason"] == "replaced by a new invitation"
+    assert Invitation.objects.get(public_id=second["id"]).accepted_at is not None
+
+
+def test_removing_a_member_closes_the_invitations_addressed_to_them(
+    api, tenant, client, bob, django_capture_on_commit_callbacks
+):
+    """An invitation to bob made before he joined otherwise (an operator added him) let him
+    back in after his removal."""
+    _invitation, link = _invite(
+        api, "carol@acme.example", "viewer", django_capture_on_commit_callbacks
+    )
+    carol = make_user("carol@acme.example")
+    services.membership_add(tenant=tenant, user=carol, role=Role.VIEWER, actor=services.SYSTEM)
+    client.force_login(carol)
+    assert client.post(link).status_code == 404  # closed when she joined
+
+    Invitation.objects.filter(email="carol@acme.example").update(revoked_at=None)  # say it was not
+    response = client.post(link, follow=True)
+    assert "already a member of Acme" in response.content.decode()
+    services.membership_remove(
+        membership=Membership.objects.get(tenant=tenant, user=carol), actor=services.SYSTEM
+    )
+    assert client.post(link).status_code == 404
+    assert not Membership.objects.filter(tenant=tenant, user=carol).exists()
+
+
+def test_an_admin_cannot_replace_an_owners_invitation(tenant, alice, bob):
+    services.invitation_create(
+        tenant=tenant, email="gail@ex.example", role="owner", actor=services.Actor(user=alice)
+    )
+    _make_role(tenant, bob, Role.ADMIN)
+
+    with pytest.raises(services.PermissionDenied):
+        services.invitation_create(
+            tenant=tenant, email="gail@ex.example", role="viewer", actor=services.Actor(user=bob)
+        )
+    assert list(
+        Invitation.objects.filter(email="gail@ex.example").values_list("role", "revoked_at")
+    ) == [("owner", None)]

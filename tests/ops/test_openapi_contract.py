@@ -322,7 +322,7 @@ def test_the_key_and_audit_event_filters_are_documented(contract, call, api):
 STATUS_FILTERS = {
     "/api/v1/predictions": Prediction.Status.values,
     "/api/v1/compression-jobs": CompressionJob.Status.values,
-    "/api/v1/keys": ["active", "revoked"],
+    "/api/v1/keys": ["active", "expired", "revoked"],
     "/api/v1/models/{owner}/{name}/access-requests": AccessRequest.Status.values,
 }
 
