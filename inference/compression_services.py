@@ -192,13 +192,24 @@ def _job_data(data: Any, version: ModelVersion) -> bytes:
         raise ValidationError({"data": [str(exc)]}) from None
     if inputs.dtype != np.float32 or len(inputs) < 32:
         raise ValidationError({"data": ["Give at least 32 rows of FP32 inputs."]})
+    if not np.isfinite(inputs).all():
+        # One NaN (a null) made a version whose weights were all NaN, ready and billed.
+        rows = sorted({int(i) for i in np.argwhere(~np.isfinite(inputs))[:, 0]})
+        raise ValidationError(
+            {"data": [f"inputs must be finite numbers; rows {rows[:10]} hold NaN or infinity."]}
+        )
     arrays = {"inputs": inputs}
     if "labels" in data:
         output = signature.outputs[0].shape if signature.outputs else []
         classes = output[1] if len(output) == 2 else 0
+        given = data["labels"]
+        # Integers only: 2.9 and true were cut to 2 and 1 without a word.
+        whole = isinstance(given, list) and all(
+            isinstance(label, int) and not isinstance(label, bool) for label in given
+        )
         try:
-            labels = np.asarray(data["labels"], dtype=np.int64)
-        except (TypeError, ValueError, OverflowError):
+            labels = np.asarray(given if whole else [], dtype=np.int64)
+        except OverflowError:
             labels = np.zeros(0, dtype=np.int64)
         if labels.shape != (len(inputs),) or labels.min() < 0 or labels.max() >= classes:
             raise ValidationError(

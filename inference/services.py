@@ -20,7 +20,7 @@ from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
 from config import sql
 from inference import catalog, dispatch, limits, realtime, tensors
-from inference.models import Prediction
+from inference.models import CompressionJob, Prediction, WebhookSigningKey
 from inference.runtime.spec import Signature
 from marketplace import selectors
 from marketplace.models import Alias, Model, ModelVersion
@@ -544,24 +544,26 @@ def _announce(prediction: Prediction, output: bytes | None = None) -> None:
 def tenant_data_erase(*, tenant, **_) -> None:
     """What inference holds of an organisation being deleted whose billing rows stay
     (``marketplace.vault.store.tenant_erasing``): its predictions' inputs, outputs and
-    webhook addresses, and its webhook signing keys."""
-    from inference.models import WebhookSigningKey
-
+    webhook addresses, its compression jobs' training data, and its webhook signing keys."""
     Prediction.objects.filter(tenant=tenant).update(
         input_data=None, output_data=None, data_purged_at=timezone.now(), webhook_url=""
     )
+    CompressionJob.objects.filter(tenant=tenant).exclude(data=None).update(data=None)
     WebhookSigningKey.objects.filter(tenant=tenant).delete()
 
 
 def predictions_purge() -> int:
-    """Drop inputs and outputs past their retention; the metadata billing and audit need
-    stays."""
+    """Drop inputs and outputs past their retention, and the data publishers sent with
+    compression jobs that ended as long ago; the metadata billing and audit need stays."""
     cutoff = timezone.now() - settings.PREDICTION_DATA_TTL
     purged = (
         Prediction.objects.filter(created_at__lt=cutoff, data_purged_at__isnull=True)
         .filter(status__in=Prediction.TERMINAL)
         .update(input_data=None, output_data=None, data_purged_at=timezone.now())
     )
+    CompressionJob.objects.filter(
+        status__in=CompressionJob.TERMINAL, completed_at__lt=cutoff
+    ).exclude(data=None).update(data=None)
     Prediction.objects.filter(created_at__lt=timezone.now() - settings.IDEMPOTENCY_TTL).exclude(
         idempotency_key=""
     ).update(idempotency_key="")

@@ -24,7 +24,7 @@ GENERATORS = ("normal", "uniform")
 STUDENT_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "mlp": ({"hidden", "dropout"}, {"in_features", "classes"}),
     "small_cnn": ({"channels", "hidden"}, {"in_channels", "image_size", "classes"}),
-    "resnet": ({"width", "stages", "blocks"}, {"in_channels", "classes"}),
+    "resnet": ({"width", "stages", "blocks"}, {"in_channels", "image_size", "classes"}),
     "transformer": (
         {"d_model", "heads", "layers", "dim_feedforward"},
         {"features", "seq_len", "classes"},
@@ -187,7 +187,7 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
     filled = {
         "mlp": lambda: {"in_features": dims[0]},
         "small_cnn": lambda: {"in_channels": dims[0], "image_size": dims[1]},
-        "resnet": lambda: {"in_channels": dims[0]},
+        "resnet": lambda: {"in_channels": dims[0], "image_size": [max(d, 1) for d in dims[1:]]},
         "transformer": lambda: {"seq_len": dims[0], "features": dims[1]},
     }[name]()
     filled["classes"] = classes

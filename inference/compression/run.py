@@ -136,6 +136,10 @@ def compress(
         raise NotApplicable(f"Unknown method '{method}'.")
     if storage is not None:
         child_config = {**child_config, artifacts.KEY: storage}
+    if child_format == "safetensors" and input_name != architectures.input_name(child_config):
+        # A student of a teacher whose input is not called "input" keeps the teacher's name:
+        # promoted, the version must take the requests its callers already send.
+        child_config = {**child_config, architectures.INPUT_NAME: input_name}
     if child_format == "safetensors":
         blob = artifacts.encode(child, storage)
     compress_seconds = time.perf_counter() - started

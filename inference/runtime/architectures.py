@@ -3,6 +3,7 @@ plus one of these and its config) and are the students for distillation."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,7 @@ class ResNet(nn.Module):
         width: int = 32,
         stages: int = 2,
         blocks: int = 2,
+        image_size: int | list[int] = 32,  # [height, width] or one side; global pooling takes any
     ):
         super().__init__()
         self.stem = nn.Sequential(
@@ -137,6 +139,20 @@ class TransformerClassifier(nn.Module):
         return self.head(self.encoder(x).mean(dim=1))
 
 
+# A config may name the model's one input (``"input"`` unless it does): a version distilled
+# from a model whose input is called ``x`` keeps that name, so its callers' requests still fit.
+INPUT_NAME = "input_name"
+INPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+
+
+def input_name(config: dict[str, Any]) -> str:
+    return config.get(INPUT_NAME, "input")
+
+
+def _sides(size: int | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
@@ -161,8 +177,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet": Architecture(
         "resnet",
         ResNet,
-        lambda c: (1, c.get("in_channels", 3), 32, 32),
-        "Residual CNN: in_channels, classes, width, stages, blocks",
+        lambda c: (1, c.get("in_channels", 3), *_sides(c.get("image_size", 32))),
+        "Residual CNN: in_channels, classes, width, stages, blocks, image_size (what it is "
+        "validated at: one side or [height, width])",
     ),
     "transformer": Architecture(
         "transformer",
@@ -180,6 +197,13 @@ def build(name: str, config: dict[str, Any]) -> nn.Module:
     if arch is None:
         raise ValueError(
             f"Unknown architecture '{name}'; built-in ones are {', '.join(sorted(ARCHITECTURES))}."
+        )
+    config = dict(config)
+    input_name = config.pop(INPUT_NAME, "input")
+    if not isinstance(input_name, str) or not INPUT_NAME_RE.fullmatch(input_name):
+        raise ValueError(
+            f"Bad config for {name}: {INPUT_NAME} must be a name of letters, digits, '_', '.' "
+            "or '-' (at most 64), starting with a letter or '_'."
         )
     try:
         return arch.build(**config)

@@ -225,8 +225,9 @@ def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> Load
             raise LoadError(f"The compressed {name} does not load: {exc}") from None
         config = artifacts.split_config(config)[0]
         shape = architectures.ARCHITECTURES[name].example_shape(config)
-        example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
-        return LoadedModel(module, ["input"], example, parameter_count(module), stateless=True)
+        names = [architectures.input_name(config)]
+        example = tensors_from_json({names[0]: {"shape": list(shape)}}, names)
+        return LoadedModel(module, names, example, parameter_count(module), stateless=True)
     module = architectures.build(name, config)
     state = load_tensors(data)
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -237,5 +238,6 @@ def _load_safetensors(data: bytes, device: str, name: str, config: dict) -> Load
         )
     module.eval().to(device)
     shape = architectures.ARCHITECTURES[name].example_shape(config)
-    example = tensors_from_json({"input": {"shape": list(shape)}}, ["input"])
-    return LoadedModel(module, ["input"], example, _count(module), stateless=True)
+    names = [architectures.input_name(config)]
+    example = tensors_from_json({names[0]: {"shape": list(shape)}}, names)
+    return LoadedModel(module, names, example, _count(module), stateless=True)

@@ -122,6 +122,28 @@ def test_data_that_does_not_fit_the_signature_is_refused(api, mlp_version):
     assert "should have shape [-1, 256]" in response.json()["detail"]
 
 
+def test_data_with_nan_inputs_or_labels_that_are_not_integers_is_refused(api, mlp_version):
+    """One null among the inputs made a version whose weights were all NaN, ready and billed;
+    labels 2.9 and true were cut to 2 and 1."""
+    rows = [[0.5] * 256 for _ in range(40)]
+    student = {"student": {"architecture": "mlp"}}
+    with_nan = [row[:] for row in rows]
+    with_nan[7][3] = None
+
+    nan = start(api, "distill", student, data={"inputs": with_nan})
+    fractional = start(api, "distill", student, data={"inputs": rows, "labels": [2.9] * 40})
+    booleans = start(api, "distill", student, data={"inputs": rows, "labels": [True] * 40})
+    whole = start(api, "distill", student, data={"inputs": rows, "labels": [1] * 40})
+
+    assert nan.status_code == 400
+    assert "finite numbers; rows [7] hold NaN" in nan.json()["detail"]
+    for refused in (fractional, booleans):
+        assert refused.status_code == 400
+        assert "class indices from 0 to" in refused.json()["detail"]
+    assert whole.status_code == 201
+    assert CompressionJob.objects.count() == 1
+
+
 def test_outsider_cannot_compress_a_private_model(outsider_api, mlp_version):
     response = start(outsider_api, "quantize")
 
@@ -538,3 +560,33 @@ def test_a_queued_job_is_sent_again_only_once_nothing_waits_on_its_queue(api, ml
         assert redis.llen("jobs-backlog-test") == 1  # its task, sent again
     finally:
         redis.delete("jobs-backlog-test")
+
+
+def test_the_data_sent_with_a_job_is_dropped_after_retention_and_with_its_organisation(
+    api, tenant, mlp_version, settings
+):
+    """A job's training data (the publisher's own rows) stayed in the database for good, and
+    survived the erasure of its organisation."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference import services
+
+    rows = {"inputs": [[0.25] * 256 for _ in range(40)]}
+    student = {"student": {"architecture": "mlp"}}
+    ended, queued = (
+        CompressionJob.objects.get(public_id=start(api, "distill", student, data=rows).json()["id"])
+        for _ in range(2)
+    )
+    CompressionJob.objects.filter(pk=ended.pk).update(
+        status="failed",
+        completed_at=timezone.now() - settings.PREDICTION_DATA_TTL - timedelta(minutes=1),
+    )
+
+    services.predictions_purge()
+
+    assert CompressionJob.objects.get(pk=ended.pk).data is None
+    assert CompressionJob.objects.get(pk=queued.pk).data is not None  # its worker needs it
+    services.tenant_data_erase(tenant=tenant)
+    assert CompressionJob.objects.get(pk=queued.pk).data is None

@@ -323,3 +323,52 @@ def test_a_model_answering_other_than_one_row_per_input_row_is_told_so():
     # Distilling from it failed with "IndexError: index 233 is out of bounds".
     with pytest.raises(NotApplicable, match="answered 1 row for a batch of 8; compression needs"):
         ev.run(FirstRows(), torch.zeros(8, 4))
+
+
+def test_a_student_keeps_its_teachers_input_name_and_image_size():
+    """A student of a pt2 teacher whose input is ``x`` took ``input``: promoted, it refused
+    every request its callers sent. A ResNet student was validated at 32x32 whatever the
+    teacher's images, and refused the teacher's 28x28 ones."""
+    from inference.compression import params as checks
+    from inference.compression.run import compress
+    from inference.runtime import formats
+
+    torch.manual_seed(0)
+    cnn = SmallCNN(in_channels=1, image_size=28, classes=CLASSES).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(cnn, (torch.randn(2, 1, 28, 28),), dynamic_shapes=({0: batch},))
+    signature = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, CLASSES]}],
+    }
+    student = {"architecture": "resnet", "config": {"width": 4, "stages": 1, "blocks": 1}}
+    checked = checks.check(
+        "distill",
+        {"student": student, "epochs": 1, "samples": 64},
+        format="pt2",
+        signature=signature,
+    )
+
+    result = compress(
+        program.module(),
+        parent_size=1,
+        method="distill",
+        params=checked,
+        architecture="",
+        config={},
+        input_dims=[1, 28, 28],
+        format="pt2",
+        input_name="x",
+        repeats=1,
+    )
+    loaded = formats.load(
+        result.data,
+        format=result.format,
+        device="cpu",
+        architecture=result.architecture,
+        config=result.config,
+    )
+
+    assert loaded.input_names == ["x"]
+    assert list(loaded.example["x"].shape) == [1, 1, 28, 28]
+    assert loaded.module(torch.randn(3, 1, 28, 28)).shape == (3, CLASSES)
