@@ -271,7 +271,7 @@ def model_files() -> dict[str, bytes]:
 def isolated_store(settings, tmp_path):
     """A fresh artifact store and development key file for one test (not the shared ones a
     live worker reads)."""
-    from marketplace.vault.keys import kek_backend
+    from marketplace.vault.keys import kek_backend_forget
 
     settings.KEK_FILE = tmp_path / "keyring.json"
     settings.KEK_FILE_CREATE = True
@@ -282,9 +282,9 @@ def isolated_store(settings, tmp_path):
             "OPTIONS": {"location": str(tmp_path / "store")},
         },
     }
-    kek_backend.cache_clear()
+    kek_backend_forget()
     yield tmp_path / "store"
-    kek_backend.cache_clear()
+    kek_backend_forget()
 
 
 CHROMIUM_ARGS = [

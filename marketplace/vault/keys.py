@@ -7,6 +7,7 @@ the vault imports it.
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 
 from django.conf import settings
@@ -21,9 +22,34 @@ from .keyring import KekBackend, KeyRing, KeyUnavailableError
 logger = logging.getLogger("marketplace.vault")
 
 
-@lru_cache(maxsize=1)
 def kek_backend() -> KekBackend:
-    """The KEK backend from settings: AWS KMS, a ring from the environment, or a key file."""
+    """The KEK backend from settings: AWS KMS, a ring from the environment, or a key file.
+
+    A key file is read again once it changes: ``rotate_kek`` rewrites it under running web
+    processes and workers, which kept the ring they had read. After ``--new`` they could not
+    unwrap the data keys it had re-wrapped (every upload and model load a 500 until a
+    restart), and after ``--retire`` they would have wrapped new keys under a KEK gone from
+    the file."""
+    return _backend(_key_file_stamp())
+
+
+def kek_backend_forget() -> None:
+    """Read the backend again at its next use."""
+    _backend.cache_clear()
+
+
+def _key_file_stamp() -> tuple[int, int, int] | None:
+    if settings.KMS_KEY_ID or settings.KEK_RING:
+        return None
+    try:
+        found = os.stat(settings.KEK_FILE)
+    except OSError:
+        return None  # created (or refused) by the read that follows
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+@lru_cache(maxsize=1)
+def _backend(_file_stamp: tuple[int, int, int] | None) -> KekBackend:
     if settings.KMS_KEY_ID:
         from .kms import KmsBackend
 

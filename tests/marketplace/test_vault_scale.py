@@ -96,7 +96,7 @@ def s3_store(settings, monkeypatch, tmp_path):
     s3.create_bucket(
         Bucket="artifacts", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
     )
-    from marketplace.vault.keys import kek_backend
+    from marketplace.vault.keys import kek_backend_forget
 
     settings.KEK_FILE = tmp_path / "keyring.json"
     settings.KEK_FILE_CREATE = True
@@ -114,9 +114,9 @@ def s3_store(settings, monkeypatch, tmp_path):
             },
         },
     }
-    kek_backend.cache_clear()
+    kek_backend_forget()
     yield s3
-    kek_backend.cache_clear()
+    kek_backend_forget()
     server.stop()
 
 

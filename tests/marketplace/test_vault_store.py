@@ -257,3 +257,33 @@ def test_an_organisation_with_versions_aliases_and_predictions_is_crypto_shredde
     assert not SealedSecret.objects.exists()
     assert not ModelVersion.objects.exists() and not Artifact.objects.exists()
     assert not _blob_path(artifact).exists()
+
+
+def test_a_running_process_follows_a_kek_rotation_made_by_another(
+    transactional_db, tenant, settings, django_db_blocker
+):
+    """``rotate_kek --new`` run by an operator re-wraps every data key under a new KEK; web
+    processes and workers kept the key file they had read, and every upload and model load
+    failed (a 500) until they were restarted."""
+    import subprocess
+    import sys
+
+    from tests.conftest import worker_env
+
+    root = Path(__file__).resolve().parents[2]
+
+    artifact = artifact_create(tenant=tenant, chunks=[b"weights"])
+    old_kek = kek_backend().primary_id  # this process has read the key file
+
+    subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
+        [sys.executable, "manage.py", "rotate_kek", "--new"],
+        env={**worker_env(django_db_blocker), "MM_KEK_FILE": str(settings.KEK_FILE)},
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+    assert TenantKey.objects.get(tenant=tenant).kek_id != old_kek
+    artifact.refresh_from_db()
+    assert artifact_read(artifact=artifact, purpose="predict") == b"weights"
+    assert kek_backend().primary_id != old_kek  # new keys are wrapped under the new KEK

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.vault import add_primary_kek_to_file, remove_kek_from_file
-from marketplace.vault.keys import kek_backend, kek_ids_in_use, kek_rotate
+from marketplace.vault.keys import kek_backend, kek_backend_forget, kek_ids_in_use, kek_rotate
 
 
 class Command(BaseCommand):
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             )
         if new:
             kek_id = add_primary_kek_to_file(settings.KEK_FILE)
-            kek_backend.cache_clear()
+            kek_backend_forget()
             self.stdout.write(f"Added KEK {kek_id} to {settings.KEK_FILE} as the primary.")
         moved = kek_rotate()
         self.stdout.write(
@@ -52,5 +52,5 @@ class Command(BaseCommand):
                 remove_kek_from_file(settings.KEK_FILE, retire)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-            kek_backend.cache_clear()
+            kek_backend_forget()
             self.stdout.write(f"Retired KEK {retire}.")
