@@ -80,12 +80,6 @@ def job_create(
             f"Version {version.number} reached its sunset on {version.sunset_at:%Y-%m-%d %H:%M} "
             "UTC; only a ready version can be compressed."
         )
-    # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
-    compute_authorize(
-        consumer=access.tenant,
-        api_key=access.key,
-        running_seconds=lambda key: _running_seconds(access, key),
-    )
     encoded = _job_data(data, version) if data is not None else None
     try:
         checked = checks.check(
@@ -101,6 +95,13 @@ def job_create(
         raise ValidationError({"params": [str(exc)]}) from None
     except NotApplicable as exc:
         raise Unprocessable(str(exc)) from None
+    # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
+    # After the checks: a request that could never run is the caller's to fix first (400).
+    compute_authorize(
+        consumer=access.tenant,
+        api_key=access.key,
+        running_seconds=lambda key: _running_seconds(access, key),
+    )
     try:
         with transaction.atomic():
             _refuse_past_active_limit(access)
@@ -245,15 +246,25 @@ def _enqueue_or_fail(job: CompressionJob) -> None:
     )
 
 
-def job_cancel(job: CompressionJob) -> CompressionJob:
+@transaction.atomic
+def job_cancel(job: CompressionJob, *, actor: Actor, by: str = "member") -> CompressionJob:
     """Cancel a queued or running job: a running one's model host is killed within about a
-    second. A cancelled job is not billed and leaves no version."""
-    CompressionJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
+    second. A cancelled job is not billed and leaves no version. Cancelling it again changes
+    nothing; the cancellation is audited once."""
+    cancelled = CompressionJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
         status=CompressionJob.Status.CANCELLED, completed_at=timezone.now(), eta_seconds=None
     )
     job.refresh_from_db()
     if job.status != CompressionJob.Status.CANCELLED:
         raise Conflict(f"The job already {job.status}.")
+    if cancelled:
+        audit_record(
+            action="compression.cancel",
+            actor=actor,
+            tenant=job.tenant,
+            target=job,
+            data={"model": job.model.ref, "by": by, "at": timezone.now().isoformat()},
+        )
     return job
 
 
@@ -466,6 +477,25 @@ def job_fail(job: CompressionJob, *, error: str) -> bool:
 # --- promotion ------------------------------------------------------------------------------
 
 
+def _signature_change(before: dict | None, after: dict | None) -> str:
+    """What a caller of ``before`` would find changed in ``after`` (names, dtypes, and shapes
+    past the batch dimension of inputs and outputs); empty when nothing is."""
+
+    def parts(signature: dict | None, side: str) -> list[str]:
+        return [
+            f"{t['name']} {t['datatype']}{list(t['shape'])[1:]}"
+            for t in (signature or {}).get(side, [])
+        ]
+
+    if not before or not after:
+        return ""
+    for side in ("inputs", "outputs"):
+        old, new = parts(before, side), parts(after, side)
+        if old != new:
+            return f"{side} {', '.join(old)} became {', '.join(new)}"
+    return ""
+
+
 def job_promote(
     *,
     job: CompressionJob,
@@ -506,6 +536,16 @@ def job_promote(
             "The compressed version does not meet the fidelity threshold: " + "; ".join(missed),
             fidelity=fidelity,
         )
+    current = Alias.objects.filter(model=job.model, name=alias).select_related("version").first()
+    if current is not None:
+        change = _signature_change(current.version.signature, job.result_version.signature)
+        if change:
+            # Fidelity is measured on the same tensors; the requests callers send must fit too.
+            raise Conflict(
+                f"v{job.result_version.number} does not take the requests v"
+                f"{current.version.number} ({alias}) takes: {change}. Moved, {alias} would "
+                "refuse its callers' requests; point another alias at it."
+            )
     return registry.alias_set(
         model=job.model, name=alias, version=job.result_version, access=access, actor=actor
     )

@@ -108,7 +108,7 @@ def job_start(request: HttpRequest, name: str) -> HttpResponse:
 def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     job = _job(request, job_id)
     try:
-        jobs.job_cancel(job)
+        jobs.job_cancel(job, actor=request_actor(request))
     except ServiceError as exc:
         messages.error(request, exc.message)
     return redirect("inference:compression_job", job_id=job.public_id)

@@ -4,7 +4,6 @@ failed one, cancel a stuck one. Each action writes an audit row in the same tran
 from __future__ import annotations
 
 from django.db import transaction
-from django.utils import timezone
 
 from accounts.exceptions import Conflict, PaymentRequired
 from accounts.services import Actor, audit_record
@@ -133,14 +132,6 @@ def job_retry(*, job: CompressionJob, actor: Actor) -> CompressionJob:
     return job
 
 
-@transaction.atomic
 def job_cancel(*, job: CompressionJob, actor: Actor) -> CompressionJob:
-    job = compression_services.job_cancel(job)  # Conflict when it already finished
-    audit_record(
-        action="compression.cancel",
-        actor=actor,
-        tenant=job.tenant,
-        target=job,
-        data={"model": job.model.ref, "by": "operator", "at": timezone.now().isoformat()},
-    )
-    return job
+    # Conflict when it already finished
+    return compression_services.job_cancel(job, actor=actor, by="operator")

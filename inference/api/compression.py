@@ -196,7 +196,8 @@ class JobCancelView(JobScopedMixin, GenericAPIView):
     @extend_schema(request=None, responses=JobSerializer)
     def post(self, request, id: str):
         """Cancel a queued or running job; it leaves no version and is not billed."""
-        return Response(JobSerializer(jobs.job_cancel(self.get_object())).data)
+        job = jobs.job_cancel(self.get_object(), actor=request_actor(request))
+        return Response(JobSerializer(job).data)
 
 
 class JobPromoteView(JobScopedMixin, GenericAPIView):

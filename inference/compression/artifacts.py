@@ -42,9 +42,20 @@ class Float32Boundary(nn.Module):
         self.module = module
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         cast = x.to(self.dtype) if x.is_floating_point() else x
-        return self.module(cast).float()
+        return _float32(self.module(cast))
+
+
+def _float32(out):
+    """Outputs in their structure (a dict keeps its names), each floating tensor float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {name: _float32(value) for name, value in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float32(value) for value in out)
+    return out
 
 
 def export_cast(module: nn.Module, precision: str, input_name: str, example: torch.Tensor) -> bytes:

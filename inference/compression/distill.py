@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from inference.compression.evaluate import one_output
+
 # progress(phase, percent, loss); loss is None outside training.
 Progress = Callable[[str, float, float | None], None]
 GENERATORS = ("normal", "uniform")
@@ -153,7 +155,7 @@ def _predict(module: nn.Module, inputs: torch.Tensor, *, batch_size: int) -> tor
     except NotImplementedError:  # a torch.export graph runs as exported and has no modes
         was_training = None
     try:
-        return torch.cat([module(chunk).float() for chunk in inputs.split(batch_size)])
+        return torch.cat([one_output(module(chunk)).float() for chunk in inputs.split(batch_size)])
     finally:
         if was_training is not None:
             module.train(was_training)

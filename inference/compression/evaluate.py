@@ -63,6 +63,16 @@ def input_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def one_output(out):
+    """The tensor a model answered, also where it is a dict or sequence of one (a model
+    returning ``{"logits": ...}``): its dtype cast or distillation failed on the dict."""
+    if isinstance(out, dict) and len(out) == 1:
+        return next(iter(out.values()))
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        return out[0]
+    return out
+
+
 @torch.inference_mode()
 def run(module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Outputs of ``module`` (put in eval mode by the caller), in chunks, as float32."""
@@ -70,7 +80,7 @@ def run(module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> to
     cast = inputs.to(dtype) if inputs.is_floating_point() else inputs
     outputs = []
     for chunk in cast.split(batch_size):
-        out = module(chunk)
+        out = one_output(module(chunk))
         if not isinstance(out, torch.Tensor) or out.ndim < 1 or len(out) != len(chunk):
             # Said here: compression then failed on it with an IndexError.
             rows = len(out) if isinstance(out, torch.Tensor) and out.ndim else 0

@@ -14,6 +14,8 @@ from typing import Any
 from inference.compression import NotApplicable
 
 METHODS = ("quantize", "prune", "distill")
+# A student's training (weights, gradients, the optimiser's two moments) fits a host's memory.
+MAX_STUDENT_PARAMETERS = 100_000_000
 SCHEMES = ("dynamic_int8", "weight_only_int8", "fp16", "bf16")
 PRUNE_KINDS = ("structured", "unstructured")
 STRUCTURED = ("mlp", "small_cnn")
@@ -216,7 +218,44 @@ def _student(student: Any, dims: list[int], classes: int) -> dict[str, Any]:
         ints = value if isinstance(value, list) else [value]
         if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in ints):
             raise BadParams(f"student.config.{key} must be integers between 1 and 8192.")
-    return {"architecture": name, "config": {**config, **filled}}
+    config = {**config, **filled}
+    parameters = student_parameters(name, config)
+    if parameters > MAX_STUDENT_PARAMETERS:
+        # It failed in the host, as "the model used more memory than a model host allows",
+        # which blamed the publisher's model.
+        raise BadParams(
+            f"This student would have {parameters:,} parameters; a student may have at most "
+            f"{MAX_STUDENT_PARAMETERS:,} (it is meant to be smaller than its teacher). Use "
+            "fewer or narrower layers."
+        )
+    return {"architecture": name, "config": config}
+
+
+def student_parameters(name: str, c: dict[str, Any]) -> int:
+    """The parameter count of the built-in architecture ``name`` with config ``c`` (with its
+    defaults), counted without building it: the web process has no torch."""
+    classes = c.get("classes", 10)
+    if name == "mlp":
+        widths = [c.get("in_features", 16), *c.get("hidden", [64, 64]), classes]
+        return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    if name == "small_cnn":
+        c1, c2 = c.get("channels", [16, 32])
+        hidden, side = c.get("hidden", 128), c.get("image_size", 28) // 4
+        convs = c1 * (c.get("in_channels", 1) * 9 + 1) + c2 * (c1 * 9 + 1)
+        return convs + (c2 * side * side + 1) * hidden + (hidden + 1) * classes
+    if name == "resnet":
+        width, channels = c.get("width", 32), c.get("width", 32)
+        total = width * c.get("in_channels", 3) * 9 + 2 * width
+        for stage in range(c.get("stages", 2)):
+            if stage:
+                total += channels * channels * 2 * 9 + 4 * channels
+                channels *= 2
+            total += c.get("blocks", 2) * (2 * channels * channels * 9 + 4 * channels)
+        return total + (channels + 1) * classes
+    d, feedforward = c.get("d_model", 64), c.get("dim_feedforward", 128)
+    layer = 4 * d * d + 4 * d + 2 * d * feedforward + feedforward + d + 4 * d
+    total = (c.get("features", 16) + 1) * d + c.get("seq_len", 32) * d
+    return total + c.get("layers", 2) * layer + (d + 1) * classes
 
 
 def _distill(params: dict, signature: dict[str, Any] | None, has_labels: bool) -> dict:

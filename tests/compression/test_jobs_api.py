@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from accounts import services as accounts
+from accounts.models import AuditEvent
 from billing.models import UsageRecord
 from inference import compression_services as jobs
 from inference.models import CompressionJob
@@ -105,6 +106,12 @@ def test_structured_pruning_of_a_resnet_is_refused_with_the_reason(api, tenant):
             {"student": {"architecture": "mlp", "config": {"hidden": 8}}},
             "student.config.hidden is a list of 1 to 32 integers, e.g. [64, 32].",
         ),
+        # 2.1 billion parameters: accepted, then failed in the host "out of memory".
+        (
+            "distill",
+            {"student": {"architecture": "mlp", "config": {"hidden": [8192] * 32}}},
+            "would have 2,082,816,010 parameters; a student may have at most 100,000,000",
+        ),
     ],
 )
 def test_bad_parameters_are_refused_with_400(api, mlp_version, method, params, message):
@@ -184,11 +191,16 @@ def test_cancelled_job_is_not_run_or_billed(api, mlp_version):
     job = start(api, "quantize").json()
 
     cancelled = api.post(f"{URL}/{job['id']}/cancel").json()
+    again = api.post(f"{URL}/{job['id']}/cancel")
 
     assert cancelled["status"] == "cancelled"
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
     row = CompressionJob.objects.get(public_id=job["id"])
     assert jobs.job_claim(row) is False  # a worker picking it up does nothing
     assert not UsageRecord.objects.exists()
+    # In the organisation's log, once (an operator's cancellation was; a member's was not).
+    (audited,) = AuditEvent.objects.filter(action="compression.cancel", target_id=job["id"])
+    assert audited.data["by"] == "member"
 
 
 def _finish(job: CompressionJob, tenant, agreement: float) -> ModelVersion | None:
@@ -304,6 +316,32 @@ def test_promotion_needs_the_fidelity_threshold_to_be_met(api, tenant, mlp_versi
     assert api.get("/api/v1/models/acme/mlp/aliases").json()[0]["name"] == "staging"
 
 
+def test_promotion_refuses_a_version_its_aliass_callers_could_not_call(api, tenant, mlp_version):
+    """A distilled version of a model whose input was ``x`` took ``input``: promoted to
+    production on its fidelity, it refused every request production's callers sent."""
+    pointed = api.put("/api/v1/models/acme/mlp/aliases/production", {"version": 1}, format="json")
+    assert pointed.status_code == 200, pointed.json()
+    job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+    jobs.job_claim(job)
+    version = _finish(job, tenant, 0.99)
+    renamed = signature([256])
+    renamed["inputs"][0]["name"] = "x"
+    registry.version_record_validation(version=version, ok=True, signature=renamed)
+    promote = f"{URL}/{job.public_id}/promote"
+
+    refused = api.post(promote, {"alias": "production", "min_agreement": 0.9}, format="json")
+    elsewhere = api.post(promote, {"alias": "candidate", "min_agreement": 0.9}, format="json")
+
+    assert refused.status_code == 409
+    assert (
+        "v2 does not take the requests v1 (production) takes: inputs input FP32[256] became "
+        "x FP32[256]"
+    ) in refused.json()["detail"]
+    assert elsewhere.status_code == 200
+    aliases = {a["name"]: a["version"] for a in api.get("/api/v1/models/acme/mlp/aliases").json()}
+    assert aliases == {"production": 1, "candidate": 2}
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -403,9 +441,12 @@ def test_a_job_its_owner_could_not_pay_for_is_refused_with_402(api, tenant, mlp_
     spend_cap_set(tenant=tenant, cap=Decimal("0"), actor=accounts.SYSTEM)
 
     refused = start(api, "quantize")
+    # A request that could never run says so first: paying would not make it run.
+    mistyped = start(api, "quantize", {"scheme": "int4"})
 
     assert refused.status_code == 402
     assert "reached your spend cap (0.00)" in refused.json()["detail"]
+    assert mistyped.status_code == 400 and "scheme must be one of" in mistyped.json()["detail"]
     assert not CompressionJob.objects.exists()
 
 

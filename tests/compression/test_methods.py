@@ -372,3 +372,70 @@ def test_a_student_keeps_its_teachers_input_name_and_image_size():
     assert loaded.input_names == ["x"]
     assert list(loaded.example["x"].shape) == [1, 1, 28, 28]
     assert loaded.module(torch.randn(3, 1, 28, 28)).shape == (3, CLASSES)
+
+
+def test_a_model_answering_a_dict_of_one_tensor_can_be_cast_and_distilled(teacher):
+    """Such a model validated (output ``logits``); its fp16 cast and its distillation then
+    failed: "'dict' object has no attribute 'float'"."""
+    from inference.compression import params as checks
+    from inference.compression.run import compress
+    from inference.runtime import formats
+
+    class Named(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.inner(features)}
+
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        Named(teacher).eval(), (torch.randn(2, FEATURES),), dynamic_shapes=({0: batch},)
+    )
+    signature = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
+    }
+    common = {
+        "parent_size": 1,
+        "architecture": "",
+        "config": {},
+        "input_dims": [FEATURES],
+        "format": "pt2",
+        "input_name": "features",
+        "repeats": 1,
+    }
+    fp16 = checks.check("quantize", {"scheme": "fp16"}, format="pt2", signature=signature)
+    student = {"student": {"architecture": "mlp", "config": {"hidden": [32]}}, "epochs": 1}
+    distill = checks.check(
+        "distill", {**student, "samples": 256}, format="pt2", signature=signature
+    )
+
+    cast = compress(program.module(), method="quantize", params=fp16, **common)
+    distilled = compress(program.module(), method="distill", params=distill, **common)
+
+    assert cast.report["fidelity"]["agreement"] >= 0.99
+    half = formats.load(cast.data, format="pt2", device="cpu").module
+    assert set(half(torch.randn(3, FEATURES))) == {"logits"}  # the names callers know
+    assert distilled.report["fidelity"]["agreement"] is not None
+    assert distilled.config["input_name"] == "features"
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("mlp", {"in_features": 256, "hidden": [128, 64], "classes": 10}),
+        ("small_cnn", {"in_channels": 3, "image_size": 32, "channels": [8, 16], "hidden": 32}),
+        ("resnet", {"in_channels": 1, "width": 4, "stages": 3, "blocks": 2, "classes": 7}),
+        ("transformer", {"features": 8, "d_model": 32, "heads": 2, "layers": 3}),
+    ],
+)
+def test_the_student_size_limit_counts_what_torch_builds(name, config):
+    """The web process, which has no torch, refuses students over the limit by this count."""
+    from inference.compression.params import student_parameters
+    from inference.runtime.architectures import build
+
+    built = sum(p.numel() for p in build(name, config).parameters())
+
+    assert student_parameters(name, config) == built
