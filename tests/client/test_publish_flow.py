@@ -102,3 +102,26 @@ def test_login_saves_the_key_readable_by_its_owner_only(mm, mm_env, monkeypatch,
     assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
     whoami = mm("whoami", "--json")
     assert whoami.code == 0 and whoami.json()["key_source"] == config
+
+
+def test_nan_goes_to_the_api_and_comes_back_as_nan(
+    celery_worker_process, mm, mm_env, classifier, tmp_path
+):
+    """The API carries NaN as null, both ways. The client raised a bare ValueError ("Out of
+    range float values are not JSON compliant") for a NaN input, and gave back arrays of
+    Python objects holding None, which numpy refused (np.isnan, a .npy file read back)."""
+    from modelmarket import Client, errors
+
+    x = np.array([[1.0, np.nan, 0.0, 2.0]], dtype=np.float32)
+    with Client() as client:
+        output = client.predict("acme/clf", {"x": x}).arrays()["output"]
+        with pytest.raises(errors.UsageError, match="infinity, which JSON cannot carry"):
+            client.predict("acme/clf", np.array([[1.0, np.inf, 0.0, 2.0]], dtype=np.float32))
+    np.save(tmp_path / "x.npy", x)
+    saved = mm(
+        "predict", "acme/clf", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")
+    )
+
+    assert output.dtype.kind == "f" and output.shape == (1, 3) and np.isnan(output).all()
+    assert saved.code == 0, saved.err
+    assert np.isnan(np.load(tmp_path / "y.npy")).all()

@@ -7,6 +7,7 @@ float64 array saved by numpy runs a float32 model)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,39 @@ def _numeric(value: Any, name: str) -> Any:
     raise UsageError(f"Input '{name}' is a {type(value).__name__}; give an array or a list.")
 
 
+def _json_numbers(values: Any, name: str) -> Any:
+    """Nested lists as JSON carries them: NaN as ``null`` (the API reads it back as NaN);
+    infinity, which JSON has no word for, refused."""
+    if isinstance(values, float):
+        if math.isnan(values):
+            return None
+        if math.isinf(values):
+            raise UsageError(
+                f"Input '{name}' holds infinity, which JSON cannot carry; send finite numbers "
+                "(or NaN, sent as null)."
+            )
+        return values
+    if isinstance(values, list):
+        return [_json_numbers(value, name) for value in values]
+    return values
+
+
+def _lists(value: Any, name: str) -> Any:
+    listed = value.tolist() if _is_array_like(value) else value
+    if _is_array_like(value) and value.dtype.kind != "f":
+        return listed  # integers and booleans are always finite
+    return _json_numbers(listed, name)
+
+
+def to_array(values: Any) -> Any:
+    """An output's nested lists as a numpy array, ``null`` (how JSON carries NaN and the
+    infinities) read as NaN: ``np.asarray`` made an array of Python objects of them, which
+    no numpy function takes and ``.npy`` files refuse."""
+    np = require_numpy()
+    array = np.asarray(values)
+    return np.asarray(values, dtype=np.float64) if array.dtype == object else array
+
+
 def to_payload(inputs: Any) -> Any:
     """The ``input`` field of a prediction request. A dict maps input names to values; any
     other value is the model's only input. Arrays go as flat data with a shape (compact and
@@ -55,11 +89,13 @@ def to_payload(inputs: Any) -> Any:
                 continue
             value = _numeric(value, str(name))
             if _is_array_like(value):
-                value = {"data": value.reshape(-1).tolist(), "shape": list(value.shape)}
+                data = _lists(value.reshape(-1), str(name))
+                value = {"data": data, "shape": list(value.shape)}
+            else:
+                value = _lists(value, str(name))
             payload[str(name)] = value
         return payload
-    value = _numeric(inputs, "input")
-    return value.tolist() if _is_array_like(value) else value
+    return _lists(_numeric(inputs, "input"), "input")
 
 
 def load_input(path: str) -> Any:
@@ -103,7 +139,7 @@ def save_output(arrays: dict[str, Any], path: str) -> None:
         file.write_text(json.dumps(arrays))
         return
     np = require_numpy()
-    values = {name: np.asarray(value) for name, value in arrays.items()}
+    values = {name: to_array(value) for name, value in arrays.items()}
     if suffix == ".npy":
         if len(values) != 1:
             raise UsageError(f"The model has {len(values)} outputs; save them to a .npz file.")

@@ -319,11 +319,11 @@ class Prediction:
         return self.status in self.TERMINAL
 
     def arrays(self) -> dict[str, Any]:
-        """The outputs as numpy arrays (needs the ``numpy`` extra)."""
-        from modelmarket.tensors import require_numpy
+        """The outputs as numpy arrays (needs the ``numpy`` extra); ``null`` values, which
+        is how JSON carries NaN and infinities, are NaN."""
+        from modelmarket.tensors import to_array
 
-        np = require_numpy()
-        return {name: np.asarray(value) for name, value in (self.output or {}).items()}
+        return {name: to_array(value) for name, value in (self.output or {}).items()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Prediction:
