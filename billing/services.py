@@ -404,6 +404,13 @@ def spend_authorize(
     return listing
 
 
+def _shown(amount: Decimal) -> str:
+    """An amount in full, with at least two decimals: 0.056 spent is not "0.06", and a call of
+    0.0005 does not cost "0.00"."""
+    whole, _, fraction = f"{amount.normalize():f}".partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
 def _key_budget_authorize(
     account: BillingAccount,
     period: date,
@@ -426,14 +433,14 @@ def _key_budget_authorize(
     if owed >= budget.monthly_limit:
         raise PaymentRequired(
             f"API key {api_key.prefix} has used its monthly budget "
-            f"({budget.monthly_limit:.2f}); raise it or use another key."
+            f"({_shown(budget.monthly_limit)}); raise it or use another key."
         )
     if price and owed + price[1] > budget.monthly_limit:
         what, cost = price
         raise PaymentRequired(
-            f"{what} costs {cost:.2f}, more than API key {api_key.prefix} has left of its "
-            f"monthly budget ({budget.monthly_limit - owed:.2f} of "
-            f"{budget.monthly_limit:.2f}); raise it or use another key."
+            f"{what} costs {_shown(cost)}, more than API key {api_key.prefix} has left of its "
+            f"monthly budget ({_shown(budget.monthly_limit - owed)} of "
+            f"{_shown(budget.monthly_limit)}); raise it or use another key."
         )
     if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
         _alert_once(
@@ -506,18 +513,19 @@ def _account_authorize(
         spent = selectors.month_spend(consumer=consumer, period=period, currency=currency)
         owed = pending(None, currency) if pending else Decimal(0)
         if spent + owed >= account.spend_cap:
-            running = f", and {owed:.2f} for work still running" if owed else ""
+            running = f", and {_shown(owed)} for work still running" if owed else ""
             raise PaymentRequired(
-                f"This month's {currency.upper()} spend ({spent:.2f}{running}) has reached "
-                f"your spend cap ({account.spend_cap:.2f}); raise the cap in the dashboard's "
-                "billing page."
+                f"This month's {currency.upper()} spend ({_shown(spent)}{running}) has reached "
+                f"your spend cap ({_shown(account.spend_cap)}); raise the cap on the dashboard's "
+                "billing page or with PUT /api/v1/billing/settings."
             )
         if price and spent + owed + price[1] > account.spend_cap:
             what, cost = price
             raise PaymentRequired(
-                f"{what} costs {cost:.2f} {currency.upper()}, more than this month's spend "
-                f"leaves under your spend cap ({account.spend_cap - spent - owed:.2f} of "
-                f"{account.spend_cap:.2f}); raise the cap in the dashboard's billing page."
+                f"{what} costs {_shown(cost)} {currency.upper()}, more than this month's spend "
+                f"leaves under your spend cap ({_shown(account.spend_cap - spent - owed)} of "
+                f"{_shown(account.spend_cap)}); raise the cap on the dashboard's billing page "
+                "or with PUT /api/v1/billing/settings."
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
             _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)

@@ -17,7 +17,7 @@ from accounts.models import ApiKey, Scope
 from accounts.tenancy import TenantScopedMixin, request_actor, request_tenant
 from billing import selectors
 from billing.api import serializers as s
-from billing.models import Invoice, Transfer
+from billing.models import Invoice, KeyBudget, Transfer
 from billing.services import account_for, key_budget_set, spend_cap_set
 
 
@@ -130,13 +130,26 @@ class BillingSettingsView(APIView):
 
 
 class KeyBudgetView(APIView):
+    """A key's monthly budget: ``{"monthly_limit": "5.00"}``, null for none."""
+
     required_scope = Scope.ADMIN
 
-    @extend_schema(request=s.KeyBudgetSerializer, responses=s.KeyBudgetSerializer)
-    def put(self, request, key_id: str):
+    def _key(self, request, key_id: str) -> ApiKey:
         key = ApiKey.objects.filter(tenant=request_tenant(request), public_id=key_id).first()
         if key is None:
             raise NotFound("No such API key.")
+        return key
+
+    @extend_schema(responses=s.KeyBudgetSerializer)
+    def get(self, request, key_id: str):
+        """The budget a PUT set (it could be set, and enforced, but not read back)."""
+        budget = KeyBudget.objects.filter(api_key=self._key(request, key_id)).first()
+        limit = budget.monthly_limit if budget else None
+        return Response(s.KeyBudgetSerializer({"monthly_limit": limit}).data)
+
+    @extend_schema(request=s.KeyBudgetSerializer, responses=s.KeyBudgetSerializer)
+    def put(self, request, key_id: str):
+        key = self._key(request, key_id)
         data = s.KeyBudgetSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         limit = data.validated_data["monthly_limit"]

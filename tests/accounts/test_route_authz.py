@@ -189,7 +189,10 @@ ROUTES: dict[str, dict[str, Rule]] = {
         "GET": api(BILL_R),
         "PUT": api(BILL_W, None, {"spend_cap": "10.00"}),
     },
-    "api/v1/keys/{key_id}/budget": {"PUT": api(ADMIN, "tenant", {"monthly_limit": "5.00"})},
+    "api/v1/keys/{key_id}/budget": {
+        "GET": api(ADMIN, "tenant"),
+        "PUT": api(ADMIN, "tenant", {"monthly_limit": "5.00"}),
+    },
     "api/v1/invoices": {"GET": api(BILL_R)},
     "api/v1/invoices/{id:invoice}": {"GET": api(BILL_R, "tenant")},
     "api/v1/transfers": {"GET": api(BILL_R)},

@@ -135,8 +135,14 @@ def test_a_key_over_its_budget_is_refused_while_other_keys_still_work(outsider, 
     spend(outsider, paid_clf, 2, key=capped_key)
 
     refused, allowed = predict(capped), predict(other)
+    shown = admin.get(f"/api/v1/keys/{capped_key.public_id}/budget")
+    unset = admin.get(
+        f"/api/v1/keys/{outsider.api_keys.get(prefix=other.secret.split('_')[2]).public_id}/budget"
+    )
 
     assert budget.status_code == 200
+    # Read back (it could be set, and was enforced, but not read).
+    assert shown.json() == {"monthly_limit": "0.50"} and unset.json() == {"monthly_limit": None}
     assert refused.status_code == 402
     assert f"API key {capped_key.prefix} has used its monthly budget" in refused.json()["detail"]
     assert allowed.status_code == 201
@@ -454,3 +460,22 @@ def test_spend_is_exact_where_the_database_adds_floats(outsider, paid_clf):
 
     assert total == Decimal("46.78") and total.as_tuple().exponent == -6
     assert UsageRecord.objects.filter(consumer=outsider).count() == 4678
+
+
+def test_the_402_states_amounts_in_full_and_how_to_raise_the_cap(tenant, outsider):
+    """Spend of 0.0625 read "0.06", and a call of 0.0005 would have cost "0.00"; the way out
+    named only the dashboard, which an API-only caller does not use."""
+    from tests.inference.conftest import listed_classifier
+
+    model = listed_classifier(tenant, outsider, price_per_call="0.0125").model
+    globex = key_client(outsider)
+    globex.put("/api/v1/billing/settings", {"spend_cap": "0.05"}, format="json")
+    spend(outsider, model, 5)
+
+    refused = predict(globex)
+
+    assert refused.status_code == 402
+    assert refused.json()["detail"] == (
+        "This month's USD spend (0.0625) has reached your spend cap (0.05); raise the cap on "
+        "the dashboard's billing page or with PUT /api/v1/billing/settings."
+    )

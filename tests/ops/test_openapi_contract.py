@@ -483,6 +483,7 @@ def test_every_operation_answers_as_the_schema_says(
     call(api, "GET", f"{v1}/keys", 200, {"status": "active"})
     call(api, "GET", f"{v1}/keys/{key['id']}", 200)
     call(api, "PUT", f"{v1}/keys/{key['id']}/budget", 200, {"monthly_limit": "10.00"})
+    call(api, "GET", f"{v1}/keys/{key['id']}/budget", 200)
     call(api, "POST", f"{v1}/keys/{key['id']}/rotate", 201)
     call(api, "POST", f"{v1}/keys/{key['id']}/revoke", 200)
     call(api, "GET", f"{v1}/audit-events", 200, {"action": "api_key.create"})

@@ -900,10 +900,16 @@ def cmd_usage(cli: Cli) -> int:
     def human() -> None:
         cap = f", spend cap {usage.spend_cap}" if usage.spend_cap is not None else ""
         spent = " + ".join(f"{amount} {code}" for code, amount in usage.spend.items()) or "0"
+        # The cap holds for each currency's spend alone (docs/billing.md).
+        capped = usage.spend_cap is not None and any(
+            amount >= usage.spend_cap for amount in usage.spend.values()
+        )
+        notes = [f"payment {usage.state}"] if usage.state not in ("", "ok", "active") else []
+        notes += ["at the spend cap: paid calls are refused"] if capped else []
         cli.out.print(
             f"[bold]{usage.period}[/]: {usage.calls:,} calls ({usage.free_calls:,} free), "
             f"{usage.compute_seconds} s of compute, {spent} so far{cap}"
-            + (f" [yellow]({usage.state})[/]" if usage.state not in ("", "active") else "")
+            + (f" [yellow]({'; '.join(notes)})[/]" if notes else "")
         )
         if usage.by_model:
             table = Table("model", "calls", "amount", box=None)
