@@ -3,9 +3,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
+from accounts import throttle
 from accounts.models import ALL_SCOPES, MODEL_REF_RE, Role, Scope, User
+from accounts.tenancy import client_ip
 
 
 class SignupForm(forms.Form):
@@ -36,6 +39,16 @@ class EmailAuthenticationForm(AuthenticationForm):
     def clean_username(self) -> str:
         # Addresses are stored lowercased at sign-up; authenticate matches them exactly.
         return self.cleaned_data["username"].strip().lower()
+
+    def clean(self):
+        try:
+            return super().clean()
+        except ValidationError:
+            # Refused by the throttle (accounts/throttle.py), the right password or not: say so.
+            email = self.cleaned_data.get("username") or ""
+            if email and throttle.locked(email, client_ip(self.request) if self.request else None):
+                raise ValidationError(throttle.refusal(), code="throttled") from None
+            raise
 
 
 class TenantCreateForm(forms.Form):

@@ -280,6 +280,23 @@ class ApiKey(models.Model):
         )
 
 
+class SignInFailure(models.Model):
+    """A failed sign-in, kept while the throttle counts it (``accounts.throttle``)."""
+
+    email = models.CharField(max_length=254)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["email", "created_at"], name="signin_failure_email"),
+            models.Index(fields=["ip", "created_at"], name="signin_failure_ip"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} from {self.ip} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
 class AuditEvent(models.Model):
     """An append-only record of a security-relevant change, written in the same transaction."""
 

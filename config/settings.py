@@ -148,6 +148,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    "accounts.throttle.SignInThrottle",  # first: refuses while failures are over the limit
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -438,6 +439,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(
 API_KEY_CACHE_SECONDS = float(env("MM_API_KEY_CACHE_SECONDS", "10"))
 API_KEY_ROTATION_GRACE = timedelta(hours=int(env("MM_API_KEY_ROTATION_GRACE_HOURS", "24")))
 INVITATION_TTL = timedelta(days=int(env("MM_INVITATION_TTL_DAYS", "7")))
+# Signing in is refused for an address with this many failed sign-ins in the window, and for a
+# client address with that many (accounts/throttle.py).
+SIGNIN_THROTTLE_WINDOW = timedelta(minutes=int(env("MM_SIGNIN_THROTTLE_MINUTES", "15")))
+SIGNIN_FAILURES_PER_ACCOUNT = int(env("MM_SIGNIN_FAILURES_PER_ACCOUNT", "10"))
+SIGNIN_FAILURES_PER_IP = int(env("MM_SIGNIN_FAILURES_PER_IP", "50"))
 
 # --- Observability (config/logs.py, config/metrics.py) ----------------------------------------
 # MM_LOG_FORMAT=json: one JSON object per line, each with the request id; default plain text.

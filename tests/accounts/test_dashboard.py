@@ -21,6 +21,7 @@ from accounts.models import (
     Invitation,
     Membership,
     Role,
+    SignInFailure,
     Tenant,
     User,
 )
@@ -227,6 +228,46 @@ def test_wrong_password_does_not_sign_in_or_record_a_login(client, alice, tenant
     assert response.status_code == 200
     assert "enter a correct email and password" in response.content.decode()
     assert not AuditEvent.objects.filter(action="user.login").exists()
+
+
+def test_repeated_failed_sign_ins_lock_the_address_for_a_while(client, alice, tenant, settings):
+    """Thirty wrong passwords in a row were each answered at once, and the thirty-first, right,
+    signed in: nothing slowed a guesser, and the organisation's log saw none of it."""
+    settings.SIGNIN_FAILURES_PER_ACCOUNT = 5
+    User.objects.filter(pk=alice.pk).update(is_staff=True)  # the console asks the same way
+    wrong = {"username": "alice@acme.example", "password": "nope"}
+    for _ in range(5):
+        client.post("/login/", wrong)
+
+    right = client.post("/login/", {"username": "Alice@acme.example", "password": PASSWORD})
+    admin = Client().post("/admin/login/", {"username": alice.email, "password": PASSWORD})
+
+    assert right.status_code == 200
+    assert "Too many failed sign-ins for this address" in right.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert admin.status_code == 200 and "_auth_user_id" not in admin.wsgi_request.session
+    failed = AuditEvent.objects.filter(tenant=tenant, action="user.login_failed")
+    assert failed.count() == 5  # the refused tries add nothing
+
+    SignInFailure.objects.update(created_at=timezone.now() - settings.SIGNIN_THROTTLE_WINDOW)
+    after = client.post("/login/", {"username": alice.email, "password": PASSWORD})
+    console = Client().post("/admin/login/", {"username": alice.email, "password": PASSWORD})
+    assert after.status_code == 302 and console.status_code == 302
+    assert not SignInFailure.objects.filter(email=alice.email).exists()  # cleared by it
+
+
+def test_failed_sign_ins_from_one_address_lock_that_client_out(client, alice, tenant, settings):
+    settings.SIGNIN_FAILURES_PER_IP = 3
+    for n in range(3):
+        client.post("/login/", {"username": f"guess{n}@acme.example", "password": "x"})
+
+    refused = client.post("/login/", {"username": alice.email, "password": PASSWORD})
+    elsewhere = Client(REMOTE_ADDR="192.0.2.7").post(
+        "/login/", {"username": alice.email, "password": PASSWORD}
+    )
+
+    assert "Too many failed sign-ins" in refused.content.decode()
+    assert elsewhere.status_code == 302
 
 
 def test_sign_in_works_whatever_the_capitalisation_of_the_email(client, alice, tenant):
