@@ -122,6 +122,18 @@ class TenantScopedMixin:
             queryset = queryset.filter(key.models_q(self.model_field))
         return queryset
 
+    def get_object(self):
+        """The row, or a 404 naming what was not found (Django's said "No Prediction matches
+        the given query.")."""
+        from accounts.exceptions import NotFound
+
+        try:
+            return super().get_object()
+        except Http404:
+            what = self.get_base_queryset().model._meta.verbose_name
+            given = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, "")
+            raise NotFound(f"No {what} {given} in your organisation.") from None
+
 
 def request_actor(request):
     """The audit actor of a request: the session's user or the API key, with the client IP."""

@@ -40,7 +40,8 @@ def refuse_if_taken_down(listing: Listing | None) -> None:
     if listing is not None and listing.taken_down_at is not None:
         model = listing.model
         raise TakenDown(
-            f"{model.ref} was taken down: {listing.takedown_reason or 'no reason given'}.",
+            f"{model.ref} was taken down: "
+            f"{(listing.takedown_reason or 'no reason given').rstrip('.')}.",
             reason=listing.takedown_reason,
             taken_down_at=listing.taken_down_at.isoformat(),
         )

@@ -47,6 +47,7 @@ def test_a_gated_model_is_asked_for_approved_run_and_revoked(
     asked = mm("access", "request", "acme/clf", "--message", "For our triage bot", "--json")
 
     assert refused.code == 3 and "request access" in refused.err
+    assert "lacks the right" not in refused.err  # the key holds every scope: not the reason
     assert asked.code == 0, asked.err
     assert asked.json()["status"] == "pending"
     request_id = asked.json()["id"]

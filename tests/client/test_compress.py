@@ -110,3 +110,22 @@ def test_a_result_not_smaller_than_its_parent_is_not_called_smaller(
 
     assert shown.code == 0, shown.err
     assert said in shown.out and not_said not in shown.out
+
+
+def test_showing_a_cancelled_job_is_not_a_failure(mm, small):
+    """It exited 7 with "Error: Compression job job_… cancelled: " and no reason."""
+    from inference.models import CompressionJob
+
+    job = CompressionJob.objects.create(  # as a cancellation leaves it (no worker races this)
+        tenant=small.model.tenant,
+        model=small.model,
+        version=small,
+        method="quantize",
+        params={"scheme": "fp16"},
+        status="cancelled",
+    )
+
+    shown = mm("job", job.public_id)
+
+    assert shown.code == 0, shown.err
+    assert "cancelled" in shown.out

@@ -154,3 +154,11 @@ def test_a_busy_server_that_stays_busy_is_exit_6_with_its_reason(
 
     assert run.code == 6
     assert "The inference queue is full" in run.err and "(HTTP 503)" in run.err
+
+
+def test_an_unknown_prediction_is_named_and_not_blamed_on_a_model(mm, tenant):
+    run = mm("prediction", "pred_nope")
+
+    assert run.code == errors.EXIT_NOT_FOUND == 4
+    assert "No prediction pred_nope in your organisation." in run.err
+    assert "models you have no access to" not in run.err

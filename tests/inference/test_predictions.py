@@ -352,7 +352,13 @@ def test_a_key_limited_to_one_model_reaches_nothing_of_the_others(api, tenant, c
 def test_outsider_cannot_run_or_see_private_models_or_predictions(api, outsider_api, classifier):
     assert run(outsider_api, "acme/clf", [[1, 2, 3, 4]], wait=None).status_code == 404
     mine = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None).json()
-    assert outsider_api.get(f"/api/v1/predictions/{mine['id']}").status_code == 404
+    seen = outsider_api.get(f"/api/v1/predictions/{mine['id']}")
+    assert seen.status_code == 404
+    # Saying what was not found, in the API's shape ("No Prediction matches the given query.").
+    assert seen.json() == {
+        "detail": f"No prediction {mine['id']} in your organisation.",
+        "code": "not_found",
+    }
     assert outsider_api.post(f"/api/v1/predictions/{mine['id']}/cancel").status_code == 404
     assert outsider_api.get("/api/v1/predictions").json()["results"] == []
 

@@ -744,9 +744,11 @@ def cmd_job(cli: Cli) -> int:
     if cli.args.watch and not job.is_terminal:
         job = _watch_job(cli, job, cli.args.timeout)
     cli.emit(job.raw, lambda: _print_job(cli, job))
-    if job.status in ("failed", "cancelled"):
-        raise CompressionFailed(f"Compression job {job.id} {job.status}: {job.error}", job)
-    return 0
+    if job.status == "failed":
+        raise CompressionFailed(
+            f"Compression job {job.id} failed: {job.error or 'no reason given'}", job
+        )
+    return 0  # shown; a cancelled job is what someone asked for, not a failure
 
 
 def cmd_jobs(cli: Cli) -> int:
@@ -1055,8 +1057,12 @@ def _hint(cli: Cli, exc: ModelmarketError) -> str:
             return "No API key found: set MM_API_KEY or run `mm login`."
         return "Check the key (MM_API_KEY or `mm login`): it may be wrong, revoked or expired."
     if isinstance(exc, PermissionDenied):
+        if exc.code != "permission_denied":
+            return ""  # the API's own words say what to do (request access, subscribe)
         return "The key or your role lacks the right for this; see `mm whoami` for its scopes."
     if isinstance(exc, NotFound):
+        if "model" not in exc.detail.lower():
+            return ""
         return "Check the name; models you have no access to also answer 404."
     if isinstance(exc, RateLimited | ServiceUnavailable):
         return "Still refused after retrying; try again later."
