@@ -8,6 +8,7 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_login_failed
 
+        from accounts import checks  # noqa: F401 - registers the deployment checks
         from accounts.api import schema  # noqa: F401 - registers the OpenAPI extensions
 
         user_login_failed.connect(_sign_in_failed, dispatch_uid="accounts.throttle.failed")

@@ -58,7 +58,7 @@ def _ledger_against_invoices(period: date) -> list[Difference]:
         if invoice is None:
             total = sum(minor_units(row["amount"], currency) for row in expected.values())
             if total > 0:
-                diffs.append(Difference(where, f"ledger has {total} but no invoice"))
+                diffs.append(Difference(where, f"ledger has {total} (minor units) but no invoice"))
             continue
         lines = {line.model_id: line for line in invoice.lines.all()}
         for model_id in sorted(set(expected) | set(lines), key=lambda m: m or 0):

@@ -10,9 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_deploy_check_passes_with_production_variables(tmp_path):
+def _deploy_check(tmp_path, **variables: str) -> subprocess.CompletedProcess:
     env = {
-        **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DJANGO_ALLOW_ASYNC_UNSAFE", "API_KEY_HMAC_KEY")
+        },
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "x" * 64 + "production-secret-0123456789",
         "DJANGO_ALLOWED_HOSTS": "models.example.com",
@@ -20,8 +24,9 @@ def test_deploy_check_passes_with_production_variables(tmp_path):
         "REDIS_URL": os.environ["REDIS_URL"],
         "MM_KEK_RING": "kek-prod-1:" + "A" * 43 + "=",
         "MM_VAR_DIR": str(tmp_path),
+        **variables,
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
@@ -29,7 +34,21 @@ def test_deploy_check_passes_with_production_variables(tmp_path):
         text=True,
         timeout=120,
     )
+
+
+def test_deploy_check_passes_with_production_variables(tmp_path):
+    result = _deploy_check(tmp_path, API_KEY_HMAC_KEY="y" * 64 + "api-key-digests-0123")
+
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_check_asks_for_a_key_of_its_own_for_api_key_digests(tmp_path):
+    """It passed with API_KEY_HMAC_KEY unset (the digests then hang on the session secret,
+    and rotating that invalidates every API key), which docs/deploy.md calls required."""
+    result = _deploy_check(tmp_path)
+
+    assert result.returncode != 0
+    assert "accounts.W001" in result.stderr and "Set API_KEY_HMAC_KEY" in result.stderr
 
 
 def test_embedded_redis_is_used_when_redis_url_is_unset(tmp_path):

@@ -334,6 +334,10 @@ def test_reconcile_reports_usage_recorded_after_the_invoice(
         call_command("reconcile", "--period", f"{last_month():%Y-%m}")
 
     assert failed.value.returncode == 1
+    # The month still open is no month to reconcile: each organisation with usage in it was
+    # reported as "ledger has 50 but no invoice".
+    with pytest.raises(CommandError, match="has not ended: months are invoiced once they end"):
+        call_command("reconcile", "--period", f"{timezone.now():%Y-%m}")
     assert [str(d) for d in reconcile(period=last_month())] == [
         f"globex {last_month():%Y-%m} usd: acme/clf: ledger 50, invoice 25",
         f"globex {last_month():%Y-%m} usd: acme/clf: publisher share 40 in the ledger, "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from billing.reconcile import reconcile
-from billing.selectors import last_period
+from billing.selectors import last_period, period_of
 
 
 def month(value: str) -> date:
@@ -28,6 +29,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, period: date | None = None, **options):
         period = period or last_period()
+        if period >= period_of(timezone.now()):
+            # Its usage is not invoiced before it ends: every organisation with any would be
+            # reported as a ledger without an invoice.
+            raise CommandError(
+                f"{period:%Y-%m} has not ended: months are invoiced once they end "
+                "(close_period). Reconcile a closed month; the default is last month."
+            )
         differences = reconcile(period=period)
         for difference in differences:
             self.stdout.write(str(difference))
