@@ -141,6 +141,35 @@ def user_create(*, email: str, password: str, name: str = "") -> User:
 
 
 @transaction.atomic
+def user_send_password_setup(user: User, *, tenant: Tenant) -> None:
+    """E-mail a person an operator created (``create_tenant``) a link to choose a password:
+    made with an unusable one, they could not sign in, and Django's password reset sends
+    nothing to such an account. The link is the reset form's, valid for
+    ``PASSWORD_RESET_TIMEOUT`` (three days)."""
+    from django.contrib.auth.tokens import default_token_generator
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    token = default_token_generator.make_token(user)
+    link = f"{settings.SITE_URL.rstrip('/')}/password/reset/{uid}/{token}/"
+    days = max(1, settings.PASSWORD_RESET_TIMEOUT // 86400)
+    transaction.on_commit(
+        lambda: send_mail(
+            subject=f"Your Modelmarket account for {tenant.name}",
+            message=(
+                f"An account was made for you as owner of {tenant.name} on Modelmarket.\n\n"
+                f"Choose your password: {link}\n\n"
+                f"The link works once, for {days} days; after that, ask for a new one at "
+                f"{settings.SITE_URL.rstrip('/')}/password/reset/ once you have a password, "
+                "or ask the operator who made the account."
+            ),
+            from_email=None,
+            recipient_list=[user.email],
+        )
+    )
+
+
 def user_audit(*, user: User, action: str, ip: str | None) -> None:
     """Record what a person did to their account (``user.login``, ``user.password_change``,
     ``user.password_reset``) in the log of every organisation they belong to, so each

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, Membership, Tenant
+from accounts.models import ApiKey, Membership, Tenant, User
 
 pytestmark = pytest.mark.django_db
 
@@ -42,9 +43,37 @@ def test_create_tenant_and_key_print_json_and_the_key_works():
     assert response.json()["organisation"]["slug"] == "initech"
 
 
-def test_create_tenant_with_a_taken_slug_fails_clearly(tenant):
+def test_a_new_owner_is_emailed_a_link_to_choose_a_password_and_signs_in(
+    client, mailoutbox, settings, django_capture_on_commit_callbacks
+):
+    """Made with an unusable password, the owner could not sign in, and the password reset
+    form sends nothing to such an account."""
+    settings.SITE_URL = "https://models.example"
+    with django_capture_on_commit_callbacks(execute=True):
+        made = _run("create_tenant", "initech", "--owner", "peter@initech.example", "--json")
+
+    (sent,) = mailoutbox
+    link = re.search(r"https://models\.example(/password/reset/\S+/)", sent.body).group(1)
+    form = client.get(link, follow=True)
+    chosen = client.post(
+        form.redirect_chain[-1][0],
+        {"new_password1": "a fresh horse battery", "new_password2": "a fresh horse battery"},
+    )
+    signed_in = client.post(
+        "/login/", {"username": "peter@initech.example", "password": "a fresh horse battery"}
+    )
+
+    assert made["owner_emailed_password_link"] is True and sent.to == ["peter@initech.example"]
+    assert chosen.status_code == 302
+    assert signed_in.status_code == 302
+
+
+def test_create_tenant_with_a_taken_slug_fails_clearly(tenant, mailoutbox):
     with pytest.raises(CommandError, match="taken"):
         call_command("create_tenant", "acme", "--owner", "x@y.example")
+
+    # Nothing half made: no owner account without an organisation, no e-mail.
+    assert not User.objects.filter(email="x@y.example").exists() and mailoutbox == []
 
 
 def test_create_api_key_for_unknown_tenant_fails_clearly():
