@@ -352,3 +352,22 @@ def test_a_folder_that_does_not_exist_is_not_taken_for_a_file_name(mm, classifie
 
     assert run.code == 2 and "No folder" in run.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_publisher_withdraws_an_approval_from_the_command_line(
+    mm, as_org, secret, globex, classifier
+):
+    """The API could take back an approval; neither mm nor the Client could."""
+    publish(classifier, gated=True)
+    as_org(globex)
+    request_id = mm("access", "request", "acme/clf", "--json").json()["id"]
+    as_org(secret)
+    assert mm("access", "approve", request_id).code == 0
+
+    withdrawn = mm("access", "withdraw", request_id)
+    again = mm("access", "withdraw", request_id, "--json")
+
+    assert withdrawn.code == 0, withdrawn.err
+    assert "Declined globex's request for acme/clf." in withdrawn.out
+    assert mm("entitlements", "acme/clf", "--json").json() == []  # its subscription ended
+    assert again.code == errors.EXIT_REJECTED and again.error()["status"] == 409

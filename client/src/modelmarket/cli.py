@@ -527,6 +527,12 @@ def cmd_access_decline(cli: Cli) -> int:
     return 0
 
 
+def cmd_access_withdraw(cli: Cli) -> int:
+    request = cli.client.withdraw_access_request(cli.args.id)
+    cli.emit(request.raw, lambda: _print_decision(cli, request))
+    return 0
+
+
 def cmd_entitlements(cli: Cli) -> int:
     entitlements = list(cli.client.list_entitlements(cli.args.ref))
 
@@ -1225,6 +1231,11 @@ def _parser() -> argparse.ArgumentParser:
     p = access_sub.add_parser("decline", parents=[common], help="decline a pending request")
     p.add_argument("id", metavar="REQUEST_ID")
     p.set_defaults(func=cmd_access_decline)
+    p = access_sub.add_parser(
+        "withdraw", parents=[common], help="take back an approval (ends its subscription)"
+    )
+    p.add_argument("id", metavar="REQUEST_ID")
+    p.set_defaults(func=cmd_access_withdraw)
     p = command("entitlements", cmd_entitlements, "organisations that may run your model (admin)")
     p.add_argument("ref", metavar="owner/name")
     p = command("share", cmd_share, "let an organisation view and run your model (admin)")

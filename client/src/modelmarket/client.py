@@ -472,6 +472,13 @@ class Client:
         path = f"/api/v1/access-requests/{quote(request_id, safe='')}/decline"
         return AccessRequest.from_json(self.http.json("POST", path))
 
+    def withdraw_access_request(self, request_id: str) -> AccessRequest:
+        """Take back an approval: the request becomes declined and the organisation's
+        subscription ends with it. Only an approved request can be withdrawn (else
+        ``Conflict``)."""
+        path = f"/api/v1/access-requests/{quote(request_id, safe='')}/withdraw"
+        return AccessRequest.from_json(self.http.json("POST", path))
+
     def list_entitlements(self, ref: str) -> Iterator[Entitlement]:
         """The organisations that may run the model: subscribers and those it is shared
         with, newest first. Needs the admin scope."""
