@@ -134,10 +134,23 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
     required_scope = {"GET": Scope.MODELS_READ, "POST": Scope.MODELS_WRITE}
     statuses = tuple(CompressionJob.Status.values)
 
+    def get_base_queryset(self):
+        queryset = super().get_base_queryset()
+        method = self.request.query_params.get("method")
+        if method and self.request.method == "GET":
+            methods = CompressionJob.Method.values
+            if method not in methods:  # it was ignored: every job was listed
+                raise serializers.ValidationError(
+                    {"method": [f"Filter by one of {', '.join(methods)}, or leave it out."]}
+                )
+            queryset = queryset.filter(method=method)
+        return queryset
+
     @extend_schema(
         parameters=[
             status_parameter(CompressionJob.Status.values),
             OpenApiParameter("model", str, description="owner/name"),
+            OpenApiParameter("method", str, enum=CompressionJob.Method.values),
         ],
         responses=JobSerializer(many=True),
     )

@@ -631,3 +631,15 @@ def test_the_data_sent_with_a_job_is_dropped_after_retention_and_with_its_organi
     assert CompressionJob.objects.get(pk=queued.pk).data is not None  # its worker needs it
     services.tenant_data_erase(tenant=tenant)
     assert CompressionJob.objects.get(pk=queued.pk).data is None
+
+
+def test_jobs_are_listed_by_method(api, mlp_version):
+    """?method= was ignored: every job was listed."""
+    quantized = start(api, "quantize").json()["id"]
+    pruned = start(api, "prune", {"amount": 0.5}).json()["id"]
+
+    listed = api.get(URL, {"method": "prune"})
+    typo = api.get(URL, {"method": "prunning"})
+
+    assert [job["id"] for job in listed.json()["results"]] == [pruned] != [quantized]
+    assert typo.status_code == 400 and "quantize, prune, distill" in typo.json()["detail"]
