@@ -407,7 +407,7 @@ def spend_authorize(
 def _shown(amount: Decimal) -> str:
     """An amount in full, with at least two decimals: 0.056 spent is not "0.06", and a call of
     0.0005 does not cost "0.00"."""
-    whole, _, fraction = f"{amount.normalize():f}".partition(".")
+    whole, _, fraction = f"{amount.quantize(MICRO).normalize():f}".partition(".")
     return f"{whole}.{fraction.ljust(2, '0')}"
 
 
@@ -513,7 +513,8 @@ def _account_authorize(
         spent = selectors.month_spend(consumer=consumer, period=period, currency=currency)
         owed = pending(None, currency) if pending else Decimal(0)
         if spent + owed >= account.spend_cap:
-            running = f", and {_shown(owed)} for work still running" if owed else ""
+            # What running work has cost so far is an estimate: to the cent.
+            running = f", and {owed:.2f} for work still running" if owed else ""
             raise PaymentRequired(
                 f"This month's {currency.upper()} spend ({_shown(spent)}{running}) has reached "
                 f"your spend cap ({_shown(account.spend_cap)}); raise the cap on the dashboard's "
