@@ -140,6 +140,10 @@ class InvoiceLineInline(admin.TabularInline):
     ]
     readonly_fields = fields
 
+    def get_queryset(self, request):
+        # Each line's publisher was read alone: a query per line of the invoice.
+        return super().get_queryset(request).select_related("publisher")
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 

@@ -14,7 +14,10 @@ from billing.models import UsageRecord
 from billing.money import MICRO, from_minor_units
 
 ZERO = Decimal(0)
-SUMMED = ("amount", "platform_fee", "publisher_share", "compute_seconds", "seconds")
+SUMMED = (
+    *("amount", "platform_fee", "publisher_share", "compute_seconds", "seconds"),
+    *("revenue", "platform_fees", "publisher_shares", "credits"),  # platform_money's
+)
 
 
 def _exact(value):
@@ -81,6 +84,13 @@ def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:
     )
 
 
+def usage_records_of(source_ids) -> dict[str, UsageRecord]:
+    """The usage records of these predictions or compression jobs (their public ids), by id,
+    read in one query: a page of them read one each."""
+    records = UsageRecord.objects.filter(source_id__in=list(source_ids))
+    return {r.source_id: r for r in records.only("source_id", "amount", "currency", "free")}
+
+
 def consumer_summary(*, consumer: Tenant, period: date) -> dict:
     """The period's calls, compute seconds and free calls, and its ``spend`` per currency
     (``[{"currency", "amount"}]``, by currency): amounts in different currencies do not add
@@ -116,19 +126,27 @@ def daily_usage(*, consumer: Tenant, days: int = USAGE_CHART_DAYS) -> list[dict]
 
 
 def usage_by(*, consumer: Tenant, period: date, field: str) -> list[dict]:
-    """This period's usage grouped by ``model_ref`` or by ``api_key__name``, and currency."""
+    """This period's usage grouped by ``model_ref`` or by ``api_key``, and currency. By key,
+    each row also names it (``api_key__name``, ``api_key__public_id``, ``api_key__prefix``;
+    None for work started from the dashboard): grouped by name, two keys called alike were
+    one row, which no key's budget could be checked against."""
+    fields = (
+        ("api_key", "api_key__name", "api_key__public_id", "api_key__prefix")
+        if field == "api_key"
+        else (field,)
+    )
     return _exact_rows(
         UsageRecord.objects.filter(consumer=consumer, period=period)
         .exclude(kind=UsageRecord.Kind.CREDIT)
-        .values(field, "currency")
+        .values(*fields, "currency")
         .annotate(calls=Sum("calls"), seconds=Sum("compute_seconds"), amount=Sum("amount"))
-        .order_by("-amount", field, "currency")
+        .order_by("-amount", *fields, "currency")
     )
 
 
 def earnings(*, publisher: Tenant) -> list[dict]:
     """What each listing earned per period: consumers' spend, the platform fee, the share."""
-    return list(
+    return _exact_rows(
         UsageRecord.objects.filter(publisher=publisher)
         .exclude(consumer=publisher)
         .values("period", "model_ref", "currency")
@@ -176,4 +194,15 @@ def platform_money(*, periods: int = 12) -> list[dict]:
             row[key] = row[key] or (0 if key == "calls" else ZERO)
         row["collected"] = from_minor_units(billed.get("collected_cents") or 0, row["currency"])
         row["refunded"] = from_minor_units(billed.get("refunded_cents") or 0, row["currency"])
-    return rows
+    return _exact_rows(rows)
+
+
+def top_consumers(*, period: date, limit: int = 10) -> list[dict]:
+    """The organisations that spent most in ``period``, per currency (the operators' page)."""
+    return _exact_rows(
+        UsageRecord.objects.filter(period=period)
+        .exclude(kind=UsageRecord.Kind.CREDIT)
+        .values("consumer__slug", "currency")
+        .annotate(calls=Sum("calls"), amount=Sum("amount"))
+        .order_by("-amount")[:limit]
+    )

@@ -100,7 +100,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "days": days,
         "chart": _chart(days, peaks),
         "by_model": selectors.usage_by(consumer=tenant, period=period, field="model_ref"),
-        "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key__name"),
+        "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key"),
         "invoices": Invoice.objects.filter(consumer=tenant)[:24],
         "earnings": selectors.earnings(publisher=tenant)[:48],
         "transfers": Transfer.objects.filter(publisher=tenant).select_related("invoice")[:48],

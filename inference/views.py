@@ -22,7 +22,7 @@ from accounts.exceptions import Forbidden, ServiceError, TakenDown
 from accounts.models import MODEL_REF_RE, Scope
 from accounts.tenancy import Access, session_access
 from accounts.views import tenant_required
-from billing.models import UsageRecord
+from billing.selectors import usage_records_of
 from inference import services, tensors
 from inference.models import Prediction, WebhookDelivery
 from inference.runtime.spec import InputError, Signature, TensorSpec
@@ -279,8 +279,7 @@ def _predictions_context(request: HttpRequest, *, model: Model | None = None) ->
             filter_error = f"Filter by owner/name, e.g. acme-ai/strokes; '{typed}' is not one."
         model_ref = ""
     page = Paginator(_predictions(request, model_ref), PAGE_SIZE).get_page(request.GET.get("page"))
-    records = UsageRecord.objects.filter(source_id__in=[p.public_id for p in page])
-    costs = {r.source_id: r for r in records}
+    costs = usage_records_of(p.public_id for p in page)
     for prediction in page:
         record = costs.get(prediction.public_id)
         prediction.cost = record

@@ -233,14 +233,20 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             "alias", "from_version", "to_version"
         )[:50]
     )
-    aliases = list(model.aliases.select_related("version").order_by("name"))
-    # Each alias's last move, newest first: "Roll back" sends it back where it came from.
-    last_moves = {}
-    for move in moves:
-        last_moves.setdefault(move.alias_id, move)
+    # Each alias's own last move: "Roll back" sends it back where it came from. (Taken from
+    # the 50 newest moves of the model, an alias that had not moved lately lost its button.)
+    newest = AliasMove.objects.filter(alias=OuterRef("pk")).order_by("-created_at", "-pk")
+    aliases = list(
+        model.aliases.select_related("version")
+        .annotate(last_move_id=Subquery(newest.values("pk")[:1]))
+        .order_by("name")
+    )
+    last_moves = AliasMove.objects.select_related("from_version").in_bulk(
+        [alias.last_move_id for alias in aliases if alias.last_move_id]
+    )
     is_admin = Scope.ADMIN in request.membership.scopes
     for alias in aliases:
-        last = last_moves.get(alias.pk)
+        last = last_moves.get(alias.last_move_id)
         alias.rollback_to = (
             last.from_version
             if last is not None

@@ -7,12 +7,11 @@ from datetime import timedelta
 
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Count, Sum
+from django.db.models import Count
 from django.shortcuts import render
 from django.utils import timezone
 
-from billing.models import UsageRecord
-from billing.selectors import period_of, platform_money
+from billing.selectors import period_of, platform_money, top_consumers
 from inference.models import CompressionJob, Prediction
 from marketplace.models import ModelVersion
 from workers import heartbeat
@@ -87,11 +86,7 @@ def operations(request):
         .filter(status=CompressionJob.Status.FAILED, created_at__gte=since)
         .order_by("-created_at")[:20],
         "money": platform_money(),
-        "top_consumers": UsageRecord.objects.filter(period=period)
-        .exclude(kind=UsageRecord.Kind.CREDIT)
-        .values("consumer__slug", "currency")
-        .annotate(calls=Sum("calls"), amount=Sum("amount"))
-        .order_by("-amount")[:10],
+        "top_consumers": top_consumers(period=period),
         "period": period,
     }
     return render(request, "admin/operations.html", context)

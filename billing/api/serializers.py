@@ -93,6 +93,11 @@ class UsageRowSerializer(serializers.Serializer):
     currency = serializers.CharField()
 
 
+class KeyUsageRowSerializer(UsageRowSerializer):
+    key_id = serializers.CharField(allow_null=True, help_text="null: from the dashboard")
+    prefix = serializers.CharField(allow_null=True)
+
+
 class SpendSerializer(serializers.Serializer):
     currency = serializers.CharField()
     amount = serializers.CharField(help_text="Exact decimal.")
@@ -113,4 +118,4 @@ class UsageSerializer(serializers.Serializer):
     spend_cap = serializers.CharField(allow_null=True)
     state = serializers.CharField()
     by_model = UsageRowSerializer(many=True)
-    by_key = UsageRowSerializer(many=True)
+    by_key = KeyUsageRowSerializer(many=True)

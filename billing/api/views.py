@@ -75,13 +75,13 @@ class UsageView(APIView):
                 "by_key": [
                     {
                         "key": r["api_key__name"],
+                        "key_id": r["api_key__public_id"],
+                        "prefix": r["api_key__prefix"],
                         "calls": r["calls"],
                         "amount": _amount(r["amount"]),
                         "currency": r["currency"],
                     }
-                    for r in selectors.usage_by(
-                        consumer=tenant, period=period, field="api_key__name"
-                    )
+                    for r in selectors.usage_by(consumer=tenant, period=period, field="api_key")
                 ],
             }
         )

@@ -12,6 +12,7 @@ from accounts.api.views import CreatedCursorPagination, status_parameter
 from accounts.models import MODEL_REF, Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from billing.models import UsageRecord
+from billing.selectors import usage_records_of
 from inference import compression_services as jobs
 from inference.api.predictions import (
     IDEMPOTENCY_KEY_PARAMETER,
@@ -111,10 +112,21 @@ class JobSerializer(serializers.ModelSerializer):
     def get_cost(self, obj: CompressionJob) -> dict | None:
         if obj.status != CompressionJob.Status.SUCCEEDED:
             return None  # failed and cancelled jobs are not billed
-        record = UsageRecord.objects.filter(source_id=obj.public_id).first()
+        if hasattr(obj, "usage_record"):  # read for a whole page (costs_attached)
+            record = obj.usage_record
+        else:
+            record = UsageRecord.objects.filter(source_id=obj.public_id).first()
         if record is None:
             return None
         return {"amount": str(record.amount), "currency": record.currency}
+
+    @staticmethod
+    def costs_attached(jobs: list[CompressionJob]) -> list[CompressionJob]:
+        """A page of jobs with their usage records read in one query (one a job, before)."""
+        records = usage_records_of(job.public_id for job in jobs)
+        for job in jobs:
+            job.usage_record = records.get(job.public_id)
+        return jobs
 
     def get_urls(self, obj: CompressionJob) -> dict:
         base = f"/api/v1/compression-jobs/{obj.public_id}"
@@ -155,7 +167,7 @@ class JobsView(StatusModelFilterMixin, JobScopedMixin, GenericAPIView):
         responses=JobSerializer(many=True),
     )
     def get(self, request):
-        page = self.paginate_queryset(self.get_queryset())
+        page = JobSerializer.costs_attached(self.paginate_queryset(self.get_queryset()))
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
     @extend_schema(

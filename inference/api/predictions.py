@@ -18,6 +18,7 @@ from accounts.exceptions import PayloadTooLarge
 from accounts.models import MODEL_REF, MODEL_REF_RE, Scope
 from accounts.tenancy import TenantScopedMixin
 from billing.models import UsageRecord
+from billing.selectors import usage_records_of
 from inference import services, tensors
 from inference.api.oip import RATE_LIMIT_HEADERS, declared_length
 from inference.models import Prediction
@@ -199,12 +200,9 @@ class PredictionSerializer(serializers.ModelSerializer):
             if p.status == Prediction.Status.SUCCEEDED and not hasattr(p, "known_cost")
         }
         if wanted:
-            records = UsageRecord.objects.filter(source_id__in=wanted).only(
-                "source_id", "amount", "currency", "free"
-            )
-            costs = {record.source_id: _cost(record) for record in records}
+            records = usage_records_of(wanted)
             for public_id, prediction in wanted.items():
-                prediction.known_cost = costs.get(public_id)
+                prediction.known_cost = _cost(records.get(public_id))
         return predictions
 
     def get_urls(self, obj: Prediction) -> dict:

@@ -231,3 +231,42 @@ def test_a_refund_stripe_refuses_is_a_message_not_a_500(
     )
     # Marked so (and audited) before Stripe was asked: refunding it again finishes it.
     assert Invoice.objects.get(pk=invoice.pk).status == Invoice.Status.REFUNDING
+
+
+def test_an_invoices_console_page_costs_the_same_queries_for_many_lines(client, outsider):
+    """Each line's publisher was read alone: 31 queries for an invoice of 25 lines."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.models import Invoice, InvoiceLine
+    from tests.conftest import make_user
+
+    client.force_login(User.objects.create_superuser(email="ops@modelmarket.example", password="x"))
+    invoice = Invoice.objects.create(
+        consumer=outsider, period=date(2026, 10, 1), currency="usd", amount_cents=0
+    )
+
+    def lines(count: int, start: int) -> None:
+        for n in range(start, start + count):
+            publisher = accounts.tenant_create(
+                slug=f"pub{n}", name=f"Pub {n}", owner=make_user(f"o{n}@pub.example")
+            )
+            InvoiceLine.objects.create(
+                invoice=invoice,
+                description=f"line {n}",
+                publisher=publisher,
+                amount="1",
+                amount_cents=100,
+                publisher_cents=80,
+            )
+
+    url = f"/admin/billing/invoice/{invoice.pk}/change/"
+    lines(2, 0)
+    client.get(url)
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(url).status_code == 200
+    lines(6, 2)
+    with CaptureQueriesContext(connection) as many:
+        assert client.get(url).status_code == 200
+
+    assert len(many) == len(few)

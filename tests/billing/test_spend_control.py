@@ -479,3 +479,19 @@ def test_the_402_states_amounts_in_full_and_how_to_raise_the_cap(tenant, outside
         "This month's USD spend (0.0625) has reached your spend cap (0.05); raise the cap on "
         "the dashboard's billing page or with PUT /api/v1/billing/settings."
     )
+
+
+def test_usage_by_key_keeps_keys_that_share_a_name_apart(outsider, paid_clf):
+    """Grouped by name, two keys called alike were one row: neither's spend could be read,
+    nor checked against its own budget."""
+    first, second = key_client(outsider), key_client(outsider)  # both named "test"
+    keys = [outsider.api_keys.get(prefix=c.secret.split("_")[2]) for c in (first, second)]
+    spend(outsider, paid_clf, 1, key=keys[0])
+    spend(outsider, paid_clf, 3, key=keys[1])
+
+    rows = first.get("/api/v1/usage").json()["by_key"]
+
+    assert [(r["key"], r["key_id"], r["prefix"], r["calls"], r["amount"]) for r in rows] == [
+        ("test", keys[1].public_id, keys[1].prefix, 3, "0.750000"),  # most spent first
+        ("test", keys[0].public_id, keys[0].prefix, 1, "0.250000"),
+    ]

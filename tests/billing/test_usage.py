@@ -115,3 +115,22 @@ def test_the_operators_money_view_shows_whole_months_in_every_currency(tenant, o
         (date(2026, 10, 1), "eur"),  # two months asked, two months shown, every currency
         (date(2026, 10, 1), "usd"),
     ]
+
+
+def test_earnings_and_the_operators_money_are_exact_sums(tenant, outsider):
+    """On SQLite the sums were floating point: the publisher's earnings read
+    0.674624999999998 and the operators' page 3.36997500000049, printed as they were."""
+    from billing.selectors import earnings, period_of, platform_money, top_consumers
+    from tests.inference.conftest import listed_classifier
+
+    model = listed_classifier(tenant, outsider, price_per_call="0.1").model
+    for i in range(3):  # 0.1 + 0.1 + 0.1 in binary floating point is 0.30000000000000004
+        record(f"pred_{i}", outsider, model, "0")
+
+    (earned,) = earnings(publisher=tenant)
+    (money,) = platform_money()
+    (top,) = top_consumers(period=period_of())
+
+    assert str(earned["amount"]) == str(money["revenue"]) == str(top["amount"]) == "0.300000"
+    assert earned["platform_fee"] + earned["publisher_share"] == earned["amount"]
+    assert money["platform_fees"] + money["publisher_shares"] == money["revenue"]

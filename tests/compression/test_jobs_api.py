@@ -643,3 +643,25 @@ def test_jobs_are_listed_by_method(api, mlp_version):
 
     assert [job["id"] for job in listed.json()["results"]] == [pruned] != [quantized]
     assert typo.status_code == 400 and "quantize, prune, distill" in typo.json()["detail"]
+
+
+def test_a_page_of_jobs_reads_their_costs_in_one_query(api, tenant, mlp_version):
+    """Each succeeded job read its own usage record: 19 of a page's 20 queries."""
+    from tests.conftest import statements
+
+    def finished(count: int) -> None:
+        for _ in range(count):
+            job = CompressionJob.objects.get(public_id=start(api, "quantize").json()["id"])
+            jobs.job_claim(job)
+            _finish(job, tenant, 0.99)
+
+    finished(2)
+    with statements() as few:
+        two = api.get(URL).json()["results"]
+    finished(3)
+    with statements() as more:
+        five = api.get(URL).json()["results"]
+
+    assert len(more) == len(few)
+    assert [job["cost"] is not None for job in five] == [True] * 5
+    assert two[0]["cost"] == five[3]["cost"]

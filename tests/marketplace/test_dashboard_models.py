@@ -336,6 +336,29 @@ def test_an_admin_moves_production_and_rolls_it_back_from_the_model_page(
     assert moves.count() == 3 and {e.actor_label for e in moves} == {alice.email}
 
 
+def test_an_alias_that_has_not_moved_lately_keeps_its_roll_back(
+    alice_client, alice, tenant, classifier, model_files
+):
+    """The last moves were read from the model's 50 newest: after 50 moves of production,
+    staging's own last move fell out of them and its button went."""
+    for _ in range(2):
+        make_ready(upload_version(classifier, model_files["pt2"], alice))
+    access, actor = owner_access(tenant, alice), Actor(user=alice)
+    one, two = classifier.versions.get(number=1), classifier.versions.get(number=2)
+    for version in (one, two):
+        services.alias_set(
+            model=classifier, name="staging", version=version, access=access, actor=actor
+        )
+    for version in [one, two] * 26:
+        services.alias_set(
+            model=classifier, name="production", version=version, access=access, actor=actor
+        )
+
+    page = html(alice_client.get("/dashboard/models/classifier/"))
+
+    assert page.count("Roll back to v1") == 2  # production's and staging's
+
+
 def test_a_developer_moves_staging_but_not_production(bob, alice, tenant, classifier, model_files):
     for _ in range(2):
         make_ready(upload_version(classifier, model_files["pt2"], alice))

@@ -931,8 +931,9 @@ def cmd_usage(cli: Cli) -> int:
         if usage.by_key:
             table = Table("key", "calls", "amount", box=None)
             for row in usage.by_key:
+                key = f"{row['key']} ({row['prefix']})" if row.get("prefix") else row.get("key")
                 table.add_row(
-                    escape(str(row.get("key") or "(dashboard)")),
+                    escape(str(key or "(dashboard)")),
                     f"{row.get('calls', 0):,}",
                     f"{row['amount']} {row.get('currency', '')}".rstrip(),
                 )
