@@ -59,11 +59,12 @@ def month_spend(
     return _exact(records.aggregate(total=Sum("amount"))["total"]) or ZERO
 
 
-def free_calls_used(*, consumer: Tenant, model, period: date) -> int:
-    """How many of a listing's free calls ``consumer`` has used in ``period``."""
-    return UsageRecord.objects.filter(
-        consumer=consumer, model=model, period=period, free=True
-    ).count()
+def free_calls_used(*, consumer: Tenant, model, period: date, at_most: int | None = None) -> int:
+    """How many of a listing's free calls ``consumer`` has used in ``period``, counted up to
+    ``at_most`` (the allowance: past it, how far past does not matter, and the count would
+    grow with the month's calls)."""
+    used = UsageRecord.objects.filter(consumer=consumer, model=model, period=period, free=True)
+    return (used[:at_most] if at_most is not None else used).count()
 
 
 def rollup(*, consumer: Tenant, period: date, currency: str) -> list[dict]:

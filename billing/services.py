@@ -111,7 +111,9 @@ def usage_record_create(
     fee_percent = listing.platform_fee_percent if listing else Decimal(0)
     free = False
     if listing is not None and not own and listing.free_calls_per_month:
-        used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
+        used = selectors.free_calls_used(
+            consumer=consumer, model=model, period=period, at_most=listing.free_calls_per_month
+        )
         free = used < listing.free_calls_per_month
     compute_seconds = compute_seconds.quantize(MICRO)
     amount = Decimal(0) if free else _money(per_call + per_second * compute_seconds)
@@ -382,7 +384,9 @@ def spend_authorize(
         return listing
     if listing.free_calls_per_month:
         period = selectors.period_of()
-        used = selectors.free_calls_used(consumer=consumer, model=model, period=period)
+        used = selectors.free_calls_used(
+            consumer=consumer, model=model, period=period, at_most=listing.free_calls_per_month
+        )
         if used + (in_flight() if in_flight else 0) < listing.free_calls_per_month:
             return listing  # one of this month's free calls
     currency = listing.currency

@@ -150,7 +150,9 @@ def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Dec
             continue
         calls, free = group["calls"], group["model__listing__free_calls_per_month"] or 0
         if free:
-            used = free_calls_used(consumer=consumer, model=group["model"], period=period)
+            used = free_calls_used(
+                consumer=consumer, model=group["model"], period=period, at_most=free
+            )
             calls = max(0, calls - max(0, free - used))
         seconds = Decimal(str(group["latency_ms"] or 0)) / 1000
         total += calls * (per_call + per_second * seconds)
