@@ -1163,7 +1163,7 @@ def _stripe_event_act(event: StripeEvent) -> None:
 def _enqueue(task: str, *args) -> None:
     from celery import current_app
 
-    current_app.send_task(task, args=list(args), queue="default")
+    current_app.send_task(task, args=list(args), queue="default", ignore_result=True)
 
 
 def billing_resume() -> dict:

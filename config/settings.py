@@ -272,6 +272,8 @@ CELERY_BEAT_SCHEDULE = {
     "expire-uploads": {"task": "marketplace.expire_uploads", "schedule": 15 * 60},
     "purge-prediction-data": {"task": "inference.purge_prediction_data", "schedule": 5 * 60},
     "fail-stuck-predictions": {"task": "inference.fail_stuck_predictions", "schedule": 60},
+    # Webhooks whose sending failed when their prediction finished (Redis was down).
+    "resend-missed-webhooks": {"task": "inference.resend_missed_webhooks", "schedule": 2 * 60},
     # Compression jobs whose worker died while the broker had not redelivered their task.
     "requeue-lost-compression-jobs": {
         "task": "inference.requeue_lost_compression_jobs",

@@ -223,7 +223,11 @@ def _job_data(data: Any, version: ModelVersion) -> bytes:
 def enqueue(job: CompressionJob) -> None:
     from celery import current_app
 
-    current_app.send_task("workers.run_compression", args=[job.public_id], queue=job.queue)
+    # ignore_result: else Celery first waits on the result store, which (Redis down) took 20 s
+    # and answered a 500 where the broker's failure is a 503.
+    current_app.send_task(
+        "workers.run_compression", args=[job.public_id], queue=job.queue, ignore_result=True
+    )
 
 
 def _enqueue_or_fail(job: CompressionJob) -> None:

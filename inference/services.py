@@ -269,7 +269,10 @@ def enqueue(prediction: Prediction) -> None:
     if dispatch.send(settings.INFERENCE_QUEUE, prediction.public_id):
         return
     current_app.send_task(
-        "workers.run_prediction", args=[prediction.public_id], queue=settings.INFERENCE_QUEUE
+        "workers.run_prediction",
+        args=[prediction.public_id],
+        queue=settings.INFERENCE_QUEUE,
+        ignore_result=True,  # else it waits on the result store first (Redis down: 20 s, a 500)
     )
 
 
@@ -389,8 +392,12 @@ def prediction_claim(prediction: Prediction) -> bool:
     if claimed and prediction.webhook_url and "start" in prediction.webhook_events:
         transaction.on_commit(
             lambda: current_app.send_task(
-                "inference.deliver_webhook", args=[prediction.public_id, "start"], queue="default"
-            )
+                "inference.deliver_webhook",
+                args=[prediction.public_id, "start"],
+                queue="default",
+                ignore_result=True,
+            ),
+            robust=True,  # the start is delivered or not; the claim stands either way
         )
     return bool(claimed)
 
@@ -530,17 +537,30 @@ def predictions_fail_stuck() -> int:
 
 def _announce(prediction: Prediction, output: bytes | None = None) -> None:
     """Wake whoever waits for ``prediction``; the worker sends its result along (``output``),
-    a cancellation only says it is done."""
-    if output is None:
-        realtime.publish_done(prediction.public_id)
-    else:
-        realtime.publish_result(prediction.public_id, _result_header(prediction), output)
+    a cancellation only says it is done. Then its webhook, if it has one. Run after commit:
+    neither can undo what was recorded, so a failure of one (Redis down) is logged and does
+    not stop the other; a webhook not sent now goes with the beat's sweep
+    (``webhooks_resend_missed``). Raised, the publish had kept the webhook from being sent
+    at all, and the worker logged the recorded and billed result as a failed write."""
+    try:
+        if output is None:
+            realtime.publish_done(prediction.public_id)
+        else:
+            realtime.publish_result(prediction.public_id, _result_header(prediction), output)
+    except Exception:  # noqa: BLE001 - waiters fall back to the database
+        logger.warning("announcing %s failed", prediction.public_id, exc_info=True)
     if prediction.webhook_url:
         from celery import current_app
 
-        current_app.send_task(
-            "inference.deliver_webhook", args=[prediction.public_id, "completed"], queue="default"
-        )
+        try:
+            current_app.send_task(
+                "inference.deliver_webhook",
+                args=[prediction.public_id, "completed"],
+                queue="default",
+                ignore_result=True,
+            )
+        except Exception:  # noqa: BLE001 - the sweep sends it
+            logger.warning("sending %s's webhook failed", prediction.public_id, exc_info=True)
 
 
 def tenant_data_erase(*, tenant, **_) -> None:

@@ -58,6 +58,17 @@ def deliver_webhook(self, prediction_id: str, event: str = "completed") -> bool:
 
 
 @shared_task(
+    name="inference.resend_missed_webhooks", queue="default", soft_time_limit=60, time_limit=90
+)
+def resend_missed_webhooks() -> int:
+    """Beat, every two minutes: send the webhooks that were not sent when their prediction
+    finished (``inference.webhooks.resend_missed``)."""
+    from inference.webhooks import resend_missed
+
+    return resend_missed()
+
+
+@shared_task(
     name="inference.requeue_lost_compression_jobs",
     queue="default",
     soft_time_limit=60,

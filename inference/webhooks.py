@@ -11,6 +11,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import logging
 import socket
 import time
 from datetime import timedelta
@@ -25,6 +26,8 @@ from accounts.services import Actor, audit_record
 from inference.models import Prediction, WebhookDelivery, WebhookSigningKey
 from marketplace.models import SealedSecret
 from marketplace.vault.sealed import secret_reveal, secret_seal
+
+logger = logging.getLogger(__name__)
 
 # How long a rotated-out secret still signs (a second signature beside the new one's).
 ROTATION_GRACE = timedelta(hours=24)
@@ -224,3 +227,44 @@ def deliver(prediction: Prediction, event: str, attempt: int) -> bool:
         delivered=delivered,
     )
     return delivered
+
+
+# A finished prediction's webhook with no attempt this long after is taken to be lost (its
+# sending failed after the result was recorded: Redis was down); sooner, its task may only be
+# waiting in the queue. Older than a day, it is not sent any more.
+MISSED_AFTER = timedelta(minutes=5)
+MISSED_WITHIN = timedelta(days=1)
+
+
+def resend_missed() -> int:
+    """Send the completed event of every prediction that finished with a webhook and has no
+    attempt recorded for it (``MISSED_AFTER`` to ``MISSED_WITHIN`` ago). Delivery is at least
+    once: a receiver tells a repeat by its ``webhook-id``."""
+    from celery import current_app
+
+    now = timezone.now()
+    missed = (
+        Prediction.objects.filter(
+            status__in=Prediction.TERMINAL,
+            completed_at__lt=now - MISSED_AFTER,
+            completed_at__gte=now - MISSED_WITHIN,
+        )
+        .exclude(webhook_url="")
+        .exclude(deliveries__event="completed")
+        .only("public_id", "webhook_events")
+        .order_by("completed_at")[:1000]
+    )
+    sent = 0
+    for prediction in missed:
+        if "completed" not in prediction.webhook_events:
+            continue
+        current_app.send_task(
+            "inference.deliver_webhook",
+            args=[prediction.public_id, "completed"],
+            queue="default",
+            ignore_result=True,
+        )
+        sent += 1
+    if sent:
+        logger.warning("sent %d webhooks missed when their predictions finished", sent)
+    return sent

@@ -991,7 +991,10 @@ def _enqueue_validation(version_id: str) -> None:
     from celery import current_app
 
     current_app.send_task(
-        "workers.validate_version", args=[version_id], queue=settings.VALIDATION_QUEUE
+        "workers.validate_version",
+        args=[version_id],
+        queue=settings.VALIDATION_QUEUE,
+        ignore_result=True,
     )
 
 

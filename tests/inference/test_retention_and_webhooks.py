@@ -308,3 +308,65 @@ def test_a_start_event_says_running_even_when_delivered_after_the_result(
     assert start["data"]["started_at"] == completed["data"]["started_at"]
     assert completed["data"]["status"] == "succeeded"
     assert completed["data"]["output"] == {"output": [[1.0, 1.0, 1.0]]}
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch) -> list[tuple]:
+    """The tasks sent to the broker, by name and arguments (not sent)."""
+    from celery import current_app
+
+    sent: list[tuple] = []
+    monkeypatch.setattr(
+        current_app, "send_task", lambda name, args=(), **options: sent.append((name, *args))
+    )
+    return sent
+
+
+def test_a_webhook_goes_out_even_when_waking_the_waiters_fails(classifier, sent_tasks, monkeypatch):
+    """Redis down as a prediction finished: the publish raised, so its webhook task was never
+    sent, and the worker logged the recorded, billed result as a failed write."""
+    from inference import realtime
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(realtime, "publish_result", down)
+    prediction = make_prediction(
+        classifier,
+        status=Prediction.Status.SUCCEEDED,
+        webhook_url="https://example.com/hook",
+        webhook_events=["completed"],
+    )
+
+    services._announce(prediction, b"output")
+
+    assert sent_tasks == [("inference.deliver_webhook", prediction.public_id, "completed")]
+
+
+def test_the_beat_sends_webhooks_missed_when_their_predictions_finished(classifier, sent_tasks):
+    now = timezone.now()
+
+    def finished(minutes_ago: float, **fields) -> Prediction:
+        return make_prediction(
+            classifier,
+            status=Prediction.Status.SUCCEEDED,
+            completed_at=now - timedelta(minutes=minutes_ago),
+            **{
+                "webhook_url": "https://example.com/hook",
+                "webhook_events": ["completed"],
+                **fields,
+            },
+        )
+
+    missed = finished(10)
+    tried = finished(10)
+    WebhookDelivery.objects.create(
+        prediction=tried, event="completed", webhook_id="m", attempt=1, error="HTTP 500"
+    )
+    finished(1)  # its task may still be waiting in the queue
+    finished(10, webhook_events=[])  # asked for none
+    finished(10, webhook_url="")
+    finished(60 * 25)  # too old to send now
+
+    assert webhooks.resend_missed() == 1
+    assert sent_tasks == [("inference.deliver_webhook", missed.public_id, "completed")]
