@@ -89,25 +89,31 @@ class QueueDepthCollector:
         from django.conf import settings
 
         from config.celery import app
+        from inference import dispatch
 
-        family = GaugeMetricFamily(
-            "mm_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"]
+        waiting = GaugeMetricFamily(
+            "mm_queue_depth",
+            "Work waiting in each queue (Celery's and the predictions' fast path).",
+            labels=["queue"],
+        )
+        taken = GaugeMetricFamily(
+            "mm_queue_inflight",
+            "Predictions fast-path workers have taken from each queue and not finished.",
+            labels=["queue"],
         )
         try:
             import redis
 
             client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
-            with client.pipeline() as pipe:
-                names = [queue.name for queue in app.conf.task_queues]
-                for name in names:
-                    pipe.llen(name)
-                depths = pipe.execute()
+            depths = dispatch.queue_depths(client, [q.name for q in app.conf.task_queues])
         except Exception:  # noqa: BLE001 - a scrape must not fail on Redis
             logger.warning("queue depth unavailable", exc_info=True)
             return
-        for name, depth in zip(names, depths, strict=True):
-            family.add_metric([name], depth)
-        yield family
+        for name, (depth, inflight) in depths.items():
+            waiting.add_metric([name], depth)
+            taken.add_metric([name], inflight)
+        yield waiting
+        yield taken
 
 
 def multiprocess_dir() -> str | None:

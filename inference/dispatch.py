@@ -74,6 +74,32 @@ def send(queue: str, prediction_id: str) -> bool:
     return True
 
 
+def queue_depths(client, queues: list[str]) -> dict[str, tuple[int, int]]:
+    """Per queue: how many wait (Celery's list and the fast path's together) and how many
+    fast-path workers have taken and not finished. The queue-full check (``limits.admit``)
+    counts the fast path's list; the metrics and the operators' page read only Celery's, and
+    showed 0 while predictions were refused as "queue full"."""
+    with client.pipeline() as pipe:
+        for queue in queues:
+            pipe.llen(queue)
+            pipe.llen(queue_key(queue))
+            pipe.zrange(consumers_key(queue), 0, -1)
+        found = pipe.execute()
+    consumers = {
+        queue: [c.decode() if isinstance(c, bytes) else c for c in found[i * 3 + 2]]
+        for i, queue in enumerate(queues)
+    }
+    with client.pipeline() as pipe:
+        for queue in queues:
+            for consumer in consumers[queue]:
+                pipe.llen(inflight_key(queue, consumer))
+        inflight = iter(pipe.execute())
+    return {
+        queue: (found[i * 3] + found[i * 3 + 1], sum(next(inflight) for _ in consumers[queue]))
+        for i, queue in enumerate(queues)
+    }
+
+
 def send_or_undo(send: Callable[[], None], undo: Callable[[], object]) -> None:
     """``send`` recorded work to the workers; where that fails (Redis or the broker down),
     ``undo`` the record, which nothing would ever run, before the error goes on to the caller

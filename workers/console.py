@@ -17,17 +17,19 @@ from marketplace.models import ModelVersion
 from workers import heartbeat
 
 
-def queue_depths() -> dict[str, int | None]:
-    """Messages waiting per Celery queue; None where Redis did not answer."""
+def queue_depths() -> dict[str, tuple[int, int] | None]:
+    """Per queue, the work waiting and the predictions workers have in hand
+    (``inference.dispatch.queue_depths``); None where Redis did not answer."""
     import redis
     from django.conf import settings
 
     from config.celery import app
+    from inference import dispatch
 
     names = [queue.name for queue in app.conf.task_queues]
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-        return dict(zip(names, [client.llen(name) for name in names], strict=True))
+        return dispatch.queue_depths(client, names)
     except redis.RedisError:
         return dict.fromkeys(names)
 

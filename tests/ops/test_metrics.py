@@ -84,6 +84,31 @@ def test_made_up_methods_are_counted_as_other_not_as_a_series_each(client, staff
     )
 
 
+def test_queue_depth_counts_the_predictions_fast_path_too(client, staff):
+    """The queue-full check counts the fast path's list; the metric read Celery's alone and
+    said 0 while predictions were refused as "queue full"."""
+    from inference import dispatch, realtime
+
+    redis = realtime.client()
+    redis.lpush(dispatch.queue_key("gpu"), "pred_a", "pred_b")
+    redis.zadd(dispatch.consumers_key("gpu"), {"w1": 9e9})
+    redis.lpush(dispatch.inflight_key("gpu", "w1"), "pred_c")
+    User.objects.filter(pk=staff.pk).update(is_superuser=True)  # the operations page too
+    try:
+        text = client.get("/metrics").content.decode()
+        page = client.get("/admin/operations/").content.decode()
+    finally:
+        redis.delete(
+            dispatch.queue_key("gpu"),
+            dispatch.consumers_key("gpu"),
+            dispatch.inflight_key("gpu", "w1"),
+        )
+
+    assert value(text, "mm_queue_depth", queue="gpu") == 2
+    assert value(text, "mm_queue_inflight", queue="gpu") == 1
+    assert "<tr><td>gpu</td><td>2</td><td>1</td></tr>" in page
+
+
 def test_queue_depth_counts_waiting_tasks(client, staff):
     from config.celery import app
 
