@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from django.conf import settings
@@ -42,6 +43,12 @@ UNAVAILABLE = (
     DatabaseOperationalError,
 )
 RETRY_AFTER_SECONDS = "5"
+# What the artifact store (a disk, a mount) answers when it cannot take a write: full, over
+# its quota, read-only, or not ours to write. The caller's request was fine: a 503 to retry
+# (it was a 500), said to the operators in the log.
+STORAGE_REFUSALS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
 
 
 def _flatten(errors, path: str = "") -> list[str]:
@@ -74,6 +81,17 @@ def exception_handler(exc, context):
         set_rollback()
         return Response(
             {"detail": "The service is briefly unavailable; retry shortly.", "code": "unavailable"},
+            status=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    if isinstance(exc, OSError) and exc.errno in STORAGE_REFUSALS:
+        logger.error("API request refused with 503: storage: %s", exc, exc_info=exc)
+        set_rollback()
+        return Response(
+            {
+                "detail": "The model store cannot take writes right now; retry shortly.",
+                "code": "unavailable",
+            },
             status=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )

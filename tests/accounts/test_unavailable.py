@@ -53,3 +53,23 @@ def test_database_error_is_503_with_retry_after(api, monkeypatch):
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "unavailable"
+
+
+def test_a_store_that_cannot_take_writes_is_503_with_retry_after(api, monkeypatch):
+    """A full or read-only artifact store answered an upload with a 500."""
+    import errno
+
+    from marketplace.api import registry
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry.services, "model_create", full)
+    response = api.post("/api/v1/models", {"name": "clf"}, format="json")
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json() == {
+        "detail": "The model store cannot take writes right now; retry shortly.",
+        "code": "unavailable",
+    }
