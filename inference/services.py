@@ -11,7 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Avg, Count
+from django.db.models import Avg, BooleanField, Count
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, Gone, ServiceError
@@ -118,9 +119,22 @@ def admit(access: Access, model: Model, version: ModelVersion) -> dict[str, str]
     )
 
 
+# The partial index's own condition, as SQL with its values written in: SQLite uses a partial
+# index only for a query whose WHERE holds that same condition, and a bound "status IN (?, ?)"
+# is not (the admission check then read every prediction of the consumer: 34-52 ms at
+# 10,000). The values are our constants, not input.
+_IN_FLIGHT = RawSQL(  # noqa: S611 - no input in it: the table's name and our status words
+    f'"{Prediction._meta.db_table}"."status" IN ('
+    + ", ".join(f"'{status}'" for status in Prediction.UNFINISHED if status.isalpha())
+    + ")",
+    [],
+    output_field=BooleanField(),
+)
+
+
 def _unfinished(consumer):
     """The consumer's predictions admitted and not finished (a partial index covers them)."""
-    return Prediction.objects.filter(tenant=consumer, status__in=Prediction.UNFINISHED)
+    return Prediction.objects.filter(tenant=consumer).filter(_IN_FLIGHT)
 
 
 def pending_spend(*, consumer, api_key=None, currency: str | None = None) -> Decimal:

@@ -495,3 +495,21 @@ def test_usage_by_key_keeps_keys_that_share_a_name_apart(outsider, paid_clf):
         ("test", keys[1].public_id, keys[1].prefix, 3, "0.750000"),  # most spent first
         ("test", keys[0].public_id, keys[0].prefix, 1, "0.250000"),
     ]
+
+
+def test_in_flight_work_is_read_from_its_partial_index(outsider):
+    """Each paid call's admission sums the consumer's queued and running predictions. A bound
+    "status IN (?, ?)" is not the partial index's own condition, so SQLite read every
+    prediction the consumer ever made instead (34-52 ms at 10,000)."""
+    from django.db import connection
+
+    from inference.services import _unfinished
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's rule; PostgreSQL plans with the values bound")
+    sql, params = _unfinished(outsider).values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+
+    assert "USING INDEX prediction_in_flight" in plan
