@@ -39,8 +39,11 @@ class PredictionAdmin(OperatorActions, ReadOnlyAdmin):
         "completed_at",
     ]
     list_filter = ["status", "error_kind", "source"]
-    search_fields = ["public_id", "tenant__slug", "model__name", "error"]
-    date_hierarchy = "created_at"
+    # Ids and names, not the error text (a scan of every row's message), and no count of the
+    # whole table or month drill-down (each a pass over every row): at 20,000 predictions the
+    # page took 343 ms, and a search 501 ms.
+    search_fields = ["=public_id", "tenant__slug", "model__name"]
+    show_full_result_count = False
     list_select_related = ["tenant", "model__tenant"]
     exclude = ["input_data", "output_data", "request_hash"]
     actions = ["retry", "cancel"]
