@@ -314,6 +314,7 @@ def _refused(prediction, reason: str) -> str | None:
         return None  # cancelled, finished, or a redelivery of finished work
     error = f"Not run: {reason}"
     WRITES.run(lambda: inference.prediction_fail(prediction, error=error, kind="refused"))
+    _count_prediction(prediction, "failed")  # mm_predictions_total missed these
     return "failed"
 
 

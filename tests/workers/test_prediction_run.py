@@ -257,11 +257,19 @@ def test_work_queued_before_its_access_ended_is_not_run_nor_billed(tenant, outsi
     assert prediction_run(prediction_id=queued_for(version, outsider).public_id) == "succeeded"
     waiting = queued_for(version, outsider)
 
+    from prometheus_client import REGISTRY
+
+    def failed() -> float:
+        labels = {"model": "acme/clf", "status": "failed"}
+        return REGISTRY.get_sample_value("mm_predictions_total", labels) or 0
+
     change(version)
+    before = failed()
     outcome = prediction_run(prediction_id=waiting.public_id)
 
     waiting.refresh_from_db()
     assert outcome == "failed" and waiting.error_kind == "refused"
+    assert failed() == before + 1  # counted in mm_predictions_total
     assert waiting.error.startswith("Not run: ") and said in waiting.error
     assert waiting.compute_ms is None and waiting.output_data is None
     assert not UsageRecord.objects.filter(source_id=waiting.public_id).exists()
