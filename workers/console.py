@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
 from django.db.models import Count
@@ -52,6 +53,24 @@ def _workers() -> list[dict]:
     return seen
 
 
+def _with_ages(rows) -> list:
+    """Unfinished predictions or jobs with how long they have waited or run, and whether the
+    beat's sweeps will take them as lost: a job whose heartbeat stopped, a prediction past
+    ``MM_PREDICTION_STUCK_SECONDS`` (the page showed counts alone, and a lost job's row looked
+    as a live one's)."""
+    now = timezone.now()
+    rows = list(rows)
+    for row in rows:
+        row.age = (now - (row.started_at or row.created_at)).total_seconds()
+        beat = getattr(row, "heartbeat_at", None)
+        row.silent = (now - beat).total_seconds() if beat else None
+        if isinstance(row, CompressionJob):
+            row.lost = row.silent is not None and row.silent > settings.COMPRESSION_JOB_LOST_SECONDS
+        else:
+            row.lost = row.started_at is not None and row.age > settings.PREDICTION_STUCK_SECONDS
+    return rows
+
+
 def _counts(model, since) -> dict[str, int]:
     rows = model.objects.filter(created_at__gte=since).values("status").annotate(n=Count("pk"))
     return {row["status"]: row["n"] for row in rows}
@@ -77,9 +96,19 @@ def operations(request):
         "workers": _workers(),
         "predictions": _counts(Prediction, since),
         "jobs": _counts(CompressionJob, since),
-        "running_jobs": CompressionJob.objects.select_related("model__tenant")
-        .filter(status=CompressionJob.Status.RUNNING)
-        .order_by("started_at")[:20],
+        "running_jobs": _with_ages(
+            CompressionJob.objects.select_related("model__tenant")
+            .filter(status=CompressionJob.Status.RUNNING)
+            .order_by("started_at")[:20]
+        ),
+        "unfinished_predictions": _with_ages(
+            Prediction.objects.select_related("model__tenant", "tenant")
+            .defer("input_data", "output_data")
+            .filter(status__in=Prediction.UNFINISHED)
+            .order_by("created_at")[:20]
+        ),
+        "stuck_after": settings.PREDICTION_STUCK_SECONDS,
+        "lost_after": settings.COMPRESSION_JOB_LOST_SECONDS,
         "failed_predictions": Prediction.objects.select_related("model__tenant", "tenant")
         .defer("input_data", "output_data")
         .filter(status=Prediction.Status.FAILED, created_at__gte=since)

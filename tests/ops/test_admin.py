@@ -5,11 +5,13 @@ audit row."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import numpy as np
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -333,6 +335,19 @@ def test_operations_page_shows_queues_workers_failures_and_money(
             compute_seconds=Decimal("0.01"),
         )
     failed_prediction(tenant, clf)
+    long_ago = timezone.now() - timedelta(hours=2)
+    stuck = Prediction.objects.create(
+        tenant=outsider, model=clf.model, version=clf, status="running", started_at=long_ago
+    )
+    lost_job = CompressionJob.objects.create(
+        tenant=tenant,
+        model=clf.model,
+        version=clf,
+        method="quantize",
+        status="running",
+        started_at=long_ago,
+        heartbeat_at=long_ago,
+    )
     settings.WORKER_HEARTBEAT_SECONDS = 5
     heartbeat.beat(name="cpu@box-7", queues=["default", "cpu"])
     with statements() as sql:
@@ -343,6 +358,11 @@ def test_operations_page_shows_queues_workers_failures_and_money(
     text = page.content.decode()
     assert page.status_code == 200
     assert "cpu@box-7" in text and "cpu, default" in text
+    # Work in flight, oldest first, with its age: the page gave counts alone.
+    unfinished = text[text.index('id="unfinished-predictions"') :]
+    assert stuck.public_id in unfinished and "stuck" in unfinished
+    running = text[text.index('id="running-jobs"') :]
+    assert lost_job.public_id in running and "lost" in running
     assert "The model host failed: crash" in text
     # 4 calls at 0.50: 2.00 of revenue, the platform's 20 % and the publisher's 80 %.
     money = text[text.index('id="money"') :]
