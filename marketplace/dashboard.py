@@ -14,7 +14,8 @@ from decimal import Decimal
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import OuterRef, Prefetch, Subquery
+from django.core.paginator import Paginator
+from django.db.models import OuterRef, Prefetch, Q, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -150,15 +151,40 @@ def _tenant_model(request: HttpRequest, name: str) -> Model:
     )
 
 
-def _versions_context(model: Model) -> dict:
-    versions = list(
+# The model page shows the newest versions and those an alias names or being validated; the
+# rest on asking (?versions=all). It rendered every one, and reloaded them all every 5 s while
+# one validated: 593 KB and 345 ms for a model of 1,000 versions.
+VERSIONS_SHOWN = 50
+MODELS_PER_PAGE = 100
+
+
+def _versions_context(model: Model, request: HttpRequest) -> dict:
+    all_versions = (
         model.versions.select_related("artifact", "created_by")
         .prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name")))
         .order_by("-number")
     )
+    show_all = request.GET.get("versions") == "all"
+    versions = list(all_versions if show_all else all_versions[:VERSIONS_SHOWN])
+    total = len(versions)
+    if not show_all and total == VERSIONS_SHOWN:
+        total = model.versions.count()
+        named = all_versions.filter(
+            Q(aliases__isnull=False) | Q(status=ModelVersion.Status.VALIDATING),
+            number__lt=versions[-1].number,
+        ).distinct()
+        versions += list(named)
     validating = any(v.status == ModelVersion.Status.VALIDATING for v in versions)
     aliasable = [v for v in versions if v.status in ALIASABLE and not v.past_sunset]
-    return {"model": model, "versions": versions, "validating": validating, "aliasable": aliasable}
+    return {
+        "model": model,
+        "versions": versions,
+        "validating": validating,
+        "aliasable": aliasable,
+        "versions_hidden": total - len(versions),
+        "versions_total": total,
+        "versions_all": show_all,
+    }
 
 
 @tenant_required()
@@ -192,7 +218,9 @@ def model_list(request: HttpRequest) -> HttpResponse:
         )
         .order_by("name")
     )
-    context = {"models": models, "form": form, "can_write": _can_write(request)}
+    # A page at a time: all of an organisation's models made a page of 548 KB at 2,000.
+    page = Paginator(models, MODELS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {"models": page, "page": page, "form": form, "can_write": _can_write(request)}
     return render(request, "models/list.html", context)
 
 
@@ -227,7 +255,7 @@ def _compress_form(request: HttpRequest, model: Model) -> dict:
 @tenant_required()
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = _tenant_model(request, name)
-    versions = _versions_context(model)
+    versions = _versions_context(model, request)
     moves = list(
         AliasMove.objects.filter(alias__model=model).select_related(
             "alias", "from_version", "to_version"
@@ -451,7 +479,7 @@ def model_versions(request: HttpRequest, name: str) -> HttpResponse:
     (swapped out of band), keeping the version chosen there (``?version=``)."""
     model = _tenant_model(request, name)
     context = {
-        **_versions_context(model),
+        **_versions_context(model, request),
         "compress_oob": _can_write(request),
         "compress": {"version": request.GET.get("version", "")},
     }

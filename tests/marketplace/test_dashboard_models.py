@@ -4,6 +4,7 @@ see them."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -852,3 +853,48 @@ def test_a_form_sent_after_switching_organisation_in_another_tab_changes_nothing
     )
     # Each form of Acme's pages says whose it is.
     assert all('<input type="hidden" name="org" value="acme">' in page for page in acme_pages)
+
+
+def test_the_model_page_shows_the_newest_versions_and_those_with_aliases(
+    alice_client, alice, tenant, classifier, model_files, monkeypatch
+):
+    """It rendered every version (593 KB for 1,000), and reloaded them all every 5 s while
+    one validated."""
+    from marketplace import dashboard
+
+    monkeypatch.setattr(dashboard, "VERSIONS_SHOWN", 3)
+    for _ in range(6):
+        make_ready(upload_version(classifier, model_files["pt2"], alice))
+    access, actor = owner_access(tenant, alice), Actor(user=alice)
+    services.alias_set(
+        model=classifier,
+        name="production",
+        version=classifier.versions.get(number=1),
+        access=access,
+        actor=actor,
+    )
+
+    page = html(alice_client.get("/dashboard/models/classifier/"))
+    everything = html(alice_client.get("/dashboard/models/classifier/?versions=all"))
+
+    shown = set(re.findall(r'id="version-(\d+)"', page))
+    assert shown == {"6", "5", "4", "1"}  # the newest three, and production's
+    assert "2 older versions not shown." in page and "Show all 6" in page
+    assert set(re.findall(r'id="version-(\d+)"', everything)) == {str(n) for n in range(1, 7)}
+
+
+def test_the_models_page_lists_an_organisations_models_a_page_at_a_time(
+    alice_client, tenant, monkeypatch
+):
+    from marketplace import dashboard
+
+    monkeypatch.setattr(dashboard, "MODELS_PER_PAGE", 2)
+    for name in ("alpha", "beta", "gamma"):
+        services.model_create(tenant=tenant, name=name, actor=accounts.SYSTEM)
+
+    first = html(alice_client.get("/dashboard/models/"))
+    second = html(alice_client.get("/dashboard/models/?page=2"))
+
+    assert "acme/alpha" in first and "acme/beta" in first and "acme/gamma" not in first
+    assert "Page 1 of 2" in first and 'href="?page=2">Next' in first
+    assert "acme/gamma" in second and "acme/alpha" not in second
