@@ -55,6 +55,9 @@ class Prediction(models.Model):
     request_hash = models.CharField(max_length=64, blank=True)
     webhook_url = models.URLField(max_length=2000, blank=True)
     webhook_events = models.JSONField(default=list, blank=True)
+    # The id of the request that made it (X-Request-ID), for the worker's log lines: the fast
+    # path carries the prediction's id alone, and sweeps send it again long after.
+    request_id = models.CharField(max_length=128, blank=True, default="")  # as config.logs takes
     # The listing's terms it was admitted under (null: free, or the consumer's own model): it
     # is billed at no more than these, whatever the publisher changes while it waits.
     admitted_price_per_call = models.DecimalField(

@@ -20,6 +20,7 @@ from accounts.models import ALL_SCOPES, Scope, Tenant
 from accounts.tenancy import Access
 from billing.services import spend_authorize, usage_record_create
 from config import sql
+from config.logs import current_request_id
 from inference import catalog, dispatch, limits, realtime, tensors
 from inference.models import CompressionJob, Prediction, WebhookSigningKey
 from inference.runtime.spec import Signature
@@ -223,6 +224,7 @@ def prediction_create(
                 webhook_events=webhook_events or [],
                 idempotency_key=idempotency_key,
                 request_hash=body_hash,
+                request_id=current_request_id() or "",
             )
             for field, value in admitted_fields(terms).items():
                 setattr(prediction, field, value)

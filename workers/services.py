@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts.models import Tenant
 from config import sql
+from config.logs import bind_request_id, current_request_id, unbind_request_id
 from config.metrics import PREDICTION_LATENCY, PREDICTIONS, model_label
 from marketplace.models import ModelVersion
 from marketplace.services import (
@@ -238,6 +239,16 @@ def prediction_run(*, prediction_id: str, defer_when_stalled: bool = False) -> s
     if tenant is None:  # deleted since (and the prediction with it): nothing to run
         return None
     prediction.tenant = tenant
+    # Its lines in the log carry the id of the request that made it, however it came here
+    # (the fast path carries the prediction's id alone; a Celery task its own header).
+    token = bind_request_id(prediction.request_id or current_request_id() or prediction.public_id)
+    try:
+        return _run_bound(prediction, defer_when_stalled)
+    finally:
+        unbind_request_id(token)
+
+
+def _run_bound(prediction, defer_when_stalled: bool) -> str | None:
     try:
         runnable = _runnable(prediction)
     except Refused as exc:

@@ -349,6 +349,21 @@ def test_a_key_limited_to_one_model_reaches_nothing_of_the_others(api, tenant, c
     assert CompressionJob.objects.count() == 1
 
 
+def test_a_prediction_keeps_the_id_of_the_request_that_made_it(api, classifier):
+    """For the worker's log lines (workers.services.prediction_run binds it): the fast path
+    carries the prediction's id alone."""
+    longest = "rid-" + "7" * 124  # the longest id the web takes (128)
+    made = api.post(
+        "/api/v1/predictions",
+        {"model": "acme/clf", "input": {"x": [[1, 2, 3, 4]]}},
+        format="json",
+        HTTP_X_REQUEST_ID=longest,
+    )
+
+    assert made.status_code == 201 and made["X-Request-ID"] == longest
+    assert Prediction.objects.get(public_id=made.json()["id"]).request_id == longest
+
+
 def test_outsider_cannot_run_or_see_private_models_or_predictions(api, outsider_api, classifier):
     assert run(outsider_api, "acme/clf", [[1, 2, 3, 4]], wait=None).status_code == 404
     mine = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None).json()
