@@ -625,28 +625,21 @@ def test_what_a_model_prints_reaches_the_worker_as_it_is_printed_under_its_predi
 
     version, _host = printing(tenant, Says(), "said", 6)
 
+    def said_running(prediction) -> list[tuple[str, str]]:
+        caplog.clear()  # validation's six lines, or the run before
+        with caplog.at_level(logging.INFO, logger="workers.host.output"):
+            prediction_run(prediction_id=prediction.public_id)
+            deadline = time.monotonic() + 10
+            while not [r for r in caplog.records if r.name == "workers.host.output"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        said = [r for r in caplog.records if r.name == "workers.host.output"]
+        return [(r.getMessage(), r.request_id) for r in said]
+
     prediction = queued(version, np.ones((1, 4), np.float32))
-    caplog.clear()  # validation's six lines
-    with caplog.at_level(logging.INFO, logger="workers.host.output"):
-        prediction_run(prediction_id=prediction.public_id)
-        deadline = time.monotonic() + 10
-        while not [r for r in caplog.records if r.name == "workers.host.output"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-
-    said = [r for r in caplog.records if r.name == "workers.host.output"]
-    assert [(r.getMessage(), r.request_id) for r in said] == [("said", prediction.public_id)]
-
+    assert said_running(prediction) == [("said", prediction.public_id)]
     # Made by a request with an id (X-Request-ID), the worker's lines carry that: the fast
     # path gave them the prediction's id alone, which no web log line named.
     asked = queued(version, np.ones((1, 4), np.float32))
     type(asked).objects.filter(pk=asked.pk).update(request_id="rid-says-1")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="workers.host.output"):
-        prediction_run(prediction_id=asked.public_id)
-        deadline = time.monotonic() + 10
-        while not [r for r in caplog.records if r.name == "workers.host.output"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    said = [r for r in caplog.records if r.name == "workers.host.output"]
-    assert [(r.getMessage(), r.request_id) for r in said] == [("said", "rid-says-1")]
+    assert said_running(asked) == [("said", "rid-says-1")]
