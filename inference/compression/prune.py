@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from inference.compression import NotApplicable
+from inference.runtime import architectures
 from inference.runtime.architectures import MLP, SmallCNN
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -153,7 +154,7 @@ def _prune_cnn(model: SmallCNN, amount: float, norm: int, config: dict[str, Any]
         channels=[len(keep1), len(keep2)],
         hidden=len(keep3),
     )
-    pruned = SmallCNN(**config)
+    pruned = architectures.build("small_cnn", config)  # a config may name the input
     pruned.conv1.weight.copy_(model.conv1.weight[keep1])
     pruned.conv1.bias.copy_(model.conv1.bias[keep1])
     pruned.conv2.weight.copy_(model.conv2.weight[keep2][:, keep1])
@@ -179,7 +180,7 @@ def _prune_mlp(model: MLP, amount: float, norm: int, config: dict[str, Any]) -> 
         classes=linears[-1].out_features,
         dropout=dropout,
     )
-    pruned = MLP(**config)
+    pruned = architectures.build("mlp", config)
     rows: list[torch.Tensor | None] = [*keeps, None]
     columns: list[torch.Tensor | None] = [None, *keeps]
     new_linears = [m for m in pruned.net if isinstance(m, nn.Linear)]

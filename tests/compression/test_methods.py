@@ -439,3 +439,15 @@ def test_the_student_size_limit_counts_what_torch_builds(name, config):
     built = sum(p.numel() for p in build(name, config).parameters())
 
     assert student_parameters(name, config) == built
+
+
+def test_a_student_that_names_its_input_can_be_pruned_and_keeps_the_name():
+    """A distilled student keeps its teacher's input name in its config; structured pruning
+    built the pruned model from that config and failed on the unknown setting."""
+    from inference.runtime.architectures import build
+
+    config = {"in_features": FEATURES, "hidden": [64, 32], "classes": CLASSES, "input_name": "x"}
+
+    pruned = prune.channel_prune(build("mlp", config), 0.5, config=config)
+
+    assert pruned.config["input_name"] == "x" and pruned.config["hidden"] == [32, 16]
