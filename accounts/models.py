@@ -280,21 +280,27 @@ class ApiKey(models.Model):
         )
 
 
-class SignInFailure(models.Model):
-    """A failed sign-in, kept while the throttle counts it (``accounts.throttle``)."""
+class AuthAttempt(models.Model):
+    """A failed sign-in or a password reset asked for, kept while the throttle counts it
+    (``accounts.throttle``)."""
 
+    class Kind(models.TextChoices):
+        SIGN_IN_FAILED = "sign_in_failed", "Failed sign-in"
+        PASSWORD_RESET = "password_reset", "Password reset asked for"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     email = models.CharField(max_length=254)
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         indexes = [
-            models.Index(fields=["email", "created_at"], name="signin_failure_email"),
-            models.Index(fields=["ip", "created_at"], name="signin_failure_ip"),
+            models.Index(fields=["kind", "email", "created_at"], name="auth_attempt_email"),
+            models.Index(fields=["kind", "ip", "created_at"], name="auth_attempt_ip"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.email} from {self.ip} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.kind} {self.email} from {self.ip} at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
 class AuditEvent(models.Model):

@@ -1,12 +1,17 @@
-"""Failed sign-ins, counted per address and per client address over a window: past either
-limit, signing in is refused (the right password too) until the window has moved on.
+"""Failed sign-ins and asked-for password resets, counted per address and per client address
+over a window (``MM_SIGNIN_THROTTLE_MINUTES``).
 
-Every sign-in goes through Django's ``authenticate`` (the dashboard, the operators' console),
-so the check is an authentication backend placed first (``SignInThrottle``): it answers
-before the password is looked at, and its refusal is a failed sign-in like any other. The
-failures are recorded from Django's ``user_login_failed`` signal, each also in the audit log
-of the organisations the address belongs to. Rows live in the database, which every web
-process shares, and go once a day old.
+- Past either limit of failed sign-ins, signing in is refused (the right password too) until
+  the window has moved on. Every sign-in goes through Django's ``authenticate`` (the
+  dashboard, the operators' console), so the check is an authentication backend placed first
+  (``SignInThrottle``): it answers before the password is looked at, and its refusal is a
+  failed sign-in like any other. Failures are recorded from Django's ``user_login_failed``
+  signal, each also in the audit log of the organisations the address belongs to.
+- Past either limit of password resets, the reset form answers as always and sends nothing:
+  anyone could have mailed any address a reset link every second, and the form must not tell
+  which addresses have accounts.
+
+Rows live in the database, which every web process shares, and go once a day old.
 """
 
 from __future__ import annotations
@@ -17,23 +22,30 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
-from accounts.models import SignInFailure, User
+from accounts.models import AuthAttempt, User
 from accounts.tenancy import client_ip
 
+Kind = AuthAttempt.Kind
 
-def _recent(email: str, ip: str | None) -> tuple[int, int]:
+
+def _limits(kind: str) -> tuple[int, int]:
+    if kind == Kind.PASSWORD_RESET:
+        return settings.PASSWORD_RESETS_PER_ACCOUNT, settings.PASSWORD_RESETS_PER_IP
+    return settings.SIGNIN_FAILURES_PER_ACCOUNT, settings.SIGNIN_FAILURES_PER_IP
+
+
+def over_limit(kind: str, email: str, ip: str | None) -> bool:
     since = timezone.now() - settings.SIGNIN_THROTTLE_WINDOW
-    rows = SignInFailure.objects.filter(created_at__gte=since)
-    by_email = rows.filter(email=email).count()
-    by_ip = rows.filter(ip=ip).count() if ip else 0
-    return by_email, by_ip
+    rows = AuthAttempt.objects.filter(kind=kind, created_at__gte=since)
+    per_account, per_ip = _limits(kind)
+    if rows.filter(email=email.strip().lower()).count() >= per_account:
+        return True
+    return bool(ip) and rows.filter(ip=ip).count() >= per_ip
 
 
 def locked(email: str, ip: str | None) -> bool:
-    by_email, by_ip = _recent(email.strip().lower(), ip)
-    return by_email >= settings.SIGNIN_FAILURES_PER_ACCOUNT or by_ip >= (
-        settings.SIGNIN_FAILURES_PER_IP
-    )
+    """Whether signing in as ``email`` from ``ip`` is refused now."""
+    return over_limit(Kind.SIGN_IN_FAILED, email, ip)
 
 
 def refusal() -> str:
@@ -44,25 +56,36 @@ def refusal() -> str:
     )
 
 
+def record(kind: str, *, email: str, ip: str | None) -> None:
+    now = timezone.now()
+    AuthAttempt.objects.create(kind=kind, email=email.strip().lower(), ip=ip, created_at=now)
+    AuthAttempt.objects.filter(created_at__lt=now - timedelta(days=1)).delete()
+
+
 def record_failure(*, email: str, ip: str | None) -> None:
     """A failed sign-in: counted, and audited for the organisations of the address (not once
     the limit holds: an attacker's further tries add nothing)."""
     from accounts.services import user_audit
 
-    email = email.strip().lower()
     if locked(email, ip):
         return
-    now = timezone.now()
-    SignInFailure.objects.create(email=email, ip=ip, created_at=now)
-    SignInFailure.objects.filter(created_at__lt=now - timedelta(days=1)).delete()
-    user = User.objects.filter(email__iexact=email).first()
+    record(Kind.SIGN_IN_FAILED, email=email, ip=ip)
+    user = User.objects.filter(email__iexact=email.strip()).first()
     if user is not None:
         user_audit(user=user, action="user.login_failed", ip=ip)
 
 
+def reset_allowed(*, email: str, ip: str | None) -> bool:
+    """Whether a password reset e-mail may go to ``email`` now; counted when it may."""
+    if over_limit(Kind.PASSWORD_RESET, email, ip):
+        return False
+    record(Kind.PASSWORD_RESET, email=email, ip=ip)
+    return True
+
+
 def forget(email: str) -> None:
     """A successful sign-in clears the address's failures."""
-    SignInFailure.objects.filter(email=email.strip().lower()).delete()
+    AuthAttempt.objects.filter(kind=Kind.SIGN_IN_FAILED, email=email.strip().lower()).delete()
 
 
 class SignInThrottle:

@@ -12,13 +12,13 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from rest_framework.permissions import SAFE_METHODS
 
-from accounts import services
+from accounts import services, throttle
 from accounts.exceptions import ServiceError
 from accounts.forms import (
     ApiKeyForm,
@@ -140,6 +140,9 @@ class PasswordResetView(auth_views.PasswordResetView):
     (a wildcard domain, an internal name behind the proxy) sent the victim's token there."""
 
     def form_valid(self, form):
+        # Over the limit it answers as always, sending nothing (accounts/throttle.py).
+        if not throttle.reset_allowed(email=form.cleaned_data["email"], ip=client_ip(self.request)):
+            return HttpResponseRedirect(self.get_success_url())
         self.extra_email_context = {"site_url": settings.SITE_URL.rstrip("/")}
         return super().form_valid(form)
 

@@ -449,6 +449,9 @@ INVITATION_TTL = timedelta(days=int(env("MM_INVITATION_TTL_DAYS", "7")))
 SIGNIN_THROTTLE_WINDOW = timedelta(minutes=int(env("MM_SIGNIN_THROTTLE_MINUTES", "15")))
 SIGNIN_FAILURES_PER_ACCOUNT = int(env("MM_SIGNIN_FAILURES_PER_ACCOUNT", "10"))
 SIGNIN_FAILURES_PER_IP = int(env("MM_SIGNIN_FAILURES_PER_IP", "50"))
+# Password reset e-mails in the same window: to one address, and asked for from one client.
+PASSWORD_RESETS_PER_ACCOUNT = int(env("MM_PASSWORD_RESETS_PER_ACCOUNT", "3"))
+PASSWORD_RESETS_PER_IP = int(env("MM_PASSWORD_RESETS_PER_IP", "20"))
 
 # --- Observability (config/logs.py, config/metrics.py) ----------------------------------------
 # MM_LOG_FORMAT=json: one JSON object per line, each with the request id; default plain text.

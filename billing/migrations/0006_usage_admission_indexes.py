@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('accounts', '0004_signin_failures'),
+        ('accounts', '0003_actor_label_fits_an_email'),
         ('billing', '0005_invoice_refunding'),
         ('marketplace', '0012_version_deprecated_at'),
     ]

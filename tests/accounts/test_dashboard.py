@@ -18,10 +18,10 @@ from accounts.models import (
     ALL_SCOPES,
     ApiKey,
     AuditEvent,
+    AuthAttempt,
     Invitation,
     Membership,
     Role,
-    SignInFailure,
     Tenant,
     User,
 )
@@ -249,11 +249,11 @@ def test_repeated_failed_sign_ins_lock_the_address_for_a_while(client, alice, te
     failed = AuditEvent.objects.filter(tenant=tenant, action="user.login_failed")
     assert failed.count() == 5  # the refused tries add nothing
 
-    SignInFailure.objects.update(created_at=timezone.now() - settings.SIGNIN_THROTTLE_WINDOW)
+    AuthAttempt.objects.update(created_at=timezone.now() - settings.SIGNIN_THROTTLE_WINDOW)
     after = client.post("/login/", {"username": alice.email, "password": PASSWORD})
     console = Client().post("/admin/login/", {"username": alice.email, "password": PASSWORD})
     assert after.status_code == 302 and console.status_code == 302
-    assert not SignInFailure.objects.filter(email=alice.email).exists()  # cleared by it
+    assert not AuthAttempt.objects.filter(email=alice.email).exists()  # cleared by it
 
 
 def test_failed_sign_ins_from_one_address_lock_that_client_out(client, alice, tenant, settings):
@@ -946,3 +946,18 @@ def test_password_changes_and_resets_are_in_the_organisations_log(
         ("user.password_change", alice.email),
         ("user.password_reset", alice.email),
     ]
+
+
+def test_password_reset_emails_to_one_address_are_limited_and_the_page_says_the_same(
+    client, alice, settings, mailoutbox
+):
+    """Anyone could mail any address a reset link every second. Past the limit the form
+    answers as always (it must not tell which addresses have accounts) and sends nothing."""
+    settings.PASSWORD_RESETS_PER_ACCOUNT = 2
+    answers = [client.post("/password/reset/", {"email": alice.email}) for _ in range(4)]
+    other = Client(REMOTE_ADDR="192.0.2.9").post("/password/reset/", {"email": "bob@acme.example"})
+
+    assert [a.status_code for a in answers] == [302] * 4
+    assert len({a["Location"] for a in answers}) == 1
+    assert [m.to for m in mailoutbox] == [[alice.email], [alice.email]]
+    assert other.status_code == 302  # no account there: the same answer, no e-mail
