@@ -34,6 +34,7 @@ from billing.models import (
 from billing.money import MICRO, from_minor_units, minor_units
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
 from config import sql
+from marketplace.listings import money_text
 from marketplace.models import Listing, Model
 
 ALERT_AT = Decimal("0.8")
@@ -408,11 +409,10 @@ def spend_authorize(
     return listing
 
 
-def _shown(amount: Decimal) -> str:
-    """An amount in full, with at least two decimals: 0.056 spent is not "0.06", and a call of
-    0.0005 does not cost "0.00"."""
-    whole, _, fraction = f"{amount.quantize(MICRO).normalize():f}".partition(".")
-    return f"{whole}.{fraction.ljust(2, '0')}"
+def _shown(amount: Decimal, currency: str) -> str:
+    """An amount of a 402's message, in full at the ledger's precision (``money_text``: 0.056
+    spent is not "0.06", and a call of 0.0005 does not cost "0.00")."""
+    return money_text(amount.quantize(MICRO), currency)
 
 
 def _key_budget_authorize(
@@ -437,14 +437,14 @@ def _key_budget_authorize(
     if owed >= budget.monthly_limit:
         raise PaymentRequired(
             f"API key {api_key.prefix} has used its monthly budget "
-            f"({_shown(budget.monthly_limit)}); raise it or use another key."
+            f"({_shown(budget.monthly_limit, currency)}); raise it or use another key."
         )
     if price and owed + price[1] > budget.monthly_limit:
         what, cost = price
         raise PaymentRequired(
-            f"{what} costs {_shown(cost)}, more than API key {api_key.prefix} has left of its "
-            f"monthly budget ({_shown(budget.monthly_limit - owed)} of "
-            f"{_shown(budget.monthly_limit)}); raise it or use another key."
+            f"{what} costs {_shown(cost, currency)}, more than API key {api_key.prefix} has "
+            f"left of its monthly budget ({_shown(budget.monthly_limit - owed, currency)} of "
+            f"{_shown(budget.monthly_limit, currency)}); raise it or use another key."
         )
     if spent >= budget.monthly_limit * ALERT_AT and budget.alerted_period != period:
         _alert_once(
@@ -520,17 +520,18 @@ def _account_authorize(
             # What running work has cost so far is an estimate: to the cent.
             running = f", and {owed:.2f} for work still running" if owed else ""
             raise PaymentRequired(
-                f"This month's {currency.upper()} spend ({_shown(spent)}{running}) has reached "
-                f"your spend cap ({_shown(account.spend_cap)}); raise the cap on the dashboard's "
-                "billing page or with PUT /api/v1/billing/settings."
+                f"This month's {currency.upper()} spend ({_shown(spent, currency)}{running}) has "
+                f"reached your spend cap ({_shown(account.spend_cap, currency)}); raise the cap on "
+                "the dashboard's billing page or with PUT /api/v1/billing/settings."
             )
         if price and spent + owed + price[1] > account.spend_cap:
             what, cost = price
             raise PaymentRequired(
-                f"{what} costs {_shown(cost)} {currency.upper()}, more than this month's spend "
-                f"leaves under your spend cap ({_shown(account.spend_cap - spent - owed)} of "
-                f"{_shown(account.spend_cap)}); raise the cap on the dashboard's billing page "
-                "or with PUT /api/v1/billing/settings."
+                f"{what} costs {_shown(cost, currency)} {currency.upper()}, more than this month's "
+                "spend leaves under your spend cap "
+                f"({_shown(account.spend_cap - spent - owed, currency)} of "
+                f"{_shown(account.spend_cap, currency)}); raise the cap on the dashboard's billing "
+                "page or with PUT /api/v1/billing/settings."
             )
         if spent >= account.spend_cap * ALERT_AT and account.cap_alerted_period != period:
             _alert_once(account=account, period=period, spent=spent, limit=account.spend_cap)
