@@ -187,7 +187,7 @@ class TenantAdmin(OperatorActions, ConsoleAdmin):
     list_filter = ["status"]
     search_fields = ["slug", "name"]
     # The slug is the owner in every model address, allowlist and group name: fixed here.
-    readonly_fields = ["slug", "group", "created_at", "status", "suspended_reason"]
+    readonly_fields = ["slug", "group", "created_at", "status", "suspended_reason", "deleted_at"]
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "reactivate"]
 
@@ -197,17 +197,35 @@ class TenantAdmin(OperatorActions, ConsoleAdmin):
 
     @admin.action(description="Suspend selected organisations", permissions=["operate"])
     def suspend(self, request, queryset):
-        for tenant in queryset:
-            services.tenant_suspend(
-                tenant=tenant, reason="Suspended by an operator.", actor=operator_actor(request)
-            )
-        messages.success(request, f"Suspended {queryset.count()} organisation(s).")
+        self._each(
+            request,
+            queryset,
+            "Suspended",
+            lambda tenant, actor: services.tenant_suspend(
+                tenant=tenant, reason="Suspended by an operator.", actor=actor
+            ),
+        )
 
     @admin.action(description="Reactivate selected organisations", permissions=["operate"])
     def reactivate(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            "Reactivated",
+            lambda tenant, actor: services.tenant_reactivate(tenant=tenant, actor=actor),
+        )
+
+    def _each(self, request, queryset, done: str, change) -> None:
+        changed = 0
         for tenant in queryset:
-            services.tenant_reactivate(tenant=tenant, actor=operator_actor(request))
-        messages.success(request, f"Reactivated {queryset.count()} organisation(s).")
+            try:
+                change(tenant, operator_actor(request))
+            except Conflict as refusal:
+                messages.error(request, str(refusal))
+                continue
+            changed += 1
+        if changed:
+            messages.success(request, f"{done} {changed} organisation(s).")
 
 
 @admin.register(Membership)

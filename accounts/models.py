@@ -107,6 +107,10 @@ class Tenant(models.Model):
     name = models.CharField(max_length=100)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     suspended_reason = models.CharField(max_length=500, blank=True)
+    # Set when the organisation is deleted but its billing rows must stay
+    # (``marketplace.vault.store.tenant_destroy``): its keys are destroyed and it holds nothing
+    # else, so it stays suspended for good.
+    deleted_at = models.DateTimeField(null=True, blank=True)
     # django-guardian grants to a tenant go to this group; members are its users.
     group = models.OneToOneField(Group, on_delete=models.PROTECT, related_name="tenant")
     created_at = models.DateTimeField(default=timezone.now)

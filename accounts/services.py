@@ -219,8 +219,18 @@ def _forget_tenant_keys(tenant_pk: int) -> None:
     transaction.on_commit(lambda: keycache.forget_tenant(tenant_pk))
 
 
+def _refuse_deleted(tenant: Tenant, doing: str) -> None:
+    if tenant.deleted_at is not None:
+        raise Conflict(
+            f"The organisation {tenant.slug} was deleted on {tenant.deleted_at:%Y-%m-%d}: its "
+            f"data keys are destroyed and only its billing records remain, so it cannot be "
+            f"{doing}."
+        )
+
+
 @transaction.atomic
 def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
+    _refuse_deleted(tenant, "suspended again")
     tenant.status = Tenant.Status.SUSPENDED
     tenant.suspended_reason = reason
     tenant.save(update_fields=["status", "suspended_reason"])
@@ -233,6 +243,7 @@ def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
 
 @transaction.atomic
 def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
+    _refuse_deleted(tenant, "reactivated")
     tenant.status = Tenant.Status.ACTIVE
     tenant.suspended_reason = ""
     tenant.save(update_fields=["status", "suspended_reason"])

@@ -577,3 +577,5 @@ def _erase_keeping_records(tenant: Tenant, actor: Actor) -> None:
         "records are kept.",
         actor=actor,
     )
+    tenant.deleted_at = now
+    tenant.save(update_fields=["deleted_at"])

@@ -304,3 +304,46 @@ def test_the_console_keeps_the_only_owner_of_an_organisation(client, operator, t
 
     assert User.objects.filter(pk=alice.pk).exists()
     assert tenant.memberships.filter(user=alice, role="owner").exists()
+
+
+def test_a_deleted_organisation_whose_billing_rows_stay_cannot_be_reactivated(
+    client, operator, tenant, outsider
+):
+    """Deleting an organisation that served another's predictions keeps its ledger rows under
+    a suspended shell with its keys destroyed. The console's Reactivate used to make that shell
+    active again: an organisation with no members whose versions could never be decrypted."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.services import SYSTEM
+    from inference.models import Prediction
+    from marketplace import services as registry
+    from marketplace.models import ModelVersion
+    from marketplace.vault.store import artifact_create
+
+    model = registry.model_create(tenant=tenant, name="m", actor=SYSTEM)
+    version = ModelVersion.objects.create(
+        model=model,
+        number=1,
+        format="torchscript",
+        status="ready",
+        artifact=artifact_create(tenant=tenant, chunks=[b"weights"]),
+    )
+    Prediction.objects.create(tenant=outsider, model=model, version=version, batch_size=1)
+    call_command("delete_tenant", tenant.slug, "--yes", stdout=StringIO())
+    deleted = Tenant.objects.get(pk=tenant.pk)
+    assert deleted.deleted_at is not None and deleted.status == "suspended"
+
+    for action in ("reactivate", "suspend"):
+        response = client.post(
+            "/admin/accounts/tenant/",
+            {"action": action, "_selected_action": [tenant.pk]},
+            follow=True,
+        )
+        assert "cannot be" in response.content.decode()
+        assert "was deleted on" in response.content.decode()
+    after = Tenant.objects.get(pk=tenant.pk)
+    assert after.status == "suspended"
+    assert after.suspended_reason == deleted.suspended_reason
+    assert not AuditEvent.objects.filter(action="tenant.reactivate").exists()
