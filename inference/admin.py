@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
+from accounts.api.errors import UNAVAILABLE
 from accounts.exceptions import ServiceError
 from inference import operations
 from inference.models import AbuseFlag, CompressionJob, Prediction
@@ -13,15 +14,29 @@ from inference.models import AbuseFlag, CompressionJob, Prediction
 
 def _each(request, queryset, act, done: str) -> None:
     succeeded = 0
+    unsent = []
     for obj in queryset:
         try:
             act(obj)
         except ServiceError as exc:
             messages.error(request, exc.message)
+        except UNAVAILABLE as exc:
+            # The change committed; handing the work to the queue (after the commit) failed:
+            # Redis or the broker is down. The beat's sweeps send queued work that no worker
+            # took (``predictions_resend_queued``, ``jobs_requeue_lost``). It was a 500 page.
+            unsent.append((obj.public_id, type(exc).__name__))
+            succeeded += 1
         else:
             succeeded += 1
     if succeeded:
         messages.success(request, f"{done} {succeeded}.")
+    if unsent:
+        ids = ", ".join(public_id for public_id, _ in unsent)
+        messages.warning(
+            request,
+            f"The queue could not be reached ({unsent[0][1]}: is Redis up?), so {ids} "
+            "wait(s) queued: the beat sends queued work again once the queue answers.",
+        )
 
 
 @admin.register(Prediction)

@@ -163,6 +163,39 @@ def test_operator_retries_a_failed_prediction_and_cancels_a_queued_one(
     assert cancelled[0].target_id == queued.public_id
 
 
+@pytest.mark.django_db(transaction=True)  # the hand-off runs after the real commit
+def test_a_retry_while_redis_is_down_says_so_and_leaves_the_prediction_queued(
+    console, tenant, clf, monkeypatch
+):
+    """The retry commits, then handing the prediction to the queue fails: that was a 500 page,
+    with the prediction queued and nothing said. The beat's sweep sends it once Redis is
+    back; the operator is told."""
+    import redis
+    from celery import current_app
+
+    from inference import dispatch
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to localhost:6379")
+
+    monkeypatch.setattr(dispatch, "send", lambda queue, prediction_id: False)
+    monkeypatch.setattr(current_app, "send_task", down)
+    failed = failed_prediction(tenant, clf)
+
+    response = console.post(
+        "/admin/inference/prediction/",
+        {"action": "retry", "_selected_action": [str(failed.pk)]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "The queue could not be reached (ConnectionError: is Redis up?)" in page
+    assert failed.public_id in page
+    failed.refresh_from_db()
+    assert failed.status == "queued" and len(audited("prediction.retry")) == 1
+
+
 @pytest.mark.parametrize("change", ["yank", "take_down", "share_revoked", "suspend", "spend_cap"])
 def test_a_prediction_is_not_retried_where_a_new_request_would_be_refused(
     console, tenant, outsider, clf, change, settings
