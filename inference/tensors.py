@@ -226,6 +226,12 @@ def to_json(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return {name: json_values(array) for name, array in arrays.items()}
 
 
+def datatypes(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each output's datatype as the v2 protocol names it (``FP32``), which its nested lists
+    do not carry."""
+    return {name: DATATYPE[array.dtype] for name, array in arrays.items()}
+
+
 def json_values(array: np.ndarray) -> list | Any:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         values = array.astype(object)

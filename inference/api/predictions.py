@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import URLValidator
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
@@ -120,6 +120,7 @@ class PredictionSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.ref")
     version = serializers.IntegerField(source="version.number")
     output = serializers.SerializerMethodField()
+    output_datatypes = serializers.SerializerMethodField()
     metrics = serializers.SerializerMethodField()
     cost = serializers.SerializerMethodField()
     urls = serializers.SerializerMethodField()
@@ -133,6 +134,7 @@ class PredictionSerializer(serializers.ModelSerializer):
             "status",
             "source",
             "output",
+            "output_datatypes",
             "error",
             "error_kind",
             "metrics",
@@ -149,13 +151,15 @@ class PredictionSerializer(serializers.ModelSerializer):
         """The fields above, built directly: DRF's generic path (building and copying fifteen
         field objects per response) cost more than the rest of a prediction's response.
         ``test_representation_matches_the_declared_fields`` pins it to that path."""
+        arrays = self._outputs(obj)
         return {
             "id": obj.public_id,
             "model": obj.model.ref,
             "version": obj.version.number,
             "status": obj.status,
             "source": obj.source,
-            "output": self.get_output(obj),
+            "output": None if arrays is None else tensors.to_json(arrays),
+            "output_datatypes": None if arrays is None else tensors.datatypes(arrays),
             "error": obj.error,
             "error_kind": obj.error_kind,
             "metrics": self.get_metrics(obj),
@@ -167,10 +171,37 @@ class PredictionSerializer(serializers.ModelSerializer):
             "data_purged_at": _datetime(obj.data_purged_at),
         }
 
-    def get_output(self, obj: Prediction) -> dict | None:
+    @staticmethod
+    def _outputs(obj: Prediction) -> dict | None:
         if obj.status != Prediction.Status.SUCCEEDED or obj.output_data is None:
             return None
-        return tensors.to_json(tensors.decode(obj.output_data))
+        return tensors.decode(obj.output_data)
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": {},
+            "description": "Each output by name, as nested lists (NaN and infinities as "
+            "null); null until the prediction succeeded, and once its data was purged.",
+        }
+    )
+    def get_output(self, obj: Prediction) -> dict | None:
+        arrays = self._outputs(obj)
+        return None if arrays is None else tensors.to_json(arrays)
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": {"type": "string", "enum": list(tensors.NUMPY)},
+            "description": "Each output's datatype (FP32, INT64, ...): JSON numbers do not "
+            "say whether 1.0 was a float32 or a float64.",
+        }
+    )
+    def get_output_datatypes(self, obj: Prediction) -> dict | None:
+        arrays = self._outputs(obj)
+        return None if arrays is None else tensors.datatypes(arrays)
 
     def get_metrics(self, obj: Prediction) -> dict:
         return {

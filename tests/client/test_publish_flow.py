@@ -55,9 +55,12 @@ def test_push_alias_publish_and_predict_from_the_command_line(
 
     assert predicted.code == 0, predicted.err
     assert predicted.json()["status"] == "succeeded"
+    assert predicted.json()["output_datatypes"] == {"output": "FP32"}
     module = torch.export.load(io.BytesIO(model_files["pt2"])).module()
     expected = module(torch.from_numpy(x).float()).detach().numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5)
+    saved = np.load(tmp_path / "y.npy")
+    np.testing.assert_allclose(saved, expected, atol=1e-5)
+    assert saved.dtype == np.float32  # the model's float32, not JSON's float64
 
     shown = mm("predict", "acme/clf:production", "--data", "[[1, 2, 3, 4]]")
     assert shown.code == 0, shown.err
@@ -122,6 +125,6 @@ def test_nan_goes_to_the_api_and_comes_back_as_nan(
         "predict", "acme/clf", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")
     )
 
-    assert output.dtype.kind == "f" and output.shape == (1, 3) and np.isnan(output).all()
+    assert output.dtype == np.float32 and output.shape == (1, 3) and np.isnan(output).all()
     assert saved.code == 0, saved.err
     assert np.isnan(np.load(tmp_path / "y.npy")).all()

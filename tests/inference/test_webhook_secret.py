@@ -186,6 +186,7 @@ django.setup()
 from django.core.management import call_command
 from django.db import connection
 call_command("migrate", "inference", "0011", verbosity=0)
+call_command("migrate", "accounts", verbosity=0)  # the organisation is made with today's model
 from accounts import services
 owner = services.User.objects.create_user("o@old.example")
 tenant = services.tenant_create(slug="old", name="Old", owner=owner)

@@ -613,7 +613,7 @@ def cmd_predict(cli: Cli) -> int:
             raise_on_failure=False,
         )
     if args.output and prediction.status == "succeeded":
-        tensors.save_output(prediction.output or {}, args.output)
+        tensors.save_output(prediction.output or {}, args.output, prediction.output_datatypes)
         cli.say(f"Saved the output to {args.output}.")
     cli.emit(prediction.raw, lambda: _print_prediction(cli, prediction))
     if prediction.status in ("failed", "canceled"):

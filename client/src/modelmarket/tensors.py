@@ -66,13 +66,31 @@ def _lists(value: Any, name: str) -> Any:
     return _json_numbers(listed, name)
 
 
-def to_array(values: Any) -> Any:
-    """An output's nested lists as a numpy array, ``null`` (how JSON carries NaN and the
-    infinities) read as NaN: ``np.asarray`` made an array of Python objects of them, which
-    no numpy function takes and ``.npy`` files refuse."""
+# The v2 protocol's datatypes numpy has (it has no bfloat16).
+NUMPY_DTYPES = {
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def to_array(values: Any, datatype: str | None = None) -> Any:
+    """An output's nested lists as a numpy array of its ``datatype`` (the server's
+    ``output_datatypes``: without it a float32 output came back float64), ``null`` (how JSON
+    carries NaN and the infinities) read as NaN: ``np.asarray`` made an array of Python
+    objects of them, which no numpy function takes and ``.npy`` files refuse."""
     np = require_numpy()
+    dtype = NUMPY_DTYPES.get(datatype or "")
     array = np.asarray(values)
-    return np.asarray(values, dtype=np.float64) if array.dtype == object else array
+    if array.dtype == object:
+        array = np.asarray(values, dtype=np.float64)
+    return array.astype(dtype, copy=False) if dtype else array
 
 
 def to_payload(inputs: Any) -> Any:
@@ -131,15 +149,17 @@ def parse_json(text: str, where: str = "--data") -> Any:
         raise UsageError(f"The input in {where} is not JSON: {exc}.") from None
 
 
-def save_output(arrays: dict[str, Any], path: str) -> None:
-    """Write outputs to ``.npy`` (the only output) or ``.npz`` (all, by name), or ``.json``."""
+def save_output(arrays: dict[str, Any], path: str, datatypes: dict[str, str] | None = None) -> None:
+    """Write outputs to ``.npy`` (the only output) or ``.npz`` (all, by name), or ``.json``;
+    arrays in their ``datatypes``."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".json":
         file.write_text(json.dumps(arrays))
         return
     np = require_numpy()
-    values = {name: to_array(value) for name, value in arrays.items()}
+    types = datatypes or {}
+    values = {name: to_array(value, types.get(name)) for name, value in arrays.items()}
     if suffix == ".npy":
         if len(values) != 1:
             raise UsageError(f"The model has {len(values)} outputs; save them to a .npz file.")

@@ -306,6 +306,7 @@ class Prediction:
     version: int
     status: str
     output: dict[str, Any] | None
+    output_datatypes: dict[str, str] | None
     error: str
     error_kind: str
     metrics: dict[str, Any]
@@ -319,11 +320,14 @@ class Prediction:
         return self.status in self.TERMINAL
 
     def arrays(self) -> dict[str, Any]:
-        """The outputs as numpy arrays (needs the ``numpy`` extra); ``null`` values, which
-        is how JSON carries NaN and infinities, are NaN."""
+        """The outputs as numpy arrays of the model's datatypes (needs the ``numpy`` extra);
+        ``null`` values, which is how JSON carries NaN and infinities, are NaN."""
         from modelmarket.tensors import to_array
 
-        return {name: to_array(value) for name, value in (self.output or {}).items()}
+        types = self.output_datatypes or {}
+        return {
+            name: to_array(value, types.get(name)) for name, value in (self.output or {}).items()
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Prediction:
@@ -333,6 +337,7 @@ class Prediction:
             version=data.get("version") or 0,
             status=data["status"],
             output=data.get("output"),
+            output_datatypes=data.get("output_datatypes"),
             error=data.get("error") or "",
             error_kind=data.get("error_kind") or "",
             metrics=dict(data.get("metrics") or {}),
