@@ -12,14 +12,15 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.exceptions import ServiceError
-from accounts.models import Scope
+from accounts.models import ApiKey, Scope
 from accounts.tenancy import request_actor
 from accounts.views import tenant_required
 from billing import selectors
@@ -28,6 +29,7 @@ from billing.models import Invoice, Transfer
 from billing.services import (
     account_for,
     connect_onboarding_start,
+    key_budget_set,
     payment_method_confirm,
     payment_setup_start,
     spend_cap_set,
@@ -86,6 +88,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Spend cap saved.")
             return redirect("billing_dashboard:home")
     summary = selectors.consumer_summary(consumer=tenant, period=period)
+    by_key = selectors.usage_by(consumer=tenant, period=period, field="api_key")
     days = selectors.daily_usage(consumer=tenant)
     peaks: dict[str, Decimal] = {}
     for day in days:
@@ -100,7 +103,9 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "days": days,
         "chart": _chart(days, peaks),
         "by_model": selectors.usage_by(consumer=tenant, period=period, field="model_ref"),
-        "by_key": selectors.usage_by(consumer=tenant, period=period, field="api_key"),
+        "by_key": by_key,
+        "budgets": _key_budgets(tenant, by_key),
+        "can_set_budgets": request.membership.can_manage,
         "invoices": Invoice.objects.filter(consumer=tenant)[:24],
         "earnings": selectors.earnings(publisher=tenant)[:48],
         "transfers": Transfer.objects.filter(publisher=tenant).select_related("invoice")[:48],
@@ -109,6 +114,62 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "payment_method_required": settings.PAYMENT_METHOD_REQUIRED,
     }
     return render(request, "billing/home.html", context)
+
+
+MAX_BUDGET_KEYS = 200  # an organisation's live keys shown with their budgets
+
+
+def _key_budgets(tenant, by_key: list[dict]) -> list[dict]:
+    """Each live key with its monthly budget (None for none) and what it spent this month, per
+    currency (a budget holds for each currency's spend alone)."""
+    spent: dict[str, list[dict]] = {}
+    for row in by_key:
+        if row["api_key"] is not None:
+            spent.setdefault(row["api_key__public_id"], []).append(row)
+    keys = (
+        ApiKey.objects.filter(ApiKey.active_q(), tenant=tenant)
+        .select_related("budget")
+        .order_by("name", "created_at")[:MAX_BUDGET_KEYS]
+    )
+    return [
+        {
+            "key": key,
+            "limit": key.budget.monthly_limit if hasattr(key, "budget") else None,
+            "spent": spent.get(key.public_id, []),
+        }
+        for key in keys
+    ]
+
+
+class KeyBudgetForm(forms.Form):
+    monthly_limit = forms.DecimalField(
+        required=False, min_value=Decimal(0), decimal_places=2, max_digits=12
+    )
+
+
+@tenant_required(manage=True)
+@require_POST
+def key_budget(request: HttpRequest, key_id: str) -> HttpResponse:
+    """Set or clear one key's monthly budget (owners and admins, as the API's ``admin``
+    scope). It could only be set through ``PUT /api/v1/keys/{id}/budget``."""
+    key = ApiKey.objects.filter(ApiKey.active_q(), tenant=request.tenant, public_id=key_id)
+    key = key.first()
+    if key is None:
+        raise Http404("No such live API key in this organisation.")
+    form = KeyBudgetForm(request.POST)
+    if not form.is_valid():
+        problems = " ".join(m for errors in form.errors.values() for m in errors)
+        messages.error(request, f"The budget of {key.name} was not changed: {problems}")
+    else:
+        limit = form.cleaned_data["monthly_limit"]
+        key_budget_set(key=key, limit=limit, actor=request_actor(request))
+        messages.success(
+            request,
+            f"{key.name} has no budget now."
+            if limit is None
+            else f"{key.name} may spend {limit} a month.",
+        )
+    return redirect(f"{reverse('billing_dashboard:home')}#budgets")
 
 
 def _chart(days: list[dict], peaks: dict[str, Decimal]) -> list[dict]:

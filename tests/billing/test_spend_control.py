@@ -227,6 +227,59 @@ def test_bad_limits_are_400s_and_limits_need_their_scopes(outsider):
     assert budget.status_code == 403 and "'admin'" in budget.json()["detail"]
 
 
+def test_an_admin_sets_and_clears_a_keys_budget_in_the_dashboard(
+    charlie, outsider, tenant, paid_clf
+):
+    """A key's budget could be set and read only through the API: the billing page now lists
+    each live key with this month's spend and, for owners and admins, its budget to edit."""
+    capped = key_client(outsider)
+    capped_key = outsider.api_keys.get(prefix=capped.secret.split("_")[2])
+    page = Client()
+    page.force_login(charlie)
+    url = f"/dashboard/billing/keys/{capped_key.public_id}/budget/"
+
+    saved = page.post(url, {"monthly_limit": "0.50"}, follow=True)
+    spend(outsider, paid_clf, 2, key=capped_key)
+    refused = predict(capped)
+    shown = page.get("/dashboard/billing/").content.decode()
+    negative = page.post(url, {"monthly_limit": "-1"}, follow=True).content.decode()
+    still = key_client(outsider).get(f"/api/v1/keys/{capped_key.public_id}/budget").json()
+    cleared = page.post(url, {"monthly_limit": ""}, follow=True).content.decode()
+
+    assert f"{capped_key.name} may spend 0.50 a month." in saved.content.decode()
+    assert refused.status_code == 402 and "used its monthly budget" in refused.json()["detail"]
+    budgets = shown.split('id="key-budgets"', 1)[1]
+    row = budgets.split(f"mm_live_{capped_key.prefix}_", 1)[1].split("</tr>", 1)[0]
+    assert "0.50 USD" in row and 'value="0.50"' in row
+    assert "was not changed" in negative and still == {"monthly_limit": "0.50"}
+    assert f"{capped_key.name} has no budget now." in cleared
+    assert predict(capped).status_code == 201
+
+
+def test_only_owners_and_admins_set_budgets_and_only_on_their_own_keys(
+    alice, bob, tenant, outsider
+):
+    from billing.models import KeyBudget
+
+    ours = key_client(tenant)
+    ours_key = tenant.api_keys.get(prefix=ours.secret.split("_")[2])
+    theirs = key_client(outsider)
+    theirs_key = outsider.api_keys.get(prefix=theirs.secret.split("_")[2])
+    owner, developer = Client(), Client()
+    owner.force_login(alice)
+    developer.force_login(bob)
+
+    by_developer = developer.post(
+        f"/dashboard/billing/keys/{ours_key.public_id}/budget/", {"monthly_limit": "1"}
+    )
+    other_org = owner.post(
+        f"/dashboard/billing/keys/{theirs_key.public_id}/budget/", {"monthly_limit": "1"}
+    )
+
+    assert by_developer.status_code == 403 and other_org.status_code == 404
+    assert not KeyBudget.objects.exists()
+
+
 def test_the_billing_role_sets_the_cap_in_the_dashboard_and_a_developer_cannot(alice, bob, tenant):
     dana = make_user("dana@acme.example")
     accounts.membership_add(tenant=tenant, user=dana, role=Role.BILLING, actor=accounts.SYSTEM)
