@@ -383,6 +383,7 @@ def spend_authorize(
         )
     if listing is None or listing.is_free:
         return listing
+    admission_lock(consumer)
     if listing.free_calls_per_month:
         period = selectors.period_of()
         used = selectors.free_calls_used(
@@ -407,6 +408,16 @@ def spend_authorize(
         price=(f"A call of {model.ref}", listing.price_per_call),
     )
     return listing
+
+
+def admission_lock(consumer: Tenant) -> None:
+    """Hold the consumer's row until the caller's transaction ends, which must also record the
+    work admitted (its prediction or job): the checks above count what is recorded, and two
+    admissions that each counted before the other was recorded could both take the last free
+    call or the last room under a cap or budget (a review helper's 8 parallel calls were all
+    admitted with room for one, and a burst got free calls billed with no payment method).
+    On SQLite every write transaction already runs alone (``BEGIN IMMEDIATE``)."""
+    list(Tenant.objects.select_for_update().filter(pk=consumer.pk).values_list("pk", flat=True))
 
 
 def _shown(amount: Decimal, currency: str) -> str:

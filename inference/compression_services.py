@@ -95,16 +95,18 @@ def job_create(
         raise ValidationError({"params": [str(exc)]}) from None
     except NotApplicable as exc:
         raise Unprocessable(str(exc)) from None
-    # Billed per compute-second: 402 if unpayable, counting what its running jobs cost so far.
-    # After the checks: a request that could never run is the caller's to fix first (400).
-    compute_authorize(
-        consumer=access.tenant,
-        api_key=access.key,
-        running_seconds=lambda key: _running_seconds(access, key),
-    )
     try:
         with transaction.atomic():
             _refuse_past_active_limit(access)
+            # Billed per compute-second: 402 if unpayable, counting what its running jobs cost
+            # so far. After the checks: a request that could never run is the caller's to fix
+            # first (400). Under the tenant's row lock taken above, so jobs started at once
+            # each count the others.
+            compute_authorize(
+                consumer=access.tenant,
+                api_key=access.key,
+                running_seconds=lambda key: _running_seconds(access, key),
+            )
             job = CompressionJob.objects.create(
                 tenant=access.tenant,
                 model=model,

@@ -197,20 +197,22 @@ def prediction_create(
         if existing is not None:
             return existing, False
     batch = tensors.check(signature(version), arrays)
-    terms = spend_authorize(
-        consumer=access.tenant,
-        model=model,
-        api_key=access.key,
-        pending=lambda key, currency: pending_spend(
-            consumer=access.tenant, api_key=key, currency=currency
-        ),
-        in_flight=lambda: _unfinished(access.tenant).filter(model=model).count(),
-    )
     # Started (up to 1 s, once per process) before the write transaction, not inside it.
     shared = realtime.listener() if wait else None
     prediction = None
     try:
         with transaction.atomic():
+            # In the transaction that records it: paid work is admitted one at a time per
+            # consumer (``billing.services.admission_lock``), each counting the one before.
+            terms = spend_authorize(
+                consumer=access.tenant,
+                model=model,
+                api_key=access.key,
+                pending=lambda key, currency: pending_spend(
+                    consumer=access.tenant, api_key=key, currency=currency
+                ),
+                in_flight=lambda: _unfinished(access.tenant).filter(model=model).count(),
+            )
             prediction = Prediction(
                 tenant=access.tenant,
                 api_key=access.key,
