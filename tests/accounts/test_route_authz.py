@@ -278,6 +278,9 @@ ROUTES: dict[str, dict[str, Rule]] = {
     },
     "dashboard/billing/payment-method/": {"GET": page(BILL_W, while_suspended=True)},
     "dashboard/billing/connect/": {"POST": page(manage=True)},
+    "dashboard/billing/keys/{key_id}/budget/": {
+        "POST": page(manage=True, target="tenant", body={"monthly_limit": "5"})
+    },
     # --- catalogue pages: public; the actions refuse with a message on the listing's page
     "catalogue/": {"GET": PUBLIC},
     "catalogue/{owner}/{name}/": {"GET": Rule("public", target="model", anon=404)},
