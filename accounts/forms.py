@@ -8,6 +8,7 @@ from django.utils.text import slugify
 
 from accounts import throttle
 from accounts.models import ALL_SCOPES, MODEL_REF_RE, Role, Scope, User
+from accounts.services import EMAIL_TAKEN
 from accounts.tenancy import client_ip
 
 
@@ -19,7 +20,7 @@ class SignupForm(forms.Form):
     def clean_email(self) -> str:
         email = self.cleaned_data["email"].strip().lower()
         if User.objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("An account with this email exists; sign in instead.")
+            raise forms.ValidationError(EMAIL_TAKEN)
         return email
 
     def clean(self):

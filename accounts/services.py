@@ -133,9 +133,18 @@ def _named_in_data(event: AuditEvent) -> str:
 # --- users ----------------------------------------------------------------------------------
 
 
+EMAIL_TAKEN = "An account with this email exists; sign in instead."
+
+
 @transaction.atomic
 def user_create(*, email: str, password: str, name: str = "") -> User:
-    user = User.objects.create_user(email=email, password=password, name=name)
+    """A new account; a ValidationError on ``email`` when the address has one, also when a
+    concurrent sign-up (a double-clicked button) made it after the form's check."""
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:
+        raise ValidationError({"email": EMAIL_TAKEN}) from None
     audit_record(action="user.signup", actor=Actor(user=user), tenant=None, target=user)
     return user
 
@@ -312,6 +321,9 @@ def invitation_create(
     """Invite ``email`` with ``role``; returns the invitation and its one-time token."""
     email = email.strip().lower()
     _member_locked(tenant, actor)
+    # Two managers inviting one address at once each found no open invitation to replace,
+    # and both stayed open: invitations to the organisation are made one at a time.
+    list(Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True))
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})

@@ -123,11 +123,17 @@ def signup(request: HttpRequest) -> HttpResponse:
         initial={"email": request.GET.get("email", "")},
     )
     if request.method == "POST" and form.is_valid():
-        user = services.user_create(
-            email=form.cleaned_data["email"],
-            password=form.cleaned_data["password"],
-            name=form.cleaned_data["name"],
-        )
+        try:
+            user = services.user_create(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                name=form.cleaned_data["name"],
+            )
+        except ValidationError as taken:  # signed up meanwhile (a double-clicked button)
+            form.add_error(None, taken)
+            return render(
+                request, "registration/signup.html", {"form": form, "next": _safe_next(request)}
+            )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         services.user_audit(user=user, action="user.login", ip=client_ip(request))
         return redirect(_safe_next(request) or "dashboard:org_create")

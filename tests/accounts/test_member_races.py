@@ -121,3 +121,53 @@ def test_two_owners_leaving_at_once_leave_one_owner_and_a_clear_refusal(
     refused = [o for o in (first, second) if isinstance(o, Exception)]
     assert len(refused) == 1
     assert "The last owner cannot leave" in str(refused[0])
+
+
+def test_a_double_clicked_sign_up_makes_one_account_and_shows_the_other_a_form_error(
+    monkeypatch,
+):
+    """Both posts passed the form's check before either made the account: the second was a
+    500 page (IntegrityError), though the account existed."""
+    from django.test import Client
+
+    from accounts.models import User
+    from tests.conftest import PASSWORD
+
+    def sign_up():
+        return Client().post("/signup/", {"email": "dana@initech.example", "password": PASSWORD})
+
+    first, second = race(
+        monkeypatch,
+        pause_before=(User.objects, "create_user"),
+        first=sign_up,
+        second=sign_up,
+    )
+
+    codes = sorted([first.status_code, second.status_code])
+    assert codes == [200, 302], (first, second)
+    refused = first if first.status_code == 200 else second
+    assert "An account with this email exists; sign in instead." in refused.content.decode()
+    assert User.objects.filter(email="dana@initech.example").count() == 1
+
+
+def test_two_managers_inviting_one_address_at_once_leave_one_open_invitation(
+    monkeypatch, tenant, alice, bob_admin
+):
+    """Each found no open invitation to replace, and both stayed open (an owner revoking the
+    admin one could miss the other)."""
+
+    def invite(user, role):
+        return lambda: services.invitation_create(
+            tenant=tenant, email="x@new.example", role=role, actor=services.Actor(user=user)
+        )
+
+    first, second = race(
+        monkeypatch,
+        pause_before=(services.secrets, "new_token"),  # checked, not yet made
+        first=invite(alice, Role.VIEWER),
+        second=invite(bob_admin, Role.ADMIN),
+    )
+
+    assert not isinstance(first, Exception) and not isinstance(second, Exception)
+    open_ones = Invitation.objects.filter(email="x@new.example", accepted_at=None, revoked_at=None)
+    assert [i.role for i in open_ones] == [Role.ADMIN]  # the later one replaced the first
