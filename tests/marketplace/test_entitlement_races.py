@@ -81,3 +81,27 @@ def test_a_decline_racing_an_approval_says_the_request_was_approved(monkeypatch,
     assert isinstance(declined, Conflict), declined
     assert str(declined) == "This request was already approved."
     assert can(outsider, "run", model)
+
+
+def test_two_first_publishes_of_a_model_at_once_make_one_listing(monkeypatch, tenant):
+    """A double-clicked Publish or a retried PUT: both found no listing and made one; the
+    second was a 500 on the listing's unique model."""
+    from marketplace import services as registry
+    from marketplace.models import Listing
+
+    model = registry.model_create(tenant=tenant, name="resnet", actor=accounts.SYSTEM)
+
+    def publish(title: str):
+        return lambda: listings.listing_publish(
+            model=model, actor=accounts.SYSTEM, visibility="public", title=title
+        )
+
+    first, second = race(
+        monkeypatch,
+        pause_before=(listings, "platform_fee_percent"),  # no listing found, about to make one
+        first=publish("First"),
+        second=publish("Second"),
+    )
+
+    assert isinstance(first, Listing) and isinstance(second, Listing), (first, second)
+    assert Listing.objects.get().pk == first.pk == second.pk
