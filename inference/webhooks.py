@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 # How long a rotated-out secret still signs (a second signature beside the new one's).
 ROTATION_GRACE = timedelta(hours=24)
+# A rotation this soon after the last one answers with the secret that one made: a
+# double-clicked Rotate (or a script's retry) handed each caller its own new secret, and the
+# third destroyed the first's, which its caller had just stored.
+ROTATION_REPEAT = timedelta(seconds=10)
 
 
 PURPOSE = "webhook-signing"  # of the tenant's SealedSecret rows that hold the secrets
@@ -84,10 +88,13 @@ def signing_secrets(key: WebhookSigningKey) -> list[str]:
 
 def signing_key_rotate(tenant: Tenant, actor: Actor) -> WebhookSigningKey:
     """A new secret; the old one still signs (a second signature) for ``ROTATION_GRACE``, and
-    the one before it is destroyed."""
+    the one before it is destroyed. Within ``ROTATION_REPEAT`` of the last rotation, the key
+    it made, unchanged."""
     with transaction.atomic():
         signing_record(tenant)
         key = WebhookSigningKey.objects.select_for_update().get(tenant=tenant)
+        if in_grace(key) and timezone.now() - key.created_at < ROTATION_REPEAT:
+            return key
         dropped = key.previous_sealed
         key.previous_sealed, key.sealed = key.sealed, secret_seal(tenant, PURPOSE)
         key.previous_valid_until = timezone.now() + ROTATION_GRACE

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import AuditEvent, Scope
 from inference import tensors, webhooks
@@ -173,6 +174,7 @@ def test_a_sealed_secret_moved_to_another_organisation_does_not_open(tenant, out
 def test_a_rotation_destroys_the_secret_two_back(api, tenant):
     first = api.get("/api/v1/webhooks/secret").json()["secret"]
     api.post("/api/v1/webhooks/secret/rotate")
+    WebhookSigningKey.objects.update(created_at=timezone.now() - webhooks.ROTATION_REPEAT)
     api.post("/api/v1/webhooks/secret/rotate")
 
     kept = SealedSecret.objects.filter(tenant=tenant, purpose=webhooks.PURPOSE)
@@ -234,3 +236,19 @@ def test_an_upgrade_seals_the_secrets_stored_before_and_they_still_sign(tmp_path
     assert json.loads(result.stdout.splitlines()[-1]) == [current, previous]
     stored = b"".join(path.read_bytes() for path in tmp_path.glob("db.sqlite3*"))  # WAL too
     assert current.encode() not in stored and previous.encode() not in stored
+
+
+def test_a_repeated_rotation_answers_with_the_secret_just_made(api, tenant):
+    """A double-clicked Rotate or a retried request: each made its own secret, and a third
+    destroyed the first's, which its caller had just stored; both now get one secret, and
+    the one before it still signs."""
+    old = api.get("/api/v1/webhooks/secret").json()["secret"]
+
+    first = api.post("/api/v1/webhooks/secret/rotate").json()
+    again = api.post("/api/v1/webhooks/secret/rotate").json()
+    third = api.post("/api/v1/webhooks/secret/rotate").json()
+
+    assert first["secret"] == again["secret"] == third["secret"] != old
+    key = webhooks.signing_record(tenant)
+    assert webhooks.signing_secrets(key) == [first["secret"], old]
+    assert AuditEvent.objects.filter(action="webhooks.secret.rotate").count() == 1
