@@ -7,9 +7,9 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
+from accounts.api.views import CreatedCursorPagination
 from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin
 from inference.models import AbuseFlag
@@ -38,7 +38,7 @@ class AbuseFlagSerializer(serializers.ModelSerializer):
         ]
 
 
-class FirstSeenCursorPagination(CursorPagination):
+class FirstSeenCursorPagination(CreatedCursorPagination):
     ordering = "-first_seen"
 
 

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.views import CreatedCursorPagination
-from accounts.exceptions import Conflict, NotFound
+from accounts.exceptions import Conflict
 from accounts.models import Scope
 from accounts.tenancy import TenantScopedMixin, request_actor
 from marketplace import selectors, services
@@ -101,14 +101,10 @@ class VersionsView(ListAPIView):
     class Pagination(CreatedCursorPagination):
         ordering = "-number"
 
-        def decode_cursor(self, request):
-            """A cursor's position is a version number; a forged one is "Invalid cursor"
-            (404, as DRF answers any bad cursor), not a ValueError from the query."""
-            cursor = super().decode_cursor(request)
-            position = cursor.position if cursor is not None else None
-            if position is not None and not selectors.is_number(position):
-                raise NotFound(self.invalid_cursor_message)
-            return cursor
+        def position_valid(self, position: str) -> bool:
+            """A cursor's position is a version number (a forged one was a ValueError from
+            the query)."""
+            return selectors.is_number(position)
 
     pagination_class = Pagination
 

@@ -193,8 +193,8 @@ def test_a_forged_cursor_on_the_versions_list_is_invalid_not_a_500(api, classifi
     for position in (b"p=x", b"p=1.5", b"p=", b"p=%C2%B2"):
         cursor = base64.b64encode(position).decode()
         response = api.get(f"/api/v1/models/acme/clf/versions?cursor={cursor}")
-        assert response.status_code == 404, position
-        assert response.json()["detail"] == "Invalid cursor"
+        assert response.status_code == 400, position
+        assert "cursor: This cursor was not given" in response.json()["detail"]
 
 
 def test_a_content_length_that_is_no_number_is_no_500(api, classifier):
@@ -483,3 +483,34 @@ def test_an_idempotency_key_longer_than_kept_is_a_400(api, classifier, url, body
     assert "At most 255 characters; this one has 256." in response.json()["detail"]
     assert not Prediction.objects.exists() and not CompressionJob.objects.exists()
     assert _post(api, url, body, HTTP_IDEMPOTENCY_KEY=key).status_code in (200, 201)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/predictions",
+        "/api/v1/keys",
+        "/api/v1/members",
+        "/api/v1/audit-events",
+        "/api/v1/abuse-flags",
+        "/api/v1/models",
+        "/api/v1/compression-jobs",
+    ],
+)
+def test_a_forged_cursor_on_any_list_is_a_400_naming_it(api, path):
+    """A date past what converts to UTC was a 500 on every cursor list; an undecodable cursor
+    a 404 "not found" (read as a missing endpoint); a date that is no date a 400 that did not
+    say which parameter."""
+    from urllib.parse import urlencode
+
+    def cursor(**fields) -> str:  # as DRF encodes one
+        return base64.b64encode(urlencode(fields).encode()).decode()
+
+    forged = [cursor(p="9999-12-31 23:59:59.999999-14:00"), cursor(p="0001-01-01 00:00:00+14:00")]
+    forged += [cursor(p="abc"), cursor(p="2026-13-45"), cursor(o="-5"), "abc"]
+    for forgery in forged:
+        response = api.get(path, {"cursor": forgery})
+        assert response.status_code == 400, (forgery, response.content[:300])
+        assert "cursor" in response.json()["errors"], response.json()
+    first = api.get(path, {"cursor": cursor(p="2026-11-30 10:00:00+00:00")})
+    assert first.status_code == 200 and "results" in first.json()
