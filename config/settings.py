@@ -366,6 +366,7 @@ WEBHOOK_ALLOW_PRIVATE = env_bool("MM_WEBHOOK_ALLOW_PRIVATE", DEBUG)
 
 # --- REST API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    "DEFAULT_METADATA_CLASS": "accounts.api.metadata.Metadata",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.ApiKeyAuthentication",
         "accounts.authentication.TenantSessionAuthentication",

@@ -326,6 +326,28 @@ def test_every_route_is_classified():
     assert not stale, f"classified routes that no longer exist: {stale}"
 
 
+@pytest.mark.django_db
+def test_options_answers_on_every_api_route():
+    """A CORS preflight or an API explorer asks OPTIONS: four POSTs that take no body (approve,
+    decline, withdraw, complete an upload) were 500s."""
+    import re
+
+    from tests.conftest import key_client as all_scopes_client
+
+    acme = accounts.tenant_create(
+        slug="optionsco", name="Options", owner=make_user("o@options.example")
+    )
+    client = all_scopes_client(acme)
+    failed = {}
+    for template in url_templates():
+        if not template.startswith(("api/", "v2/")):
+            continue
+        response = client.options("/" + re.sub(r"\{[^}]+\}", "x", template))
+        if response.status_code >= 500:
+            failed[template] = response.status_code
+    assert not failed
+
+
 def strip(template: str) -> str:
     """``{id:job}`` (which of acme's objects fills the id) as the URL pattern names it."""
     out, i = "", 0
