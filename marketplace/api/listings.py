@@ -384,9 +384,49 @@ class ListingView(APIView):
 
 
 class CataloguePagination(PageNumberPagination):
+    """Pages of the catalogue. A ``page`` or ``page_size`` that is no whole number from 1, or a
+    page past the last, is a 400 naming the parameter: DRF answered the first and the last as
+    a 404 "not_found" (read as a missing endpoint) and ignored a bad ``page_size``."""
+
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def get_page_size(self, request):
+        wanted = request.query_params.get(self.page_size_query_param)
+        if wanted is None:
+            return self.page_size
+        return min(_whole(self.page_size_query_param, wanted), self.max_page_size)
+
+    def get_page_number(self, request, paginator):
+        wanted = request.query_params.get(self.page_query_param)
+        if wanted is None:
+            return 1
+        number = _whole(self.page_query_param, wanted)
+        last = max(paginator.num_pages, 1)
+        if number > last:
+            raise serializers.ValidationError(
+                {self.page_query_param: f"Page {number} is past the last page ({last})."}
+            )
+        return number
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"]["maximum"] = self.max_page_size
+                parameter["description"] = (
+                    f"Results per page, {self.page_size} unless given; at most "
+                    f"{self.max_page_size} (a larger number gives {self.max_page_size})."
+                )
+        return parameters
+
+
+def _whole(name: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise serializers.ValidationError({name: f"A whole number from 1, not '{value[:40]}'."})
+    return int(value)
 
 
 class CatalogueView(ListAPIView):

@@ -831,6 +831,26 @@ def test_catalogue_pages_through_results(shelf, outsider_api):
 
 
 @pytest.mark.parametrize(
+    "params, past_last",
+    [({"page": p}, False) for p in ("abc", "0", "-1", "1.5", "²")]
+    + [({"page_size": p}, False) for p in ("abc", "0", "-1", "")]
+    + [({"page": "3", "page_size": "2"}, True)],
+)
+def test_a_bad_catalogue_page_is_a_400_naming_it(shelf, params, past_last):
+    """``page=abc`` and a page past the last were 404 "not_found" (a client reads: no such
+    endpoint), and a bad ``page_size`` was ignored."""
+    response = APIClient().get("/api/v1/catalogue", params)
+
+    assert response.status_code == 400, response.json()
+    name = "page" if "page" in params else "page_size"
+    assert name in response.json()["errors"]
+    if past_last:
+        assert "Page 3 is past the last page (2)." in response.json()["detail"]
+    huge = APIClient().get("/api/v1/catalogue", {"page_size": "1000000000"}).json()
+    assert len(huge["results"]) == 3  # at most 100, as the schema says
+
+
+@pytest.mark.parametrize(
     "params", [{"sort": "popular"}, {"max_price_per_call": "-1"}, {"task": "poetry"}]
 )
 def test_bad_catalogue_query_is_a_400(params):
