@@ -370,10 +370,14 @@ def key_revoke(request: HttpRequest, key_id: str) -> HttpResponse:
         services.api_key_revoke(key=key, actor=request_actor(request))
     except ServiceError:  # revoked already (a second click): the row shows it
         key.refresh_from_db(fields=["revoked_at"])
+        revoked = False
     else:
-        messages.success(request, f"Key {key.name} revoked.")
+        revoked = True
     if request.htmx:
+        # The row says so. A message would wait in the session and show on the next page.
         return render(request, "dashboard/_key_row.html", {"key": key})
+    if revoked:
+        messages.success(request, f"Key {key.name} revoked.")
     return redirect("dashboard:keys")
 
 

@@ -100,6 +100,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "config.htmx.BoostedPostMiddleware",
     "accounts.tenancy.CurrentTenantMiddleware",
     "config.badinput.BadInputMiddleware",
 ]

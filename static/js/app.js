@@ -26,3 +26,15 @@ document.addEventListener("change", (event) => {
   if (select.dataset.submitOnChange === "page") select.form.submit();
   else select.form.requestSubmit();
 });
+
+// A boosted link or form answered with an error page (403: the organisation is suspended or
+// the CSRF token went stale; 404; 400; 500): htmx swaps nothing for a 4xx or 5xx, so in
+// production the click seemed to do nothing (django-htmx shows them only under DEBUG). Show
+// the page, as a browser without htmx would.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const detail = event.detail;
+  if (detail.boosted && detail.xhr.status >= 400) {
+    detail.shouldSwap = true;
+    detail.isError = false;
+  }
+});

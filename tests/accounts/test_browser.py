@@ -137,3 +137,44 @@ def test_the_api_docs_render_with_no_internet(live_server, page):
     expect(page.get_by_text("/api/v1/predictions").first).to_be_visible()
     assert outside == []
     assert errors == []  # its setup script is a file of its own: the page policy runs it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refusals_show_their_page_and_a_rotated_keys_page_survives_a_reload(
+    live_server, browser, tenant
+):
+    """Three things a person saw go wrong in the boosted dashboard: a form the server refused
+    (403: the organisation suspended) changed nothing on screen; after Rotate the address bar
+    held the POST-only rotate URL, a 405 page on reload; a revoked key's message showed on the
+    next page instead."""
+    from tests.conftest import signed_in_page
+
+    page = signed_in_page(browser, live_server, "alice@acme.example")
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{live_server.url}/dashboard/keys/")
+    for name in ("ci", "old"):
+        page.get_by_label("Name").fill(name)
+        page.get_by_role("button", name="Create key").click()
+        expect(page.get_by_role("heading", name=f"Key {name} created")).to_be_visible()
+
+    page.locator("#keys tr", has_text="ci").get_by_role("button", name="Rotate").click()
+    expect(page.get_by_role("heading", name="Replacement for ci")).to_be_visible()
+    assert page.url == f"{live_server.url}/dashboard/keys/"
+    page.reload()
+    expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+
+    page.locator("#keys tr", has_text="old").get_by_role("button", name="Revoke").click()
+    expect(page.locator("#keys tr", has_text="old").locator(".status")).to_have_text("revoked")
+    page.get_by_role("navigation").get_by_role("link", name="Models").click()
+    expect(page.get_by_role("heading", name="Models acme")).to_be_visible()
+    expect(page.get_by_text("Key old revoked.")).to_have_count(0)
+
+    services.tenant_suspend(tenant=tenant, reason="Unpaid invoices", actor=services.SYSTEM)
+    page.goto(f"{live_server.url}/dashboard/keys/")
+    page.get_by_label("Name").fill("after")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    refusal = page.get_by_text("The organisation 'acme' is suspended: Unpaid invoices")
+    expect(refusal).to_be_visible()
+    page.context.close()
