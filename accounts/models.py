@@ -125,6 +125,13 @@ class Tenant(models.Model):
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
 
+    @property
+    def suspended_because(self) -> str:
+        """``": <reason>"`` for a sentence that ends with its own full stop ("...suspended:
+        Suspended by an operator.." had two), or ``""``."""
+        reason = self.suspended_reason.strip().rstrip(".")
+        return f": {reason}" if reason else ""
+
 
 class Membership(models.Model):
     public_id = models.CharField(max_length=24, unique=True, default=partial(public_id, "mem"))

@@ -37,9 +37,9 @@ class TenantMember(BasePermission):
                 )
             return False  # DRF answers 401 with WWW-Authenticate
         if not access.tenant.is_active:
-            reason = f": {access.tenant.suspended_reason}" if access.tenant.suspended_reason else ""
             raise exceptions.PermissionDenied(
-                f"The organisation '{access.tenant.slug}' is suspended{reason}. "
+                f"The organisation '{access.tenant.slug}' is suspended"
+                f"{access.tenant.suspended_because}. "
                 "Contact support to reactivate it."
             )
         scope = required_scope(view, request.method)

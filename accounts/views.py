@@ -89,10 +89,9 @@ def tenant_required(
                 return refused
             tenant = request.membership.tenant
             if not tenant.is_active and not while_suspended and request.method not in SAFE_METHODS:
-                reason = f": {tenant.suspended_reason}" if tenant.suspended_reason else ""
                 raise PermissionDenied(
-                    f"The organisation '{tenant.slug}' is suspended{reason}. Nothing can be "
-                    "changed until support reactivates it."
+                    f"The organisation '{tenant.slug}' is suspended{tenant.suspended_because}. "
+                    "Nothing can be changed until support reactivates it."
                 )
             return view(request, *args, **kwargs)
 
@@ -168,6 +167,13 @@ class AuditedAccountForm:
 
 class PasswordResetConfirmView(AuditedAccountForm, auth_views.PasswordResetConfirmView):
     audit_action = "user.password_reset"
+
+    def form_valid(self, form):
+        # Whoever set it holds the mailbox: the address's failed sign-ins no longer count.
+        # The lockout's message sends people here, and they were locked out still.
+        response = super().form_valid(form)
+        throttle.forget(form.user.email)
+        return response
 
 
 class PasswordChangeView(AuditedAccountForm, auth_views.PasswordChangeView):

@@ -256,6 +256,27 @@ def test_repeated_failed_sign_ins_lock_the_address_for_a_while(client, alice, te
     assert not AuthAttempt.objects.filter(email=alice.email).exists()  # cleared by it
 
 
+def test_a_password_reset_ends_the_lockout_its_message_sends_people_to(
+    client, alice, tenant, settings, mailoutbox
+):
+    """ "Try again in 15 minutes, or reset your password": the reset succeeded and the new
+    password was refused with the same message."""
+    settings.SIGNIN_FAILURES_PER_ACCOUNT = 5
+    for _ in range(5):
+        client.post("/login/", {"username": alice.email, "password": "nope"})
+    locked = client.post("/login/", {"username": alice.email, "password": PASSWORD})
+    assert "reset your password" in locked.content.decode()
+
+    client.post("/password/reset/", {"email": alice.email})
+    link = re.search(r"https?://\S+", mailoutbox[0].body).group(0)
+    form = client.get(urlsplit(link).path, follow=True)
+    new = "a fresh and long passphrase 7"
+    client.post(form.redirect_chain[-1][0], {"new_password1": new, "new_password2": new})
+    signed_in = client.post("/login/", {"username": alice.email, "password": new})
+
+    assert signed_in.status_code == 302 and "_auth_user_id" in client.session
+
+
 def test_failed_sign_ins_from_one_address_lock_that_client_out(client, alice, tenant, settings):
     settings.SIGNIN_FAILURES_PER_IP = 3
     for n in range(3):
@@ -764,6 +785,21 @@ def test_suspended_organisation_shows_the_banner(alice_client, tenant):
         'class="banner danger" role="alert">This organisation is suspended: Unpaid invoices.'
         in home
     )
+
+
+def test_a_reason_that_ends_its_sentence_gets_one_full_stop(alice_client, tenant, api):
+    services.tenant_suspend(
+        tenant=tenant, reason="Suspended by an operator.", actor=services.SYSTEM
+    )
+
+    home = page(alice_client, "/dashboard/")
+    refused = alice_client.post("/dashboard/keys/", {"name": "x"}).content.decode()
+    answer = api.get("/api/v1/organisation").json()["detail"]
+
+    assert "is suspended: Suspended by an operator. API calls" in home
+    assert "is suspended: Suspended by an operator. Nothing can be changed" in refused
+    assert "is suspended: Suspended by an operator. Contact support" in answer
+    assert ".." not in home + refused + answer
 
 
 def test_active_organisation_shows_no_banner(alice_client):
