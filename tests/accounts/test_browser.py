@@ -178,3 +178,35 @@ def test_refusals_show_their_page_and_a_rotated_keys_page_survives_a_reload(
     refusal = page.get_by_text("The organisation 'acme' is suspended: Unpaid invoices")
     expect(refusal).to_be_visible()
     page.context.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_back_shows_the_list_as_it_is_now_and_a_long_word_does_not_widen_the_page(
+    live_server, browser, tenant
+):
+    """Back after creating a model showed htmx's snapshot of the list without it (Forward
+    showed "created" again); a URL in a model's description made its page 47,717 px wide."""
+    from marketplace import services as registry
+    from tests.conftest import signed_in_page
+
+    registry.model_create(
+        tenant=tenant,
+        name="wide",
+        actor=services.SYSTEM,
+        description="https://x.example/" + "a" * 400,
+    )
+    page = signed_in_page(browser, live_server, "alice@acme.example")
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+    page.goto(f"{live_server.url}/dashboard/models/wide/")
+    expect(page.get_by_role("heading", name="wide")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+    page.get_by_role("navigation").get_by_role("link", name="Models").click()
+    expect(page.get_by_role("heading", name="Models acme")).to_be_visible()
+    page.get_by_label("Name").fill("backtest")
+    page.get_by_role("button", name="Create model").click()
+    expect(page.get_by_role("heading", name="backtest")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_role("heading", name="Models acme")).to_be_visible()
+    expect(page.get_by_role("link", name="backtest")).to_be_visible()
+    page.context.close()
