@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import logging
 
-from django.http import HttpRequest, HttpResponse, UnreadablePostError
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.views.defaults import bad_request
 
 log = logging.getLogger("django.request")
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def _refused() -> HttpResponse:
-    return HttpResponse(
-        "NUL characters are not allowed in URLs or form fields; remove them.",
-        status=400,
-        content_type="text/plain",
-    )
+NUL_REFUSED = "NUL characters are not allowed in URLs or form fields; remove them."
+
+
+def _refused(request: HttpRequest) -> HttpResponse:
+    """In the error shape of where it was sent: the API's ``{"detail", "code"}``, the v2
+    protocol's ``{"error"}`` (tritonclient reads it), else text."""
+    path = request.path
+    if path.startswith("/api/"):
+        return JsonResponse({"detail": NUL_REFUSED, "code": "invalid"}, status=400)
+    if path.startswith("/v2/") or path == "/v2":
+        return JsonResponse({"error": NUL_REFUSED}, status=400)
+    return HttpResponse(NUL_REFUSED, status=400, content_type="text/plain")
 
 
 def _hung_up(request: HttpRequest, exc: UnreadablePostError) -> HttpResponse:
@@ -44,7 +50,7 @@ class BadInputMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
-            return _refused()
+            return _refused(request)
         return self.get_response(request)
 
     def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs):
@@ -59,7 +65,7 @@ class BadInputMiddleware:
             # Read again, the body would be an empty form: the view must not see that.
             return _hung_up(request, exc)
         if any("\x00" in value for _, values in fields.lists() for value in values):
-            return _refused()
+            return _refused(request)
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception):

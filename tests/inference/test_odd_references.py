@@ -84,6 +84,11 @@ def test_a_nul_character_in_a_url_is_a_400(api, alice, url):
     for response in (client.get(url), api.get(url)):
         assert response.status_code == 400
         assert "NUL characters are not allowed" in response.content.decode()
+        # In the error shape of the API or of the v2 protocol (it was text/plain).
+        if url.startswith("/api/"):
+            assert response.json()["code"] == "invalid"
+        elif url.startswith("/v2/"):
+            assert response.json()["error"].startswith("NUL characters")
 
 
 def test_a_nul_character_in_a_form_field_is_a_400_and_changes_nothing(alice, tenant):
