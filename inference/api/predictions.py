@@ -362,7 +362,12 @@ class PredictionsView(StatusModelFilterMixin, TenantScopedMixin, GenericAPIView)
             if first is not None:
                 if wait and not first.is_terminal:
                     first = services.prediction_wait(first, wait)
-                return Response(PredictionSerializer(first).data, status=status.HTTP_200_OK)
+                # The version's deprecation still applies to what the caller runs (it ran
+                # nothing now, so no rate limit was counted: no RateLimit headers).
+                return deprecation_headers(
+                    Response(PredictionSerializer(first).data, status=status.HTTP_200_OK),
+                    first.version,
+                )
         model, version = services.resolve_runnable(
             access, model_ref=body["model"], version_ref=body.get("version") or None
         )

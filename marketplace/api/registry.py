@@ -129,7 +129,8 @@ DEPRECATION_HEADERS = [
         str,
         OpenApiParameter.HEADER,
         response=True,
-        description="`true` when the version is deprecated (RFC 9745).",
+        description="When the version was deprecated, as RFC 9745 writes it: `@` and the Unix "
+        "time in seconds (`@1796068191`); absent while it is not.",
     ),
     OpenApiParameter(
         "Sunset",

@@ -528,3 +528,28 @@ def test_queued_predictions_are_not_sent_again_while_a_backlog_waits(
         redis.delete("backlog-test")
     lost.refresh_from_db()
     assert lost.status == "queued"
+
+
+def test_a_replay_on_a_deprecated_version_carries_its_deprecation_headers(api, classifier):
+    """The first answer said the version was deprecated; a retry under the same
+    Idempotency-Key answered without saying so."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.services import SYSTEM
+    from marketplace.services import version_deprecate
+
+    version_deprecate(
+        version=classifier,
+        sunset_at=timezone.now() + timedelta(days=30),
+        reason="v2 is out",
+        actor=SYSTEM,
+    )
+
+    first = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None, key="order-9")
+    again = run(api, "acme/clf", [[1, 2, 3, 4]], wait=None, key="order-9")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first["Deprecation"].startswith("@")
+    assert again["Deprecation"] == first["Deprecation"] and again["Sunset"] == first["Sunset"]
