@@ -68,12 +68,19 @@ def status_parameter(states: Sequence[str]) -> OpenApiParameter:
     )
 
 
+# Predictions are "canceled", compression jobs "cancelled" (each stored so): a filter takes
+# either spelling for both.
+SPELLINGS = {"cancelled": "canceled", "canceled": "cancelled"}
+
+
 def status_wanted(request, states: Sequence[str]) -> str | None:
     """The ``?status=`` a list is filtered by, or ``None`` for all. A state not in ``states``
     is a 400 naming them: a misspelt one would list nothing (or everything) without a word."""
     wanted = request.query_params.get("status")
     if not wanted:
         return None
+    if wanted not in states and SPELLINGS.get(wanted) in states:
+        wanted = SPELLINGS[wanted]
     if wanted not in states:
         raise ValidationError(
             {"status": [f"Filter by one of {', '.join(states)}, or leave status out for all."]}

@@ -298,6 +298,11 @@ class StatusModelFilterMixin:
         if wanted := status_wanted(self.request, self.statuses):
             queryset = queryset.filter(status=wanted)
         if params.get("model"):
+            if not MODEL_REF_RE.fullmatch(params["model"]):
+                # "nope" or "acme/clf:1" listed nothing, as if there were none.
+                raise serializers.ValidationError(
+                    {"model": [f"Filter by a model as owner/name, not '{params['model'][:100]}'."]}
+                )
             owner, _, name = params["model"].partition("/")
             queryset = queryset.filter(model__tenant__slug=owner, model__name=name)
         return queryset

@@ -553,3 +553,33 @@ def test_a_replay_on_a_deprecated_version_carries_its_deprecation_headers(api, c
     assert (first.status_code, again.status_code) == (201, 200)
     assert first["Deprecation"].startswith("@")
     assert again["Deprecation"] == first["Deprecation"] and again["Sunset"] == first["Sunset"]
+
+
+def test_list_filters_take_either_spelling_of_cancelled_and_refuse_a_model_that_is_no_ref(
+    api, tenant, classifier
+):
+    """Predictions are "canceled" and jobs "cancelled": `mm jobs --status canceled` was a 400.
+    A model filter that is no owner/name ("nope", "acme/clf:1") listed nothing without a word."""
+    Prediction.objects.create(
+        tenant=tenant, model=classifier.model, version=classifier, status="canceled"
+    )
+    CompressionJob.objects.create(
+        tenant=tenant,
+        model=classifier.model,
+        version=classifier,
+        method="quantize",
+        status="cancelled",
+    )
+
+    for spelling in ("canceled", "cancelled"):
+        predictions = api.get("/api/v1/predictions", {"status": spelling})
+        jobs = api.get("/api/v1/compression-jobs", {"status": spelling})
+        assert [p["status"] for p in predictions.json()["results"]] == ["canceled"], spelling
+        assert [j["status"] for j in jobs.json()["results"]] == ["cancelled"], spelling
+    for path in ("/api/v1/predictions", "/api/v1/compression-jobs"):
+        for model in ("nope", "acme/clf:1"):
+            refused = api.get(path, {"model": model})
+            assert (
+                refused.status_code == 400 and "owner/name" in refused.json()["errors"]["model"][0]
+            )
+        assert api.get(path, {"model": "acme/clf"}).status_code == 200
