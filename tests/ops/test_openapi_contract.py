@@ -319,6 +319,16 @@ def test_the_key_and_audit_event_filters_are_documented(contract, call, api):
     assert not contract.problems, "\n".join(contract.problems)
 
 
+def test_the_public_catalogue_is_documented_as_needing_no_key(contract):
+    """It answers anyone; the schema said a key or a session was required, so generated
+    clients and Swagger UI insisted on one. Everything else still needs one."""
+    paths = contract.schema["paths"]
+    for path in ("/api/v1/catalogue", "/api/v1/catalogue/{owner}/{name}"):
+        assert {} in paths[path]["get"]["security"], path
+    assert {} not in paths["/api/v1/predictions"]["post"]["security"]
+    assert APIClient().get("/api/v1/catalogue").status_code == 200
+
+
 STATUS_FILTERS = {
     "/api/v1/predictions": Prediction.Status.values,
     "/api/v1/compression-jobs": CompressionJob.Status.values,
