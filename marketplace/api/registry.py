@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import Prefetch
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -186,12 +186,17 @@ class VersionDownloadView(APIView):
         if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.DEPRECATED):
             raise Conflict(f"Version {version.number} is {version.status}; nothing to download.")
         artifact = version.artifact
-        response = StreamingHttpResponse(
-            store.artifact_stream(
-                artifact=artifact, purpose="download", actor=request_actor(request)
-            ),
-            content_type="application/octet-stream",
-        )
+        if request.method == "HEAD":
+            # The size and the checksum, asked before a download: nothing is decrypted, so
+            # nothing is audited (it was logged as a download).
+            response = HttpResponse(content_type="application/octet-stream")
+        else:
+            response = StreamingHttpResponse(
+                store.artifact_stream(
+                    artifact=artifact, purpose="download", actor=request_actor(request)
+                ),
+                content_type="application/octet-stream",
+            )
         filename = f"{model.tenant.slug}-{model.name}-v{version.number}"
         response["Content-Length"] = str(artifact.size)
         response["Content-Disposition"] = (

@@ -1044,3 +1044,23 @@ def test_an_example_input_is_kept_when_left_out_and_removed_by_null(api, tenant)
     assert kept.status_code == 200 and kept_value == {"x": [[1, 2]]}
     assert removed.status_code == 200 and removed.json()["example_input"] is None
     assert Listing.objects.get().example_input is None
+
+
+def test_a_head_of_a_download_gives_its_size_and_checksum_and_is_not_audited_as_one(tenant):
+    """A client asking the size first was logged as having downloaded the weights."""
+    from accounts.models import AuditEvent
+
+    model = listed(tenant, "resnet")
+    version = ready_version(model)
+    writer = key_client(tenant, scopes=["models:read", "models:write"])
+    url = "/api/v1/models/acme/resnet/versions/1/download"
+
+    head = writer.head(url)
+
+    assert head.status_code == 200 and head.content == b""
+    assert head["Content-Length"] == str(version.artifact.size)
+    assert head["X-Content-SHA256"] == version.artifact.sha256
+    assert not AuditEvent.objects.filter(action="artifact.decrypt").exists()
+    got = writer.get(url)
+    assert b"".join(got.streaming_content) == b"not really weights"
+    assert AuditEvent.objects.filter(action="artifact.decrypt").count() == 1
