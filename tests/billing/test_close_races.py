@@ -43,3 +43,32 @@ def test_two_closes_of_a_month_at_once_make_one_invoice_and_both_return_it(
     assert first == [invoice] and second == [invoice]
     carried = UsageRecord.objects.filter(model_ref__startswith="credit: carried")
     assert carried.count() == (2 if credit != "0" else 0)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_closing_a_month_without_stripe_configured_keeps_invoices_pending_and_calls_nobody(
+    monkeypatch, settings, tenant, outsider
+):
+    """Without STRIPE_SECRET_KEY the close sent each customer's name and e-mail to
+    api.stripe.com with no key, failed, and exited 2; the settings say invoices wait."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from billing import stripe_gateway
+
+    settings.STRIPE_SECRET_KEY = ""
+    monkeypatch.setattr(
+        stripe_gateway, "client", lambda: pytest.fail("talked to Stripe without a key")
+    )
+    last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    spend(outsider, listed(tenant), 2)
+    outsider.usage.update(period=last_month)
+    out = StringIO()
+
+    call_command("close_period", "--period", f"{last_month:%Y-%m}", stdout=out)
+    period_close(period=last_month)  # the beat's close queues no collection either
+
+    [invoice] = Invoice.objects.all()
+    assert invoice.status == Invoice.Status.PENDING and invoice.amount == Decimal("0.50")
+    assert "Stripe is not configured (STRIPE_SECRET_KEY): they wait in pending" in out.getvalue()

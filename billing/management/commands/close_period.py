@@ -8,7 +8,7 @@ from accounts.exceptions import ServiceError
 from billing.management.commands.reconcile import month
 from billing.models import Invoice
 from billing.selectors import last_period
-from billing.services import invoice_collect, period_close
+from billing.services import invoice_collect, period_close, stripe_configured
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
 
 UNFINISHED = (Invoice.Status.PENDING, Invoice.Status.DRAFT, Invoice.Status.OPEN)
@@ -30,6 +30,17 @@ class Command(BaseCommand):
         except ServiceError as e:
             raise CommandError(e.message) from e
         invoices = Invoice.objects.filter(period=period).select_related("consumer")
+        if not stripe_configured():
+            for invoice in invoices.order_by("pk"):
+                self.stdout.write(
+                    f"{invoice.public_id} {invoice.consumer.slug} {invoice.amount} "
+                    f"{invoice.currency} {invoice.status}"
+                )
+            self.stdout.write(
+                f"{invoices.count()} invoice(s) for {period:%Y-%m}. Stripe is not configured "
+                "(STRIPE_SECRET_KEY): they wait in pending; run this again once it is."
+            )
+            return
         failed = 0
         for invoice in invoices.order_by("pk"):
             # An open invoice whose payment failed waits for a new card and Stripe's retry.
