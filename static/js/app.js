@@ -38,3 +38,18 @@ document.addEventListener("htmx:beforeSwap", (event) => {
     detail.isError = false;
   }
 });
+
+// A refusal is said in the messages at the top of the page. A form that scrolls the page to
+// its own section once answered (hx-swap "show:#aliases:top") left it out of sight, as if
+// nothing had happened: bring it into view, and focus it for screen readers.
+// (After htmx's own scroll, which comes once the settle's events have run.)
+document.addEventListener("htmx:afterSettle", () => {
+  setTimeout(() => {
+    const refusal = document.querySelector("main .messages .error");
+    if (!refusal || refusal.dataset.shown) return;
+    refusal.dataset.shown = "1";
+    refusal.setAttribute("tabindex", "-1");
+    refusal.scrollIntoView({ block: "center" });
+    refusal.focus({ preventScroll: true });
+  }, 0);
+});

@@ -157,3 +157,26 @@ def test_after_an_alias_move_or_a_publish_the_page_shows_that_section(page: Page
 
     expect(page.locator("#listing")).to_contain_text("Tabular classifier")
     expect(page.locator("#listing")).to_be_in_viewport()
+
+
+def test_a_refused_alias_move_is_said_where_the_person_looks(
+    browser: Browser, live_server, classifier
+):
+    """A developer pointing production (an admin's move) was scrolled to the aliases, and the
+    refusal, at the top of the page, was some 700 px out of sight."""
+    from accounts.models import Role
+
+    dave = accounts.user_create(email="dave@acme.example", password=PASSWORD, name="Dave")
+    accounts.membership_add(
+        tenant=classifier.tenant, user=dave, role=Role.DEVELOPER, actor=accounts.SYSTEM
+    )
+    page = signed_in_page(browser, live_server, "dave@acme.example", viewport=(1280, 600))
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
+    page.goto(f"{live_server.url}/dashboard/models/classifier/")
+
+    point(page, "production", "v1 (1.0.0)")
+
+    refusal = page.locator("main .messages .error")
+    expect(refusal).to_contain_text("needs the admin role")
+    expect(refusal).to_be_in_viewport()
+    page.context.close()
