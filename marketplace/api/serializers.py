@@ -175,7 +175,10 @@ class AliasMoveSerializer(serializers.ModelSerializer):
 class UploadCreateSerializer(StrictSerializer):
     filename = serializers.CharField(max_length=255)
     format = serializers.CharField(max_length=32, help_text="pt2, torchscript or safetensors")
-    size = serializers.IntegerField(min_value=1)
+    size = serializers.IntegerField(
+        min_value=1,
+        error_messages={"min_value": "The file is empty (0 bytes): choose the model's file."},
+    )
     sha256 = serializers.CharField(max_length=64)
     label = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     architecture = serializers.CharField(

@@ -728,3 +728,17 @@ def test_the_web_knows_every_built_in_architecture_the_host_builds():
     from inference.runtime.spec import ARCHITECTURE_NAMES
 
     assert sorted(ARCHITECTURES) == list(ARCHITECTURE_NAMES)
+
+
+def test_an_empty_file_is_refused_saying_so(api, model):
+    """The dashboard showed DRF's "Ensure this value is greater than or equal to 1."."""
+    empty = api.post(
+        "/api/v1/models/acme/classifier/uploads",
+        {"filename": "model.pt2", "format": "pt2", "size": 0, "sha256": "0" * 64},
+        format="json",
+    )
+
+    assert empty.status_code == 400
+    assert empty.json()["errors"]["size"] == [
+        "The file is empty (0 bytes): choose the model's file."
+    ]
