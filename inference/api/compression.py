@@ -45,6 +45,15 @@ class JobCreateSerializer(StrictSerializer):
         "inputs are generated from the signature.",
     )
 
+    def validate_method(self, value):
+        # Was said under "params" by the parameters' check, which a client reads as its
+        # params being wrong.
+        if value not in METHODS:
+            raise serializers.ValidationError(
+                f"Unknown method '{value}'; choose one of {', '.join(METHODS)}."
+            )
+        return value
+
     def validate_params(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("params is a JSON object.")

@@ -50,6 +50,7 @@ def test_unknown_method_is_a_400_as_any_typo(api, mlp_version):
         "Unknown method 'sparsify'; choose one of quantize, prune, distill."
         in (response.json()["detail"])
     )
+    assert list(response.json()["errors"]) == ["method"]  # it was said under "params"
 
 
 def test_quantizing_an_export_archive_is_refused_with_the_reason(api, tenant, model_files):
