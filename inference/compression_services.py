@@ -297,6 +297,10 @@ def job_claim(job: CompressionJob) -> bool:
             started_at=now,
             heartbeat_at=now,
             phase="starting",
+            # A new attempt starts over: the lost one's progress showed until this reported.
+            percent=0,
+            eta_seconds=None,
+            loss=None,
             attempts=F("attempts") + 1,
         )
     )

@@ -49,6 +49,25 @@ def test_a_job_whose_worker_died_is_claimed_again_then_failed_after_three_losses
     assert "lost 3 times" in lost.error
 
 
+def test_a_job_claimed_again_starts_its_progress_over(job):
+    """The lost attempt's 80 % showed until the new one reported."""
+    assert jobs.job_claim(job)
+    CompressionJob.objects.filter(pk=job.pk).update(
+        phase="training", percent=80.0, eta_seconds=12.0, loss=0.4
+    )
+    silent_for(job, 3)
+
+    assert jobs.job_claim(job)
+
+    again = CompressionJob.objects.get(pk=job.pk)
+    assert (again.phase, again.percent, again.eta_seconds, again.loss) == (
+        "starting",
+        0,
+        None,
+        None,
+    )
+
+
 def test_a_worker_whose_job_was_claimed_again_cannot_fail_or_finish_it(job, tenant):
     """Its heartbeat had stopped (a long pause, a network split) and another worker took the
     job over; when the first one comes back, what it sends changes nothing."""
