@@ -11,6 +11,7 @@ import json
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -19,6 +20,7 @@ from accounts.exceptions import ServiceError
 from accounts.models import Scope
 from accounts.tenancy import request_actor, session_access
 from accounts.views import error_text, tenant_required
+from billing.selectors import usage_records_of
 from inference import compression_services as jobs
 from inference.models import CompressionJob
 from marketplace.dashboard import COMPRESS_FORM_KEY, KEPT_PARAMS_MAX
@@ -34,26 +36,45 @@ def _job(request: HttpRequest, job_id: str) -> CompressionJob:
     )
 
 
+JOBS_PER_PAGE = 50
+
+
+def _costed(jobs) -> list[CompressionJob]:
+    """The jobs, each with ``cost``: its usage record (what it was billed), or None while it
+    has none (not finished, or failed: unbilled). One query for them all."""
+    jobs = list(jobs)
+    records = usage_records_of(job.public_id for job in jobs)
+    for job in jobs:
+        job.cost = records.get(job.public_id)
+    return jobs
+
+
 @tenant_required()
 def job_list(request: HttpRequest) -> HttpResponse:
-    page = (
+    """A page at a time (it stopped at the newest 50, with no way to the rest), each with
+    what it cost."""
+    jobs = (
         CompressionJob.objects.filter(tenant=request.tenant)
         .select_related("model__tenant", "version", "result_version")
-        .order_by("-created_at")[:50]
+        .order_by("-created_at", "-pk")
     )
-    return render(request, "inference/compression/list.html", {"jobs": page})
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    page.object_list = _costed(page.object_list)
+    return render(request, "inference/compression/list.html", {"jobs": page, "page": page})
 
 
 @tenant_required()
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
-    return render(request, "inference/compression/detail.html", {"job": _job(request, job_id)})
+    [job] = _costed([_job(request, job_id)])
+    return render(request, "inference/compression/detail.html", {"job": job})
 
 
 @tenant_required()
 def job_progress(request: HttpRequest, job_id: str) -> HttpResponse:
     """The progress and report block alone: it replaces itself every second while the job
     is queued or running."""
-    return render(request, "inference/compression/_progress.html", {"job": _job(request, job_id)})
+    [job] = _costed([_job(request, job_id)])
+    return render(request, "inference/compression/_progress.html", {"job": job})
 
 
 @require_POST

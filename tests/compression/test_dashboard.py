@@ -13,6 +13,7 @@ from accounts.models import Role
 from accounts.tenancy import Access
 from inference import compression_services as jobs
 from inference.models import CompressionJob
+from tests.compression.conftest import queued
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -221,3 +222,29 @@ def test_a_viewer_cannot_start_a_job(tenant, mlp_version):
 
     assert response.status_code == 403
     assert not CompressionJob.objects.exists()
+
+
+def test_the_job_list_pages_through_every_job_and_shows_what_each_cost(
+    alice, tenant, mlp_version, settings
+):
+    """It stopped at the newest 50 with no way to the rest, and neither it nor a job's page
+    said what a job was billed."""
+    from billing.models import UsageRecord
+    from inference.compression_views import JOBS_PER_PAGE
+    from marketplace.listings import money_text
+
+    settings.COMPRESSION_MAX_ACTIVE = JOBS_PER_PAGE + 5
+    job = finished_job(tenant, mlp_version, {})
+    for _ in range(JOBS_PER_PAGE):
+        queued(tenant, mlp_version, "quantize", {"scheme": "dynamic_int8"})
+    billed = UsageRecord.objects.get(source_id=job.public_id)
+    client = signed_in(alice)
+
+    first = client.get("/dashboard/compression/").text
+    second = client.get("/dashboard/compression/?page=2").text
+    detail = client.get(f"/dashboard/compression/{job.public_id}/").text
+
+    assert first.count('<tr id="job-') == JOBS_PER_PAGE and "Page 1 of 2" in first
+    assert second.count('<tr id="job-') == 1 and job.public_id in second
+    shown = f"{money_text(billed.amount, billed.currency)} {billed.currency.upper()}"
+    assert shown in second and f"billed {shown}" in detail
