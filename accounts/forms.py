@@ -26,9 +26,13 @@ class SignupForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("email") and cleaned.get("password"):
-            password_validation.validate_password(
-                cleaned["password"], User(email=cleaned["email"], name=cleaned.get("name", ""))
-            )
+            try:
+                password_validation.validate_password(
+                    cleaned["password"],
+                    User(email=cleaned["email"], name=cleaned.get("name", "")),
+                )
+            except ValidationError as weak:  # beside the password, not at the top
+                self.add_error("password", weak)
         return cleaned
 
 

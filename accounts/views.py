@@ -354,7 +354,14 @@ def keys(request: HttpRequest) -> HttpResponse:
                 allowed_models=form.cleaned_data["allowed_models"],
                 actor=request_actor(request),
             )
-        except (ValidationError, PermissionDenied) as exc:
+        except ValidationError as exc:
+            # Beside the field it is about (an address the allowlist cannot take), where the
+            # service names one of the form's.
+            named = getattr(exc, "error_dict", {})
+            form.add_error(
+                None, exc if named and named.keys() <= form.fields.keys() else error_text(exc)
+            )
+        except PermissionDenied as exc:
             form.add_error(None, error_text(exc))
         else:
             form = ApiKeyForm()

@@ -147,6 +147,19 @@ def test_sign_up_with_a_taken_email_or_weak_password_shows_why_and_creates_nothi
     assert error in response.content.decode()
     assert User.objects.count() == users_before
     assert "_auth_user_id" not in client.session
+    # Beside its field (a weak password's reasons were at the top of the form).
+    assert error in str(
+        response.context["form"].errors["email" if "email" in error else "password"]
+    )
+
+
+def test_an_allowlist_the_key_cannot_take_is_said_beside_it(alice_client):
+    response = alice_client.post(
+        "/dashboard/keys/", {"name": "ci", "scopes": ["inference"], "allowed_ips": "10.0.0.0/33"}
+    )
+
+    assert response.status_code == 200 and not ApiKey.objects.exists()
+    assert response.context["form"].errors.get("allowed_ips"), response.context["form"].errors
 
 
 def test_taken_organisation_slug_is_an_error_on_the_form(charlie_client):
