@@ -146,6 +146,49 @@ class Host:
                 outputs[name] = value.float()
         return outputs, elapsed * 1000
 
+    def _rows_independent(self, ordered: list, outputs: dict) -> bool:
+        """Whether each row of the outputs depends on its own row of the inputs alone, so that
+        requests may be run together. The example is run together with a variant of itself
+        (its float inputs scaled): each part must get what it gets alone. That refuses a model
+        scoring each query against every item sent, one running a sequence along time, one
+        taking statistics over the batch or mixing rows (reversing them). Any doubt, an error
+        included, answers no: the model then runs one request at a time."""
+        import torch
+
+        def same(got, want) -> bool:
+            if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                return False
+            got, want = got.cpu(), want.cpu()
+            if got.dtype in (torch.float16, torch.bfloat16):
+                return torch.allclose(
+                    got.float(), want.float(), rtol=1e-2, atol=1e-3, equal_nan=True
+                )
+            if got.dtype.is_floating_point:
+                return torch.allclose(got, want, rtol=1e-3, atol=1e-5, equal_nan=True)
+            return torch.equal(got, want)
+
+        def variant(t):
+            return t * 0.5 + 0.25 if t.dtype.is_floating_point else t
+
+        try:
+            if any(t.dim() == 0 or t.shape[0] == 0 for t in ordered):
+                return False
+            other = [variant(t) for t in ordered]
+            alone, _ = self._forward(other)
+            together, _ = self._forward(
+                [torch.cat([a, b]) for a, b in zip(ordered, other, strict=True)]
+            )
+            for name, single in outputs.items():
+                rows = single.shape[0] if single.dim() else 0
+                pair = together.get(name)
+                if not rows or not isinstance(pair, torch.Tensor) or pair.shape[0] != 2 * rows:
+                    return False
+                if not (same(pair[:rows], single) and same(pair[rows:], alone.get(name))):
+                    return False
+        except Exception:  # noqa: BLE001 - a model that cannot run so is not batched
+            return False
+        return True
+
     def validate(self, header: dict) -> dict:
         import torch
 
@@ -195,11 +238,14 @@ class Host:
         timings = [self._forward(ordered)[1] for _ in range(5)]
         fixed = self.loaded.input_shapes or {}
         batch_dynamic = all(shape[:1] == [-1] for shape in fixed.values()) if fixed else True
+        inputs = [spec_of(n, example[n], fixed.get(n)) for n in names]
+        batched = batch_dynamic and all(spec.shape[:1] == [-1] for spec in inputs)
         self.signature = Signature(
-            inputs=[spec_of(n, example[n], fixed.get(n)) for n in names],
+            inputs=inputs,
             outputs=[
                 spec_of(n, t, None if batch_dynamic else list(t.shape)) for n, t in outputs.items()
             ],
+            rows_independent=not batched or self._rows_independent(ordered, outputs),
         )
         self._valid_layouts.clear()  # checked against another signature
         return {

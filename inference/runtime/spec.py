@@ -55,22 +55,34 @@ class TensorSpec:
 class Signature:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Whether a row's outputs depend on that row alone, as validation found by running the
+    # example twice over (``serve.rows_independent``): only then may the worker run several
+    # requests as one batch. A retrieval model scoring each query against every item sent
+    # (both inputs "[-1, 8]") gave one request scores against another's items.
+    rows_independent: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "inputs": [asdict(s) for s in self.inputs],
             "outputs": [asdict(s) for s in self.outputs],
         }
+        if not self.rows_independent:
+            data["rows_independent"] = False
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Signature:
         return cls(
-            [TensorSpec(**s) for s in data["inputs"]], [TensorSpec(**s) for s in data["outputs"]]
+            [TensorSpec(**s) for s in data["inputs"]],
+            [TensorSpec(**s) for s in data["outputs"]],
+            rows_independent=data.get("rows_independent", True),
         )
 
     @property
     def batch_dynamic(self) -> bool:
-        return all(s.shape[:1] == [-1] for s in self.inputs)
+        """Whether requests may be merged into one batch: every input's first dimension is
+        the batch, and rows are independent."""
+        return self.rows_independent and all(s.shape[:1] == [-1] for s in self.inputs)
 
 
 def check_inputs(signature: Signature, received: dict[str, tuple[str, list[int]]]) -> int:
@@ -107,7 +119,7 @@ def check_inputs(signature: Signature, received: dict[str, tuple[str, list[int]]
                 f"Input '{spec.name}' has shape {list(shape)} and no values; a tensor without "
                 f"values may have at most {MAX_EMPTY_LISTS} rows. Send one with values."
             )
-        if shape:
+        if shape and spec.shape[:1] == [-1]:  # a fixed first dimension is no batch
             if batch not in (None, shape[0]):
                 raise InputError(
                     f"All inputs need the same batch size; '{spec.name}' has {shape[0]}, "

@@ -48,18 +48,19 @@ def validated(tenant, name: str, data: bytes, fmt: str = "torchscript", **fields
     return version
 
 
-def queued(version: ModelVersion, x: np.ndarray, tenant=None) -> Prediction:
-    """A prediction of ``tenant`` (the model's own by default) on input ``x``; another
-    organisation is subscribed to the model first (the worker runs nothing a caller may not),
-    its listing published, free, where it has none."""
+def queued(version: ModelVersion, x: np.ndarray | dict, tenant=None) -> Prediction:
+    """A prediction of ``tenant`` (the model's own by default) on input ``x`` (the input named
+    x, or a dict of inputs by name); another organisation is subscribed to the model first (the
+    worker runs nothing a caller may not), its listing published, free, where it has none."""
     if tenant is not None and tenant != version.model.tenant:
         _subscribed(version.model, tenant)
+    inputs = x if isinstance(x, dict) else {"x": x}
     return Prediction.objects.create(
         tenant=tenant or version.model.tenant,
         model=version.model,
         version=version,
-        input_data=tensors.encode({"x": x}),
-        batch_size=x.shape[0],
+        input_data=tensors.encode(inputs),
+        batch_size=next(iter(inputs.values())).shape[0],
     )
 
 

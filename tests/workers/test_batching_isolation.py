@@ -25,10 +25,14 @@ ROW = {"x": {"shape": [1, 4]}}  # the example validation runs: one row
 
 
 class Flip(nn.Module):
-    """Returns its rows in reverse order: identical to a correct model at batch 1."""
+    """Returns its rows in reverse order once a value passes 10: a correct model on the
+    example validation runs (which finds a model that always mixes rows: see
+    ``test_a_model_whose_rows_depend_on_each_other_is_never_batched``)."""
 
     def forward(self, x):
-        return x.flip(0) * 1.0
+        if bool((x > 10).any()):
+            return x.flip(0) * 1.0
+        return x * 1.0
 
 
 def test_a_model_cannot_hand_one_tenants_input_to_another_tenant(tenant, outsider):
@@ -156,14 +160,27 @@ def test_an_export_that_draws_random_numbers_or_reads_unset_memory_is_not_shared
 
 
 class FirstRow(nn.Module):
-    """Right at batch 1 (how validation sees it); for more rows, one row for everyone."""
+    """Right at batch 1; for more rows, one row for everyone."""
 
     def forward(self, x):
         return x[:1] * 2
 
 
+class FirstRowOfLarge(nn.Module):
+    """As ``FirstRow``, only for several rows all over 1.5: right on the example validation
+    runs (zeros), so it is batched, and wrong on a merged batch."""
+
+    def forward(self, x):
+        if x.shape[0] > 1 and bool((x > 1.5).all()):
+            return x[:1] * 2
+        return x * 2
+
+
+ZEROS = {"x": {"data": [[0.0, 0.0, 0.0, 0.0]], "shape": [1, 4], "datatype": "FP32"}}
+
+
 def test_a_merged_batch_answered_with_too_few_rows_is_run_again_one_call_at_a_time(tenant):
-    version = validated(tenant, "firstrow", scripted(FirstRow()), example_input=ROW)
+    version = validated(tenant, "firstrow", scripted(FirstRowOfLarge()), example_input=ZEROS)
     ones = np.ones((1, 4), np.float32)
     warm, first, second = (queued(version, ones * k) for k in (1, 2, 3))
 
@@ -178,8 +195,8 @@ def test_a_merged_batch_answered_with_too_few_rows_is_run_again_one_call_at_a_ti
 def test_a_call_answered_with_fewer_rows_than_it_sent_fails_as_the_models_fault_unbilled(
     tenant,
 ):
-    version = validated(tenant, "firstrow", scripted(FirstRow()), example_input=ROW)
-    prediction = queued(version, np.ones((2, 4), np.float32))
+    version = validated(tenant, "firstrow", scripted(FirstRowOfLarge()), example_input=ZEROS)
+    prediction = queued(version, np.full((2, 4), 2.0, np.float32))
 
     assert prediction_run(prediction_id=prediction.public_id) == "failed"
 
@@ -231,3 +248,73 @@ def test_a_batch_never_holds_more_rows_than_the_setting_allows(tenant, settings)
     assert batches == [1, 1, 1]  # 2 rows each: a second call would make 4
     for k, call in zip((1.0, 2.0, 3.0), calls, strict=True):
         assert output_of(call).tolist() == [[2 * k] * 4] * 2
+
+
+class Scores(nn.Module):
+    """A two-tower retrieval model: each query scored against every item sent. Both inputs'
+    first dimension is dynamic, and neither is a batch of rows."""
+
+    def forward(self, query, items):
+        return query @ items.t()
+
+
+class Centred(nn.Module):
+    """Each row less the batch's mean: statistics over the batch."""
+
+    def forward(self, x):
+        return x - x.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("module", "example"),
+    [
+        (Scores(), {"query": {"shape": [2, 8]}, "items": {"shape": [2, 8]}}),
+        (Centred(), {"x": {"shape": [2, 4]}}),
+        (FirstRow(), ROW),
+    ],
+    ids=["retrieval", "batch-statistics", "first-row"],
+)
+def test_a_model_whose_rows_depend_on_each_other_is_never_batched(tenant, module, example):
+    """Concurrent calls of the retrieval model were merged: each got scores against the other
+    call's items too (shape (2, 4) for (2, 2)), billed, with no error."""
+    version = validated(tenant, "m", scripted(module), example_input=example)
+    rng = np.random.default_rng(0)
+    names = list(example)
+    calls = [
+        {n: rng.random(tuple(example[n]["shape"]), dtype=np.float32) for n in names}
+        for _ in range(3)
+    ]
+    predictions = [queued(version, call if len(names) > 1 else call["x"]) for call in calls]
+
+    batches = run_concurrently(version, *predictions)
+
+    assert version.signature.get("rows_independent") is False
+    assert batches == [1, 1]
+    if isinstance(module, FirstRow):
+        return  # alone, each of its one-row calls is right
+    for call, prediction in zip(calls, predictions, strict=True):
+        expected = module(*[torch.from_numpy(call[n]) for n in names]).numpy()
+        np.testing.assert_allclose(output_of(prediction), expected, rtol=1e-5, atol=1e-6)
+
+
+class Weighted(nn.Module):
+    """A batch of rows and a weight vector with no batch dimension."""
+
+    def forward(self, x, w):
+        return x * w
+
+
+def test_an_input_without_a_batch_dimension_takes_any_number_of_rows(tenant):
+    """w [4] was taken for a batch of 4: a call with one row of x was "All inputs need the same
+    batch size; 'w' has 4, others 1", and only calls of exactly 4 rows ran."""
+    x, w = torch.ones(2, 4), torch.tensor([1.0, 10.0, 100.0, 1000.0])
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(Weighted(), (x, w), dynamic_shapes=({0: batch}, None))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    version = validated(tenant, "weighted", buffer.getvalue(), fmt="pt2")
+    one_row = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    prediction = queued(version, {"x": one_row, "w": w.numpy()})
+
+    assert prediction_run(prediction_id=prediction.public_id) == "succeeded"
+    assert output_of(prediction).tolist() == [[1.0, 20.0, 300.0, 4000.0]]
