@@ -141,7 +141,7 @@ class Invoice(models.Model):
     payment_error = models.CharField(max_length=500, blank=True)
     # Failed attempts to pay so far: the next attempt's idempotency key carries it, so a retry
     # after a decline is a new payment, not the decline replayed.
-    payment_failures = models.PositiveIntegerField(default=0)
+    payment_failures = models.PositiveIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
 
@@ -231,7 +231,7 @@ class StripeEvent(models.Model):
     # Why processing it failed, the last time, and how many times it did: past
     # ``EVENT_MAX_ATTEMPTS`` the resume sweep leaves it for an operator.
     error = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, db_default=0)
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type}"

@@ -46,7 +46,7 @@ class Prediction(models.Model):
     output_data = models.BinaryField(null=True, editable=False)
     data_purged_at = models.DateTimeField(null=True, blank=True)
     batch_size = models.PositiveIntegerField(default=1)  # rows in this prediction's input
-    batched_with = models.PositiveIntegerField(default=1)  # predictions in its forward pass
+    batched_with = models.PositiveIntegerField(default=1, db_default=1)  # in its forward pass
     error = models.TextField(blank=True)
     error_kind = models.CharField(max_length=16, blank=True)
     compute_ms = models.FloatField(null=True, blank=True)
@@ -57,7 +57,8 @@ class Prediction(models.Model):
     webhook_events = models.JSONField(default=list, blank=True)
     # The id of the request that made it (X-Request-ID), for the worker's log lines: the fast
     # path carries the prediction's id alone, and sweeps send it again long after.
-    request_id = models.CharField(max_length=128, blank=True, default="")  # as config.logs takes
+    # As config.logs takes it.
+    request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     # The listing's terms it was admitted under (null: free, or the consumer's own model): it
     # is billed at no more than these, whatever the publisher changes while it waits.
     admitted_price_per_call = models.DecimalField(
@@ -66,7 +67,7 @@ class Prediction(models.Model):
     admitted_price_per_second = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True
     )
-    admitted_currency = models.CharField(max_length=3, blank=True)
+    admitted_currency = models.CharField(max_length=3, blank=True, default="", db_default="")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -199,10 +200,10 @@ class CompressionJob(models.Model):
     # The running worker touches this as the job progresses; a running job whose heartbeat
     # has stopped was lost with its worker and may be claimed again.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, db_default=0)
     # A retried POST with the same Idempotency-Key returns this job instead of a second one.
-    idempotency_key = models.CharField(max_length=255, blank=True)
-    request_hash = models.CharField(max_length=64, blank=True)
+    idempotency_key = models.CharField(max_length=255, blank=True, default="", db_default="")
+    request_hash = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         constraints = [

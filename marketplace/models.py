@@ -188,7 +188,7 @@ class ModelVersion(models.Model):
     # Validation found the model keeps nothing from call to call (a torch.export graph that
     # writes no state, a built-in architecture): one loaded host may serve every organisation.
     # Otherwise each has its own, so no state carries one's input to another.
-    stateless = models.BooleanField(default=False)
+    stateless = models.BooleanField(default=False, db_default=False)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
