@@ -3,8 +3,11 @@ every tenant-owned object to it."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.http import Http404, HttpRequest
 
 from accounts.models import ApiKey, Membership, Tenant, User
@@ -39,9 +42,46 @@ def session_access(request: HttpRequest) -> Access | None:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    # Behind a proxy, configure it to set REMOTE_ADDR (e.g. gunicorn --forwarded-allow-ips);
-    # trusting X-Forwarded-For here would let callers bypass IP allowlists.
-    return request.META.get("REMOTE_ADDR") or None
+    """The caller's address: the socket's peer, or, where that is one of
+    ``MM_TRUSTED_PROXIES``, the address X-Forwarded-For names past every trusted hop (read
+    from the right: what is left of it any caller may have written). Trusting the header
+    from anyone else would let callers pick their address past key allowlists and the
+    sign-in throttle. (gunicorn's --forwarded-allow-ips sets the scheme, not REMOTE_ADDR: an
+    earlier comment here said it did.)"""
+    peer = request.META.get("REMOTE_ADDR") or None
+    trusted = _trusted_proxies(tuple(settings.TRUSTED_PROXIES))
+    if peer is None or not trusted or not _within(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    client = peer
+    for hop in reversed([h for h in hops if h]):
+        if not _valid_ip(hop):
+            break  # a malformed chain: the last hop a trusted proxy vouched for
+        client = hop
+        if not _within(hop, trusted):
+            break
+    return client
+
+
+@functools.cache
+def _trusted_proxies(networks: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def resolve_membership(request: HttpRequest) -> Membership | None:

@@ -415,6 +415,13 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY", False) else None
 )
+# The proxies in front of the web (addresses or networks, comma-separated): a request from
+# one of them is from the client its X-Forwarded-For names, read from the right past every
+# trusted hop (accounts.tenancy.client_ip). Empty (the default): the socket's peer, and
+# X-Forwarded-For is never read, since any caller can write it. Behind a proxy left unset,
+# every request is from the proxy's address: the sign-in throttle then locks everyone out
+# at once, and key allowlists see only the proxy.
+TRUSTED_PROXIES = [p.strip() for p in env("MM_TRUSTED_PROXIES", "").split(",") if p.strip()]
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Pages (not API responses) carry this policy (config/csp.py): everything from this site, no

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -1010,3 +1010,38 @@ def test_password_reset_emails_to_one_address_are_limited_and_the_page_says_the_
     assert len({a["Location"] for a in answers}) == 1
     assert [m.to for m in mailoutbox] == [[alice.email], [alice.email]]
     assert other.status_code == 302  # no account there: the same answer, no e-mail
+
+
+def test_behind_a_trusted_proxy_each_client_is_throttled_by_its_own_address(
+    alice, tenant, settings
+):
+    """Behind the documented proxy every request came from its address: fifty failed sign-ins
+    by anyone locked every person out, the right password too. A caller not behind a trusted
+    proxy cannot pick its address with X-Forwarded-For."""
+    from accounts.tenancy import client_ip
+
+    settings.SIGNIN_FAILURES_PER_IP = 3
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    for n in range(3):
+        Client(**proxy, HTTP_X_FORWARDED_FOR=f"198.51.100.{n}, 203.0.113.66").post(
+            "/login/", {"username": f"nobody{n}@evil.example", "password": "nope"}
+        )
+    alice_browser = Client(**proxy, HTTP_X_FORWARDED_FOR="192.0.2.44")
+    signed_in = alice_browser.post("/login/", {"username": alice.email, "password": PASSWORD})
+    attacker = Client(**proxy, HTTP_X_FORWARDED_FOR="203.0.113.66")
+    refused = attacker.post("/login/", {"username": alice.email, "password": PASSWORD})
+
+    assert signed_in.status_code == 302  # another client, another address
+    assert refused.status_code == 200 and "Too many failed sign-ins" in refused.content.decode()
+
+    def ip(remote: str, forwarded: str = "") -> str | None:
+        request = RequestFactory().get("/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+        return client_ip(request)
+
+    assert ip("192.0.2.9", "203.0.113.1") == "192.0.2.9"  # not a trusted proxy: its own
+    assert ip("10.0.0.5", "spoofed, 203.0.113.1, 10.1.2.3") == "203.0.113.1"  # past two hops
+    assert ip("10.0.0.5", "not-an-ip") == "10.0.0.5"
+    assert ip("10.0.0.5") == "10.0.0.5"
+    settings.TRUSTED_PROXIES = []
+    assert ip("10.0.0.5", "203.0.113.1") == "10.0.0.5"  # the header is never read by default
