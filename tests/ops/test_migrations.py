@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from django.apps import apps
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import AddField
@@ -43,3 +44,30 @@ def test_every_column_added_to_a_table_has_a_database_default():
             if model._meta.get_field(operation.name).db_default is NOT_PROVIDED:
                 missing.append(f"{app}.{operation.model_name}.{operation.name} ({name})")
     assert not missing, "add db_default= to: " + ", ".join(missing)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_index_migration_runs_again_after_failing_half_way():
+    """billing 0006 builds four indexes outside a transaction: one failing (a timeout, a lost
+    connection) left the others built and the migration unrecorded, and every later migrate
+    failed on "relation ... already exists" until someone dropped them by hand."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    quiet = {"stdout": StringIO(), "verbosity": 0}
+    call_command("migrate", "billing", "0005", **quiet)
+    with connection.cursor() as cursor:  # as if the run had built the second one, then died
+        cursor.execute(
+            "CREATE INDEX billing_usa_api_key_cc1454_idx ON billing_usagerecord "
+            "(api_key_id, period, currency, consumer_id, amount)"
+        )
+
+    call_command("migrate", "billing", **quiet)
+
+    with connection.cursor() as cursor:
+        table = connection.introspection.get_constraints(cursor, "billing_usagerecord")
+    for name in ("billing_usa_consume_fa3f1d_idx", "billing_usa_api_key_cc1454_idx"):
+        assert table[name]["index"], name
