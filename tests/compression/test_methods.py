@@ -451,3 +451,32 @@ def test_a_student_that_names_its_input_can_be_pruned_and_keeps_the_name():
     pruned = prune.channel_prune(build("mlp", config), 0.5, config=config)
 
     assert pruned.config["input_name"] == "x" and pruned.config["hidden"] == [32, 16]
+
+
+@pytest.mark.parametrize("scheme", ["dynamic_int8", "weight_only_int8"])
+def test_int8_quantization_of_the_transformer_is_refused_up_front_and_fp16_works(scheme):
+    """torch's encoder layer reads its Linear layers' weights, which int8 layers no longer
+    have: each such job failed in the host ("'Int8WeightLinear' object has no attribute
+    'weight'"), blamed on the model."""
+    from inference.compression import params
+    from inference.runtime.architectures import build
+
+    config = {"features": 8, "seq_len": 12, "d_model": 32, "heads": 4, "layers": 1, "classes": 4}
+    with pytest.raises(AttributeError):  # what the job met
+        getattr(quantize, scheme)(build("transformer", config))(torch.randn(2, 12, 8))
+
+    with pytest.raises(NotApplicable, match="use the fp16 or bf16 scheme, or distill it"):
+        params.check(
+            "quantize",
+            {"scheme": scheme},
+            format="safetensors",
+            architecture="transformer",
+            config=config,
+        )
+    assert params.check(
+        "quantize",
+        {"scheme": "fp16"},
+        format="safetensors",
+        architecture="transformer",
+        config=config,
+    ) == {"scheme": "fp16"}
