@@ -77,8 +77,10 @@ def export_cast(module: nn.Module, precision: str, input_name: str, example: tor
     )
     boundary.__class__ = type("Float32Boundary", (Float32Boundary,), {"forward": forward})
     try:
+        # DYNAMIC, not a Dim of our own: the batch keeps the range the parent's graph allows
+        # (a publisher's Dim("batch", max=1024) refused an unbounded one, and every cast).
         program = torch.export.export(
-            boundary.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+            boundary.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
         )
         program.module()(example)  # a graph that exports but does not run in half is refused
     except Exception as exc:  # noqa: BLE001 - whatever the graph's operators refuse

@@ -224,6 +224,23 @@ def test_an_fp16_pt2_version_can_be_compressed_again(teacher, held_out):
     assert agreement is not None and agreement >= 0.99
 
 
+def test_a_graph_whose_batch_the_publisher_bounded_can_be_cast(teacher, held_out):
+    """Exported with Dim("batch", max=1024), every fp16 and bf16 cast failed: "Constraints
+    violated (batch)!", said as the graph not allowing the cast."""
+    from inference.compression import artifacts
+    from inference.runtime import formats
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(teacher, (held_out[:2],), dynamic_shapes=({0: batch},))
+
+    cast = artifacts.export_cast(program.module(), "fp16", "x", held_out[:2])
+    half = formats.load(cast, format="pt2", device="cpu").module
+
+    for rows in (1, 7, 64):
+        assert half(held_out[:rows]).shape[0] == rows
+    assert ev.fidelity(half, teacher, held_out).agreement >= 0.99
+
+
 def test_distillation_on_generated_inputs_is_deterministic(teacher):
     def run_once() -> nn.Module:
         torch.manual_seed(5)
