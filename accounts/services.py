@@ -221,6 +221,15 @@ def tenant_create(*, slug: str, name: str, owner: User, actor: Actor | None = No
     return tenant
 
 
+def tenant_locked(tenant: Tenant) -> None:
+    """Lock ``tenant``'s row until the transaction ends, so that what counts against it is
+    admitted one at a time (paid calls, compression jobs, invitations to one address). FOR NO
+    KEY UPDATE on PostgreSQL: rows that merely reference the organisation (its predictions,
+    usage records, audit rows) are inserted meanwhile; FOR UPDATE made each wait."""
+    rows = Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk)
+    list(rows.values_list("pk", flat=True))
+
+
 def _forget_tenant_keys(tenant_pk: int) -> None:
     """Drop the tenant's keys from this process's cache now and once the change commits (see
     ``_forget_key``)."""
@@ -323,7 +332,7 @@ def invitation_create(
     _member_locked(tenant, actor)
     # Two managers inviting one address at once each found no open invitation to replace,
     # and both stayed open: invitations to the organisation are made one at a time.
-    list(Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk", flat=True))
+    tenant_locked(tenant)
     _require_manager(tenant, actor, touches_owner=role == Role.OWNER, grants=role)
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise ValidationError({"email": f"{email} is already a member of {tenant.name}."})

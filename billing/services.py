@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
@@ -19,7 +20,7 @@ from redis.exceptions import LockError
 from accounts.exceptions import Conflict, NotFound, PaymentRequired, ServiceError
 from accounts.models import ApiKey, Role, Tenant
 from accounts.secrets import public_id
-from accounts.services import SYSTEM, Actor, audit_record
+from accounts.services import SYSTEM, Actor, audit_record, tenant_locked
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.models import (
@@ -417,7 +418,10 @@ def admission_lock(consumer: Tenant) -> None:
     call or the last room under a cap or budget (a review helper's 8 parallel calls were all
     admitted with room for one, and a burst got free calls billed with no payment method).
     On SQLite every write transaction already runs alone (``BEGIN IMMEDIATE``)."""
-    list(Tenant.objects.select_for_update().filter(pk=consumer.pk).values_list("pk", flat=True))
+    # NO KEY UPDATE: admissions take turns, while rows that merely reference the organisation
+    # (its predictions of free models, the worker's usage records, audit rows) go on; FOR
+    # UPDATE made every such insert wait for the admission.
+    tenant_locked(consumer)
 
 
 def _shown(amount: Decimal, currency: str) -> str:
@@ -549,7 +553,38 @@ def _account_authorize(
     return account, period
 
 
-def _alert_once(
+# Alerts found during an admission (``alerts_after_admission``), sent once it has ended.
+_DEFERRED_ALERTS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "mm_deferred_alerts", default=None
+)
+
+
+@contextmanager
+def alerts_after_admission():
+    """Admission runs in the transaction that records the work, under the consumer's lock
+    (``admission_lock``): an 80 % alert found there is sent once that transaction has ended,
+    committed or rolled back, each in its own write. Sent inside, the e-mail held the lock
+    for an SMTP round trip, and a call refused after it (a key's budget used up) rolled the
+    alert's record back, so every refused call e-mailed the organisation again."""
+    token = _DEFERRED_ALERTS.set([])
+    try:
+        yield
+    finally:
+        pending = _DEFERRED_ALERTS.get() or []
+        _DEFERRED_ALERTS.reset(token)
+        for alert in pending:
+            alert()
+
+
+def _alert_once(**alert) -> None:
+    deferred = _DEFERRED_ALERTS.get()
+    if deferred is not None:
+        deferred.append(partial(_alert_now, **alert))
+    else:
+        _alert_now(**alert)
+
+
+def _alert_now(
     *,
     account: BillingAccount,
     period,

@@ -15,10 +15,9 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from accounts.exceptions import Conflict, NotFound, ServiceError
-from accounts.models import Tenant
-from accounts.services import Actor, audit_record
+from accounts.services import Actor, audit_record, tenant_locked
 from accounts.tenancy import Access
-from billing.services import compute_authorize, usage_record_create
+from billing.services import alerts_after_admission, compute_authorize, usage_record_create
 from inference import dispatch
 from inference.compression import NotApplicable
 from inference.compression import params as checks
@@ -96,7 +95,7 @@ def job_create(
     except NotApplicable as exc:
         raise Unprocessable(str(exc)) from None
     try:
-        with transaction.atomic():
+        with alerts_after_admission(), transaction.atomic():
             _refuse_past_active_limit(access)
             # Billed per compute-second: 402 if unpayable, counting what its running jobs cost
             # so far. After the checks: a request that could never run is the caller's to fix
@@ -145,7 +144,7 @@ def _refuse_past_active_limit(access: Access) -> None:
     job, with the tenant's row locked (PostgreSQL; SQLite's write transactions are already one
     at a time), so concurrent requests cannot all pass the count."""
     limit = settings.COMPRESSION_MAX_ACTIVE
-    Tenant.objects.select_for_update().filter(pk=access.tenant.pk).exists()
+    tenant_locked(access.tenant)
     active = CompressionJob.objects.filter(tenant=access.tenant, status__in=ACTIVE).count()
     if active >= limit:
         raise TooManyJobs(

@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts.exceptions import Conflict, Gone, ServiceError
 from accounts.models import ALL_SCOPES, Scope, Tenant
 from accounts.tenancy import Access
-from billing.services import spend_authorize, usage_record_create
+from billing.services import alerts_after_admission, spend_authorize, usage_record_create
 from config import sql
 from config.logs import current_request_id
 from inference import catalog, dispatch, limits, realtime, tensors
@@ -201,7 +201,7 @@ def prediction_create(
     shared = realtime.listener() if wait else None
     prediction = None
     try:
-        with transaction.atomic():
+        with alerts_after_admission(), transaction.atomic():
             # In the transaction that records it: paid work is admitted one at a time per
             # consumer (``billing.services.admission_lock``), each counting the one before.
             terms = spend_authorize(

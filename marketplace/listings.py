@@ -451,7 +451,9 @@ def listing_publish(
     # The model's row first: a listing not made yet has no row to lock, and two first
     # publishes at once (a double-clicked Publish, a retried PUT) both went on to create it,
     # the second a 500 on the unique model.
-    list(Model.objects.select_for_update().filter(pk=model.pk).values_list("pk", flat=True))
+    # (NO KEY UPDATE: predictions of the model, which reference its row, go on meanwhile.)
+    rows = Model.objects.select_for_update(no_key=True).filter(pk=model.pk)
+    list(rows.values_list("pk", flat=True))
     listing = Listing.objects.select_for_update().filter(model=model).first()
     if listing is None:
         changes.setdefault("title", model.name)

@@ -92,6 +92,26 @@ def test_crossing_80_percent_of_the_cap_emails_the_billing_people_once(outsider,
     assert "80% of your monthly spend cap" in mail.outbox[0].subject
 
 
+def test_calls_refused_after_the_cap_alert_send_it_once(outsider, paid_clf, charlie):
+    """Past 80 % of the cap, with the key's budget used up: the alert was recorded in the
+    transaction the refusal rolled back, and every refused call e-mailed the organisation."""
+    from billing.models import BillingAccount, KeyBudget
+
+    globex = key_client(outsider)
+    key = outsider.api_keys.get(prefix=globex.secret.split("_")[2])
+    globex.put("/api/v1/billing/settings", {"spend_cap": "1.25"}, format="json")
+    KeyBudget.objects.create(api_key=key, monthly_limit=Decimal("0.50"))
+    spend(outsider, paid_clf, 4, key=key)  # 1.00: 80 % of the cap, the key's 0.50 used up
+
+    refused = [predict(globex) for _ in range(3)]
+
+    assert [r.status_code for r in refused] == [402] * 3
+    assert "monthly budget" in refused[0].json()["detail"]
+    cap_mails = [m for m in mail.outbox if "spend cap" in m.subject]
+    assert len(cap_mails) == 1 and cap_mails[0].to == [charlie.email]
+    assert BillingAccount.objects.get(tenant=outsider).cap_alerted_period is not None
+
+
 def test_calls_still_queued_count_against_the_cap(outsider, paid_clf):
     """No worker runs them here: queued calls are what a backlog looks like. Each is counted
     at its price before it is billed, so a backlog cannot run past the cap."""
