@@ -318,3 +318,43 @@ def test_an_input_without_a_batch_dimension_takes_any_number_of_rows(tenant):
 
     assert prediction_run(prediction_id=prediction.public_id) == "succeeded"
     assert output_of(prediction).tolist() == [[1.0, 20.0, 300.0, 4000.0]]
+
+
+class HalfMLP(nn.Module):
+    """bf16 weights behind float32 inputs and outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3)).bfloat16()
+
+    def forward(self, x):
+        return self.net(x.to(torch.bfloat16)).float()
+
+
+class Tokens(nn.Module):
+    """A text classifier on int64 token ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(50, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+@pytest.mark.parametrize(
+    ("module", "example"),
+    [
+        (HalfMLP(), {"x": {"shape": [3, 4]}}),
+        (Tokens(), {"ids": {"data": [[1, 2, 3], [4, 5, 6]], "shape": [2, 3], "datatype": "INT64"}}),
+        (Double(), ROW),
+    ],
+    ids=["bf16-mlp", "token-ids", "fp32"],
+)
+def test_ordinary_models_are_still_batched(tenant, module, example):
+    """The check that keeps a model mixing its rows out of merged batches must not take an
+    ordinary one for such a model (a bf16 MLP was, on a GPU, at float32's tolerance)."""
+    version = validated(tenant, "m", scripted(module.eval()), example_input=example)
+
+    assert "rows_independent" not in version.signature
