@@ -48,17 +48,18 @@ def client_ip(request: HttpRequest) -> str | None:
     from anyone else would let callers pick their address past key allowlists and the
     sign-in throttle. (gunicorn's --forwarded-allow-ips sets the scheme, not REMOTE_ADDR: an
     earlier comment here said it did.)"""
-    peer = request.META.get("REMOTE_ADDR") or None
+    peer = _address(request.META.get("REMOTE_ADDR") or "")
     trusted = _trusted_proxies(tuple(settings.TRUSTED_PROXIES))
     if peer is None or not trusted or not _within(peer, trusted):
-        return peer
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        return peer or request.META.get("REMOTE_ADDR") or None
+    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
     client = peer
-    for hop in reversed([h for h in hops if h]):
-        if not _valid_ip(hop):
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
             break  # a malformed chain: the last hop a trusted proxy vouched for
-        client = hop
-        if not _within(hop, trusted):
+        client = address
+        if not _within(address, trusted):
             break
     return client
 
@@ -68,19 +69,25 @@ def _trusted_proxies(networks: tuple[str, ...]) -> tuple:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def _valid_ip(text: str) -> bool:
+def _address(text: str) -> str | None:
+    """An address as proxies write it, plain: ``203.0.113.5:4711`` and ``[2001:db8::1]:443``
+    without their ports, and an IPv4 address mapped into IPv6 (``::ffff:10.0.0.2``, a server
+    bound to ``[::]``) as IPv4; None for what is no address."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
     try:
-        ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return True
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def _within(address: str, networks: tuple) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
+    ip = ipaddress.ip_address(address)
     return any(ip in network for network in networks)
 
 

@@ -8,6 +8,7 @@ files under ``var/``, and an embedded Redis server when ``REDIS_URL`` is unset. 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -16,6 +17,7 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded, logs
 
@@ -422,6 +424,13 @@ SECURE_PROXY_SSL_HEADER = (
 # every request is from the proxy's address: the sign-in throttle then locks everyone out
 # at once, and key allowlists see only the proxy.
 TRUSTED_PROXIES = [p.strip() for p in env("MM_TRUSTED_PROXIES", "").split(",") if p.strip()]
+for _proxy in TRUSTED_PROXIES:  # refused at start, not as a 500 on every request
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"MM_TRUSTED_PROXIES: '{_proxy}' is no address or network (10.0.0.0/8, 127.0.0.1)."
+        ) from None
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Pages (not API responses) carry this policy (config/csp.py): everything from this site, no

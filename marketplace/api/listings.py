@@ -402,6 +402,8 @@ class CataloguePagination(PageNumberPagination):
         wanted = request.query_params.get(self.page_query_param)
         if wanted is None:
             return 1
+        if wanted in self.last_page_strings:  # ?page=last, as DRF takes it
+            return max(paginator.num_pages, 1)
         number = _whole(self.page_query_param, wanted)
         last = max(paginator.num_pages, 1)
         if number > last:
@@ -424,7 +426,8 @@ class CataloguePagination(PageNumberPagination):
 
 
 def _whole(name: str, value: str) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+    # At most 18 digits: int() refuses strings of over 4,300 (a ValueError, a 500).
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) < 1:
         raise serializers.ValidationError({name: f"A whole number from 1, not '{value[:40]}'."})
     return int(value)
 

@@ -3,6 +3,7 @@ the audit log and the tenant switcher, driven through Django's test client."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -1043,5 +1044,31 @@ def test_behind_a_trusted_proxy_each_client_is_throttled_by_its_own_address(
     assert ip("10.0.0.5", "spoofed, 203.0.113.1, 10.1.2.3") == "203.0.113.1"  # past two hops
     assert ip("10.0.0.5", "not-an-ip") == "10.0.0.5"
     assert ip("10.0.0.5") == "10.0.0.5"
+    # Ports and brackets as load balancers write them, and a mapped IPv4 peer (bound on [::]):
+    # each fell back to the proxy's address, one for every client again.
+    assert ip("10.0.0.5", "203.0.113.5:4711") == "203.0.113.5"
+    assert ip("10.0.0.5", "[2001:db8::7]:443") == "2001:db8::7"
+    assert ip("::ffff:10.0.0.2", "203.0.113.8") == "203.0.113.8"
     settings.TRUSTED_PROXIES = []
     assert ip("10.0.0.5", "203.0.113.1") == "10.0.0.5"  # the header is never read by default
+
+
+def test_a_trusted_proxy_setting_that_is_no_address_stops_the_server_at_start():
+    import subprocess
+    import sys
+
+    result = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "MM_TRUSTED_PROXIES": "10.0.0.0/8,proxy",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "MM_TRUSTED_PROXIES: 'proxy' is no address or network" in result.stderr

@@ -832,7 +832,7 @@ def test_catalogue_pages_through_results(shelf, outsider_api):
 
 @pytest.mark.parametrize(
     "params, past_last",
-    [({"page": p}, False) for p in ("abc", "0", "-1", "1.5", "²")]
+    [({"page": p}, False) for p in ("abc", "0", "-1", "1.5", "²", "9" * 5000)]
     + [({"page_size": p}, False) for p in ("abc", "0", "-1", "")]
     + [({"page": "3", "page_size": "2"}, True)],
 )
@@ -848,6 +848,8 @@ def test_a_bad_catalogue_page_is_a_400_naming_it(shelf, params, past_last):
         assert "Page 3 is past the last page (2)." in response.json()["detail"]
     huge = APIClient().get("/api/v1/catalogue", {"page_size": "1000000000"}).json()
     assert len(huge["results"]) == 3  # at most 100, as the schema says
+    last = APIClient().get("/api/v1/catalogue", {"page": "last", "page_size": "2"})
+    assert last.status_code == 200 and len(last.json()["results"]) == 1
 
 
 @pytest.mark.parametrize(
