@@ -22,6 +22,8 @@ class AddIndexConcurrently(migrations.AddIndex):
             return
         state = _index_state(schema_editor.connection, self.index.name)
         if state == "valid":
+            # Taken for this one by its name alone: a migration edited after an index of its
+            # name was built keeps the first definition.
             return
         if state == "invalid":
             name = schema_editor.quote_name(self.index.name)
