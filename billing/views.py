@@ -33,6 +33,7 @@ from billing.services import (
     payment_method_confirm,
     payment_setup_start,
     spend_cap_set,
+    stripe_configured,
     stripe_event_record,
 )
 
@@ -110,7 +111,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
         "earnings": selectors.earnings(publisher=tenant)[:48],
         "transfers": Transfer.objects.filter(publisher=tenant).select_related("invoice")[:48],
         "can_manage": _can_manage_billing(request),
-        "stripe_configured": bool(settings.STRIPE_SECRET_KEY),
+        "stripe_configured": stripe_configured(),
         "payment_method_required": settings.PAYMENT_METHOD_REQUIRED,
     }
     return render(request, "billing/home.html", context)
@@ -172,6 +173,11 @@ def key_budget(request: HttpRequest, key_id: str) -> HttpResponse:
     return redirect(f"{reverse('billing_dashboard:home')}#budgets")
 
 
+def _stripe_missing(request: HttpRequest) -> HttpResponse:
+    messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
+    return redirect("billing_dashboard:home")
+
+
 def _chart(days: list[dict], peaks: dict[str, Decimal]) -> list[dict]:
     """One slot per day of the window, quiet days included, so a bar's place is its date (one
     day of usage used to fill the whole chart as a single wide block)."""
@@ -224,9 +230,8 @@ def payment_method(request: HttpRequest) -> HttpResponse:
     form's script): save the confirmed card as the default payment method."""
     if not _can_manage_billing(request):
         raise PermissionDenied("Only owners, admins and billing members can change billing.")
-    if not settings.STRIPE_SECRET_KEY:
-        messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
-        return redirect("billing_dashboard:home")
+    if not stripe_configured():
+        return _stripe_missing(request)
     if request.method == "POST":
         try:
             payment_method_confirm(
@@ -258,9 +263,8 @@ def payment_method(request: HttpRequest) -> HttpResponse:
 @require_POST
 def connect_start(request: HttpRequest) -> HttpResponse:
     """Send a publisher to Stripe's Express onboarding for payouts."""
-    if not settings.STRIPE_SECRET_KEY:
-        messages.error(request, "Stripe is not configured on this server (STRIPE_SECRET_KEY).")
-        return redirect("billing_dashboard:home")
+    if not stripe_configured():
+        return _stripe_missing(request)
     try:
         page = connect_onboarding_start(tenant=request.tenant, actor=request_actor(request))
     except gateway.GatewayError as e:
