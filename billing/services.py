@@ -384,7 +384,12 @@ def spend_authorize(
         )
     if listing is None or listing.is_free:
         return listing
-    admission_lock(consumer)
+    # The checks below count the work recorded; the caller's transaction records this one.
+    # Two admissions that each counted before the other was recorded could both take the
+    # last free call or the last room under a cap or budget (8 parallel calls were admitted
+    # with room for one): paid admissions of one consumer take turns on its row. (SQLite's
+    # write transactions already run one at a time.)
+    tenant_locked(consumer)
     if listing.free_calls_per_month:
         period = selectors.period_of()
         used = selectors.free_calls_used(
@@ -409,19 +414,6 @@ def spend_authorize(
         price=(f"A call of {model.ref}", listing.price_per_call),
     )
     return listing
-
-
-def admission_lock(consumer: Tenant) -> None:
-    """Hold the consumer's row until the caller's transaction ends, which must also record the
-    work admitted (its prediction or job): the checks above count what is recorded, and two
-    admissions that each counted before the other was recorded could both take the last free
-    call or the last room under a cap or budget (a review helper's 8 parallel calls were all
-    admitted with room for one, and a burst got free calls billed with no payment method).
-    On SQLite every write transaction already runs alone (``BEGIN IMMEDIATE``)."""
-    # NO KEY UPDATE: admissions take turns, while rows that merely reference the organisation
-    # (its predictions of free models, the worker's usage records, audit rows) go on; FOR
-    # UPDATE made every such insert wait for the admission.
-    tenant_locked(consumer)
 
 
 def _shown(amount: Decimal, currency: str) -> str:
@@ -562,7 +554,7 @@ _DEFERRED_ALERTS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 @contextmanager
 def alerts_after_admission():
     """Admission runs in the transaction that records the work, under the consumer's lock
-    (``admission_lock``): an 80 % alert found there is sent once that transaction has ended,
+    (``spend_authorize``): an 80 % alert found there is sent once that transaction has ended,
     committed or rolled back, each in its own write. Sent inside, the e-mail held the lock
     for an SMTP round trip, and a call refused after it (a key's budget used up) rolled the
     alert's record back, so every refused call e-mailed the organisation again."""

@@ -203,7 +203,7 @@ def prediction_create(
     try:
         with alerts_after_admission(), transaction.atomic():
             # In the transaction that records it: paid work is admitted one at a time per
-            # consumer (``billing.services.admission_lock``), each counting the one before.
+            # consumer (``accounts.services.tenant_locked``), each counting the one before.
             terms = spend_authorize(
                 consumer=access.tenant,
                 model=model,
