@@ -3,7 +3,7 @@ address bar."""
 
 from __future__ import annotations
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+from rest_framework.permissions import SAFE_METHODS
 
 
 class BoostedPostMiddleware:

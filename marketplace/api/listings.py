@@ -426,8 +426,9 @@ class CataloguePagination(PageNumberPagination):
 
 
 def _whole(name: str, value: str) -> int:
-    # At most 18 digits: int() refuses strings of over 4,300 (a ValueError, a 500).
-    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) < 1:
+    # ``is_number``: ASCII digits that fit an integer column (int() refused a string of over
+    # 4,300 digits with a ValueError, a 500).
+    if not selectors.is_number(value) or int(value) < 1:
         raise serializers.ValidationError({name: f"A whole number from 1, not '{value[:40]}'."})
     return int(value)
 
