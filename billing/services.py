@@ -34,7 +34,7 @@ from billing.models import (
 )
 from billing.money import MICRO, from_minor_units, minor_units
 from billing.stripe_gateway import GatewayError, GatewayUnavailable
-from config import sql
+from config import sql, tasks
 from marketplace.listings import money_text
 from marketplace.models import Listing, Model
 
@@ -419,7 +419,7 @@ def spend_authorize(
 def _shown(amount: Decimal, currency: str) -> str:
     """An amount of a 402's message, in full at the ledger's precision (``money_text``: 0.056
     spent is not "0.06", and a call of 0.0005 does not cost "0.00")."""
-    return money_text(amount.quantize(MICRO), currency)
+    return money_text(_money(amount), currency)  # rounded as the ledger rounds
 
 
 def _key_budget_authorize(
@@ -1209,9 +1209,7 @@ def _stripe_event_act(event: StripeEvent) -> None:
 
 
 def _enqueue(task: str, *args) -> None:
-    from celery import current_app
-
-    current_app.send_task(task, args=list(args), queue="default", ignore_result=True)
+    tasks.send(task, *args)
 
 
 def billing_resume() -> dict:

@@ -18,6 +18,7 @@ from accounts.exceptions import Conflict, NotFound, ServiceError
 from accounts.services import Actor, audit_record, tenant_locked
 from accounts.tenancy import Access
 from billing.services import alerts_after_admission, compute_authorize, usage_record_create
+from config import tasks
 from inference import dispatch
 from inference.compression import NotApplicable
 from inference.compression import params as checks
@@ -222,13 +223,7 @@ def _job_data(data: Any, version: ModelVersion) -> bytes:
 
 
 def enqueue(job: CompressionJob) -> None:
-    from celery import current_app
-
-    # ignore_result: else Celery first waits on the result store, which (Redis down) took 20 s
-    # and answered a 500 where the broker's failure is a 503.
-    current_app.send_task(
-        "workers.run_compression", args=[job.public_id], queue=job.queue, ignore_result=True
-    )
+    tasks.send("workers.run_compression", job.public_id, queue=job.queue)
 
 
 def _enqueue_or_fail(job: CompressionJob) -> None:

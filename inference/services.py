@@ -19,7 +19,7 @@ from accounts.exceptions import Conflict, Gone, ServiceError
 from accounts.models import ALL_SCOPES, Scope, Tenant
 from accounts.tenancy import Access
 from billing.services import alerts_after_admission, spend_authorize, usage_record_create
-from config import sql
+from config import sql, tasks
 from config.logs import current_request_id
 from inference import catalog, dispatch, limits, realtime, tensors
 from inference.models import CompressionJob, Prediction, WebhookSigningKey
@@ -124,9 +124,15 @@ def admit(access: Access, model: Model, version: ModelVersion) -> dict[str, str]
 # index only for a query whose WHERE holds that same condition, and a bound "status IN (?, ?)"
 # is not (the admission check then read every prediction of the consumer: 34-52 ms at
 # 10,000). The values are our constants, not input.
+# Its statuses are read from the index itself (inference.models, "prediction_in_flight"), so
+# the two cannot drift apart and leave SQLite reading every row again.
+_IN_FLIGHT_STATUSES = dict(
+    next(i for i in Prediction._meta.indexes if i.name == "prediction_in_flight").condition.children
+)["status__in"]
+assert set(_IN_FLIGHT_STATUSES) == set(Prediction.UNFINISHED)  # what admission counts
 _IN_FLIGHT = RawSQL(  # noqa: S611 - no input in it: the table's name and our status words
     f'"{Prediction._meta.db_table}"."status" IN ('
-    + ", ".join(f"'{status}'" for status in Prediction.UNFINISHED if status.isalpha())
+    + ", ".join(f"'{status}'" for status in _IN_FLIGHT_STATUSES)
     + ")",
     [],
     output_field=BooleanField(),
@@ -282,16 +288,9 @@ def by_idempotency_key(model_class, *, tenant, key: str, body_hash: str):
 
 def enqueue(prediction: Prediction) -> None:
     """To a worker: on the fast path when one is there, else as a Celery task."""
-    from celery import current_app
-
     if dispatch.send(settings.INFERENCE_QUEUE, prediction.public_id):
         return
-    current_app.send_task(
-        "workers.run_prediction",
-        args=[prediction.public_id],
-        queue=settings.INFERENCE_QUEUE,
-        ignore_result=True,  # else it waits on the result store first (Redis down: 20 s, a 500)
-    )
+    tasks.send("workers.run_prediction", prediction.public_id, queue=settings.INFERENCE_QUEUE)
 
 
 def _enqueue_or_withdraw(prediction: Prediction) -> None:
@@ -395,8 +394,6 @@ def prediction_cancel(prediction: Prediction) -> Prediction:
 def prediction_claim(prediction: Prediction) -> bool:
     """Mark a prediction running; False when it already finished or was cancelled (a
     redelivered task then does nothing)."""
-    from celery import current_app
-
     now = timezone.now()
     claimed = sql.update(
         Prediction,
@@ -409,12 +406,7 @@ def prediction_claim(prediction: Prediction) -> bool:
         prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
     if claimed and prediction.webhook_url and "start" in prediction.webhook_events:
         transaction.on_commit(
-            lambda: current_app.send_task(
-                "inference.deliver_webhook",
-                args=[prediction.public_id, "start"],
-                queue="default",
-                ignore_result=True,
-            ),
+            lambda: tasks.send("inference.deliver_webhook", prediction.public_id, "start"),
             robust=True,  # the start is delivered or not; the claim stands either way
         )
     return bool(claimed)
@@ -568,15 +560,8 @@ def _announce(prediction: Prediction, output: bytes | None = None) -> None:
     except Exception:  # noqa: BLE001 - waiters fall back to the database
         logger.warning("announcing %s failed", prediction.public_id, exc_info=True)
     if prediction.webhook_url:
-        from celery import current_app
-
         try:
-            current_app.send_task(
-                "inference.deliver_webhook",
-                args=[prediction.public_id, "completed"],
-                queue="default",
-                ignore_result=True,
-            )
+            tasks.send("inference.deliver_webhook", prediction.public_id, "completed")
         except Exception:  # noqa: BLE001 - the sweep sends it
             logger.warning("sending %s's webhook failed", prediction.public_id, exc_info=True)
 

@@ -27,7 +27,7 @@ from accounts.exceptions import Conflict, Forbidden, PayloadTooLarge, Unsupporte
 from accounts.models import Scope, Tenant
 from accounts.services import Actor, audit_record
 from accounts.tenancy import Access
-from config import sql
+from config import sql, tasks
 from inference.runtime.spec import ARCHITECTURE_NAMES
 from marketplace.listings import example_input_clean
 from marketplace.models import (
@@ -988,14 +988,7 @@ def version_derive(
 
 
 def _enqueue_validation(version_id: str) -> None:
-    from celery import current_app
-
-    current_app.send_task(
-        "workers.validate_version",
-        args=[version_id],
-        queue=settings.VALIDATION_QUEUE,
-        ignore_result=True,
-    )
+    tasks.send("workers.validate_version", version_id, queue=settings.VALIDATION_QUEUE)
 
 
 def version_claim_validation(*, version: ModelVersion, seconds: float) -> bool:
