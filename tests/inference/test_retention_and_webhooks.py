@@ -370,3 +370,36 @@ def test_the_beat_sends_webhooks_missed_when_their_predictions_finished(classifi
 
     assert webhooks.resend_missed() == 1
     assert sent_tasks == [("inference.deliver_webhook", missed.public_id, "completed")]
+
+
+def test_predictions_asking_no_completed_event_do_not_crowd_out_a_missed_one(
+    classifier, sent_tasks, monkeypatch
+):
+    """The sweep cut its query at 1,000 rows and then dropped those that asked for no
+    "completed" event: never delivered, they came back every sweep for a day, and enough of
+    them hid the ones really missed."""
+    monkeypatch.setattr(webhooks, "MAX_RESENT", 2)
+    now = timezone.now()
+    common = {
+        "status": Prediction.Status.SUCCEEDED,
+        "webhook_url": "https://example.com/hook",
+    }
+    for minutes in (20, 19, 18):  # older: first in the sweep's order
+        make_prediction(
+            classifier,
+            completed_at=now - timedelta(minutes=minutes),
+            webhook_events=["start"],
+            **common,
+        )
+    missed = [
+        make_prediction(
+            classifier,
+            completed_at=now - timedelta(minutes=m),
+            webhook_events=["completed"],
+            **common,
+        )
+        for m in (10, 9, 8)
+    ]
+
+    assert webhooks.resend_missed() == 2  # at most MAX_RESENT, all of them missed ones
+    assert [task[1] for task in sent_tasks] == [p.public_id for p in missed[:2]]
