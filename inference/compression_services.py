@@ -280,7 +280,7 @@ def job_claim(job: CompressionJob) -> bool:
     claimed again, up to three attempts in all; after that it fails with the reason."""
     now = timezone.now()
     running = CompressionJob.Status.RUNNING
-    lost = _lost()
+    lost = jobs_lost_q()
     jobs = CompressionJob.objects.filter(pk=job.pk)
     claimable = jobs.filter(Q(status=CompressionJob.Status.QUEUED) | lost)
     claimed = (
@@ -340,7 +340,7 @@ def _parent_gone(parent: ModelVersion, *, while_: str) -> str:
     )
 
 
-def _lost() -> Q:
+def jobs_lost_q() -> Q:
     """Running jobs whose heartbeat stopped (their worker is gone), and queued ones as old. A
     running job's worker touches its heartbeat about every second; one silent for
     ``MM_COMPRESSION_JOB_LOST_SECONDS`` (2 min) was lost with its worker (killed, or the
@@ -360,7 +360,9 @@ def jobs_requeue_lost() -> int:
     still looked alive was dropped by ``job_claim``: without this sweep (a beat task every
     two minutes) such a job would stay ``running`` for good. The task claims the job as usual,
     so a job that turns out alive is left alone and a lost one counts an attempt."""
-    candidates = list(CompressionJob.objects.filter(_lost()).only("public_id", "queue", "status"))
+    candidates = list(
+        CompressionJob.objects.filter(jobs_lost_q()).only("public_id", "queue", "status")
+    )
     # A queued one only while nothing waits on its queue: in a backlog it may be waiting its
     # turn, and each sweep would add another task for it. (One look per queue.)
     queued = CompressionJob.Status.QUEUED

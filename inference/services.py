@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Avg, BooleanField, Count
+from django.db.models import Avg, BooleanField, Count, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -526,13 +526,19 @@ def waiting_on(queue: str) -> int:
     return sum(pipe.execute())
 
 
+def predictions_stuck_q() -> Q:
+    """Predictions running ``MM_PREDICTION_STUCK_SECONDS`` after they started: the beat's
+    sweep fails them (and the operations page marks them so)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.PREDICTION_STUCK_SECONDS)
+    return Q(status=Prediction.Status.RUNNING, started_at__lt=cutoff)
+
+
 def predictions_fail_stuck() -> int:
     """Fail, unbilled, the predictions still running ``MM_PREDICTION_STUCK_SECONDS`` after
     they started: their worker is stuck, or was lost where nothing sends them again. Whoever
     waits is told, as for any failure; a worker that finishes one after all finds it failed
     and bills nothing. How many were failed."""
-    cutoff = timezone.now() - timedelta(seconds=settings.PREDICTION_STUCK_SECONDS)
-    stuck = Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at__lt=cutoff)
+    stuck = Prediction.objects.filter(predictions_stuck_q())
     error = (
         f"The prediction did not finish within {settings.PREDICTION_STUCK_SECONDS:.0f} s of "
         "starting (the worker running it was lost); it was not billed. Send it again."

@@ -8,12 +8,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Count
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.shortcuts import render
 from django.utils import timezone
 
 from billing.selectors import period_of, platform_money, top_consumers
+from inference.compression_services import jobs_lost_q
 from inference.models import CompressionJob, Prediction
+from inference.services import predictions_stuck_q
 from marketplace.models import ModelVersion
 from workers import heartbeat
 
@@ -53,21 +55,17 @@ def _workers() -> list[dict]:
     return seen
 
 
-def _with_ages(rows) -> list:
+def _with_ages(rows, lost: Q) -> list:
     """Unfinished predictions or jobs with how long they have waited or run, and whether the
-    beat's sweeps will take them as lost: a job whose heartbeat stopped, a prediction past
-    ``MM_PREDICTION_STUCK_SECONDS`` (the page showed counts alone, and a lost job's row looked
-    as a live one's)."""
+    beat's sweeps will take them as lost (``lost``: the sweep's own condition, read in the same
+    query; the page had a copy of its own, which missed a job that never sent a heartbeat).
+    The page showed counts alone, and a lost job's row looked as a live one's."""
     now = timezone.now()
-    rows = list(rows)
+    rows = list(rows.annotate(lost=ExpressionWrapper(lost, output_field=BooleanField())))
     for row in rows:
         row.age = (now - (row.started_at or row.created_at)).total_seconds()
         beat = getattr(row, "heartbeat_at", None)
         row.silent = (now - beat).total_seconds() if beat else None
-        if isinstance(row, CompressionJob):
-            row.lost = row.silent is not None and row.silent > settings.COMPRESSION_JOB_LOST_SECONDS
-        else:
-            row.lost = row.started_at is not None and row.age > settings.PREDICTION_STUCK_SECONDS
     return rows
 
 
@@ -99,13 +97,15 @@ def operations(request):
         "running_jobs": _with_ages(
             CompressionJob.objects.select_related("model__tenant")
             .filter(status=CompressionJob.Status.RUNNING)
-            .order_by("started_at")[:20]
+            .order_by("started_at")[:20],
+            jobs_lost_q(),
         ),
         "unfinished_predictions": _with_ages(
             Prediction.objects.select_related("model__tenant", "tenant")
             .defer("input_data", "output_data")
             .filter(status__in=Prediction.UNFINISHED)
-            .order_by("created_at")[:20]
+            .order_by("created_at")[:20],
+            predictions_stuck_q(),
         ),
         "stuck_after": settings.PREDICTION_STUCK_SECONDS,
         "lost_after": settings.COMPRESSION_JOB_LOST_SECONDS,

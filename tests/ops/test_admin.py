@@ -381,6 +381,15 @@ def test_operations_page_shows_queues_workers_failures_and_money(
         started_at=long_ago,
         heartbeat_at=long_ago,
     )
+    # Never sent a heartbeat: the beat takes it as lost, and the page's own rule said not.
+    silent_job = CompressionJob.objects.create(
+        tenant=tenant,
+        model=clf.model,
+        version=clf,
+        method="prune",
+        status="running",
+        started_at=long_ago,
+    )
     settings.WORKER_HEARTBEAT_SECONDS = 5
     heartbeat.beat(name="cpu@box-7", queues=["default", "cpu"])
     with statements() as sql:
@@ -396,6 +405,8 @@ def test_operations_page_shows_queues_workers_failures_and_money(
     assert stuck.public_id in unfinished and "stuck" in unfinished
     running = text[text.index('id="running-jobs"') :]
     assert lost_job.public_id in running and "lost" in running
+    silent_row = running[running.index(silent_job.public_id) :].split("</tr>", 1)[0]
+    assert "never" in silent_row and "<strong>lost</strong>" in silent_row
     assert "The model host failed: crash" in text
     # 4 calls at 0.50: 2.00 of revenue, the platform's 20 % and the publisher's 80 %.
     money = text[text.index('id="money"') :]
