@@ -86,9 +86,6 @@ class QueueDepthCollector:
     scraped. A Redis outage leaves the metric out rather than failing the scrape."""
 
     def collect(self):
-        from django.conf import settings
-
-        from config.celery import app
         from inference import dispatch
 
         waiting = GaugeMetricFamily(
@@ -102,10 +99,7 @@ class QueueDepthCollector:
             labels=["queue"],
         )
         try:
-            import redis
-
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
-            depths = dispatch.queue_depths(client, [q.name for q in app.conf.task_queues])
+            depths = dispatch.all_queue_depths(timeout=1)
         except Exception:  # noqa: BLE001 - a scrape must not fail on Redis
             logger.warning("queue depth unavailable", exc_info=True)
             return

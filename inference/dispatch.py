@@ -100,6 +100,24 @@ def queue_depths(client, queues: list[str]) -> dict[str, tuple[int, int]]:
     }
 
 
+def queue_names() -> list[str]:
+    """The Celery queues workers listen on (``config.celery``)."""
+    from config.celery import app
+
+    return [queue.name for queue in app.conf.task_queues]
+
+
+def all_queue_depths(timeout: float) -> dict[str, tuple[int, int]]:
+    """``queue_depths`` of every queue, read with a Redis connection of its own that gives up
+    after ``timeout`` seconds (the metrics scrape and the operators' page). Raises Redis's
+    errors."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout)
+    return queue_depths(client, queue_names())
+
+
 def send_or_undo(send: Callable[[], None], undo: Callable[[], object]) -> None:
     """``send`` recorded work to the workers; where that fails (Redis or the broker down),
     ``undo`` the record, which nothing would ever run, before the error goes on to the caller

@@ -518,12 +518,9 @@ def predictions_resend_queued() -> int:
 
 
 def waiting_on(queue: str) -> int:
-    """How many messages wait to be taken on ``queue``: its fast-path list and its Celery
-    list (both in Redis)."""
-    pipe = realtime.client().pipeline()
-    pipe.llen(dispatch.queue_key(queue))
-    pipe.llen(queue)
-    return sum(pipe.execute())
+    """How many messages wait to be taken on ``queue`` (``dispatch.queue_depths``: its
+    fast-path list and its Celery list)."""
+    return dispatch.queue_depths(realtime.client(), [queue])[queue][0]
 
 
 def predictions_stuck_q() -> Q:

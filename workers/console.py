@@ -24,17 +24,13 @@ def queue_depths() -> dict[str, tuple[int, int] | None]:
     """Per queue, the work waiting and the predictions workers have in hand
     (``inference.dispatch.queue_depths``); None where Redis did not answer."""
     import redis
-    from django.conf import settings
 
-    from config.celery import app
     from inference import dispatch
 
-    names = [queue.name for queue in app.conf.task_queues]
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-        return dispatch.queue_depths(client, names)
+        return dispatch.all_queue_depths(timeout=2)
     except redis.RedisError:
-        return dict.fromkeys(names)
+        return dict.fromkeys(dispatch.queue_names())
 
 
 def _workers() -> list[dict]:
