@@ -15,7 +15,7 @@ from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin as BaseTOTPDeviceA
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import services
-from accounts.exceptions import Conflict
+from accounts.exceptions import Conflict, ServiceError
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
 from accounts.tenancy import client_ip
 
@@ -23,6 +23,23 @@ from accounts.tenancy import client_ip
 def operator_actor(request) -> services.Actor:
     """The staff member acting from the console, with their address, for the audit rows."""
     return services.Actor(user=request.user, ip=client_ip(request), operator=True)
+
+
+def act_on_each(request, queryset, act, done: str) -> int:
+    """Run an admin action's ``act(obj)`` on each selected object: one the service refuses
+    (a ``ServiceError``) is said in an error message and the others go on; ``done`` says how
+    many were changed (``{n}``). How many were."""
+    changed = 0
+    for obj in queryset:
+        try:
+            act(obj)
+        except ServiceError as refusal:
+            messages.error(request, refusal.message)
+            continue
+        changed += 1
+    if changed:
+        messages.success(request, done.format(n=changed))
+    return changed
 
 
 class OperatorActions:
@@ -197,35 +214,25 @@ class TenantAdmin(OperatorActions, ConsoleAdmin):
 
     @admin.action(description="Suspend selected organisations", permissions=["operate"])
     def suspend(self, request, queryset):
-        self._each(
+        actor = operator_actor(request)
+        act_on_each(
             request,
             queryset,
-            "Suspended",
-            lambda tenant, actor: services.tenant_suspend(
+            lambda tenant: services.tenant_suspend(
                 tenant=tenant, reason="Suspended by an operator.", actor=actor
             ),
+            "Suspended {n} organisation(s).",
         )
 
     @admin.action(description="Reactivate selected organisations", permissions=["operate"])
     def reactivate(self, request, queryset):
-        self._each(
+        actor = operator_actor(request)
+        act_on_each(
             request,
             queryset,
-            "Reactivated",
-            lambda tenant, actor: services.tenant_reactivate(tenant=tenant, actor=actor),
+            lambda tenant: services.tenant_reactivate(tenant=tenant, actor=actor),
+            "Reactivated {n} organisation(s).",
         )
-
-    def _each(self, request, queryset, done: str, change) -> None:
-        changed = 0
-        for tenant in queryset:
-            try:
-                change(tenant, operator_actor(request))
-            except Conflict as refusal:
-                messages.error(request, str(refusal))
-                continue
-            changed += 1
-        if changed:
-            messages.success(request, f"{done} {changed} organisation(s).")
 
 
 @admin.register(Membership)

@@ -5,31 +5,25 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from accounts.admin import OperatorActions, ReadOnlyAdmin, operator_actor
+from accounts.admin import OperatorActions, ReadOnlyAdmin, act_on_each, operator_actor
 from accounts.api.errors import UNAVAILABLE
-from accounts.exceptions import ServiceError
 from inference import operations
 from inference.models import AbuseFlag, CompressionJob, Prediction
 
 
 def _each(request, queryset, act, done: str) -> None:
-    succeeded = 0
     unsent = []
-    for obj in queryset:
+
+    def attempt(obj) -> None:
         try:
             act(obj)
-        except ServiceError as exc:
-            messages.error(request, exc.message)
         except UNAVAILABLE as exc:
             # The change committed; handing the work to the queue (after the commit) failed:
             # Redis or the broker is down. The beat's sweeps send queued work that no worker
             # took (``predictions_resend_queued``, ``jobs_requeue_lost``). It was a 500 page.
             unsent.append((obj.public_id, type(exc).__name__))
-            succeeded += 1
-        else:
-            succeeded += 1
-    if succeeded:
-        messages.success(request, f"{done} {succeeded}.")
+
+    act_on_each(request, queryset, attempt, f"{done} {{n}}.")
     if unsent:
         ids = ", ".join(public_id for public_id, _ in unsent)
         messages.warning(
