@@ -64,10 +64,27 @@ def test_a_concurrent_index_migration_runs_again_after_failing_half_way():
             "CREATE INDEX billing_usa_api_key_cc1454_idx ON billing_usagerecord "
             "(api_key_id, period, currency, consumer_id, amount)"
         )
+        if connection.vendor == "postgresql":
+            # And had been cancelled while building the first concurrently: PostgreSQL keeps
+            # such an index, marked invalid, which no query uses until it is built again.
+            cursor.execute(
+                "CREATE INDEX billing_usa_consume_fa3f1d_idx ON billing_usagerecord "
+                "(consumer_id, period, currency, amount)"
+            )
+            cursor.execute(
+                "UPDATE pg_index SET indisvalid = false "
+                "WHERE indexrelid = 'billing_usa_consume_fa3f1d_idx'::regclass"
+            )
 
     call_command("migrate", "billing", **quiet)
 
     with connection.cursor() as cursor:
         table = connection.introspection.get_constraints(cursor, "billing_usagerecord")
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indisvalid FROM pg_index "
+                "WHERE indexrelid = 'billing_usa_consume_fa3f1d_idx'::regclass"
+            )
+            assert cursor.fetchone() == (True,)  # built again, not kept invalid
     for name in ("billing_usa_consume_fa3f1d_idx", "billing_usa_api_key_cc1454_idx"):
         assert table[name]["index"], name
